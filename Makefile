@@ -1,0 +1,44 @@
+# Every target sets up what it needs: a virtual environment with the project and its
+# tools, and the system packages the tests use (installed with apt when missing).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+APT_STAMP := $(VENV)/.apt
+
+.PHONY: run test lint bench venv sysdeps clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+# System packages for the tests (redis-server, kubectl for manifests). Installed only
+# when missing, with apt, as root or through sudo.
+sysdeps: $(APT_STAMP)
+
+$(APT_STAMP): | $(STAMP)
+	@scripts/ensure-system-packages
+	@touch $(APT_STAMP)
+
+run: $(STAMP)
+	$(BIN)/python -m dispatcher.demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: lint sysdeps
+	$(BIN)/pytest -q -p no:cacheprovider
+
+bench: $(STAMP) sysdeps
+	$(BIN)/python -m tests.bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

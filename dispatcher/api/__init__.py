@@ -1,0 +1,1 @@
+"""The HTTP API of API.md (aiohttp): thin handlers over the dispatcher."""

@@ -1,0 +1,162 @@
+"""The aiohttp application: middleware (request ids, errors, auth, leadership) and routes.
+
+Order matters and is the contract's: auth is checked before leadership, so a request
+without a valid token gets 401/403 even when no leader is known.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import re
+import time
+import uuid
+
+import structlog
+from aiohttp import web
+
+from dispatcher.api.errors import error_body, error_response, from_http_exception
+from dispatcher.api.keys import (
+    CLOCK,
+    DISPATCHER,
+    HEALTH,
+    LEADERSHIP,
+    METRICS,
+    ROLE,
+    SETTINGS,
+)
+from dispatcher.api.routes import ROUTES, ROUTES_BY_NAME, Handler, Role, Route
+from dispatcher.common.clock import Clock
+from dispatcher.common.health import HealthRegistry
+from dispatcher.election.base import Leadership
+from dispatcher.engine import Dispatcher
+from dispatcher.errors import (
+    Forbidden,
+    LoopDetected,
+    NoLeader,
+    RequestError,
+    Unauthorized,
+)
+from dispatcher.metrics import DispatcherMetrics
+from dispatcher.settings import AuthSettings, Settings
+
+log = structlog.get_logger("dispatcher.api")
+
+REQUEST_ID = "X-Request-Id"
+LEADER_HEADER = "X-Clusterchecks-Leader"
+FORWARDED_HEADER = "X-Clusterchecks-Forwarded"
+_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def create_app(
+    *,
+    settings: Settings,
+    dispatcher: Dispatcher,
+    leadership: Leadership,
+    health: HealthRegistry,
+    metrics: DispatcherMetrics,
+    clock: Clock,
+) -> web.Application:
+    app = web.Application(
+        client_max_size=settings.server.max_body_bytes,
+        middlewares=[_request_context, _auth_and_leadership],
+    )
+    app[SETTINGS] = settings
+    app[DISPATCHER] = dispatcher
+    app[LEADERSHIP] = leadership
+    app[HEALTH] = health
+    app[METRICS] = metrics
+    app[CLOCK] = clock
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, route.handler, name=route.name)
+    return app
+
+
+@web.middleware
+async def _request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id, one log line per request, and the error body for every failure."""
+    incoming = request.headers.get(REQUEST_ID, "")
+    request_id = incoming if _REQUEST_ID_OK.fullmatch(incoming) else uuid.uuid4().hex
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    started = time.perf_counter()
+    response: web.StreamResponse
+    try:
+        try:
+            response = await handler(request)
+        except RequestError as exc:
+            response = error_response(exc)
+        except web.HTTPException as exc:
+            response = error_response(from_http_exception(exc))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("request_failed", method=request.method, path=request.path)
+            response = web.Response(
+                body=error_body("internal", "The dispatcher failed to handle this request."),
+                status=500,
+                content_type="application/json",
+            )
+        response.headers[REQUEST_ID] = request_id
+        leader = request.app[LEADERSHIP].leader()
+        if leader is not None:
+            response.headers[LEADER_HEADER] = leader.identity
+        elapsed = time.perf_counter() - started
+        route_name = request.match_info.route.name or "unmatched"
+        metrics = request.app[METRICS]
+        metrics.requests.labels(
+            route=route_name, method=request.method, status=str(response.status)
+        ).inc()
+        metrics.request_seconds.labels(route=route_name).observe(elapsed)
+        log.info(
+            "request",
+            method=request.method,
+            path=request.path,
+            route=route_name,
+            status=response.status,
+            duration_ms=round(elapsed * 1000, 2),
+        )
+        return response
+    finally:
+        structlog.contextvars.unbind_contextvars("request_id")
+
+
+@web.middleware
+async def _auth_and_leadership(request: web.Request, handler: Handler) -> web.StreamResponse:
+    route = ROUTES_BY_NAME.get(request.match_info.route.name or "")
+    if route is None:
+        return await handler(request)  # aiohttp answers 404 / 405 for unmatched routes
+    request[ROLE] = authorize(request.app[SETTINGS].auth, route, request)
+    if route.leader_only:
+        leadership = request.app[LEADERSHIP]
+        if not leadership.is_leader():
+            if request.headers.get(FORWARDED_HEADER):
+                raise LoopDetected()
+            raise NoLeader()
+    return await handler(request)
+
+
+def authorize(auth: AuthSettings, route: Route, request: web.Request) -> Role:
+    """The caller's role for this route; raises 401 or 403."""
+    if route.role is None or not auth.enabled:
+        return Role.ADMIN
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized()
+    presented = token.strip().encode()
+    matched: Role | None = None
+    for role, expected in (
+        (Role.ADMIN, auth.admin_token),
+        (Role.NODE, auth.node_token),
+        (Role.SOURCE, auth.source_token),
+    ):
+        # Compare against every token, in constant time each, whatever matches first.
+        if expected and hmac.compare_digest(presented, expected.encode()) and matched is None:
+            matched = role
+    if matched is None:
+        raise Unauthorized("The bearer token is not valid.")
+    if matched is Role.ADMIN or matched is route.role:
+        return matched
+    raise Forbidden(
+        f"A {matched.value} token may not use this route; it needs the {route.role.value} role."
+    )

@@ -1,0 +1,65 @@
+"""One HTTP status per error class, and the error body of API.md."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from dispatcher import errors
+
+STATUS: dict[type[errors.RequestError], int] = {
+    errors.InvalidJson: 400,
+    errors.InvalidRequest: 400,
+    errors.Unauthorized: 401,
+    errors.Forbidden: 403,
+    errors.NotFound: 404,
+    errors.MethodNotAllowed: 405,
+    errors.Conflict: 409,
+    errors.Gone: 410,
+    errors.BodyTooLarge: 413,
+    errors.UnsupportedMediaType: 415,
+    errors.NoLeader: 503,
+    errors.LoopDetected: 508,
+}
+
+
+def status_of(exc: errors.RequestError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 400
+
+
+def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> bytes:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if details:
+        error["details"] = details
+    return orjson.dumps({"error": error})
+
+
+def error_response(exc: errors.RequestError) -> web.Response:
+    response = web.Response(
+        body=error_body(exc.code, exc.message, exc.details),
+        status=status_of(exc),
+        content_type="application/json",
+    )
+    if isinstance(exc, errors.NoLeader):
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+    return response
+
+
+def from_http_exception(exc: web.HTTPException) -> errors.RequestError:
+    """Maps aiohttp's own errors (no route, wrong method, body too large) to ours."""
+    if isinstance(exc, web.HTTPNotFound):
+        return errors.NotFound()
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return errors.MethodNotAllowed(
+            f"This route takes {', '.join(sorted(exc.allowed_methods))}, not {exc.method}."
+        )
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return errors.BodyTooLarge()
+    if isinstance(exc, web.HTTPUnsupportedMediaType):
+        return errors.UnsupportedMediaType()
+    return errors.InvalidRequest(exc.text or exc.reason)

@@ -1,0 +1,214 @@
+"""``clusterchecks-dispatcher``: serve (the default) and, later, admin commands.
+
+Every flag also reads ``CLUSTERCHECKS_<FLAG_IN_UPPER_SNAKE>``. A bad value stops the
+process at start with a one-line message naming the flag and what it accepts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from dispatcher.common import logs
+from dispatcher.errors import ConfigurationError
+from dispatcher.settings import (
+    ELECTION_BACKENDS,
+    STORE_BACKENDS,
+    AuthSettings,
+    DispatchSettings,
+    ElectionSettings,
+    LogSettings,
+    ServerSettings,
+    Settings,
+    StoreSettings,
+)
+
+ENV_PREFIX = "CLUSTERCHECKS_"
+FC = TypeVar("FC", bound=Callable[..., Any])
+
+
+def _env(flag: str) -> str:
+    return ENV_PREFIX + flag.upper().replace("-", "_")
+
+
+def option(flag: str, **kwargs: Any) -> Callable[[FC], FC]:
+    """A click option that also reads its CLUSTERCHECKS_* environment variable."""
+    return click.option(f"--{flag}", envvar=_env(flag), show_envvar=True, **kwargs)
+
+
+def _seconds(low: float, high: float = 86400.0, *, low_open: bool = False) -> click.FloatRange:
+    return click.FloatRange(low, high, min_open=low_open)
+
+
+class DefaultGroup(click.Group):
+    """Runs ``serve`` when no subcommand is named."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or (args[0] not in self.commands and args[0] not in ("--help", "-h")):
+            args = ["serve", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """The clusterchecks dispatcher (cluster agent)."""
+
+
+def _read_token(value: str | None, path: Path | None, flag: str) -> str | None:
+    if value and path:
+        raise click.BadParameter(
+            f"give --{flag} or --{flag}-file, not both", param_hint=f"--{flag}"
+        )
+    if path is not None:
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise click.BadParameter(
+                f"cannot read {path}: {exc.strerror}", param_hint=f"--{flag}-file"
+            ) from exc
+        if not token:
+            raise click.BadParameter(f"{path} is empty", param_hint=f"--{flag}-file")
+        return token
+    return value or None
+
+
+@main.command()
+@option("host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@option("port", type=click.IntRange(0, 65535), default=5005, show_default=True)
+@option("identity", default=socket.gethostname(), help="This replica's name.")
+@option("advertise-url", default="", help="URL others reach this replica at.")
+@option(
+    "election",
+    type=click.Choice(ELECTION_BACKENDS),
+    default="standalone",
+    show_default=True,
+    help="How the leader is chosen.",
+)
+@option(
+    "store",
+    type=click.Choice(STORE_BACKENDS),
+    default="memory",
+    show_default=True,
+    help="Where the state lives.",
+)
+@option(
+    "node-expiration-timeout",
+    type=_seconds(0, low_open=True),
+    default=30.0,
+    show_default=True,
+    help="Seconds without heartbeat before a node is removed.",
+)
+@option(
+    "heartbeat-interval",
+    type=_seconds(0, low_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds between agents' heartbeats (told to them).",
+)
+@option(
+    "warmup-duration",
+    type=_seconds(0),
+    default=None,
+    help="Seconds to keep agents' checks after start [default: 0 standalone].",
+)
+@option("rebalance-period", type=_seconds(1), default=600.0, show_default=True)
+@option("lease-duration", type=_seconds(0, low_open=True), default=15.0, show_default=True)
+@option("renew-deadline", type=_seconds(0, low_open=True), default=10.0, show_default=True)
+@option("retry-period", type=_seconds(0, low_open=True), default=2.0, show_default=True)
+@option(
+    "config-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Directory of *.yaml check configs, re-read on change.",
+)
+@option("node-token", default=None, help="Bearer token of the node role.")
+@option("source-token", default=None, help="Bearer token of the source role.")
+@option("admin-token", default=None, help="Bearer token of the admin role.")
+@option("node-token-file", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@option("source-token-file", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@option("admin-token-file", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@option("tls-cert", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@option("tls-key", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@option(
+    "log-format",
+    type=click.Choice(["json", "console"]),
+    default=None,
+    help="Default: console on a terminal, else json.",
+)
+@option("log-level", type=click.Choice(logs.LEVELS), default="info", show_default=True)
+def serve(**flags: Any) -> None:
+    """Serve the dispatcher API and dispatch checks (the default command)."""
+    settings = settings_from_flags(flags)
+    logs.configure(fmt=settings.log.format, level=settings.log.level)
+    try:
+        asyncio.run(_serve(settings))
+    except OSError as exc:
+        _fail(
+            f"cannot serve on {settings.server.host}:{settings.server.port}: {exc.strerror or exc}"
+        )
+    except KeyboardInterrupt:
+        pass
+
+
+async def _serve(settings: Settings) -> None:
+    from dispatcher.service import run
+
+    await run(settings)
+
+
+def settings_from_flags(flags: dict[str, Any]) -> Settings:
+    auth = AuthSettings(
+        node_token=_read_token(flags["node_token"], flags["node_token_file"], "node-token"),
+        source_token=_read_token(flags["source_token"], flags["source_token_file"], "source-token"),
+        admin_token=_read_token(flags["admin_token"], flags["admin_token_file"], "admin-token"),
+    )
+    warmup = flags["warmup_duration"]
+    if warmup is None:
+        warmup = 0.0  # the standalone leader with a memory store has nothing to rebuild
+    settings = Settings(
+        server=ServerSettings(
+            host=flags["host"],
+            port=flags["port"],
+            identity=flags["identity"],
+            advertise_url=flags["advertise_url"],
+            tls_cert=flags["tls_cert"],
+            tls_key=flags["tls_key"],
+        ),
+        dispatch=DispatchSettings(
+            node_expiration_timeout_s=flags["node_expiration_timeout"],
+            heartbeat_interval_s=flags["heartbeat_interval"],
+            warmup_duration_s=warmup,
+            rebalance_period_s=flags["rebalance_period"],
+        ),
+        auth=auth,
+        election=ElectionSettings(
+            backend=flags["election"],
+            lease_duration_s=flags["lease_duration"],
+            renew_deadline_s=flags["renew_deadline"],
+            retry_period_s=flags["retry_period"],
+        ),
+        store=StoreSettings(backend=flags["store"]),
+        log=LogSettings(
+            format=flags["log_format"] or logs.default_format(), level=flags["log_level"]
+        ),
+        config_dir=flags["config_dir"],
+    )
+    try:
+        return settings.validate()
+    except ConfigurationError as exc:
+        _fail(str(exc))
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(2)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,1 @@
+"""Helpers shared by the dispatcher and node agents (clock, tasks, logs, health)."""

@@ -1,0 +1,172 @@
+"""A registry of components and their health, used by the dispatcher and node agents.
+
+Components register (optionally with a probe polled every few seconds) or report their
+own state changes. Only real transitions propagate: a report with the same status and
+message changes nothing. Observers run outside the lock, so an observer may read the
+registry. The overall status is the worst component's, never the last writer's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from enum import IntEnum
+from typing import Any
+
+import structlog
+
+from dispatcher.common.clock import Clock, SystemClock
+from dispatcher.common.tasks import sleep_or_stop
+
+log = structlog.get_logger(__name__)
+
+
+class Status(IntEnum):
+    """Ordered from best to worst, so that the worst is the max."""
+
+    HEALTHY = 0
+    UNSPECIFIED = 1
+    DEGRADED = 2
+    UNHEALTHY = 3
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+ProbeResult = tuple[Status, str]
+Probe = Callable[[], ProbeResult | Awaitable[ProbeResult]]
+Observer = Callable[["Transition"], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Component:
+    name: str
+    status: Status = Status.UNSPECIFIED
+    message: str = ""
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    required: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    name: str
+    old: Status
+    new: Status
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    ok: bool
+    status: Status
+    components: dict[str, Component]
+
+
+class HealthRegistry:
+    def __init__(self, *, clock: Clock | None = None, probe_period_s: float = 5.0) -> None:
+        self._clock = clock or SystemClock()
+        self._lock = threading.Lock()
+        self._components: dict[str, Component] = {}
+        self._probes: dict[str, Probe] = {}
+        self._observers: list[Observer] = []
+        self._grace_until = float("-inf")
+        self._standby = False
+        self.probe_period_s = probe_period_s
+
+    def register(self, name: str, *, probe: Probe | None = None, required: bool = True) -> None:
+        with self._lock:
+            self._components.setdefault(name, Component(name=name, required=required))
+            if probe is not None:
+                self._probes[name] = probe
+
+    def observe(self, observer: Observer) -> None:
+        self._observers.append(observer)
+
+    def report(
+        self,
+        name: str,
+        status: Status,
+        message: str = "",
+        *,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Records a component's state; ignored for an unregistered name."""
+        with self._lock:
+            current = self._components.get(name)
+            if current is None:
+                return
+            if current.status == status and current.message == message:
+                if metadata is not None:
+                    self._components[name] = replace(current, metadata=dict(metadata))
+                return
+            updated = replace(
+                current,
+                status=status,
+                message=message,
+                metadata=dict(metadata) if metadata is not None else current.metadata,
+            )
+            self._components[name] = updated
+        transition = Transition(name, current.status, status, message)
+        if current.status != status:
+            for observer in list(self._observers):
+                try:
+                    observer(transition)
+                except Exception:
+                    log.exception("health_observer_failed", component=name)
+
+    def suppress_liveness(self, seconds: float) -> None:
+        """Liveness passes for ``seconds`` whatever the components say."""
+        with self._lock:
+            self._grace_until = max(self._grace_until, self._clock.monotonic() + seconds)
+
+    def set_standby(self, standby: bool) -> None:
+        """A follower on standby is ready: it has nothing to serve but forwarding."""
+        with self._lock:
+            self._standby = standby
+
+    def components(self) -> dict[str, Component]:
+        with self._lock:
+            return dict(sorted(self._components.items()))
+
+    def overall(self) -> Status:
+        components = self.components()
+        return max((c.status for c in components.values()), default=Status.HEALTHY)
+
+    def liveness(self) -> Verdict:
+        components = self.components()
+        status = max((c.status for c in components.values()), default=Status.HEALTHY)
+        in_grace = self._clock.monotonic() < self._grace_until
+        ok = in_grace or not any(
+            c.required and c.status == Status.UNHEALTHY for c in components.values()
+        )
+        return Verdict(ok=ok, status=status, components=components)
+
+    def readiness(self) -> Verdict:
+        components = self.components()
+        status = max((c.status for c in components.values()), default=Status.HEALTHY)
+        ok = self._standby or all(
+            c.status in (Status.HEALTHY, Status.DEGRADED) for c in components.values() if c.required
+        )
+        return Verdict(ok=ok, status=status, components=components)
+
+    async def run_probes(self, stop: asyncio.Event) -> None:
+        """Polls every probe each ``probe_period_s`` until ``stop``."""
+        while not stop.is_set():
+            await self.probe_once()
+            if await sleep_or_stop(stop, self.probe_period_s):
+                return
+
+    async def probe_once(self) -> None:
+        for name, probe in list(self._probes.items()):
+            try:
+                outcome = probe()
+                if inspect.isawaitable(outcome):
+                    outcome = await outcome
+                status, message = outcome
+            except Exception as exc:
+                status, message = Status.UNHEALTHY, f"probe failed: {exc}"
+            self.report(name, status, message)

@@ -1,0 +1,143 @@
+"""Translations between wire types and core values (nothing else lives here)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dispatcher import wire
+from dispatcher.core.model import (
+    CheckConfig,
+    CheckResult,
+    CheckStats,
+    Digest,
+    make_config,
+    truncate_utf8,
+)
+from dispatcher.core.placement import Node
+from dispatcher.core.state import ClusterState, Move
+
+
+def config_in(config: wire.CheckConfigIn) -> CheckConfig:
+    return make_config(
+        name=config.name,
+        instances=config.instances,
+        init_config=config.init_config,
+        interval_s=config.interval_s,
+        timeout_s=config.timeout_s,
+        node_selector=config.node_selector,
+        weight=config.weight,
+    )
+
+
+def stats_in(stats: dict[str, wire.CheckStatsIn] | None) -> dict[Digest, CheckStats] | None:
+    if stats is None:
+        return None
+    return {
+        Digest(digest): CheckStats(
+            avg_execution_s=s.avg_execution_s,
+            runs=s.runs,
+            errors=s.errors,
+            last_error=s.last_error,
+            last_run_at=s.last_run_at,
+        )
+        for digest, s in stats.items()
+    }
+
+
+def result_in(result: wire.CheckResultIn) -> CheckResult:
+    return CheckResult(
+        digest=Digest(result.digest),
+        run_id=result.run_id,
+        ok=result.ok,
+        errors=tuple(result.errors),
+        started_at=result.started_at,
+        duration_s=result.duration_s,
+        output=truncate_utf8(result.output),
+    )
+
+
+def config_out(config: CheckConfig, state: ClusterState) -> wire.CheckConfigOut:
+    return wire.CheckConfigOut.model_construct(**_config_fields(config, state))
+
+
+def check_detail_out(
+    config: CheckConfig, state: ClusterState, *, explain: str | None = None
+) -> wire.CheckDetailOut:
+    summary = state.results.get(config.digest)
+    last = None
+    if summary is not None:
+        r = summary.last
+        last = wire.LastResultOut(
+            run_id=r.run_id,
+            node=summary.node,
+            ok=r.ok,
+            errors=list(r.errors),
+            started_at=r.started_at,
+            duration_s=r.duration_s,
+            output=r.output,
+        )
+    return wire.CheckDetailOut.model_construct(
+        **_config_fields(config, state), last_result=last, explain=explain
+    )
+
+
+def _config_fields(config: CheckConfig, state: ClusterState) -> dict[str, Any]:
+    return {
+        "name": config.name,
+        "instances": list(config.instances),
+        "init_config": config.init_config,
+        "interval_s": config.interval_s,
+        "timeout_s": config.timeout_s,
+        "node_selector": dict(config.node_selector),
+        "weight": config.weight,
+        "digest": config.digest,
+        "sources": state.sources_of(config.digest),
+        "node": state.placement.get(config.digest),
+    }
+
+
+def node_out(node: Node, state: ClusterState, *, now: float) -> wire.NodeOut:
+    return wire.NodeOut(
+        name=node.name,
+        labels=dict(node.labels),
+        heartbeat_age_s=round(max(0.0, now - node.heartbeat_at), 3),
+        last_change=node.last_change,
+        cordoned=node.cordoned,
+        busyness=round(node.relative_load(state.mean_measured_cost()), 6),
+        capacity=node.capacity,
+        configs=sorted(node.digests),
+    )
+
+
+def move_out(move: Move) -> wire.MoveOut:
+    return wire.MoveOut(
+        digest=move.digest,
+        check_name=move.check_name,
+        weight=round(move.cost, 6),
+        source_node=move.source_node,
+        dest_node=move.dest_node,
+    )
+
+
+def results_page(state: ClusterState) -> wire.ResultsPageOut:
+    checks: dict[str, wire.CheckStatusOut] = {}
+    errors: list[str] = []
+    for digest in sorted(state.results):
+        summary = state.results[digest]
+        config = state.configs[digest]
+        r = summary.last
+        checks[digest] = wire.CheckStatusOut(
+            name=config.name,
+            node=summary.node,
+            ok=r.ok,
+            errors=list(r.errors),
+            last_run_at=r.started_at,
+            duration_s=r.duration_s,
+            consecutive_failures=summary.consecutive_failures,
+            success_count=summary.success_count,
+            failure_count=summary.failure_count,
+            last_ok_at=summary.last_ok_at,
+        )
+        if not r.ok:
+            errors.extend(f"{config.name} {digest[:8]}: {e}" for e in r.errors)
+    return wire.ResultsPageOut(ok=not errors, errors=errors, checks=checks)

@@ -1,0 +1,152 @@
+"""Check configs, their identity, stats and results: plain values, no behaviour beyond
+what derives from them."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NewType
+
+import orjson
+
+Digest = NewType("Digest", str)
+NodeName = NewType("NodeName", str)
+SourceName = NewType("SourceName", str)
+
+JsonObject = dict[str, Any]
+
+DIGEST_HEX_CHARS = 32
+OUTPUT_LIMIT_BYTES = 4096
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class CheckConfig:
+    """A validated check config with its defaults filled in (see API.md, Check config).
+
+    ``weight`` is not part of the identity: it is a cost hint that a source may change
+    without the check being a different check.
+    """
+
+    name: str
+    instances: tuple[JsonObject, ...]
+    init_config: JsonObject
+    interval_s: float
+    timeout_s: float
+    node_selector: Mapping[str, str]
+    weight: float
+    digest: Digest
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        """Whether a node with these labels may run this check."""
+        return all(labels.get(key) == value for key, value in self.node_selector.items())
+
+
+def compute_digest(
+    *,
+    name: str,
+    instances: Sequence[JsonObject],
+    init_config: JsonObject,
+    interval_s: float,
+    timeout_s: float,
+    node_selector: Mapping[str, str],
+) -> Digest:
+    """A stable hash of the fields that make a check what it is.
+
+    Keys are sorted at every depth and durations normalised to floats, so the same
+    content gives the same digest on every replica and after restarts.
+    """
+    payload = orjson.dumps(
+        {
+            "name": name,
+            "instances": list(instances),
+            "init_config": init_config,
+            "interval_s": float(interval_s),
+            "timeout_s": float(timeout_s),
+            "node_selector": dict(node_selector),
+        },
+        option=orjson.OPT_SORT_KEYS,
+    )
+    return Digest(hashlib.sha256(payload).hexdigest()[:DIGEST_HEX_CHARS])
+
+
+def default_timeout_s(interval_s: float) -> float:
+    return min(10.0, float(interval_s))
+
+
+def make_config(
+    *,
+    name: str,
+    instances: Sequence[JsonObject],
+    init_config: JsonObject | None = None,
+    interval_s: float = 15.0,
+    timeout_s: float | None = None,
+    node_selector: Mapping[str, str] | None = None,
+    weight: float = 1.0,
+) -> CheckConfig:
+    """Builds a config from already validated fields (the wire layer validates)."""
+    init = dict(init_config or {})
+    selector = dict(node_selector or {})
+    timeout = default_timeout_s(interval_s) if timeout_s is None else float(timeout_s)
+    digest = compute_digest(
+        name=name,
+        instances=instances,
+        init_config=init,
+        interval_s=interval_s,
+        timeout_s=timeout,
+        node_selector=selector,
+    )
+    return CheckConfig(
+        name=name,
+        instances=tuple(dict(i) for i in instances),
+        init_config=init,
+        interval_s=float(interval_s),
+        timeout_s=timeout,
+        node_selector=selector,
+        weight=float(weight),
+        digest=digest,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CheckStats:
+    """What an agent measured of one check, as sent in its heartbeat."""
+
+    avg_execution_s: float
+    runs: int
+    errors: int
+    last_error: str | None = None
+    last_run_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """One run of one check, as an agent reported it."""
+
+    digest: Digest
+    run_id: str
+    ok: bool
+    errors: tuple[str, ...]
+    started_at: float
+    duration_s: float
+    output: str = ""
+
+
+@dataclass(slots=True)
+class ResultSummary:
+    """The last result of a check and its running counts (the status page)."""
+
+    node: NodeName
+    last: CheckResult
+    consecutive_failures: int = 0
+    success_count: int = 0
+    failure_count: int = 0
+    last_ok_at: float | None = None
+
+
+def truncate_utf8(text: str, limit_bytes: int = OUTPUT_LIMIT_BYTES) -> str:
+    """Cuts text to at most ``limit_bytes`` of UTF-8 without splitting a character."""
+    encoded = text.encode("utf-8")
+    if len(encoded) <= limit_bytes:
+        return text
+    return encoded[:limit_bytes].decode("utf-8", errors="ignore")

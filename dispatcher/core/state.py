@@ -1,0 +1,657 @@
+"""The cluster store and the node stores, with every compound operation on them.
+
+Pure and synchronous: no I/O, no clock. Every method that depends on time takes ``now``
+(seconds on a monotonic clock, non-decreasing across calls). The state locks nothing;
+the dispatcher holds one external lock around every call, so a heartbeat, a schedule and
+an expiry never interleave.
+
+Each operation records what it decided (``Decision``) and which nodes' configs changed;
+the caller drains those with ``take_events()`` to log them and wake long polls.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from dispatcher.core.model import (
+    CheckConfig,
+    CheckResult,
+    CheckStats,
+    Digest,
+    NodeName,
+    ResultSummary,
+    SourceName,
+)
+from dispatcher.core.placement import LoadIndex, Node
+from dispatcher.errors import NoOtherNode, NotDispatched, UnknownCheck, UnknownNode
+
+NEVER = float("-inf")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One dispatch decision: where a check went (``node`` None: it dangles) and why."""
+
+    digest: Digest
+    check_name: str
+    node: NodeName | None
+    previous: NodeName | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """A check moved from one live node to another."""
+
+    digest: Digest
+    check_name: str
+    cost: float
+    source_node: NodeName
+    dest_node: NodeName
+
+
+@dataclass(frozen=True, slots=True)
+class SourceChange:
+    digests: list[Digest]
+    added: int
+    removed: int
+    unchanged: int
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedResult:
+    digest: Digest
+    reason: str  # not_assigned | unknown_check
+
+
+@dataclass(slots=True)
+class Events:
+    decisions: list[Decision] = field(default_factory=list)
+    changed_nodes: set[NodeName] = field(default_factory=set)
+    removed_nodes: list[NodeName] = field(default_factory=list)
+
+
+class ClusterState:
+    """All checks, their sources and placements, and every node's store."""
+
+    def __init__(self, *, warmup_until: float = NEVER) -> None:
+        self._configs: dict[Digest, CheckConfig] = {}
+        self._sources: dict[SourceName, set[Digest]] = {}
+        self._holders: dict[Digest, set[SourceName]] = {}
+        self._placement: dict[Digest, NodeName] = {}
+        self._placed_because: dict[Digest, str] = {}
+        self._dangling: dict[Digest, float] = {}  # digest -> dangling since
+        self._nodes: dict[NodeName, Node] = {}
+        self._by_heartbeat: OrderedDict[NodeName, None] = OrderedDict()
+        self._index = LoadIndex()
+        self._measured: dict[Digest, float] = {}  # digest -> utilisation
+        self._measured_total = 0.0
+        self._reported: dict[Digest, NodeName] = {}  # from agents' `running`
+        self._results: dict[Digest, ResultSummary] = {}
+        self._seq = 0
+        self._now = NEVER
+        self._warmup_until = warmup_until
+        self._warm = warmup_until == NEVER
+        self._placeable_changed = False
+        self._events = Events()
+
+    # ----------------------------------------------------------------- reading
+
+    @property
+    def configs(self) -> Mapping[Digest, CheckConfig]:
+        return self._configs
+
+    @property
+    def nodes(self) -> Mapping[NodeName, Node]:
+        return self._nodes
+
+    @property
+    def placement(self) -> Mapping[Digest, NodeName]:
+        return self._placement
+
+    @property
+    def dangling(self) -> Mapping[Digest, float]:
+        return self._dangling
+
+    @property
+    def results(self) -> Mapping[Digest, ResultSummary]:
+        return self._results
+
+    @property
+    def change_sequence(self) -> int:
+        return self._seq
+
+    def warming_up(self, now: float) -> bool:
+        return now < self._warmup_until
+
+    def warmup_until(self) -> float:
+        return self._warmup_until
+
+    def sources_of(self, digest: Digest) -> list[SourceName]:
+        return sorted(self._holders.get(digest, ()))
+
+    def source_configs(self, source: SourceName) -> list[CheckConfig]:
+        return [self._configs[d] for d in sorted(self._sources.get(source, ()))]
+
+    def source_names(self) -> list[SourceName]:
+        return sorted(self._sources)
+
+    def node(self, name: NodeName) -> Node:
+        node = self._nodes.get(name)
+        if node is None:
+            raise UnknownNode(f"Node {name!r} is not registered (or has expired).")
+        return node
+
+    def config(self, digest: Digest) -> CheckConfig:
+        config = self._configs.get(digest)
+        if config is None:
+            raise UnknownCheck(f"No check with digest {digest!r} is held.")
+        return config
+
+    def node_configs(self, name: NodeName) -> tuple[int, list[CheckConfig]]:
+        """The node's change counter and its configs, sorted by digest."""
+        node = self.node(name)
+        return node.last_change, [self._configs[d] for d in sorted(node.digests)]
+
+    def mean_measured_cost(self) -> float:
+        if not self._measured:
+            return 1.0
+        return self._measured_total / len(self._measured)
+
+    def cost(self, digest: Digest) -> float:
+        """A check's cost: its utilisation once measured, else weight x mean cost."""
+        measured = self._measured.get(digest)
+        if measured is not None:
+            return measured
+        return self._configs[digest].weight * self.mean_measured_cost()
+
+    def node_load(self, name: NodeName) -> float:
+        return self.node(name).load(self.mean_measured_cost())
+
+    def busyness(self, name: NodeName) -> float:
+        return self.node(name).relative_load(self.mean_measured_cost())
+
+    def explain(self, digest: Digest, *, now: float) -> str:
+        """One sentence on why a check is where it is, or why it dangles."""
+        config = self.config(digest)
+        node = self._placement.get(digest)
+        if node is not None:
+            why = self._placed_because.get(digest, "placed")
+            return f"Dispatched to {node}: {_REASONS.get(why, why)}."
+        if self.warming_up(now):
+            left = self._warmup_until - now
+            return (
+                f"Dangling: the dispatcher is warming up for {left:.1f} s more and places "
+                "only checks that an agent reports running."
+            )
+        if not self._nodes:
+            return "Dangling: no node agent is registered."
+        matching = [n for n in sorted(self._nodes) if config.matches(self._nodes[n].labels)]
+        if not matching:
+            return (
+                f"Dangling: no registered node has labels matching the selector "
+                f"{dict(config.node_selector)}."
+            )
+        if all(self._nodes[n].cordoned for n in matching):
+            return (
+                f"Dangling: every node matching its selector is cordoned ({', '.join(matching)})."
+            )
+        return "Dangling: waiting for the next dispatch tick."
+
+    def take_events(self) -> Events:
+        events, self._events = self._events, Events()
+        return events
+
+    # ----------------------------------------------------------------- sources
+
+    def replace_source(
+        self, source: SourceName, configs: Sequence[CheckConfig], *, now: float
+    ) -> SourceChange:
+        """Makes ``configs`` the whole set held by ``source`` (idempotent)."""
+        now = self._advance(now)
+        wanted = {c.digest: c for c in configs}
+        held = self._sources.get(source, set())
+        added = [d for d in wanted if d not in held]
+        removed = sorted(d for d in held if d not in wanted)
+        for config in wanted.values():
+            self._upsert(config)
+        for digest in added:
+            self._holders.setdefault(digest, set()).add(source)
+        if wanted:
+            self._sources[source] = set(wanted)
+        else:
+            self._sources.pop(source, None)
+        for digest in removed:
+            self._release(digest, source)
+        for digest in added:
+            self._place_if_new(digest, now=now)
+        return SourceChange(
+            digests=[c.digest for c in configs],
+            added=len(added),
+            removed=len(removed),
+            unchanged=len(wanted) - len(added),
+        )
+
+    def add_to_source(
+        self, source: SourceName, configs: Sequence[CheckConfig], *, now: float
+    ) -> list[Digest]:
+        """Adds configs to what ``source`` holds."""
+        now = self._advance(now)
+        held = self._sources.setdefault(source, set())
+        for config in configs:
+            self._upsert(config)
+            if config.digest not in held:
+                held.add(config.digest)
+                self._holders.setdefault(config.digest, set()).add(source)
+                self._place_if_new(config.digest, now=now)
+        return [c.digest for c in configs]
+
+    def remove_check(self, digest: Digest, *, source: SourceName | None, now: float) -> None:
+        """Removes a check from one source, or from every source when ``source`` is None."""
+        self._advance(now)
+        holders = self._holders.get(digest)
+        if holders is None or (source is not None and source not in holders):
+            raise UnknownCheck(
+                f"No check with digest {digest!r} is held"
+                + (f" by source {source!r}." if source is not None else ".")
+            )
+        for holder in sorted(holders) if source is None else [source]:
+            held = self._sources[holder]
+            held.discard(digest)
+            if not held:
+                del self._sources[holder]
+            self._release(digest, holder)
+
+    # ------------------------------------------------------------------- nodes
+
+    def node_status(
+        self,
+        name: NodeName,
+        *,
+        now: float,
+        last_change: int,
+        labels: Mapping[str, str] | None = None,
+        capacity: int | None = None,
+        running: Iterable[Digest] | None = None,
+        stats: Mapping[Digest, CheckStats] | None = None,
+        leaving: bool = False,
+    ) -> bool:
+        """A heartbeat: registers or refreshes the node; returns ``is_up_to_date``."""
+        now = self._advance(now)
+        if leaving:
+            if name in self._nodes:
+                self._remove_node(name, now=now, reason="node_left")
+            return True
+        node = self._nodes.get(name)
+        if node is None:
+            node = Node(
+                name=name,
+                labels=dict(labels or {}),
+                capacity=capacity or 1,
+                heartbeat_at=now,
+                last_change=0,
+            )
+            self._nodes[name] = node
+            self._index.update(node)
+            self._touch(node)
+            self._placeable_changed = True
+        else:
+            node.heartbeat_at = now
+            if capacity is not None and capacity != node.capacity:
+                node.capacity = capacity
+                self._index.update(node)
+            if labels is not None and dict(labels) != node.labels:
+                node.labels = dict(labels)
+                self._relabel(node, now=now)
+        self._by_heartbeat[name] = None
+        self._by_heartbeat.move_to_end(name)
+        if running is not None:
+            self._record_running(node, frozenset(running), now=now)
+        if stats:
+            self._record_stats(node, stats)
+        if last_change == -1 or self.warming_up(now):
+            return True
+        return last_change == node.last_change
+
+    def expire_nodes(self, *, now: float, timeout_s: float) -> list[NodeName]:
+        """Removes nodes whose last heartbeat is older than ``timeout_s``.
+
+        Costs in proportion to the expired nodes' checks, not to the cluster: nodes are
+        kept in heartbeat order, so the scan stops at the first live one.
+        """
+        now = self._advance(now)
+        deadline = now - timeout_s
+        expired: list[NodeName] = []
+        while self._by_heartbeat:
+            name = next(iter(self._by_heartbeat))
+            if self._nodes[name].heartbeat_at >= deadline:
+                break
+            expired.append(name)
+            self._remove_node(name, now=now, reason="node_expired")
+        return expired
+
+    def refresh_heartbeats(self, *, now: float) -> None:
+        """Starts every node's expiry clock afresh (a new leader taking over a store)."""
+        now = self._advance(now)
+        for name in self._by_heartbeat:
+            self._nodes[name].heartbeat_at = now
+
+    def dispatch_dangling(self, *, now: float) -> int:
+        """Places dangling checks where an eligible node exists; returns how many."""
+        now = self._advance(now)
+        if not self._warm and not self.warming_up(now):
+            self._warm = True
+            self._placeable_changed = True
+        if not self._placeable_changed or not self._dangling or self.warming_up(now):
+            return 0
+        self._placeable_changed = False
+        placed = 0
+        for digest in list(self._dangling):
+            if self._place(digest, now=now, reason="dispatched") is not None:
+                placed += 1
+        return placed
+
+    def cordon(self, name: NodeName) -> Node:
+        node = self.node(name)
+        node.cordoned = True
+        return node
+
+    def uncordon(self, name: NodeName, *, now: float) -> Node:
+        node = self.node(name)
+        if node.cordoned:
+            node.cordoned = False
+            self._placeable_changed = True
+            self.dispatch_dangling(now=now)
+        return node
+
+    def drain(self, name: NodeName, *, now: float) -> list[Move]:
+        """Cordons the node and moves its checks away now.
+
+        A check that no other node may run stays where it is rather than dangle.
+        """
+        now = self._advance(now)
+        node = self.cordon(name)
+        moves: list[Move] = []
+        for digest in sorted(node.digests):
+            move = self._move(digest, now=now, reason="drained")
+            if move is not None:
+                moves.append(move)
+        return moves
+
+    def isolate(self, digest: Digest, *, now: float) -> tuple[NodeName, list[Move]]:
+        """Keeps the check on its node, cordons the node and moves every other check off.
+
+        All or nothing: when any other check has nowhere to go, nothing changes.
+        """
+        now = self._advance(now)
+        self.config(digest)
+        name = self._placement.get(digest)
+        if name is None:
+            raise NotDispatched(f"Check {digest!r} is dangling: it is not on any node.")
+        node = self._nodes[name]
+        others = sorted(d for d in node.digests if d != digest)
+        for other in others:
+            config = self._configs[other]
+            if not any(
+                self._eligible(candidate, config)
+                for candidate_name, candidate in self._nodes.items()
+                if candidate_name != name
+            ):
+                raise NoOtherNode(
+                    f"Check {other!r} ({config.name}) has no other eligible node to go to."
+                )
+        node.cordoned = True
+        moves = [m for d in others if (m := self._move(d, now=now, reason="isolated"))]
+        return name, moves
+
+    # ----------------------------------------------------------------- results
+
+    def record_results(
+        self, name: NodeName, results: Sequence[CheckResult]
+    ) -> tuple[int, list[RejectedResult]]:
+        """Stores results for checks assigned to ``name``; rejects stale ones."""
+        accepted = 0
+        rejected: list[RejectedResult] = []
+        for result in results:
+            if result.digest not in self._configs:
+                rejected.append(RejectedResult(result.digest, "unknown_check"))
+                continue
+            if self._placement.get(result.digest) != name:
+                rejected.append(RejectedResult(result.digest, "not_assigned"))
+                continue
+            accepted += 1
+            summary = self._results.get(result.digest)
+            if summary is None:
+                summary = self._results[result.digest] = ResultSummary(node=name, last=result)
+            elif result.started_at >= summary.last.started_at:
+                summary.last = result
+                summary.node = name
+            if result.ok:
+                summary.success_count += 1
+                summary.consecutive_failures = 0
+                end = result.started_at + result.duration_s
+                summary.last_ok_at = max(summary.last_ok_at or end, end)
+            else:
+                summary.failure_count += 1
+                summary.consecutive_failures += 1
+        return accepted, rejected
+
+    # ---------------------------------------------------------------- internal
+
+    def _advance(self, now: float) -> float:
+        self._now = max(self._now, now)
+        return self._now
+
+    def _touch(self, node: Node) -> None:
+        self._seq += 1
+        node.last_change = self._seq
+        self._events.changed_nodes.add(node.name)
+
+    def _eligible(self, node: Node, config: CheckConfig) -> bool:
+        return not node.cordoned and config.matches(node.labels)
+
+    def _upsert(self, config: CheckConfig) -> None:
+        current = self._configs.get(config.digest)
+        if current is None:
+            self._configs[config.digest] = config
+            return
+        if current.weight != config.weight:
+            node_name = self._placement.get(config.digest)
+            unmeasured = config.digest not in self._measured
+            if node_name is not None and unmeasured:
+                node = self._nodes[node_name]
+                node.unmeasured_weight += config.weight - current.weight
+                self._index.update(node)
+            self._configs[config.digest] = config
+
+    def _place_if_new(self, digest: Digest, *, now: float) -> None:
+        if digest not in self._placement and digest not in self._dangling:
+            self._place(digest, now=now, reason="new_check")
+
+    def _release(self, digest: Digest, source: SourceName) -> None:
+        holders = self._holders[digest]
+        holders.discard(source)
+        if holders:
+            return
+        del self._holders[digest]
+        name = self._placement.get(digest)
+        config = self._configs[digest]
+        if name is not None:
+            node = self._nodes[name]
+            self._detach(digest, node)
+            self._touch(node)
+        self._dangling.pop(digest, None)
+        self._placed_because.pop(digest, None)
+        self._set_measured(digest, None)
+        self._results.pop(digest, None)
+        self._reported.pop(digest, None)
+        del self._configs[digest]
+        self._events.decisions.append(Decision(digest, config.name, None, name, "check_removed"))
+
+    def _place(
+        self,
+        digest: Digest,
+        *,
+        now: float,
+        reason: str,
+        exclude: NodeName | None = None,
+        previous: NodeName | None = None,
+    ) -> NodeName | None:
+        """Gives a check that is on no node to the best eligible node, or dangles it."""
+        config = self._configs[digest]
+        reporter = self._reported.get(digest)
+        if reporter is not None and reporter != exclude:
+            node = self._nodes.get(reporter)
+            if node is not None and self._eligible(node, config):
+                self._attach(digest, node, reason="adopted", previous=previous)
+                return node.name
+        if not self.warming_up(now):
+            for name in self._index.ascending(self._nodes):
+                node = self._nodes[name]
+                if name != exclude and self._eligible(node, config):
+                    self._attach(digest, node, reason=reason, previous=previous)
+                    return name
+        if digest not in self._dangling:
+            self._dangling[digest] = now
+            self._events.decisions.append(Decision(digest, config.name, None, previous, reason))
+        return None
+
+    def _move(self, digest: Digest, *, now: float, reason: str) -> Move | None:
+        """Moves a check to the best other eligible node; None when there is none."""
+        source = self._nodes[self._placement[digest]]
+        config = self._configs[digest]
+        for name in self._index.ascending(self._nodes):
+            dest = self._nodes[name]
+            if name != source.name and self._eligible(dest, config):
+                cost = self.cost(digest)
+                self._detach(digest, source)
+                self._touch(source)
+                self._attach(digest, dest, reason=reason, previous=source.name)
+                return Move(digest, config.name, cost, source.name, dest.name)
+        return None
+
+    def _attach(
+        self, digest: Digest, node: Node, *, reason: str, previous: NodeName | None
+    ) -> None:
+        self._placement[digest] = node.name
+        self._placed_because[digest] = reason
+        self._dangling.pop(digest, None)
+        self._reported.pop(digest, None)
+        node.digests.add(digest)
+        measured = self._measured.get(digest)
+        if measured is None:
+            node.unmeasured_weight += self._configs[digest].weight
+        else:
+            node.measured_cost += measured
+        self._index.update(node)
+        self._touch(node)
+        self._events.decisions.append(
+            Decision(digest, self._configs[digest].name, node.name, previous, reason)
+        )
+
+    def _detach(self, digest: Digest, node: Node) -> None:
+        """Takes a check off a node's books (the caller touches or removes the node)."""
+        del self._placement[digest]
+        self._placed_because.pop(digest, None)
+        node.digests.discard(digest)
+        node.stats.pop(digest, None)
+        if not node.digests:
+            # Exact zero instead of the residue of many float additions.
+            node.measured_cost = 0.0
+            node.unmeasured_weight = 0.0
+        else:
+            measured = self._measured.get(digest)
+            if measured is None:
+                node.unmeasured_weight -= self._configs[digest].weight
+            else:
+                node.measured_cost -= measured
+        if node.name in self._nodes:
+            self._index.update(node)
+
+    def _remove_node(self, name: NodeName, *, now: float, reason: str) -> None:
+        node = self._nodes.pop(name)
+        self._by_heartbeat.pop(name, None)
+        self._index.remove(name)
+        for digest in node.reported_running:
+            if self._reported.get(digest) == name:
+                del self._reported[digest]
+        self._events.removed_nodes.append(name)
+        self._events.changed_nodes.discard(name)
+        for digest in sorted(node.digests):
+            self._detach(digest, node)
+            self._place(digest, now=now, reason=reason, previous=name)
+
+    def _relabel(self, node: Node, *, now: float) -> None:
+        self._placeable_changed = True
+        for digest in sorted(node.digests):
+            if not self._configs[digest].matches(node.labels):
+                self._detach(digest, node)
+                self._touch(node)
+                self._place(
+                    digest, now=now, reason="labels_changed", exclude=node.name, previous=node.name
+                )
+
+    def _record_running(self, node: Node, running: frozenset[Digest], *, now: float) -> None:
+        for digest in node.reported_running - running:
+            if self._reported.get(digest) == node.name:
+                del self._reported[digest]
+        node.reported_running = running
+        for digest in sorted(running):
+            if digest in self._placement:
+                continue
+            self._reported[digest] = node.name
+            if digest in self._dangling:
+                config = self._configs[digest]
+                if self._eligible(node, config):
+                    self._attach(digest, node, reason="adopted", previous=None)
+
+    def _record_stats(self, node: Node, stats: Mapping[Digest, CheckStats]) -> None:
+        for digest, item in stats.items():
+            if self._placement.get(digest) != node.name:
+                continue  # a stale report for a check that moved away
+            node.stats[digest] = item
+            if item.runs > 0:
+                interval = self._configs[digest].interval_s
+                self._set_measured(digest, item.avg_execution_s / interval)
+
+    def _set_measured(self, digest: Digest, utilisation: float | None) -> None:
+        old = self._measured.get(digest)
+        if old == utilisation:
+            return
+        name = self._placement.get(digest)
+        node = self._nodes.get(name) if name is not None else None
+        if node is not None:
+            if old is None:
+                node.unmeasured_weight -= self._configs[digest].weight
+            else:
+                node.measured_cost -= old
+            if utilisation is None:
+                node.unmeasured_weight += self._configs[digest].weight
+            else:
+                node.measured_cost += utilisation
+        if old is not None:
+            self._measured_total -= old
+            del self._measured[digest]
+        if utilisation is not None:
+            self._measured[digest] = utilisation
+            self._measured_total += utilisation
+        if not self._measured:
+            self._measured_total = 0.0
+        self._index.set_mean_cost(self.mean_measured_cost())
+        if node is not None:
+            self._index.update(node)
+
+
+_REASONS = {
+    "new_check": "the least loaded eligible node when the check arrived",
+    "dispatched": "the least loaded eligible node when it was dispatched from dangling",
+    "adopted": "its agent reported running it, so the placement was kept",
+    "node_expired": "re-dispatched after its previous node expired",
+    "node_left": "re-dispatched after its previous node left",
+    "labels_changed": "re-dispatched after its previous node's labels stopped matching",
+    "drained": "moved here when its previous node was drained",
+    "isolated": "moved here when another check was isolated on its previous node",
+    "rebalanced": "moved here by a rebalance",
+}

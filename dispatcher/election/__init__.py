@@ -1,0 +1,1 @@
+"""Leader election: one interface (``Leadership``), several backends."""

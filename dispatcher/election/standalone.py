@@ -1,0 +1,20 @@
+"""The embedded default: this process is the leader from before its port opens."""
+
+from __future__ import annotations
+
+from dispatcher.election.base import LeaderInfo
+
+
+class StandaloneLeadership:
+    def __init__(self, *, identity: str, url: str, started_at_s: float) -> None:
+        self._info = LeaderInfo(identity=identity, url=url, epoch=int(started_at_s * 1000))
+
+    @property
+    def identity(self) -> str:
+        return self._info.identity
+
+    def is_leader(self) -> bool:
+        return True
+
+    def leader(self) -> LeaderInfo:
+        return self._info

@@ -1,0 +1,142 @@
+"""The one exception tree of clusterchecks.
+
+::
+
+    ClusterchecksError
+    ├── ConfigurationError          bad flags, environment or files at start
+    ├── ConfigSourceError           a config source (file, object) that cannot be read
+    └── RequestError                what a caller did wrong; the API maps each to one status
+        ├── InvalidJson             400 invalid_json
+        ├── InvalidRequest          400 invalid_request (details list the bad fields)
+        ├── Unauthorized            401 unauthorized
+        ├── Forbidden               403 forbidden
+        ├── NotFound                404 not_found
+        │   ├── UnknownNode         404 unknown_node
+        │   └── UnknownCheck        404 unknown_check
+        ├── MethodNotAllowed        405 method_not_allowed
+        ├── Conflict                409 conflict
+        │   ├── NotDispatched       409 not_dispatched
+        │   └── NoOtherNode         409 no_other_node
+        ├── Gone                    410 gone
+        ├── BodyTooLarge            413 body_too_large
+        ├── UnsupportedMediaType    415 unsupported_media_type
+        ├── NoLeader                503 no_leader
+        └── LoopDetected            508 loop_detected
+
+The core raises the domain members (UnknownNode, UnknownCheck, NotDispatched,
+NoOtherNode); the HTTP status of each lives in ``dispatcher.api.errors``. Foreign errors
+are translated at the boundary that meets them, with ``raise ... from exc``.
+
+This module is a leaf: it imports nothing of ours, so node agents may use it too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ClusterchecksError(Exception):
+    """Base of every error clusterchecks raises on purpose."""
+
+
+class ConfigurationError(ClusterchecksError):
+    """A setting is invalid; the message names the flag and what it accepts."""
+
+
+class ConfigSourceError(ClusterchecksError):
+    """A config source could not be read or holds invalid configs."""
+
+
+class RequestError(ClusterchecksError):
+    """A caller's mistake, reported with a stable snake_case code."""
+
+    code = "invalid_request"
+    default_message = "The request is not valid."
+
+    def __init__(self, message: str | None = None, *, details: dict[str, Any] | None = None):
+        super().__init__(message or self.default_message)
+        self.message = message or self.default_message
+        self.details = details
+
+
+class InvalidJson(RequestError):
+    code = "invalid_json"
+    default_message = "The request body is not valid JSON."
+
+
+class InvalidRequest(RequestError):
+    code = "invalid_request"
+
+
+class Unauthorized(RequestError):
+    code = "unauthorized"
+    default_message = "A valid bearer token is required."
+
+
+class Forbidden(RequestError):
+    code = "forbidden"
+    default_message = "This token's role may not use this route."
+
+
+class NotFound(RequestError):
+    code = "not_found"
+    default_message = "No such route."
+
+
+class UnknownNode(NotFound):
+    code = "unknown_node"
+    default_message = "No node agent of that name is registered."
+
+
+class UnknownCheck(NotFound):
+    code = "unknown_check"
+    default_message = "No check with that digest is held."
+
+
+class MethodNotAllowed(RequestError):
+    code = "method_not_allowed"
+    default_message = "This route does not take that method."
+
+
+class Conflict(RequestError):
+    code = "conflict"
+    default_message = "The request conflicts with the current state."
+
+
+class NotDispatched(Conflict):
+    code = "not_dispatched"
+    default_message = "The check is dangling: it is not dispatched to any node."
+
+
+class NoOtherNode(Conflict):
+    code = "no_other_node"
+    default_message = "There is no other eligible node to move checks to."
+
+
+class Gone(RequestError):
+    code = "gone"
+    default_message = "That run is no longer current."
+
+
+class BodyTooLarge(RequestError):
+    code = "body_too_large"
+    default_message = "The request body is larger than 4 MiB."
+
+
+class UnsupportedMediaType(RequestError):
+    code = "unsupported_media_type"
+    default_message = "The request body must be application/json."
+
+
+class NoLeader(RequestError):
+    code = "no_leader"
+    default_message = "No dispatcher leader is known right now; retry shortly."
+
+    def __init__(self, message: str | None = None, *, retry_after_s: int = 2):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class LoopDetected(RequestError):
+    code = "loop_detected"
+    default_message = "A forwarded request reached a dispatcher that is not the leader."

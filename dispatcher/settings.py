@@ -1,0 +1,142 @@
+"""Dispatcher settings: one frozen dataclass per concern, units in the field names.
+
+Read once at start (flags and ``CLUSTERCHECKS_*`` environment, see ``cli.py``);
+cross-field rules are checked by ``validate()`` with a message naming the flags.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from dispatcher.errors import ConfigurationError
+
+ElectionBackend = Literal["standalone"]
+StoreBackend = Literal["memory"]
+
+ELECTION_BACKENDS: tuple[str, ...] = ("standalone",)
+STORE_BACKENDS: tuple[str, ...] = ("memory",)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 5005
+    identity: str = "dispatcher"
+    advertise_url: str = ""
+    """URL followers and agents use to reach this replica; default http(s)://host:port."""
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    max_body_bytes: int = 4 * 1024 * 1024
+
+    @property
+    def url(self) -> str:
+        if self.advertise_url:
+            return self.advertise_url
+        scheme = "https" if self.tls_cert else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchSettings:
+    node_expiration_timeout_s: float = 30.0
+    """A node whose last heartbeat is older than this is removed; its checks move."""
+    heartbeat_interval_s: float = 10.0
+    """Told to agents in every status reply."""
+    warmup_duration_s: float = 0.0
+    """Only for a leader that starts with an empty store; 0 for the standalone leader."""
+    rebalance_period_s: float = 600.0
+    dangling_warning_s: float = 60.0
+    """A check dangling longer than this is flagged (logs, metrics)."""
+
+    @property
+    def tick_interval_s(self) -> float:
+        """Expiry and dangling re-dispatch run at least every second."""
+        return min(1.0, self.node_expiration_timeout_s / 4)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    node_token: str | None = None
+    source_token: str | None = None
+    admin_token: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return any((self.node_token, self.source_token, self.admin_token))
+
+
+@dataclass(frozen=True, slots=True)
+class ElectionSettings:
+    backend: ElectionBackend = "standalone"
+    lease_duration_s: float = 15.0
+    renew_deadline_s: float = 10.0
+    retry_period_s: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    backend: StoreBackend = "memory"
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    format: Literal["json", "console"] = "json"
+    level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    server: ServerSettings = ServerSettings()
+    dispatch: DispatchSettings = DispatchSettings()
+    auth: AuthSettings = AuthSettings()
+    election: ElectionSettings = ElectionSettings()
+    store: StoreSettings = StoreSettings()
+    log: LogSettings = LogSettings()
+    config_dir: Path | None = None
+    config_dir_poll_s: float = 1.0
+
+    def validate(self) -> Settings:
+        """Checks the rules that tie settings together; raises ConfigurationError."""
+        d = self.dispatch
+        if d.heartbeat_interval_s >= d.node_expiration_timeout_s:
+            raise ConfigurationError(
+                f"--heartbeat-interval ({d.heartbeat_interval_s:g} s) must be shorter than "
+                f"--node-expiration-timeout ({d.node_expiration_timeout_s:g} s), or every "
+                "node would expire between two heartbeats."
+            )
+        e = self.election
+        if not e.lease_duration_s > e.renew_deadline_s > e.retry_period_s:
+            raise ConfigurationError(
+                "--lease-duration must be greater than --renew-deadline, which must be "
+                f"greater than --retry-period (got {e.lease_duration_s:g} > "
+                f"{e.renew_deadline_s:g} > {e.retry_period_s:g})."
+            )
+        s = self.server
+        if (s.tls_cert is None) != (s.tls_key is None):
+            raise ConfigurationError("--tls-cert and --tls-key must be given together.")
+        a = self.auth
+        if a.enabled and not a.admin_token:
+            raise ConfigurationError(
+                "--admin-token (or --admin-token-file) is required once any token is set."
+            )
+        if not a.enabled and not is_loopback(s.host):
+            raise ConfigurationError(
+                f"Refusing to serve on {s.host} without authentication: set --admin-token "
+                "(and --node-token, --source-token), or bind --host to a loopback address."
+            )
+        if self.config_dir is not None and not self.config_dir.is_dir():
+            raise ConfigurationError(f"--config-dir {self.config_dir}: not a directory.")
+        return self
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,1 @@
+"""Config sources that feed the dispatcher from outside the API."""

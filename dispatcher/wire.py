@@ -1,0 +1,347 @@
+"""JSON wire types of API.md, shared by the dispatcher, node agents and tests.
+
+A leaf module: it imports nothing of ours. Input models are strict (no type coercion,
+unknown fields refused); output models describe what the dispatcher sends and feed the
+OpenAPI document, so the contract has one source.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+NAME_PATTERN = r"^[A-Za-z0-9._-]{1,253}$"
+DIGEST_PATTERN = r"^[0-9a-f]{16,64}$"
+CHECK_NAME_PATTERN = r"^[a-z0-9_]{1,64}$"
+MAX_INT64 = 2**63 - 1
+MAX_WAIT_S = 60.0
+OUTPUT_LIMIT_BYTES = 4096
+
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+DigestStr = Annotated[str, StringConstraints(pattern=DIGEST_PATTERN)]
+LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=317)]
+LabelValue = Annotated[str, StringConstraints(max_length=1024)]
+Labels = dict[LabelKey, LabelValue]
+Seconds = Annotated[float, Field(ge=0)]
+UnixTime = Annotated[float, Field(ge=0)]
+
+
+class WireIn(BaseModel):
+    """Strict input: exact JSON types, finite numbers, unknown fields refused."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
+
+
+class WireOut(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- check configs
+
+
+class CheckConfigIn(WireIn):
+    """A check config as a source sends it."""
+
+    name: Annotated[str, StringConstraints(pattern=CHECK_NAME_PATTERN)] = Field(
+        description="Selects the check implementation on the agent."
+    )
+    instances: Annotated[list[dict[str, Any]], Field(min_length=1)] = Field(
+        description="A non-empty list of JSON objects, opaque to the dispatcher."
+    )
+    init_config: dict[str, Any] = Field(default_factory=dict)
+    interval_s: Annotated[float, Field(ge=1, le=86400)] = 15.0
+    timeout_s: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="At most interval_s; default min(10, interval_s)."
+    )
+    node_selector: Labels = Field(default_factory=dict)
+    weight: Annotated[float, Field(gt=0, le=1e9)] = 1.0
+
+    @field_validator("instances", "init_config")
+    @classmethod
+    def _json_numbers_fit(cls, value: Any) -> Any:
+        _check_json_value(value)
+        return value
+
+    @model_validator(mode="after")
+    def _timeout_within_interval(self) -> CheckConfigIn:
+        if self.timeout_s is not None and self.timeout_s > self.interval_s:
+            raise ValueError(
+                f"timeout_s ({self.timeout_s}) must not exceed interval_s ({self.interval_s})"
+            )
+        return self
+
+
+def _check_json_value(value: Any, depth: int = 0) -> None:
+    """Refuses what cannot round-trip through JSON: non-finite floats, huge integers."""
+    if depth > 64:
+        raise ValueError("nested deeper than 64 levels")
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return
+    if isinstance(value, int):
+        if not -(2**63) <= value <= 2**64 - 1:
+            raise ValueError("integers must fit in 64 bits")
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("numbers must be finite")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError("object keys must be strings")
+            _check_json_value(item, depth + 1)
+        return
+    if isinstance(value, list):
+        for item in value:
+            _check_json_value(item, depth + 1)
+        return
+    raise ValueError(f"{type(value).__name__} is not a JSON value")
+
+
+class LastResultOut(WireOut):
+    run_id: str
+    node: str
+    ok: bool
+    errors: list[str]
+    started_at: float
+    duration_s: float
+    output: str
+
+
+class CheckConfigOut(WireOut):
+    """A check config with defaults filled in, its identity, sources and node."""
+
+    name: str
+    instances: list[dict[str, Any]]
+    init_config: dict[str, Any]
+    interval_s: float
+    timeout_s: float
+    node_selector: dict[str, str]
+    weight: float
+    digest: str
+    sources: list[str]
+    node: str | None
+
+
+class CheckDetailOut(CheckConfigOut):
+    last_result: LastResultOut | None = None
+    explain: str | None = None
+
+
+class ChecksOut(WireOut):
+    checks: list[CheckDetailOut]
+
+
+# ------------------------------------------------------------------ node agents
+
+
+class CheckStatsIn(WireIn):
+    avg_execution_s: Seconds
+    runs: Annotated[int, Field(ge=0, le=MAX_INT64)]
+    errors: Annotated[int, Field(ge=0, le=MAX_INT64)] = 0
+    last_error: Annotated[str, StringConstraints(max_length=4096)] | None = None
+    last_run_at: UnixTime | None = None
+
+
+class StatusIn(WireIn):
+    """A node agent's heartbeat."""
+
+    last_change: Annotated[int, Field(ge=-1, le=MAX_INT64)] = Field(
+        description="The change counter the agent last fetched; -1: heartbeat only."
+    )
+    labels: Labels | None = None
+    capacity: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    running: Annotated[list[DigestStr], Field(max_length=1_000_000)] | None = None
+    stats: dict[DigestStr, CheckStatsIn] | None = None
+    leaving: bool = False
+
+
+class StatusOut(WireOut):
+    is_up_to_date: bool
+    epoch: int
+    leader: str
+    heartbeat_interval_s: float
+    node_expiration_timeout_s: float
+
+
+class NodeConfigsOut(WireOut):
+    last_change: int
+    epoch: int
+    configs: list[CheckConfigOut]
+
+
+class CheckResultIn(WireIn):
+    digest: DigestStr
+    run_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    ok: bool
+    errors: Annotated[
+        list[Annotated[str, StringConstraints(max_length=4096)]], Field(max_length=100)
+    ] = Field(default_factory=list)
+    started_at: UnixTime
+    duration_s: Seconds
+    output: str = ""
+
+    @model_validator(mode="after")
+    def _ok_matches_errors(self) -> CheckResultIn:
+        if self.ok and self.errors:
+            raise ValueError("ok is true but errors is not empty")
+        if not self.ok and not any(e.strip() for e in self.errors):
+            raise ValueError("ok is false but errors holds no non-blank error")
+        return self
+
+
+class ResultsIn(WireIn):
+    results: Annotated[list[CheckResultIn], Field(max_length=100_000)]
+
+
+class RejectedOut(WireOut):
+    digest: str
+    reason: Literal["not_assigned", "unknown_check"]
+
+
+class ResultsOut(WireOut):
+    accepted: int
+    rejected: list[RejectedOut]
+
+
+# --------------------------------------------------------------- config sources
+
+
+class SourcePutIn(WireIn):
+    configs: list[CheckConfigIn]
+
+
+class SourcePutOut(WireOut):
+    epoch: int
+    digests: list[str]
+    added: int
+    removed: int
+    unchanged: int
+
+
+class SourceGetOut(WireOut):
+    epoch: int
+    configs: list[CheckConfigOut]
+
+
+class ChecksPostIn(WireIn):
+    source: Name
+    configs: list[CheckConfigIn]
+
+
+class ChecksPostOut(WireOut):
+    epoch: int
+    digests: list[str]
+
+
+class RemovedOut(WireOut):
+    removed: bool
+
+
+# ----------------------------------------------------------------------- admins
+
+
+class NodeOut(WireOut):
+    name: str
+    labels: dict[str, str]
+    heartbeat_age_s: float
+    last_change: int
+    cordoned: bool
+    busyness: float
+    capacity: int
+    configs: list[str]
+
+
+class TotalsOut(WireOut):
+    nodes: int
+    checks: int
+    dispatched: int
+    dangling: int
+
+
+class StateOut(WireOut):
+    leader: str | None
+    is_leader: bool
+    epoch: int
+    warmup: bool
+    nodes: list[NodeOut]
+    dangling: list[str]
+    totals: TotalsOut
+
+
+class RebalanceIn(WireIn):
+    force: bool = False
+    dry_run: bool = False
+
+
+class MoveOut(WireOut):
+    digest: str
+    check_name: str
+    weight: float
+    source_node: str
+    dest_node: str
+
+
+class RebalanceOut(WireOut):
+    applied: bool
+    moves: list[MoveOut]
+
+
+class IsolateOut(WireOut):
+    digest: str
+    node: str
+    moves: list[MoveOut]
+
+
+class CheckStatusOut(WireOut):
+    name: str
+    node: str
+    ok: bool
+    errors: list[str]
+    last_run_at: float
+    duration_s: float
+    consecutive_failures: int
+    success_count: int
+    failure_count: int
+    last_ok_at: float | None
+
+
+class ResultsPageOut(WireOut):
+    ok: bool
+    errors: list[str]
+    checks: dict[str, CheckStatusOut]
+
+
+# ------------------------------------------------------------- health and errors
+
+HealthStatus = Literal["unspecified", "healthy", "degraded", "unhealthy"]
+
+
+class ComponentOut(WireOut):
+    status: HealthStatus
+    message: str
+    metadata: dict[str, Any]
+
+
+class HealthOut(WireOut):
+    status: HealthStatus
+    components: dict[str, ComponentOut]
+
+
+class ErrorDetail(WireOut):
+    code: str
+    message: str
+    details: dict[str, Any] | None = None
+
+
+class ErrorOut(WireOut):
+    error: ErrorDetail
