@@ -26,7 +26,7 @@ $(APT_STAMP): | $(STAMP)
 	@touch $(APT_STAMP)
 
 run: $(STAMP)
-	$(BIN)/python -m dispatcher.demo
+	$(BIN)/python scripts/demo.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -24,7 +24,7 @@
         └── LoopDetected            508 loop_detected
 
 The core raises the domain members (UnknownNode, UnknownCheck, NotDispatched,
-NoOtherNode); the HTTP status of each lives in ``dispatcher.api.errors``. Foreign errors
+NoOtherNode); the HTTP status of each lives in ``dispatcher.common.httperrors``. Foreign errors
 are translated at the boundary that meets them, with ``raise ... from exc``.
 
 This module is a leaf: it imports nothing of ours, so node agents may use it too.

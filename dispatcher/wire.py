@@ -42,7 +42,9 @@ class WireIn(BaseModel):
 
 
 class WireOut(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Replies. Readers ignore fields they do not know: the contract grows by adding."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
 
 # ---------------------------------------------------------------- check configs

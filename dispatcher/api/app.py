@@ -15,7 +15,6 @@ import uuid
 import structlog
 from aiohttp import web
 
-from dispatcher.api.errors import error_body, error_response, from_http_exception
 from dispatcher.api.keys import (
     CLOCK,
     DISPATCHER,
@@ -28,6 +27,11 @@ from dispatcher.api.keys import (
 from dispatcher.api.routes import ROUTES, ROUTES_BY_NAME, Handler, Role, Route
 from dispatcher.common.clock import Clock
 from dispatcher.common.health import HealthRegistry
+from dispatcher.common.httperrors import (
+    error_response,
+    from_http_exception,
+    internal_error_response,
+)
 from dispatcher.election.base import Leadership
 from dispatcher.engine import Dispatcher
 from dispatcher.errors import (
@@ -91,11 +95,7 @@ async def _request_context(request: web.Request, handler: Handler) -> web.Stream
             raise
         except Exception:
             log.exception("request_failed", method=request.method, path=request.path)
-            response = web.Response(
-                body=error_body("internal", "The dispatcher failed to handle this request."),
-                status=500,
-                content_type="application/json",
-            )
+            response = internal_error_response()
         response.headers[REQUEST_ID] = request_id
         leader = request.app[LEADERSHIP].leader()
         if leader is not None:

@@ -405,13 +405,16 @@ async def get_metrics(request: web.Request) -> web.Response:
 
 
 async def get_openapi(request: web.Request) -> web.Response:
-    from dispatcher.api.openapi import document
+    url = request.app[SETTINGS].server.url
+    body = _OPENAPI_CACHE.get(url)
+    if body is None:
+        from dispatcher.api.openapi import document
 
-    settings = request.app[SETTINGS]
-    return web.Response(
-        body=orjson.dumps(document(ROUTES, server_url=settings.server.url)),
-        content_type="application/json",
-    )
+        body = _OPENAPI_CACHE[url] = orjson.dumps(document(ROUTES, server_url=url))
+    return web.Response(body=body, content_type="application/json")
+
+
+_OPENAPI_CACHE: dict[str, bytes] = {}
 
 
 # -------------------------------------------------------------------- table

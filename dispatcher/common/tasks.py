@@ -39,3 +39,14 @@ async def run_periodically(
             log.exception("periodic_step_failed", task=name)
         if await sleep_or_stop(stop, period_s):
             return
+
+
+async def wait_any(*events: asyncio.Event, timeout_s: float) -> None:
+    """Returns when any event is set or after ``timeout_s``."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)

@@ -1,4 +1,4 @@
-"""One HTTP status per error class, and the error body of API.md."""
+"""One HTTP status per error class and the error body of API.md, for both servers."""
 
 from __future__ import annotations
 
@@ -48,6 +48,14 @@ def error_response(exc: errors.RequestError) -> web.Response:
     if isinstance(exc, errors.NoLeader):
         response.headers["Retry-After"] = str(exc.retry_after_s)
     return response
+
+
+def internal_error_response() -> web.Response:
+    return web.Response(
+        body=error_body("internal", "The server failed to handle this request."),
+        status=500,
+        content_type="application/json",
+    )
 
 
 def from_http_exception(exc: web.HTTPException) -> errors.RequestError:

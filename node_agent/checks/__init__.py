@@ -1,0 +1,64 @@
+"""Check implementations, chosen by a config's ``name``.
+
+Each kind validates its instances with a strict model (missing or unknown fields name
+themselves) and runs one instance, returning the list of errors (empty: ok).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+
+class InstanceModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+
+@dataclass(frozen=True, slots=True)
+class RunContext:
+    """What one run of one check knows about itself."""
+
+    check_name: str
+    digest: str
+    run_id: str
+    timeout_s: float
+    deadline_unix_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    errors: list[str]
+    output: str = ""
+
+
+class CheckKind(Protocol):
+    def parse(self, instance: dict[str, Any], init_config: dict[str, Any]) -> Any:
+        """Validates one instance; raises InstanceError naming the bad fields."""
+        ...
+
+    def run(self, instance: Any, context: RunContext) -> Awaitable[Outcome]:
+        """Runs one instance (the caller enforces the timeout)."""
+        ...
+
+
+class InstanceError(ValueError):
+    """An instance the agent cannot run; the message names the problem."""
+
+
+def validate_instance(model: type[InstanceModel], instance: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(instance)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_url=False, include_input=False):
+            path = ".".join(str(p) for p in error["loc"]) or "(instance)"
+            if error["type"] == "extra_forbidden":
+                problems.append(f"unknown field {path!r}")
+            elif error["type"] == "missing":
+                problems.append(f"missing field {path!r}")
+            else:
+                problems.append(f"{path}: {error['msg']}")
+        raise InstanceError("; ".join(problems)) from exc

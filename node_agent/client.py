@@ -1,0 +1,106 @@
+"""The dispatcher's node-agent routes, over one keep-alive session, with failover over
+several dispatcher URLs: a URL that does not answer (or has no leader) makes the
+client move to the next one for the following request."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import aiohttp
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from dispatcher import wire
+from node_agent.errors import DispatcherProtocolError, DispatcherUnavailable, UnknownNodeError
+
+M = TypeVar("M", bound=BaseModel)
+API = "/v1/api/clusterchecks"
+
+
+class DispatcherClient:
+    def __init__(
+        self,
+        *,
+        urls: tuple[str, ...],
+        node: str,
+        session: aiohttp.ClientSession,
+        token: str | None,
+        timeout_s: float,
+    ) -> None:
+        self._urls = [u.rstrip("/") for u in urls]
+        self._index = 0
+        self._node = node
+        self._session = session
+        self._timeout_s = timeout_s
+        self._headers = {"Content-Type": "application/json"}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+
+    @property
+    def url(self) -> str:
+        return self._urls[self._index]
+
+    def next_url(self) -> None:
+        self._index = (self._index + 1) % len(self._urls)
+
+    async def status(self, body: dict[str, Any]) -> wire.StatusOut:
+        return await self._call("POST", f"{API}/status/{self._node}", wire.StatusOut, body=body)
+
+    async def configs(self, *, since: int | None, wait_s: float) -> wire.NodeConfigsOut:
+        query = f"?since={since}&wait_s={wait_s:g}" if since is not None else ""
+        return await self._call(
+            "GET",
+            f"{API}/configs/{self._node}{query}",
+            wire.NodeConfigsOut,
+            timeout_s=self._timeout_s + (wait_s if since is not None else 0),
+        )
+
+    async def results(self, results: list[dict[str, Any]]) -> wire.ResultsOut:
+        return await self._call(
+            "POST", f"{API}/results/{self._node}", wire.ResultsOut, body={"results": results}
+        )
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        model: type[M],
+        *,
+        body: dict[str, Any] | None = None,
+        timeout_s: float | None = None,
+    ) -> M:
+        url = self.url + path
+        try:
+            async with self._session.request(
+                method,
+                url,
+                data=orjson.dumps(body) if body is not None else None,
+                headers=self._headers,
+                timeout=aiohttp.ClientTimeout(total=timeout_s or self._timeout_s),
+            ) as response:
+                raw = await response.read()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            self.next_url()
+            raise DispatcherUnavailable(f"{url}: {type(exc).__name__}: {exc}") from exc
+        if status == 200:
+            try:
+                return model.model_validate_json(raw)
+            except ValidationError as exc:
+                raise DispatcherProtocolError(f"{url}: malformed reply: {exc}") from exc
+        code = _error_code(raw)
+        if status == 404 and code == "unknown_node":
+            raise UnknownNodeError(f"{url}: this node is not registered")
+        if status in (502, 503, 504, 508) or status >= 500:
+            self.next_url()
+            raise DispatcherUnavailable(f"{url}: {status} {code or ''}".strip())
+        raise DispatcherProtocolError(f"{url}: {status} {code or ''}: {raw[:300]!r}")
+
+
+def _error_code(raw: bytes) -> str | None:
+    try:
+        data = orjson.loads(raw)
+        code = data["error"]["code"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    return code if isinstance(code, str) else None

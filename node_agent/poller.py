@@ -1,0 +1,242 @@
+"""Talks to the dispatcher: heartbeats, configs through a long poll, epoch fencing.
+
+- A heartbeat every ``heartbeat_interval_s`` (as the dispatcher's replies say).
+- Configs through a long poll, so a change reaches the agent well under a second; a
+  heartbeat that says "not up to date", or a new epoch, restarts the fetch at once.
+- Replies with an epoch below the highest seen are ignored (a deposed leader).
+- ``running`` is sent on first contact with each new epoch, so a new leader can adopt
+  the existing placement.
+- ``404 unknown_node``: register again with a heartbeat.
+- No leader or no answer: keep running the checks, retry with backoff and jitter; with
+  ``fence_on_disconnect``, stop them once this node would have been expired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import structlog
+
+from dispatcher import wire
+from dispatcher.common.clock import Clock
+from dispatcher.common.health import HealthRegistry, Status
+from dispatcher.common.tasks import sleep_or_stop, wait_any
+from node_agent.client import DispatcherClient
+from node_agent.errors import (
+    AgentError,
+    DispatcherProtocolError,
+    DispatcherUnavailable,
+    UnknownNodeError,
+)
+from node_agent.runner import CheckSpec
+from node_agent.settings import AgentSettings
+
+log = structlog.get_logger(__name__)
+
+COMPONENT = "dispatcher_link"
+RETRY_BASE_S = 0.2
+
+
+def spec_from_wire(config: wire.CheckConfigOut) -> CheckSpec:
+    return CheckSpec(
+        digest=config.digest,
+        name=config.name,
+        instances=tuple(config.instances),
+        init_config=config.init_config,
+        interval_s=config.interval_s,
+        timeout_s=config.timeout_s,
+    )
+
+
+class Poller:
+    def __init__(
+        self,
+        *,
+        settings: AgentSettings,
+        client: DispatcherClient,
+        apply: Callable[[Mapping[str, CheckSpec]], None],
+        running: Callable[[], list[str]],
+        stats: Callable[[], dict[str, Any]],
+        clock: Clock,
+        health: HealthRegistry,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._settings = settings
+        self._client = client
+        self._apply = apply
+        self._running = running
+        self._stats = stats
+        self._clock = clock
+        self._health = health
+        self._rng = rng or random.Random()
+        self.epoch = -1
+        self.last_change: int | None = None
+        self._configs_epoch = -1
+        self._running_sent_epoch: int | None = None
+        self.heartbeat_interval_s = settings.heartbeat_interval_s
+        self.expiry_s = settings.heartbeat_interval_s * 3
+        self._last_ok: float | None = None
+        self._started = clock.monotonic()
+        self.fenced = False
+        self._registered = asyncio.Event()
+        self._fetch_now = asyncio.Event()
+        self._heartbeat_now = asyncio.Event()
+        self._desired: dict[str, CheckSpec] = {}
+        health.register(COMPONENT)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._heartbeat_loop(stop), name="heartbeat")
+            tasks.create_task(self._config_loop(stop), name="configs")
+            if self._settings.fence_on_disconnect:
+                tasks.create_task(self._fence_loop(stop), name="fence")
+
+    # --------------------------------------------------------------- heartbeat
+
+    async def heartbeat_once(self) -> wire.StatusOut | None:
+        """One status report; returns the reply it acted on (None: ignored as stale)."""
+        send_running = self._running_sent_epoch != self.epoch or self.epoch < 0
+        body: dict[str, Any] = {
+            "last_change": self.last_change if self.last_change is not None else 0,
+            "labels": self._settings.labels,
+            "capacity": self._settings.capacity,
+            "stats": self._stats(),
+        }
+        if send_running:
+            body["running"] = self._running()
+        reply = await self._client.status(body)
+        if reply.epoch < self.epoch:
+            log.warning("stale_epoch_ignored", route="status", epoch=reply.epoch, seen=self.epoch)
+            self._client.next_url()
+            return None
+        new_epoch = reply.epoch > self.epoch
+        if new_epoch:
+            log.info("new_epoch", epoch=reply.epoch, leader=reply.leader, previous=self.epoch)
+            self.epoch = reply.epoch
+        if send_running:
+            self._running_sent_epoch = reply.epoch
+        elif new_epoch:
+            self._heartbeat_now.set()  # tell the new leader what runs here, now
+        self._last_ok = self._clock.monotonic()
+        self.heartbeat_interval_s = reply.heartbeat_interval_s
+        self.expiry_s = reply.node_expiration_timeout_s
+        self._registered.set()
+        self._health.report(
+            COMPONENT, Status.HEALTHY, f"leader {reply.leader} at {self._client.url}"
+        )
+        if self.fenced:
+            self.fenced = False
+            log.warning("unfenced", leader=reply.leader)
+        if not reply.is_up_to_date or new_epoch or self._configs_epoch != self.epoch:
+            self._fetch_now.set()
+        return reply
+
+    async def _heartbeat_loop(self, stop: asyncio.Event) -> None:
+        failures = 0
+        while not stop.is_set():
+            self._heartbeat_now.clear()
+            try:
+                await self.heartbeat_once()
+                failures = 0
+                delay = self.heartbeat_interval_s
+            except AgentError as exc:
+                failures += 1
+                delay = self._backoff(failures)
+                self._report_failure(exc, failures)
+            await wait_any(self._heartbeat_now, stop, timeout_s=delay)
+
+    # ----------------------------------------------------------------- configs
+
+    async def fetch_once(self, *, wait_s: float) -> None:
+        since = self.last_change if self._configs_epoch == self.epoch else None
+        reply = await self._client.configs(since=since, wait_s=wait_s)
+        if reply.epoch < self.epoch:
+            log.warning("stale_epoch_ignored", route="configs", epoch=reply.epoch, seen=self.epoch)
+            self._client.next_url()
+            return
+        if reply.epoch > self.epoch:
+            self.epoch = reply.epoch
+            self._heartbeat_now.set()
+        self.last_change = reply.last_change
+        self._configs_epoch = reply.epoch
+        self._desired = {c.digest: spec_from_wire(c) for c in reply.configs}
+        if not self.fenced:
+            self._apply(self._desired)
+
+    async def _config_loop(self, stop: asyncio.Event) -> None:
+        failures = 0
+        while not stop.is_set():
+            if not self._registered.is_set():
+                await wait_any(self._registered, stop, timeout_s=1.0)
+                continue
+            self._fetch_now.clear()
+            fetch = asyncio.ensure_future(self.fetch_once(wait_s=self._settings.long_poll_s))
+            interrupt = asyncio.ensure_future(wait_any(self._fetch_now, stop, timeout_s=3600))
+            try:
+                await asyncio.wait({fetch, interrupt}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                interrupt.cancel()
+                fetch.cancel()  # no-op when it has finished
+                await asyncio.gather(fetch, interrupt, return_exceptions=True)
+            if fetch.cancelled():
+                continue
+            exc = fetch.exception()
+            if exc is None:
+                failures = 0
+                continue
+            if isinstance(exc, UnknownNodeError):
+                log.info("reregistering", reason="unknown_node")
+                self._registered.clear()
+                self._heartbeat_now.set()
+                continue
+            if not isinstance(exc, AgentError):
+                raise exc
+            failures += 1
+            self._report_failure(exc, failures)
+            await sleep_or_stop(stop, self._backoff(failures))
+
+    # ----------------------------------------------------------------- fencing
+
+    async def _fence_loop(self, stop: asyncio.Event) -> None:
+        while not await sleep_or_stop(stop, 0.25):
+            since = self._last_ok if self._last_ok is not None else self._started
+            if not self.fenced and self._clock.monotonic() - since > self.expiry_s:
+                self.fenced = True
+                log.warning(
+                    "fenced", reason="no dispatcher answer past the expiry timeout",
+                    expiry_s=self.expiry_s,
+                )  # fmt: skip
+                self._apply({})
+
+    # ------------------------------------------------------------------- leave
+
+    async def leave(self) -> bool:
+        """The final status, ``leaving: true``: the dispatcher re-dispatches at once."""
+        body = {"last_change": -1, "leaving": True}
+        for _ in range(len(self._settings.dispatcher_urls)):
+            try:
+                await self._client.status(body)
+                return True
+            except AgentError as exc:
+                log.warning("leave_failed", error=str(exc))
+        return False
+
+    # ---------------------------------------------------------------- internal
+
+    def _backoff(self, failures: int) -> float:
+        cap = max(RETRY_BASE_S, self.heartbeat_interval_s)
+        base = min(cap, RETRY_BASE_S * 2 ** min(failures - 1, 16))
+        return float(base * self._rng.uniform(0.5, 1.5))
+
+    def _report_failure(self, exc: AgentError, failures: int) -> None:
+        level = Status.DEGRADED
+        if isinstance(exc, DispatcherProtocolError):
+            log.error("dispatcher_reply_unusable", error=str(exc))
+        elif isinstance(exc, DispatcherUnavailable):
+            log.warning("dispatcher_unavailable", error=str(exc), failures=failures)
+        if self.fenced:
+            level = Status.UNHEALTHY
+        self._health.report(COMPONENT, level, str(exc)[:300])

@@ -1,0 +1,136 @@
+"""Desired state (what the dispatcher asks for) against actual state (running check
+loops), after the kubelet plugin manager: each pass first stops what is no longer
+desired or has changed, then starts what is missing; one operation per digest at a
+time; a start that fails backs off exponentially. The actual state changes only when
+an operation succeeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+import structlog
+
+from dispatcher.common.clock import Clock
+from dispatcher.common.tasks import wait_any
+
+log = structlog.get_logger(__name__)
+
+BACKOFF_BASE_S = 0.5
+BACKOFF_MAX_S = 60.0
+PASS_PERIOD_S = 1.0
+
+
+class Spec(Protocol):
+    @property
+    def digest(self) -> str: ...
+
+
+S = TypeVar("S", bound=Spec)
+H = TypeVar("H")
+
+
+@dataclass(slots=True)
+class _Backoff:
+    failures: int
+    retry_at: float
+
+
+class Reconciler(Generic[S, H]):
+    def __init__(
+        self,
+        *,
+        start: Callable[[S], Awaitable[H]],
+        stop: Callable[[H], Awaitable[None]],
+        clock: Clock,
+    ) -> None:
+        self._start = start
+        self._stop = stop
+        self._clock = clock
+        self._desired: dict[str, S] = {}
+        self._actual: dict[str, tuple[S, H]] = {}
+        self._operations: dict[str, asyncio.Task[None]] = {}
+        self._backoff: dict[str, _Backoff] = {}
+        self._wake = asyncio.Event()
+
+    @property
+    def desired(self) -> Mapping[str, S]:
+        return self._desired
+
+    @property
+    def actual(self) -> Mapping[str, H]:
+        return {digest: handle for digest, (_, handle) in self._actual.items()}
+
+    def set_desired(self, specs: Mapping[str, S]) -> None:
+        self._desired = dict(specs)
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self._wake.clear()
+            self.reconcile_once()
+            await wait_any(self._wake, stop, timeout_s=PASS_PERIOD_S)
+
+    def reconcile_once(self) -> None:
+        """One pass: stop first, then start. Operations run as tasks, one per digest."""
+        for digest in sorted(self._actual):
+            spec, _ = self._actual[digest]
+            if digest in self._operations:
+                continue
+            if self._desired.get(digest) != spec:
+                self._launch(digest, self._do_stop(digest))
+        now = self._clock.monotonic()
+        for digest in sorted(self._desired):
+            if digest in self._actual or digest in self._operations:
+                continue
+            backoff = self._backoff.get(digest)
+            if backoff is not None and now < backoff.retry_at:
+                continue
+            self._launch(digest, self._do_start(self._desired[digest]))
+
+    async def stop_all(self) -> None:
+        """Stops every running check and waits for every operation (shutdown, fencing)."""
+        self._desired = {}
+        while self._operations or self._actual:
+            self.reconcile_once()
+            if self._operations:
+                await asyncio.gather(*self._operations.values(), return_exceptions=True)
+
+    async def wait_idle(self) -> None:
+        if self._operations:
+            await asyncio.gather(*self._operations.values(), return_exceptions=True)
+
+    def _launch(self, digest: str, operation: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(operation)
+        task.set_name(f"reconcile:{digest}")
+        self._operations[digest] = task
+        task.add_done_callback(lambda _: self._finished(digest, task))
+
+    def _finished(self, digest: str, task: asyncio.Task[None]) -> None:
+        if self._operations.get(digest) is task:
+            del self._operations[digest]
+        self._wake.set()
+
+    async def _do_start(self, spec: S) -> None:
+        try:
+            handle = await self._start(spec)
+        except Exception as exc:
+            previous = self._backoff.get(spec.digest)
+            failures = previous.failures + 1 if previous else 1
+            delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (failures - 1))
+            self._backoff[spec.digest] = _Backoff(failures, self._clock.monotonic() + delay)
+            log.warning("check_start_failed", digest=spec.digest, error=str(exc), retry_in_s=delay)
+            return
+        self._backoff.pop(spec.digest, None)
+        self._actual[spec.digest] = (spec, handle)
+
+    async def _do_stop(self, digest: str) -> None:
+        _, handle = self._actual[digest]
+        try:
+            await self._stop(handle)
+        except Exception as exc:
+            log.warning("check_stop_failed", digest=digest, error=str(exc))
+        del self._actual[digest]

@@ -1,0 +1,112 @@
+"""The agent's local server: /healthz, /readyz, /metrics and /v1/check-report."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from dispatcher.common.health import HealthRegistry, Verdict
+from dispatcher.common.httperrors import (
+    error_response,
+    from_http_exception,
+    internal_error_response,
+)
+from dispatcher.errors import InvalidJson, InvalidRequest, RequestError, UnsupportedMediaType
+from node_agent.metrics import AgentMetrics
+from node_agent.reports import Report, RunRegistry
+
+log = structlog.get_logger(__name__)
+
+REGISTRY = web.AppKey("runs", RunRegistry)
+HEALTH = web.AppKey("health", HealthRegistry)
+METRICS = web.AppKey("metrics", AgentMetrics)
+
+
+def create_app(
+    *, runs: RunRegistry, health: HealthRegistry, metrics: AgentMetrics
+) -> web.Application:
+    app = web.Application(client_max_size=1024 * 1024, middlewares=[_errors])
+    app[REGISTRY] = runs
+    app[HEALTH] = health
+    app[METRICS] = metrics
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_post("/v1/check-report", _check_report)
+    return app
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    response: web.StreamResponse
+    try:
+        response = await handler(request)
+    except RequestError as exc:
+        response = error_response(exc)
+    except web.HTTPException as exc:
+        response = error_response(from_http_exception(exc))
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("request_failed", path=request.path)
+        response = internal_error_response()
+    response.headers["X-Request-Id"] = request_id[:128]
+    return response
+
+
+def _health(verdict: Verdict) -> web.Response:
+    body = {
+        "status": verdict.status.label,
+        "components": {
+            name: {"status": c.status.label, "message": c.message, "metadata": dict(c.metadata)}
+            for name, c in verdict.components.items()
+        },
+    }
+    return web.Response(
+        body=orjson.dumps(body), status=200 if verdict.ok else 503, content_type="application/json"
+    )
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return _health(request.app[HEALTH].liveness())
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    return _health(request.app[HEALTH].readiness())
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    response = web.Response(body=generate_latest(request.app[METRICS].registry))
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
+
+
+async def _check_report(request: web.Request) -> web.Response:
+    """A program's own verdict (Kuberhealthy's field and header names accepted too)."""
+    run_id = request.headers.get("X-Run-Id") or request.headers.get("kh-run-uuid")
+    if not run_id:
+        raise InvalidRequest("The X-Run-Id (or kh-run-uuid) header is required.")
+    if request.content_type not in ("application/json", ""):
+        raise UnsupportedMediaType()
+    try:
+        data = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJson(f"The report is not valid JSON: {exc}.") from exc
+    if not isinstance(data, dict):
+        raise InvalidRequest('The report must be an object {"ok": bool, "errors": [...]}.')
+    fields = {str(k).lower(): v for k, v in data.items()}
+    ok = fields.get("ok")
+    errors = fields.get("errors") or []
+    if not isinstance(ok, bool):
+        raise InvalidRequest('"ok" must be true or false.')
+    if not isinstance(errors, list) or not all(isinstance(e, str) for e in errors):
+        raise InvalidRequest('"errors" must be a list of strings.')
+    request.app[REGISTRY].report(run_id, Report(ok=ok, errors=[e[:4096] for e in errors]))
+    return web.Response(body=b'{"accepted":true}', content_type="application/json")

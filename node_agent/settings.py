@@ -1,0 +1,49 @@
+"""Node agent settings: one frozen dataclass, units in the field names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dispatcher.errors import ConfigurationError
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSettings:
+    dispatcher_urls: tuple[str, ...] = ("http://127.0.0.1:5005",)
+    name: str = "node"
+    labels: dict[str, str] = field(default_factory=dict)
+    capacity: int = 8
+    """At most this many checks run at the same time; reported to the dispatcher."""
+    host: str = "127.0.0.1"
+    port: int = 5006
+    """Local server: /healthz, /readyz, /metrics, /v1/check-report."""
+    token: str | None = None
+    allow_exec: tuple[Path, ...] = ()
+    """exec checks may only start programs under one of these prefixes."""
+    fence_on_disconnect: bool = False
+    heartbeat_interval_s: float = 10.0
+    """Used until the dispatcher's replies say otherwise."""
+    long_poll_s: float = 30.0
+    request_timeout_s: float = 10.0
+    results_flush_s: float = 1.0
+    max_pending_results: int = 10_000
+    shutdown_timeout_s: float = 5.0
+
+    @property
+    def report_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/v1/check-report"
+
+    def validate(self) -> AgentSettings:
+        if not self.dispatcher_urls:
+            raise ConfigurationError("--dispatcher-url needs at least one URL.")
+        for url in self.dispatcher_urls:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigurationError(
+                    f"--dispatcher-url {url!r}: must start with http:// or https://."
+                )
+        for prefix in self.allow_exec:
+            if not prefix.is_absolute():
+                raise ConfigurationError(f"--allow-exec {prefix}: must be an absolute path.")
+        return self
