@@ -1,0 +1,118 @@
+"""Real processes for end-to-end tests: free loopback ports, start, wait, stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Proc:
+    """A child process whose output goes to a log file kept for failure reports."""
+
+    name: str
+    argv: Sequence[str]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Proc:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        log = self.log_path.open("ab")
+        self.popen = subprocess.Popen(
+            list(self.argv), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
+        )
+        log.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.popen is not None
+        self.popen.send_signal(sig)
+
+    def wait(self, timeout_s: float) -> int:
+        assert self.popen is not None
+        return self.popen.wait(timeout=timeout_s)
+
+    def stop(self, timeout_s: float = 10.0) -> int | None:
+        if self.popen is None or self.popen.poll() is not None:
+            return self.popen.returncode if self.popen else None
+        self.popen.send_signal(signal.SIGTERM)
+        try:
+            return self.popen.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(timeout=5)
+            return None
+
+    def output(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+def wait_http_ok(url: str, *, timeout_s: float = 15.0, proc: Proc | None = None) -> None:
+    """Waits until GET url answers 200; fails early if the process died."""
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        if proc is not None and not proc.alive():
+            raise AssertionError(f"{proc.name} exited early:\n{proc.output()[-4000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError) as exc:
+            last = str(exc)
+        time.sleep(0.05)
+    tail = proc.output()[-4000:] if proc else ""
+    raise AssertionError(f"{url} not ready after {timeout_s}s ({last})\n{tail}")
+
+
+def dispatcher_argv(port: int, *extra: str) -> list[str]:
+    return [
+        str(BIN / "clusterchecks-dispatcher"),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--identity", f"dispatcher-{port}",
+        "--log-format", "json",
+        *extra,
+    ]  # fmt: skip
+
+
+def agent_argv(port: int, name: str, dispatcher_url: str, *extra: str) -> list[str]:
+    return [
+        str(BIN / "clusterchecks-agent"),
+        "--dispatcher-url", dispatcher_url,
+        "--name", name,
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--log-format", "json",
+        *extra,
+    ]  # fmt: skip
