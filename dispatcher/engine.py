@@ -53,6 +53,7 @@ class Dispatcher:
         self.lock = asyncio.Lock()
         self._waiters: dict[NodeName, asyncio.Future[None]] = {}
         self._flagged_dangling: set[Digest] = set()
+        self._closing = False
 
     # ------------------------------------------------------------- node agents
 
@@ -96,7 +97,7 @@ class Dispatcher:
             async with self.lock:
                 last_change, configs = self.state.node_configs(name)
                 remaining = deadline - loop.time()
-                if since is None or last_change != since or remaining <= 0:
+                if since is None or last_change != since or remaining <= 0 or self._closing:
                     return last_change, configs
                 waiter = self._waiters.get(name)
                 if waiter is None or waiter.done():
@@ -115,18 +116,24 @@ class Dispatcher:
     async def replace_source(
         self, source: SourceName, configs: Sequence[CheckConfig]
     ) -> SourceChange:
+        return (await self.replace_sources({source: configs}))[source]
+
+    async def replace_sources(
+        self, sets: Mapping[SourceName, Sequence[CheckConfig]]
+    ) -> dict[SourceName, SourceChange]:
         async with self.lock:
-            change = self.state.replace_source(source, configs, now=self._clock.monotonic())
+            changes = self.state.replace_sources(sets, now=self._clock.monotonic())
             self._publish()
-        if change.added or change.removed:
-            log.info(
-                "source_replaced",
-                source=source,
-                added=change.added,
-                removed=change.removed,
-                unchanged=change.unchanged,
-            )
-        return change
+        for source, change in changes.items():
+            if change.added or change.removed:
+                log.info(
+                    "source_replaced",
+                    source=source,
+                    added=change.added,
+                    removed=change.removed,
+                    unchanged=change.unchanged,
+                )
+        return changes
 
     async def add_to_source(
         self, source: SourceName, configs: Sequence[CheckConfig]
@@ -176,7 +183,8 @@ class Dispatcher:
         )
 
     def wake_all(self) -> None:
-        """Ends every pending long poll (shutdown)."""
+        """Ends every pending long poll, and makes new ones answer at once (shutdown)."""
+        self._closing = True
         for waiter in self._waiters.values():
             if not waiter.done():
                 waiter.set_result(None)

@@ -97,6 +97,10 @@ class MethodNotAllowed(RequestError):
     code = "method_not_allowed"
     default_message = "This route does not take that method."
 
+    def __init__(self, message: str | None = None, *, allowed: list[str] | None = None):
+        super().__init__(message)
+        self.allowed = allowed or []
+
 
 class Conflict(RequestError):
     code = "conflict"

@@ -20,6 +20,10 @@ from pydantic import (
 )
 
 NAME_PATTERN = r"^[A-Za-z0-9._-]{1,253}$"
+SOURCE_NAME_PATTERN = r"^[A-Za-z0-9._:-]{1,253}$"
+"""Source names may also hold ':', as the dispatcher's own sources do (``file:web.yaml``)."""
+INTERNAL_SOURCE_PREFIXES = ("file:",)
+"""Sources the dispatcher feeds itself: readable through the API, not writable."""
 DIGEST_PATTERN = r"^[0-9a-f]{16,64}$"
 CHECK_NAME_PATTERN = r"^[a-z0-9_]{1,64}$"
 MAX_INT64 = 2**63 - 1
@@ -27,6 +31,7 @@ MAX_WAIT_S = 60.0
 OUTPUT_LIMIT_BYTES = 4096
 
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+SourceNameStr = Annotated[str, StringConstraints(pattern=SOURCE_NAME_PATTERN)]
 DigestStr = Annotated[str, StringConstraints(pattern=DIGEST_PATTERN)]
 LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=317)]
 LabelValue = Annotated[str, StringConstraints(max_length=1024)]
@@ -211,6 +216,7 @@ class RejectedOut(WireOut):
 
 
 class ResultsOut(WireOut):
+    epoch: int
     accepted: int
     rejected: list[RejectedOut]
 
@@ -236,7 +242,7 @@ class SourceGetOut(WireOut):
 
 
 class ChecksPostIn(WireIn):
-    source: Name
+    source: SourceNameStr
     configs: list[CheckConfigIn]
 
 
@@ -246,6 +252,7 @@ class ChecksPostOut(WireOut):
 
 
 class RemovedOut(WireOut):
+    epoch: int
     removed: bool
 
 

@@ -23,6 +23,7 @@ from dispatcher.api.keys import CLOCK, DISPATCHER, HEALTH, LEADERSHIP, METRICS, 
 from dispatcher.common.health import Verdict
 from dispatcher.core.model import Digest, NodeName, SourceName
 from dispatcher.errors import (
+    Conflict,
     Forbidden,
     InvalidJson,
     InvalidRequest,
@@ -34,6 +35,7 @@ M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _NAME = re.compile(wire.NAME_PATTERN)
+_SOURCE_NAME = re.compile(wire.SOURCE_NAME_PATTERN)
 
 
 class Role(enum.Enum):
@@ -106,12 +108,25 @@ def invalid_request(exc: ValidationError) -> InvalidRequest:
 
 def path_name(request: web.Request, key: str) -> str:
     value = request.match_info[key]
-    if not _NAME.fullmatch(value):
+    pattern, allowed = (
+        (_SOURCE_NAME, "A-Za-z0-9._:-") if key == "source" else (_NAME, "A-Za-z0-9._-")
+    )
+    if not pattern.fullmatch(value):
         raise InvalidRequest(
-            f"Invalid {key} name {value[:80]!r}: use 1 to 253 characters of [A-Za-z0-9._-].",
+            f"Invalid {key} name {value[:80]!r}: use 1 to 253 characters of [{allowed}].",
             details={"fields": [{"path": key, "message": "invalid name"}]},
         )
     return value
+
+
+def writable_source(name: str) -> SourceName:
+    """Refuses writes to the sources the dispatcher feeds itself (the file is the truth)."""
+    if name.startswith(wire.INTERNAL_SOURCE_PREFIXES):
+        raise Conflict(
+            f"Source {name[:80]!r} is fed by the dispatcher itself (its config directory); "
+            "change the file instead."
+        )
+    return SourceName(name)
 
 
 def epoch(request: web.Request) -> int:
@@ -190,6 +205,7 @@ async def post_results(request: web.Request) -> web.Response:
     )
     return reply(
         wire.ResultsOut(
+            epoch=epoch(request),
             accepted=accepted,
             rejected=[wire.RejectedOut(digest=r.digest, reason=r.reason) for r in rejected],
         )
@@ -200,7 +216,7 @@ async def post_results(request: web.Request) -> web.Response:
 
 
 async def put_source(request: web.Request) -> web.Response:
-    source = SourceName(path_name(request, "source"))
+    source = writable_source(path_name(request, "source"))
     body = await read_body(request, wire.SourcePutIn)
     change = await request.app[DISPATCHER].replace_source(
         source, [convert.config_in(c) for c in body.configs]
@@ -229,7 +245,7 @@ async def get_source(request: web.Request) -> web.Response:
 async def post_checks(request: web.Request) -> web.Response:
     body = await read_body(request, wire.ChecksPostIn)
     digests = await request.app[DISPATCHER].add_to_source(
-        SourceName(body.source), [convert.config_in(c) for c in body.configs]
+        writable_source(body.source), [convert.config_in(c) for c in body.configs]
     )
     return reply(wire.ChecksPostOut(epoch=epoch(request), digests=list(digests)))
 
@@ -239,14 +255,14 @@ async def delete_check(request: web.Request) -> web.Response:
     source_raw = request.query.get("source")
     if source_raw is None and request[ROLE] is not Role.ADMIN:
         raise Forbidden("Removing a check from every source (no ?source=) needs the admin role.")
-    if source_raw is not None and not _NAME.fullmatch(source_raw):
+    if source_raw is not None and not _SOURCE_NAME.fullmatch(source_raw):
         raise InvalidRequest(
-            f"Invalid source name {source_raw[:80]!r}: use 1 to 253 characters of [A-Za-z0-9._-].",
+            f"Invalid source name {source_raw[:80]!r}: use 1 to 253 characters of [A-Za-z0-9._:-].",
             details={"fields": [{"path": "query.source", "message": "invalid name"}]},
         )
-    source = SourceName(source_raw) if source_raw is not None else None
+    source = writable_source(source_raw) if source_raw is not None else None
     await request.app[DISPATCHER].remove_check(digest, source=source)
-    return reply(wire.RemovedOut(removed=True))
+    return reply(wire.RemovedOut(epoch=epoch(request), removed=True))
 
 
 # ------------------------------------------------------------------ admins
@@ -432,7 +448,7 @@ _WAIT = QueryParam(
 )
 _SOURCE = QueryParam(
     "source",
-    {"type": "string", "pattern": wire.NAME_PATTERN},
+    {"type": "string", "pattern": wire.SOURCE_NAME_PATTERN},
     "Remove from this source only; without it, from every source (admin only).",
 )
 

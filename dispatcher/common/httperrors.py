@@ -47,6 +47,8 @@ def error_response(exc: errors.RequestError) -> web.Response:
     )
     if isinstance(exc, errors.NoLeader):
         response.headers["Retry-After"] = str(exc.retry_after_s)
+    if isinstance(exc, errors.MethodNotAllowed) and exc.allowed:
+        response.headers["Allow"] = ", ".join(exc.allowed)
     return response
 
 
@@ -63,8 +65,9 @@ def from_http_exception(exc: web.HTTPException) -> errors.RequestError:
     if isinstance(exc, web.HTTPNotFound):
         return errors.NotFound()
     if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = sorted(exc.allowed_methods)
         return errors.MethodNotAllowed(
-            f"This route takes {', '.join(sorted(exc.allowed_methods))}, not {exc.method}."
+            f"This route takes {', '.join(allowed)}, not {exc.method}.", allowed=allowed
         )
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return errors.BodyTooLarge()

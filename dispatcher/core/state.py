@@ -210,29 +210,48 @@ class ClusterState:
         self, source: SourceName, configs: Sequence[CheckConfig], *, now: float
     ) -> SourceChange:
         """Makes ``configs`` the whole set held by ``source`` (idempotent)."""
+        return self.replace_sources({source: configs}, now=now)[source]
+
+    def replace_sources(
+        self, sets: Mapping[SourceName, Sequence[CheckConfig]], *, now: float
+    ) -> dict[SourceName, SourceChange]:
+        """Replaces several sources' sets in one step.
+
+        Every source gains its new checks before any source loses its old ones, so a
+        check that moves from one source to another (a renamed file) is never dropped
+        and re-added: it keeps its node, stats and results.
+        """
         now = self._advance(now)
-        wanted = {c.digest: c for c in configs}
-        held = self._sources.get(source, set())
-        added = [d for d in wanted if d not in held]
-        removed = sorted(d for d in held if d not in wanted)
-        for config in wanted.values():
-            self._upsert(config)
-        for digest in added:
-            self._holders.setdefault(digest, set()).add(source)
-        if wanted:
-            self._sources[source] = set(wanted)
-        else:
-            self._sources.pop(source, None)
-        for digest in removed:
+        changes: dict[SourceName, SourceChange] = {}
+        removals: list[tuple[Digest, SourceName]] = []
+        additions: list[Digest] = []
+        for source, configs in sets.items():
+            wanted = {c.digest: c for c in configs}
+            held = self._sources.get(source, set())
+            added = [d for d in wanted if d not in held]
+            removed = sorted(d for d in held if d not in wanted)
+            for config in wanted.values():
+                self._upsert(config)
+            for digest in added:
+                self._holders.setdefault(digest, set()).add(source)
+            if wanted:
+                self._sources[source] = set(wanted)
+            else:
+                self._sources.pop(source, None)
+            removals.extend((digest, source) for digest in removed)
+            additions.extend(added)
+            changes[source] = SourceChange(
+                digests=[c.digest for c in configs],
+                added=len(added),
+                removed=len(removed),
+                unchanged=len(wanted) - len(added),
+            )
+        for digest, source in removals:
             self._release(digest, source)
-        for digest in added:
-            self._place_if_new(digest, now=now)
-        return SourceChange(
-            digests=[c.digest for c in configs],
-            added=len(added),
-            removed=len(removed),
-            unchanged=len(wanted) - len(added),
-        )
+        for digest in additions:
+            if digest in self._configs:
+                self._place_if_new(digest, now=now)
+        return changes
 
     def add_to_source(
         self, source: SourceName, configs: Sequence[CheckConfig], *, now: float

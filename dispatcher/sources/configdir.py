@@ -3,15 +3,18 @@
 A file holds one or many configs: a mapping (one config), a list of configs, or a
 mapping with a ``configs`` list; several YAML documents in one file add up. Files are
 re-read when they change (polled, which also follows ConfigMap symlink swaps that
-inotify misses). A broken file is reported in the log and the ``config_dir`` health
-component and leaves the checks it held before untouched; a deleted file removes its
-checks.
+inotify misses); all changes seen in one scan are applied in one step, so a check that
+moves between files (or a renamed file) keeps its node. A broken file is reported in
+the log and the ``config_dir`` health component and leaves the checks it held before
+untouched; a deleted file removes its checks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,16 +46,70 @@ class _Signature:
     inode: int
 
 
+RECENT_NS = 2_000_000_000
+"""A file modified this recently is re-read even when its signature looks unchanged:
+on file systems with coarse timestamps an edit can keep the same mtime and size."""
+
+
 def source_name(path: Path) -> SourceName:
     return SourceName(f"file:{path.name}")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML that refuses duplicate keys (last-one-wins hides mistakes)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"found duplicate key {key!r}",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(value: Any, budget: int) -> int:
+    """Bytes the value takes once aliases are expanded, counting no further than budget.
+
+    YAML aliases let a tiny file stand for an enormous document (a "billion laughs");
+    the walk stops as soon as the expansion passes what a file may hold.
+    """
+    used = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            used += 2 + len(item)
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            used += 2 + len(item)
+            stack.extend(item)
+        else:
+            used += len(item) if isinstance(item, str) else 8
+        if used > budget:
+            return used
+    return used
 
 
 def parse_configs(text: str, *, origin: str) -> list[CheckConfig]:
     """Parses one file's text into validated configs; raises ConfigSourceError."""
     try:
-        documents = list(yaml.safe_load_all(text))
+        documents = list(yaml.load_all(text, Loader=_StrictLoader))  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ConfigSourceError(f"{origin}: not valid YAML: {exc}") from exc
+    if _expanded_size(documents, MAX_FILE_BYTES) > MAX_FILE_BYTES:
+        raise ConfigSourceError(
+            f"{origin}: expands to more than {MAX_FILE_BYTES} bytes once YAML aliases are "
+            "resolved; write the configs out instead."
+        )
     raw: list[tuple[str, Any]] = []
     for doc_number, document in enumerate(documents, start=1):
         where = f"{origin}" if len(documents) == 1 else f"{origin} (document {doc_number})"
@@ -112,28 +169,45 @@ class ConfigDirSource:
         self._poll_s = poll_s
         self._seen: dict[str, _Signature] = {}
         self._broken: dict[str, str] = {}
+        self._hashes: dict[str, str] = {}
         health.register(COMPONENT, required=False)
 
     async def run(self, stop: asyncio.Event) -> None:
         await run_periodically("config_dir", self.scan, period_s=self._poll_s, stop=stop)
 
     async def scan(self) -> None:
-        """Applies every change in the directory since the last scan."""
+        """Applies every change in the directory since the last scan, in one step."""
         try:
             current = await asyncio.to_thread(self._list)
         except OSError as exc:
             self._report(f"cannot list {self._directory}: {exc.strerror or exc}")
             return
+        sets: dict[SourceName, list[CheckConfig]] = {}
         for name in sorted(set(self._seen) - set(current)):
             del self._seen[name]
+            self._hashes.pop(name, None)
             self._broken.pop(name, None)
-            await self._dispatcher.replace_source(source_name(Path(name)), [])
+            sets[source_name(Path(name))] = []
             log.info("config_file_removed", file=name)
+        now_ns = time.time_ns()
         for name, signature in sorted(current.items()):
-            if self._seen.get(name) == signature:
+            recent = now_ns - signature.mtime_ns < RECENT_NS
+            if self._seen.get(name) == signature and not recent:
                 continue
             self._seen[name] = signature
-            await self._load(self._directory / name)
+            configs = await self._load(self._directory / name)
+            if configs is not None:
+                sets[source_name(Path(name))] = configs
+        if sets:
+            changes = await self._dispatcher.replace_sources(sets)
+            for source, change in sorted(changes.items()):
+                log.info(
+                    "config_file_loaded",
+                    file=source.removeprefix("file:"),
+                    configs=len(sets[source]),
+                    added=change.added,
+                    removed=change.removed,
+                )
         self._report()
 
     def _list(self) -> dict[str, _Signature]:
@@ -151,24 +225,24 @@ class ConfigDirSource:
                 found[entry.name] = _Signature(st.st_mtime_ns, st.st_size, st.st_ino)
         return found
 
-    async def _load(self, path: Path) -> None:
+    async def _load(self, path: Path) -> list[CheckConfig] | None:
+        """The file's configs when its content changed and is valid, else None."""
         try:
             text = await asyncio.to_thread(_read, path)
-            configs = parse_configs(text, origin=path.name)
+            digest = hashlib.sha256(text.encode()).hexdigest()
+            if self._hashes.get(path.name) == digest and path.name not in self._broken:
+                return None
+            # Parsing a large file takes long enough to delay heartbeats: not on the loop.
+            configs = await asyncio.to_thread(parse_configs, text, origin=path.name)
         except (OSError, ConfigSourceError) as exc:
             message = str(exc) if isinstance(exc, ConfigSourceError) else f"{path.name}: {exc}"
+            if self._broken.get(path.name) != message:
+                log.error("config_file_invalid", file=path.name, error=message)
             self._broken[path.name] = message
-            log.error("config_file_invalid", file=path.name, error=message)
-            return
+            return None
+        self._hashes[path.name] = digest
         self._broken.pop(path.name, None)
-        change = await self._dispatcher.replace_source(source_name(path), configs)
-        log.info(
-            "config_file_loaded",
-            file=path.name,
-            configs=len(configs),
-            added=change.added,
-            removed=change.removed,
-        )
+        return configs
 
     def _report(self, listing_error: str | None = None) -> None:
         problems: Sequence[str] = (

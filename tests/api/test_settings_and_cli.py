@@ -1,0 +1,215 @@
+"""Settings.validate() and the command line: bad settings stop the process at start,
+with a message naming the flag (and what it accepts)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import dispatcher.cli
+from dispatcher.common import logs
+from dispatcher.errors import ConfigurationError
+from dispatcher.settings import (
+    AuthSettings,
+    DispatchSettings,
+    ElectionSettings,
+    ServerSettings,
+    Settings,
+)
+
+ADMIN_ONLY = AuthSettings(admin_token="a")
+
+
+@pytest.mark.parametrize(
+    ("settings", "words"),
+    [
+        pytest.param(
+            Settings(server=ServerSettings(host="0.0.0.0")),
+            ["0.0.0.0", "--admin-token", "--host"],
+            id="any-address-without-tokens",
+        ),
+        pytest.param(
+            Settings(server=ServerSettings(host="10.1.2.3")),
+            ["10.1.2.3", "--admin-token"],
+            id="private-address-without-tokens",
+        ),
+        pytest.param(Settings(server=ServerSettings(host="::")), ["--admin-token"], id="ipv6-any"),
+        pytest.param(
+            Settings(server=ServerSettings(host="dispatcher.example.com")),
+            ["--admin-token"],
+            id="hostname-without-tokens",
+        ),
+        pytest.param(
+            Settings(auth=AuthSettings(node_token="n", source_token="s")),
+            ["--admin-token"],
+            id="tokens-without-admin-token",
+        ),
+        pytest.param(
+            Settings(server=ServerSettings(host="0.0.0.0"), auth=AuthSettings(node_token="n")),
+            ["--admin-token"],
+            id="node-token-only-on-any-address",
+        ),
+        pytest.param(
+            Settings(
+                dispatch=DispatchSettings(heartbeat_interval_s=30, node_expiration_timeout_s=30)
+            ),
+            ["--heartbeat-interval", "--node-expiration-timeout"],
+            id="heartbeat-equal-to-expiry",
+        ),
+        pytest.param(
+            Settings(
+                dispatch=DispatchSettings(heartbeat_interval_s=40, node_expiration_timeout_s=30)
+            ),
+            ["--heartbeat-interval", "--node-expiration-timeout"],
+            id="heartbeat-above-expiry",
+        ),
+        pytest.param(
+            Settings(election=ElectionSettings(lease_duration_s=10, renew_deadline_s=10)),
+            ["--lease-duration", "--renew-deadline"],
+            id="lease-equal-to-renew-deadline",
+        ),
+        pytest.param(
+            Settings(
+                election=ElectionSettings(
+                    lease_duration_s=15, renew_deadline_s=10, retry_period_s=10
+                )
+            ),
+            ["--renew-deadline", "--retry-period"],
+            id="renew-deadline-equal-to-retry-period",
+        ),
+        pytest.param(
+            Settings(election=ElectionSettings(lease_duration_s=5, renew_deadline_s=10)),
+            ["--lease-duration"],
+            id="lease-below-renew-deadline",
+        ),
+        pytest.param(
+            Settings(server=ServerSettings(tls_cert=Path("cert.pem"))),
+            ["--tls-cert", "--tls-key"],
+            id="cert-without-key",
+        ),
+    ],
+)
+def test_validate_refuses_with_a_message_naming_the_flags(
+    settings: Settings, words: list[str]
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        settings.validate()
+    for word in words:
+        assert word in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        pytest.param(Settings(), id="defaults"),
+        pytest.param(Settings(server=ServerSettings(host="::1")), id="ipv6-loopback"),
+        pytest.param(Settings(server=ServerSettings(host="localhost")), id="localhost"),
+        pytest.param(Settings(server=ServerSettings(host="127.0.0.2")), id="127/8"),
+        pytest.param(
+            Settings(server=ServerSettings(host="0.0.0.0"), auth=ADMIN_ONLY),
+            id="any-address-with-admin-token",
+        ),
+        pytest.param(
+            Settings(
+                server=ServerSettings(host="0.0.0.0"),
+                auth=AuthSettings(node_token="n", source_token="s", admin_token="a"),
+            ),
+            id="any-address-with-every-token",
+        ),
+        pytest.param(
+            Settings(
+                dispatch=DispatchSettings(heartbeat_interval_s=29.9, node_expiration_timeout_s=30)
+            ),
+            id="heartbeat-just-below-expiry",
+        ),
+    ],
+)
+def test_validate_accepts_sound_settings(settings: Settings) -> None:
+    assert settings.validate() is settings
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+@pytest.fixture
+def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    """A CLI runner that never serves: a run that gets past validation fails loudly."""
+    for name in list(os.environ):
+        if name.startswith("CLUSTERCHECKS_"):
+            monkeypatch.delenv(name)
+
+    async def no_serving(settings: Settings) -> None:
+        raise AssertionError(f"the command would have served with {settings}")
+
+    monkeypatch.setattr(dispatcher.cli, "_serve", no_serving)
+    monkeypatch.setattr(logs, "configure", lambda **_: None)
+    return CliRunner()
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "words"),
+    [
+        pytest.param(["--election", "bogus"], {}, ["--election", "bogus", "standalone"], id="e"),
+        pytest.param(
+            [],
+            {"CLUSTERCHECKS_ELECTION": "bogus"},
+            ["--election", "CLUSTERCHECKS_ELECTION", "bogus", "standalone"],
+            id="election-env",
+        ),
+        pytest.param(["--store", "bogus"], {}, ["--store", "memory"], id="store"),
+        pytest.param(["--port", "99999"], {}, ["--port", "99999", "65535"], id="port-too-big"),
+        pytest.param(["--port", "-1"], {}, ["--port"], id="port-negative"),
+        pytest.param([], {"CLUSTERCHECKS_PORT": "http"}, ["--port", "CLUSTERCHECKS_PORT"], id="p"),
+        pytest.param(
+            ["--log-level", "loud"], {}, ["--log-level", "debug", "info", "warning"], id="level"
+        ),
+        pytest.param(["--log-format", "xml"], {}, ["--log-format", "json", "console"], id="fmt"),
+        pytest.param(
+            ["--node-expiration-timeout", "0"], {}, ["--node-expiration-timeout"], id="expiry-0"
+        ),
+        pytest.param(["--heartbeat-interval", "soon"], {}, ["--heartbeat-interval"], id="hb"),
+        pytest.param(
+            ["--heartbeat-interval", "30"], {}, ["--heartbeat-interval"], id="heartbeat-vs-expiry"
+        ),
+        pytest.param(
+            ["--host", "0.0.0.0"], {}, ["0.0.0.0", "--admin-token"], id="open-without-tokens"
+        ),
+        pytest.param(["--node-token", "n"], {}, ["--admin-token"], id="no-admin-token"),
+        pytest.param(
+            [], {"CLUSTERCHECKS_SOURCE_TOKEN": "s"}, ["--admin-token"], id="no-admin-token-env"
+        ),
+        pytest.param(
+            ["--lease-duration", "5", "--renew-deadline", "10"], {}, ["--lease-duration"], id="l"
+        ),
+        pytest.param(["--admin-token-file", "/nonexistent/t"], {}, ["--admin-token-file"], id="f"),
+    ],
+)
+def test_a_bad_flag_or_environment_value_stops_the_command(
+    runner: CliRunner, args: list[str], env: dict[str, str], words: list[str]
+) -> None:
+    result = runner.invoke(dispatcher.cli.main, args, env=env)
+
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert "Error" in result.output
+    for word in words:
+        assert word in result.output, (word, result.output)
+
+
+def test_an_empty_token_file_is_refused(runner: CliRunner, tmp_path: Path) -> None:
+    empty = tmp_path / "token"
+    empty.write_text("\n")
+    result = runner.invoke(dispatcher.cli.main, ["--admin-token-file", str(empty)])
+    assert result.exit_code == 2
+    assert "--admin-token-file" in result.output
+    assert "empty" in result.output
+
+
+def test_sound_flags_get_past_validation(runner: CliRunner) -> None:
+    result = runner.invoke(
+        dispatcher.cli.main, ["--host", "0.0.0.0", "--port", "0", "--admin-token", "a"]
+    )
+    assert isinstance(result.exception, AssertionError)
+    assert "would have served" in str(result.exception)
