@@ -163,6 +163,7 @@ class Poller:
         self.last_change = reply.last_change
         self._configs_epoch = reply.epoch
         self._desired = {c.digest: spec_from_wire(c) for c in reply.configs}
+        self._health.report(COMPONENT, Status.HEALTHY, f"configs from {self._client.url}")
         if not self.fenced:
             self._apply(self._desired)
 
@@ -205,6 +206,7 @@ class Poller:
             since = self._last_ok if self._last_ok is not None else self._started
             if not self.fenced and self._clock.monotonic() - since > self.expiry_s:
                 self.fenced = True
+                self._configs_epoch = -1  # after the outage, fetch the whole set at once
                 log.warning(
                     "fenced", reason="no dispatcher answer past the expiry timeout",
                     expiry_s=self.expiry_s,

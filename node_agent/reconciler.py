@@ -22,6 +22,7 @@ log = structlog.get_logger(__name__)
 BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 60.0
 PASS_PERIOD_S = 1.0
+STOP_ATTEMPTS_ON_SHUTDOWN = 3
 
 
 class Spec(Protocol):
@@ -76,28 +77,36 @@ class Reconciler(Generic[S, H]):
 
     def reconcile_once(self) -> None:
         """One pass: stop first, then start. Operations run as tasks, one per digest."""
+        now = self._clock.monotonic()
         for digest in sorted(self._actual):
             spec, _ = self._actual[digest]
-            if digest in self._operations:
+            if digest in self._operations or self._backing_off(digest, now):
                 continue
             if self._desired.get(digest) != spec:
                 self._launch(digest, self._do_stop(digest))
-        now = self._clock.monotonic()
         for digest in sorted(self._desired):
             if digest in self._actual or digest in self._operations:
                 continue
-            backoff = self._backoff.get(digest)
-            if backoff is not None and now < backoff.retry_at:
+            if self._backing_off(digest, now):
                 continue
             self._launch(digest, self._do_start(self._desired[digest]))
 
     async def stop_all(self) -> None:
-        """Stops every running check and waits for every operation (shutdown, fencing)."""
+        """Stops every running check and waits for every operation (shutdown).
+
+        A stop that keeps failing is tried a few times, then given up with an error log,
+        so that shutdown always ends.
+        """
         self._desired = {}
-        while self._operations or self._actual:
+        for _ in range(STOP_ATTEMPTS_ON_SHUTDOWN):
+            self._backoff.clear()
             self.reconcile_once()
-            if self._operations:
-                await asyncio.gather(*self._operations.values(), return_exceptions=True)
+            await self.wait_idle()
+            if not self._actual:
+                return
+        for digest in sorted(self._actual):
+            log.error("check_not_stopped", digest=digest, attempts=STOP_ATTEMPTS_ON_SHUTDOWN)
+        self._actual.clear()
 
     async def wait_idle(self) -> None:
         if self._operations:
@@ -118,10 +127,7 @@ class Reconciler(Generic[S, H]):
         try:
             handle = await self._start(spec)
         except Exception as exc:
-            previous = self._backoff.get(spec.digest)
-            failures = previous.failures + 1 if previous else 1
-            delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (failures - 1))
-            self._backoff[spec.digest] = _Backoff(failures, self._clock.monotonic() + delay)
+            delay = self._fail(spec.digest)
             log.warning("check_start_failed", digest=spec.digest, error=str(exc), retry_in_s=delay)
             return
         self._backoff.pop(spec.digest, None)
@@ -132,5 +138,21 @@ class Reconciler(Generic[S, H]):
         try:
             await self._stop(handle)
         except Exception as exc:
-            log.warning("check_stop_failed", digest=digest, error=str(exc))
+            # Still running as far as we know: keep it in the actual state (it is still
+            # reported as running) and try again after a backoff.
+            delay = self._fail(digest)
+            log.warning("check_stop_failed", digest=digest, error=str(exc), retry_in_s=delay)
+            return
+        self._backoff.pop(digest, None)
         del self._actual[digest]
+
+    def _fail(self, digest: str) -> float:
+        previous = self._backoff.get(digest)
+        failures = previous.failures + 1 if previous else 1
+        delay: float = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2.0 ** (failures - 1))
+        self._backoff[digest] = _Backoff(failures, self._clock.monotonic() + delay)
+        return delay
+
+    def _backing_off(self, digest: str, now: float) -> bool:
+        backoff = self._backoff.get(digest)
+        return backoff is not None and now < backoff.retry_at

@@ -93,7 +93,8 @@ async def _check_report(request: web.Request) -> web.Response:
     run_id = request.headers.get("X-Run-Id") or request.headers.get("kh-run-uuid")
     if not run_id:
         raise InvalidRequest("The X-Run-Id (or kh-run-uuid) header is required.")
-    if request.content_type not in ("application/json", ""):
+    # Some report clients send no Content-Type at all; anything else must be JSON.
+    if "Content-Type" in request.headers and request.content_type != "application/json":
         raise UnsupportedMediaType()
     try:
         data = orjson.loads(await request.read())

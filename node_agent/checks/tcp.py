@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from typing import Any
 
 from pydantic import Field
@@ -30,7 +31,8 @@ class TcpCheck:
         try:
             reader, writer = await asyncio.open_connection(instance.host, instance.port)
         except OSError as exc:
-            return Outcome(errors=[f"{label}: {exc.strerror or exc}"])
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            return Outcome(errors=[f"{label}: {reason}"])
         try:
             if instance.send is not None:
                 writer.write(instance.send.encode())
