@@ -258,6 +258,8 @@ class ClusterState:
     ) -> list[Digest]:
         """Adds configs to what ``source`` holds."""
         now = self._advance(now)
+        if not configs:
+            return []
         held = self._sources.setdefault(source, set())
         for config in configs:
             self._upsert(config)
@@ -301,7 +303,7 @@ class ClusterState:
         now = self._advance(now)
         if leaving:
             if name in self._nodes:
-                self._remove_node(name, now=now, reason="node_left")
+                self._remove_nodes([name], now=now, reason="node_left")
             return True
         node = self._nodes.get(name)
         if node is None:
@@ -343,12 +345,11 @@ class ClusterState:
         now = self._advance(now)
         deadline = now - timeout_s
         expired: list[NodeName] = []
-        while self._by_heartbeat:
-            name = next(iter(self._by_heartbeat))
+        for name in self._by_heartbeat:
             if self._nodes[name].heartbeat_at >= deadline:
                 break
             expired.append(name)
-            self._remove_node(name, now=now, reason="node_expired")
+        self._remove_nodes(expired, now=now, reason="node_expired")
         return expired
 
     def refresh_heartbeats(self, *, now: float) -> None:
@@ -442,19 +443,21 @@ class ClusterState:
                 continue
             accepted += 1
             summary = self._results.get(result.digest)
+            newest = summary is None or result.started_at >= summary.last.started_at
             if summary is None:
                 summary = self._results[result.digest] = ResultSummary(node=name, last=result)
-            elif result.started_at >= summary.last.started_at:
+            elif newest:
                 summary.last = result
                 summary.node = name
             if result.ok:
                 summary.success_count += 1
-                summary.consecutive_failures = 0
                 end = result.started_at + result.duration_s
                 summary.last_ok_at = max(summary.last_ok_at or end, end)
             else:
                 summary.failure_count += 1
-                summary.consecutive_failures += 1
+            if newest:
+                # A late result of an older run counts, but does not rewrite the streak.
+                summary.consecutive_failures = 0 if result.ok else summary.consecutive_failures + 1
         return accepted, rejected
 
     # ---------------------------------------------------------------- internal
@@ -589,18 +592,24 @@ class ClusterState:
         if node.name in self._nodes:
             self._index.update(node)
 
-    def _remove_node(self, name: NodeName, *, now: float, reason: str) -> None:
-        node = self._nodes.pop(name)
-        self._by_heartbeat.pop(name, None)
-        self._index.remove(name)
-        for digest in node.reported_running:
-            if self._reported.get(digest) == name:
-                del self._reported[digest]
-        self._events.removed_nodes.append(name)
-        self._events.changed_nodes.discard(name)
-        for digest in sorted(node.digests):
-            self._detach(digest, node)
-            self._place(digest, now=now, reason=reason, previous=name)
+    def _remove_nodes(self, names: Sequence[NodeName], *, now: float, reason: str) -> None:
+        """Takes every node off the books first, then re-places their checks, so that no
+        check goes to a node that is being removed in the same step."""
+        orphans: list[tuple[Digest, NodeName]] = []
+        for name in names:
+            node = self._nodes.pop(name)
+            self._by_heartbeat.pop(name, None)
+            self._index.remove(name)
+            for digest in node.reported_running:
+                if self._reported.get(digest) == name:
+                    del self._reported[digest]
+            self._events.removed_nodes.append(name)
+            self._events.changed_nodes.discard(name)
+            for digest in sorted(node.digests):
+                self._detach(digest, node)
+                orphans.append((digest, name))
+        for digest, previous in sorted(orphans):
+            self._place(digest, now=now, reason=reason, previous=previous)
 
     def _relabel(self, node: Node, *, now: float) -> None:
         self._placeable_changed = True
