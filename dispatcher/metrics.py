@@ -60,6 +60,21 @@ class DispatcherMetrics:
             registry=self.registry,
         )
 
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Counts a request; label children are cached (a labels() lookup per request
+        costs more than the rest of the accounting)."""
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = self._request_children[key] = (
+                self.requests.labels(route=route, method=method, status=str(status)),
+                self.request_seconds.labels(route=route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
+
     def watch_state(self, snapshot: Callable[[], StateGauges]) -> None:
         self.registry.register(_StateCollector(snapshot))
 

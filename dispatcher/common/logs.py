@@ -21,16 +21,20 @@ def default_format() -> LogFormat:
     return "console" if sys.stderr.isatty() else "json"
 
 
-def _dumps(obj: object, default: object = None) -> str:
-    return orjson.dumps(obj, default=str).decode()
+def _dumps(obj: object, default: object = None) -> bytes:
+    return orjson.dumps(obj, default=str)
 
 
 def configure(*, fmt: LogFormat, level: str) -> None:
     renderer: structlog.typing.Processor
+    factory: structlog.typing.WrappedLogger
     if fmt == "json":
+        # Bytes straight from orjson to stderr: no str round trip, no print().
         renderer = structlog.processors.JSONRenderer(serializer=_dumps)
+        factory = structlog.BytesLoggerFactory(file=sys.stderr.buffer)
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        factory = structlog.PrintLoggerFactory(file=sys.stderr)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -43,6 +47,6 @@ def configure(*, fmt: LogFormat, level: str) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=factory,
         cache_logger_on_first_use=True,
     )

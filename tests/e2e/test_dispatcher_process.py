@@ -146,10 +146,11 @@ def test_process_starts_healthy_and_ready(start_dispatcher: Start) -> None:
     for name in ("api", "config_dir", "dispatch_loop", "election", "store"):
         assert health.body["components"][name]["status"] == "healthy", health.body
     assert "0 file(s)" in config_dir["message"]
-    assert re.fullmatch(r"[0-9a-f]{32}", health.headers["X-Request-Id"]), health.headers
+    assert re.fullmatch(r"[A-Za-z0-9._:-]{8,128}", health.headers["X-Request-Id"]), health.headers
     assert health.headers["X-Clusterchecks-Leader"] == f"dispatcher-{d.port}"
 
     ready = d.get("/readyz")
+    assert ready.headers["X-Request-Id"] != health.headers["X-Request-Id"]
     assert ready.status == 200, f"{ready}\n{d.tail()}"
     assert ready.body["status"] == "healthy"
 

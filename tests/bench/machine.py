@@ -1,0 +1,35 @@
+"""What the machine is doing: CPU time of a process and of every CPU, from /proc (Linux).
+
+Used to tell a benchmark bound by the server from one bound by the load generator, and
+to show when other processes on the machine disturbed a measurement.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process, from /proc (Linux); None elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # After the command name: state is field 3, utime 14 and stime 15 (1-based).
+    ticks = int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_s() -> float | None:
+    """CPU seconds all CPUs spent busy since boot, from /proc/stat (Linux); None elsewhere."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+    except OSError:
+        return None
+    # user nice system idle iowait irq softirq steal (guest time is already in user):
+    # all but idle and iowait.
+    first = fields[:8]
+    busy = sum(first) - first[3] - (first[4] if len(first) > 4 else 0)
+    return busy / os.sysconf("SC_CLK_TCK")
