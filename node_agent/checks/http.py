@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import ssl
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from pydantic import Field, field_validator
@@ -44,8 +47,12 @@ class HttpInstance(InstanceModel):
 
 
 class HttpCheck:
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, *, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
+        """``ssl_context`` replaces the system trust store for verified requests."""
         self._session = session
+        self._ssl_context = ssl_context
 
     def parse(self, instance: dict[str, Any], init_config: dict[str, Any]) -> HttpInstance:
         parsed: HttpInstance = validate_instance(HttpInstance, instance)
@@ -59,10 +66,9 @@ class HttpCheck:
                 instance.method,
                 instance.url,
                 headers=instance.headers,
-                ssl=instance.verify_tls,
+                ssl=(self._ssl_context or True) if instance.verify_tls else False,
                 allow_redirects=True,
             ) as response:
-                cert_error = _certificate_problem(response, instance)
                 body = await response.content.read(MAX_BODY_BYTES)
                 status = response.status
         except aiohttp.ClientError as exc:
@@ -79,26 +85,42 @@ class HttpCheck:
             errors.append(f"{label}: body does not contain {instance.body_contains!r}")
         if instance.body_regex is not None and not re.search(instance.body_regex, text):
             errors.append(f"{label}: body does not match /{instance.body_regex}/")
-        if cert_error:
-            errors.append(f"{label}: {cert_error}")
+        if instance.verify_tls and instance.url.startswith("https://"):
+            cert_error = await self._certificate_problem(instance)
+            if cert_error:
+                errors.append(f"{label}: {cert_error}")
         return Outcome(errors=errors, output=f"{status} {text[:512]}")
 
+    async def _certificate_problem(self, instance: HttpInstance) -> str | None:
+        """Reads the server's certificate through its own verified handshake.
 
-def _certificate_problem(response: aiohttp.ClientResponse, instance: HttpInstance) -> str | None:
-    if not instance.verify_tls or response.connection is None:
+        aiohttp does not expose the peer certificate once a small response is read (the
+        connection is already released), so the check asks the server itself.
+        """
+        url = urlsplit(instance.url)
+        if url.hostname is None:
+            return None
+        context = self._ssl_context or ssl.create_default_context()
+        try:
+            _, writer = await asyncio.open_connection(
+                url.hostname, url.port or 443, ssl=context, server_hostname=url.hostname
+            )
+        except (OSError, ssl.SSLError) as exc:
+            return f"certificate: {exc}"
+        try:
+            ssl_object = writer.get_extra_info("ssl_object")
+            cert = ssl_object.getpeercert() if ssl_object is not None else None
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError, ssl.SSLError):
+                await writer.wait_closed()
+        if not cert or "notAfter" not in cert:
+            return None
+        expires_at = ssl.cert_time_to_seconds(str(cert["notAfter"]))
+        days_left = (expires_at - time.time()) / 86400
+        if days_left < instance.cert_expiry_warning_days:
+            return (
+                f"certificate expires in {days_left:.1f} days "
+                f"(warning at {instance.cert_expiry_warning_days:g})"
+            )
         return None
-    transport = response.connection.transport
-    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
-    if ssl_object is None:
-        return None
-    cert = ssl_object.getpeercert()
-    if not cert or "notAfter" not in cert:
-        return None
-    expires_at = ssl.cert_time_to_seconds(str(cert["notAfter"]))
-    days_left = (expires_at - time.time()) / 86400
-    if days_left < instance.cert_expiry_warning_days:
-        return (
-            f"certificate expires in {days_left:.1f} days "
-            f"(warning at {instance.cert_expiry_warning_days:g})"
-        )
-    return None
