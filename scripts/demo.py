@@ -70,7 +70,7 @@ def show() -> None:
             instance = check["instances"][0]
             what = (
                 instance.get("url")
-                or instance.get("command")
+                or " ".join(instance.get("command", []))
                 or instance.get("name")
                 or (f"{instance.get('host')}:{instance.get('port')}")
             )
