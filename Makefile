@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
-# System packages for the tests (redis-server, kubectl for manifests). Installed only
-# when missing, with apt, as root or through sudo.
+# System packages for the tests (openssl for TLS tests; redis-server for the Redis
+# paths). Installed only when missing, with apt, as root or through sudo.
 sysdeps: $(APT_STAMP)
 
 $(APT_STAMP): | $(STAMP)

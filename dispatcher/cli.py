@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 import click
 
 from dispatcher.common import logs
+from dispatcher.common.cli import option
 from dispatcher.errors import ConfigurationError
 from dispatcher.settings import (
     ELECTION_BACKENDS,
@@ -28,18 +28,6 @@ from dispatcher.settings import (
     Settings,
     StoreSettings,
 )
-
-ENV_PREFIX = "CLUSTERCHECKS_"
-FC = TypeVar("FC", bound=Callable[..., Any])
-
-
-def _env(flag: str) -> str:
-    return ENV_PREFIX + flag.upper().replace("-", "_")
-
-
-def option(flag: str, **kwargs: Any) -> Callable[[FC], FC]:
-    """A click option that also reads its CLUSTERCHECKS_* environment variable."""
-    return click.option(f"--{flag}", envvar=_env(flag), show_envvar=True, **kwargs)
 
 
 def _seconds(low: float, high: float = 86400.0, *, low_open: bool = False) -> click.FloatRange:

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from dispatcher import wire
+from dispatcher.common.text import truncate_utf8
 from dispatcher.core.model import (
     CheckConfig,
     CheckResult,
     CheckStats,
     Digest,
     make_config,
-    truncate_utf8,
 )
 from dispatcher.core.placement import Node
 from dispatcher.core.state import ClusterState, Move

@@ -151,11 +151,22 @@ class Dispatcher:
     async def uncordon(self, name: NodeName) -> Node:
         return await self._step(lambda now: self.state.uncordon(name, now=now))
 
-    async def drain(self, name: NodeName) -> list[Move]:
-        return await self._step(lambda now: self.state.drain(name, now=now))
+    async def drain(self, name: NodeName) -> tuple[Node, list[Move]]:
+        """Drains the node; returns it and the moves, from the same step."""
+
+        def drain(now: float) -> tuple[Node, list[Move]]:
+            moves = self.state.drain(name, now=now)
+            return self.state.node(name), moves
+
+        return await self._step(drain)
 
     async def isolate(self, digest: Digest) -> tuple[NodeName, list[Move]]:
         return await self._step(lambda now: self.state.isolate(digest, now=now))
+
+    async def read(self, view: Callable[[ClusterState], T]) -> T:
+        """Runs a read-only view of the state under the lock: a consistent snapshot."""
+        async with self.lock:
+            return view(self.state)
 
     # -------------------------------------------------------------------- ticks
 

@@ -56,6 +56,7 @@ def build(settings: Settings, *, clock: Clock | None = None) -> DispatcherServic
             directory=settings.config_dir,
             dispatcher=dispatcher,
             health=health,
+            clock=clock,
             poll_s=settings.config_dir_poll_s,
         )
 

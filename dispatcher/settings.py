@@ -7,6 +7,7 @@ cross-field rules are checked by ``validate()`` with a message naming the flags.
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -118,6 +119,9 @@ class Settings:
         s = self.server
         if (s.tls_cert is None) != (s.tls_key is None):
             raise ConfigurationError("--tls-cert and --tls-key must be given together.")
+        for flag, path in (("--tls-cert", s.tls_cert), ("--tls-key", s.tls_key)):
+            if path is not None and not os.access(path, os.R_OK):
+                raise ConfigurationError(f"{flag} {path}: not a readable file.")
         a = self.auth
         if a.enabled and not a.admin_token:
             raise ConfigurationError(

@@ -28,7 +28,6 @@ DIGEST_PATTERN = r"^[0-9a-f]{16,64}$"
 CHECK_NAME_PATTERN = r"^[a-z0-9_]{1,64}$"
 MAX_INT64 = 2**63 - 1
 MAX_WAIT_S = 60.0
-OUTPUT_LIMIT_BYTES = 4096
 
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 SourceNameStr = Annotated[str, StringConstraints(pattern=SOURCE_NAME_PATTERN)]
@@ -176,8 +175,8 @@ class StatusOut(WireOut):
     is_up_to_date: bool
     epoch: int
     leader: str
-    heartbeat_interval_s: float
-    node_expiration_timeout_s: float
+    heartbeat_interval_s: Annotated[float, Field(gt=0)]
+    node_expiration_timeout_s: Annotated[float, Field(gt=0)]
 
 
 class NodeConfigsOut(WireOut):

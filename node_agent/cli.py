@@ -7,22 +7,15 @@ import asyncio
 import os
 import socket
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 import click
 
 from dispatcher.common import logs
+from dispatcher.common.cli import option
 from dispatcher.errors import ConfigurationError
 from node_agent.settings import AgentSettings
-
-FC = TypeVar("FC", bound=Callable[..., Any])
-
-
-def option(flag: str, **kwargs: Any) -> Callable[[FC], FC]:
-    envvar = "CLUSTERCHECKS_" + flag.upper().replace("-", "_")
-    return click.option(f"--{flag}", envvar=envvar, show_envvar=True, **kwargs)
 
 
 def _labels(value: str) -> dict[str, str]:

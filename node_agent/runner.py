@@ -15,13 +15,13 @@ from typing import Any
 import structlog
 
 from dispatcher.common.clock import Clock
+from dispatcher.common.text import truncate_utf8
 from node_agent.checks import CheckKind, InstanceError, Outcome, RunContext
 from node_agent.metrics import AgentMetrics
 
 log = structlog.get_logger(__name__)
 
 STATS_WINDOW = 20
-OUTPUT_LIMIT_BYTES = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +134,7 @@ class CheckLoop:
             "errors": [e[:4096] for e in errors[:100]],
             "started_at": started_at,
             "duration_s": round(duration, 6),
-            "output": _cut(outcome.output),
+            "output": truncate_utf8(outcome.output),
         }
         self.stats.record(
             ok=ok, duration_s=duration, started_at=started_at, error=errors[0] if errors else None
@@ -172,10 +172,3 @@ class CheckLoop:
         errors = [e for o in outcomes for e in o.errors]
         output = "\n".join(o.output for o in outcomes if o.output)
         return Outcome(errors=errors, output=output)
-
-
-def _cut(text: str) -> str:
-    encoded = text.encode("utf-8")
-    if len(encoded) <= OUTPUT_LIMIT_BYTES:
-        return text
-    return encoded[:OUTPUT_LIMIT_BYTES].decode("utf-8", errors="ignore")

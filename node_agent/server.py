@@ -11,7 +11,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from dispatcher.common.health import HealthRegistry, Verdict
+from dispatcher.common.health import HealthRegistry, Verdict, verdict_body
 from dispatcher.common.httperrors import (
     error_response,
     from_http_exception,
@@ -62,15 +62,10 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
 
 
 def _health(verdict: Verdict) -> web.Response:
-    body = {
-        "status": verdict.status.label,
-        "components": {
-            name: {"status": c.status.label, "message": c.message, "metadata": dict(c.metadata)}
-            for name, c in verdict.components.items()
-        },
-    }
     return web.Response(
-        body=orjson.dumps(body), status=200 if verdict.ok else 503, content_type="application/json"
+        body=orjson.dumps(verdict_body(verdict).model_dump()),
+        status=200 if verdict.ok else 503,
+        content_type="application/json",
     )
 
 

@@ -14,14 +14,17 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
+import pydantic_core
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
 from dispatcher import convert, wire
 from dispatcher.api.keys import CLOCK, DISPATCHER, HEALTH, LEADERSHIP, METRICS, ROLE, SETTINGS
-from dispatcher.common.health import Verdict
+from dispatcher.common.health import Verdict, component_body, verdict_body
+from dispatcher.common.validation import field_problems, summary
 from dispatcher.core.model import Digest, NodeName, SourceName
+from dispatcher.core.state import ClusterState
 from dispatcher.errors import (
     Conflict,
     Forbidden,
@@ -86,8 +89,10 @@ async def read_body(request: web.Request, model: type[M], *, optional: bool = Fa
         )
     raw = await request.read()
     try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
+        # pydantic-core's parser keeps integers of any size exact (orjson would turn
+        # them into floats silently), so validation can refuse what does not fit.
+        data = pydantic_core.from_json(raw, allow_inf_nan=False)
+    except ValueError as exc:
         raise InvalidJson(f"The request body is not valid JSON: {exc}.") from exc
     try:
         return model.model_validate(data)
@@ -96,14 +101,11 @@ async def read_body(request: web.Request, model: type[M], *, optional: bool = Fa
 
 
 def invalid_request(exc: ValidationError) -> InvalidRequest:
-    fields = []
-    for error in exc.errors(include_url=False, include_input=False):
-        path = ".".join(str(part) for part in error["loc"]) or "(body)"
-        message = "unknown field" if error["type"] == "extra_forbidden" else error["msg"]
-        fields.append({"path": path, "message": message})
-    shown = "; ".join(f"{f['path']}: {f['message']}" for f in fields[:3])
-    more = f" (and {len(fields) - 3} more)" if len(fields) > 3 else ""
-    return InvalidRequest(f"Invalid request: {shown}{more}.", details={"fields": fields})
+    problems = field_problems(exc)
+    return InvalidRequest(
+        f"Invalid request: {summary(problems)}.",
+        details={"fields": [{"path": p.path, "message": p.message} for p in problems]},
+    )
 
 
 def path_name(request: web.Request, key: str) -> str:
@@ -234,11 +236,9 @@ async def put_source(request: web.Request) -> web.Response:
 
 async def get_source(request: web.Request) -> web.Response:
     source = SourceName(path_name(request, "source"))
-    dispatcher = request.app[DISPATCHER]
-    async with dispatcher.lock:
-        configs = [
-            convert.config_out(c, dispatcher.state) for c in dispatcher.state.source_configs(source)
-        ]
+    configs = await request.app[DISPATCHER].read(
+        lambda state: [convert.config_out(c, state) for c in state.source_configs(source)]
+    )
     return reply(wire.SourceGetOut(epoch=epoch(request), configs=configs))
 
 
@@ -269,50 +269,46 @@ async def delete_check(request: web.Request) -> web.Response:
 
 
 async def get_state(request: web.Request) -> web.Response:
-    dispatcher = request.app[DISPATCHER]
     leadership = request.app[LEADERSHIP]
     now = request.app[CLOCK].monotonic()
-    async with dispatcher.lock:
-        state = dispatcher.state
-        nodes = [convert.node_out(state.nodes[n], state, now=now) for n in sorted(state.nodes)]
-        dangling = sorted(state.dangling)
-        totals = wire.TotalsOut(
-            nodes=len(state.nodes),
-            checks=len(state.configs),
-            dispatched=len(state.placement),
-            dangling=len(state.dangling),
-        )
-        warmup = state.warming_up(now)
     info = leadership.leader()
-    return reply(
-        wire.StateOut(
+
+    def view(state: ClusterState) -> wire.StateOut:
+        return wire.StateOut(
             leader=info.identity if info else None,
             is_leader=leadership.is_leader(),
             epoch=epoch(request),
-            warmup=warmup,
-            nodes=nodes,
-            dangling=dangling,
-            totals=totals,
+            warmup=state.warming_up(now),
+            nodes=[convert.node_out(state.nodes[n], state, now=now) for n in sorted(state.nodes)],
+            dangling=sorted(state.dangling),
+            totals=wire.TotalsOut(
+                nodes=len(state.nodes),
+                checks=len(state.configs),
+                dispatched=len(state.placement),
+                dangling=len(state.dangling),
+            ),
         )
-    )
+
+    return reply(await request.app[DISPATCHER].read(view))
 
 
 async def list_checks(request: web.Request) -> web.Response:
-    dispatcher = request.app[DISPATCHER]
-    async with dispatcher.lock:
-        state = dispatcher.state
-        checks = [convert.check_detail_out(state.configs[d], state) for d in sorted(state.configs)]
+    checks = await request.app[DISPATCHER].read(
+        lambda state: [
+            convert.check_detail_out(state.configs[d], state) for d in sorted(state.configs)
+        ]
+    )
     return reply(wire.ChecksOut(checks=checks))
 
 
 async def get_check(request: web.Request) -> web.Response:
     digest = Digest(request.match_info["digest"])
-    dispatcher = request.app[DISPATCHER]
     now = request.app[CLOCK].monotonic()
-    async with dispatcher.lock:
-        state = dispatcher.state
-        config = state.config(digest)
-        detail = convert.check_detail_out(config, state, explain=state.explain(digest, now=now))
+    detail = await request.app[DISPATCHER].read(
+        lambda state: convert.check_detail_out(
+            state.config(digest), state, explain=state.explain(digest, now=now)
+        )
+    )
     return reply(detail)
 
 
@@ -338,16 +334,14 @@ async def _node_action(request: web.Request, action: str) -> web.Response:
     name = NodeName(path_name(request, "node"))
     dispatcher = request.app[DISPATCHER]
     if action == "cordon":
-        await dispatcher.cordon(name)
+        node = await dispatcher.cordon(name)
     elif action == "uncordon":
-        await dispatcher.uncordon(name)
+        node = await dispatcher.uncordon(name)
     else:
-        await dispatcher.drain(name)
+        node, _ = await dispatcher.drain(name)
+    # No await between the step and this conversion: the node is as the step left it.
     now = request.app[CLOCK].monotonic()
-    async with dispatcher.lock:
-        node = dispatcher.state.node(name)
-        out = convert.node_out(node, dispatcher.state, now=now)
-    return reply(out)
+    return reply(convert.node_out(node, dispatcher.state, now=now))
 
 
 async def post_isolate(request: web.Request) -> web.Response:
@@ -359,31 +353,14 @@ async def post_isolate(request: web.Request) -> web.Response:
 
 
 async def get_results(request: web.Request) -> web.Response:
-    dispatcher = request.app[DISPATCHER]
-    async with dispatcher.lock:
-        page = convert.results_page(dispatcher.state)
-    return reply(page)
+    return reply(await request.app[DISPATCHER].read(convert.results_page))
 
 
 # ------------------------------------------------------ local, no token
 
 
 def _health_reply(verdict: Verdict) -> web.Response:
-    return reply(_health_out(verdict), status=200 if verdict.ok else 503)
-
-
-def _health_out(verdict: Verdict) -> wire.HealthOut:
-    return wire.HealthOut(
-        status=verdict.status.label,
-        components={
-            name: wire.ComponentOut(
-                status=c.status.label,
-                message=c.message,
-                metadata=dict(c.metadata),
-            )
-            for name, c in verdict.components.items()
-        },
-    )
+    return reply(verdict_body(verdict), status=200 if verdict.ok else 503)
 
 
 async def get_healthz(request: web.Request) -> web.Response:
@@ -395,7 +372,7 @@ async def get_readyz(request: web.Request) -> web.Response:
 
 
 async def get_components(request: web.Request) -> web.Response:
-    return reply(_health_out(request.app[HEALTH].readiness()))
+    return reply(verdict_body(request.app[HEALTH].readiness()))
 
 
 async def get_component(request: web.Request) -> web.Response:
@@ -404,13 +381,7 @@ async def get_component(request: web.Request) -> web.Response:
     component = verdict.components.get(name)
     if component is None:
         raise NotFound(f"No health component named {name[:80]!r}.")
-    return reply(
-        wire.ComponentOut(
-            status=component.status.label,
-            message=component.message,
-            metadata=dict(component.metadata),
-        )
-    )
+    return reply(component_body(component))
 
 
 async def get_metrics(request: web.Request) -> web.Response:

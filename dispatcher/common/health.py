@@ -18,6 +18,7 @@ from typing import Any
 
 import structlog
 
+from dispatcher import wire
 from dispatcher.common.clock import Clock, SystemClock
 from dispatcher.common.tasks import sleep_or_stop
 
@@ -64,6 +65,22 @@ class Verdict:
     ok: bool
     status: Status
     components: dict[str, Component]
+
+
+def verdict_body(verdict: Verdict) -> wire.HealthOut:
+    """The body of /healthz and /readyz (API.md), the same on both processes."""
+    return wire.HealthOut(
+        status=verdict.status.label,
+        components={name: component_body(c) for name, c in verdict.components.items()},
+    )
+
+
+def component_body(component: Component) -> wire.ComponentOut:
+    return wire.ComponentOut(
+        status=component.status.label,
+        message=component.message,
+        metadata=dict(component.metadata),
+    )
 
 
 class HealthRegistry:
@@ -131,10 +148,6 @@ class HealthRegistry:
     def components(self) -> dict[str, Component]:
         with self._lock:
             return dict(sorted(self._components.items()))
-
-    def overall(self) -> Status:
-        components = self.components()
-        return max((c.status for c in components.values()), default=Status.HEALTHY)
 
     def liveness(self) -> Verdict:
         components = self.components()

@@ -17,7 +17,6 @@ SourceName = NewType("SourceName", str)
 JsonObject = dict[str, Any]
 
 DIGEST_HEX_CHARS = 32
-OUTPUT_LIMIT_BYTES = 4096
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -142,11 +141,3 @@ class ResultSummary:
     success_count: int = 0
     failure_count: int = 0
     last_ok_at: float | None = None
-
-
-def truncate_utf8(text: str, limit_bytes: int = OUTPUT_LIMIT_BYTES) -> str:
-    """Cuts text to at most ``limit_bytes`` of UTF-8 without splitting a character."""
-    encoded = text.encode("utf-8")
-    if len(encoded) <= limit_bytes:
-        return text
-    return encoded[:limit_bytes].decode("utf-8", errors="ignore")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +24,10 @@ import yaml
 from pydantic import ValidationError
 
 from dispatcher import wire
+from dispatcher.common.clock import Clock
 from dispatcher.common.health import HealthRegistry, Status
 from dispatcher.common.tasks import run_periodically
+from dispatcher.common.validation import field_problems
 from dispatcher.convert import config_in
 from dispatcher.core.model import CheckConfig, SourceName
 from dispatcher.engine import Dispatcher
@@ -64,7 +65,9 @@ class _StrictLoader(yaml.SafeLoader):
             if key_node.tag == "tag:yaml.org,2002:merge":
                 continue
             key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, (str, int, float, bool)) and key in seen:
+            if not isinstance(key, (str, int, float, bool)) or key is None:
+                continue  # the base class refuses unhashable keys with a ConstructorError
+            if key in seen:
                 raise yaml.constructor.ConstructorError(
                     "while constructing a mapping",
                     node.start_mark,
@@ -105,6 +108,10 @@ def parse_configs(text: str, *, origin: str) -> list[CheckConfig]:
         documents = list(yaml.load_all(text, Loader=_StrictLoader))  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ConfigSourceError(f"{origin}: not valid YAML: {exc}") from exc
+    except (TypeError, ValueError, RecursionError) as exc:
+        # PyYAML lets some malformed documents through as Python errors (unhashable
+        # keys in merges, absurd nesting): still a broken file, never a crashed scan.
+        raise ConfigSourceError(f"{origin}: not valid YAML: {exc}") from exc
     if _expanded_size(documents, MAX_FILE_BYTES) > MAX_FILE_BYTES:
         raise ConfigSourceError(
             f"{origin}: expands to more than {MAX_FILE_BYTES} bytes once YAML aliases are "
@@ -134,11 +141,7 @@ def parse_configs(text: str, *, origin: str) -> list[CheckConfig]:
         try:
             configs.append(config_in(wire.CheckConfigIn.model_validate(item)))
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or '(config)'}: "
-                f"{'unknown field' if e['type'] == 'extra_forbidden' else e['msg']}"
-                for e in exc.errors(include_url=False, include_input=False)
-            )
+            problems = "; ".join(str(p) for p in field_problems(exc, root="(config)"))
             raise ConfigSourceError(f"{where}: {problems}") from exc
     return configs
 
@@ -161,9 +164,11 @@ class ConfigDirSource:
         directory: Path,
         dispatcher: Dispatcher,
         health: HealthRegistry,
+        clock: Clock,
         poll_s: float = 1.0,
     ) -> None:
         self._directory = directory
+        self._clock = clock
         self._dispatcher = dispatcher
         self._health = health
         self._poll_s = poll_s
@@ -183,23 +188,33 @@ class ConfigDirSource:
             self._report(f"cannot list {self._directory}: {exc.strerror or exc}")
             return
         sets: dict[SourceName, list[CheckConfig]] = {}
-        for name in sorted(set(self._seen) - set(current)):
-            del self._seen[name]
-            self._hashes.pop(name, None)
-            self._broken.pop(name, None)
+        loaded: dict[str, tuple[_Signature, str]] = {}
+        removed = sorted(set(self._seen) - set(current))
+        for name in removed:
             sets[source_name(Path(name))] = []
-            log.info("config_file_removed", file=name)
-        now_ns = time.time_ns()
+        now_ns = int(self._clock.time() * 1e9)
         for name, signature in sorted(current.items()):
             recent = now_ns - signature.mtime_ns < RECENT_NS
             if self._seen.get(name) == signature and not recent:
                 continue
-            self._seen[name] = signature
-            configs = await self._load(self._directory / name)
-            if configs is not None:
-                sets[source_name(Path(name))] = configs
+            outcome = await self._load(self._directory / name)
+            if outcome is None:
+                self._seen[name] = signature  # broken or unchanged: judged, nothing to apply
+                continue
+            configs, digest = outcome
+            sets[source_name(Path(name))] = configs
+            loaded[name] = (signature, digest)
         if sets:
             changes = await self._dispatcher.replace_sources(sets)
+            # Only what was applied counts as seen: a failed apply is retried next scan.
+            for name in removed:
+                del self._seen[name]
+                self._hashes.pop(name, None)
+                self._broken.pop(name, None)
+                log.info("config_file_removed", file=name)
+            for name, (signature, digest) in loaded.items():
+                self._seen[name] = signature
+                self._hashes[name] = digest
             for source, change in sorted(changes.items()):
                 log.info(
                     "config_file_loaded",
@@ -225,8 +240,8 @@ class ConfigDirSource:
                 found[entry.name] = _Signature(st.st_mtime_ns, st.st_size, st.st_ino)
         return found
 
-    async def _load(self, path: Path) -> list[CheckConfig] | None:
-        """The file's configs when its content changed and is valid, else None."""
+    async def _load(self, path: Path) -> tuple[list[CheckConfig], str] | None:
+        """The file's configs and content hash when it changed and is valid, else None."""
         try:
             text = await asyncio.to_thread(_read, path)
             digest = hashlib.sha256(text.encode()).hexdigest()
@@ -240,9 +255,8 @@ class ConfigDirSource:
                 log.error("config_file_invalid", file=path.name, error=message)
             self._broken[path.name] = message
             return None
-        self._hashes[path.name] = digest
         self._broken.pop(path.name, None)
-        return configs
+        return configs, digest
 
     def _report(self, listing_error: str | None = None) -> None:
         problems: Sequence[str] = (

@@ -12,6 +12,8 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from dispatcher.common.validation import field_problems
+
 
 class InstanceModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
@@ -52,13 +54,8 @@ def validate_instance(model: type[InstanceModel], instance: dict[str, Any]) -> A
     try:
         return model.model_validate(instance)
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors(include_url=False, include_input=False):
-            path = ".".join(str(p) for p in error["loc"]) or "(instance)"
-            if error["type"] == "extra_forbidden":
-                problems.append(f"unknown field {path!r}")
-            elif error["type"] == "missing":
-                problems.append(f"missing field {path!r}")
-            else:
-                problems.append(f"{path}: {error['msg']}")
+        problems = [
+            f"{p.message} {p.path!r}" if p.message in ("unknown field", "missing field") else str(p)
+            for p in field_problems(exc, root="(instance)")
+        ]
         raise InstanceError("; ".join(problems)) from exc

@@ -597,3 +597,36 @@ async def test_a_non_leader_serves_the_local_routes_without_a_token(
     assert reply.status == 200, reply.text
     if call.name != "metrics":
         json.loads(reply.text)
+
+
+@pytest.mark.parametrize(
+    ("path", "raw"),
+    [
+        pytest.param(
+            "/sources/s1",
+            b'{"configs": [{"name": "http", "instances": [{"n": 1234567890123456789012345}]}]}',
+            id="huge-integer-in-instances",
+        ),
+        pytest.param(
+            "/status/n1",
+            b'{"last_change": 123456789012345678901234567890}',
+            id="huge-last-change",
+        ),
+        pytest.param(
+            "/sources/s1",
+            b'{"configs": [{"name": "http", "instances": [{"n": NaN}]}]}',
+            id="nan",
+        ),
+    ],
+)
+async def test_numbers_json_cannot_carry_exactly_are_refused_not_rounded(
+    api: Api, path: str, raw: bytes
+) -> None:
+    """An integer beyond 64 bits must not be silently turned into a float (and so into
+    a different check); NaN is not JSON."""
+    before = await api.snapshot()
+    method = "PUT" if path.startswith("/sources") else "POST"
+    reply = await api.request(method, API + path, raw=raw)
+    assert reply.status == 400, reply.text
+    assert reply.code() in ("invalid_request", "invalid_json")
+    assert await api.snapshot() == before

@@ -48,6 +48,15 @@ ADMIN_ONLY = AuthSettings(admin_token="a")
             id="tokens-without-admin-token",
         ),
         pytest.param(
+            Settings(
+                server=ServerSettings(
+                    tls_cert=Path("/nonexistent/cert.pem"), tls_key=Path("/nonexistent/key.pem")
+                )
+            ),
+            ["--tls-cert", "/nonexistent/cert.pem", "not a readable file"],
+            id="tls-cert-missing",
+        ),
+        pytest.param(
             Settings(server=ServerSettings(host="0.0.0.0"), auth=AuthSettings(node_token="n")),
             ["--admin-token"],
             id="node-token-only-on-any-address",

@@ -9,13 +9,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dispatcher.common.text import OUTPUT_LIMIT_BYTES, truncate_utf8
 from dispatcher.core.model import (
     DIGEST_HEX_CHARS,
-    OUTPUT_LIMIT_BYTES,
     CheckConfig,
     default_timeout_s,
     make_config,
-    truncate_utf8,
 )
 
 BASE: dict[str, Any] = {

@@ -110,7 +110,9 @@ def conf(tmp_path: Path) -> ConfDir:
     directory.mkdir()
     dispatcher = Dispatcher(settings=DispatchSettings(), clock=SystemClock())
     health = HealthRegistry()
-    source = ConfigDirSource(directory=directory, dispatcher=dispatcher, health=health)
+    source = ConfigDirSource(
+        directory=directory, dispatcher=dispatcher, health=health, clock=SystemClock()
+    )
     return ConfDir(directory, dispatcher, health, source)
 
 
@@ -670,7 +672,7 @@ PARSE_ERRORS = [
     pytest.param("configs: {name: http}\n", ["x.yaml", "'configs' must be a list"],
                  id="configs_not_a_list"),
     pytest.param(under_configs(A) + "extra: 1\n", ["x.yaml", "extra"], id="configs_with_extra"),
-    pytest.param("instances: [{url: x}]\n", ["name", "required"], id="missing_name"),
+    pytest.param("instances: [{url: x}]\n", ["name", "missing field"], id="missing_name"),
     pytest.param("name: HTTP\ninstances: [{url: x}]\n", ["name"], id="bad_name"),
     pytest.param(mapping(A, "interval_s: '15'\n"), ["interval_s"], id="interval_as_string"),
     pytest.param(mapping(A, "interval_s: 86401\n"), ["interval_s"], id="interval_too_long"),
@@ -722,3 +724,31 @@ def test_parse_refuses_alias_expansion_beyond_the_file_size_limit() -> None:
             f"{size / 2**20:.1f} MiB of JSON (limit {MAX_FILE_BYTES / 2**20:.0f} MiB)"
         )
     assert "bomb.yaml" in message
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("? [a, b]\n: 1\n", id="list_as_key"),
+        pytest.param("? {a: 1}\n: 1\n", id="mapping_as_key"),
+        pytest.param("- name: http\n  instances: [{? [x]: 1}]\n", id="list_key_inside"),
+    ],
+)
+async def test_unhashable_keys_are_a_broken_file_not_a_crashed_scan(
+    conf: ConfDir, text: str
+) -> None:
+    """A file that makes PyYAML raise a Python error (not a YAMLError) is reported like
+    any broken file, and the rest of the scan (a deletion, a new file) still applies."""
+    await conf.register("n1")
+    conf.write("old.yaml", listing(A))
+    await conf.scan()
+    (conf.path / "old.yaml").unlink()
+    conf.write("new.yaml", listing(B))
+    conf.write("bad.yaml", text)
+    await conf.scan()
+
+    assert conf.held_by("new.yaml") == {digest(B)}
+    assert digest(A) not in conf.digests(), "the deleted file's check was kept"
+    component = conf.component()
+    assert component.status.label == "degraded", component
+    assert "bad.yaml" in component.message
