@@ -193,6 +193,9 @@ class Dispatcher:
             "dispatch_tick", self.tick, period_s=self.settings.tick_interval_s, stop=stop
         )
 
+    def warming_up(self) -> bool:
+        return self.state.warming_up(self._clock.monotonic())
+
     def wake_all(self) -> None:
         """Ends every pending long poll, and makes new ones answer at once (shutdown)."""
         self._closing = True

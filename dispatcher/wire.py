@@ -177,12 +177,20 @@ class StatusOut(WireOut):
     leader: str
     heartbeat_interval_s: Annotated[float, Field(gt=0)]
     node_expiration_timeout_s: Annotated[float, Field(gt=0)]
+    warmup: bool = Field(
+        default=False,
+        description="The leader is warming up: keep running what runs; configs may be partial.",
+    )
 
 
 class NodeConfigsOut(WireOut):
     last_change: int
     epoch: int
     configs: list[CheckConfigOut]
+    warmup: bool = Field(
+        default=False,
+        description="The leader is warming up: this set may be partial; do not stop checks.",
+    )
 
 
 class CheckResultIn(WireIn):

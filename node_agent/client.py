@@ -4,7 +4,7 @@ client move to the next one for the following request."""
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import orjson
@@ -15,6 +15,21 @@ from node_agent.errors import DispatcherProtocolError, DispatcherUnavailable, Un
 
 M = TypeVar("M", bound=BaseModel)
 API = "/v1/api/clusterchecks"
+
+
+class DispatcherApi(Protocol):
+    """The node-agent routes as the poller and the result batcher use them."""
+
+    @property
+    def url(self) -> str: ...
+
+    def next_url(self) -> None: ...
+
+    async def status(self, body: dict[str, Any]) -> wire.StatusOut: ...
+
+    async def configs(self, *, since: int | None, wait_s: float) -> wire.NodeConfigsOut: ...
+
+    async def results(self, results: list[dict[str, Any]]) -> wire.ResultsOut: ...
 
 
 class DispatcherClient:
@@ -91,7 +106,7 @@ class DispatcherClient:
         code = _error_code(raw)
         if status == 404 and code == "unknown_node":
             raise UnknownNodeError(f"{url}: this node is not registered")
-        if status in (502, 503, 504, 508) or status >= 500:
+        if status >= 500:  # no leader, a loop, a broken replica: try the next URL
             self.next_url()
             raise DispatcherUnavailable(f"{url}: {status} {code or ''}".strip())
         raise DispatcherProtocolError(f"{url}: {status} {code or ''}: {raw[:300]!r}")

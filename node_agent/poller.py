@@ -24,7 +24,7 @@ from dispatcher import wire
 from dispatcher.common.clock import Clock
 from dispatcher.common.health import HealthRegistry, Status
 from dispatcher.common.tasks import sleep_or_stop, wait_any
-from node_agent.client import DispatcherClient
+from node_agent.client import DispatcherApi
 from node_agent.errors import (
     AgentError,
     DispatcherProtocolError,
@@ -56,7 +56,7 @@ class Poller:
         self,
         *,
         settings: AgentSettings,
-        client: DispatcherClient,
+        client: DispatcherApi,
         apply: Callable[[Mapping[str, CheckSpec]], None],
         running: Callable[[], list[str]],
         stats: Callable[[], dict[str, Any]],
@@ -85,6 +85,7 @@ class Poller:
         self._fetch_now = asyncio.Event()
         self._heartbeat_now = asyncio.Event()
         self._desired: dict[str, CheckSpec] = {}
+        self.leader_warming_up = False
         health.register(COMPONENT)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -130,7 +131,14 @@ class Poller:
         if self.fenced:
             self.fenced = False
             log.warning("unfenced", leader=reply.leader)
-        if not reply.is_up_to_date or new_epoch or self._configs_epoch != self.epoch:
+        warmup_ended = self.leader_warming_up and not reply.warmup
+        self.leader_warming_up = reply.warmup
+        if (
+            not reply.is_up_to_date
+            or new_epoch
+            or warmup_ended
+            or self._configs_epoch != self.epoch
+        ):
             self._fetch_now.set()
         return reply
 
@@ -162,8 +170,14 @@ class Poller:
             self._heartbeat_now.set()
         self.last_change = reply.last_change
         self._configs_epoch = reply.epoch
-        self._desired = {c.digest: spec_from_wire(c) for c in reply.configs}
         self._health.report(COMPONENT, Status.HEALTHY, f"configs from {self._client.url}")
+        if reply.warmup:
+            # A warming-up leader knows only part of the placement: keep running what
+            # runs; the set is applied once a heartbeat says warm-up is over.
+            self.leader_warming_up = True
+            log.info("leader_warming_up", configs=len(reply.configs))
+            return
+        self._desired = {c.digest: spec_from_wire(c) for c in reply.configs}
         if not self.fenced:
             self._apply(self._desired)
 
@@ -234,11 +248,11 @@ class Poller:
         return float(base * self._rng.uniform(0.5, 1.5))
 
     def _report_failure(self, exc: AgentError, failures: int) -> None:
-        level = Status.DEGRADED
         if isinstance(exc, DispatcherProtocolError):
             log.error("dispatcher_reply_unusable", error=str(exc))
         elif isinstance(exc, DispatcherUnavailable):
             log.warning("dispatcher_unavailable", error=str(exc), failures=failures)
-        if self.fenced:
-            level = Status.UNHEALTHY
-        self._health.report(COMPONENT, level, str(exc)[:300])
+        # Degraded, never unhealthy: restarting the agent would not bring the dispatcher
+        # back, and a liveness failure would restart every agent in an outage.
+        prefix = "fenced: " if self.fenced else ""
+        self._health.report(COMPONENT, Status.DEGRADED, f"{prefix}{str(exc)[:300]}")

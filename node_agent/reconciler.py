@@ -91,6 +91,14 @@ class Reconciler(Generic[S, H]):
                 continue
             self._launch(digest, self._do_start(self._desired[digest]))
 
+    def lost(self, digest: str, handle: H) -> None:
+        """A running check died by itself: forget it and start it again after a backoff."""
+        current = self._actual.get(digest)
+        if current is not None and current[1] is handle:
+            del self._actual[digest]
+            self._fail(digest)
+            self._wake.set()
+
     async def stop_all(self) -> None:
         """Stops every running check and waits for every operation (shutdown).
 

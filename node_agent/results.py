@@ -10,20 +10,22 @@ from typing import Any
 import structlog
 
 from dispatcher.common.tasks import sleep_or_stop
-from node_agent.client import DispatcherClient
-from node_agent.errors import AgentError
+from node_agent.client import DispatcherApi
+from node_agent.errors import AgentError, DispatcherProtocolError
 from node_agent.metrics import AgentMetrics
 
 log = structlog.get_logger(__name__)
 
 MAX_BATCH = 1000
+MAX_BATCH_BYTES = 1024 * 1024
+"""Well under the dispatcher's 4 MiB body limit, whatever the outputs weigh."""
 
 
 class ResultBatcher:
     def __init__(
         self,
         *,
-        client: DispatcherClient,
+        client: DispatcherApi,
         metrics: AgentMetrics,
         flush_s: float,
         max_pending: int,
@@ -42,6 +44,18 @@ class ResultBatcher:
             self._metrics.results_dropped.inc()
         self._pending.append(result)
 
+    def _take_batch(self) -> list[dict[str, Any]]:
+        batch: list[dict[str, Any]] = []
+        size = 0
+        while self._pending and len(batch) < MAX_BATCH:
+            item = self._pending[0]
+            item_size = len(item.get("output", "")) + sum(len(e) for e in item["errors"]) + 200
+            if batch and size + item_size > MAX_BATCH_BYTES:
+                break
+            batch.append(self._pending.popleft())
+            size += item_size
+        return batch
+
     @property
     def pending(self) -> int:
         return len(self._pending)
@@ -51,16 +65,31 @@ class ResultBatcher:
             await self.flush()
 
     async def flush(self) -> bool:
-        """Sends everything pending; False when the dispatcher could not take it."""
+        """Sends everything pending; False when the dispatcher could not take it.
+
+        A batch leaves the queue before it is sent and goes back to its front if the
+        dispatcher is unreachable, so results added meanwhile are neither lost nor sent
+        twice. A batch the dispatcher refuses outright (a 4xx) is dropped and logged:
+        retrying it would block every later result.
+        """
         while self._pending:
-            batch = [self._pending[i] for i in range(min(MAX_BATCH, len(self._pending)))]
+            batch = self._take_batch()
             try:
                 reply = await self._client.results(batch)
+            except asyncio.CancelledError:
+                self._pending.extendleft(reversed(batch))  # the final flush sends them
+                raise
+            except DispatcherProtocolError as exc:
+                self._metrics.results_dropped.inc(len(batch))
+                log.error("results_refused", count=len(batch), error=str(exc)[:300])
+                continue
             except AgentError as exc:
+                self._pending.extendleft(reversed(batch))
+                while len(self._pending) > self._max_pending:
+                    self._pending.popleft()
+                    self._metrics.results_dropped.inc()
                 log.warning("results_not_sent", pending=len(self._pending), error=str(exc))
                 return False
-            for _ in batch:
-                self._pending.popleft()
             self.sent += reply.accepted
             self.rejected += len(reply.rejected)
             if reply.rejected:

@@ -161,9 +161,7 @@ class CheckLoop:
         )
         try:
             async with asyncio.timeout(timeout):
-                outcomes = await asyncio.gather(
-                    *(kind.run(instance, context) for instance in self._parsed)
-                )
+                outcomes = await self._run_instances(kind, context)
         except TimeoutError:
             return Outcome(errors=[f"{self.spec.name}: timed out after {timeout:g}s"])
         except Exception as exc:
@@ -172,3 +170,13 @@ class CheckLoop:
         errors = [e for o in outcomes for e in o.errors]
         output = "\n".join(o.output for o in outcomes if o.output)
         return Outcome(errors=errors, output=output)
+
+    async def _run_instances(self, kind: CheckKind, context: RunContext) -> list[Outcome]:
+        """Runs every instance at once in a task group: when one fails or time runs
+        out, the others are cancelled too, not left running unowned."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(kind.run(i, context)) for i in self._parsed]
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None
+        return [task.result() for task in tasks]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,31 +44,18 @@ class _Running:
 
 class NodeAgent:
     def __init__(self, settings: AgentSettings, *, clock: Clock | None = None) -> None:
-        self.settings = settings
+        self.settings = s = settings
         self.clock = clock or SystemClock()
         self.health = HealthRegistry(clock=self.clock)
         self.metrics = AgentMetrics()
         self.runs = RunRegistry(self.clock)
         self._rng = random.Random()
         self._capacity = asyncio.Semaphore(settings.capacity)
-        self._checks_session: aiohttp.ClientSession | None = None
-        self._dispatcher_session: aiohttp.ClientSession | None = None
-        self.reconciler: Reconciler[CheckSpec, _Running] = Reconciler(
-            start=self._start_check, stop=self._stop_check, clock=self.clock
-        )
-        for component in ("runners", "report_server"):
-            self.health.register(component)
-
-    async def run(self, stop: asyncio.Event) -> None:
-        s = self.settings
-        self._dispatcher_session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=8),
-            json_serialize=None,  # type: ignore[arg-type]  # we serialise with orjson ourselves
-        )
         # A fresh connection per check run: a check must see the TCP and TLS handshake.
         self._checks_session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(force_close=True, limit=0)
         )
+        self._dispatcher_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=8))
         client = DispatcherClient(
             urls=s.dispatcher_urls,
             node=s.name,
@@ -83,6 +69,9 @@ class NodeAgent:
             "dns": DnsCheck(),
             "exec": ExecCheck(allow=s.allow_exec, registry=self.runs, report_url=s.report_url),
         }
+        self.reconciler: Reconciler[CheckSpec, _Running] = Reconciler(
+            start=self._start_check, stop=self._stop_check, clock=self.clock
+        )
         self.results = ResultBatcher(
             client=client,
             metrics=self.metrics,
@@ -92,13 +81,20 @@ class NodeAgent:
         self.poller = Poller(
             settings=s,
             client=client,
-            apply=self._apply,
+            apply=self.reconciler.set_desired,
             running=lambda: sorted(self.reconciler.actual),
             stats=self._stats,
             clock=self.clock,
             health=self.health,
             rng=self._rng,
         )
+        for component in ("runners", "report_server"):
+            self.health.register(component)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Runs until ``stop``; then stops checks, flushes results and leaves, all within
+        ``shutdown_timeout_s`` even when the dispatcher hangs."""
+        s = self.settings
         runner = web.AppRunner(
             create_app(runs=self.runs, health=self.health, metrics=self.metrics),
             access_log=None,
@@ -116,14 +112,18 @@ class NodeAgent:
                 capacity=s.capacity,
                 labels=s.labels,
             )
-            poll_stop = asyncio.Event()
+            loops_stop = asyncio.Event()
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self.poller.run(poll_stop), name="poller")
-                tasks.create_task(self.reconciler.run(poll_stop), name="reconciler")
-                tasks.create_task(self.results.run(poll_stop), name="results")
-                tasks.create_task(self.health.run_probes(poll_stop), name="health_probes")
+                loops = [
+                    tasks.create_task(self.poller.run(loops_stop), name="poller"),
+                    tasks.create_task(self.reconciler.run(loops_stop), name="reconciler"),
+                    tasks.create_task(self.results.run(loops_stop), name="results"),
+                    tasks.create_task(self.health.run_probes(loops_stop), name="health_probes"),
+                ]
                 await stop.wait()
-                poll_stop.set()
+                loops_stop.set()
+                for loop in loops:  # requests in flight end now, not at their timeout
+                    loop.cancel()
             await self._shutdown()
         finally:
             await runner.cleanup()
@@ -141,9 +141,6 @@ class NodeAgent:
         except TimeoutError:
             log.warning("shutdown_timed_out", timeout_s=self.settings.shutdown_timeout_s)
 
-    def _apply(self, specs: Mapping[str, CheckSpec]) -> None:
-        self.reconciler.set_desired(specs)
-
     def _stats(self) -> dict[str, Any]:
         return {digest: r.loop.stats.to_wire() for digest, r in self.reconciler.actual.items()}
 
@@ -158,10 +155,19 @@ class NodeAgent:
             rng=self._rng,
         )
         task = asyncio.create_task(loop.run(), name=f"check:{spec.name}:{spec.digest[:8]}")
-        task.add_done_callback(_log_crash)
+        running = _Running(loop=loop, task=task)
+        task.add_done_callback(lambda t: self._check_ended(spec, running, t))
         log.info("check_started", digest=spec.digest, check=spec.name, interval_s=spec.interval_s)
         self._running_changed(+1)
-        return _Running(loop=loop, task=task)
+        return running
+
+    def _check_ended(self, spec: CheckSpec, running: _Running, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return  # stopped on purpose
+        error = task.exception()
+        log.error("check_loop_crashed", digest=spec.digest, check=spec.name, error=repr(error))
+        self.reconciler.lost(spec.digest, running)
+        self._running_changed(0)
 
     async def _stop_check(self, running: _Running) -> None:
         running.task.cancel()
@@ -175,11 +181,6 @@ class NodeAgent:
         count = len(self.reconciler.actual) + delta
         self.metrics.checks_running.set(count)
         self.health.report("runners", Status.HEALTHY, f"{count} checks")
-
-
-def _log_crash(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("check_loop_crashed", task=task.get_name(), error=repr(task.exception()))
 
 
 async def run(settings: AgentSettings) -> None:

@@ -177,6 +177,7 @@ async def post_status(request: web.Request) -> web.Response:
             leader=request.app[LEADERSHIP].identity,
             heartbeat_interval_s=dispatcher.settings.heartbeat_interval_s,
             node_expiration_timeout_s=dispatcher.settings.node_expiration_timeout_s,
+            warmup=dispatcher.warming_up(),
         )
     )
 
@@ -195,6 +196,7 @@ async def get_configs(request: web.Request) -> web.Response:
             last_change=last_change,
             epoch=epoch(request),
             configs=[convert.config_out(c, state) for c in configs],
+            warmup=dispatcher.warming_up(),
         )
     )
 

@@ -6,7 +6,6 @@ themselves) and runs one instance, returning the list of errors (empty: ok).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -41,7 +40,7 @@ class CheckKind(Protocol):
         """Validates one instance; raises InstanceError naming the bad fields."""
         ...
 
-    def run(self, instance: Any, context: RunContext) -> Awaitable[Outcome]:
+    async def run(self, instance: Any, context: RunContext) -> Outcome:
         """Runs one instance (the caller enforces the timeout)."""
         ...
 

@@ -28,6 +28,8 @@ from node_agent.checks import (
 from node_agent.reports import Report, RunRegistry
 
 STDERR_TAIL_LINES = 5
+OUTPUT_KEEP_BYTES = 64 * 1024
+"""Of each stream only the last 64 KiB is kept: a chatty program cannot fill memory."""
 
 
 class ExecInstance(InstanceModel):
@@ -95,7 +97,11 @@ class ExecCheck:
             self._registry.close(context.run_id)
             return Outcome(errors=[f"exec {instance.program}: {exc.strerror or exc}"])
         try:
-            stdout, stderr = await process.communicate()
+            assert process.stdout is not None
+            assert process.stderr is not None
+            stdout, stderr, _ = await asyncio.gather(
+                _tail(process.stdout), _tail(process.stderr), process.wait()
+            )
         except BaseException:
             # Timed out or stopped: the whole process group goes, not just the leader.
             with contextlib.suppress(ProcessLookupError):
@@ -117,6 +123,15 @@ class ExecCheck:
             errors=[f"{instance.program.name} exited with {process.returncode}: {detail}"],
             output=output,
         )
+
+
+async def _tail(stream: asyncio.StreamReader) -> bytes:
+    kept = bytearray()
+    while chunk := await stream.read(65536):
+        kept += chunk
+        if len(kept) > 2 * OUTPUT_KEEP_BYTES:
+            del kept[:-OUTPUT_KEEP_BYTES]
+    return bytes(kept[-OUTPUT_KEEP_BYTES:])
 
 
 def _take(future: asyncio.Future[Report]) -> Report | None:

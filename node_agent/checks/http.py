@@ -53,6 +53,8 @@ class HttpCheck:
         """``ssl_context`` replaces the system trust store for verified requests."""
         self._session = session
         self._ssl_context = ssl_context
+        # Built once: loading the trust store per run would cost more than the check.
+        self._verify_context = ssl_context or ssl.create_default_context()
 
     def parse(self, instance: dict[str, Any], init_config: dict[str, Any]) -> HttpInstance:
         parsed: HttpInstance = validate_instance(HttpInstance, instance)
@@ -100,7 +102,7 @@ class HttpCheck:
         url = urlsplit(instance.url)
         if url.hostname is None:
             return None
-        context = self._ssl_context or ssl.create_default_context()
+        context = self._verify_context
         try:
             _, writer = await asyncio.open_connection(
                 url.hostname, url.port or 443, ssl=context, server_hostname=url.hostname

@@ -31,7 +31,7 @@ class TcpCheck:
         try:
             reader, writer = await asyncio.open_connection(instance.host, instance.port)
         except OSError as exc:
-            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            reason = exc.strerror or (os.strerror(exc.errno) if exc.errno else str(exc))
             return Outcome(errors=[f"{label}: {reason}"])
         try:
             if instance.send is not None:

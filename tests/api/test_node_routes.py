@@ -37,7 +37,9 @@ async def test_first_heartbeat_registers_the_node_and_replies_with_the_contract(
         "leader",
         "heartbeat_interval_s",
         "node_expiration_timeout_s",
+        "warmup",  # an extension of API.md: agents keep their checks while it is true
     }
+    assert body["warmup"] is False
     assert body["is_up_to_date"] is False  # a new node has configs to fetch
     assert isinstance(body["epoch"], int)
     assert body["epoch"] == api.service.leadership.leader().epoch > 0
@@ -84,12 +86,18 @@ async def test_is_up_to_date_while_the_leader_warms_up(
     api = await make_api(Settings(dispatch=DispatchSettings(warmup_duration_s=30.0)))
     assert (await api.state())["warmup"] is True
     assert (await api.heartbeat("node-a", 0))["is_up_to_date"] is True
-    assert (await api.heartbeat("node-a", 123_456))["is_up_to_date"] is True
+    reply = await api.heartbeat("node-a", 123_456)
+    assert reply["is_up_to_date"] is True
+    assert reply["warmup"] is True, "agents must learn that the leader is warming up"
+    assert (await api.configs("node-a"))["warmup"] is True
 
     clock.advance(31)
 
     assert (await api.state())["warmup"] is False
-    assert (await api.heartbeat("node-a", 123_456))["is_up_to_date"] is False
+    reply = await api.heartbeat("node-a", 123_456)
+    assert reply["is_up_to_date"] is False
+    assert reply["warmup"] is False
+    assert (await api.configs("node-a"))["warmup"] is False
 
 
 async def test_a_new_check_makes_the_node_out_of_date(api: Api) -> None:
@@ -249,7 +257,7 @@ async def test_configs_reply_holds_the_nodes_check_configs(api: Api) -> None:
 
     body = await api.configs("node-a")
 
-    assert set(body) == {"last_change", "epoch", "configs"}
+    assert set(body) == {"last_change", "epoch", "configs", "warmup"}  # warmup: an extension
     assert body["epoch"] == api.service.leadership.leader().epoch
     assert isinstance(body["last_change"], int)
     assert body["configs"] == [

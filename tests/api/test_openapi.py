@@ -159,6 +159,7 @@ async def test_components_hold_the_request_and_reply_models(doc: dict[str, Any])
         "leader",
         "heartbeat_interval_s",
         "node_expiration_timeout_s",
+        "warmup",
     }
     error = schemas["ErrorDetail"]
     assert set(error["required"]) == {"code", "message"}

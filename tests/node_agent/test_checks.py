@@ -651,3 +651,31 @@ async def test_exec_cancelled_run_kills_the_program(allowed: Path, tmp_path: Pat
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, 9)
+
+
+async def test_exec_keeps_only_the_tail_of_a_chatty_program(tmp_path: Path) -> None:
+    """A program that prints megabytes cannot fill the agent's memory; the end of its
+    stderr still explains the failure."""
+    from node_agent.checks.exec import OUTPUT_KEEP_BYTES, ExecCheck
+    from node_agent.reports import RunRegistry
+
+    program = tmp_path / "chatty.py"
+    program.write_text(
+        f"#!{sys.executable}\n"
+        "import sys\n"
+        "sys.stdout.write('o' * 5_000_000)\n"
+        "sys.stderr.write('e' * 5_000_000 + '\\nthe real reason\\n')\n"
+        "sys.exit(4)\n"
+    )
+    program.chmod(0o755)
+    check = ExecCheck(allow=(tmp_path,), registry=RunRegistry(SystemClock()), report_url="x")
+    instance = check.parse({"command": [str(program)]}, {})
+    context = RunContext(
+        check_name="exec", digest="d" * 16, run_id="r1", timeout_s=20,
+        deadline_unix_s=time.time() + 20,
+    )  # fmt: skip
+    outcome = await check.run(instance, context)
+    assert len(outcome.errors) == 1
+    assert "exited with 4" in outcome.errors[0]
+    assert "the real reason" in outcome.errors[0]
+    assert len(outcome.output) <= OUTPUT_KEEP_BYTES

@@ -82,6 +82,7 @@ class FakeDispatcher:
         self.configs_served = 0
         self.results: list[dict[str, Any]] = []
         self.results_down = False
+        self.warmup = False
         self._wake = asyncio.Event()
         self.app = web.Application()
         self.app.router.add_post(f"{API}/status/{{node}}", self._status)
@@ -131,6 +132,7 @@ class FakeDispatcher:
                 "leader": self.leader,
                 "heartbeat_interval_s": self.heartbeat_interval_s,
                 "node_expiration_timeout_s": self.expiry_s,
+                "warmup": self.warmup,
             }
         )
 
@@ -156,7 +158,12 @@ class FakeDispatcher:
             return problem
         self.configs_served += 1
         return web.json_response(
-            {"last_change": self.last_change, "epoch": self.epoch, "configs": self.configs}
+            {
+                "last_change": self.last_change,
+                "epoch": self.epoch,
+                "configs": self.configs,
+                "warmup": self.warmup,
+            }
         )
 
     async def _results(self, request: web.Request) -> web.Response:
@@ -586,7 +593,9 @@ async def test_fence_on_disconnect_stops_the_checks_after_the_expiry(
     clock.advance(2)
     await eventually(lambda: agent.desired() == [], within_s=1.5)
     assert agent.fenced()
-    await eventually(lambda: agent.link() == Status.UNHEALTHY)
+    # Degraded, not unhealthy: a liveness failure would restart every agent in an outage.
+    await eventually(lambda: "fenced" in agent.health.components()["dispatcher_link"].message)
+    assert agent.link() == Status.DEGRADED
     # The dispatcher is back: the node registers again, is unfenced, and its configs
     # run again (at once, not after a long poll of 10 s).
     fake.down = False
@@ -735,3 +744,36 @@ async def test_results_are_sent_by_the_loop(
         async with asyncio.timeout(2):
             await task
     assert json.loads(json.dumps(fake.results[0])) == result(1)
+
+
+async def test_a_warming_up_leader_does_not_make_the_agent_stop_its_checks(
+    aiohttp_server: AiohttpServer, make_agent: AgentFactory
+) -> None:
+    """A new leader warming up knows only part of the placement: a configs reply marked
+    warmup is not applied (the agent keeps running what it runs); the full set is
+    fetched and applied once a heartbeat says warm-up is over."""
+    fake, server = await serve(aiohttp_server)
+    fake.configs = [config(D1)]
+    agent = make_agent((url_of(server),))
+    agent.start()
+    await eventually(lambda: agent.desired() == [D1])
+
+    # Failover: a new epoch whose leader is warming up and knows nothing yet.
+    fake.epoch = 2
+    fake.warmup = True
+    fake.configs = []
+    fake.last_change += 1
+    fake.wake()
+    await agent.poller.heartbeat_once()
+    await eventually(lambda: fake.configs_served >= 2)
+    await asyncio.sleep(0.3)
+    assert agent.desired() == [D1], "the agent applied a warm-up set and stopped its checks"
+    assert agent.poller.leader_warming_up
+
+    # Warm-up ends: the leader has adopted D1 and placed D2 here.
+    fake.warmup = False
+    fake.configs = [config(D1), config(D2)]
+    fake.last_change += 1
+    await agent.poller.heartbeat_once()
+    await eventually(lambda: agent.desired() == sorted([D1, D2]))
+    assert not agent.poller.leader_warming_up

@@ -302,3 +302,27 @@ async def test_the_run_loop_reacts_to_a_new_desired_state_at_once(
         async with asyncio.timeout(2):
             await loop
     await h.reconciler.stop_all()
+
+
+async def test_a_check_that_died_by_itself_is_started_again_after_a_backoff() -> None:
+    h = Harness()
+    h.reconciler.set_desired(specs(Spec("a")))
+    await h.settle()
+    handle = h.reconciler.actual["a"]
+    h.reconciler.lost("a", handle)
+    assert "a" not in h.reconciler.actual
+    await h.settle()
+    assert "a" not in h.reconciler.actual  # within its backoff
+    h.clock.advance(0.5)
+    await h.settle()
+    assert "a" in h.reconciler.actual
+    assert h.reconciler.actual["a"] is not handle
+
+
+async def test_losing_a_stale_handle_changes_nothing() -> None:
+    h = Harness()
+    h.reconciler.set_desired(specs(Spec("a")))
+    await h.settle()
+    current = h.reconciler.actual["a"]
+    h.reconciler.lost("a", object())  # type: ignore[arg-type]  # a handle that is not current
+    assert h.reconciler.actual["a"] is current
