@@ -1,7 +1,6 @@
 # Every target sets up what it needs: a virtual environment with the project and its
 # tools, and the system packages the tests use (installed with apt when missing).
 SHELL := /bin/bash
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -12,7 +11,7 @@ APT_STAMP := $(VENV)/.apt
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@scripts/bootstrap-venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
@@ -21,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 # paths). Installed only when missing, with apt, as root or through sudo.
 sysdeps: $(APT_STAMP)
 
-$(APT_STAMP): | $(STAMP)
+$(APT_STAMP): scripts/ensure-system-packages | $(STAMP)
 	@scripts/ensure-system-packages
 	@touch $(APT_STAMP)
 
