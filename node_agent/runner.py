@@ -87,6 +87,12 @@ class CheckLoop:
         self._clock = clock
         self._metrics = metrics
         self._rng = rng
+        labels = (spec.digest, spec.name)
+        # Label children looked up once: a labels() lookup per run adds up at 1,000 runs/s.
+        self._ok_gauge = metrics.check_ok.labels(*labels)
+        self._duration_gauge = metrics.check_duration.labels(*labels)
+        self._runs = metrics.runs.labels(spec.name)
+        self._failures = metrics.failures.labels(spec.name)
         self._kind = kinds.get(spec.name)
         self._parsed: list[Any] = []
         self._broken: str | None = None
@@ -139,12 +145,11 @@ class CheckLoop:
         self.stats.record(
             ok=ok, duration_s=duration, started_at=started_at, error=errors[0] if errors else None
         )
-        labels = (self.spec.digest, self.spec.name)
-        self._metrics.check_ok.labels(*labels).set(1 if ok else 0)
-        self._metrics.check_duration.labels(*labels).set(duration)
-        self._metrics.runs.labels(self.spec.name).inc()
+        self._ok_gauge.set(1 if ok else 0)
+        self._duration_gauge.set(duration)
+        self._runs.inc()
         if not ok:
-            self._metrics.failures.labels(self.spec.name).inc()
+            self._failures.inc()
         self._emit(result)
         return result
 
@@ -174,6 +179,8 @@ class CheckLoop:
     async def _run_instances(self, kind: CheckKind, context: RunContext) -> list[Outcome]:
         """Runs every instance at once in a task group: when one fails or time runs
         out, the others are cancelled too, not left running unowned."""
+        if len(self._parsed) == 1:  # the common case needs no extra task
+            return [await kind.run(self._parsed[0], context)]
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [group.create_task(kind.run(i, context)) for i in self._parsed]

