@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from typing import Any
 
@@ -12,12 +11,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dispatcher.common.health import HealthRegistry, Verdict, verdict_body
-from dispatcher.common.httperrors import (
-    error_response,
-    from_http_exception,
-    internal_error_response,
-)
-from dispatcher.errors import InvalidJson, InvalidRequest, RequestError, UnsupportedMediaType
+from dispatcher.common.httperrors import respond
+from dispatcher.errors import InvalidJson, InvalidRequest, UnsupportedMediaType
 from node_agent.metrics import AgentMetrics
 from node_agent.reports import Report, RunRegistry
 
@@ -45,18 +40,7 @@ def create_app(
 @web.middleware
 async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
     request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
-    response: web.StreamResponse
-    try:
-        response = await handler(request)
-    except RequestError as exc:
-        response = error_response(exc)
-    except web.HTTPException as exc:
-        response = error_response(from_http_exception(exc))
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("request_failed", path=request.path)
-        response = internal_error_response()
+    response = await respond(request, handler)
     response.headers["X-Request-Id"] = request_id[:128]
     return response
 

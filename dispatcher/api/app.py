@@ -6,7 +6,6 @@ without a valid token gets 401/403 even when no leader is known.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import itertools
 import re
@@ -28,18 +27,13 @@ from dispatcher.api.keys import (
 from dispatcher.api.routes import ROUTES, ROUTES_BY_NAME, Handler, Role, Route
 from dispatcher.common.clock import Clock
 from dispatcher.common.health import HealthRegistry
-from dispatcher.common.httperrors import (
-    error_response,
-    from_http_exception,
-    internal_error_response,
-)
+from dispatcher.common.httperrors import respond
 from dispatcher.election.base import Leadership
 from dispatcher.engine import Dispatcher
 from dispatcher.errors import (
     Forbidden,
     LoopDetected,
     NoLeader,
-    RequestError,
     Unauthorized,
 )
 from dispatcher.metrics import DispatcherMetrics
@@ -91,17 +85,7 @@ async def _request_context(request: web.Request, handler: Handler) -> web.Stream
     started = time.perf_counter()
     response: web.StreamResponse
     try:
-        try:
-            response = await handler(request)
-        except RequestError as exc:
-            response = error_response(exc)
-        except web.HTTPException as exc:
-            response = error_response(from_http_exception(exc))
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("request_failed", method=request.method, path=request.path)
-            response = internal_error_response()
+        response = await respond(request, handler)
         response.headers[REQUEST_ID] = request_id
         leader = request.app[LEADERSHIP].leader()
         if leader is not None:

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+import structlog
 from aiohttp import web
 
 from dispatcher import errors
+
+log = structlog.get_logger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 STATUS: dict[type[errors.RequestError], int] = {
     errors.InvalidJson: 400,
@@ -74,3 +81,19 @@ def from_http_exception(exc: web.HTTPException) -> errors.RequestError:
     if isinstance(exc, web.HTTPUnsupportedMediaType):
         return errors.UnsupportedMediaType()
     return errors.InvalidRequest(exc.text or exc.reason)
+
+
+async def respond(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Runs a handler; every failure becomes the error body: ours and aiohttp's with
+    their 4xx, anything else a logged 500 that says nothing of the internals."""
+    try:
+        return await handler(request)
+    except errors.RequestError as exc:
+        return error_response(exc)
+    except web.HTTPException as exc:
+        return error_response(from_http_exception(exc))
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("request_failed", method=request.method, path=request.path)
+        return internal_error_response()
