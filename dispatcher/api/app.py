@@ -23,8 +23,9 @@ from dispatcher.api.keys import (
     METRICS,
     ROLE,
     SETTINGS,
+    Role,
 )
-from dispatcher.api.routes import ROUTES, ROUTES_BY_NAME, Handler, Role, Route
+from dispatcher.api.routes import ROUTES, ROUTES_BY_NAME, Handler, Route
 from dispatcher.common.clock import Clock
 from dispatcher.common.health import HealthRegistry
 from dispatcher.common.httperrors import respond

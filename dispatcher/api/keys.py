@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import enum
 
 from aiohttp import web
 
@@ -13,13 +13,20 @@ from dispatcher.engine import Dispatcher
 from dispatcher.metrics import DispatcherMetrics
 from dispatcher.settings import Settings
 
-if TYPE_CHECKING:
-    from dispatcher.api.routes import Role
-
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 LEADERSHIP = web.AppKey("leadership", Leadership)
 SETTINGS = web.AppKey("settings", Settings)
 HEALTH = web.AppKey("health", HealthRegistry)
 METRICS = web.AppKey("metrics", DispatcherMetrics)
 CLOCK = web.AppKey("clock", Clock)
-ROLE: web.RequestKey[Role] = web.RequestKey("role", object)  # type: ignore[arg-type]  # the Role enum is defined beside the routes that use it
+
+
+class Role(enum.Enum):
+    """The caller's role, as its bearer token proves it (API.md, Authentication)."""
+
+    NODE = "node"
+    SOURCE = "source"
+    ADMIN = "admin"
+
+
+ROLE = web.RequestKey("role", Role)

@@ -6,7 +6,6 @@ document, so the three cannot disagree.
 
 from __future__ import annotations
 
-import enum
 import math
 import re
 from collections.abc import Awaitable, Callable
@@ -20,7 +19,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
 from dispatcher import convert, wire
-from dispatcher.api.keys import CLOCK, DISPATCHER, HEALTH, LEADERSHIP, METRICS, ROLE, SETTINGS
+from dispatcher.api.keys import (
+    CLOCK,
+    DISPATCHER,
+    HEALTH,
+    LEADERSHIP,
+    METRICS,
+    ROLE,
+    SETTINGS,
+    Role,
+)
 from dispatcher.common.health import Verdict, component_body, verdict_body
 from dispatcher.common.validation import field_problems, summary
 from dispatcher.core.model import Digest, NodeName, SourceName
@@ -39,12 +47,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _NAME = re.compile(wire.NAME_PATTERN)
 _SOURCE_NAME = re.compile(wire.SOURCE_NAME_PATTERN)
-
-
-class Role(enum.Enum):
-    NODE = "node"
-    SOURCE = "source"
-    ADMIN = "admin"
 
 
 @dataclass(frozen=True, slots=True)
