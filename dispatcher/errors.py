@@ -5,6 +5,7 @@
     ClusterchecksError
     ├── ConfigurationError          bad flags, environment or files at start
     ├── ConfigSourceError           a config source (file, object) that cannot be read
+    ├── LeaseBackendError           the lease store (Redis, Kubernetes API) failed or timed out
     └── RequestError                what a caller did wrong; the API maps each to one status
         ├── InvalidJson             400 invalid_json
         ├── InvalidRequest          400 invalid_request (details list the bad fields)
@@ -45,6 +46,10 @@ class ConfigurationError(ClusterchecksError):
 
 class ConfigSourceError(ClusterchecksError):
     """A config source could not be read or holds invalid configs."""
+
+
+class LeaseBackendError(ClusterchecksError):
+    """The lease backend did not answer, or answered with an error; retry."""
 
 
 class RequestError(ClusterchecksError):

@@ -1,0 +1,169 @@
+"""Leader election with client-go's semantics over any LeaseBackend.
+
+- Every backend call is bounded by a timeout: a hung backend cannot keep a stale
+  leader acting.
+- A leader acts only until its local deadline: the start of its last successful
+  renewal plus ``renew_deadline_s`` (on the monotonic clock), which is shorter than
+  the lease, so it stops before anyone else can take the lease over.
+- Callbacks: on_started_leading(epoch), on_stopped_leading(), on_new_leader(info).
+- On shutdown a leader releases the lease, so a successor need not wait it out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+
+import structlog
+
+from dispatcher.common.clock import Clock
+from dispatcher.common.tasks import sleep_or_stop
+from dispatcher.election.base import LeaderInfo, LeaseBackend, LeaseRecord
+from dispatcher.errors import LeaseBackendError
+from dispatcher.settings import ElectionSettings
+
+log = structlog.get_logger(__name__)
+
+
+class Elector:
+    def __init__(
+        self,
+        *,
+        backend: LeaseBackend,
+        identity: str,
+        url: str,
+        settings: ElectionSettings,
+        clock: Clock,
+        on_started_leading: Callable[[int], object] | None = None,
+        on_stopped_leading: Callable[[], object] | None = None,
+        on_new_leader: Callable[[LeaderInfo | None], object] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._backend = backend
+        self._identity = identity
+        self._url = url
+        self._settings = settings
+        self._clock = clock
+        self._on_started = on_started_leading
+        self._on_stopped = on_stopped_leading
+        self._on_new_leader = on_new_leader
+        self._rng = rng or random.Random()
+        self._record: LeaseRecord | None = None
+        self._leading = False
+        self._deadline = float("-inf")
+
+    # ----------------------------------------------------------------- Leadership
+
+    @property
+    def identity(self) -> str:
+        return self._identity
+
+    def is_leader(self) -> bool:
+        """True only while the last renewal's deadline has not passed."""
+        return self._leading and self._clock.monotonic() < self._deadline
+
+    def leader(self) -> LeaderInfo | None:
+        if self._record is None:
+            return None
+        if self._record.holder == self._identity and not self.is_leader():
+            return None  # our own lease, but we may no longer act on it
+        return self._record.info()
+
+    @property
+    def epoch(self) -> int:
+        return self._record.epoch if self._record is not None else 0
+
+    # ------------------------------------------------------------------- running
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Campaigns and renews until ``stop``; then releases a held lease."""
+        try:
+            while not stop.is_set():
+                await self.step()
+                if self._leading:
+                    delay = self._settings.retry_period_s
+                else:
+                    delay = self._settings.retry_period_s * self._rng.uniform(1.0, 1.2)
+                # While leading, wake in time to stop at the deadline even if nothing
+                # else happens (a renewal that keeps failing).
+                if self._leading:
+                    delay = min(delay, max(0.0, self._deadline - self._clock.monotonic()))
+                if await sleep_or_stop(stop, delay):
+                    break
+                self._check_deadline()
+        finally:
+            await self._shutdown()
+
+    async def step(self) -> None:
+        """One attempt to acquire or renew, bounded by a timeout."""
+        started = self._clock.monotonic()
+        timeout = min(self._settings.renew_deadline_s, self._settings.retry_period_s)
+        try:
+            async with asyncio.timeout(timeout):
+                record = await self._backend.acquire_or_renew(
+                    identity=self._identity,
+                    url=self._url,
+                    lease_duration_s=self._settings.lease_duration_s,
+                )
+        except (TimeoutError, LeaseBackendError) as exc:
+            log.warning("lease_attempt_failed", error=str(exc) or type(exc).__name__)
+            self._check_deadline()
+            return
+        self._observe(record)
+        if record is not None and record.holder == self._identity:
+            self._deadline = started + self._settings.renew_deadline_s
+            if not self._leading:
+                self._leading = True
+                log.info("started_leading", identity=self._identity, epoch=record.epoch)
+                await _call(self._on_started, record.epoch)
+        else:
+            await self._stop_leading("another replica holds the lease")
+
+    def _observe(self, record: LeaseRecord | None) -> None:
+        previous = self._record
+        self._record = record
+        if (previous is None) != (record is None) or (
+            previous is not None
+            and record is not None
+            and (previous.holder, previous.epoch) != (record.holder, record.epoch)
+        ):
+            log.info(
+                "leader_observed",
+                leader=record.holder if record else None,
+                epoch=record.epoch if record else None,
+            )
+            if self._on_new_leader is not None:
+                self._on_new_leader(record.info() if record else None)
+
+    def _check_deadline(self) -> None:
+        if self._leading and self._clock.monotonic() >= self._deadline:
+            self._leading = False
+            log.warning("lost_leadership", reason="renew deadline passed")
+            if self._on_stopped is not None:
+                self._on_stopped()
+
+    async def _stop_leading(self, reason: str) -> None:
+        if self._leading:
+            self._leading = False
+            log.warning("lost_leadership", reason=reason)
+            await _call(self._on_stopped)
+
+    async def _shutdown(self) -> None:
+        if not self._leading:
+            return
+        await self._stop_leading("shutting down")
+        try:
+            async with asyncio.timeout(self._settings.retry_period_s):
+                await self._backend.release(identity=self._identity)
+            log.info("lease_released", identity=self._identity)
+        except (TimeoutError, LeaseBackendError) as exc:
+            log.warning("lease_release_failed", error=str(exc) or type(exc).__name__)
+
+
+async def _call(callback: Callable[..., object] | None, *args: object) -> None:
+    if callback is None:
+        return
+    outcome = callback(*args)
+    if asyncio.iscoroutine(outcome):
+        await outcome

@@ -1,0 +1,154 @@
+"""The elector's client-go semantics, on a fake clock and the in-memory backend."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from dispatcher.common.clock import FakeClock
+from dispatcher.election.base import LeaderInfo
+from dispatcher.election.elector import Elector
+from dispatcher.election.memory import MemoryLeaseBackend
+from dispatcher.settings import ElectionSettings
+
+SETTINGS = ElectionSettings(lease_duration_s=15, renew_deadline_s=10, retry_period_s=2)
+FAST = ElectionSettings(lease_duration_s=0.6, renew_deadline_s=0.4, retry_period_s=0.1)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.leaders: list[LeaderInfo | None] = []
+
+    def started(self, epoch: int) -> None:
+        self.events.append(f"started:{epoch}")
+
+    def stopped(self) -> None:
+        self.events.append("stopped")
+
+    def new_leader(self, info: LeaderInfo | None) -> None:
+        self.leaders.append(info)
+
+
+def elector(
+    backend: MemoryLeaseBackend,
+    clock: FakeClock,
+    identity: str,
+    recorder: Recorder,
+    settings: ElectionSettings = SETTINGS,
+) -> Elector:
+    return Elector(
+        backend=backend,
+        identity=identity,
+        url=f"http://{identity}:5005",
+        settings=settings,
+        clock=clock,
+        on_started_leading=recorder.started,
+        on_stopped_leading=recorder.stopped,
+        on_new_leader=recorder.new_leader,
+    )
+
+
+async def test_the_first_replica_acquires_and_renews() -> None:
+    clock = FakeClock()
+    backend = MemoryLeaseBackend(clock)
+    rec = Recorder()
+    a = elector(backend, clock, "a", rec)
+    await a.step()
+    assert a.is_leader()
+    assert a.epoch == 1
+    assert a.leader() == LeaderInfo("a", "http://a:5005", 1)
+    assert rec.events == ["started:1"]
+    for _ in range(10):  # renewing every retry period keeps it, far past one lease
+        clock.advance(2)
+        await a.step()
+        assert a.is_leader()
+    assert rec.events == ["started:1"]
+    assert a.epoch == 1
+
+
+async def test_a_follower_sees_the_leader_and_does_not_act() -> None:
+    clock = FakeClock()
+    backend = MemoryLeaseBackend(clock)
+    rec_a, rec_b = Recorder(), Recorder()
+    a, b = elector(backend, clock, "a", rec_a), elector(backend, clock, "b", rec_b)
+    await a.step()
+    await b.step()
+    assert not b.is_leader()
+    assert b.leader() == LeaderInfo("a", "http://a:5005", 1)
+    assert rec_b.events == []
+    assert rec_b.leaders == [LeaderInfo("a", "http://a:5005", 1)]
+
+
+async def test_a_leader_that_cannot_renew_stops_at_its_deadline_before_the_lease_ends() -> None:
+    clock = FakeClock()
+    backend = MemoryLeaseBackend(clock)
+    rec = Recorder()
+    a = elector(backend, clock, "a", rec)
+    await a.step()
+    backend.down = True
+    clock.advance(9.9)
+    await a.step()  # fails, but the deadline (10 s after the last renewal) is not reached
+    assert a.is_leader()
+    clock.advance(0.2)
+    assert not a.is_leader(), "acting past the renew deadline"
+    await a.step()
+    assert rec.events == ["started:1", "stopped"]
+    assert a.leader() is None  # its own lease, on which it may no longer act
+
+
+async def test_a_hung_backend_cannot_keep_a_stale_leader_acting() -> None:
+    clock = FakeClock()
+    backend = MemoryLeaseBackend(clock)
+    rec = Recorder()
+    a = elector(backend, clock, "a", rec, FAST)
+    await a.step()
+    backend.hang = True
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await a.step()  # bounded by the elector's own timeout
+    assert loop.time() - started < 1.0
+    clock.advance(FAST.renew_deadline_s)
+    assert not a.is_leader()
+
+
+async def test_another_replica_takes_over_after_the_lease_with_a_higher_epoch() -> None:
+    clock = FakeClock()
+    backend = MemoryLeaseBackend(clock)
+    rec_a, rec_b = Recorder(), Recorder()
+    a, b = elector(backend, clock, "a", rec_a), elector(backend, clock, "b", rec_b)
+    await a.step()
+    clock.advance(14)  # a is frozen: no renewals
+    await b.step()
+    assert not b.is_leader(), "took a lease that had not expired"
+    assert not a.is_leader(), "a acts past its renew deadline"
+    clock.advance(1.1)
+    await b.step()
+    assert b.is_leader()
+    assert b.epoch == 2
+    assert rec_b.events == ["started:2"]
+    await a.step()  # a wakes up: it sees b and does not act
+    assert not a.is_leader()
+    assert a.leader() == LeaderInfo("b", "http://b:5005", 2)
+
+
+@pytest.mark.timeout(10)
+async def test_a_leader_releases_on_shutdown_so_the_next_need_not_wait() -> None:
+    clock = FakeClock()
+    backend = MemoryLeaseBackend(clock)
+    rec_a, rec_b = Recorder(), Recorder()
+    a, b = elector(backend, clock, "a", rec_a, FAST), elector(backend, clock, "b", rec_b, FAST)
+    leading = asyncio.Event()
+    a._on_started = lambda epoch: leading.set()
+    stop = asyncio.Event()
+    running = asyncio.create_task(a.run(stop))
+    async with asyncio.timeout(5):
+        await leading.wait()
+    assert a.is_leader()
+    stop.set()
+    await running
+    assert rec_a.events == ["stopped"]
+    await b.step()  # no clock advance: the lease was released, not left to expire
+    assert b.is_leader()
+    assert b.epoch == 2
