@@ -5,7 +5,8 @@
 - A leader acts only until its local deadline: the start of its last successful
   renewal plus ``renew_deadline_s`` (on the monotonic clock), which is shorter than
   the lease, so it stops before anyone else can take the lease over.
-- Callbacks: on_started_leading(epoch), on_stopped_leading(), on_new_leader(info).
+- Callbacks (plain functions, called inline; they must not block): on_started_leading(epoch),
+  on_stopped_leading(), on_new_leader(info).
 - On shutdown a leader releases the lease, so a successor need not wait it out.
 """
 
@@ -35,9 +36,9 @@ class Elector:
         url: str,
         settings: ElectionSettings,
         clock: Clock,
-        on_started_leading: Callable[[int], object] | None = None,
-        on_stopped_leading: Callable[[], object] | None = None,
-        on_new_leader: Callable[[LeaderInfo | None], object] | None = None,
+        on_started_leading: Callable[[int], None] | None = None,
+        on_stopped_leading: Callable[[], None] | None = None,
+        on_new_leader: Callable[[LeaderInfo | None], None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self._backend = backend
@@ -116,9 +117,10 @@ class Elector:
             if not self._leading:
                 self._leading = True
                 log.info("started_leading", identity=self._identity, epoch=record.epoch)
-                await _call(self._on_started, record.epoch)
+                if self._on_started is not None:
+                    self._on_started(record.epoch)
         else:
-            await self._stop_leading("another replica holds the lease")
+            self._stop_leading("another replica holds the lease")
 
     def _observe(self, record: LeaseRecord | None) -> None:
         previous = self._record
@@ -137,33 +139,23 @@ class Elector:
                 self._on_new_leader(record.info() if record else None)
 
     def _check_deadline(self) -> None:
-        if self._leading and self._clock.monotonic() >= self._deadline:
-            self._leading = False
-            log.warning("lost_leadership", reason="renew deadline passed")
-            if self._on_stopped is not None:
-                self._on_stopped()
+        if self._clock.monotonic() >= self._deadline:
+            self._stop_leading("renew deadline passed")
 
-    async def _stop_leading(self, reason: str) -> None:
+    def _stop_leading(self, reason: str) -> None:
         if self._leading:
             self._leading = False
             log.warning("lost_leadership", reason=reason)
-            await _call(self._on_stopped)
+            if self._on_stopped is not None:
+                self._on_stopped()
 
     async def _shutdown(self) -> None:
         if not self._leading:
             return
-        await self._stop_leading("shutting down")
+        self._stop_leading("shutting down")
         try:
             async with asyncio.timeout(self._settings.retry_period_s):
                 await self._backend.release(identity=self._identity)
             log.info("lease_released", identity=self._identity)
         except (TimeoutError, LeaseBackendError) as exc:
             log.warning("lease_release_failed", error=str(exc) or type(exc).__name__)
-
-
-async def _call(callback: Callable[..., object] | None, *args: object) -> None:
-    if callback is None:
-        return
-    outcome = callback(*args)
-    if asyncio.iscoroutine(outcome):
-        await outcome
