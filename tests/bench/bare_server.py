@@ -10,13 +10,10 @@ Run: ``python -m tests.bench.bare_server --port P [--cpu N]``.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import os
-import signal
-
 import orjson
 from aiohttp import web
+
+from tests.bench import serving
 
 API = "/v1/api/clusterchecks"
 JSON = "application/json"
@@ -56,30 +53,5 @@ def make_app() -> web.Application:
     return app
 
 
-async def serve(host: str, port: int) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    runner = web.AppRunner(make_app(), access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port, reuse_address=True).start()
-        await stop.wait()
-    finally:
-        await runner.cleanup()
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--cpu", type=int, default=None, help="Pin to this CPU.")
-    args = parser.parse_args()
-    if args.cpu is not None:
-        os.sched_setaffinity(0, {args.cpu})
-    asyncio.run(serve(args.host, args.port))
-
-
 if __name__ == "__main__":
-    main()
+    serving.main(make_app, __doc__)
