@@ -29,7 +29,6 @@ CHECK_NAME_PATTERN = r"^[a-z0-9_]{1,64}$"
 MAX_INT64 = 2**63 - 1
 MAX_WAIT_S = 60.0
 
-Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 SourceNameStr = Annotated[str, StringConstraints(pattern=SOURCE_NAME_PATTERN)]
 DigestStr = Annotated[str, StringConstraints(pattern=DIGEST_PATTERN)]
 LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=317)]

@@ -352,12 +352,6 @@ class ClusterState:
         self._remove_nodes(expired, now=now, reason="node_expired")
         return expired
 
-    def refresh_heartbeats(self, *, now: float) -> None:
-        """Starts every node's expiry clock afresh (a new leader taking over a store)."""
-        now = self._advance(now)
-        for name in self._by_heartbeat:
-            self._nodes[name].heartbeat_at = now
-
     def dispatch_dangling(self, *, now: float) -> int:
         """Places dangling checks where an eligible node exists; returns how many."""
         now = self._advance(now)
