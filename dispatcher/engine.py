@@ -95,10 +95,10 @@ class Dispatcher:
         deadline = loop.time() + wait_s
         while True:
             async with self.lock:
-                last_change, configs = self.state.node_configs(name)
+                current = self.state.node(name).last_change  # raises UnknownNode
                 remaining = deadline - loop.time()
-                if since is None or last_change != since or remaining <= 0 or self._closing:
-                    return last_change, configs
+                if since is None or current != since or remaining <= 0 or self._closing:
+                    return self.state.node_configs(name)  # built only when answering
                 waiter = self._waiters.get(name)
                 if waiter is None or waiter.done():
                     waiter = self._waiters[name] = loop.create_future()
