@@ -18,12 +18,14 @@ from dispatcher.common import logs
 from dispatcher.common.cli import option
 from dispatcher.errors import ConfigurationError
 from dispatcher.settings import (
+    DEFAULT_WARMUP_S,
     ELECTION_BACKENDS,
     STORE_BACKENDS,
     AuthSettings,
     DispatchSettings,
     ElectionSettings,
     LogSettings,
+    RedisSettings,
     ServerSettings,
     Settings,
     StoreSettings,
@@ -106,9 +108,23 @@ def _read_token(value: str | None, path: Path | None, flag: str) -> str | None:
     help="Seconds to keep agents' checks after start [default: 0 standalone].",
 )
 @option("rebalance-period", type=_seconds(1), default=600.0, show_default=True)
+@option(
+    "redis-url",
+    default="redis://127.0.0.1:6379/0",
+    show_default=True,
+    help="Redis for --election redis and --store redis.",
+)
 @option("lease-duration", type=_seconds(0, low_open=True), default=15.0, show_default=True)
 @option("renew-deadline", type=_seconds(0, low_open=True), default=10.0, show_default=True)
 @option("retry-period", type=_seconds(0, low_open=True), default=2.0, show_default=True)
+@option(
+    "lease-name",
+    type=click.STRING,
+    default="clusterchecks-dispatcher",
+    show_default=True,
+    help="Lease object (kubernetes) or key prefix (redis).",
+)
+@option("lease-namespace", default="default", show_default=True, help="Namespace of the Lease.")
 @option(
     "config-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -140,6 +156,8 @@ def serve(**flags: Any) -> None:
         _fail(
             f"cannot serve on {settings.server.host}:{settings.server.port}: {exc.strerror or exc}"
         )
+    except ConfigurationError as exc:
+        _fail(str(exc))
     except KeyboardInterrupt:
         pass
 
@@ -158,7 +176,10 @@ def settings_from_flags(flags: dict[str, Any]) -> Settings:
     )
     warmup = flags["warmup_duration"]
     if warmup is None:
-        warmup = 0.0  # the standalone leader with a memory store has nothing to rebuild
+        # Only an elected leader with the memory store starts empty while agents still
+        # run what the previous leader gave them.
+        elected_memory = flags["election"] != "standalone" and flags["store"] == "memory"
+        warmup = DEFAULT_WARMUP_S if elected_memory else 0.0
     settings = Settings(
         server=ServerSettings(
             host=flags["host"],
@@ -180,8 +201,11 @@ def settings_from_flags(flags: dict[str, Any]) -> Settings:
             lease_duration_s=flags["lease_duration"],
             renew_deadline_s=flags["renew_deadline"],
             retry_period_s=flags["retry_period"],
+            lease_name=flags["lease_name"],
+            lease_namespace=flags["lease_namespace"],
         ),
         store=StoreSettings(backend=flags["store"]),
+        redis=RedisSettings(url=flags["redis_url"]),
         log=LogSettings(
             format=flags["log_format"] or logs.default_format(), level=flags["log_level"]
         ),

@@ -4,6 +4,12 @@ Every compound operation takes the lock, applies one step to the pure core, then
 publishes what the step decided: a log line per decision, metrics, and a wake-up for
 the long polls of every node whose configs changed. Nothing here waits on the network
 while holding the lock.
+
+A dispatcher serves one leadership term at a time: ``begin_term`` gives it a state (new,
+or loaded from the shared store) and the term's epoch, ``end_term`` stops it at once:
+every operation then raises NoLeader and every pending long poll ends. With a shared
+store, each step's changes are handed to the term's StoreWriter under the lock, and a
+reply waits until they are stored.
 """
 
 from __future__ import annotations
@@ -27,8 +33,10 @@ from dispatcher.core.model import (
 )
 from dispatcher.core.placement import Node
 from dispatcher.core.state import NEVER, ClusterState, Move, RejectedResult, SourceChange
+from dispatcher.errors import NoLeader, StoreError
 from dispatcher.metrics import DispatcherMetrics
 from dispatcher.settings import DispatchSettings
+from dispatcher.storage.writer import StoreWriter
 
 log = structlog.get_logger(__name__)
 
@@ -42,18 +50,68 @@ class Dispatcher:
         settings: DispatchSettings,
         clock: Clock,
         metrics: DispatcherMetrics | None = None,
+        epoch: int = 0,
     ) -> None:
         self.settings = settings
         self._clock = clock
         self._metrics = metrics
-        warmup = settings.warmup_duration_s
-        self.state = ClusterState(
-            warmup_until=clock.monotonic() + warmup if warmup > 0 else NEVER,
-        )
+        self.state = self.new_state()
         self.lock = asyncio.Lock()
         self._waiters: dict[NodeName, asyncio.Future[None]] = {}
         self._flagged_dangling: set[Digest] = set()
         self._closing = False
+        self._active = True
+        self._epoch = epoch
+        self._writer: StoreWriter | None = None
+        self._may_act: Callable[[], bool] = _always
+
+    # ------------------------------------------------------------------- terms
+
+    def new_state(self) -> ClusterState:
+        """An empty state, warming up for ``warmup_duration_s`` from now."""
+        warmup = self.settings.warmup_duration_s
+        return ClusterState(
+            warmup_until=self._clock.monotonic() + warmup if warmup > 0 else NEVER,
+        )
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    @property
+    def active(self) -> bool:
+        return self._active and self._may_act()
+
+    def begin_term(
+        self,
+        *,
+        state: ClusterState,
+        epoch: int,
+        writer: StoreWriter | None = None,
+        may_act: Callable[[], bool] | None = None,
+    ) -> None:
+        """Starts serving a leadership term with ``state`` (call between terms only).
+
+        ``may_act`` is asked before every step: the elector's local deadline can pass
+        before its callback ends the term, and not one more step may happen after it."""
+        self.state = state
+        self._epoch = epoch
+        self._writer = writer
+        self._may_act = may_act or _always
+        self._flagged_dangling.clear()
+        self._closing = False
+        self._active = True
+
+    def end_term(self) -> None:
+        """Stops serving at once: nothing else is decided, pending long polls end, and
+        the state is dropped (a later term starts from the store or from empty)."""
+        if not self._active:
+            return
+        self._active = False
+        self._writer = None
+        self.state = ClusterState()
+        self._flagged_dangling.clear()
+        self._wake_waiters()
 
     # ------------------------------------------------------------- node agents
 
@@ -69,6 +127,7 @@ class Dispatcher:
         leaving: bool = False,
     ) -> bool:
         async with self.lock:
+            self._guard()
             up_to_date = self.state.node_status(
                 name,
                 now=self._clock.monotonic(),
@@ -79,7 +138,8 @@ class Dispatcher:
                 stats=stats,
                 leaving=leaving,
             )
-            self._publish()
+            seq = self._publish()
+        await self._stored(seq)
         if leaving:
             log.info("node_left", node=name)
         return up_to_date
@@ -95,20 +155,26 @@ class Dispatcher:
         deadline = loop.time() + wait_s
         while True:
             async with self.lock:
+                self._guard()
                 current = self.state.node(name).last_change  # raises UnknownNode
                 remaining = deadline - loop.time()
                 if since is None or current != since or remaining <= 0 or self._closing:
-                    return self.state.node_configs(name)  # built only when answering
+                    answer = self.state.node_configs(name)  # built only when answering
+                    seq = self._seq()
+                    break
                 waiter = self._waiters.get(name)
                 if waiter is None or waiter.done():
                     waiter = self._waiters[name] = loop.create_future()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(waiter), remaining)
+        await self._stored(seq)  # never hand out a placement the store has not got
+        return answer
 
     async def record_results(
         self, name: NodeName, results: Sequence[CheckResult]
     ) -> tuple[int, list[RejectedResult]]:
         async with self.lock:
+            self._guard()
             return self.state.record_results(name, results)
 
     # ---------------------------------------------------------- config sources
@@ -122,8 +188,10 @@ class Dispatcher:
         self, sets: Mapping[SourceName, Sequence[CheckConfig]]
     ) -> dict[SourceName, SourceChange]:
         async with self.lock:
+            self._guard()
             changes = self.state.replace_sources(sets, now=self._clock.monotonic())
-            self._publish()
+            seq = self._publish()
+        await self._stored(seq)
         for source, change in changes.items():
             if change.added or change.removed:
                 log.info(
@@ -166,7 +234,11 @@ class Dispatcher:
     async def read(self, view: Callable[[ClusterState], T]) -> T:
         """Runs a read-only view of the state under the lock: a consistent snapshot."""
         async with self.lock:
-            return view(self.state)
+            self._guard()
+            result = view(self.state)
+            seq = self._seq()
+        await self._stored(seq)
+        return result
 
     # -------------------------------------------------------------------- ticks
 
@@ -174,6 +246,8 @@ class Dispatcher:
         """Expires silent nodes (re-dispatching their checks) and places dangling ones."""
         started = self._clock.monotonic()
         async with self.lock:
+            if not self.active:
+                return
             now = self._clock.monotonic()
             expired = self.state.expire_nodes(
                 now=now, timeout_s=self.settings.node_expiration_timeout_s
@@ -199,6 +273,9 @@ class Dispatcher:
     def wake_all(self) -> None:
         """Ends every pending long poll, and makes new ones answer at once (shutdown)."""
         self._closing = True
+        self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
         for waiter in self._waiters.values():
             if not waiter.done():
                 waiter.set_result(None)
@@ -208,12 +285,37 @@ class Dispatcher:
 
     async def _step(self, operation: Callable[[float], T]) -> T:
         async with self.lock:
+            self._guard()
             try:
-                return operation(self._clock.monotonic())
+                result = operation(self._clock.monotonic())
             finally:
-                self._publish()
+                seq = self._publish()
+        await self._stored(seq)
+        return result
 
-    def _publish(self) -> None:
+    def _guard(self) -> None:
+        if not self.active:
+            raise NoLeader("This replica has just stopped leading; retry shortly.")
+
+    def _seq(self) -> int:
+        return self._writer.submitted if self._writer is not None else 0
+
+    async def _stored(self, seq: int) -> None:
+        """Waits until the shared store holds every step up to ``seq``."""
+        writer = self._writer
+        if writer is None or writer.flushed >= seq:
+            return
+        try:
+            await writer.wait_flushed(seq)
+        except StoreError as exc:
+            raise NoLeader(f"The shared store did not confirm the change: {exc}.") from exc
+
+    def _publish(self) -> int:
+        """Logs and counts the step's decisions, wakes long polls, hands the step's
+        changes to the store writer; returns the step's number for ``_stored``."""
+        seq = 0
+        if self._writer is not None:
+            seq = self._writer.submit(self.state.take_delta())
         events = self.state.take_events()
         for decision in events.decisions:
             log.info(
@@ -230,6 +332,7 @@ class Dispatcher:
             waiter = self._waiters.pop(name, None)
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
+        return seq
 
     def _flag_long_dangling(self, dangling: Mapping[Digest, float], *, now: float) -> None:
         threshold = self.settings.dangling_warning_s
@@ -238,3 +341,7 @@ class Dispatcher:
             if now - since > threshold and digest not in self._flagged_dangling:
                 self._flagged_dangling.add(digest)
                 log.warning("check_dangling_long", digest=digest, dangling_s=round(now - since, 1))
+
+
+def _always() -> bool:
+    return True

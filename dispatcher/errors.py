@@ -6,6 +6,8 @@
     ├── ConfigurationError          bad flags, environment or files at start
     ├── ConfigSourceError           a config source (file, object) that cannot be read
     ├── LeaseBackendError           the lease store (Redis, Kubernetes API) failed or timed out
+    ├── StoreError                  the shared state store failed or timed out; retry
+    │   └── Fenced                  a newer leader has claimed the store: stop acting
     └── RequestError                what a caller did wrong; the API maps each to one status
         ├── InvalidJson             400 invalid_json
         ├── InvalidRequest          400 invalid_request (details list the bad fields)
@@ -50,6 +52,15 @@ class ConfigSourceError(ClusterchecksError):
 
 class LeaseBackendError(ClusterchecksError):
     """The lease backend did not answer, or answered with an error; retry."""
+
+
+class StoreError(ClusterchecksError):
+    """The shared state store did not answer, or answered with an error; retry."""
+
+
+class Fenced(StoreError):
+    """The store has been claimed by a newer leadership term: this leader's writes are
+    refused, and it must stop acting at once."""
 
 
 class RequestError(ClusterchecksError):

@@ -2,6 +2,10 @@
 
 Every background loop is a named task in one TaskGroup; the HTTP server is an
 ``AppRunner`` whose cleanup runs on the way out, after long polls have been woken.
+
+Two shapes: the embedded default (standalone election, memory store) is leader from
+the start, with no handler; every other combination runs a LeadershipHandler that
+turns an elector's terms into terms of the dispatcher (and loads the shared store).
 """
 
 from __future__ import annotations
@@ -9,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import ssl
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 import structlog
 from aiohttp import web
@@ -17,11 +22,16 @@ from aiohttp import web
 from dispatcher.api.app import create_app
 from dispatcher.common.clock import Clock, SystemClock
 from dispatcher.common.health import HealthRegistry, Status
+from dispatcher.election.base import LeaderInfo, Leadership, LeaseBackend
+from dispatcher.election.elector import Elector
 from dispatcher.election.standalone import StandaloneLeadership
 from dispatcher.engine import Dispatcher
+from dispatcher.errors import ConfigurationError
+from dispatcher.leadership import Campaign, LeadershipHandler, StandaloneCampaign
 from dispatcher.metrics import DispatcherMetrics, StateGauges
 from dispatcher.settings import Settings
 from dispatcher.sources.configdir import ConfigDirSource
+from dispatcher.storage.base import StateStore
 
 log = structlog.get_logger("dispatcher")
 
@@ -30,26 +40,33 @@ log = structlog.get_logger("dispatcher")
 class DispatcherService:
     settings: Settings
     dispatcher: Dispatcher
-    leadership: StandaloneLeadership
+    leadership: Leadership
     health: HealthRegistry
     metrics: DispatcherMetrics
     app: web.Application
     config_dir: ConfigDirSource | None
     clock: Clock
+    handler: LeadershipHandler | None = None
+    store: StateStore | None = None
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
-def build(settings: Settings, *, clock: Clock | None = None) -> DispatcherService:
+def build(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    lease_backend: LeaseBackend | None = None,
+    store: StateStore | None = None,
+) -> DispatcherService:
+    """The dispatcher the settings describe. ``lease_backend`` and ``store`` replace the
+    ones the settings name (tests pass in-memory ones; ``run`` connects Kubernetes)."""
     clock = clock or SystemClock()
     health = HealthRegistry(clock=clock)
     for component in ("api", "election", "store", "dispatch_loop"):
         health.register(component)
     metrics = DispatcherMetrics()
-    leadership = StandaloneLeadership(
-        identity=settings.server.identity, url=settings.server.url, started_at_s=clock.time()
-    )
+    server = settings.server
     dispatcher = Dispatcher(settings=settings.dispatch, clock=clock, metrics=metrics)
-    health.report("election", Status.HEALTHY, "standalone: this replica is the leader")
-    health.report("store", Status.HEALTHY, "memory")
     config_dir = None
     if settings.config_dir is not None:
         config_dir = ConfigDirSource(
@@ -59,15 +76,75 @@ def build(settings: Settings, *, clock: Clock | None = None) -> DispatcherServic
             clock=clock,
             poll_s=settings.config_dir_poll_s,
         )
+    closers: list[Callable[[], Awaitable[None]]] = []
+    handler: LeadershipHandler | None = None
+    leadership: Leadership
+    if settings.election.backend == "standalone" and settings.store.backend == "memory":
+        standalone = StandaloneLeadership(
+            identity=server.identity, url=server.url, started_at_s=clock.time()
+        )
+        dispatcher.begin_term(state=dispatcher.new_state(), epoch=standalone.leader().epoch)
+        health.report("election", Status.HEALTHY, "standalone: this replica is the leader")
+        health.report("store", Status.HEALTHY, "memory")
+        leadership = standalone
+    else:
+        backend = lease_backend or _lease_backend(settings, closers)
+        if store is None and settings.store.backend == "redis":
+            from dispatcher.storage.redis import RedisStateStore
+
+            redis_store = RedisStateStore.from_url(
+                settings.redis.url,
+                name=settings.election.lease_name,
+                timeout_s=settings.redis.timeout_s,
+            )
+            closers.append(redis_store.close)
+            store = redis_store
+
+        def campaign(
+            started: Callable[[int], None],
+            stopped: Callable[[], None],
+            new_leader: Callable[[LeaderInfo | None], None],
+        ) -> Campaign:
+            if backend is None:
+                return StandaloneCampaign(
+                    identity=server.identity,
+                    url=server.url,
+                    started_at_s=clock.time(),
+                    on_started_leading=started,
+                    on_stopped_leading=stopped,
+                )
+            return Elector(
+                backend=backend,
+                identity=server.identity,
+                url=server.url,
+                settings=settings.election,
+                clock=clock,
+                on_started_leading=started,
+                on_stopped_leading=stopped,
+                on_new_leader=new_leader,
+            )
+
+        handler = LeadershipHandler(
+            identity=server.identity,
+            url=server.url,
+            campaign=campaign,
+            dispatcher=dispatcher,
+            store=store,
+            health=health,
+            clock=clock,
+            election=settings.election,
+            sources=[config_dir] if config_dir is not None else [],
+        )
+        leadership = handler
 
     def gauges() -> StateGauges:
         state = dispatcher.state
         now = clock.monotonic()
         threshold = settings.dispatch.dangling_warning_s
-        info = leadership.leader()
+        leading = leadership.is_leader()
         return StateGauges(
-            is_leader=leadership.is_leader(),
-            epoch=info.epoch,
+            is_leader=leading,
+            epoch=dispatcher.epoch if leading else 0,
             checks=len(state.configs),
             dangling=len(state.dangling),
             dangling_long=sum(1 for t in state.dangling.values() if now - t > threshold),
@@ -93,7 +170,27 @@ def build(settings: Settings, *, clock: Clock | None = None) -> DispatcherServic
         app=app,
         config_dir=config_dir,
         clock=clock,
+        handler=handler,
+        store=store,
+        closers=closers,
     )
+
+
+def _lease_backend(
+    settings: Settings, closers: list[Callable[[], Awaitable[None]]]
+) -> LeaseBackend | None:
+    election = settings.election
+    if election.backend == "redis":
+        from dispatcher.election.redis import RedisLeaseBackend
+
+        redis_backend = RedisLeaseBackend.from_url(
+            settings.redis.url, name=election.lease_name, timeout_s=settings.redis.timeout_s
+        )
+        closers.append(redis_backend.close)
+        return redis_backend
+    if election.backend == "kubernetes":
+        raise ConfigurationError("--election kubernetes needs a connected backend (see run())")
+    return None
 
 
 def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
@@ -125,20 +222,28 @@ async def serve(service: DispatcherService, *, stop: asyncio.Event) -> None:
             "dispatcher_started",
             url=settings.server.url,
             identity=settings.server.identity,
-            epoch=service.leadership.leader().epoch,
+            epoch=service.dispatcher.epoch if service.handler is None else None,
             election=settings.election.backend,
             store=settings.store.backend,
             config_dir=str(settings.config_dir) if settings.config_dir else None,
         )
         async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(service.dispatcher.run(stop), name="dispatch_tick")
             tasks.create_task(service.health.run_probes(stop), name="health_probes")
-            if service.config_dir is not None:
-                tasks.create_task(service.config_dir.run(stop), name="config_dir")
+            if service.handler is not None:
+                tasks.create_task(service.handler.run(stop), name="leadership")
+            else:
+                tasks.create_task(service.dispatcher.run(stop), name="dispatch_tick")
+                if service.config_dir is not None:
+                    tasks.create_task(service.config_dir.run(stop), name="config_dir")
             await stop.wait()
     finally:
         service.dispatcher.wake_all()
         await runner.cleanup()
+        for close in service.closers:
+            try:
+                await close()
+            except Exception:
+                log.exception("close_failed")
         log.info("dispatcher_stopped")
 
 
@@ -148,4 +253,18 @@ async def run(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await serve(build(settings), stop=stop)
+    lease_backend: LeaseBackend | None = None
+    if settings.election.backend == "kubernetes":
+        from dispatcher.election.kubernetes import KubernetesLeaseBackend
+
+        election = settings.election
+        kube = await KubernetesLeaseBackend.connect(
+            namespace=election.lease_namespace,
+            name=election.lease_name,
+            call_timeout_s=min(election.retry_period_s, election.renew_deadline_s),
+        )
+        lease_backend = kube
+    service = build(settings, lease_backend=lease_backend)
+    if lease_backend is not None:
+        service.closers.append(kube.close)
+    await serve(service, stop=stop)

@@ -8,17 +8,23 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from dispatcher.errors import ConfigurationError
 
-ElectionBackend = Literal["standalone"]
-StoreBackend = Literal["memory"]
+ElectionBackend = Literal["standalone", "redis", "kubernetes"]
+StoreBackend = Literal["memory", "redis"]
 
-ELECTION_BACKENDS: tuple[str, ...] = ("standalone",)
-STORE_BACKENDS: tuple[str, ...] = ("memory",)
+ELECTION_BACKENDS: tuple[str, ...] = ("standalone", "redis", "kubernetes")
+STORE_BACKENDS: tuple[str, ...] = ("memory", "redis")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_LEASE_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
+_NAMESPACE = re.compile(r"(?=.{1,63}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+DEFAULT_WARMUP_S = 30.0
+"""Warm-up of an elected leader with the memory store (ARCHITECTURE.md, Warm-up)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +54,8 @@ class DispatchSettings:
     heartbeat_interval_s: float = 10.0
     """Told to agents in every status reply."""
     warmup_duration_s: float = 0.0
-    """Only for a leader that starts with an empty store; 0 for the standalone leader."""
+    """Only for a leader that starts with an empty store: by default 30 s for an elected
+    leader with the memory store, 0 for the standalone one and with the Redis store."""
     rebalance_period_s: float = 600.0
     dangling_warning_s: float = 60.0
     """A check dangling longer than this is flagged (logs, metrics)."""
@@ -74,13 +81,28 @@ class AuthSettings:
 class ElectionSettings:
     backend: ElectionBackend = "standalone"
     lease_duration_s: float = 15.0
+    """How long a lease holds without renewal (others judge it by their own clocks)."""
     renew_deadline_s: float = 10.0
+    """A leader stops acting this long after the start of its last successful renewal."""
     retry_period_s: float = 2.0
+    """Between attempts to acquire or renew."""
+    lease_name: str = "clusterchecks-dispatcher"
+    """The Lease object (kubernetes) or the key prefix (redis, also for the store)."""
+    lease_namespace: str = "default"
+    """Namespace of the Lease object (kubernetes)."""
 
 
 @dataclass(frozen=True, slots=True)
 class StoreSettings:
     backend: StoreBackend = "memory"
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSettings:
+    url: str = "redis://127.0.0.1:6379/0"
+    """Used by the redis election and the redis store."""
+    timeout_s: float = 2.0
+    """Socket and pool timeout of every Redis call."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +118,7 @@ class Settings:
     auth: AuthSettings = AuthSettings()
     election: ElectionSettings = ElectionSettings()
     store: StoreSettings = StoreSettings()
+    redis: RedisSettings = RedisSettings()
     log: LogSettings = LogSettings()
     config_dir: Path | None = None
     config_dir_poll_s: float = 1.0
@@ -116,7 +139,28 @@ class Settings:
                 f"greater than --retry-period (got {e.lease_duration_s:g} > "
                 f"{e.renew_deadline_s:g} > {e.retry_period_s:g})."
             )
+        uses_redis = e.backend == "redis" or self.store.backend == "redis"
+        if uses_redis and not self.redis.url.startswith(REDIS_SCHEMES):
+            raise ConfigurationError(
+                f"--redis-url {self.redis.url!r}: must start with one of "
+                f"{', '.join(REDIS_SCHEMES)}."
+            )
         s = self.server
+        if e.backend != "standalone" and not s.advertise_url and s.host in ("0.0.0.0", "::"):
+            raise ConfigurationError(
+                f"--advertise-url is required with --election {e.backend} when --host is "
+                f"{s.host}: followers forward requests to the leader at that URL."
+            )
+        if not _LEASE_NAME.fullmatch(e.lease_name):
+            raise ConfigurationError(
+                f"--lease-name {e.lease_name!r}: must be a DNS subdomain name (lower-case "
+                "letters, digits, '-' and '.', at most 253 characters)."
+            )
+        if not _NAMESPACE.fullmatch(e.lease_namespace):
+            raise ConfigurationError(
+                f"--lease-namespace {e.lease_namespace!r}: must be a DNS label (lower-case "
+                "letters, digits and '-', at most 63 characters)."
+            )
         if (s.tls_cert is None) != (s.tls_key is None):
             raise ConfigurationError("--tls-cert and --tls-key must be given together.")
         for flag, path in (("--tls-cert", s.tls_cert), ("--tls-key", s.tls_key)):

@@ -25,7 +25,9 @@ class DispatcherApi(Protocol):
 
     def next_url(self) -> None: ...
 
-    async def status(self, body: dict[str, Any]) -> wire.StatusOut: ...
+    async def status(
+        self, body: dict[str, Any], *, timeout_s: float | None = None
+    ) -> wire.StatusOut: ...
 
     async def configs(self, *, since: int | None, wait_s: float) -> wire.NodeConfigsOut: ...
 
@@ -58,8 +60,12 @@ class DispatcherClient:
     def next_url(self) -> None:
         self._index = (self._index + 1) % len(self._urls)
 
-    async def status(self, body: dict[str, Any]) -> wire.StatusOut:
-        return await self._call("POST", f"{API}/status/{self._node}", wire.StatusOut, body=body)
+    async def status(
+        self, body: dict[str, Any], *, timeout_s: float | None = None
+    ) -> wire.StatusOut:
+        return await self._call(
+            "POST", f"{API}/status/{self._node}", wire.StatusOut, body=body, timeout_s=timeout_s
+        )
 
     async def configs(self, *, since: int | None, wait_s: float) -> wire.NodeConfigsOut:
         query = f"?since={since}&wait_s={wait_s:g}" if since is not None else ""

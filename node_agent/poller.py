@@ -108,7 +108,10 @@ class Poller:
         }
         if send_running:
             body["running"] = self._running()
-        reply = await self._client.status(body)
+        # A replica that hangs (frozen, partitioned) must not keep this node from reaching
+        # another one before it expires: bound the heartbeat by a third of the expiry.
+        timeout_s = min(self._settings.request_timeout_s, max(1.0, self.expiry_s / 3))
+        reply = await self._client.status(body, timeout_s=timeout_s)
         if reply.epoch < self.epoch:
             log.warning("stale_epoch_ignored", route="status", epoch=reply.epoch, seen=self.epoch)
             self._client.next_url()

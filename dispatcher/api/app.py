@@ -15,6 +15,7 @@ import time
 import structlog
 from aiohttp import web
 
+from dispatcher.api.forward import FORWARDED_HEADER, forward, session_context
 from dispatcher.api.keys import (
     CLOCK,
     DISPATCHER,
@@ -44,7 +45,6 @@ log = structlog.get_logger("dispatcher.api")
 
 REQUEST_ID = "X-Request-Id"
 LEADER_HEADER = "X-Clusterchecks-Leader"
-FORWARDED_HEADER = "X-Clusterchecks-Forwarded"
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # Request ids: a random prefix per process and a counter; unique without a syscall each.
 _ID_PREFIX = secrets.token_hex(6)
@@ -70,6 +70,7 @@ def create_app(
     app[HEALTH] = health
     app[METRICS] = metrics
     app[CLOCK] = clock
+    app.cleanup_ctx.append(session_context)
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler, name=route.name)
     return app
@@ -118,7 +119,10 @@ async def _auth_and_leadership(request: web.Request, handler: Handler) -> web.St
         if not leadership.is_leader():
             if request.headers.get(FORWARDED_HEADER):
                 raise LoopDetected()
-            raise NoLeader()
+            leader = leadership.leader()
+            if leader is None or leader.identity == leadership.identity:
+                raise NoLeader()
+            return await forward(request, leader)
     return await handler(request)
 
 

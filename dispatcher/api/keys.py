@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 
+import aiohttp
 from aiohttp import web
 
 from dispatcher.common.clock import Clock
@@ -19,6 +20,7 @@ SETTINGS = web.AppKey("settings", Settings)
 HEALTH = web.AppKey("health", HealthRegistry)
 METRICS = web.AppKey("metrics", DispatcherMetrics)
 CLOCK = web.AppKey("clock", Clock)
+FORWARD_SESSION = web.AppKey("forward_session", aiohttp.ClientSession)
 
 
 class Role(enum.Enum):

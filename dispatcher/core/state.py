@@ -7,6 +7,10 @@ an expiry never interleave.
 
 Each operation records what it decided (``Decision``) and which nodes' configs changed;
 the caller drains those with ``take_events()`` to log them and wake long polls.
+
+With ``track_changes`` the state also remembers which persisted records (configs,
+sources, placements, node records) each step changed; ``take_delta()`` drains them for
+a shared store to write through, and ``restore()`` builds a state back from a snapshot.
 """
 
 from __future__ import annotations
@@ -66,6 +70,56 @@ class RejectedResult:
     reason: str  # not_assigned | unknown_check
 
 
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    """What a shared store keeps of a node: no heartbeat times, no stats."""
+
+    labels: Mapping[str, str]
+    capacity: int
+    cordoned: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The persisted part of the state, as a shared store holds it."""
+
+    configs: Mapping[Digest, CheckConfig] = field(default_factory=dict)
+    sources: Mapping[SourceName, frozenset[Digest]] = field(default_factory=dict)
+    placement: Mapping[Digest, NodeName] = field(default_factory=dict)
+    nodes: Mapping[NodeName, NodeRecord] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class StateDelta:
+    """Records changed since the last ``take_delta()``: a value to write, None to delete."""
+
+    configs: dict[Digest, CheckConfig | None] = field(default_factory=dict)
+    sources: dict[SourceName, frozenset[Digest] | None] = field(default_factory=dict)
+    placement: dict[Digest, NodeName | None] = field(default_factory=dict)
+    nodes: dict[NodeName, NodeRecord | None] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.configs or self.sources or self.placement or self.nodes)
+
+    def __len__(self) -> int:
+        return len(self.configs) + len(self.sources) + len(self.placement) + len(self.nodes)
+
+    def merge(self, later: StateDelta) -> None:
+        """Folds a later delta into this one; the later value of a record wins."""
+        self.configs.update(later.configs)
+        self.sources.update(later.sources)
+        self.placement.update(later.placement)
+        self.nodes.update(later.nodes)
+
+
+@dataclass(slots=True)
+class _Dirty:
+    configs: set[Digest] = field(default_factory=set)
+    sources: set[SourceName] = field(default_factory=set)
+    placement: set[Digest] = field(default_factory=set)
+    nodes: set[NodeName] = field(default_factory=set)
+
+
 @dataclass(slots=True)
 class Events:
     decisions: list[Decision] = field(default_factory=list)
@@ -76,7 +130,7 @@ class Events:
 class ClusterState:
     """All checks, their sources and placements, and every node's store."""
 
-    def __init__(self, *, warmup_until: float = NEVER) -> None:
+    def __init__(self, *, warmup_until: float = NEVER, track_changes: bool = False) -> None:
         self._configs: dict[Digest, CheckConfig] = {}
         self._sources: dict[SourceName, set[Digest]] = {}
         self._holders: dict[Digest, set[SourceName]] = {}
@@ -96,6 +150,89 @@ class ClusterState:
         self._warm = warmup_until == NEVER
         self._placeable_changed = False
         self._events = Events()
+        self._dirty: _Dirty | None = _Dirty() if track_changes else None
+
+    @classmethod
+    def restore(cls, snapshot: Snapshot, *, now: float) -> ClusterState:
+        """A tracking state rebuilt from a shared store, as a new leader takes over.
+
+        Every node's expiry clock starts afresh at ``now``; placements are kept as they
+        were, without decisions to log. Records that do not fit together (a placement on
+        an unknown node, a config no source holds) are dropped and queued for deletion,
+        and checks without a placement dangle until the next dispatch.
+        """
+        state = cls(track_changes=True)
+        now = state._advance(now)
+        for name, record in sorted(snapshot.nodes.items()):
+            node = Node(
+                name=name,
+                labels=dict(record.labels),
+                capacity=max(1, record.capacity),
+                heartbeat_at=now,
+                last_change=0,
+                cordoned=record.cordoned,
+            )
+            state._nodes[name] = node
+            state._by_heartbeat[name] = None
+            state._index.update(node)
+            state._touch(node)
+        for source, digests in sorted(snapshot.sources.items()):
+            held = {d for d in digests if d in snapshot.configs}
+            if held != set(digests):
+                state._mark_source(source)
+            if held:
+                state._sources[source] = held
+                for digest in held:
+                    state._holders.setdefault(digest, set()).add(source)
+        for digest, config in snapshot.configs.items():
+            if digest in state._holders:
+                state._configs[digest] = config
+            else:
+                state._mark_config(digest)
+        for digest, name in sorted(snapshot.placement.items()):
+            holder = state._nodes.get(name)
+            if holder is None or digest not in state._configs:
+                state._mark_placement(digest)
+                continue
+            state._attach(digest, holder, reason="restored", previous=None)
+        for digest in sorted(state._configs):
+            if digest not in state._placement:
+                state._dangling[digest] = now
+        state._placeable_changed = True
+        state._events = Events()
+        dirty = state._dirty
+        assert dirty is not None
+        dirty.placement -= set(state._placement)  # attached as stored: nothing to write
+        return state
+
+    def snapshot(self) -> Snapshot:
+        """The persisted part of the state (what ``restore`` takes)."""
+        return Snapshot(
+            configs=dict(self._configs),
+            sources={s: frozenset(d) for s, d in self._sources.items()},
+            placement=dict(self._placement),
+            nodes={name: self._node_record(node) for name, node in self._nodes.items()},
+        )
+
+    def take_delta(self) -> StateDelta:
+        """The persisted records changed since the last call (tracking states only)."""
+        dirty = self._dirty
+        if dirty is None:
+            return StateDelta()
+        self._dirty = _Dirty()
+        nodes = self._nodes
+        return StateDelta(
+            configs={d: self._configs.get(d) for d in sorted(dirty.configs)},
+            sources={
+                s: frozenset(held) if (held := self._sources.get(s)) else None
+                for s in sorted(dirty.sources)
+            },
+            placement={d: self._placement.get(d) for d in sorted(dirty.placement)},
+            nodes={
+                n: self._node_record(node) if (node := nodes.get(n)) else None
+                for n in sorted(dirty.nodes)
+            },
+        )
 
     # ----------------------------------------------------------------- reading
 
@@ -234,6 +371,8 @@ class ClusterState:
                 self._upsert(config)
             for digest in added:
                 self._holders.setdefault(digest, set()).add(source)
+            if added or removed:
+                self._mark_source(source)
             if wanted:
                 self._sources[source] = set(wanted)
             else:
@@ -265,6 +404,7 @@ class ClusterState:
             self._upsert(config)
             if config.digest not in held:
                 held.add(config.digest)
+                self._mark_source(source)
                 self._holders.setdefault(config.digest, set()).add(source)
                 self._place_if_new(config.digest, now=now)
         return [c.digest for c in configs]
@@ -281,6 +421,7 @@ class ClusterState:
         for holder in sorted(holders) if source is None else [source]:
             held = self._sources[holder]
             held.discard(digest)
+            self._mark_source(holder)
             if not held:
                 del self._sources[holder]
             self._release(digest, holder)
@@ -317,14 +458,17 @@ class ClusterState:
             self._nodes[name] = node
             self._index.update(node)
             self._touch(node)
+            self._mark_node(name)
             self._placeable_changed = True
         else:
             node.heartbeat_at = now
             if capacity is not None and capacity != node.capacity:
                 node.capacity = capacity
                 self._index.update(node)
+                self._mark_node(name)
             if labels is not None and dict(labels) != node.labels:
                 node.labels = dict(labels)
+                self._mark_node(name)
                 self._relabel(node, now=now)
         self._by_heartbeat[name] = None
         self._by_heartbeat.move_to_end(name)
@@ -369,13 +513,16 @@ class ClusterState:
 
     def cordon(self, name: NodeName) -> Node:
         node = self.node(name)
-        node.cordoned = True
+        if not node.cordoned:
+            node.cordoned = True
+            self._mark_node(name)
         return node
 
     def uncordon(self, name: NodeName, *, now: float) -> Node:
         node = self.node(name)
         if node.cordoned:
             node.cordoned = False
+            self._mark_node(name)
             self._placeable_changed = True
             self.dispatch_dangling(now=now)
         return node
@@ -416,7 +563,7 @@ class ClusterState:
                 raise NoOtherNode(
                     f"Check {other!r} ({config.name}) has no other eligible node to go to."
                 )
-        node.cordoned = True
+        self.cordon(name)
         moves = [m for d in others if (m := self._move(d, now=now, reason="isolated"))]
         return name, moves
 
@@ -465,6 +612,26 @@ class ClusterState:
         node.last_change = self._seq
         self._events.changed_nodes.add(node.name)
 
+    def _mark_config(self, digest: Digest) -> None:
+        if self._dirty is not None:
+            self._dirty.configs.add(digest)
+
+    def _mark_source(self, source: SourceName) -> None:
+        if self._dirty is not None:
+            self._dirty.sources.add(source)
+
+    def _mark_placement(self, digest: Digest) -> None:
+        if self._dirty is not None:
+            self._dirty.placement.add(digest)
+
+    def _mark_node(self, name: NodeName) -> None:
+        if self._dirty is not None:
+            self._dirty.nodes.add(name)
+
+    @staticmethod
+    def _node_record(node: Node) -> NodeRecord:
+        return NodeRecord(labels=dict(node.labels), capacity=node.capacity, cordoned=node.cordoned)
+
     def _eligible(self, node: Node, config: CheckConfig) -> bool:
         return not node.cordoned and config.matches(node.labels)
 
@@ -472,6 +639,7 @@ class ClusterState:
         current = self._configs.get(config.digest)
         if current is None:
             self._configs[config.digest] = config
+            self._mark_config(config.digest)
             return
         if current.weight != config.weight:
             node_name = self._placement.get(config.digest)
@@ -481,6 +649,7 @@ class ClusterState:
                 node.unmeasured_weight += config.weight - current.weight
                 self._index.update(node)
             self._configs[config.digest] = config
+            self._mark_config(config.digest)
 
     def _place_if_new(self, digest: Digest, *, now: float) -> None:
         if digest not in self._placement and digest not in self._dangling:
@@ -504,6 +673,7 @@ class ClusterState:
         self._results.pop(digest, None)
         self._reported.pop(digest, None)
         del self._configs[digest]
+        self._mark_config(digest)
         self._events.decisions.append(Decision(digest, config.name, None, name, "check_removed"))
 
     def _place(
@@ -552,6 +722,7 @@ class ClusterState:
         self, digest: Digest, node: Node, *, reason: str, previous: NodeName | None
     ) -> None:
         self._placement[digest] = node.name
+        self._mark_placement(digest)
         self._placed_because[digest] = reason
         self._dangling.pop(digest, None)
         self._reported.pop(digest, None)
@@ -570,6 +741,7 @@ class ClusterState:
     def _detach(self, digest: Digest, node: Node) -> None:
         """Takes a check off a node's books (the caller touches or removes the node)."""
         del self._placement[digest]
+        self._mark_placement(digest)
         self._placed_because.pop(digest, None)
         node.digests.discard(digest)
         node.stats.pop(digest, None)
@@ -592,6 +764,7 @@ class ClusterState:
         orphans: list[tuple[Digest, NodeName]] = []
         for name in names:
             node = self._nodes.pop(name)
+            self._mark_node(name)
             self._by_heartbeat.pop(name, None)
             self._index.remove(name)
             for digest in node.reported_running:
@@ -676,4 +849,5 @@ _REASONS = {
     "drained": "moved here when its previous node was drained",
     "isolated": "moved here when another check was isolated on its previous node",
     "rebalanced": "moved here by a rebalance",
+    "restored": "kept where the previous leader had placed it (loaded from the shared store)",
 }

@@ -52,8 +52,11 @@ RECENT_NS = 2_000_000_000
 on file systems with coarse timestamps an edit can keep the same mtime and size."""
 
 
+SOURCE_PREFIX = "file:"
+
+
 def source_name(path: Path) -> SourceName:
-    return SourceName(f"file:{path.name}")
+    return SourceName(f"{SOURCE_PREFIX}{path.name}")
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -175,10 +178,20 @@ class ConfigDirSource:
         self._seen: dict[str, _Signature] = {}
         self._broken: dict[str, str] = {}
         self._hashes: dict[str, str] = {}
+        self._prune = False
         health.register(COMPONENT, required=False)
 
     async def run(self, stop: asyncio.Event) -> None:
         await run_periodically("config_dir", self.scan, period_s=self._poll_s, stop=stop)
+
+    def reset(self) -> None:
+        """Forgets what was applied: a new leadership term starts from another state
+        (empty, or loaded from the shared store), so the next scan applies every file
+        and removes ``file:`` sources whose file is gone."""
+        self._seen.clear()
+        self._hashes.clear()
+        self._broken.clear()
+        self._prune = True
 
     async def scan(self) -> None:
         """Applies every change in the directory since the last scan, in one step."""
@@ -192,6 +205,8 @@ class ConfigDirSource:
         removed = sorted(set(self._seen) - set(current))
         for name in removed:
             sets[source_name(Path(name))] = []
+        if self._prune:
+            sets.update({source: [] for source in await self._vanished(current)})
         now_ns = int(self._clock.time() * 1e9)
         for name, signature in sorted(current.items()):
             recent = now_ns - signature.mtime_ns < RECENT_NS
@@ -206,6 +221,7 @@ class ConfigDirSource:
             loaded[name] = (signature, digest)
         if sets:
             changes = await self._dispatcher.replace_sources(sets)
+            self._prune = False
             # Only what was applied counts as seen: a failed apply is retried next scan.
             for name in removed:
                 del self._seen[name]
@@ -223,7 +239,16 @@ class ConfigDirSource:
                     added=change.added,
                     removed=change.removed,
                 )
+        else:
+            self._prune = False
         self._report()
+
+    async def _vanished(self, current: dict[str, _Signature]) -> list[SourceName]:
+        """``file:`` sources the state holds (loaded from the shared store) whose file
+        is no longer in the directory."""
+        wanted = {source_name(Path(name)) for name in current}
+        held = await self._dispatcher.read(lambda state: state.source_names())
+        return [s for s in held if s.startswith(SOURCE_PREFIX) and s not in wanted]
 
     def _list(self) -> dict[str, _Signature]:
         found: dict[str, _Signature] = {}

@@ -19,7 +19,7 @@ async def test_state_of_an_empty_dispatcher(api: Api) -> None:
     assert body == {
         "leader": IDENTITY,
         "is_leader": True,
-        "epoch": api.service.leadership.leader().epoch,
+        "epoch": api.service.dispatcher.epoch,
         "warmup": False,
         "nodes": [],
         "dangling": [],

@@ -61,7 +61,7 @@ async def test_every_node_and_source_reply_carries_the_epoch(api: Api, call: Cal
     reply = await send(api, call, digest)
 
     assert reply.status == 200, reply.text
-    assert reply.json.get("epoch") == api.service.leadership.leader().epoch, reply.text
+    assert reply.json.get("epoch") == api.service.dispatcher.epoch, reply.text
 
 
 # ------------------------------------------------------------ bad bodies

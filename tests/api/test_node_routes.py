@@ -42,7 +42,7 @@ async def test_first_heartbeat_registers_the_node_and_replies_with_the_contract(
     assert body["warmup"] is False
     assert body["is_up_to_date"] is False  # a new node has configs to fetch
     assert isinstance(body["epoch"], int)
-    assert body["epoch"] == api.service.leadership.leader().epoch > 0
+    assert body["epoch"] == api.service.dispatcher.epoch > 0
     assert body["leader"] == IDENTITY
     assert body["heartbeat_interval_s"] == 7.5
     assert body["node_expiration_timeout_s"] == 21.0
@@ -258,7 +258,7 @@ async def test_configs_reply_holds_the_nodes_check_configs(api: Api) -> None:
     body = await api.configs("node-a")
 
     assert set(body) == {"last_change", "epoch", "configs", "warmup"}  # warmup: an extension
-    assert body["epoch"] == api.service.leadership.leader().epoch
+    assert body["epoch"] == api.service.dispatcher.epoch
     assert isinstance(body["last_change"], int)
     assert body["configs"] == [
         {

@@ -36,7 +36,7 @@ async def test_put_replies_with_digests_in_request_order_and_counts(api: Api) ->
     assert reply.status == 200, reply.text
     body = reply.json
     assert set(body) == {"epoch", "digests", "added", "removed", "unchanged"}
-    assert body["epoch"] == api.service.leadership.leader().epoch
+    assert body["epoch"] == api.service.dispatcher.epoch
     assert (body["added"], body["removed"], body["unchanged"]) == (3, 0, 0)
     digests = body["digests"]
     assert len(set(digests)) == 3
@@ -220,13 +220,13 @@ async def test_get_source_lists_its_configs(api: Api) -> None:
     body = await api.ok("GET", f"{API}/sources/ci")
 
     assert set(body) == {"epoch", "configs"}
-    assert body["epoch"] == api.service.leadership.leader().epoch
+    assert body["epoch"] == api.service.dispatcher.epoch
     assert sorted(c["digest"] for c in body["configs"]) == sorted([d0, d1])
 
 
 async def test_an_unknown_source_has_no_configs(api: Api) -> None:
     body = await api.ok("GET", f"{API}/sources/never-seen")
-    assert body == {"epoch": api.service.leadership.leader().epoch, "configs": []}
+    assert body == {"epoch": api.service.dispatcher.epoch, "configs": []}
 
 
 # ------------------------------------------------------------- POST checks
@@ -240,7 +240,7 @@ async def test_post_checks_adds_to_the_sources_set(api: Api) -> None:
     assert reply.status == 200, reply.text
     body = reply.json
     assert set(body) == {"epoch", "digests"}
-    assert body["epoch"] == api.service.leadership.leader().epoch
+    assert body["epoch"] == api.service.dispatcher.epoch
     d2, d1 = body["digests"]
     held = {c["digest"] for c in (await api.ok("GET", f"{API}/sources/ci"))["configs"]}
     assert held == {d0, d1, d2}

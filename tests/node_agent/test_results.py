@@ -36,7 +36,9 @@ class FakeApi:
     def next_url(self) -> None:
         pass
 
-    async def status(self, body: dict[str, Any]) -> wire.StatusOut:
+    async def status(
+        self, body: dict[str, Any], *, timeout_s: float | None = None
+    ) -> wire.StatusOut:
         raise NotImplementedError
 
     async def configs(self, *, since: int | None, wait_s: float) -> wire.NodeConfigsOut:

@@ -1,0 +1,77 @@
+"""Forwarding: a follower passes a leader-only request to the leader, once.
+
+The forwarded request carries ``X-Clusterchecks-Forwarded: 1``; a replica that gets
+such a request and is not the leader answers 508 instead of forwarding again, so two
+replicas that each believe the other leads cannot bounce a request between them. A
+leader that does not answer gives ``503 no_leader`` with ``Retry-After``: the caller
+retries, by which time the election has moved on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from dispatcher.api.keys import FORWARD_SESSION
+from dispatcher.election.base import LeaderInfo
+from dispatcher.errors import NoLeader
+
+log = structlog.get_logger("dispatcher.api")
+
+FORWARDED_HEADER = "X-Clusterchecks-Forwarded"
+# What a forwarded request keeps of the caller's headers (hop-by-hop ones are dropped).
+_REQUEST_HEADERS = ("Authorization", "Content-Type", "Accept", "X-Request-Id")
+# What the caller gets of the leader's reply headers.
+_REPLY_HEADERS = ("Content-Type", "Retry-After", "Allow", "X-Clusterchecks-Leader")
+LONG_POLL_MAX_S = 60.0
+CONNECT_TIMEOUT_S = 2.0
+
+
+async def session_context(app: web.Application) -> AsyncIterator[None]:
+    """One client session per app for forwarding, closed with the app."""
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=30),
+        auto_decompress=False,
+    )
+    app[FORWARD_SESSION] = session
+    try:
+        yield
+    finally:
+        await session.close()
+
+
+async def forward(request: web.Request, leader: LeaderInfo) -> web.Response:
+    """Sends the request to ``leader`` and returns its reply as this replica's."""
+    session = request.app[FORWARD_SESSION]
+    url = leader.url.rstrip("/") + request.rel_url.path_qs
+    headers = {name: request.headers[name] for name in _REQUEST_HEADERS if name in request.headers}
+    headers[FORWARDED_HEADER] = "1"
+    body = await request.read() if request.body_exists else None
+    # A long poll may wait up to a minute at the leader before answering.
+    timeout = aiohttp.ClientTimeout(total=LONG_POLL_MAX_S + 15, sock_connect=CONNECT_TIMEOUT_S)
+    try:
+        async with session.request(
+            request.method,
+            url,
+            headers=headers,
+            data=body,
+            allow_redirects=False,
+            timeout=timeout,
+        ) as reply:
+            payload = await reply.read()
+            status = reply.status
+            reply_headers = {
+                name: reply.headers[name] for name in _REPLY_HEADERS if name in reply.headers
+            }
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        log.warning(
+            "forward_failed", leader=leader.identity, url=url, error=str(exc) or type(exc).__name__
+        )
+        raise NoLeader(
+            f"The leader {leader.identity} at {leader.url} did not answer; retry shortly."
+        ) from exc
+    log.debug("forwarded", leader=leader.identity, status=status)
+    return web.Response(status=status, body=payload, headers=reply_headers)

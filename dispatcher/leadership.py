@@ -1,0 +1,287 @@
+"""The leadership handler: the state machine unknown -> follower <-> leader.
+
+It turns the elector's callbacks into terms of the dispatcher:
+
+- started leading (epoch): claim and load the shared store (or start empty, warming
+  up, with the memory store), then begin the term and run what only a leader runs:
+  the dispatch tick, the store writer, the config sources;
+- stopped leading (lease lost, deadline passed, store fenced, shutdown): end the term
+  first, synchronously, so that nothing more is decided or answered, then cancel the
+  term's tasks; the state is dropped.
+
+Callbacks are plain functions called from the elector's task; they never block. The
+handler is the ``Leadership`` the API consults: a replica is leader only while its term
+is running and its elector still holds the lease by its local deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import structlog
+
+from dispatcher.common.clock import Clock
+from dispatcher.common.health import HealthRegistry, Status
+from dispatcher.core.state import ClusterState
+from dispatcher.election.base import LeaderInfo
+from dispatcher.engine import Dispatcher
+from dispatcher.errors import Fenced, StoreError
+from dispatcher.settings import ElectionSettings
+from dispatcher.storage.base import StateStore
+from dispatcher.storage.writer import StoreWriter
+
+log = structlog.get_logger("dispatcher.leadership")
+
+
+class Role(enum.Enum):
+    UNKNOWN = "unknown"
+    FOLLOWER = "follower"
+    LEADER = "leader"
+
+
+class Campaign(Protocol):
+    """An elector as the handler drives it (``Elector``, ``StandaloneCampaign``)."""
+
+    def is_leader(self) -> bool: ...
+
+    def leader(self) -> LeaderInfo | None: ...
+
+    async def run(self, stop: asyncio.Event) -> None: ...
+
+
+class TermSource(Protocol):
+    """A config source that only the leader runs, from scratch in every term."""
+
+    def reset(self) -> None: ...
+
+    async def run(self, stop: asyncio.Event) -> None: ...
+
+
+CampaignFactory = Callable[
+    [Callable[[int], None], Callable[[], None], Callable[[LeaderInfo | None], None]], Campaign
+]
+
+
+class LeadershipHandler:
+    def __init__(
+        self,
+        *,
+        identity: str,
+        url: str,
+        campaign: CampaignFactory,
+        dispatcher: Dispatcher,
+        store: StateStore | None,
+        health: HealthRegistry,
+        clock: Clock,
+        election: ElectionSettings,
+        sources: Sequence[TermSource] = (),
+    ) -> None:
+        self._identity = identity
+        self._url = url
+        self._dispatcher = dispatcher
+        self._store = store
+        self._health = health
+        self._clock = clock
+        self._election = election
+        self._sources = list(sources)
+        self._campaign = campaign(self._started, self._stopped, self._new_leader)
+        self._role = Role.UNKNOWN
+        self._tasks: asyncio.TaskGroup | None = None
+        self._term: asyncio.Task[None] | None = None
+        self._term_epoch = 0
+        self.terms = 0
+        """Terms begun so far (tests and metrics)."""
+        dispatcher.end_term()
+        health.set_standby(True)
+        health.report("election", Status.HEALTHY, "campaigning")
+        kind = "memory" if store is None else "redis"
+        health.report("store", Status.HEALTHY, f"{kind}: standby until this replica leads")
+
+    # ----------------------------------------------------------------- Leadership
+
+    @property
+    def identity(self) -> str:
+        return self._identity
+
+    @property
+    def role(self) -> Role:
+        return self._role
+
+    def is_leader(self) -> bool:
+        return self._role is Role.LEADER and self._dispatcher.active and self._campaign.is_leader()
+
+    def leader(self) -> LeaderInfo | None:
+        if self.is_leader():
+            return LeaderInfo(identity=self._identity, url=self._url, epoch=self._term_epoch)
+        info = self._campaign.leader()
+        if info is not None and info.identity == self._identity:
+            return None  # our own lease, but no term is being served on it
+        return info
+
+    # -------------------------------------------------------------------- running
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Campaigns until ``stop``; a held lease is given up on the way out, after the
+        term has ended."""
+        async with asyncio.TaskGroup() as tasks:
+            self._tasks = tasks
+            tasks.create_task(self._campaign.run(stop), name="elector")
+        self._tasks = None
+
+    # -------------------------------------------------------------- callbacks
+
+    def _started(self, epoch: int) -> None:
+        assert self._tasks is not None, "callbacks come only from run()"
+        self._cancel_term()
+        self._term = self._tasks.create_task(self._serve_term(epoch), name=f"term-{epoch}")
+
+    def _stopped(self) -> None:
+        self._step_down("the lease is no longer held")
+
+    def _new_leader(self, info: LeaderInfo | None) -> None:
+        if info is not None and info.identity != self._identity:
+            if self._role is not Role.FOLLOWER:
+                log.info("following", leader=info.identity, url=info.url, epoch=info.epoch)
+            self._role = Role.FOLLOWER
+            self._health.report("election", Status.HEALTHY, f"following {info.identity}")
+
+    def _fenced(self) -> None:
+        self._step_down("a newer leader has claimed the shared store")
+
+    def _step_down(self, reason: str) -> None:
+        was_leading = self._role is Role.LEADER
+        self._role = Role.FOLLOWER
+        self._dispatcher.end_term()  # first: nothing more is decided or answered
+        self._cancel_term()
+        self._health.set_standby(True)
+        self._health.report("election", Status.HEALTHY, f"follower: {reason}")
+        if was_leading:
+            log.warning("stopped_leading", reason=reason, epoch=self._term_epoch)
+
+    def _cancel_term(self) -> None:
+        if self._term is not None and not self._term.done():
+            self._term.cancel()
+        self._term = None
+
+    # ------------------------------------------------------------------ a term
+
+    async def _serve_term(self, epoch: int) -> None:
+        try:
+            await self._lead(epoch)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("term_failed", epoch=epoch)
+        finally:
+            # A term that ends by itself (claim refused, lease lost while loading, a
+            # crash) steps down; one ended by _step_down has already been replaced.
+            if self._term is asyncio.current_task():
+                self._term = None
+                self._step_down("the term ended")
+
+    async def _lead(self, epoch: int) -> None:
+        started = self._clock.monotonic()
+        loaded = await self._load(epoch)
+        if loaded is None or not self._campaign.is_leader():
+            return
+        state, writer = loaded
+        self._term_epoch = epoch
+        self._dispatcher.begin_term(
+            state=state, epoch=epoch, writer=writer, may_act=self._campaign.is_leader
+        )
+        self._role = Role.LEADER
+        self.terms += 1
+        self._health.set_standby(False)
+        self._health.report("election", Status.HEALTHY, f"leader (epoch {epoch})")
+        log.info(
+            "leading",
+            epoch=epoch,
+            nodes=len(state.nodes),
+            checks=len(state.configs),
+            warmup_s=self._dispatcher.settings.warmup_duration_s if writer is None else 0,
+            takeover_ms=round((self._clock.monotonic() - started) * 1000, 1),
+        )
+        term_stop = asyncio.Event()  # the term ends by cancellation; this never fires
+        async with asyncio.TaskGroup() as term:
+            term.create_task(self._dispatcher.run(term_stop), name="dispatch_tick")
+            if writer is not None:
+                term.create_task(writer.run(), name="store_writer")
+            for source in self._sources:
+                source.reset()
+                term.create_task(source.run(term_stop), name=f"source-{type(source).__name__}")
+            await asyncio.Event().wait()  # until cancelled: the term lasts as long as the lease
+
+    async def _load(self, epoch: int) -> tuple[ClusterState, StoreWriter | None] | None:
+        """The term's state: loaded from the shared store, or empty and warming up."""
+        if self._store is None:
+            self._health.report("store", Status.HEALTHY, "memory")
+            return self._dispatcher.new_state(), None
+        while self._campaign.is_leader():
+            try:
+                async with asyncio.timeout(self._election.renew_deadline_s):
+                    snapshot = await self._store.claim(epoch=epoch)
+            except Fenced as exc:
+                log.error("store_claim_fenced", epoch=epoch, error=str(exc))
+                self._health.report("store", Status.DEGRADED, str(exc))
+                return None
+            except (StoreError, TimeoutError) as exc:
+                message = str(exc) or "the shared store did not answer in time"
+                log.warning("store_load_failed", epoch=epoch, error=message)
+                self._health.report("store", Status.UNHEALTHY, message)
+                await asyncio.sleep(self._election.retry_period_s)
+                continue
+            self._health.report("store", Status.HEALTHY, f"redis, claimed by epoch {epoch}")
+            state = ClusterState.restore(snapshot, now=self._clock.monotonic())
+            writer = StoreWriter(
+                self._store,
+                epoch=epoch,
+                on_fenced=self._fenced,
+                on_health=self._store_health,
+                retry_s=min(0.5, self._election.retry_period_s),
+                wait_timeout_s=self._election.renew_deadline_s,
+            )
+            return state, writer
+        return None
+
+    def _store_health(self, problem: str | None) -> None:
+        if problem is None:
+            self._health.report("store", Status.HEALTHY, "redis: writes confirmed")
+        else:
+            self._health.report("store", Status.UNHEALTHY, f"writes failing: {problem}")
+
+
+class StandaloneCampaign:
+    """Standalone election for the handler: leader from the start, epoch = start time in
+    milliseconds (used when a standalone dispatcher keeps its state in Redis)."""
+
+    def __init__(
+        self,
+        *,
+        identity: str,
+        url: str,
+        started_at_s: float,
+        on_started_leading: Callable[[int], None],
+        on_stopped_leading: Callable[[], None],
+    ) -> None:
+        self._info = LeaderInfo(identity=identity, url=url, epoch=int(started_at_s * 1000))
+        self._on_started = on_started_leading
+        self._on_stopped = on_stopped_leading
+        self._leading = False
+
+    def is_leader(self) -> bool:
+        return self._leading
+
+    def leader(self) -> LeaderInfo | None:
+        return self._info
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._leading = True
+        self._on_started(self._info.epoch)
+        try:
+            await stop.wait()
+        finally:
+            self._leading = False
+            self._on_stopped()

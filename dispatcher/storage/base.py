@@ -1,0 +1,26 @@
+"""The small interface a shared state store implements.
+
+A store is fenced by epoch: a new leader first claims it with its term's epoch (any
+lower epoch is refused from then on) and loads it; every write carries the writer's
+epoch and is refused inside the store unless that epoch is the one that claimed it.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from dispatcher.core.state import Snapshot, StateDelta
+
+
+class StateStore(Protocol):
+    async def claim(self, *, epoch: int) -> Snapshot:
+        """Claims the store for ``epoch`` and returns what it holds.
+
+        Raises Fenced when a higher epoch has claimed it, StoreError when it fails."""
+        ...
+
+    async def write(self, delta: StateDelta, *, epoch: int) -> None:
+        """Applies a delta; raises Fenced when ``epoch`` is no longer the claimant's."""
+        ...
+
+    async def close(self) -> None: ...

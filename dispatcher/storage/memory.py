@@ -1,0 +1,62 @@
+"""An in-memory StateStore with the same fencing rules as Redis: for tests, and for
+several replicas in one process."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TypeVar
+
+from dispatcher.core.model import CheckConfig, Digest, NodeName, SourceName
+from dispatcher.core.state import NodeRecord, Snapshot, StateDelta
+from dispatcher.errors import Fenced, StoreError
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class MemoryStateStore:
+    def __init__(self) -> None:
+        self.epoch = 0
+        self.configs: dict[Digest, CheckConfig] = {}
+        self.sources: dict[SourceName, frozenset[Digest]] = {}
+        self.placement: dict[Digest, NodeName] = {}
+        self.nodes: dict[NodeName, NodeRecord] = {}
+        self.writes = 0
+        self.down = False
+
+    async def claim(self, *, epoch: int) -> Snapshot:
+        self._gate()
+        if epoch < self.epoch:
+            raise Fenced(f"the store is claimed by epoch {self.epoch}, newer than {epoch}")
+        self.epoch = epoch
+        return Snapshot(
+            configs=dict(self.configs),
+            sources=dict(self.sources),
+            placement=dict(self.placement),
+            nodes=dict(self.nodes),
+        )
+
+    async def write(self, delta: StateDelta, *, epoch: int) -> None:
+        self._gate()
+        if epoch != self.epoch:
+            raise Fenced(f"the store is claimed by epoch {self.epoch}, not {epoch}")
+        self.writes += 1
+        _apply(self.configs, delta.configs)
+        _apply(self.sources, delta.sources)
+        _apply(self.placement, delta.placement)
+        _apply(self.nodes, delta.nodes)
+
+    async def close(self) -> None:
+        return None
+
+    def _gate(self) -> None:
+        if self.down:
+            raise StoreError("memory store is down")
+
+
+def _apply(target: dict[K, V], changes: Mapping[K, V | None]) -> None:
+    for key, value in changes.items():
+        if value is None:
+            target.pop(key, None)
+        else:
+            target[key] = value

@@ -1,0 +1,211 @@
+"""The shared Redis store: the leader's persisted state in four hashes, fenced by epoch.
+
+Layout under ``<name>:store``: ``:epoch`` (the claimant's epoch, the fencing token),
+``:configs`` (digest -> config JSON), ``:sources`` (source -> JSON list of digests),
+``:placement`` (digest -> node) and ``:nodes`` (node -> labels, capacity, cordon).
+
+- claim: one Lua script sets the fencing token to the new epoch unless a higher one
+  holds it; only then is the state loaded, so no older leader can write in between.
+- write: one Lua script per chunk first compares the token with the writer's epoch and
+  refuses the whole chunk on a mismatch ("FENCED"); then HSET / HDEL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from dispatcher.core.model import CheckConfig, Digest, NodeName
+from dispatcher.core.state import NodeRecord, Snapshot, StateDelta
+from dispatcher.errors import Fenced, StoreError
+
+_CLAIM = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) < current then
+  return redis.error_reply('FENCED claimed by epoch ' .. current)
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return current
+"""
+
+# ARGV: epoch, then for each hash in KEYS[2..]: number of sets, number of deletes,
+# the field/value pairs, the fields to delete.
+_WRITE = """
+local current = redis.call('GET', KEYS[1])
+if current ~= ARGV[1] then
+  return redis.error_reply('FENCED claimed by epoch ' .. tostring(current))
+end
+local i = 2
+for h = 2, #KEYS do
+  local sets = tonumber(ARGV[i])
+  local dels = tonumber(ARGV[i + 1])
+  i = i + 2
+  for _ = 1, sets do
+    redis.call('HSET', KEYS[h], ARGV[i], ARGV[i + 1])
+    i = i + 2
+  end
+  for _ = 1, dels do
+    redis.call('HDEL', KEYS[h], ARGV[i])
+    i = i + 1
+  end
+end
+return 1
+"""
+
+CHUNK_RECORDS = 2000
+"""Records per script call: a big first load must not stall Redis in one long script."""
+
+K = TypeVar("K", bound=str)
+V = TypeVar("V")
+
+
+class RedisStateStore:
+    def __init__(self, client: aioredis.Redis, *, name: str = "clusterchecks-dispatcher") -> None:
+        self._client = client
+        prefix = f"{name}:store"
+        self.epoch_key = f"{prefix}:epoch"
+        self.hash_keys = tuple(
+            f"{prefix}:{part}" for part in ("configs", "sources", "placement", "nodes")
+        )
+        self._claim = client.register_script(_CLAIM)
+        self._write = client.register_script(_WRITE)
+        self.round_trips = 0
+        """Calls to Redis so far (benchmarks count them per operation)."""
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, name: str = "clusterchecks-dispatcher", timeout_s: float = 2.0
+    ) -> RedisStateStore:
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=4, timeout=timeout_s, socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+        )  # fmt: skip
+        return cls(aioredis.Redis(connection_pool=pool), name=name)
+
+    async def claim(self, *, epoch: int) -> Snapshot:
+        try:
+            self.round_trips += 1
+            await self._claim(keys=[self.epoch_key], args=[str(epoch)])
+            async with self._client.pipeline(transaction=True) as pipe:
+                for key in self.hash_keys:
+                    pipe.hgetall(key)
+                self.round_trips += 1
+                configs, sources, placement, nodes = await pipe.execute()
+        except RedisError as exc:
+            raise _translate(exc) from exc
+        try:
+            return Snapshot(
+                configs=_decode(configs, _config_in),
+                sources=_decode(sources, lambda raw: frozenset(map(Digest, orjson.loads(raw)))),
+                placement=_decode(placement, lambda raw: NodeName(raw.decode())),
+                nodes=_decode(nodes, _node_in),
+            )
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
+            raise StoreError(f"redis: the stored state is not readable: {exc}") from exc
+
+    async def write(self, delta: StateDelta, *, epoch: int) -> None:
+        for chunk in _chunks(delta):
+            args: list[str | bytes] = [str(epoch)]
+            args.extend(_encode(chunk.configs, _config_out))
+            args.extend(_encode(chunk.sources, lambda held: orjson.dumps(sorted(held))))
+            args.extend(_encode(chunk.placement, lambda node: node))
+            args.extend(_encode(chunk.nodes, _node_out))
+            try:
+                self.round_trips += 1
+                await self._write(keys=[self.epoch_key, *self.hash_keys], args=args)
+            except RedisError as exc:
+                raise _translate(exc) from exc
+
+    async def stored_epoch(self) -> int:
+        """The epoch that holds the store (0: never claimed)."""
+        try:
+            raw = await self._client.get(self.epoch_key)
+        except RedisError as exc:
+            raise _translate(exc) from exc
+        return int(raw or 0)
+
+    async def close(self) -> None:
+        await self._client.aclose(close_connection_pool=True)
+
+
+def _translate(exc: RedisError) -> StoreError:
+    if isinstance(exc, ResponseError) and "FENCED" in str(exc):
+        return Fenced(f"redis: {exc}")
+    return StoreError(f"redis: {exc}")
+
+
+def _chunks(delta: StateDelta) -> Iterator[StateDelta]:
+    chunk = StateDelta()
+    for name in ("configs", "sources", "placement", "nodes"):
+        items: dict[Any, Any] = getattr(delta, name)
+        for key, value in items.items():
+            getattr(chunk, name)[key] = value
+            if len(chunk) >= CHUNK_RECORDS:
+                yield chunk
+                chunk = StateDelta()
+    if chunk:
+        yield chunk
+
+
+def _encode(changes: Mapping[K, V | None], encode: Callable[[V], str | bytes]) -> list[str | bytes]:
+    sets: list[str | bytes] = []
+    dels: list[str | bytes] = []
+    for key, value in changes.items():
+        if value is None:
+            dels.append(key)
+        else:
+            sets.extend((key, encode(value)))
+    return [str(len(sets) // 2), str(len(dels)), *sets, *dels]
+
+
+def _decode(raw: dict[bytes, bytes], decode: Callable[[bytes], V]) -> dict[Any, V]:
+    return {key.decode(): decode(value) for key, value in raw.items()}
+
+
+def _config_out(config: CheckConfig) -> bytes:
+    return orjson.dumps(
+        {
+            "name": config.name,
+            "instances": list(config.instances),
+            "init_config": config.init_config,
+            "interval_s": config.interval_s,
+            "timeout_s": config.timeout_s,
+            "node_selector": dict(config.node_selector),
+            "weight": config.weight,
+            "digest": config.digest,
+        }
+    )
+
+
+def _config_in(raw: bytes) -> CheckConfig:
+    data = orjson.loads(raw)
+    # The stored digest is kept as is: it is the identity sources and placements use.
+    return CheckConfig(
+        name=str(data["name"]),
+        instances=tuple(dict(i) for i in data["instances"]),
+        init_config=dict(data["init_config"]),
+        interval_s=float(data["interval_s"]),
+        timeout_s=float(data["timeout_s"]),
+        node_selector={str(k): str(v) for k, v in data["node_selector"].items()},
+        weight=float(data["weight"]),
+        digest=Digest(str(data["digest"])),
+    )
+
+
+def _node_out(record: NodeRecord) -> bytes:
+    return orjson.dumps(
+        {"labels": dict(record.labels), "capacity": record.capacity, "cordoned": record.cordoned}
+    )
+
+
+def _node_in(raw: bytes) -> NodeRecord:
+    data = orjson.loads(raw)
+    return NodeRecord(
+        labels={str(k): str(v) for k, v in data["labels"].items()},
+        capacity=int(data["capacity"]),
+        cordoned=bool(data["cordoned"]),
+    )

@@ -1,0 +1,122 @@
+"""Write-through of a leader's changes, in order, without holding the dispatcher's lock.
+
+Each step of the dispatcher submits its delta under the lock (cheap: a dict merge) and
+gets a sequence number; one writer task sends everything pending in one call (group
+commit), so steps reach the store in the order they happened and a burst of steps
+costs one round trip. A reply waits until its step is stored, so nothing that is
+answered can be lost by a failover. A refused write (Fenced) ends the term at once; a
+failed one is retried, and the waiting replies give up after ``wait_timeout_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import structlog
+
+from dispatcher.core.state import StateDelta
+from dispatcher.errors import Fenced, StoreError
+from dispatcher.storage.base import StateStore
+
+log = structlog.get_logger(__name__)
+
+
+class StoreWriter:
+    def __init__(
+        self,
+        store: StateStore,
+        *,
+        epoch: int,
+        on_fenced: Callable[[], None],
+        on_health: Callable[[str | None], None] | None = None,
+        retry_s: float = 0.5,
+        wait_timeout_s: float = 5.0,
+    ) -> None:
+        self._store = store
+        self._epoch = epoch
+        self._on_fenced = on_fenced
+        self._on_health = on_health
+        self._retry_s = retry_s
+        self._wait_timeout_s = wait_timeout_s
+        self._pending = StateDelta()
+        self._submitted = 0
+        self._flushed = 0
+        self._fenced = False
+        self._failing: str | None = None
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Condition()
+
+    @property
+    def submitted(self) -> int:
+        return self._submitted
+
+    @property
+    def flushed(self) -> int:
+        return self._flushed
+
+    def submit(self, delta: StateDelta) -> int:
+        """Queues a step's changes (call under the dispatcher's lock); returns its number."""
+        if delta:
+            self._pending.merge(delta)
+            self._submitted += 1
+            self._wake.set()
+        return self._submitted
+
+    async def wait_flushed(self, seq: int) -> None:
+        """Returns once every step up to ``seq`` is stored.
+
+        Raises Fenced when the store refused this term, StoreError when it has not
+        confirmed the write within the wait timeout."""
+        if self._flushed >= seq:
+            return
+        try:
+            async with asyncio.timeout(self._wait_timeout_s), self._progress:
+                await self._progress.wait_for(lambda: self._flushed >= seq or self._fenced)
+        except TimeoutError as exc:
+            raise StoreError(
+                f"the shared store has not confirmed the change within "
+                f"{self._wait_timeout_s:g} s ({self._failing or 'no answer yet'})"
+            ) from exc
+        if self._fenced:
+            raise Fenced("a newer leader has claimed the shared store")
+
+    async def run(self) -> None:
+        """Writes until cancelled (the end of the term) or fenced."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                delta, upto = self._pending, self._submitted
+                self._pending = StateDelta()
+                try:
+                    await self._store.write(delta, epoch=self._epoch)
+                except Fenced as exc:
+                    log.error("store_write_fenced", epoch=self._epoch, error=str(exc))
+                    self._fenced = True
+                    await self._notify()
+                    self._on_fenced()
+                    return
+                except StoreError as exc:
+                    delta.merge(self._pending)  # keep the order: older first, newer wins
+                    self._pending = delta
+                    if self._failing is None:
+                        log.warning("store_write_failed", error=str(exc))
+                    self._failing = str(exc)
+                    self._report(str(exc))
+                    await asyncio.sleep(self._retry_s)
+                    continue
+                if self._failing is not None:
+                    log.info("store_write_recovered")
+                    self._failing = None
+                    self._report(None)
+                self._flushed = upto
+                await self._notify()
+
+    async def _notify(self) -> None:
+        async with self._progress:
+            self._progress.notify_all()
+
+    def _report(self, problem: str | None) -> None:
+        if self._on_health is not None:
+            self._on_health(problem)
