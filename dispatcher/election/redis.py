@@ -1,7 +1,9 @@
 """The Redis lease backend: one key holds the lease record with a TTL, another the
 epoch counter. Every operation is one Lua script, so it is atomic in Redis:
 
-- acquire: when the lease key is absent, INCR the epoch and SET NX PX the record;
+- acquire: when the lease key is absent, INCR the epoch (floored at Redis's clock in
+  milliseconds, so a Redis that lost its data still gives a higher epoch) and SET NX PX
+  the record;
 - renew (compare-and-extend): PEXPIRE only when the record's holder is the caller;
 - release (compare-and-delete): DEL only when the record's holder is the caller.
 
@@ -27,8 +29,17 @@ if current then
   end
   return current
 end
+-- The epoch grows with every term and never falls below Redis's clock in milliseconds,
+-- so that a Redis that lost its data (restart without persistence) still hands out
+-- epochs higher than any that agents have seen; agents ignore lower ones.
 local epoch = redis.call('INCR', KEYS[2])
-local record = cjson.encode({holder = ARGV[1], url = ARGV[2], epoch = epoch})
+local now = redis.call('TIME')
+local floor = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+if epoch < floor then
+  epoch = floor
+  redis.call('SET', KEYS[2], string.format('%d', epoch))
+end
+local record = cjson.encode({holder = ARGV[1], url = ARGV[2], epoch = string.format('%d', epoch)})
 redis.call('SET', KEYS[1], record, 'NX', 'PX', ARGV[3])
 return record
 """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -29,7 +30,8 @@ async def test_acquire_renew_and_exclusion(backends: list[RedisLeaseBackend]) ->
     a, b = backends
     first = await a.acquire_or_renew(identity="a", url="http://a", lease_duration_s=5)
     assert first is not None
-    assert (first.holder, first.url, first.epoch) == ("a", "http://a", 1)
+    assert (first.holder, first.url) == ("a", "http://a")
+    assert first.epoch >= int(time.time() * 1000) - 60_000, "floored at Redis's clock"
     seen = await b.acquire_or_renew(identity="b", url="http://b", lease_duration_s=5)
     assert seen == first, "b must see a's record, not take the lease"
     again = await a.acquire_or_renew(identity="a", url="http://a", lease_duration_s=5)
@@ -41,17 +43,42 @@ async def test_only_the_holder_extends_or_releases(
     redis_server: RedisServer,  # noqa: F811
 ) -> None:
     a, b = backends
-    await a.acquire_or_renew(identity="a", url="http://a", lease_duration_s=0.4)
+    first = await a.acquire_or_renew(identity="a", url="http://a", lease_duration_s=0.4)
+    assert first is not None
     await b.acquire_or_renew(identity="b", url="http://b", lease_duration_s=60)  # no extend
     await b.release(identity="b")  # not the holder: nothing happens
     await asyncio.sleep(0.6)
     taken = await b.acquire_or_renew(identity="b", url="http://b", lease_duration_s=5)
     assert taken is not None
-    assert (taken.holder, taken.epoch) == ("b", 2), "the lease expired by its TTL"
+    assert taken.holder == "b", "the lease expired by its TTL"
+    assert taken.epoch > first.epoch
     await b.release(identity="b")
     back = await a.acquire_or_renew(identity="a", url="http://a", lease_duration_s=5)
     assert back is not None
-    assert (back.holder, back.epoch) == ("a", 3), "every term has a higher epoch"
+    assert back.holder == "a"
+    assert back.epoch > taken.epoch, "every term has a higher epoch"
+
+
+async def test_epochs_stay_above_any_seen_after_redis_loses_its_data(
+    backends: list[RedisLeaseBackend],
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """Agents ignore epochs lower than the highest they saw: a Redis restarted without
+    its data must not start counting terms from 1 again."""
+    a, _ = backends
+    first = await a.acquire_or_renew(identity="a", url="http://a", lease_duration_s=5)
+    assert first is not None
+    redis_server.stop()
+    redis_server.start()  # no persistence: every key is gone
+    again = None
+    for _ in range(50):  # the pool reconnects on the next call
+        try:
+            again = await a.acquire_or_renew(identity="a", url="http://a", lease_duration_s=5)
+            break
+        except LeaseBackendError:
+            await asyncio.sleep(0.1)
+    assert again is not None
+    assert again.epoch > first.epoch
 
 
 async def test_an_unreachable_redis_is_a_lease_backend_error(
