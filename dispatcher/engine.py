@@ -108,6 +108,8 @@ class Dispatcher:
         if not self._active:
             return
         self._active = False
+        if self._writer is not None:
+            self._writer.close()
         self._writer = None
         self.state = ClusterState()
         self._flagged_dangling.clear()

@@ -261,7 +261,8 @@ async def run(settings: Settings) -> None:
         kube = await KubernetesLeaseBackend.connect(
             namespace=election.lease_namespace,
             name=election.lease_name,
-            call_timeout_s=min(election.retry_period_s, election.renew_deadline_s),
+            # An attempt may take two or three calls within the elector's own bound.
+            call_timeout_s=election.retry_period_s / 2,
         )
         lease_backend = kube
     service = build(settings, lease_backend=lease_backend)

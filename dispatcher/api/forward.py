@@ -9,6 +9,7 @@ retries, by which time the election has moved on.
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -28,6 +29,7 @@ _REQUEST_HEADERS = ("Authorization", "Content-Type", "Accept", "X-Request-Id")
 _REPLY_HEADERS = ("Content-Type", "Retry-After", "Allow", "X-Clusterchecks-Leader")
 LONG_POLL_MAX_S = 60.0
 CONNECT_TIMEOUT_S = 2.0
+REPLY_TIMEOUT_S = 10.0
 
 
 async def session_context(app: web.Application) -> AsyncIterator[None]:
@@ -50,8 +52,11 @@ async def forward(request: web.Request, leader: LeaderInfo) -> web.Response:
     headers = {name: request.headers[name] for name in _REQUEST_HEADERS if name in request.headers}
     headers[FORWARDED_HEADER] = "1"
     body = await request.read() if request.body_exists else None
-    # A long poll may wait up to a minute at the leader before answering.
-    timeout = aiohttp.ClientTimeout(total=LONG_POLL_MAX_S + 15, sock_connect=CONNECT_TIMEOUT_S)
+    # A long poll may wait up to a minute at the leader before answering; anything else
+    # that takes longer than REPLY_TIMEOUT_S is a leader that is frozen or partitioned.
+    timeout = aiohttp.ClientTimeout(
+        total=_long_poll_s(request) + REPLY_TIMEOUT_S, sock_connect=CONNECT_TIMEOUT_S
+    )
     try:
         async with session.request(
             request.method,
@@ -75,3 +80,14 @@ async def forward(request: web.Request, leader: LeaderInfo) -> web.Response:
         ) from exc
     log.debug("forwarded", leader=leader.identity, status=status)
     return web.Response(status=status, body=payload, headers=reply_headers)
+
+
+def _long_poll_s(request: web.Request) -> float:
+    """How long the leader may hold this request open (the leader validates it)."""
+    try:
+        wait_s = float(request.query.get("wait_s", "0"))
+    except ValueError:
+        return 0.0
+    if math.isnan(wait_s):
+        return 0.0
+    return min(max(wait_s, 0.0), LONG_POLL_MAX_S)

@@ -8,9 +8,13 @@ release on cancel, writes local time marked as UTC and fails on float durations.
   holder wrote are never compared with our clock.
 - Every write is a replace carrying the resourceVersion that was read: of two replicas
   racing, one wins and the other gets 409 and reports the winner.
-- The epoch is ``leaseTransitions``, raised on every acquisition that is not a renewal by
+- A term is ``leaseTransitions``, raised on every acquisition that is not a renewal by
   this very instance, so a restarted process with the same identity starts a new term.
   Identities must therefore be unique among live replicas (the pod name).
+- The epoch agents see is kept in an annotation: the previous epoch + 1, floored at the
+  wall clock in milliseconds, so that a deleted and recreated Lease (or a move from the
+  standalone election, whose epoch is its start time in ms) never gives an epoch lower
+  than one agents have seen; they would ignore that leader.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ from dispatcher.errors import ConfigurationError, LeaseBackendError
 
 URL_ANNOTATION = "clusterchecks.io/leader-url"
 """Holds the leader's advertise URL, which followers forward to."""
+EPOCH_ANNOTATION = "clusterchecks.io/epoch"
+"""Holds the term's epoch (see the module docstring)."""
 DEFAULT_LEASE_NAME = "clusterchecks-dispatcher"
 API_VERSION = "coordination.k8s.io/v1"
 
@@ -213,17 +219,23 @@ class KubernetesLeaseBackend:
         now = self._now()
         spec = _spec(lease)
         transitions = spec.lease_transitions or 0
+        metadata = _metadata(lease)
+        epoch = _epoch(lease)
         if renewing:
             spec.acquire_time = MicroTime.of(spec.acquire_time) if spec.acquire_time else now
         else:
             transitions += 1
+            epoch = max(epoch + 1, int(self._clock.time() * 1000))
             spec.acquire_time = now
         spec.holder_identity = identity
         spec.lease_duration_seconds = duration_s
         spec.lease_transitions = transitions
         spec.renew_time = now
-        metadata = _metadata(lease)
-        metadata.annotations = {**(metadata.annotations or {}), URL_ANNOTATION: url}
+        metadata.annotations = {
+            **(metadata.annotations or {}),
+            URL_ANNOTATION: url,
+            EPOCH_ANNOTATION: str(epoch),
+        }
         # Claimed before the answer: if the write lands but its answer is lost, the next
         # read still recognises the record as ours.
         self._term, self._written_at = transitions, started
@@ -241,7 +253,7 @@ class KubernetesLeaseBackend:
             self._term = None
             return await self._winner(identity)
         self._observe(written)
-        return LeaseRecord(holder=identity, url=url, epoch=transitions)
+        return LeaseRecord(holder=identity, url=url, epoch=epoch)
 
     async def _winner(self, identity: str) -> LeaseRecord | None:
         """After losing a race: the record as the winner left it."""
@@ -312,6 +324,11 @@ class KubernetesLeaseBackend:
             raise LeaseBackendError(
                 f"kubernetes: {what} lease {self._where}: {type(exc).__name__}: {exc}"
             ) from exc
+        except (kube_config.ConfigException, OSError) as exc:
+            # In a pod the client rereads its rotating service-account token on each call.
+            raise LeaseBackendError(
+                f"kubernetes: {what} lease {self._where}: credentials: {exc}"
+            ) from exc
 
     @property
     def _where(self) -> str:
@@ -341,8 +358,17 @@ def _record(lease: V1Lease) -> LeaseRecord | None:
     return LeaseRecord(
         holder=spec.holder_identity,
         url=annotations.get(URL_ANNOTATION, ""),
-        epoch=spec.lease_transitions or 0,
+        epoch=_epoch(lease),
     )
+
+
+def _epoch(lease: V1Lease) -> int:
+    """The epoch of the term the Lease records (0 when none was written)."""
+    raw = (_metadata(lease).annotations or {}).get(EPOCH_ANNOTATION, "")
+    try:
+        return max(0, int(raw))
+    except ValueError:
+        return _spec(lease).lease_transitions or 0
 
 
 def _message(exc: ApiException) -> str:

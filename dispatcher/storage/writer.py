@@ -43,9 +43,10 @@ class StoreWriter:
         self._submitted = 0
         self._flushed = 0
         self._fenced = False
+        self._closed = False
         self._failing: str | None = None
         self._wake = asyncio.Event()
-        self._progress = asyncio.Condition()
+        self._changed = asyncio.Event()
 
     @property
     def submitted(self) -> int:
@@ -68,18 +69,24 @@ class StoreWriter:
 
         Raises Fenced when the store refused this term, StoreError when it has not
         confirmed the write within the wait timeout."""
-        if self._flushed >= seq:
-            return
         try:
-            async with asyncio.timeout(self._wait_timeout_s), self._progress:
-                await self._progress.wait_for(lambda: self._flushed >= seq or self._fenced)
+            async with asyncio.timeout(self._wait_timeout_s):
+                while self._flushed < seq:
+                    if self._fenced:
+                        raise Fenced("a newer leader has claimed the shared store")
+                    if self._closed:
+                        raise StoreError("the term ended before the change was stored")
+                    await self._changed.wait()
         except TimeoutError as exc:
             raise StoreError(
                 f"the shared store has not confirmed the change within "
                 f"{self._wait_timeout_s:g} s ({self._failing or 'no answer yet'})"
             ) from exc
-        if self._fenced:
-            raise Fenced("a newer leader has claimed the shared store")
+
+    def close(self) -> None:
+        """The term is over: whoever still waits is told at once."""
+        self._closed = True
+        self._notify()
 
     async def run(self) -> None:
         """Writes until cancelled (the end of the term) or fenced."""
@@ -94,7 +101,7 @@ class StoreWriter:
                 except Fenced as exc:
                     log.error("store_write_fenced", epoch=self._epoch, error=str(exc))
                     self._fenced = True
-                    await self._notify()
+                    self._notify()
                     self._on_fenced()
                     return
                 except StoreError as exc:
@@ -111,11 +118,11 @@ class StoreWriter:
                     self._failing = None
                     self._report(None)
                 self._flushed = upto
-                await self._notify()
+                self._notify()
 
-    async def _notify(self) -> None:
-        async with self._progress:
-            self._progress.notify_all()
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     def _report(self, problem: str | None) -> None:
         if self._on_health is not None:
