@@ -168,7 +168,40 @@ def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
             ["--election", "CLUSTERCHECKS_ELECTION", "bogus", "standalone"],
             id="election-env",
         ),
-        pytest.param(["--store", "bogus"], {}, ["--store", "memory"], id="store"),
+        pytest.param(["--store", "bogus"], {}, ["--store", "memory", "redis"], id="store"),
+        pytest.param(
+            ["--election", "etcd"], {}, ["--election", "standalone", "redis", "kubernetes"], id="ee"
+        ),
+        pytest.param(
+            ["--election", "redis", "--redis-url", "http://r:6379"],
+            {},
+            ["--redis-url", "http://r:6379", "redis://", "rediss://", "unix://"],
+            id="redis-url-scheme",
+        ),
+        pytest.param(
+            ["--store", "redis"],
+            {"CLUSTERCHECKS_REDIS_URL": "localhost:6379"},
+            ["--redis-url", "redis://"],
+            id="redis-url-env",
+        ),
+        pytest.param(
+            ["--election", "kubernetes", "--lease-name", "Not_A_Name"],
+            {},
+            ["--lease-name", "Not_A_Name", "DNS"],
+            id="lease-name",
+        ),
+        pytest.param(
+            ["--election", "kubernetes", "--lease-namespace", "a.b"],
+            {},
+            ["--lease-namespace", "a.b", "DNS label"],
+            id="lease-namespace",
+        ),
+        pytest.param(
+            ["--election", "redis", "--host", "0.0.0.0", "--admin-token", "a"],
+            {},
+            ["--advertise-url", "--election redis", "0.0.0.0"],
+            id="elected-without-advertise-url",
+        ),
         pytest.param(["--port", "99999"], {}, ["--port", "99999", "65535"], id="port-too-big"),
         pytest.param(["--port", "-1"], {}, ["--port"], id="port-negative"),
         pytest.param([], {"CLUSTERCHECKS_PORT": "http"}, ["--port", "CLUSTERCHECKS_PORT"], id="p"),
@@ -214,6 +247,60 @@ def test_an_empty_token_file_is_refused(runner: CliRunner, tmp_path: Path) -> No
     assert result.exit_code == 2
     assert "--admin-token-file" in result.output
     assert "empty" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "warmup_s"),
+    [
+        pytest.param([], 0.0, id="standalone-memory"),
+        pytest.param(["--election", "redis"], 30.0, id="elected-memory"),
+        pytest.param(["--election", "kubernetes"], 30.0, id="kubernetes-memory"),
+        pytest.param(["--election", "redis", "--store", "redis"], 0.0, id="redis-store"),
+        pytest.param(["--election", "redis", "--warmup-duration", "5"], 5.0, id="given"),
+    ],
+)
+def test_warm_up_defaults_to_30_s_only_for_an_elected_leader_with_the_memory_store(
+    runner: CliRunner, monkeypatch: pytest.MonkeyPatch, args: list[str], warmup_s: float
+) -> None:
+    seen: list[Settings] = []
+
+    async def capture(settings: Settings) -> None:
+        seen.append(settings)
+
+    monkeypatch.setattr(dispatcher.cli, "_serve", capture)
+    result = runner.invoke(dispatcher.cli.main, args)
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert [s.dispatch.warmup_duration_s for s in seen] == [warmup_s]
+
+
+def test_the_ha_flags_reach_the_settings(
+    runner: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[Settings] = []
+
+    async def capture(settings: Settings) -> None:
+        seen.append(settings)
+
+    monkeypatch.setattr(dispatcher.cli, "_serve", capture)
+    result = runner.invoke(
+        dispatcher.cli.main,
+        ["--election", "kubernetes", "--store", "redis", "--lease-name", "cc.leader",
+         "--lease-namespace", "monitoring", "--lease-duration", "3", "--renew-deadline", "2",
+         "--retry-period", "1"],
+        env={"CLUSTERCHECKS_REDIS_URL": "rediss://redis.example:6380/2"},
+    )  # fmt: skip
+    assert result.exit_code == 0, (result.output, result.exception)
+    (settings,) = seen
+    assert settings.election == ElectionSettings(
+        backend="kubernetes",
+        lease_duration_s=3,
+        renew_deadline_s=2,
+        retry_period_s=1,
+        lease_name="cc.leader",
+        lease_namespace="monitoring",
+    )
+    assert settings.store.backend == "redis"
+    assert settings.redis.url == "rediss://redis.example:6380/2"
 
 
 def test_sound_flags_get_past_validation(runner: CliRunner) -> None:
