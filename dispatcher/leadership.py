@@ -60,9 +60,19 @@ class TermSource(Protocol):
     async def run(self, stop: asyncio.Event) -> None: ...
 
 
-CampaignFactory = Callable[
-    [Callable[[int], None], Callable[[], None], Callable[[LeaderInfo | None], None]], Campaign
-]
+class Callbacks(Protocol):
+    """What the handler asks a campaign to call (see ``Elector``)."""
+
+    def started(self, epoch: int) -> None: ...
+
+    def stopped(self) -> None: ...
+
+    def new_leader(self, info: LeaderInfo | None) -> None: ...
+
+    def backend(self, problem: str | None) -> None: ...
+
+
+CampaignFactory = Callable[[Callbacks], Campaign]
 
 
 class LeadershipHandler:
@@ -87,7 +97,7 @@ class LeadershipHandler:
         self._clock = clock
         self._election = election
         self._sources = list(sources)
-        self._campaign = campaign(self._started, self._stopped, self._new_leader)
+        self._campaign = campaign(self)
         self._role = Role.UNKNOWN
         self._tasks: asyncio.TaskGroup | None = None
         self._term: asyncio.Task[None] | None = None
@@ -132,21 +142,29 @@ class LeadershipHandler:
         self._tasks = None
 
     # -------------------------------------------------------------- callbacks
+    # Called by the campaign, inline, from its own task: none of them blocks.
 
-    def _started(self, epoch: int) -> None:
+    def started(self, epoch: int) -> None:
         assert self._tasks is not None, "callbacks come only from run()"
         self._cancel_term()
         self._term = self._tasks.create_task(self._serve_term(epoch), name=f"term-{epoch}")
 
-    def _stopped(self) -> None:
+    def stopped(self) -> None:
         self._step_down("the lease is no longer held")
 
-    def _new_leader(self, info: LeaderInfo | None) -> None:
+    def new_leader(self, info: LeaderInfo | None) -> None:
         if info is not None and info.identity != self._identity:
             if self._role is not Role.FOLLOWER:
                 log.info("following", leader=info.identity, url=info.url, epoch=info.epoch)
             self._role = Role.FOLLOWER
             self._health.report("election", Status.HEALTHY, f"following {info.identity}")
+
+    def backend(self, problem: str | None) -> None:
+        if problem is None:
+            status, message = Status.HEALTHY, f"lease backend answering; {self._role.value}"
+        else:
+            status, message = Status.DEGRADED, f"lease backend failing: {problem}"
+        self._health.report("election", status, message)
 
     def _fenced(self) -> None:
         self._step_down("a newer leader has claimed the shared store")

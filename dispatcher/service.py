@@ -22,12 +22,12 @@ from aiohttp import web
 from dispatcher.api.app import create_app
 from dispatcher.common.clock import Clock, SystemClock
 from dispatcher.common.health import HealthRegistry, Status
-from dispatcher.election.base import LeaderInfo, Leadership, LeaseBackend
+from dispatcher.election.base import Leadership, LeaseBackend
 from dispatcher.election.elector import Elector
 from dispatcher.election.standalone import StandaloneLeadership
 from dispatcher.engine import Dispatcher
 from dispatcher.errors import ConfigurationError
-from dispatcher.leadership import Campaign, LeadershipHandler, StandaloneCampaign
+from dispatcher.leadership import Callbacks, Campaign, LeadershipHandler, StandaloneCampaign
 from dispatcher.metrics import DispatcherMetrics, StateGauges
 from dispatcher.settings import Settings
 from dispatcher.sources.configdir import ConfigDirSource
@@ -100,18 +100,14 @@ def build(
             closers.append(redis_store.close)
             store = redis_store
 
-        def campaign(
-            started: Callable[[int], None],
-            stopped: Callable[[], None],
-            new_leader: Callable[[LeaderInfo | None], None],
-        ) -> Campaign:
+        def campaign(callbacks: Callbacks) -> Campaign:
             if backend is None:
                 return StandaloneCampaign(
                     identity=server.identity,
                     url=server.url,
                     started_at_s=clock.time(),
-                    on_started_leading=started,
-                    on_stopped_leading=stopped,
+                    on_started_leading=callbacks.started,
+                    on_stopped_leading=callbacks.stopped,
                 )
             return Elector(
                 backend=backend,
@@ -119,9 +115,10 @@ def build(
                 url=server.url,
                 settings=settings.election,
                 clock=clock,
-                on_started_leading=started,
-                on_stopped_leading=stopped,
-                on_new_leader=new_leader,
+                on_started_leading=callbacks.started,
+                on_stopped_leading=callbacks.stopped,
+                on_new_leader=callbacks.new_leader,
+                on_backend=callbacks.backend,
             )
 
         handler = LeadershipHandler(

@@ -6,7 +6,8 @@
   renewal plus ``renew_deadline_s`` (on the monotonic clock), which is shorter than
   the lease, so it stops before anyone else can take the lease over.
 - Callbacks (plain functions, called inline; they must not block): on_started_leading(epoch),
-  on_stopped_leading(), on_new_leader(info).
+  on_stopped_leading(), on_new_leader(info), and on_backend(problem) when the backend
+  starts failing (the error) or answers again (None).
 - On shutdown a leader releases the lease, so a successor need not wait it out.
 """
 
@@ -39,6 +40,7 @@ class Elector:
         on_started_leading: Callable[[int], None] | None = None,
         on_stopped_leading: Callable[[], None] | None = None,
         on_new_leader: Callable[[LeaderInfo | None], None] | None = None,
+        on_backend: Callable[[str | None], None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self._backend = backend
@@ -49,6 +51,8 @@ class Elector:
         self._on_started = on_started_leading
         self._on_stopped = on_stopped_leading
         self._on_new_leader = on_new_leader
+        self._on_backend = on_backend
+        self._backend_problem: str | None = None
         self._rng = rng or random.Random()
         self._record: LeaseRecord | None = None
         self._leading = False
@@ -108,9 +112,12 @@ class Elector:
                     lease_duration_s=self._settings.lease_duration_s,
                 )
         except (TimeoutError, LeaseBackendError) as exc:
-            log.warning("lease_attempt_failed", error=str(exc) or type(exc).__name__)
+            problem = str(exc) or f"no answer within {timeout:g} s"
+            log.warning("lease_attempt_failed", error=problem)
+            self._report_backend(problem)
             self._check_deadline()
             return
+        self._report_backend(None)
         self._observe(record)
         if record is not None and record.holder == self._identity:
             self._deadline = started + self._settings.renew_deadline_s
@@ -121,6 +128,12 @@ class Elector:
                     self._on_started(record.epoch)
         else:
             self._stop_leading("another replica holds the lease")
+
+    def _report_backend(self, problem: str | None) -> None:
+        changed = (problem is None) != (self._backend_problem is None)
+        self._backend_problem = problem
+        if changed and self._on_backend is not None:
+            self._on_backend(problem)
 
     def _observe(self, record: LeaseRecord | None) -> None:
         previous = self._record
