@@ -51,6 +51,10 @@ class Campaign(Protocol):
 
     async def run(self, stop: asyncio.Event) -> None: ...
 
+    def resign(self) -> None:
+        """Stop leading at once and give the lease up, then campaign again."""
+        ...
+
 
 class TermSource(Protocol):
     """A config source that only the leader runs, from scratch in every term."""
@@ -168,6 +172,9 @@ class LeadershipHandler:
 
     def _fenced(self) -> None:
         self._step_down("a newer leader has claimed the shared store")
+        # Our lease may still be valid (a store that lost its data, a stray writer): a
+        # term that cannot write must not keep the lease, or no replica would lead.
+        self._campaign.resign()
 
     def _step_down(self, reason: str) -> None:
         was_leading = self._role is Role.LEADER
@@ -244,6 +251,7 @@ class LeadershipHandler:
             except Fenced as exc:
                 log.error("store_claim_fenced", epoch=epoch, error=str(exc))
                 self._health.report("store", Status.DEGRADED, str(exc))
+                self._campaign.resign()
                 return None
             except (StoreError, TimeoutError) as exc:
                 message = str(exc) or "the shared store did not answer in time"
@@ -294,6 +302,13 @@ class StandaloneCampaign:
 
     def leader(self) -> LeaderInfo | None:
         return self._info
+
+    def resign(self) -> None:
+        # A standalone replica fenced off its store has met a newer standalone replica
+        # sharing that store: it stays out (a follower that forwards to no one).
+        if self._leading:
+            self._leading = False
+            log.error("standalone_fenced", epoch=self._info.epoch)
 
     async def run(self, stop: asyncio.Event) -> None:
         self._leading = True

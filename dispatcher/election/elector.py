@@ -9,6 +9,11 @@
   on_stopped_leading(), on_new_leader(info), and on_backend(problem) when the backend
   starts failing (the error) or answers again (None).
 - On shutdown a leader releases the lease, so a successor need not wait it out.
+- ``resign()`` stops leading at once (no callback: the caller knows) and releases the
+  lease on the next step, after which the elector campaigns again: the way out for a
+  leader whose term cannot go on (its store was claimed by a newer epoch).
+- A holder whose record comes back with another epoch (the backend lost its data and
+  handed the lease out again) ends its term and starts a new one with that epoch.
 """
 
 from __future__ import annotations
@@ -56,6 +61,8 @@ class Elector:
         self._rng = rng or random.Random()
         self._record: LeaseRecord | None = None
         self._leading = False
+        self._leading_epoch = 0
+        self._resigned = False
         self._deadline = float("-inf")
 
     # ----------------------------------------------------------------- Leadership
@@ -85,6 +92,9 @@ class Elector:
         """Campaigns and renews until ``stop``; then releases a held lease."""
         try:
             while not stop.is_set():
+                if self._resigned:
+                    await self._release()
+                    self._resigned = False
                 await self.step()
                 if self._leading:
                     delay = self._settings.retry_period_s
@@ -119,9 +129,14 @@ class Elector:
             return
         self._report_backend(None)
         self._observe(record)
+        if self._resigned:
+            return  # resigned while this attempt was under way: release first
         if record is not None and record.holder == self._identity:
+            if self._leading and record.epoch != self._leading_epoch:
+                self._stop_leading(f"the lease came back with epoch {record.epoch}")
             self._deadline = started + self._settings.renew_deadline_s
             if not self._leading:
+                self._leading_epoch = record.epoch
                 self._leading = True
                 log.info("started_leading", identity=self._identity, epoch=record.epoch)
                 if self._on_started is not None:
@@ -162,10 +177,22 @@ class Elector:
             if self._on_stopped is not None:
                 self._on_stopped()
 
+    def resign(self) -> None:
+        """Stops leading now, without the on_stopped callback; releases on the next step."""
+        if self._leading:
+            self._leading = False
+            self._deadline = float("-inf")
+            self._resigned = True
+            log.warning("resigned", identity=self._identity, epoch=self._leading_epoch)
+
     async def _shutdown(self) -> None:
-        if not self._leading:
+        if self._leading:
+            self._stop_leading("shutting down")
+        elif not self._resigned:
             return
-        self._stop_leading("shutting down")
+        await self._release()
+
+    async def _release(self) -> None:
         try:
             async with asyncio.timeout(self._settings.retry_period_s):
                 await self._backend.release(identity=self._identity)

@@ -97,15 +97,13 @@ class RedisStateStore:
                 configs, sources, placement, nodes = await pipe.execute()
         except RedisError as exc:
             raise _translate(exc) from exc
-        try:
-            return Snapshot(
-                configs=_decode(configs, _config_in),
-                sources=_decode(sources, lambda raw: frozenset(map(Digest, orjson.loads(raw)))),
-                placement=_decode(placement, lambda raw: NodeName(raw.decode())),
-                nodes=_decode(nodes, _node_in),
-            )
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
-            raise StoreError(f"redis: the stored state is not readable: {exc}") from exc
+        configs_key, sources_key, placement_key, nodes_key = self.hash_keys
+        return Snapshot(
+            configs=_decode(configs_key, configs, _config_in),
+            sources=_decode(sources_key, sources, _source_in),
+            placement=_decode(placement_key, placement, lambda raw: NodeName(raw.decode())),
+            nodes=_decode(nodes_key, nodes, _node_in),
+        )
 
     async def write(self, delta: StateDelta, *, epoch: int) -> None:
         for chunk in _chunks(delta):
@@ -162,8 +160,45 @@ def _encode(changes: Mapping[K, V | None], encode: Callable[[V], str | bytes]) -
     return [str(len(sets) // 2), str(len(dels)), *sets, *dels]
 
 
-def _decode(raw: dict[bytes, bytes], decode: Callable[[bytes], V]) -> dict[Any, V]:
-    return {key.decode(): decode(value) for key, value in raw.items()}
+class _Unreadable(ValueError):
+    pass
+
+
+def _decode(hash_key: str, raw: dict[bytes, bytes], decode: Callable[[bytes], V]) -> dict[Any, V]:
+    """Every record of a hash, decoded; an unreadable one is a StoreError naming it."""
+    decoded: dict[Any, V] = {}
+    for key, value in raw.items():
+        try:
+            decoded[key.decode()] = decode(value)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
+            why = str(exc) if isinstance(exc, _Unreadable) else f"{type(exc).__name__}: {exc}"
+            raise StoreError(
+                f"redis: the stored state is not readable: record "
+                f"{key.decode(errors='replace')!r} of {hash_key} ({why}); fix or delete it"
+            ) from exc
+    return decoded
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    data = orjson.loads(raw)
+    if not isinstance(data, dict):
+        raise _Unreadable(f"expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _str_map(value: Any, field: str) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise _Unreadable(f"{field} must be an object of strings")
+    return dict(value)
+
+
+def _source_in(raw: bytes) -> frozenset[Digest]:
+    data = orjson.loads(raw)
+    if not isinstance(data, list) or not all(isinstance(d, str) for d in data):
+        raise _Unreadable("a source must be a JSON list of digests")
+    return frozenset(Digest(d) for d in data)
 
 
 def _config_out(config: CheckConfig) -> bytes:
@@ -182,15 +217,20 @@ def _config_out(config: CheckConfig) -> bytes:
 
 
 def _config_in(raw: bytes) -> CheckConfig:
-    data = orjson.loads(raw)
+    data = _json_object(raw)
+    instances = data["instances"]
+    if not isinstance(instances, list) or not all(isinstance(i, dict) for i in instances):
+        raise _Unreadable("instances must be a list of objects")
+    if not isinstance(data["init_config"], dict):
+        raise _Unreadable("init_config must be an object")
     # The stored digest is kept as is: it is the identity sources and placements use.
     return CheckConfig(
         name=str(data["name"]),
-        instances=tuple(dict(i) for i in data["instances"]),
+        instances=tuple(dict(i) for i in instances),
         init_config=dict(data["init_config"]),
         interval_s=float(data["interval_s"]),
         timeout_s=float(data["timeout_s"]),
-        node_selector={str(k): str(v) for k, v in data["node_selector"].items()},
+        node_selector=_str_map(data["node_selector"], "node_selector"),
         weight=float(data["weight"]),
         digest=Digest(str(data["digest"])),
     )
@@ -203,9 +243,9 @@ def _node_out(record: NodeRecord) -> bytes:
 
 
 def _node_in(raw: bytes) -> NodeRecord:
-    data = orjson.loads(raw)
+    data = _json_object(raw)
     return NodeRecord(
-        labels={str(k): str(v) for k, v in data["labels"].items()},
+        labels=_str_map(data["labels"], "labels"),
         capacity=int(data["capacity"]),
         cordoned=bool(data["cordoned"]),
     )

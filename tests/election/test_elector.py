@@ -152,3 +152,39 @@ async def test_a_leader_releases_on_shutdown_so_the_next_need_not_wait() -> None
     await b.step()  # no clock advance: the lease was released, not left to expire
     assert b.is_leader()
     assert b.epoch == 2
+
+
+async def test_a_leader_whose_lease_comes_back_with_another_epoch_starts_a_new_term() -> None:
+    """The backend lost its data and handed our own identity the lease again: the old
+    term must end, and the new one must carry the new epoch (agents fence on it)."""
+    clock = FakeClock()
+    backend = MemoryLeaseBackend(clock)
+    rec = Recorder()
+    a = elector(backend, clock, "a", rec)
+    await a.step()
+    backend._record = None  # the data is gone; the next acquisition is a new term
+    clock.advance(2)
+    await a.step()
+    assert a.is_leader()
+    assert a.epoch == 2
+    assert rec.events == ["started:1", "stopped", "started:2"]
+
+
+async def test_a_resigned_leader_stops_at_once_releases_and_campaigns_again() -> None:
+    clock = FakeClock()
+    backend = MemoryLeaseBackend(clock)
+    rec_a, rec_b = Recorder(), Recorder()
+    a, b = elector(backend, clock, "a", rec_a), elector(backend, clock, "b", rec_b)
+    await a.step()
+    a.resign()
+    assert not a.is_leader(), "a resigned leader acts no more"
+    assert a.leader() is None
+    await a.step()  # an attempt begun before the release does not make it lead again
+    assert not a.is_leader()
+    assert rec_a.events == ["started:1"], "resign() calls no callback: the caller knows"
+    stop = asyncio.Event()
+    stop.set()
+    await a.run(stop)  # the loop releases first, whatever else it does
+    await b.step()
+    assert b.is_leader(), "the released lease is free at once"
+    assert b.epoch == 2

@@ -1,0 +1,683 @@
+"""The leadership handler with in-process replicas.
+
+Every replica is a full dispatcher built by ``service.build`` (the handler path: an
+elected backend), sharing one in-memory lease backend and, for the shared-store tests,
+one in-memory state store, exactly as several processes would share Redis.
+
+Most tests run on a FakeClock: leases, renew deadlines, warm-up and node expiry are
+judged on fake time that moves only when a test says so, while the elector's retry
+period (a real sleep) is short. So "takes over at once" means: without the clock
+moving. Two tests use the system clock and assert time bounds instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+
+import aiohttp
+import pytest
+from aiohttp import web
+from pytest_aiohttp import AiohttpServer
+
+from dispatcher.common.clock import Clock, FakeClock, SystemClock
+from dispatcher.core.model import CheckConfig, Digest, NodeName, SourceName, make_config
+from dispatcher.core.state import StateDelta
+from dispatcher.election.base import LeaderInfo, LeaseRecord
+from dispatcher.election.memory import MemoryLeaseBackend
+from dispatcher.engine import Dispatcher
+from dispatcher.errors import NoLeader
+from dispatcher.leadership import LeadershipHandler, Role
+from dispatcher.service import DispatcherService, build
+from dispatcher.settings import (
+    DispatchSettings,
+    ElectionSettings,
+    ServerSettings,
+    Settings,
+    StoreSettings,
+)
+from dispatcher.storage.memory import MemoryStateStore
+from tests.node_agent.helpers import eventually
+from tests.processes import free_port
+
+API_PATH = "/v1/api/clusterchecks"
+SOURCE = SourceName("api")
+N1, N2, N3 = NodeName("n1"), NodeName("n2"), NodeName("n3")
+GUARD_S = 3.0
+
+# Fake-time leases: long in fake seconds (the clock moves only when told), with a short
+# real retry period so that campaigns and renewals happen quickly.
+FAKE_TIME = ElectionSettings(
+    backend="redis", lease_duration_s=60.0, renew_deadline_s=40.0, retry_period_s=0.05
+)
+# Real-time leases for the tests that measure bounds on the system clock.
+REAL_TIME = ElectionSettings(
+    backend="redis", lease_duration_s=0.6, renew_deadline_s=0.4, retry_period_s=0.1
+)
+
+
+def check(label: str, node_selector: dict[str, str] | None = None) -> CheckConfig:
+    return make_config(
+        name="http", instances=[{"url": f"http://{label}/healthz"}], node_selector=node_selector
+    )
+
+
+class GatedStore(MemoryStateStore):
+    """The in-memory store, whose writes can be held in flight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.entered = asyncio.Event()
+
+    async def write(self, delta: StateDelta, *, epoch: int) -> None:
+        self.entered.set()
+        await self.gate.wait()
+        await super().write(delta, epoch=epoch)
+
+
+class RecordingLeaseBackend(MemoryLeaseBackend):
+    """The in-memory lease backend, noting what each replica's dispatcher was doing at
+    the moment it released the lease."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock)
+        self.active_at_release: dict[str, bool] = {}
+        self.dispatchers: dict[str, Dispatcher] = {}
+
+    async def release(self, *, identity: str) -> None:
+        dispatcher = self.dispatchers.get(identity)
+        if dispatcher is not None:
+            self.active_at_release[identity] = dispatcher.active
+        await super().release(identity=identity)
+
+    def holder(self) -> LeaseRecord | None:
+        return self._record
+
+
+@dataclass
+class Replica:
+    name: str
+    service: DispatcherService
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def handler(self) -> LeadershipHandler:
+        handler = self.service.handler
+        assert handler is not None, "build() took the embedded path, not the handler"
+        return handler
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        return self.service.dispatcher
+
+    @property
+    def url(self) -> str:
+        return self.service.settings.server.url
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.handler.run(self.stop), name=f"replica-{self.name}")
+
+    async def shutdown(self) -> None:
+        self.stop.set()
+        if self.task is not None:
+            async with asyncio.timeout(GUARD_S):
+                await self.task
+
+
+class Cluster:
+    """Replicas sharing one lease backend and (optionally) one state store."""
+
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        store: MemoryStateStore | None,
+        election: ElectionSettings = FAKE_TIME,
+        dispatch: DispatchSettings | None = None,
+    ) -> None:
+        self.clock = clock
+        self.backend = RecordingLeaseBackend(clock)
+        self.store = store
+        self.election = election
+        self.dispatch = dispatch or DispatchSettings(node_expiration_timeout_s=30.0)
+        self.replicas: list[Replica] = []
+
+    def add(self, name: str, *, url: str | None = None, start: bool = True) -> Replica:
+        settings = Settings(
+            server=ServerSettings(identity=name, advertise_url=url or f"http://{name}.test:5005"),
+            dispatch=self.dispatch,
+            election=self.election,
+            store=StoreSettings(backend="redis" if self.store is not None else "memory"),
+        )
+        service = build(settings, clock=self.clock, lease_backend=self.backend, store=self.store)
+        replica = Replica(name, service)
+        self.backend.dispatchers[name] = replica.dispatcher
+        self.replicas.append(replica)
+        if start:
+            replica.start()
+        return replica
+
+    def leaders(self) -> list[Replica]:
+        return [r for r in self.replicas if r.handler.is_leader()]
+
+    async def leader(
+        self, *, among: Sequence[Replica] | None = None, within_s: float = GUARD_S
+    ) -> Replica:
+        """Waits until exactly one replica leads (and its term is served)."""
+        pool = list(among) if among is not None else self.replicas
+        await eventually(
+            lambda: len([r for r in pool if r.handler.is_leader()]) == 1, within_s=within_s
+        )
+        [leader] = [r for r in pool if r.handler.is_leader()]
+        return leader
+
+    async def close(self) -> None:
+        for replica in self.replicas:
+            replica.stop.set()
+        tasks = [r.task for r in self.replicas if r.task is not None]
+        async with asyncio.timeout(GUARD_S):
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for replica in self.replicas:
+            for close in replica.service.closers:
+                await close()
+
+
+@pytest.fixture
+def fake_clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def clusters() -> AsyncIterator[list[Cluster]]:
+    """Clusters made by a test are stopped at its end (every replica's task awaited)."""
+    made: list[Cluster] = []
+    try:
+        yield made
+    finally:
+        for cluster in made:
+            await cluster.close()
+
+
+MakeCluster = Callable[..., Cluster]
+
+
+@pytest.fixture
+def make_cluster(clusters: list[Cluster], fake_clock: FakeClock) -> MakeCluster:
+    def make(
+        *,
+        store: MemoryStateStore | None,
+        clock: Clock | None = None,
+        election: ElectionSettings = FAKE_TIME,
+        dispatch: DispatchSettings | None = None,
+    ) -> Cluster:
+        cluster = Cluster(
+            clock=clock or fake_clock, store=store, election=election, dispatch=dispatch
+        )
+        clusters.append(cluster)
+        return cluster
+
+    return make
+
+
+async def configs_of(dispatcher: Dispatcher, node: NodeName) -> list[Digest]:
+    _, configs = await dispatcher.node_configs(node)
+    return [c.digest for c in configs]
+
+
+async def renewed(cluster: Cluster) -> None:
+    """Lets every elector take one more step (real time; the fake clock stands still)."""
+    await asyncio.sleep(cluster.election.retry_period_s * 3)
+
+
+# -------------------------------------------------------------- one leader
+
+
+async def test_exactly_one_replica_leads_and_only_its_dispatcher_serves(
+    make_cluster: MakeCluster,
+) -> None:
+    store = MemoryStateStore()
+    cluster = make_cluster(store=store)
+    replicas = [cluster.add(name) for name in ("a", "b", "c")]
+
+    leader = await cluster.leader()
+    followers = [r for r in replicas if r is not leader]
+    await eventually(lambda: all(f.handler.role is Role.FOLLOWER for f in followers))
+    for _ in range(5):  # and it stays that way while everyone keeps campaigning
+        await renewed(cluster)
+        assert cluster.leaders() == [leader]
+
+    assert leader.handler.role is Role.LEADER
+    assert leader.handler.terms == 1
+    epoch = leader.dispatcher.epoch
+    assert epoch > 0
+    assert store.epoch == epoch, "the leader claimed the store with its term's epoch"
+    assert leader.handler.leader() == LeaderInfo(identity=leader.name, url=leader.url, epoch=epoch)
+    assert await leader.dispatcher.node_status(N1, last_change=-1) is True
+    assert N1 in store.nodes, "the leader's step was written through"
+
+    for follower in followers:
+        assert follower.handler.terms == 0
+        assert follower.handler.leader() == LeaderInfo(leader.name, leader.url, epoch)
+        assert not follower.dispatcher.active
+        with pytest.raises(NoLeader):
+            await follower.dispatcher.node_status(N2, last_change=-1)
+        with pytest.raises(NoLeader):
+            await follower.dispatcher.read(lambda state: len(state.nodes))
+    assert N2 not in store.nodes
+
+
+# ------------------------------------------------------ losing the lease
+
+
+async def test_a_leader_whose_deadline_passes_takes_no_further_step_even_before_its_callback(
+    make_cluster: MakeCluster, fake_clock: FakeClock
+) -> None:
+    cluster = make_cluster(store=None, dispatch=DispatchSettings(node_expiration_timeout_s=30.0))
+    leader = await cluster.leader(among=[cluster.add("a")])
+    await leader.dispatcher.node_status(N1, last_change=-1)
+    counter, _ = await leader.dispatcher.node_configs(N1)
+    poll = asyncio.create_task(leader.dispatcher.node_configs(N1, since=counter, wait_s=10.0))
+    await asyncio.sleep(0.02)
+    assert not poll.done(), "the long poll is waiting"
+
+    cluster.backend.down = True
+    fake_clock.advance(FAKE_TIME.renew_deadline_s)  # past the deadline, and past N1's expiry
+
+    # No await has let the elector run yet: its callback has not come, but the
+    # dispatcher already refuses to act (may_act is asked before every step).
+    assert leader.handler.role is Role.LEADER, "the callback came early; this test proves less"
+    assert not leader.dispatcher.active
+    assert not leader.handler.is_leader()
+    await leader.dispatcher.tick()  # would expire N1 if the deposed leader still acted
+    assert N1 in leader.dispatcher.state.nodes
+    assert leader.dispatcher.state.take_events().removed_nodes == []
+    with pytest.raises(NoLeader):
+        await leader.dispatcher.node_status(N2, last_change=-1)
+
+    # The callback follows within a retry period: the term ends and the long poll with it.
+    await eventually(lambda: leader.handler.role is Role.FOLLOWER, within_s=1.0)
+    with pytest.raises(NoLeader):
+        async with asyncio.timeout(1.0):
+            await poll
+    assert leader.dispatcher.state.nodes == {}, "the deposed term's state is dropped"
+    assert leader.handler.leader() is None
+    assert cluster.leaders() == []
+
+
+async def test_a_lease_backend_outage_makes_the_leader_step_down_by_its_renew_deadline(
+    make_cluster: MakeCluster,
+) -> None:
+    """On the system clock: bounds, not exact times."""
+    clock = SystemClock()
+    cluster = make_cluster(store=MemoryStateStore(), clock=clock, election=REAL_TIME)
+    replicas = [cluster.add("a"), cluster.add("b")]
+    leader = await cluster.leader()
+    first_epoch = leader.dispatcher.epoch
+
+    # An agent keeps heartbeating the leader; every accepted step is timestamped.
+    accepted: list[float] = []
+    refused: list[float] = []
+
+    async def agent() -> None:
+        while True:
+            try:
+                await leader.dispatcher.node_status(N1, last_change=-1)
+                accepted.append(time.monotonic())
+            except NoLeader:
+                refused.append(time.monotonic())
+            await asyncio.sleep(0.005)
+
+    driver = asyncio.create_task(agent(), name="agent")
+    try:
+        await asyncio.sleep(0.1)
+        cluster.backend.down = True
+        down_at = time.monotonic()
+        await eventually(lambda: not leader.dispatcher.active, within_s=2.0)
+        inactive_at = time.monotonic()
+        await eventually(lambda: leader.handler.role is Role.FOLLOWER, within_s=2.0)
+        follower_at = time.monotonic()
+        await asyncio.sleep(0.2)
+    finally:
+        driver.cancel()
+        await asyncio.gather(driver, return_exceptions=True)
+
+    # The deadline is the start of the last successful renewal (at most one retry period
+    # before the outage) plus the renew deadline; the callback comes at that deadline.
+    # The slack absorbs scheduling delays on a busy machine (two cores shared with other
+    # test runs); the exact rule is pinned on fake time above.
+    slack = 0.3
+    assert inactive_at - down_at <= REAL_TIME.renew_deadline_s + slack
+    assert inactive_at - down_at >= REAL_TIME.renew_deadline_s - REAL_TIME.retry_period_s - slack
+    assert follower_at - down_at <= REAL_TIME.renew_deadline_s + slack
+    assert accepted, "the agent was never served"
+    assert refused, "the agent was never refused"
+    assert max(accepted) < min(refused), "a step was accepted after the first refusal"
+    assert max(accepted) - down_at < REAL_TIME.renew_deadline_s + slack
+    assert cluster.leaders() == [], "someone leads although no lease can be taken"
+
+    cluster.backend.down = False
+    again = await cluster.leader()
+    assert again.dispatcher.epoch > first_epoch
+    assert again in replicas
+
+
+# ---------------------------------------------------------- a shared store
+
+
+async def test_a_new_leader_loads_the_store_keeps_every_placement_and_serves_at_once(
+    make_cluster: MakeCluster, fake_clock: FakeClock
+) -> None:
+    store = MemoryStateStore()
+    # Warm-up is set, to show that a leader that loads a shared store does not use it.
+    cluster = make_cluster(
+        store=store,
+        dispatch=DispatchSettings(node_expiration_timeout_s=30.0, warmup_duration_s=30.0),
+    )
+    cluster.add("a")
+    cluster.add("b")
+    first = await cluster.leader()
+    assert not first.dispatcher.warming_up(), "an empty shared store needs no warm-up either"
+    old = first.dispatcher
+    await old.node_status(N1, last_change=-1, labels={"zone": "a"}, capacity=2)
+    await old.node_status(N2, last_change=-1, labels={"zone": "b"})
+    await old.node_status(N3, last_change=-1)
+    configs = [check(f"c{i}") for i in range(6)]
+    configs.append(check("zoned", node_selector={"zone": "b"}))
+    await old.replace_source(SOURCE, configs)
+    await old.cordon(N3)
+    placement = dict(old.state.placement)
+    assert set(placement) == {c.digest for c in configs}
+    assert set(placement.values()) == {N1, N2, N3}
+    before = {n: await configs_of(old, n) for n in (N1, N2, N3)}
+    assert dict(store.placement) == placement, "every answered step is in the store"
+    old_epoch = old.epoch
+
+    await first.shutdown()
+    second = await cluster.leader()
+    assert second is not first
+    new = second.dispatcher
+
+    assert new.epoch > old_epoch
+    assert store.epoch == new.epoch
+    assert dict(new.state.placement) == placement, "a placement moved on failover"
+    assert not new.warming_up()
+    assert new.state.dangling == {}
+    for node, digests in before.items():
+        assert await configs_of(new, node) == digests
+    assert new.state.nodes[N3].cordoned
+    assert new.state.nodes[N1].capacity == 2
+    assert new.state.source_configs(SOURCE)[0].digest == min(c.digest for c in configs)
+
+    # It serves at once: heartbeats answer, and a new check is placed, not held back.
+    assert await new.node_status(N1, last_change=-1) is True
+    extra = check("extra")
+    await new.add_to_source(SOURCE, [extra])
+    assert new.state.placement.get(extra.digest) in (N1, N2)
+    assert store.placement[extra.digest] == new.state.placement[extra.digest]
+
+    # Every node's expiry clock restarted at the takeover.
+    fake_clock.advance(29.0)
+    await new.node_status(N1, last_change=-1)
+    await new.tick()
+    assert set(new.state.nodes) == {N1, N2, N3}
+    fake_clock.advance(2.0)
+    await new.tick()
+    assert set(new.state.nodes) == {N1}
+    # A tick answers nobody, so it does not wait for the store; its writes follow.
+    await eventually(lambda: set(store.nodes) == {N1}, within_s=1.0)
+    assert dict(store.placement) == dict(new.state.placement)
+    assert set(new.state.placement.values()) <= {N1}
+
+
+async def test_a_new_leader_without_a_shared_store_warms_up_and_adopts_what_agents_run(
+    make_cluster: MakeCluster, fake_clock: FakeClock
+) -> None:
+    warmup_s = 30.0
+    cluster = make_cluster(
+        store=None,
+        dispatch=DispatchSettings(node_expiration_timeout_s=300.0, warmup_duration_s=warmup_s),
+    )
+    cluster.add("a")
+    cluster.add("b")
+    first = await cluster.leader()
+    old = first.dispatcher
+    assert old.warming_up(), "an elected leader with the memory store starts warming up"
+    assert await old.node_status(N1, last_change=12345) is True, "up to date while warming"
+    await old.node_status(N2, last_change=-1)
+    fake_clock.advance(warmup_s + 1)
+    await renewed(cluster)
+    assert not old.warming_up()
+    configs = [check(f"c{i}") for i in range(4)]
+    await old.replace_source(SOURCE, configs)
+    placement = dict(old.state.placement)
+    assert set(placement.values()) == {N1, N2}
+    counters = {n: (await old.node_configs(n))[0] for n in (N1, N2)}
+    running = {n: [d for d, where in placement.items() if where == n] for n in (N1, N2)}
+
+    await first.shutdown()
+    second = await cluster.leader()
+    new = second.dispatcher
+    assert new.epoch > old.epoch
+    assert new.warming_up()
+    assert new.state.configs == {}, "nothing survives a failover without a shared store"
+
+    # Agents re-register with what they run, quoting the old leader's counters: the
+    # warming leader tells them they are up to date, so they keep running it.
+    for node in (N1, N2):
+        assert await new.node_status(node, last_change=counters[node], running=running[node])
+    assert new.state.placement == {}
+
+    # The source re-sends its checks (one more besides, that no agent runs).
+    extra = check("extra")
+    await new.replace_source(SOURCE, [*configs, extra])
+    assert {d: new.state.placement.get(d) for d in placement} == placement, "reshuffled"
+    assert extra.digest in new.state.dangling, "placed during warm-up without a report"
+    assert "reported running" in new.state.explain(configs[0].digest, now=fake_clock.monotonic())
+
+    fake_clock.advance(warmup_s + 1)
+    await renewed(cluster)
+    await new.tick()
+    assert not new.warming_up()
+    assert new.state.placement.get(extra.digest) in (N1, N2)
+    assert {d: new.state.placement[d] for d in placement} == placement
+    stale = counters[N1] - 1
+    assert await new.node_status(N1, last_change=stale) is False, "warm-up is over"
+
+
+async def test_a_fenced_write_makes_the_leader_step_down(make_cluster: MakeCluster) -> None:
+    store = MemoryStateStore()
+    cluster = make_cluster(store=store)
+    leader = await cluster.leader(among=[cluster.add("a")])
+    await leader.dispatcher.node_status(N1, last_change=-1)
+    assert N1 in store.nodes
+
+    await store.claim(epoch=leader.dispatcher.epoch + 10)  # another term claims the store
+    with pytest.raises(NoLeader, match="shared store"):
+        await leader.dispatcher.node_status(N2, last_change=-1)
+
+    await eventually(lambda: leader.handler.role is Role.FOLLOWER, within_s=1.0)
+    assert not leader.dispatcher.active
+    assert not leader.handler.is_leader()
+    assert leader.handler.leader() is None
+    with pytest.raises(NoLeader):
+        await leader.dispatcher.node_status(N3, last_change=-1)
+    assert set(store.nodes) == {N1}, "the fenced write reached the store"
+    assert store.writes == 1
+
+
+async def test_leadership_recovers_after_a_fenced_step_down(make_cluster: MakeCluster) -> None:
+    """The store loses its data and its claim (a Redis restart without persistence,
+    with the lease elsewhere, e.g. a Kubernetes Lease): the leader's next write is
+    refused and it steps down. Some replica must lead again, with a new term that
+    claims the store, within a few lease durations."""
+    store = MemoryStateStore()
+    cluster = make_cluster(store=store, clock=SystemClock(), election=REAL_TIME)
+    cluster.add("a")
+    cluster.add("b")
+    leader = await cluster.leader()
+    await leader.dispatcher.node_status(N1, last_change=-1)
+    first_epoch = leader.dispatcher.epoch
+
+    store.epoch = 0  # the store restarted empty
+    store.nodes.clear()
+    with pytest.raises(NoLeader):
+        await leader.dispatcher.node_status(N2, last_change=-1)
+    await eventually(lambda: not leader.handler.is_leader(), within_s=1.0)
+
+    within_s = 2.0  # more than three lease durations
+    try:
+        again = await cluster.leader(within_s=within_s)
+    except AssertionError:
+        lease = cluster.backend.holder()
+        roles = {r.name: r.handler.role.value for r in cluster.replicas}
+        views = {r.name: r.handler.leader() for r in cluster.replicas}
+        raise AssertionError(
+            f"no replica leads {within_s:g} s after the fenced step-down; the lease is "
+            f"held by {lease}, roles {roles}, each replica's view of the leader {views}"
+        ) from None
+    assert again.dispatcher.epoch > first_epoch
+    assert store.epoch == again.dispatcher.epoch
+    assert await again.dispatcher.node_status(N2, last_change=-1) is True
+
+
+# ----------------------------------------------------------------- shutdown
+
+
+async def test_shutdown_ends_the_term_then_releases_the_lease_so_another_takes_over_at_once(
+    make_cluster: MakeCluster,
+) -> None:
+    store = MemoryStateStore()
+    cluster = make_cluster(store=store)
+    cluster.add("a")
+    cluster.add("b")
+    first = await cluster.leader()
+    await first.dispatcher.node_status(N1, last_change=-1)
+    counter, _ = await first.dispatcher.node_configs(N1)
+    poll = asyncio.create_task(first.dispatcher.node_configs(N1, since=counter, wait_s=10.0))
+    await asyncio.sleep(0.02)
+    first_epoch = first.dispatcher.epoch
+
+    await first.shutdown()  # the fake clock does not move: the lease cannot expire
+
+    assert first.task is not None
+    assert first.task.done()
+    assert cluster.backend.active_at_release == {first.name: False}, (
+        "the lease was released while the term was still being served"
+    )
+    assert not first.dispatcher.active
+    assert first.handler.role is Role.FOLLOWER
+    with pytest.raises(NoLeader):
+        async with asyncio.timeout(0.5):
+            await poll
+    second = await cluster.leader()
+    assert second is not first
+    assert second.dispatcher.epoch > first_epoch
+    holder = cluster.backend.holder()
+    assert holder is not None
+    assert holder.holder == second.name
+    assert store.epoch == second.dispatcher.epoch
+    assert N1 in second.dispatcher.state.nodes
+
+
+async def test_a_reply_waiting_for_the_store_ends_with_no_leader_when_the_term_ends(
+    make_cluster: MakeCluster,
+) -> None:
+    """Like a long poll, a reply that waits for its step to be stored is pending work of
+    the term: when the term ends it must end too (503, retry), not hang until the
+    writer's wait timeout (the renew deadline) with nobody left to write."""
+    store = GatedStore()
+    cluster = make_cluster(store=store)
+    cluster.add("a")
+    cluster.add("b")
+    first = await cluster.leader()
+    store.gate.clear()
+    reply = asyncio.create_task(first.dispatcher.node_status(N1, last_change=-1))
+    try:
+        async with asyncio.timeout(GUARD_S):
+            await store.entered.wait()
+        await first.shutdown()
+        assert not first.dispatcher.active
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(NoLeader):
+            async with asyncio.timeout(1.0):
+                await asyncio.shield(reply)
+        assert asyncio.get_running_loop().time() - started < 1.0
+    finally:
+        store.gate.set()
+        reply.cancel()
+        await asyncio.gather(reply, return_exceptions=True)
+
+
+# ---------------------------------------------------------------- forwarding
+
+
+async def test_a_follower_forwards_to_the_leader_once_and_says_who_leads(
+    make_cluster: MakeCluster, aiohttp_server: AiohttpServer
+) -> None:
+    cluster = make_cluster(store=MemoryStateStore())
+    seen: dict[str, list[tuple[str, str | None]]] = {"a": [], "b": []}
+    servers = {}
+    replicas = []
+    for name in ("a", "b"):
+        port = free_port()
+        replica = cluster.add(name, url=f"http://127.0.0.1:{port}", start=False)
+        app = replica.service.app
+
+        async def record(
+            request: web.Request, response: web.StreamResponse, name: str = name
+        ) -> None:
+            seen[name].append((request.path, request.headers.get("X-Clusterchecks-Forwarded")))
+
+        app.on_response_prepare.append(record)
+        servers[name] = await aiohttp_server(app, port=port)
+        replicas.append(replica)
+    for replica in replicas:
+        replica.start()
+    leader = await cluster.leader()
+    [follower] = [r for r in replicas if r is not leader]
+    await eventually(lambda: follower.handler.leader() is not None)
+    status_path = f"{API_PATH}/status/node-a"
+
+    async with aiohttp.ClientSession() as session:
+        async with session.post(follower.url + status_path, json={"last_change": -1}) as reply:
+            body = await reply.json()
+            assert reply.status == 200, body
+            assert reply.headers["X-Clusterchecks-Leader"] == leader.name
+        assert body["leader"] == leader.name, "the leader answered, not the follower"
+        assert body["epoch"] == leader.dispatcher.epoch
+        assert NodeName("node-a") in leader.dispatcher.state.nodes
+        assert (status_path, "1") in seen[leader.name], "the leader saw a forwarded request"
+        assert (status_path, None) in seen[follower.name]
+
+        async with session.get(follower.url + API_PATH) as reply:
+            assert reply.status == 200
+            state = await reply.json()
+        assert [n["name"] for n in state["nodes"]] == ["node-a"]
+
+        # A forwarded request that reaches a follower is not forwarded again.
+        async with session.post(
+            follower.url + status_path,
+            json={"last_change": -1},
+            headers={"X-Clusterchecks-Forwarded": "1"},
+        ) as reply:
+            assert reply.status == 508
+            assert (await reply.json())["error"]["code"] == "loop_detected"
+
+        # The leader answers its own requests without forwarding.
+        forwarded_before = len([s for s in seen[leader.name] if s[1] == "1"])
+        async with session.post(leader.url + status_path, json={"last_change": -1}) as reply:
+            assert reply.status == 200
+            assert reply.headers["X-Clusterchecks-Leader"] == leader.name
+        assert len([s for s in seen[leader.name] if s[1] == "1"]) == forwarded_before
+
+        # A leader that does not answer: the follower says so, and when to retry.
+        await servers[leader.name].close()
+        async with session.post(follower.url + status_path, json={"last_change": -1}) as reply:
+            assert reply.status == 503
+            assert (await reply.json())["error"]["code"] == "no_leader"
+            assert int(reply.headers["Retry-After"]) > 0
