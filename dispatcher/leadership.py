@@ -206,6 +206,7 @@ class LeadershipHandler:
             if self._term is asyncio.current_task():
                 self._term = None
                 self._step_down("the term ended")
+                self._campaign.resign()  # or the lease would stay held with no one leading
 
     async def _lead(self, epoch: int) -> None:
         started = self._clock.monotonic()

@@ -20,6 +20,8 @@ class RedisServer:
     port: int
     workdir: Path
     process: subprocess.Popen[bytes] | None = None
+    persistent: bool = False
+    """Append-only file, fsynced on every write: the data survives stop() and start()."""
 
     @property
     def url(self) -> str:
@@ -30,9 +32,14 @@ class RedisServer:
         assert binary, (
             "redis-server is missing: `make test` installs it (scripts/ensure-system-packages)"
         )
+        persistence = (
+            ["--appendonly", "yes", "--appendfsync", "always"]
+            if self.persistent
+            else ["--appendonly", "no"]
+        )
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
+             *persistence, "--dir", str(self.workdir)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         deadline = time.monotonic() + 10

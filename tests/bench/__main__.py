@@ -3,7 +3,8 @@
 Results go to ``bench-results/bench.json`` (server logs to ``bench-results/logs/``). The
 exit code is 0 even when a goal is missed; each goal prints ``GOAL MET`` or
 ``GOAL MISSED``. Runs in about two minutes with the defaults (the agent benchmark about
-35 s of it).
+35 s of it), plus about three minutes for the failover benchmark (real Redis,
+three dispatcher replicas; ``--skip-failover`` leaves it out).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import orjson
 from tests.bench.agent import DISTURBED_PCT, GOAL_SHARE, AgentResults, run_agent
 from tests.bench.api import ApiResults, run_api
 from tests.bench.core import EXPIRY_MAX_GROWTH, SCHEDULE_BUDGET_S, CoreResults, run_core
+from tests.bench.failover import CHUNK_RECORDS, FailoverResults, run_failover
+from tests.bench.failover import DISTURBED_PCT as FAILOVER_DISTURBED_PCT
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -408,11 +411,187 @@ def agent_report(agent: AgentResults) -> tuple[str, list[Goal]]:
     return "\n".join(out), [goal]
 
 
+def failover_report(fo: FailoverResults) -> tuple[str, list[Goal]]:
+    out = [
+        f"Failover: {fo.replicas} dispatcher replicas (--election redis --store redis; lease"
+        f" {fo.lease_s:g} s, renew deadline {fo.renew_deadline_s:g} s, retry {fo.retry_s:g} s,"
+        f" expiry {fo.expiry_s:g} s), {fo.agents} agents, {fo.checks} tcp checks, real Redis",
+        "  signal to the first 200 with is_leader true from a surviving replica (polled every"
+        " ~20 ms), kill -9 and SIGTERM of the leader alternating, the replica restarted after",
+        "",
+    ]
+    rows = []
+    for s in fo.series:
+        mine = [r for r in fo.runs if r.signal == s.signal]
+        rejoin = sorted(r.rejoin_s for r in mine)
+        rows.append(
+            [
+                "kill -9" if s.signal == "SIGKILL" else "SIGTERM",
+                str(s.reps),
+                f"{s.median_s:.3f}",
+                f"{s.p90_s:.3f}",
+                f"{s.worst_s:.3f}",
+                f"{s.best_s:.3f}",
+                f"{s.bound_s:g}",
+                f"{s.goal_s:g}",
+                str(s.moved),
+                f"{rejoin[len(rejoin) // 2]:.2f}",
+            ]
+        )
+    out.append(
+        table(
+            [
+                "failover",
+                "reps",
+                "median s",
+                "p90 s",
+                "worst s",
+                "best s",
+                "bound s",
+                "goal s",
+                "checks moved",
+                "restart to follower s",
+            ],
+            rows,
+        )
+    )
+    out.append(
+        f"  bounds: kill -9 lease + retry = {fo.lease_s + fo.retry_s:g} s (the lease outlives"
+        f" the last renewal by up to a lease, a follower tries every retry period);"
+        f" SIGTERM retry = {fo.retry_s:g} s (the lease is released on the way out)."
+        f" Checks moved: placement before the signal vs the new leader's first reply and"
+        f" ~2 s later, over {len(fo.runs)} failovers: {fo.moved_total}"
+    )
+    if fo.terms_lost:
+        lost = [r for r in fo.runs if not r.term_held]
+        out.append(
+            f"  NOTE: {fo.terms_lost} new leader(s) no longer led the same term ~2 s after the"
+            " takeover (stepped down, e.g. renew deadline passed; see bench-results/logs/"
+            "failover-d-*.log): "
+            + "; ".join(
+                f"{r.signal} {r.rep}: {r.new_leader} epoch {r.new_epoch} -> {r.later_leader}"
+                f" epoch {r.later_epoch}"
+                for r in lost
+            )
+        )
+    if fo.replica_warnings:
+        out.append(
+            "  replica warnings (forward_failed left out): "
+            + "; ".join(f"{k} x{v}" for k, v in fo.replica_warnings.items())
+        )
+    out.append("")
+    rows = []
+    windows = [w for w in (fo.idle, fo.heartbeat, *fo.schedules) if w is not None]
+    for w in windows:
+        rows.append(
+            [
+                w.label,
+                f"{w.operations:,}",
+                f"{w.window_s:.2f}",
+                fmt(w.reply_ms, ".1f"),
+                str(w.store_calls),
+                fmt(w.per_operation, ".3f"),
+                str(w.store_writes),
+                str(w.lease_calls),
+                ", ".join(f"{k} {v}" for k, v in w.in_scripts.items()) or "-",
+                f"{w.evalsha_delta} - {w.renewals_expected:.1f}",
+            ]
+        )
+    out.append(
+        table(
+            [
+                "Redis round trips",
+                "ops",
+                "window s",
+                "reply ms",
+                "store calls",
+                "per op",
+                "store writes",
+                "lease renewals",
+                "commands inside scripts",
+                "commandstats evalsha - idle renewals",
+            ],
+            rows,
+        )
+    )
+    out.append(
+        "  MONITOR attributes every EVALSHA by its script's SHA (sha1 of the script texts in"
+        " dispatcher/election/redis.py and dispatcher/storage/redis.py); store calls are"
+        " every command that is not the elector's; the last column is INFO commandstats'"
+        " EVALSHA delta minus the idle window's rate over the same length (a cross-check;"
+        " a renewal more or less on short windows)"
+    )
+    if fo.idle is not None:
+        out.append(
+            f"  idle window: the leader served {fo.idle_heartbeats} real agent heartbeats with"
+            f" {fo.idle.store_calls} store calls; {fo.idle.lease_calls} renewals in"
+            f" {fo.idle.window_s:.1f} s from {fo.replicas} replicas"
+        )
+    out.append(
+        f"  machine over the section ({fo.duration_s:.0f} s): busy {fmt(fo.busy_cpu_pct, '.0f')}%"
+        f" of one CPU, of it this benchmark's processes {fmt(fo.own_cpu_pct, '.0f')}%, other"
+        f" processes {fmt(fo.other_cpu_pct, '.0f')}%, steal {fmt(fo.steal_cpu_pct, '.1f')}%;"
+        f" load average {fo.loadavg_start} -> {fo.loadavg_end}"
+    )
+    if fo.disturbed:
+        out.append(
+            f"  NOTE: other processes and the hypervisor took more than {FAILOVER_DISTURBED_PCT:g}%"
+            " of a CPU during the section; the takeover times may be inflated (the round"
+            " trip counts are not). Rerun on an idle machine."
+        )
+    goals: list[Goal] = []
+    for s in fo.series:
+        label = "kill -9" if s.signal == "SIGKILL" else "SIGTERM"
+        bound = "lease + retry" if s.signal == "SIGKILL" else "retry"
+        goals.append(
+            Goal(
+                f"failover: worst {label} takeover <= {bound} + 1 s ({s.goal_s:g} s)",
+                s.goal_ok,
+                f"worst {s.worst_s:.3f} s, median {s.median_s:.3f} s, p90 {s.p90_s:.3f} s over"
+                f" {s.reps} of {fo.reps} failovers (bound {s.bound_s:g} s)",
+            )
+        )
+    goals.append(
+        Goal(
+            "failover: no check moves when the leader fails over",
+            len(fo.runs) == 2 * fo.reps and fo.moved_total == 0,
+            f"{fo.moved_total} moves of {fo.checks} checks over {len(fo.runs)} failovers"
+            " (at takeover and ~2 s later)",
+        )
+    )
+    if fo.heartbeat is not None:
+        hb = fo.heartbeat
+        goals.append(
+            Goal(
+                "failover: 0 Redis round trips per heartbeat that changes nothing",
+                fo.heartbeat_ok,
+                f"{hb.store_calls} store calls for {hb.operations:,} heartbeats"
+                f" ({hb.per_operation:.3f} each; {fo.heartbeats_up_to_date:,} up to date);"
+                f" real agents: {fo.idle.store_calls if fo.idle else '-'} for"
+                f" {fo.idle_heartbeats}",
+            )
+        )
+    if fo.schedules:
+        goals.append(
+            Goal(
+                f"failover: 1 Redis round trip per schedule step (< {CHUNK_RECORDS:,} records)",
+                fo.schedule_ok,
+                "; ".join(
+                    f"{w.label}: {w.store_calls} store call(s), {w.store_writes} write(s),"
+                    f" reply {fmt(w.reply_ms, '.1f')} ms"
+                    for w in fo.schedules
+                ),
+            )
+        )
+    return "\n".join(out), goals
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__)
     parser.add_argument("--skip-core", action="store_true")
     parser.add_argument("--skip-api", action="store_true")
     parser.add_argument("--skip-agent", action="store_true")
+    parser.add_argument("--skip-failover", action="store_true")
     parser.add_argument("--duration", type=float, default=5.0, help="API: measured seconds")
     parser.add_argument("--warmup", type=float, default=1.0, help="API: warm-up seconds")
     parser.add_argument("--rounds", type=int, default=2, help="API: rounds over the servers")
@@ -425,6 +604,9 @@ def main() -> None:
     parser.add_argument("--agent-checks", type=int, default=1_000, help="agent: http checks")
     parser.add_argument("--agent-warmup", type=float, default=3.0, help="agent: warm-up seconds")
     parser.add_argument("--agent-window", type=float, default=20.0, help="agent: measured seconds")
+    parser.add_argument(
+        "--failover-reps", type=int, default=20, help="failover: repetitions of each signal"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
     args = parser.parse_args()
 
@@ -474,6 +656,14 @@ def main() -> None:
         reports.append(text)
         goals += agent_goals
         document["agent"] = {**dataclasses.asdict(agent), "disturbed": agent.disturbed}
+    if not args.skip_failover:
+        failover = run_failover(
+            log_dir=args.out / "logs", reps=args.failover_reps, progress=progress
+        )
+        text, failover_goals = failover_report(failover)
+        reports.append(text)
+        goals += failover_goals
+        document["failover"] = failover.to_json()
     document["goals"] = [dataclasses.asdict(g) for g in goals]
     document["total_s"] = time.perf_counter() - started
 
