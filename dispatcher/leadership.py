@@ -154,7 +154,7 @@ class LeadershipHandler:
         self._term = self._tasks.create_task(self._serve_term(epoch), name=f"term-{epoch}")
 
     def stopped(self) -> None:
-        self._step_down("the lease is no longer held")
+        self._step_down("the elector stopped leading (see its lost_leadership line)")
 
     def new_leader(self, info: LeaderInfo | None) -> None:
         if info is not None and info.identity != self._identity:
