@@ -23,6 +23,11 @@ class DispatcherApi(Protocol):
     @property
     def url(self) -> str: ...
 
+    @property
+    def url_count(self) -> int:
+        """How many dispatcher URLs the agent was given."""
+        ...
+
     def next_url(self) -> None: ...
 
     async def status(
@@ -56,6 +61,10 @@ class DispatcherClient:
     @property
     def url(self) -> str:
         return self._urls[self._index]
+
+    @property
+    def url_count(self) -> int:
+        return len(self._urls)
 
     def next_url(self) -> None:
         self._index = (self._index + 1) % len(self._urls)

@@ -38,6 +38,8 @@ log = structlog.get_logger(__name__)
 
 COMPONENT = "dispatcher_link"
 RETRY_BASE_S = 0.2
+FAILOVER_DELAY_S = 0.05
+"""Between two dispatcher URLs after one fails: a moment, not a backoff."""
 
 
 def spec_from_wire(config: wire.CheckConfigOut) -> CheckSpec:
@@ -155,7 +157,7 @@ class Poller:
                 delay = self.heartbeat_interval_s
             except AgentError as exc:
                 failures += 1
-                delay = self._backoff(failures)
+                delay = self.retry_delay(failures, exc)
                 self._report_failure(exc, failures)
             await wait_any(self._heartbeat_now, stop, timeout_s=delay)
 
@@ -244,6 +246,17 @@ class Poller:
         return False
 
     # ---------------------------------------------------------------- internal
+
+    def retry_delay(self, failures: int, exc: AgentError) -> float:
+        """How long to wait after the ``failures``-th heartbeat failure in a row.
+
+        Another replica may answer (a new leader, a follower that forwards): each URL of
+        a round is tried at once, and only full rounds back off.
+        """
+        rounds, tried = divmod(failures, self._client.url_count)
+        if isinstance(exc, DispatcherUnavailable) and tried:
+            return FAILOVER_DELAY_S
+        return self._backoff(max(1, rounds))
 
     def _backoff(self, failures: int) -> float:
         cap = max(RETRY_BASE_S, self.heartbeat_interval_s)

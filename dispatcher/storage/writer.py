@@ -84,20 +84,22 @@ class StoreWriter:
             ) from exc
 
     def close(self) -> None:
-        """The term is over: whoever still waits is told at once."""
+        """The term is over: whoever still waits is told at once, and ``run`` returns."""
         self._closed = True
+        self._wake.set()
         self._notify()
 
     async def run(self) -> None:
-        """Writes until cancelled (the end of the term) or fenced."""
-        while True:
+        """Writes until closed or cancelled (the end of the term), or fenced."""
+        while not self._closed:
             await self._wake.wait()
             self._wake.clear()
-            while self._pending:
+            while self._pending and not self._closed:
                 delta, upto = self._pending, self._submitted
                 self._pending = StateDelta()
                 try:
                     await self._store.write(delta, epoch=self._epoch)
+                    _raise_if_cancelling()
                 except Fenced as exc:
                     log.error("store_write_fenced", epoch=self._epoch, error=str(exc))
                     self._fenced = True
@@ -111,6 +113,7 @@ class StoreWriter:
                         log.warning("store_write_failed", error=str(exc))
                     self._failing = str(exc)
                     self._report(str(exc))
+                    _raise_if_cancelling()
                     await asyncio.sleep(self._retry_s)
                     continue
                 if self._failing is not None:
@@ -127,3 +130,15 @@ class StoreWriter:
     def _report(self, problem: str | None) -> None:
         if self._on_health is not None:
             self._on_health(problem)
+
+
+def _raise_if_cancelling() -> None:
+    """Re-raises a cancellation that a client library swallowed.
+
+    redis-py wraps socket writes in ``asyncio.wait_for``, which on Python 3.11 can drop a
+    cancellation that arrives as the inner call completes; the writer would then wait
+    for work forever and hold up the end of its term.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -26,7 +26,7 @@ from dispatcher.settings import DispatchSettings, Settings
 from node_agent.client import DispatcherClient
 from node_agent.errors import DispatcherProtocolError, DispatcherUnavailable, UnknownNodeError
 from node_agent.metrics import AgentMetrics
-from node_agent.poller import COMPONENT, Poller
+from node_agent.poller import COMPONENT, FAILOVER_DELAY_S, RETRY_BASE_S, Poller
 from node_agent.results import ResultBatcher
 from node_agent.runner import CheckSpec
 from node_agent.settings import AgentSettings
@@ -569,6 +569,43 @@ async def test_no_leader_moves_to_the_next_dispatcher(
     await eventually(lambda: agent.desired() == [D2])
     assert agent.client.url == url_of(leader_server)
     assert len(follower.statuses) >= 1
+
+
+@pytest.mark.parametrize(
+    ("urls", "delays"),
+    [
+        pytest.param(1, ["backoff1", "backoff2", "backoff3"], id="one-url"),
+        pytest.param(
+            3,
+            ["next", "next", "backoff1", "next", "next", "backoff2", "next"],
+            id="three-urls",
+        ),
+    ],
+)
+def test_a_failed_dispatcher_is_followed_at_once_by_the_next_and_rounds_back_off(
+    make_agent: AgentFactory, urls: int, delays: list[str]
+) -> None:
+    """A node that loses the leader has only the expiry timeout to reach another replica:
+    each URL of a round is tried at once, and only full rounds back off."""
+    agent = make_agent(tuple(f"http://127.0.0.{n + 1}:1" for n in range(urls)))
+    poller = agent.poller
+    unavailable = DispatcherUnavailable("down")
+    seen = []
+    for failures in range(1, len(delays) + 1):
+        delay = poller.retry_delay(failures, unavailable)
+        if delay == FAILOVER_DELAY_S:
+            seen.append("next")
+        else:
+            rounds = failures // urls
+            low, high = (
+                RETRY_BASE_S * 2 ** (rounds - 1) * 0.5,
+                RETRY_BASE_S * 2 ** (rounds - 1) * 1.5,
+            )
+            assert low <= delay <= high, (failures, delay)
+            seen.append(f"backoff{rounds}")
+    assert seen == delays
+    # A reply it cannot use is not a replica that is down: it backs off at once.
+    assert poller.retry_delay(1, DispatcherProtocolError("bad")) != FAILOVER_DELAY_S
 
 
 async def test_fence_on_disconnect_stops_the_checks_after_the_expiry(

@@ -32,6 +32,7 @@ class FakeApi:
         self.gate: asyncio.Event | None = None
         self.fail: type[Exception] | None = None
         self.url = "http://fake"
+        self.url_count = 1
 
     def next_url(self) -> None:
         pass

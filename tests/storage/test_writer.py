@@ -8,6 +8,7 @@ kept small and every wait is guarded, so a writer that hangs fails the test quic
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -366,3 +367,43 @@ async def test_closing_at_the_end_of_a_term_tells_every_waiter_at_once(
             await flushed(writer, writer.submit(place(b="n1")))
         store.gate.set()
     assert recorder.fenced == 0
+
+
+class SwallowingStore(MemoryStateStore):
+    """A store whose client library swallows a cancellation that arrives mid-write, as
+    redis-py's ``asyncio.wait_for`` can on Python 3.11."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = asyncio.Event()
+
+    async def write(self, delta: StateDelta, *, epoch: int) -> None:
+        self.entered.set()
+        with contextlib.suppress(asyncio.CancelledError):  # the task is still "cancelling"
+            await asyncio.sleep(0.05)
+        await super().write(delta, epoch=epoch)
+
+
+async def test_a_cancellation_swallowed_by_the_store_client_still_ends_the_writer() -> None:
+    store = SwallowingStore()
+    await store.claim(epoch=EPOCH)
+    writer = StoreWriter(store, epoch=EPOCH, on_fenced=lambda: None)
+    task = asyncio.create_task(writer.run(), name="writer")
+    writer.submit(place(a="n1"))
+    await asyncio.wait_for(store.entered.wait(), GUARD_S)
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=GUARD_S)
+    assert done, "the writer hung after its cancellation was swallowed"
+    assert task.cancelled()
+
+
+async def test_close_ends_the_writer_loop_without_a_cancellation() -> None:
+    store = MemoryStateStore()
+    await store.claim(epoch=EPOCH)
+    writer = StoreWriter(store, epoch=EPOCH, on_fenced=lambda: None)
+    task = asyncio.create_task(writer.run(), name="writer")
+    await asyncio.sleep(0)
+    writer.close()
+    await asyncio.wait_for(task, GUARD_S)
+    assert task.done()
+    assert not task.cancelled()
