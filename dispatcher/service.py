@@ -250,6 +250,7 @@ async def run(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    closers: list[Callable[[], Awaitable[None]]] = []
     lease_backend: LeaseBackend | None = None
     if settings.election.backend == "kubernetes":
         from dispatcher.election.kubernetes import KubernetesLeaseBackend
@@ -261,8 +262,8 @@ async def run(settings: Settings) -> None:
             # An attempt may take two or three calls within the elector's own bound.
             call_timeout_s=election.retry_period_s / 2,
         )
+        closers.append(kube.close)
         lease_backend = kube
     service = build(settings, lease_backend=lease_backend)
-    if lease_backend is not None:
-        service.closers.append(kube.close)
+    service.closers.extend(closers)
     await serve(service, stop=stop)
