@@ -17,6 +17,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from dispatcher.common.redisconn import redis_client
 from dispatcher.election.base import LeaseRecord
 from dispatcher.errors import LeaseBackendError
 
@@ -70,11 +71,7 @@ class RedisLeaseBackend:
     def from_url(
         cls, url: str, *, name: str = "clusterchecks-dispatcher", timeout_s: float = 2.0
     ) -> RedisLeaseBackend:
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=4, timeout=timeout_s, socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-        )  # fmt: skip
-        return cls(aioredis.Redis(connection_pool=pool), name=name)
+        return cls(redis_client(url, timeout_s=timeout_s), name=name)
 
     async def acquire_or_renew(
         self, *, identity: str, url: str, lease_duration_s: float

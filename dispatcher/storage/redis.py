@@ -19,6 +19,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
+from dispatcher.common.redisconn import redis_client
 from dispatcher.core.model import CheckConfig, Digest, NodeName
 from dispatcher.core.state import NodeRecord, Snapshot, StateDelta
 from dispatcher.errors import Fenced, StoreError
@@ -80,11 +81,7 @@ class RedisStateStore:
     def from_url(
         cls, url: str, *, name: str = "clusterchecks-dispatcher", timeout_s: float = 2.0
     ) -> RedisStateStore:
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=4, timeout=timeout_s, socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-        )  # fmt: skip
-        return cls(aioredis.Redis(connection_pool=pool), name=name)
+        return cls(redis_client(url, timeout_s=timeout_s), name=name)
 
     async def claim(self, *, epoch: int) -> Snapshot:
         try:
