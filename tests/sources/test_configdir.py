@@ -752,3 +752,41 @@ async def test_unhashable_keys_are_a_broken_file_not_a_crashed_scan(
     component = conf.component()
     assert component.status.label == "degraded", component
     assert "bad.yaml" in component.message
+
+
+# ------------------------------------------------------- leadership terms
+
+
+async def test_a_new_term_applies_every_file_again_to_its_fresh_state(conf: ConfDir) -> None:
+    """Only the leader runs the source, from scratch in every term: a new term's state
+    (empty with the memory store) must get every file again, changed or not."""
+    old = conf.write("web.yaml", listing(A, B))
+    os.utime(old, (time.time() - 3600, time.time() - 3600))  # not a file being written
+    await conf.scan()
+    conf.dispatcher.end_term()
+    conf.dispatcher.begin_term(state=conf.dispatcher.new_state(), epoch=2)
+    await conf.scan()
+    assert conf.digests() == set(), "without reset() an unchanged file is not re-applied"
+    conf.source.reset()
+    await conf.scan()
+    assert conf.held_by("web.yaml") == {digest(A), digest(B)}
+
+
+async def test_a_new_term_drops_file_sources_whose_file_is_gone_and_keeps_the_rest(
+    conf: ConfDir,
+) -> None:
+    """A state loaded from the shared store may hold ``file:`` sources of files deleted
+    while no replica was reading them; API sources are not the directory's to judge."""
+    conf.write("kept.yaml", listing(A))
+    loaded = conf.dispatcher.new_state()
+    check = make_config(name="http", instances=[{"url": B}])
+    api = make_config(name="http", instances=[{"url": C}])
+    loaded.replace_sources(
+        {SourceName("file:gone.yaml"): [check], SourceName("ci"): [api]}, now=time.monotonic()
+    )
+    conf.dispatcher.end_term()
+    conf.dispatcher.begin_term(state=loaded, epoch=2)
+    conf.source.reset()
+    await conf.scan()
+    assert conf.dispatcher.state.source_names() == ["ci", "file:kept.yaml"]
+    assert conf.digests() == {digest(A), digest(C)}
