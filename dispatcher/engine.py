@@ -50,7 +50,6 @@ class Dispatcher:
         settings: DispatchSettings,
         clock: Clock,
         metrics: DispatcherMetrics | None = None,
-        epoch: int = 0,
     ) -> None:
         self.settings = settings
         self._clock = clock
@@ -61,7 +60,7 @@ class Dispatcher:
         self._flagged_dangling: set[Digest] = set()
         self._closing = False
         self._active = True
-        self._epoch = epoch
+        self._epoch = 0
         self._writer: StoreWriter | None = None
         self._may_act: Callable[[], bool] = _always
 

@@ -27,6 +27,7 @@ from dispatcher.common.clock import Clock
 from dispatcher.common.health import HealthRegistry, Status
 from dispatcher.core.state import ClusterState
 from dispatcher.election.base import LeaderInfo
+from dispatcher.election.standalone import StandaloneLeadership
 from dispatcher.engine import Dispatcher
 from dispatcher.errors import Fenced, StoreError
 from dispatcher.settings import ElectionSettings
@@ -105,7 +106,6 @@ class LeadershipHandler:
         self._role = Role.UNKNOWN
         self._tasks: asyncio.TaskGroup | None = None
         self._term: asyncio.Task[None] | None = None
-        self._term_epoch = 0
         self.terms = 0
         """Terms begun so far (tests and metrics)."""
         dispatcher.end_term()
@@ -129,7 +129,7 @@ class LeadershipHandler:
 
     def leader(self) -> LeaderInfo | None:
         if self.is_leader():
-            return LeaderInfo(identity=self._identity, url=self._url, epoch=self._term_epoch)
+            return LeaderInfo(identity=self._identity, url=self._url, epoch=self._dispatcher.epoch)
         info = self._campaign.leader()
         if info is not None and info.identity == self._identity:
             return None  # our own lease, but no term is being served on it
@@ -184,7 +184,7 @@ class LeadershipHandler:
         self._health.set_standby(True)
         self._health.report("election", Status.HEALTHY, f"follower: {reason}")
         if was_leading:
-            log.warning("stopped_leading", reason=reason, epoch=self._term_epoch)
+            log.warning("stopped_leading", reason=reason, epoch=self._dispatcher.epoch)
 
     def _cancel_term(self) -> None:
         if self._term is not None and not self._term.done():
@@ -214,7 +214,6 @@ class LeadershipHandler:
         if loaded is None or not self._campaign.is_leader():
             return
         state, writer = loaded
-        self._term_epoch = epoch
         self._dispatcher.begin_term(
             state=state, epoch=epoch, writer=writer, may_act=self._campaign.is_leader
         )
@@ -293,7 +292,9 @@ class StandaloneCampaign:
         on_started_leading: Callable[[int], None],
         on_stopped_leading: Callable[[], None],
     ) -> None:
-        self._info = LeaderInfo(identity=identity, url=url, epoch=int(started_at_s * 1000))
+        self._info = StandaloneLeadership(
+            identity=identity, url=url, started_at_s=started_at_s
+        ).leader()
         self._on_started = on_started_leading
         self._on_stopped = on_stopped_leading
         self._leading = False

@@ -47,7 +47,6 @@ class DispatcherService:
     config_dir: ConfigDirSource | None
     clock: Clock
     handler: LeadershipHandler | None = None
-    store: StateStore | None = None
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
@@ -168,7 +167,6 @@ def build(
         config_dir=config_dir,
         clock=clock,
         handler=handler,
-        store=store,
         closers=closers,
     )
 

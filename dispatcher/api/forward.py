@@ -16,6 +16,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from dispatcher import wire
 from dispatcher.api.keys import FORWARD_SESSION
 from dispatcher.election.base import LeaderInfo
 from dispatcher.errors import NoLeader
@@ -25,9 +26,9 @@ log = structlog.get_logger("dispatcher.api")
 FORWARDED_HEADER = "X-Clusterchecks-Forwarded"
 # What a forwarded request keeps of the caller's headers (hop-by-hop ones are dropped).
 _REQUEST_HEADERS = ("Authorization", "Content-Type", "Accept", "X-Request-Id")
-# What the caller gets of the leader's reply headers.
-_REPLY_HEADERS = ("Content-Type", "Retry-After", "Allow", "X-Clusterchecks-Leader")
-LONG_POLL_MAX_S = 60.0
+# What the caller gets of the leader's reply headers (the request middleware adds
+# X-Clusterchecks-Leader to every reply, forwarded or not).
+_REPLY_HEADERS = ("Content-Type", "Retry-After", "Allow")
 CONNECT_TIMEOUT_S = 2.0
 REPLY_TIMEOUT_S = 10.0
 
@@ -90,4 +91,4 @@ def _long_poll_s(request: web.Request) -> float:
         return 0.0
     if math.isnan(wait_s):
         return 0.0
-    return min(max(wait_s, 0.0), LONG_POLL_MAX_S)
+    return min(max(wait_s, 0.0), wire.MAX_WAIT_S)

@@ -418,7 +418,7 @@ _SINCE = QueryParam(
 )
 _WAIT = QueryParam(
     "wait_s",
-    {"type": "number", "minimum": 0, "maximum": 60},
+    {"type": "number", "minimum": 0, "maximum": wire.MAX_WAIT_S},
     "Long poll: the longest wait in seconds (default 0).",
 )
 _SOURCE = QueryParam(

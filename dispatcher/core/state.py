@@ -217,8 +217,8 @@ class ClusterState:
     def take_delta(self) -> StateDelta:
         """The persisted records changed since the last call (tracking states only)."""
         dirty = self._dirty
-        if dirty is None:
-            return StateDelta()
+        if dirty is None or not (dirty.configs or dirty.sources or dirty.placement or dirty.nodes):
+            return StateDelta()  # the common heartbeat: nothing to write
         self._dirty = _Dirty()
         nodes = self._nodes
         return StateDelta(
