@@ -11,7 +11,7 @@ owe the store nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -31,6 +31,7 @@ from dispatcher.core.model import (
 )
 from dispatcher.core.state import NEVER, ClusterState, NodeRecord, Snapshot, StateDelta
 from dispatcher.errors import RequestError
+from tests.core.test_state_table import beat, check
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -117,41 +118,6 @@ def snapshot_view(snapshot: Snapshot) -> dict[str, object]:
         "placement": dict(snapshot.placement),
         "nodes": {n: record_view(r) for n, r in snapshot.nodes.items()},
     }
-
-
-def check(
-    label: str, *, selector: Mapping[str, str] | None = None, weight: float = 1.0
-) -> CheckConfig:
-    return make_config(
-        name="http",
-        instances=[{"url": f"http://{label}/healthz"}],
-        node_selector=selector,
-        weight=weight,
-    )
-
-
-def beat(
-    state: ClusterState,
-    name: NodeName,
-    *,
-    now: float,
-    labels: Mapping[str, str] | None = None,
-    capacity: int | None = None,
-    running: Sequence[Digest] | None = None,
-    stats: Mapping[Digest, CheckStats] | None = None,
-    leaving: bool = False,
-    last_change: int = -1,
-) -> bool:
-    return state.node_status(
-        name,
-        now=now,
-        last_change=last_change,
-        labels=labels,
-        capacity=capacity,
-        running=running,
-        stats=stats,
-        leaving=leaving,
-    )
 
 
 def tracking(*names: NodeName, now: float = 0.0) -> ClusterState:

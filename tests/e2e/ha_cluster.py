@@ -13,20 +13,17 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import itertools
 import json
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
 
-from tests.e2e.harness import API, Reply, call, wait_until
+from tests.e2e.harness import API, Reply, Target, call, wait_until
 from tests.processes import Proc, agent_argv, dispatcher_argv, free_port
 from tests.redis_server import RedisServer
 
@@ -52,67 +49,6 @@ PATHS = tuple(f"/c{i}" for i in range(6))
 AGENT_NAMES = ("agent-a", "agent-b", "agent-c")
 FORWARDED = {"X-Clusterchecks-Forwarded": "1"}
 LEADER_HEADER = "X-Clusterchecks-Leader"
-
-
-# --------------------------------------------------------------------------- target
-
-
-class Target:
-    """A loopback HTTP server in a thread that answers 200 and records (path, unix time)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._hits: list[tuple[str, float]] = []
-        target = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                now = time.time()
-                with target._lock:
-                    target._hits.append((self.path.split("?", 1)[0], now))
-                try:
-                    self.send_response(200)
-                    self.send_header("Content-Type", "text/plain")
-                    self.send_header("Content-Length", "3")
-                    self.send_header("Connection", "close")
-                    self.end_headers()
-                    self.wfile.write(b"ok\n")
-                except OSError:
-                    pass  # the agent went away mid-request
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
-        )
-
-    def start(self) -> Target:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def times(self, path: str) -> list[float]:
-        with self._lock:
-            return [t for p, t in self._hits if p == path]
-
-    def longest_gap(self, path: str, start: float, end: float) -> float:
-        """The longest time in [start, end] without a hit of ``path``."""
-        stamps = [start, *(t for t in self.times(path) if start < t < end), end]
-        return max(b - a for a, b in itertools.pairwise(stamps))
-
-
-# ------------------------------------------------------------------------- processes
 
 
 class PortTaken(Exception):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -9,6 +10,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -212,3 +214,75 @@ class SimAgent:
             except Exception as exc:  # recorded for the test; a thread must not raise
                 self.errors.append(f"{type(exc).__name__}: {exc}")
             self._stop.wait(self.interval_s)
+
+
+class Target:
+    """A loopback HTTP server in a thread; records (path, unix time) of every hit.
+
+    Paths in ``failing`` answer 503, every other path 200."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._hits: list[tuple[str, float]] = []
+        self.failing: set[str] = set()
+        target = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                now = time.time()
+                path = self.path.split("?", 1)[0]
+                with target._lock:
+                    target._hits.append((path, now))
+                    failing = path in target.failing
+                status, body = (503, b"unavailable\n") if failing else (200, b"ok\n")
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "text/plain")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:
+                    pass  # the agent went away mid-request (kill -9)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
+        )
+
+    def start(self) -> Target:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def times(self, path: str) -> list[float]:
+        with self._lock:
+            return [t for p, t in self._hits if p == path]
+
+    def count(self, path: str, start: float, end: float) -> int:
+        return sum(1 for t in self.times(path) if start <= t < end)
+
+    def first_after(self, path: str, after: float) -> float | None:
+        return next((t for t in self.times(path) if t > after), None)
+
+    # -------------------------------------------------------------------------- programs
+
+    def longest_gap(self, path: str, start: float, end: float) -> float:
+        """The longest time in [start, end] without a hit of ``path``."""
+        stamps = [start, *(t for t in self.times(path) if start < t < end), end]
+        return max(b - a for a, b in itertools.pairwise(stamps))
+
+
+# ------------------------------------------------------------------------- processes

@@ -12,19 +12,18 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
+from tests.e2e.harness import Target
 from tests.processes import Proc, agent_argv, dispatcher_argv, free_port, wait_http_ok
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -45,74 +44,6 @@ STDERR_LINE = "fatal: widget service unreachable"
 CHECK_OK_DIGEST = re.compile(r'^clusterchecks_agent_check_ok\{[^}]*digest="([0-9a-f]+)"', re.M)
 
 T = TypeVar("T")
-
-
-# --------------------------------------------------------------------------- target
-
-
-class Target:
-    """A loopback HTTP server in a thread; records (path, unix time) of every hit.
-
-    Paths in ``failing`` answer 503, every other path 200."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._hits: list[tuple[str, float]] = []
-        self.failing: set[str] = set()
-        target = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                now = time.time()
-                path = self.path.split("?", 1)[0]
-                with target._lock:
-                    target._hits.append((path, now))
-                    failing = path in target.failing
-                status, body = (503, b"unavailable\n") if failing else (200, b"ok\n")
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "text/plain")
-                    self.send_header("Content-Length", str(len(body)))
-                    self.send_header("Connection", "close")
-                    self.end_headers()
-                    self.wfile.write(body)
-                except OSError:
-                    pass  # the agent went away mid-request (kill -9)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
-        )
-
-    def start(self) -> Target:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def times(self, path: str) -> list[float]:
-        with self._lock:
-            return [t for p, t in self._hits if p == path]
-
-    def count(self, path: str, start: float, end: float) -> int:
-        return sum(1 for t in self.times(path) if start <= t < end)
-
-    def first_after(self, path: str, after: float) -> float | None:
-        return next((t for t in self.times(path) if t > after), None)
-
-
-# -------------------------------------------------------------------------- programs
 
 
 PROGRAMS: dict[str, str] = {
