@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import random
 import time
 from collections.abc import Iterable
@@ -318,7 +319,12 @@ async def test_an_overrun_skips_missed_slots_instead_of_bursting(system_loops: L
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert len(starts) >= 3
     assert gaps[0] >= 0.55
-    assert all(g >= 0.05 for g in gaps), gaps  # no catch-up runs back to back
+    # No catch-up: a burst would start the missed slots' runs back to back (gaps of a
+    # millisecond) and run about 10 times in the second; skipping leaves one run per
+    # slot after the overrun. A run started late by a busy machine may come closer than
+    # a full interval to the next one, so the gap bound is a fifth of it.
+    assert all(g >= 0.02 for g in gaps), gaps
+    assert len(starts) <= 1 + math.ceil((1.0 - 0.55) / 0.1) + 1, starts
 
 
 @pytest.mark.parametrize("capacity", [1, 2])
