@@ -1,4 +1,8 @@
-"""``clusterchecks-dispatcher``: serve (the default) and, later, admin commands.
+"""``clusterchecks-dispatcher``: serve (the default) and the admin commands.
+
+``serve`` runs the dispatcher. ``state``, ``checks``, ``results``, ``rebalance``,
+``cordon``, ``uncordon``, ``drain``, ``isolate`` and ``replicas`` talk to a running one
+over HTTP (``dispatcher.admin``; its ``commands`` module lists their exit codes).
 
 Every flag also reads ``CLUSTERCHECKS_<FLAG_IN_UPPER_SNAKE>``. A bad value stops the
 process at start with a one-line message naming the flag and what it accepts.
@@ -14,6 +18,7 @@ from typing import Any, NoReturn
 
 import click
 
+from dispatcher.admin import commands as admin
 from dispatcher.common import logs
 from dispatcher.common.cli import option
 from dispatcher.errors import ConfigurationError
@@ -24,6 +29,7 @@ from dispatcher.settings import (
     AuthSettings,
     DispatchSettings,
     ElectionSettings,
+    HealthSettings,
     LogSettings,
     RedisSettings,
     ServerSettings,
@@ -108,6 +114,27 @@ def _read_token(value: str | None, path: Path | None, flag: str) -> str | None:
     help="Seconds to keep agents' checks after start [default: 0 standalone].",
 )
 @option("rebalance-period", type=_seconds(1), default=600.0, show_default=True)
+@option(
+    "dangling-warning",
+    type=_seconds(0, low_open=True),
+    default=60.0,
+    show_default=True,
+    help="Seconds a check may dangle before it is flagged (logs, metrics).",
+)
+@option(
+    "replica-status-period",
+    type=_seconds(0.1, 3600.0),
+    default=10.0,
+    show_default=True,
+    help="Seconds between writes of this replica's status to the shared store.",
+)
+@option(
+    "liveness-grace",
+    type=_seconds(0, 3600.0),
+    default=30.0,
+    show_default=True,
+    help="Seconds after start-up (and during shutdown) when /healthz always passes.",
+)
 @option(
     "redis-url",
     default="redis://127.0.0.1:6379/0",
@@ -194,6 +221,7 @@ def settings_from_flags(flags: dict[str, Any]) -> Settings:
             heartbeat_interval_s=flags["heartbeat_interval"],
             warmup_duration_s=warmup,
             rebalance_period_s=flags["rebalance_period"],
+            dangling_warning_s=flags["dangling_warning"],
         ),
         auth=auth,
         election=ElectionSettings(
@@ -209,6 +237,10 @@ def settings_from_flags(flags: dict[str, Any]) -> Settings:
         log=LogSettings(
             format=flags["log_format"] or logs.default_format(), level=flags["log_level"]
         ),
+        health=HealthSettings(
+            replica_status_period_s=flags["replica_status_period"],
+            liveness_grace_s=flags["liveness_grace"],
+        ),
         config_dir=flags["config_dir"],
     )
     try:
@@ -220,6 +252,17 @@ def settings_from_flags(flags: dict[str, Any]) -> Settings:
 def _fail(message: str) -> NoReturn:
     click.echo(f"Error: {message}", err=True)
     sys.exit(2)
+
+
+main.add_command(admin.state)
+main.add_command(admin.checks)
+main.add_command(admin.results)
+main.add_command(admin.rebalance)
+main.add_command(admin.cordon)
+main.add_command(admin.uncordon)
+main.add_command(admin.drain)
+main.add_command(admin.isolate)
+main.add_command(admin.replicas)
 
 
 if __name__ == "__main__":  # pragma: no cover

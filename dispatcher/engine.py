@@ -63,6 +63,8 @@ class Dispatcher:
         self._epoch = 0
         self._writer: StoreWriter | None = None
         self._may_act: Callable[[], bool] = _always
+        self.last_tick_at = clock.monotonic()
+        """When the tick loop last ran a step (monotonic): the dispatch loop's health."""
 
     # ------------------------------------------------------------------- terms
 
@@ -100,6 +102,7 @@ class Dispatcher:
         self._flagged_dangling.clear()
         self._closing = False
         self._active = True
+        self.last_tick_at = self._clock.monotonic()
 
     def end_term(self) -> None:
         """Stops serving at once: nothing else is decided, pending long polls end, and
@@ -227,10 +230,18 @@ class Dispatcher:
             moves = self.state.drain(name, now=now)
             return self.state.node(name), moves
 
-        return await self._step(drain)
+        node, moves = await self._step(drain)
+        self._count_moves("drain", moves)
+        return node, moves
 
     async def isolate(self, digest: Digest) -> tuple[NodeName, list[Move]]:
-        return await self._step(lambda now: self.state.isolate(digest, now=now))
+        node, moves = await self._step(lambda now: self.state.isolate(digest, now=now))
+        self._count_moves("isolate", moves)
+        return node, moves
+
+    def _count_moves(self, trigger: str, moves: Sequence[Move]) -> None:
+        if self._metrics is not None and moves:
+            self._metrics.rebalance_moves.labels(trigger=trigger).inc(len(moves))
 
     async def read(self, view: Callable[[ClusterState], T]) -> T:
         """Runs a read-only view of the state under the lock: a consistent snapshot."""
@@ -256,6 +267,7 @@ class Dispatcher:
             self.state.dispatch_dangling(now=now)
             self._publish()
             dangling = dict(self.state.dangling)
+            self.last_tick_at = now
         for name in expired:
             log.warning("node_expired", node=name)
         if self._metrics is not None:

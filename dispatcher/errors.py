@@ -23,7 +23,9 @@
         ├── Gone                    410 gone
         ├── BodyTooLarge            413 body_too_large
         ├── UnsupportedMediaType    415 unsupported_media_type
-        ├── NoLeader                503 no_leader
+        ├── Unavailable             503 unavailable (with Retry-After)
+        │   ├── NoLeader            503 no_leader
+        │   └── StoreUnavailable    503 store_unavailable
         └── LoopDetected            508 loop_detected
 
 The core raises the domain members (UnknownNode, UnknownCheck, NotDispatched,
@@ -148,13 +150,23 @@ class UnsupportedMediaType(RequestError):
     default_message = "The request body must be application/json."
 
 
-class NoLeader(RequestError):
-    code = "no_leader"
-    default_message = "No dispatcher leader is known right now; retry shortly."
+class Unavailable(RequestError):
+    code = "unavailable"
+    default_message = "The dispatcher cannot answer right now; retry shortly."
 
     def __init__(self, message: str | None = None, *, retry_after_s: int = 2):
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class NoLeader(Unavailable):
+    code = "no_leader"
+    default_message = "No dispatcher leader is known right now; retry shortly."
+
+
+class StoreUnavailable(Unavailable):
+    code = "store_unavailable"
+    default_message = "The shared store does not answer; retry shortly."
 
 
 class LoopDetected(RequestError):

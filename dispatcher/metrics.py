@@ -9,21 +9,35 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 
 @dataclass(frozen=True, slots=True)
+class CheckGauges:
+    """The last result of one check, as the leader holds it."""
+
+    digest: str
+    check: str
+    node: str
+    ok: bool
+    duration_s: float
+    consecutive_failures: int
+    last_run_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class StateGauges:
+    """What the state gauges show; a replica that does not lead shows none of it."""
+
     is_leader: bool
     epoch: int
-    checks: int
-    dangling: int
-    dangling_long: int
+    checks: int = 0
+    dangling: int = 0
+    dangling_long: int = 0
     checks_per_node: dict[str, int] = field(default_factory=dict)
-    health: dict[str, int] = field(default_factory=dict)
-    """Component name -> status (0 healthy, 1 unspecified, 2 degraded, 3 unhealthy)."""
+    results: list[CheckGauges] = field(default_factory=list)
 
 
 class DispatcherMetrics:
@@ -44,6 +58,18 @@ class DispatcherMetrics:
             "clusterchecks_dispatch_tick_duration_seconds",
             "Time spent in one expiry and re-dispatch tick.",
             buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0),
+            registry=self.registry,
+        )
+        self.rebalance_moves = Counter(
+            "clusterchecks_rebalance_moves",
+            "Checks moved between live nodes, by trigger (rebalance, drain, isolate).",
+            ["trigger"],
+            registry=self.registry,
+        )
+        self.health = Gauge(
+            "clusterchecks_health_status",
+            "Component health: 0 healthy, 1 unspecified, 2 degraded, 3 unhealthy.",
+            ["component"],
             registry=self.registry,
         )
         self.requests = Counter(
@@ -85,44 +111,64 @@ class _StateCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         s = self._snapshot()
+        if not s.is_leader:
+            # Leadership lost: the state gauges reset at once (nothing stale is exported).
+            s = StateGauges(is_leader=False, epoch=s.epoch)
         yield GaugeMetricFamily(
             "clusterchecks_leader", "1 when this replica is the leader.", value=int(s.is_leader)
         )
         yield GaugeMetricFamily(
-            "clusterchecks_epoch", "The leadership epoch this replica knows.", value=s.epoch
+            "clusterchecks_epoch",
+            "The epoch of the current leadership term as this replica knows it (0: none).",
+            value=s.epoch,
         )
         yield GaugeMetricFamily(
             "clusterchecks_nodes_reporting",
             "Node agents registered with the leader.",
-            value=len(s.checks_per_node) if s.is_leader else 0,
+            value=len(s.checks_per_node),
         )
         per_node = GaugeMetricFamily(
-            "clusterchecks_checks_dispatched",
-            "Checks dispatched to each node.",
-            labels=["node"],
+            "clusterchecks_checks_dispatched", "Checks dispatched to each node.", labels=["node"]
         )
-        if s.is_leader:
-            for node, count in sorted(s.checks_per_node.items()):
-                per_node.add_metric([node], count)
+        for node, count in sorted(s.checks_per_node.items()):
+            per_node.add_metric([node], count)
         yield per_node
+        yield GaugeMetricFamily("clusterchecks_checks", "Checks held.", value=s.checks)
         yield GaugeMetricFamily(
-            "clusterchecks_checks", "Checks held.", value=s.checks if s.is_leader else 0
-        )
-        yield GaugeMetricFamily(
-            "clusterchecks_checks_dangling",
-            "Checks on no node.",
-            value=s.dangling if s.is_leader else 0,
+            "clusterchecks_checks_dangling", "Checks on no node.", value=s.dangling
         )
         yield GaugeMetricFamily(
             "clusterchecks_checks_dangling_long",
             "Checks dangling longer than the warning threshold.",
-            value=s.dangling_long if s.is_leader else 0,
+            value=s.dangling_long,
         )
-        health = GaugeMetricFamily(
-            "clusterchecks_health_status",
-            "Component health: 0 healthy, 1 unspecified, 2 degraded, 3 unhealthy.",
-            labels=["component"],
-        )
-        for component, status in sorted(s.health.items()):
-            health.add_metric([component], status)
-        yield health
+        yield from _check_families(s.results)
+
+
+def _check_families(results: list[CheckGauges]) -> Iterator[Metric]:
+    labels = ["digest", "check", "node"]
+    ok = GaugeMetricFamily(
+        "clusterchecks_check_ok", "1 when the check's last result was ok.", labels=labels
+    )
+    duration = GaugeMetricFamily(
+        "clusterchecks_check_duration_seconds",
+        "Duration of the check's last run.",
+        labels=labels,
+    )
+    failures = GaugeMetricFamily(
+        "clusterchecks_check_consecutive_failures",
+        "Failed runs in a row, up to the last result.",
+        labels=labels,
+    )
+    last_run = GaugeMetricFamily(
+        "clusterchecks_check_last_run_timestamp_seconds",
+        "When the check's last reported run started (Unix seconds).",
+        labels=labels,
+    )
+    for r in results:
+        key = [r.digest, r.check, r.node]
+        ok.add_metric(key, int(r.ok))
+        duration.add_metric(key, r.duration_s)
+        failures.add_metric(key, r.consecutive_failures)
+        last_run.add_metric(key, r.last_run_at)
+    yield from (ok, duration, failures, last_run)

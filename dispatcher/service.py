@@ -21,17 +21,20 @@ from aiohttp import web
 
 from dispatcher.api.app import create_app
 from dispatcher.common.clock import Clock, SystemClock
-from dispatcher.common.health import HealthRegistry, Status
+from dispatcher.common.health import HealthRegistry, Probe, ProbeResult, Status
 from dispatcher.election.base import Leadership, LeaseBackend
 from dispatcher.election.elector import Elector
 from dispatcher.election.standalone import StandaloneLeadership
 from dispatcher.engine import Dispatcher
 from dispatcher.errors import ConfigurationError
 from dispatcher.leadership import Callbacks, Campaign, LeadershipHandler, StandaloneCampaign
-from dispatcher.metrics import DispatcherMetrics, StateGauges
+from dispatcher.metrics import CheckGauges, DispatcherMetrics, StateGauges
+from dispatcher.replicas import ReplicaReporter
 from dispatcher.settings import Settings
+from dispatcher.sources.configdir import COMPONENT as CONFIG_SOURCES
 from dispatcher.sources.configdir import ConfigDirSource
 from dispatcher.storage.base import StateStore
+from dispatcher.storage.replicas import LocalReplicaDirectory, ReplicaDirectory
 
 log = structlog.get_logger("dispatcher")
 
@@ -46,6 +49,7 @@ class DispatcherService:
     app: web.Application
     config_dir: ConfigDirSource | None
     clock: Clock
+    replicas: ReplicaReporter
     handler: LeadershipHandler | None = None
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
@@ -56,16 +60,20 @@ def build(
     clock: Clock | None = None,
     lease_backend: LeaseBackend | None = None,
     store: StateStore | None = None,
+    replica_directory: ReplicaDirectory | None = None,
 ) -> DispatcherService:
-    """The dispatcher the settings describe. ``lease_backend`` and ``store`` replace the
-    ones the settings name (tests pass in-memory ones; ``run`` connects Kubernetes)."""
+    """The dispatcher the settings describe. ``lease_backend``, ``store`` and
+    ``replica_directory`` replace the ones the settings name (tests pass in-memory
+    ones; ``run`` connects Kubernetes)."""
     clock = clock or SystemClock()
     health = HealthRegistry(clock=clock)
-    for component in ("api", "election", "store", "dispatch_loop"):
-        health.register(component)
     metrics = DispatcherMetrics()
+    health.watch(lambda name, status: metrics.health.labels(component=name).set(int(status)))
+    for component in ("api", "election", "store"):
+        health.register(component)
     server = settings.server
     dispatcher = Dispatcher(settings=settings.dispatch, clock=clock, metrics=metrics)
+    health.register("dispatch_loop", probe=_dispatch_loop_probe(dispatcher, clock))
     config_dir = None
     if settings.config_dir is not None:
         config_dir = ConfigDirSource(
@@ -75,6 +83,9 @@ def build(
             clock=clock,
             poll_s=settings.config_dir_poll_s,
         )
+    else:
+        health.register(CONFIG_SOURCES, required=False)
+        health.report(CONFIG_SOURCES, Status.HEALTHY, "API sources only (no --config-dir)")
     closers: list[Callable[[], Awaitable[None]]] = []
     handler: LeadershipHandler | None = None
     leadership: Leadership
@@ -134,21 +145,42 @@ def build(
         leadership = handler
 
     def gauges() -> StateGauges:
+        info = leadership.leader()
+        known_epoch = info.epoch if info is not None else 0
+        if not (leadership.is_leader() and dispatcher.active):
+            return StateGauges(is_leader=False, epoch=known_epoch)
         state = dispatcher.state
         now = clock.monotonic()
         threshold = settings.dispatch.dangling_warning_s
-        leading = leadership.is_leader()
         return StateGauges(
-            is_leader=leading,
-            epoch=dispatcher.epoch if leading else 0,
+            is_leader=True,
+            epoch=dispatcher.epoch,
             checks=len(state.configs),
             dangling=len(state.dangling),
             dangling_long=sum(1 for t in state.dangling.values() if now - t > threshold),
             checks_per_node={name: len(node.digests) for name, node in state.nodes.items()},
-            health={name: int(c.status) for name, c in health.components().items()},
+            results=[
+                CheckGauges(
+                    digest=digest,
+                    check=state.configs[digest].name,
+                    node=summary.node,
+                    ok=summary.last.ok,
+                    duration_s=summary.last.duration_s,
+                    consecutive_failures=summary.consecutive_failures,
+                    last_run_at=summary.last.started_at,
+                )
+                for digest, summary in state.results.items()
+            ],
         )
 
     metrics.watch_state(gauges)
+    replicas = ReplicaReporter(
+        directory=replica_directory or _replica_directory(settings, clock, closers),
+        leadership=leadership,
+        health=health,
+        url=server.url,
+        period_s=settings.health.replica_status_period_s,
+    )
     app = create_app(
         settings=settings,
         dispatcher=dispatcher,
@@ -156,6 +188,7 @@ def build(
         health=health,
         metrics=metrics,
         clock=clock,
+        replicas=replicas,
     )
     return DispatcherService(
         settings=settings,
@@ -166,9 +199,42 @@ def build(
         app=app,
         config_dir=config_dir,
         clock=clock,
+        replicas=replicas,
         handler=handler,
         closers=closers,
     )
+
+
+def _replica_directory(
+    settings: Settings, clock: Clock, closers: list[Callable[[], Awaitable[None]]]
+) -> ReplicaDirectory:
+    """Redis when the replicas share one (for the election or the store), else local."""
+    if settings.election.backend != "redis" and settings.store.backend != "redis":
+        return LocalReplicaDirectory(clock)
+    from dispatcher.storage.replicas import RedisReplicaDirectory
+
+    directory = RedisReplicaDirectory.from_url(
+        settings.redis.url, name=settings.election.lease_name, timeout_s=settings.redis.timeout_s
+    )
+    closers.append(directory.close)
+    return directory
+
+
+def _dispatch_loop_probe(dispatcher: Dispatcher, clock: Clock) -> Probe:
+    """Unhealthy when the leader's tick loop has stopped stepping: expiry and re-dispatch
+    would silently stop, so liveness must fail and the replica be restarted."""
+    tick_s = dispatcher.settings.tick_interval_s
+    limit_s = max(5.0, 5 * tick_s)
+
+    def probe() -> ProbeResult:
+        if not dispatcher.active:
+            return Status.HEALTHY, "standby: ticks only while leading"
+        age = clock.monotonic() - dispatcher.last_tick_at
+        if age > limit_s:
+            return Status.UNHEALTHY, f"no tick for {age:.1f} s (expected every {tick_s:g} s)"
+        return Status.HEALTHY, f"ticking every {tick_s:g} s"
+
+    return probe
 
 
 def _lease_backend(
@@ -200,6 +266,8 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
 async def serve(service: DispatcherService, *, stop: asyncio.Event) -> None:
     """Serves until ``stop`` is set, then shuts down in order."""
     settings = service.settings
+    # Start-up (a store to load, a lease to win) must not get the replica restarted.
+    service.health.suppress_liveness(settings.health.liveness_grace_s)
     runner = web.AppRunner(service.app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     try:
@@ -212,7 +280,6 @@ async def serve(service: DispatcherService, *, stop: asyncio.Event) -> None:
         )
         await site.start()
         service.health.report("api", Status.HEALTHY, f"listening on {settings.server.url}")
-        service.health.report("dispatch_loop", Status.HEALTHY, "ticking")
         log.info(
             "dispatcher_started",
             url=settings.server.url,
@@ -224,6 +291,7 @@ async def serve(service: DispatcherService, *, stop: asyncio.Event) -> None:
         )
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(service.health.run_probes(stop), name="health_probes")
+            tasks.create_task(service.replicas.run(stop), name="replica_status")
             if service.handler is not None:
                 tasks.create_task(service.handler.run(stop), name="leadership")
             else:
@@ -232,6 +300,8 @@ async def serve(service: DispatcherService, *, stop: asyncio.Event) -> None:
                     tasks.create_task(service.config_dir.run(stop), name="config_dir")
             await stop.wait()
     finally:
+        # A planned stop: components go down one by one, and that is no reason to kill.
+        service.health.suppress_liveness(settings.health.liveness_grace_s)
         service.dispatcher.wake_all()
         await runner.cleanup()
         for close in service.closers:

@@ -106,6 +106,18 @@ class RedisSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthSettings:
+    replica_status_period_s: float = 10.0
+    """How often each replica writes its status to the shared store (time-to-live: 3x)."""
+    liveness_grace_s: float = 30.0
+    """After start-up and during shutdown, liveness passes whatever the components say."""
+
+    @property
+    def replica_status_ttl_s(self) -> float:
+        return 3 * self.replica_status_period_s
+
+
+@dataclass(frozen=True, slots=True)
 class LogSettings:
     format: Literal["json", "console"] = "json"
     level: str = "info"
@@ -120,6 +132,7 @@ class Settings:
     store: StoreSettings = StoreSettings()
     redis: RedisSettings = RedisSettings()
     log: LogSettings = LogSettings()
+    health: HealthSettings = HealthSettings()
     config_dir: Path | None = None
     config_dir_poll_s: float = 1.0
 

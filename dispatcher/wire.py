@@ -339,6 +339,27 @@ class ResultsPageOut(WireOut):
 # ------------------------------------------------------------- health and errors
 
 HealthStatus = Literal["unspecified", "healthy", "degraded", "unhealthy"]
+ReplicaRole = Literal["unknown", "follower", "leader"]
+
+
+class ReplicaOut(WireOut):
+    identity: str
+    role: ReplicaRole
+    url: str
+    """The advertise URL: where followers and agents reach this replica."""
+    status: HealthStatus
+    """The replica's overall health (its worst component) when it reported."""
+    ready: bool
+    epoch: int
+    """The epoch of the term this replica leads or follows (0 while none is known)."""
+    reported_at: UnixTime
+    age_s: Seconds
+    """Seconds since it reported, by the clock of the replica that answers."""
+
+
+class ReplicasOut(WireOut):
+    replicas: list[ReplicaOut]
+    """Sorted by identity; a replica that stopped reporting drops out after its TTL."""
 
 
 class ComponentOut(WireOut):

@@ -74,6 +74,13 @@ def _labels(value: str) -> dict[str, str]:
     show_default=True,
     help="Seconds a config long poll may wait.",
 )
+@option(
+    "liveness-grace",
+    type=click.FloatRange(0, 3600),
+    default=30.0,
+    show_default=True,
+    help="Seconds after start-up (and during shutdown) when /healthz always passes.",
+)
 @option("log-format", type=click.Choice(["json", "console"]), default=None)
 @option("log-level", type=click.Choice(logs.LEVELS), default="info", show_default=True)
 def main(**flags: Any) -> None:
@@ -99,6 +106,7 @@ def main(**flags: Any) -> None:
         fence_on_disconnect=flags["fence_on_disconnect"],
         heartbeat_interval_s=flags["heartbeat_interval"],
         long_poll_s=flags["long_poll"],
+        liveness_grace_s=flags["liveness_grace"],
     )
     try:
         settings.validate()

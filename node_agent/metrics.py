@@ -24,14 +24,14 @@ class AgentMetrics:
         )
         self.runs = Counter(
             "clusterchecks_agent_check_runs",
-            "Check runs, by check name.",
-            ["check"],
+            "Runs of each check.",
+            ["digest", "check"],
             registry=self.registry,
         )
         self.failures = Counter(
             "clusterchecks_agent_check_failures",
-            "Failed check runs, by check name.",
-            ["check"],
+            "Failed runs of each check.",
+            ["digest", "check"],
             registry=self.registry,
         )
         self.lateness = Histogram(
@@ -51,7 +51,15 @@ class AgentMetrics:
             registry=self.registry,
         )
 
+        self.health = Gauge(
+            "clusterchecks_agent_health_status",
+            "Component health: 0 healthy, 1 unspecified, 2 degraded, 3 unhealthy.",
+            ["component"],
+            registry=self.registry,
+        )
+
     def forget(self, digest: str, check: str) -> None:
-        for gauge in (self.check_ok, self.check_duration):
+        """Drops a stopped check's series (the agent may never run it again)."""
+        for metric in (self.check_ok, self.check_duration, self.runs, self.failures):
             with contextlib.suppress(KeyError):
-                gauge.remove(digest, check)
+                metric.remove(digest, check)

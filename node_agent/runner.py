@@ -91,8 +91,8 @@ class CheckLoop:
         # Label children looked up once: a labels() lookup per run adds up at 1,000 runs/s.
         self._ok_gauge = metrics.check_ok.labels(*labels)
         self._duration_gauge = metrics.check_duration.labels(*labels)
-        self._runs = metrics.runs.labels(spec.name)
-        self._failures = metrics.failures.labels(spec.name)
+        self._runs = metrics.runs.labels(*labels)
+        self._failures = metrics.failures.labels(*labels)
         self._kind = kinds.get(spec.name)
         self._parsed: list[Any] = []
         self._broken: str | None = None

@@ -1,4 +1,5 @@
-"""The agent's local server: /healthz, /readyz, /metrics and /v1/check-report."""
+"""The agent's local server: /healthz, /readyz, health components, /metrics and
+/v1/check-report."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from dispatcher.common.health import HealthRegistry, Verdict, verdict_body
+from dispatcher.common.health import HealthRegistry, Verdict, component_body, verdict_body
 from dispatcher.common.httperrors import respond
-from dispatcher.errors import InvalidJson, InvalidRequest, UnsupportedMediaType
+from dispatcher.errors import InvalidJson, InvalidRequest, NotFound, UnsupportedMediaType
 from node_agent.metrics import AgentMetrics
 from node_agent.reports import Report, RunRegistry
 
@@ -32,6 +33,8 @@ def create_app(
     app[METRICS] = metrics
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/v1/api/health/components", _components)
+    app.router.add_get("/v1/api/health/components/{name}", _component)
     app.router.add_get("/metrics", _metrics)
     app.router.add_post("/v1/check-report", _check_report)
     return app
@@ -59,6 +62,23 @@ async def _healthz(request: web.Request) -> web.Response:
 
 async def _readyz(request: web.Request) -> web.Response:
     return _health(request.app[HEALTH].readiness())
+
+
+async def _components(request: web.Request) -> web.Response:
+    verdict = request.app[HEALTH].readiness()
+    return web.Response(
+        body=orjson.dumps(verdict_body(verdict).model_dump()), content_type="application/json"
+    )
+
+
+async def _component(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    component = request.app[HEALTH].components().get(name)
+    if component is None:
+        raise NotFound(f"No health component named {name[:80]!r}.")
+    return web.Response(
+        body=orjson.dumps(component_body(component).model_dump()), content_type="application/json"
+    )
 
 
 async def _metrics(request: web.Request) -> web.Response:

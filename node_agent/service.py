@@ -49,6 +49,9 @@ class NodeAgent:
         self.clock = clock or SystemClock()
         self.health = HealthRegistry(clock=self.clock)
         self.metrics = AgentMetrics()
+        self.health.watch(
+            lambda name, status: self.metrics.health.labels(component=name).set(int(status))
+        )
         self.runs = RunRegistry(self.clock)
         self._rng = random.Random()
         self._capacity = asyncio.Semaphore(settings.capacity)
@@ -96,6 +99,7 @@ class NodeAgent:
         """Runs until ``stop``; then stops checks, flushes results and leaves, all within
         ``shutdown_timeout_s`` even when the dispatcher hangs."""
         s = self.settings
+        self.health.suppress_liveness(s.liveness_grace_s)
         runner = web.AppRunner(
             create_app(runs=self.runs, health=self.health, metrics=self.metrics),
             access_log=None,
@@ -123,6 +127,7 @@ class NodeAgent:
                     tasks.create_task(self.health.run_probes(loops_stop), name="health_probes"),
                 ]
                 await stop.wait()
+                self.health.suppress_liveness(s.liveness_grace_s)  # a planned stop
                 loops_stop.set()
                 for loop in loops:  # requests in flight end now, not at their timeout
                     loop.cancel()

@@ -29,6 +29,8 @@ class AgentSettings:
     results_flush_s: float = 1.0
     max_pending_results: int = 10_000
     shutdown_timeout_s: float = 5.0
+    liveness_grace_s: float = 30.0
+    """After start-up and during shutdown, liveness passes whatever the components say."""
 
     @property
     def report_url(self) -> str:

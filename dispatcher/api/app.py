@@ -22,6 +22,7 @@ from dispatcher.api.keys import (
     HEALTH,
     LEADERSHIP,
     METRICS,
+    REPLICAS,
     ROLE,
     SETTINGS,
     Role,
@@ -39,7 +40,9 @@ from dispatcher.errors import (
     Unauthorized,
 )
 from dispatcher.metrics import DispatcherMetrics
+from dispatcher.replicas import ReplicaReporter
 from dispatcher.settings import AuthSettings, Settings
+from dispatcher.storage.replicas import LocalReplicaDirectory
 
 log = structlog.get_logger("dispatcher.api")
 
@@ -59,7 +62,10 @@ def create_app(
     health: HealthRegistry,
     metrics: DispatcherMetrics,
     clock: Clock,
+    replicas: ReplicaReporter | None = None,
 ) -> web.Application:
+    """The dispatcher's aiohttp application. Without ``replicas`` (a reporter to the
+    shared directory), ``/replicas`` lists this replica alone."""
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
         middlewares=[_request_context, _auth_and_leadership],
@@ -70,6 +76,13 @@ def create_app(
     app[HEALTH] = health
     app[METRICS] = metrics
     app[CLOCK] = clock
+    app[REPLICAS] = replicas or ReplicaReporter(
+        directory=LocalReplicaDirectory(clock),
+        leadership=leadership,
+        health=health,
+        url=settings.server.url,
+        period_s=settings.health.replica_status_period_s,
+    )
     app.cleanup_ctx.append(session_context)
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler, name=route.name)

@@ -12,6 +12,7 @@ from dispatcher.common.health import HealthRegistry
 from dispatcher.election.base import Leadership
 from dispatcher.engine import Dispatcher
 from dispatcher.metrics import DispatcherMetrics
+from dispatcher.replicas import ReplicaReporter
 from dispatcher.settings import Settings
 
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
@@ -20,6 +21,7 @@ SETTINGS = web.AppKey("settings", Settings)
 HEALTH = web.AppKey("health", HealthRegistry)
 METRICS = web.AppKey("metrics", DispatcherMetrics)
 CLOCK = web.AppKey("clock", Clock)
+REPLICAS = web.AppKey("replicas", ReplicaReporter)
 FORWARD_SESSION = web.AppKey("forward_session", aiohttp.ClientSession)
 
 

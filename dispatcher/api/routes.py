@@ -25,6 +25,7 @@ from dispatcher.api.keys import (
     HEALTH,
     LEADERSHIP,
     METRICS,
+    REPLICAS,
     ROLE,
     SETTINGS,
     Role,
@@ -39,8 +40,11 @@ from dispatcher.errors import (
     InvalidJson,
     InvalidRequest,
     NotFound,
+    StoreError,
+    StoreUnavailable,
     UnsupportedMediaType,
 )
+from dispatcher.replicas import replica_out
 
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -360,6 +364,14 @@ async def get_results(request: web.Request) -> web.Response:
     return reply(await request.app[DISPATCHER].read(convert.results_page))
 
 
+async def get_replicas(request: web.Request) -> web.Response:
+    try:
+        records = await request.app[REPLICAS].list()
+    except StoreError as exc:
+        raise StoreUnavailable(f"The replica directory cannot be read: {exc}.") from exc
+    return reply(wire.ReplicasOut(replicas=[replica_out(r) for r in records]))
+
+
 # ------------------------------------------------------ local, no token
 
 
@@ -463,6 +475,9 @@ ROUTES: tuple[Route, ...] = (
           "Keep one check alone on its node.", None, wire.IsolateOut, errors=(404, 409)),
     Route("results", "GET", API + "/results", get_results, Role.ADMIN,
           "The status page: every check's last result.", None, wire.ResultsPageOut),
+    Route("replicas", "GET", API + "/replicas", get_replicas, Role.ADMIN,
+          "Every dispatcher replica known through the shared store.", None, wire.ReplicasOut,
+          errors=(503,)),
     Route("healthz", "GET", "/healthz", get_healthz, None,
           "Liveness.", None, wire.HealthOut, leader_only=False, errors=(503,)),
     Route("readyz", "GET", "/readyz", get_readyz, None,

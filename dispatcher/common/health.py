@@ -14,7 +14,7 @@ import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
-from typing import Any
+from typing import Any, cast
 
 import structlog
 
@@ -34,8 +34,8 @@ class Status(IntEnum):
     UNHEALTHY = 3
 
     @property
-    def label(self) -> str:
-        return self.name.lower()
+    def label(self) -> wire.HealthStatus:
+        return cast(wire.HealthStatus, self.name.lower())
 
 
 ProbeResult = tuple[Status, str]
@@ -90,15 +90,20 @@ class HealthRegistry:
         self._components: dict[str, Component] = {}
         self._probes: dict[str, Probe] = {}
         self._observers: list[Observer] = []
+        self._sinks: list[Callable[[str, Status], None]] = []
         self._grace_until = float("-inf")
         self._standby = False
         self.probe_period_s = probe_period_s
 
     def register(self, name: str, *, probe: Probe | None = None, required: bool = True) -> None:
         with self._lock:
-            self._components.setdefault(name, Component(name=name, required=required))
+            new = name not in self._components
+            component = self._components.setdefault(name, Component(name=name, required=required))
             if probe is not None:
                 self._probes[name] = probe
+        if new:
+            for sink in list(self._sinks):
+                sink(name, component.status)
 
     def observe(self, observer: Observer) -> None:
         self._observers.append(observer)
@@ -172,6 +177,27 @@ class HealthRegistry:
             await self.probe_once()
             if await sleep_or_stop(stop, self.probe_period_s):
                 return
+
+    def watch(self, set_status: Callable[[str, Status], None]) -> None:
+        """The transition observer of a process: logs each transition and hands the new
+        status to ``set_status`` (a gauge), which also learns every component registered,
+        before or after, so the gauge has a series per component from the start."""
+        self._sinks.append(set_status)
+        for name, component in self.components().items():
+            set_status(name, component.status)
+
+        def observer(transition: Transition) -> None:
+            worse = transition.new > transition.old
+            (log.warning if worse else log.info)(
+                "health_transition",
+                component=transition.name,
+                old=transition.old.label,
+                new=transition.new.label,
+                message=transition.message,
+            )
+            set_status(transition.name, transition.new)
+
+        self.observe(observer)
 
     async def probe_once(self) -> None:
         for name, probe in list(self._probes.items()):

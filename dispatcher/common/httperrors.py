@@ -27,7 +27,7 @@ STATUS: dict[type[errors.RequestError], int] = {
     errors.Gone: 410,
     errors.BodyTooLarge: 413,
     errors.UnsupportedMediaType: 415,
-    errors.NoLeader: 503,
+    errors.Unavailable: 503,
     errors.LoopDetected: 508,
 }
 
@@ -52,7 +52,7 @@ def error_response(exc: errors.RequestError) -> web.Response:
         status=status_of(exc),
         content_type="application/json",
     )
-    if isinstance(exc, errors.NoLeader):
+    if isinstance(exc, errors.Unavailable):
         response.headers["Retry-After"] = str(exc.retry_after_s)
     if isinstance(exc, errors.MethodNotAllowed) and exc.allowed:
         response.headers["Allow"] = ", ".join(exc.allowed)

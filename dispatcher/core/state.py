@@ -329,7 +329,7 @@ class ClusterState:
         if not matching:
             return (
                 f"Dangling: no registered node has labels matching the selector "
-                f"{dict(config.node_selector)}."
+                f"{','.join(f'{k}={v}' for k, v in sorted(config.node_selector.items()))}."
             )
         if all(self._nodes[n].cordoned for n in matching):
             return (

@@ -5,7 +5,7 @@ mapping with a ``configs`` list; several YAML documents in one file add up. File
 re-read when they change (polled, which also follows ConfigMap symlink swaps that
 inotify misses); all changes seen in one scan are applied in one step, so a check that
 moves between files (or a renamed file) keeps its node. A broken file is reported in
-the log and the ``config_dir`` health component and leaves the checks it held before
+the log and the ``config_sources`` health component and leaves the checks it held before
 untouched; a deleted file removes its checks.
 """
 
@@ -35,7 +35,7 @@ from dispatcher.errors import ConfigSourceError
 
 log = structlog.get_logger(__name__)
 
-COMPONENT = "config_dir"
+COMPONENT = "config_sources"
 SUFFIXES = (".yaml", ".yml")
 MAX_FILE_BYTES = 4 * 1024 * 1024
 

@@ -40,7 +40,7 @@ ERROR_CODES_BY_STATUS: dict[int, set[str]] = {
     410: {"gone"},
     413: {"body_too_large"},
     415: {"unsupported_media_type"},
-    503: {"no_leader"},
+    503: {"no_leader", "store_unavailable"},
     508: {"loop_detected"},
 }
 
@@ -305,6 +305,7 @@ CALLS: tuple[Call, ...] = (
     Call("drain", "POST", f"{API}/nodes/node-a/drain", "admin"),
     Call("isolate", "POST", f"{API}/isolate/{{digest}}", "admin"),
     Call("results_page", "GET", f"{API}/results", "admin"),
+    Call("replicas", "GET", f"{API}/replicas", "admin"),
     Call("healthz", "GET", "/healthz", None),
     Call("readyz", "GET", "/readyz", None),
     Call("components", "GET", "/v1/api/health/components", None),

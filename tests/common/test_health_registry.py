@@ -493,18 +493,20 @@ async def test_run_probes_with_stop_already_set_polls_nothing() -> None:
 async def test_run_probes_survives_a_raising_probe() -> None:
     registry = HealthRegistry(clock=FakeClock(), probe_period_s=0.01)
     calls: list[int] = []
+    polled_twice = asyncio.Event()
 
     def probe() -> ProbeResult:
         calls.append(1)
+        if len(calls) >= 2:
+            polled_twice.set()
         raise RuntimeError("flaky")
 
     registry.register("p", probe=probe)
     stop = asyncio.Event()
     task = asyncio.create_task(registry.run_probes(stop))
-    await asyncio.sleep(0.08)
+    await asyncio.wait_for(polled_twice.wait(), 5.0)  # a bound: a busy CI machine is slow
     stop.set()
     await asyncio.wait_for(task, 1.0)
-    assert len(calls) >= 2
     assert registry.components()["p"].status is Status.UNHEALTHY
     assert "flaky" in registry.components()["p"].message
 

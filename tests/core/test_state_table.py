@@ -317,7 +317,7 @@ SCENARIOS = [
                 explain={"c1": "no registered node has labels matching the selector"},
             ),
             Tick(at=1.0),
-            Expect({"c1": None}, explain={"c1": "{'zone': 'us'}"}),
+            Expect({"c1": None}, explain={"c1": "selector zone=us."}),
             Beat("b", at=2.0, labels={"zone": "us"}),
             Tick(at=2.0),
             Expect({"c1": "b"}),

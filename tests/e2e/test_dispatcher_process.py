@@ -135,7 +135,7 @@ def healthz_component(
 def test_process_starts_healthy_and_ready(start_dispatcher: Start) -> None:
     d = start_dispatcher()
     config_dir, _ = wait_until(
-        lambda: healthz_component(d, "config_dir", "healthy"),
+        lambda: healthz_component(d, "config_sources", "healthy"),
         timeout_s=10,
         what="config_dir healthy after the first scan",
         context=d.tail,
@@ -143,7 +143,7 @@ def test_process_starts_healthy_and_ready(start_dispatcher: Start) -> None:
     health = d.get("/healthz")
     assert health.status == 200, d.tail()
     assert health.body["status"] == "healthy", health.body
-    for name in ("api", "config_dir", "dispatch_loop", "election", "store"):
+    for name in ("api", "config_sources", "dispatch_loop", "election", "store"):
         assert health.body["components"][name]["status"] == "healthy", health.body
     assert "0 file(s)" in config_dir["message"]
     assert re.fullmatch(r"[A-Za-z0-9._:-]{8,128}", health.headers["X-Request-Id"]), health.headers
@@ -186,7 +186,7 @@ def test_config_dir_checks_follow_edits_and_survive_a_broken_edit(
     # A broken edit: reported in /healthz, the checks stay as they were.
     checks_file.write_text(listing("e") + "  bogus_field: 1\n", encoding="utf-8")
     degraded, _ = wait_until(
-        lambda: healthz_component(d, "config_dir", "degraded"),
+        lambda: healthz_component(d, "config_sources", "degraded"),
         timeout_s=8,
         what="config_dir degraded",
         context=d.tail,
@@ -205,7 +205,7 @@ def test_config_dir_checks_follow_edits_and_survive_a_broken_edit(
     checks_file.write_text(listing("e"), encoding="utf-8")
     wait_until(lambda: urls_are("e"), timeout_s=8, what="fixed file applied", context=d.tail)
     wait_until(
-        lambda: healthz_component(d, "config_dir", "healthy"),
+        lambda: healthz_component(d, "config_sources", "healthy"),
         timeout_s=5,
         what="config_dir healthy again",
         context=d.tail,

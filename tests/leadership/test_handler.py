@@ -23,7 +23,14 @@ from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
 from dispatcher.common.clock import Clock, FakeClock, SystemClock
-from dispatcher.core.model import CheckConfig, Digest, NodeName, SourceName, make_config
+from dispatcher.core.model import (
+    CheckConfig,
+    CheckResult,
+    Digest,
+    NodeName,
+    SourceName,
+    make_config,
+)
 from dispatcher.core.state import StateDelta
 from dispatcher.election.base import LeaderInfo, LeaseRecord
 from dispatcher.election.memory import MemoryLeaseBackend
@@ -681,3 +688,60 @@ async def test_a_follower_forwards_to_the_leader_once_and_says_who_leads(
             assert reply.status == 503
             assert (await reply.json())["error"]["code"] == "no_leader"
             assert int(reply.headers["Retry-After"]) > 0
+
+
+# ------------------------------------------------------------------ metrics
+
+
+def samples(replica: Replica, family: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """Every sample of one metric family of the replica's /metrics, by label set."""
+    registry = replica.service.metrics.registry
+    found = {}
+    for metric in registry.collect():
+        for s in metric.samples:
+            if s.name == family:
+                found[tuple(sorted(s.labels.items()))] = s.value
+    return found
+
+
+async def test_a_replica_that_loses_leadership_resets_its_state_gauges_at_once(
+    make_cluster: MakeCluster, fake_clock: FakeClock
+) -> None:
+    cluster = make_cluster(store=None)
+    leader = await cluster.leader(among=[cluster.add("a")])
+    dispatcher = leader.dispatcher
+    await dispatcher.node_status(N1, last_change=-1)
+    await dispatcher.replace_source(SOURCE, [check("one"), check("two")])
+    digest, _ = await configs_of(dispatcher, N1)
+    await dispatcher.record_results(
+        N1,
+        [CheckResult(digest=digest, run_id="r1", ok=False, errors=("boom",), started_at=5.0,
+                     duration_s=0.25)],
+    )  # fmt: skip
+
+    assert samples(leader, "clusterchecks_leader") == {(): 1}
+    assert samples(leader, "clusterchecks_epoch") == {(): dispatcher.epoch}
+    assert samples(leader, "clusterchecks_nodes_reporting") == {(): 1}
+    assert samples(leader, "clusterchecks_checks_dispatched") == {(("node", "n1"),): 2}
+    assert samples(leader, "clusterchecks_checks") == {(): 2}
+    labels = (("check", "http"), ("digest", digest), ("node", "n1"))
+    assert samples(leader, "clusterchecks_check_ok") == {labels: 0}
+    assert samples(leader, "clusterchecks_check_consecutive_failures") == {labels: 1}
+    assert samples(leader, "clusterchecks_check_duration_seconds") == {labels: 0.25}
+    assert samples(leader, "clusterchecks_check_last_run_timestamp_seconds") == {labels: 5.0}
+
+    cluster.backend.down = True
+    fake_clock.advance(FAKE_TIME.renew_deadline_s)  # the lease is lost at this deadline
+
+    # Reset before the elector's callback even comes: the gauges follow ``is_leader``.
+    assert samples(leader, "clusterchecks_leader") == {(): 0}
+    for family in ("clusterchecks_nodes_reporting", "clusterchecks_checks"):
+        assert samples(leader, family) == {(): 0}, family
+    for family in ("clusterchecks_checks_dispatched", "clusterchecks_check_ok"):
+        assert samples(leader, family) == {}, family
+    await eventually(lambda: leader.handler.role is Role.FOLLOWER, within_s=1.0)
+    assert samples(leader, "clusterchecks_leader") == {(): 0}
+    assert samples(leader, "clusterchecks_check_ok") == {}
+    # Counters are never reset: the decisions of the lost term stay counted.
+    decisions = samples(leader, "clusterchecks_dispatch_decisions_total")
+    assert sum(decisions.values()) >= 2, decisions

@@ -247,3 +247,27 @@ async def test_metrics_are_served_as_prometheus_text(agent: Agent) -> None:
         assert response.headers["Content-Type"].startswith("text/plain")
         text = await response.text()
     assert "clusterchecks_agent_checks_running 3.0" in text
+
+
+async def test_health_components_one_by_one_and_all(agent: Agent) -> None:
+    agent.health.register("runners")
+    agent.health.register("dispatcher_link")
+    agent.health.report("runners", Status.HEALTHY, "3 checks")
+    agent.health.report("dispatcher_link", Status.DEGRADED, "retrying", metadata={"url": "x"})
+
+    async with agent.client.get("/v1/api/health/components") as response:
+        assert response.status == 200
+        body = await response.json()
+    assert body["status"] == "degraded"
+    assert set(body["components"]) == {"runners", "dispatcher_link"}
+
+    async with agent.client.get("/v1/api/health/components/dispatcher_link") as response:
+        assert response.status == 200
+        assert await response.json() == {
+            "status": "degraded",
+            "message": "retrying",
+            "metadata": {"url": "x"},
+        }
+    async with agent.client.get("/v1/api/health/components/nope") as response:
+        assert response.status == 404
+        assert (await response.json())["error"]["code"] == "not_found"

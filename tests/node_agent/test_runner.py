@@ -236,9 +236,13 @@ async def test_stats_count_runs_errors_and_average_time() -> None:
     )
     assert ok == 1.0
     failures = loops.metrics.registry.get_sample_value(
-        "clusterchecks_agent_check_failures_total", {"check": "fake"}
+        "clusterchecks_agent_check_failures_total", {"digest": DIGEST, "check": "fake"}
     )
     assert failures == 2.0
+    runs = loops.metrics.registry.get_sample_value(
+        "clusterchecks_agent_check_runs_total", {"digest": DIGEST, "check": "fake"}
+    )
+    assert runs == 4.0
 
 
 async def test_output_is_cut_to_4_kib() -> None:

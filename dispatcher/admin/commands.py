@@ -1,0 +1,325 @@
+"""The admin subcommands of ``clusterchecks-dispatcher``: they talk to a running dispatcher
+over its HTTP API (the admin routes of API.md) and print text tables, or with ``--json``
+the dispatcher's JSON reply and nothing else.
+
+Every subcommand takes ``--url`` (``CLUSTERCHECKS_URL``), ``--token``
+(``CLUSTERCHECKS_ADMIN_TOKEN``) or ``--token-file`` (``CLUSTERCHECKS_ADMIN_TOKEN_FILE``),
+``--timeout`` seconds (``CLUSTERCHECKS_TIMEOUT``) and ``--json``. Colour appears only
+when stdout is a terminal and ``NO_COLOR`` is not set.
+
+Exit codes, for scripts::
+
+    0    success
+    1    results: the last result of at least one check failed (with --json too)
+    2    usage error (click's own): unknown flag, bad flag value, missing argument
+    3    dispatcher unreachable or timed out; 503 no_leader, 508, any other 5xx;
+         a reply that cannot be read
+    4    the token was refused (401 unauthorized, 403 forbidden)
+    5    not found (404 unknown_node, unknown_check, not_found); a digest prefix that
+         matches no check or several
+    6    conflict (409: not_dispatched, no_other_node, ...)
+    7    any other 4xx (400 invalid_request, ...)
+    130  interrupted (Ctrl-C)
+
+Errors are one line on stderr starting with ``error:``; never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+from urllib.parse import urlsplit
+
+import click
+
+from dispatcher import wire
+from dispatcher.admin import render
+from dispatcher.admin.client import (
+    DEFAULT_TIMEOUT_S,
+    DEFAULT_URL,
+    AdminClient,
+    Reply,
+    Target,
+    connect,
+)
+from dispatcher.admin.errors import AdminError, ExitCode
+from dispatcher.common.cli import env_name, option
+
+T = TypeVar("T")
+
+_PREFIX = re.compile(r"^[0-9a-f]{1,64}$")
+_NAME = re.compile(wire.NAME_PATTERN)
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    """What every admin subcommand gets: where the dispatcher is and how to print."""
+
+    target: Target
+    json_out: bool
+
+
+# ------------------------------------------------------------------- options
+
+
+def _check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    url = value.strip().rstrip("/")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError for a bad port)
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r} is not a valid URL: {exc}") from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise click.BadParameter(
+            f"{value!r} is not an http:// or https:// URL with a host, like {DEFAULT_URL}"
+        )
+    if parts.query or parts.fragment:
+        raise click.BadParameter(f"{value!r}: give the base URL, without ?query or #fragment")
+    return url
+
+
+def _check_token(token: str, hint: str) -> str:
+    if not token.isascii() or not token.isprintable() or " " in token:
+        raise click.BadParameter(
+            "a token is printable ASCII without spaces or line breaks", param_hint=hint
+        )
+    return token
+
+
+def _read_token(value: str | None, path: Path | None) -> str | None:
+    if value and path:
+        raise click.BadParameter("give --token or --token-file, not both", param_hint="--token")
+    if path is not None:
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise click.BadParameter(
+                f"cannot read {path}: {reason}", param_hint="--token-file"
+            ) from exc
+        if not token:
+            raise click.BadParameter(f"{path} is empty", param_hint="--token-file")
+        return _check_token(token, "--token-file")
+    return _check_token(value, "--token") if value else None
+
+
+_COMMON_OPTIONS = (
+    option(
+        "url",
+        default=DEFAULT_URL,
+        show_default=True,
+        callback=_check_url,
+        help="The dispatcher (any replica: followers forward to the leader).",
+    ),
+    # The same variables as ``serve --admin-token``: inside a dispatcher's container the
+    # admin commands find the admin token (CLUSTERCHECKS_TOKEN is the agent's node token).
+    click.option(
+        "--token",
+        envvar=env_name("admin-token"),
+        show_envvar=True,
+        default=None,
+        help="Bearer token of the admin role.",
+    ),
+    click.option(
+        "--token-file",
+        envvar=env_name("admin-token-file"),
+        show_envvar=True,
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="A file holding the token.",
+    ),
+    option(
+        "timeout",
+        type=click.FloatRange(0, 3600, min_open=True),
+        default=DEFAULT_TIMEOUT_S,
+        show_default=True,
+        help="Seconds a request may take.",
+    ),
+    click.option(
+        "--json",
+        "json_out",
+        is_flag=True,
+        help="Print the dispatcher's JSON reply (indented) and nothing else.",
+    ),
+)
+
+
+def admin_command(func: Callable[..., None]) -> Callable[..., None]:
+    """Adds the common options; the command receives an :class:`Invocation` first."""
+
+    @functools.wraps(func)
+    def wrapper(
+        *,
+        url: str,
+        token: str | None,
+        token_file: Path | None,
+        timeout: float,
+        json_out: bool,
+        **kwargs: Any,
+    ) -> None:
+        target = Target(url=url, token=_read_token(token, token_file), timeout_s=timeout)
+        func(Invocation(target=target, json_out=json_out), **kwargs)
+
+    command: Callable[..., None] = wrapper
+    for decorate in reversed(_COMMON_OPTIONS):
+        command = decorate(command)
+    return command
+
+
+def _check_prefix(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    prefix = value.strip().lower()
+    if not _PREFIX.fullmatch(prefix):
+        raise click.BadParameter(
+            f"{value!r} is not a digest or digest prefix (1 to 64 hex characters)"
+        )
+    return prefix
+
+
+def _check_node(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not _NAME.fullmatch(value):
+        raise click.BadParameter(
+            f"{value!r} is not a node name (1 to 253 characters of A-Z a-z 0-9 . _ -)"
+        )
+    return value
+
+
+# ------------------------------------------------------------------- running
+
+
+def _color() -> bool | None:
+    """None: click decides (colour on a terminal only); False when NO_COLOR is set."""
+    return False if os.environ.get("NO_COLOR") else None
+
+
+def _fail(message: str, code: ExitCode) -> NoReturn:
+    click.echo(f"{click.style('error:', fg='red', bold=True)} {message}", err=True, color=_color())
+    raise click.exceptions.Exit(int(code))
+
+
+def _run(work: Callable[[AdminClient], Awaitable[T]], inv: Invocation) -> T:
+    async def session() -> T:
+        async with connect(inv.target) as client:
+            return await work(client)
+
+    try:
+        return asyncio.run(session())
+    except AdminError as exc:
+        _fail(exc.message, exc.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted", ExitCode.INTERRUPTED)
+
+
+def _emit(inv: Invocation, reply: Reply[Any], text: Callable[[], str]) -> None:
+    if inv.json_out:
+        click.echo(json.dumps(reply.raw, indent=2, ensure_ascii=False))
+    else:
+        click.echo(text(), color=_color())
+
+
+# ------------------------------------------------------------------ commands
+
+
+@click.command()
+@admin_command
+def state(inv: Invocation) -> None:
+    """Leader, nodes (checks, load, heartbeat, cordon) and dangling checks."""
+    reply = _run(lambda c: c.state(), inv)
+    _emit(inv, reply, lambda: render.state(reply.model))
+
+
+@click.command()
+@click.argument("digest", required=False, callback=_check_prefix)
+@admin_command
+def checks(inv: Invocation, digest: str | None) -> None:
+    """Every check, or one (by digest or unique digest prefix) with why it is where it is."""
+    if digest is None:
+        listing = _run(lambda c: c.checks(), inv)
+        now = time.time()
+        _emit(inv, listing, lambda: render.checks(listing.model, now=now))
+        return
+    prefix = digest
+    detail = _run(lambda c: c.find_check(prefix), inv)
+    now = time.time()
+    _emit(inv, detail, lambda: render.check(detail.model, now=now))
+
+
+@click.command()
+@admin_command
+def results(inv: Invocation) -> None:
+    """Every check's last result; exits 1 when any last result failed."""
+    reply = _run(lambda c: c.results(), inv)
+    now = time.time()
+    _emit(inv, reply, lambda: render.results(reply.model, now=now))
+    if render.failing(reply.model):
+        raise click.exceptions.Exit(int(ExitCode.CHECK_FAILING))
+
+
+@click.command()
+@click.option("--force", is_flag=True, help="Move checks even when the gain is small.")
+@click.option("--dry-run", is_flag=True, help="Show the moves without making them.")
+@admin_command
+def rebalance(inv: Invocation, force: bool, dry_run: bool) -> None:
+    """Spread checks over nodes by load; prints the moves."""
+    reply = _run(lambda c: c.rebalance(force=force, dry_run=dry_run), inv)
+    _emit(inv, reply, lambda: render.rebalance(reply.model, dry_run=dry_run))
+
+
+def _node_command(action: str, help_text: str) -> click.Command:
+    @click.command(name=action, help=help_text)
+    @click.argument("node", callback=_check_node)
+    @admin_command
+    def command(inv: Invocation, node: str) -> None:
+        reply = _run(lambda c: c.node_action(node, action), inv)
+        _emit(inv, reply, lambda: render.node(reply.model, action=action))
+
+    return command
+
+
+cordon = _node_command("cordon", "No new checks go to NODE (its checks stay).")
+uncordon = _node_command("uncordon", "Undo cordon (and isolate) on NODE.")
+drain = _node_command("drain", "Cordon NODE and move its checks away now.")
+
+
+@click.command()
+@click.argument("digest", callback=_check_prefix)
+@admin_command
+def isolate(inv: Invocation, digest: str) -> None:
+    """Keep one check alone on its node: cordon the node, move every other check off."""
+
+    async def work(client: AdminClient) -> Reply[wire.IsolateOut]:
+        found = await client.find_check(digest)
+        return await client.isolate(found.model.digest)
+
+    reply = _run(work, inv)
+    _emit(inv, reply, lambda: render.isolate(reply.model))
+
+
+@click.command()
+@admin_command
+def replicas(inv: Invocation) -> None:
+    """Every dispatcher replica known through the shared store, with its health."""
+    reply = _run(lambda c: c.replicas(), inv)
+    _emit(inv, reply, lambda: render.replicas(reply.model))
+
+
+COMMANDS: tuple[click.Command, ...] = (
+    state,
+    checks,
+    results,
+    rebalance,
+    cordon,
+    uncordon,
+    drain,
+    isolate,
+    replicas,
+)

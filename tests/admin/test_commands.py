@@ -1,0 +1,330 @@
+"""The admin commands against a scripted HTTP server: what they send, and how every kind
+of failure comes out (one line on stderr, the documented exit code, nothing on stdout).
+
+The real dispatcher cannot be made to answer 500, 508 or garbage on demand; the
+end-to-end tests (test_admin_cli_e2e.py) cover the replies it does give.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from dispatcher.cli import main
+
+API = "/v1/api/clusterchecks"
+
+
+@dataclass
+class Scripted:
+    """Answers every request with ``status``/``body`` (after ``delay_s``); records them.
+
+    ``status`` 0 closes the connection without a reply.
+    """
+
+    status: int = 200
+    body: bytes = b"{}"
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+    requests: list[tuple[str, str, dict[str, str], bytes]] = field(default_factory=list)
+    url: str = ""
+
+    def reply(self, status: int, body: Any, **headers: str) -> None:
+        self.status = status
+        self.body = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.headers = headers
+
+
+@pytest.fixture
+def server() -> Iterator[Scripted]:
+    scripted = Scripted()
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            scripted.requests.append((self.command, self.path, dict(self.headers), body))
+            time.sleep(scripted.delay_s)
+            if scripted.status == 0:
+                return
+            try:
+                self.send_response(scripted.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(scripted.body)))
+                for key, value in scripted.headers.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(scripted.body)
+            except OSError:
+                pass  # the client gave up (timeout test)
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    scripted.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    yield scripted
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(timeout=5)
+
+
+CLEAN_ENV: dict[str, str | None] = dict.fromkeys(
+    ("CLUSTERCHECKS_URL", "CLUSTERCHECKS_ADMIN_TOKEN", "CLUSTERCHECKS_ADMIN_TOKEN_FILE",
+     "CLUSTERCHECKS_TIMEOUT", "NO_COLOR")
+)  # fmt: skip
+
+
+def run(*args: str, env: dict[str, str] | None = None, color: bool = False) -> Result:
+    """One in-process run; the caller's CLUSTERCHECKS_* and NO_COLOR do not leak in."""
+    return CliRunner().invoke(
+        main, list(args), env={**CLEAN_ENV, **(env or {})}, color=color, catch_exceptions=False
+    )
+
+
+def assert_one_error_line(result: Result, exit_code: int, *words: str) -> str:
+    assert result.exit_code == exit_code, (result.stdout, result.stderr)
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in lines[0]
+    return lines[0]
+
+
+STATE = {
+    "leader": "d-0",
+    "is_leader": True,
+    "epoch": 3,
+    "warmup": False,
+    "nodes": [],
+    "dangling": [],
+    "totals": {"nodes": 0, "checks": 0, "dispatched": 0, "dangling": 0},
+}
+
+
+# ------------------------------------------------------------ what is sent
+
+
+def test_token_url_and_timeout_come_from_the_environment(server: Scripted) -> None:
+    server.reply(200, STATE)
+    env = {"CLUSTERCHECKS_URL": server.url + "/", "CLUSTERCHECKS_ADMIN_TOKEN": "s3cret"}
+    result = run("state", env=env)
+    assert result.exit_code == 0, result.stderr
+    method, path, headers, _ = server.requests[0]
+    assert (method, path) == ("GET", API)
+    assert headers["Authorization"] == "Bearer s3cret"
+
+
+def test_token_file(server: Scripted, tmp_path: Path) -> None:
+    server.reply(200, STATE)
+    token_file = tmp_path / "token"
+    token_file.write_text("from-file\n", encoding="utf-8")
+    result = run("state", "--url", server.url, "--token-file", str(token_file))
+    assert result.exit_code == 0, result.stderr
+    assert server.requests[0][2]["Authorization"] == "Bearer from-file"
+
+
+def test_no_token_sends_no_authorization(server: Scripted) -> None:
+    server.reply(200, STATE)
+    assert run("state", "--url", server.url).exit_code == 0
+    assert "Authorization" not in server.requests[0][2]
+
+
+@pytest.mark.parametrize(
+    ("args", "method", "path", "body"),
+    [
+        (["rebalance"], "POST", "/rebalance", {"force": False, "dry_run": False}),
+        (["rebalance", "--force", "--dry-run"], "POST", "/rebalance",
+         {"force": True, "dry_run": True}),
+        (["cordon", "node-a"], "POST", "/nodes/node-a/cordon", None),
+        (["uncordon", "node.b_1"], "POST", "/nodes/node.b_1/uncordon", None),
+        (["drain", "node-a"], "POST", "/nodes/node-a/drain", None),
+        (["results"], "GET", "/results", None),
+        (["replicas"], "GET", "/replicas", None),
+        (["checks"], "GET", "/checks", None),
+    ],
+)  # fmt: skip
+def test_each_command_calls_its_route(
+    server: Scripted, args: list[str], method: str, path: str, body: Any
+) -> None:
+    server.reply(500, {"error": {"code": "internal", "message": "scripted"}})
+    run(*args, "--url", server.url)
+    sent_method, sent_path, _, sent_body = server.requests[0]
+    assert (sent_method, sent_path) == (method, API + path)
+    assert (json.loads(sent_body) if sent_body else None) == body
+
+
+# ------------------------------------------------------------ failures
+
+
+def error(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+@pytest.mark.parametrize(
+    ("reply", "exit_code", "words"),
+    [
+        pytest.param(
+            (503, error("no_leader", "No leader."), {"Retry-After": "3"}), 3,
+            ["knows no leader right now (503 no_leader): No leader. (retry after 3 s)"],
+            id="503-no-leader",
+        ),
+        pytest.param(
+            (508, error("loop_detected", "Loop."), {}), 3,
+            ["failed (508 loop_detected): Loop."], id="508",
+        ),
+        pytest.param(
+            (500, b"<html>oops</html>", {}), 3, ["failed (500 Internal Server Error)"],
+            id="500-html",
+        ),
+        pytest.param((200, b"not json", {}), 3, ["a reply that is not JSON"], id="200-not-json"),
+        pytest.param(
+            (200, {"leader": "d-0"}, {}), 3, ["a reply this command cannot read", "is_leader"],
+            id="200-wrong-shape",
+        ),
+        pytest.param(
+            (400, error("invalid_request", "Bad."), {}), 7,
+            ["the dispatcher refused the request (400 invalid_request): Bad."], id="400",
+        ),
+        pytest.param(
+            (403, error("forbidden", "Wrong role."), {}), 4,
+            ["the dispatcher refused the token (403 forbidden): Wrong role."], id="403",
+        ),
+        pytest.param(
+            (404, b"<html>404</html>", {}), 3, ["without an API error body"], id="404-not-ours",
+        ),
+    ],
+)  # fmt: skip
+def test_failures_are_one_line_with_their_exit_code(
+    server: Scripted, reply: tuple[int, Any, dict[str, str]], exit_code: int, words: list[str]
+) -> None:
+    status, body, headers = reply
+    server.reply(status, body, **headers)
+    assert_one_error_line(run("state", "--url", server.url, "--token", "t"), exit_code, *words)
+
+
+def test_a_slow_dispatcher_times_out(server: Scripted) -> None:
+    server.reply(200, STATE)
+    server.delay_s = 1.0
+    started = time.monotonic()
+    result = run("state", "--url", server.url, "--timeout", "0.2")
+    assert time.monotonic() - started < 0.9
+    assert_one_error_line(result, 3, f"no reply from the dispatcher at {server.url} within 0.2 s")
+
+
+def test_a_connection_closed_without_a_reply(server: Scripted) -> None:
+    server.status = 0
+    result = run("state", "--url", server.url)
+    assert_one_error_line(result, 3, f"cannot reach the dispatcher at {server.url}: ")
+
+
+def test_json_prints_the_reply_and_nothing_else(server: Scripted) -> None:
+    server.reply(200, STATE)
+    result = run("state", "--url", server.url, "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout) == STATE
+    assert result.stdout.startswith('{\n  "leader": "d-0"')
+    assert result.stderr == ""
+
+
+RESULTS_FAILING = {
+    "ok": False,
+    "errors": ["http: 503"],
+    "checks": {
+        "ab" * 16: {
+            "name": "http", "node": "n", "ok": False, "errors": ["503"], "last_run_at": 1.0,
+            "duration_s": 0.1, "consecutive_failures": 1, "success_count": 0,
+            "failure_count": 1, "last_ok_at": None,
+        }
+    },
+}  # fmt: skip
+
+
+def test_results_exit_1_on_a_failing_check_with_json_too(server: Scripted) -> None:
+    server.reply(200, RESULTS_FAILING)
+    assert run("results", "--url", server.url).exit_code == 1
+    result = run("results", "--url", server.url, "--json")
+    assert result.exit_code == 1
+    assert json.loads(result.stdout) == RESULTS_FAILING
+
+
+# ------------------------------------------------------------- colour
+
+
+def test_colour_on_a_terminal_unless_no_color(server: Scripted) -> None:
+    server.reply(200, RESULTS_FAILING)
+    coloured = run("results", "--url", server.url, color=True)
+    assert "\x1b[31mFAIL" in coloured.stdout
+    assert "\x1b[1mDIGEST" in coloured.stdout
+    muted = run("results", "--url", server.url, color=True, env={"NO_COLOR": "1"})
+    assert "\x1b[" not in muted.stdout
+    assert "FAIL" in muted.stdout
+    piped = run("results", "--url", server.url)
+    assert "\x1b[" not in piped.stdout
+
+
+# --------------------------------------------------------- usage errors
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["state", "--url", "ftp://x"], ["--url", "http:// or https://"]),
+        (["state", "--url", "http://h:99999"], ["--url", "not a valid URL"]),
+        (["state", "--url", "http://h/?a=1"], ["--url", "without ?query"]),
+        (["state", "--timeout", "0"], ["--timeout", "0<x<=3600"]),
+        (["state", "--timeout", "soon"], ["--timeout", "not a valid float"]),
+        (["state", "--token", "a b"], ["--token", "printable ASCII"]),
+        (["state", "--token", "t", "--token-file", "/dev/null"], ["--token", "not both"]),
+        (["state", "--token-file", "/nonexistent/token"], ["--token-file", "cannot read"]),
+        (["cordon"], ["Missing argument 'NODE'"]),
+        (["cordon", "a/b"], ["NODE", "not a node name"]),
+        (["checks", "xyz"], ["DIGEST", "not a digest or digest prefix"]),
+        (["isolate"], ["Missing argument 'DIGEST'"]),
+        (["rebalance", "--forse"], ["No such option '--forse'"]),
+    ],
+)
+def test_usage_errors_exit_2_naming_the_flag(args: list[str], words: list[str]) -> None:
+    result = run(*args, "--url", "http://127.0.0.1:9") if "--url" not in args else run(*args)
+    assert result.exit_code == 2, result.output
+    for word in words:
+        assert word in result.stderr
+
+
+def test_an_empty_token_file(tmp_path: Path) -> None:
+    empty = tmp_path / "token"
+    empty.write_text("\n", encoding="utf-8")
+    result = run("state", "--token-file", str(empty))
+    assert result.exit_code == 2
+    assert "--token-file" in result.stderr
+    assert "is empty" in result.stderr
+
+
+def test_help_lists_the_admin_commands() -> None:
+    result = run("--help")
+    assert result.exit_code == 0
+    for name in (
+        "serve", "state", "checks", "results", "rebalance", "cordon", "uncordon", "drain",
+        "isolate", "replicas",
+    ):  # fmt: skip
+        assert name in result.stdout
+    state_help = run("state", "--help").stdout
+    for flag in ("--url", "CLUSTERCHECKS_URL", "--token-file", "--timeout", "--json"):
+        assert flag in state_help

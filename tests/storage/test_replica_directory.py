@@ -1,0 +1,179 @@
+"""The replica directory: the Redis one against a real redis-server, and the local one.
+
+Each replica's record lives under its own key with a time-to-live; the index set is
+pruned as records lapse; ages are judged by Redis's clock; a corrupt record or an
+unreachable Redis fails with StoreError, never with whatever the decoder raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from dispatcher.common.clock import FakeClock
+from dispatcher.errors import StoreError
+from dispatcher.storage.replicas import (
+    LocalReplicaDirectory,
+    RedisReplicaDirectory,
+    ReplicaStatus,
+)
+from tests.processes import free_port
+from tests.redis_server import RedisServer, redis_server  # noqa: F401  # a fixture
+
+NAME = "cc-test"
+
+
+def status(identity: str, role: str = "follower", **fields: object) -> ReplicaStatus:
+    values: dict[str, object] = {
+        "identity": identity,
+        "role": role,
+        "url": f"http://{identity}:5005",
+        "status": "healthy",
+        "ready": True,
+        "epoch": 7,
+    }
+    values.update(fields)
+    return ReplicaStatus(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def directory(redis_server: RedisServer) -> AsyncIterator[RedisReplicaDirectory]:  # noqa: F811
+    d = RedisReplicaDirectory.from_url(redis_server.url, name=NAME, timeout_s=1.0)
+    try:
+        yield d
+    finally:
+        await d.close()
+
+
+@pytest.fixture
+async def raw(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:  # noqa: F811
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def test_every_published_replica_is_listed_sorted_with_its_fields(
+    directory: RedisReplicaDirectory,
+) -> None:
+    await directory.publish(status("b", "follower", status="degraded", ready=False), ttl_s=30)
+    await directory.publish(status("a", "leader"), ttl_s=30)
+
+    records = await directory.list()
+
+    assert [r.status for r in records] == [
+        status("a", "leader"),
+        status("b", "follower", status="degraded", ready=False),
+    ]
+    for record in records:
+        assert 0 <= record.age_s < 1.0
+        assert record.reported_at > 1_700_000_000  # Unix seconds, from Redis's clock
+
+
+async def test_a_new_report_replaces_the_old_one(directory: RedisReplicaDirectory) -> None:
+    await directory.publish(status("a", "follower", epoch=3), ttl_s=30)
+    await directory.publish(status("a", "leader", epoch=4), ttl_s=30)
+
+    [record] = await directory.list()
+    assert (record.status.role, record.status.epoch) == ("leader", 4)
+
+
+async def test_a_replica_that_stops_reporting_lapses_and_leaves_the_index(
+    directory: RedisReplicaDirectory, raw: aioredis.Redis
+) -> None:
+    await directory.publish(status("a"), ttl_s=30)
+    await directory.publish(status("gone"), ttl_s=0.2)
+    await asyncio.sleep(0.1)
+    ages = {r.status.identity: r.age_s for r in await directory.list()}
+    assert set(ages) == {"a", "gone"}
+    assert ages["gone"] >= 0.09  # ages grow by Redis's clock
+
+    await asyncio.sleep(0.3)
+
+    assert [r.status.identity for r in await directory.list()] == ["a"]
+    assert await raw.smembers(directory.index_key) == {b"a"}
+
+
+async def test_remove_drops_a_record_at_once(
+    directory: RedisReplicaDirectory, raw: aioredis.Redis
+) -> None:
+    await directory.publish(status("a"), ttl_s=30)
+    await directory.publish(status("b"), ttl_s=30)
+
+    await directory.remove("b")
+    await directory.remove("never-there")
+
+    assert [r.status.identity for r in await directory.list()] == ["a"]
+    assert await raw.smembers(directory.index_key) == {b"a"}
+
+
+async def test_records_are_kept_under_the_name_so_two_clusters_do_not_mix(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    one = RedisReplicaDirectory.from_url(redis_server.url, name="one", timeout_s=1.0)
+    two = RedisReplicaDirectory.from_url(redis_server.url, name="two", timeout_s=1.0)
+    try:
+        await one.publish(status("a"), ttl_s=30)
+        await two.publish(status("b"), ttl_s=30)
+        assert [r.status.identity for r in await one.list()] == ["a"]
+        assert [r.status.identity for r in await two.list()] == ["b"]
+    finally:
+        await one.close()
+        await two.close()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"not json", b"{}", b'{"role": "emperor", "url": "u", "status": "healthy", '
+     b'"ready": true, "epoch": 1}', b'{"role": "leader", "url": "u", "status": "fine", '
+     b'"ready": true, "epoch": 1}', b'{"role": "leader", "url": "u", "status": "healthy", '
+     b'"ready": true, "epoch": "x"}'],
+)  # fmt: skip
+async def test_a_corrupt_record_is_a_store_error_naming_it(
+    directory: RedisReplicaDirectory, raw: aioredis.Redis, body: bytes
+) -> None:
+    await directory.publish(status("a"), ttl_s=30)
+    await raw.hset(f"{NAME}:replica:a", "status", body)
+
+    with pytest.raises(StoreError, match="replica record 'a'"):
+        await directory.list()
+
+
+async def test_an_unreachable_redis_is_a_store_error() -> None:
+    directory = RedisReplicaDirectory.from_url(
+        f"redis://127.0.0.1:{free_port()}/0", name=NAME, timeout_s=0.5
+    )
+    try:
+        with pytest.raises(StoreError, match="publish"):
+            await directory.publish(status("a"), ttl_s=30)
+        with pytest.raises(StoreError, match="read"):
+            await directory.list()
+        with pytest.raises(StoreError, match="remove"):
+            await directory.remove("a")
+    finally:
+        await directory.close()
+
+
+async def test_the_local_directory_holds_this_replica_until_its_ttl() -> None:
+    clock = FakeClock()
+    directory = LocalReplicaDirectory(clock)
+    assert await directory.list() == []
+
+    await directory.publish(status("me", "leader"), ttl_s=30)
+    clock.advance(12)
+    [record] = await directory.list()
+    assert record.status == status("me", "leader")
+    assert record.age_s == 12
+
+    clock.advance(19)
+    assert await directory.list() == []
+
+    await directory.publish(status("me"), ttl_s=30)
+    await directory.remove("other")
+    assert len(await directory.list()) == 1
+    await directory.remove("me")
+    assert await directory.list() == []
