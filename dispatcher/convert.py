@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from dispatcher import wire
 from dispatcher.common.text import truncate_utf8
@@ -14,7 +14,7 @@ from dispatcher.core.model import (
     make_config,
 )
 from dispatcher.core.placement import Node
-from dispatcher.core.state import ClusterState, Move
+from dispatcher.core.state import ClusterState, Move, RebalanceOutcome
 
 
 def config_in(config: wire.CheckConfigIn) -> CheckConfig:
@@ -110,12 +110,29 @@ def node_out(node: Node, state: ClusterState, *, now: float) -> wire.NodeOut:
 
 
 def move_out(move: Move) -> wire.MoveOut:
+    loads = [round(x, 6) for x in move.loads] if move.loads is not None else [None] * 4
     return wire.MoveOut(
         digest=move.digest,
         check_name=move.check_name,
         weight=round(move.cost, 6),
         source_node=move.source_node,
         dest_node=move.dest_node,
+        source_load_before=loads[0],
+        source_load_after=loads[1],
+        dest_load_before=loads[2],
+        dest_load_after=loads[3],
+    )
+
+
+def rebalance_out(outcome: RebalanceOutcome) -> wire.RebalanceOut:
+    plan = outcome.plan
+    return wire.RebalanceOut(
+        applied=outcome.applied,
+        moves=[move_out(m) for m in outcome.moves],
+        outcome=cast(wire.RebalanceOutcomeName, outcome.reason),
+        mean_load=round(plan.mean, 6),
+        spread_before=round(plan.spread_before, 6),
+        spread_after=round(plan.spread_after, 6),
     )
 
 

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TypeVar
 
 import structlog
 
 from dispatcher.common.clock import Clock
-from dispatcher.common.tasks import run_periodically
+from dispatcher.common.tasks import run_periodically, sleep_or_stop
 from dispatcher.core.model import (
     CheckConfig,
     CheckResult,
@@ -32,7 +33,14 @@ from dispatcher.core.model import (
     SourceName,
 )
 from dispatcher.core.placement import Node
-from dispatcher.core.state import NEVER, ClusterState, Move, RejectedResult, SourceChange
+from dispatcher.core.state import (
+    NEVER,
+    ClusterState,
+    Move,
+    RebalanceOutcome,
+    RejectedResult,
+    SourceChange,
+)
 from dispatcher.errors import NoLeader, StoreError
 from dispatcher.metrics import DispatcherMetrics
 from dispatcher.settings import DispatchSettings
@@ -276,9 +284,83 @@ class Dispatcher:
         self._flag_long_dangling(dangling, now=now)
 
     async def run(self, stop: asyncio.Event) -> None:
-        await run_periodically(
-            "dispatch_tick", self.tick, period_s=self.settings.tick_interval_s, stop=stop
+        """The term's loops: the tick (at least every second) and periodic rebalancing."""
+        async with asyncio.TaskGroup() as loops:
+            loops.create_task(
+                run_periodically(
+                    "dispatch_tick", self.tick, period_s=self.settings.tick_interval_s, stop=stop
+                ),
+                name="dispatch_tick",
+            )
+            loops.create_task(self._rebalance_periodically(stop), name="rebalance")
+
+    async def _rebalance_periodically(self, stop: asyncio.Event) -> None:
+        """Every ``rebalance_period_s``, the first one period after the term starts (the
+        costs are measured from agents' stats by then)."""
+        while not await sleep_or_stop(stop, self.settings.rebalance_period_s):
+            if not self.active or self.warming_up():
+                continue
+            try:
+                await self.rebalance(trigger="periodic")
+            except NoLeader:
+                continue
+            except Exception:
+                log.exception("periodic_step_failed", task="rebalance")
+
+    # --------------------------------------------------------------- rebalance
+
+    async def rebalance(
+        self, *, force: bool = False, dry_run: bool = False, trigger: str = "api"
+    ) -> RebalanceOutcome:
+        """Plans a rebalance and applies it (see ClusterState.rebalance); logs each move
+        with its reason, and counts the run, its duration and its moves."""
+        started = time.perf_counter()
+        settings = self.settings
+        outcome = await self._step(
+            lambda now: self.state.rebalance(
+                now=now,
+                margin=settings.rebalance_margin,
+                min_improvement=settings.rebalance_min_gain,
+                force=force,
+                dry_run=dry_run,
+            )
         )
+        plan = outcome.plan
+        if outcome.applied:
+            for move in outcome.moves:
+                assert move.loads is not None
+                s_before, s_after, d_before, d_after = move.loads
+                log.info(
+                    "rebalance_move",
+                    digest=move.digest,
+                    check=move.check_name,
+                    cost=round(move.cost, 6),
+                    source=move.source_node,
+                    dest=move.dest_node,
+                    reason=(
+                        f"{move.source_node} at {s_before:.3g} is above the bound "
+                        f"{plan.bound:.3g} (mean {plan.mean:.3g}); {move.dest_node} at "
+                        f"{d_before:.3g} has room"
+                    ),
+                    source_load=[round(s_before, 6), round(s_after, 6)],
+                    dest_load=[round(d_before, 6), round(d_after, 6)],
+                )
+        log.info(
+            "rebalanced" if outcome.applied else "rebalance_not_applied",
+            trigger=trigger,
+            outcome=outcome.reason,
+            moves=len(outcome.moves),
+            spread_before=round(plan.spread_before, 4),
+            spread_after=round(plan.spread_after, 4),
+            force=force,
+            dry_run=dry_run,
+        )
+        if self._metrics is not None:
+            self._metrics.rebalance_seconds.observe(time.perf_counter() - started)
+            self._metrics.rebalances.labels(trigger=trigger, outcome=outcome.reason).inc()
+            if outcome.applied:
+                self._count_moves("rebalance", outcome.moves)
+        return outcome
 
     def warming_up(self) -> bool:
         return self.state.warming_up(self._clock.monotonic())

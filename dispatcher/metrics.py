@@ -66,6 +66,19 @@ class DispatcherMetrics:
             ["trigger"],
             registry=self.registry,
         )
+        self.rebalances = Counter(
+            "clusterchecks_rebalances",
+            "Rebalance runs by trigger (api, periodic) and outcome (applied, dry_run, "
+            "nothing_to_move, gain_too_small, warming_up).",
+            ["trigger", "outcome"],
+            registry=self.registry,
+        )
+        self.rebalance_seconds = Histogram(
+            "clusterchecks_rebalance_duration_seconds",
+            "Time to plan and apply one rebalance.",
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=self.registry,
+        )
         self.health = Gauge(
             "clusterchecks_health_status",
             "Component health: 0 healthy, 1 unspecified, 2 degraded, 3 unhealthy.",

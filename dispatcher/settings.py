@@ -57,6 +57,11 @@ class DispatchSettings:
     """Only for a leader that starts with an empty store: by default 30 s for an elected
     leader with the memory store, 0 for the standalone one and with the Redis store."""
     rebalance_period_s: float = 600.0
+    rebalance_margin: float = 0.1
+    """A rebalance brings every node within this fraction above the mean relative load."""
+    rebalance_min_gain: float = 0.1
+    """A rebalance that narrows the spread by less than this fraction of it moves
+    nothing, unless forced."""
     dangling_warning_s: float = 60.0
     """A check dangling longer than this is flagged (logs, metrics)."""
 

@@ -302,13 +302,31 @@ class MoveOut(WireOut):
     digest: str
     check_name: str
     weight: float
+    """The check's cost when it moved: its measured utilisation, or weight x mean."""
     source_node: str
     dest_node: str
+    source_load_before: float | None = None
+    source_load_after: float | None = None
+    dest_load_before: float | None = None
+    dest_load_after: float | None = None
+    """Rebalance moves: relative loads (load / capacity) of both nodes around the move."""
+
+
+RebalanceOutcomeName = Literal[
+    "applied", "dry_run", "nothing_to_move", "gain_too_small", "warming_up"
+]
 
 
 class RebalanceOut(WireOut):
     applied: bool
     moves: list[MoveOut]
+    """The moves made; when not applied (dry run, gain too small), the moves planned."""
+    outcome: RebalanceOutcomeName | None = None
+    mean_load: float | None = None
+    """Mean relative load over the nodes that take checks."""
+    spread_before: float | None = None
+    spread_after: float | None = None
+    """How far the busiest node is above the mean, as a fraction of the mean."""
 
 
 class IsolateOut(WireOut):

@@ -321,9 +321,9 @@ async def get_check(request: web.Request) -> web.Response:
 
 
 async def post_rebalance(request: web.Request) -> web.Response:
-    await read_body(request, wire.RebalanceIn, optional=True)
-    # The load-aware planner is not built yet: a rebalance honestly moves nothing.
-    return reply(wire.RebalanceOut(applied=False, moves=[]))
+    body = await read_body(request, wire.RebalanceIn, optional=True)
+    outcome = await request.app[DISPATCHER].rebalance(force=body.force, dry_run=body.dry_run)
+    return reply(convert.rebalance_out(outcome))
 
 
 async def post_cordon(request: web.Request) -> web.Response:

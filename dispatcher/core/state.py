@@ -29,6 +29,7 @@ from dispatcher.core.model import (
     SourceName,
 )
 from dispatcher.core.placement import LoadIndex, Node
+from dispatcher.core.rebalance import Item, NodeLoad, Plan, plan_rebalance
 from dispatcher.errors import NoOtherNode, NotDispatched, UnknownCheck, UnknownNode
 
 NEVER = float("-inf")
@@ -54,6 +55,19 @@ class Move:
     cost: float
     source_node: NodeName
     dest_node: NodeName
+    loads: tuple[float, float, float, float] | None = None
+    """Rebalance moves: relative loads of source and dest, before and after the move."""
+
+
+@dataclass(frozen=True, slots=True)
+class RebalanceOutcome:
+    plan: Plan
+    moves: list[Move]
+    """The moves made, or (dry run, or not applied) the moves planned."""
+    applied: bool
+    reason: str
+    """Why: ``applied``, ``dry_run``, ``nothing_to_move``, ``gain_too_small``,
+    ``warming_up``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -567,6 +581,65 @@ class ClusterState:
         moves = [m for d in others if (m := self._move(d, now=now, reason="isolated"))]
         return name, moves
 
+    # --------------------------------------------------------------- rebalance
+
+    def plan_rebalance(self, *, margin: float, min_improvement: float) -> Plan:
+        """The load-aware plan for the nodes that take checks (cordoned ones are left
+        as they are). A check that has not run yet, or whose last run failed, stays."""
+        mean_cost = self.mean_measured_cost()
+        nodes = [
+            NodeLoad(name, node.capacity, node.load(mean_cost), node.labels)
+            for name, node in self._nodes.items()
+            if not node.cordoned
+        ]
+        items = []
+        for load in nodes:
+            for digest in self._nodes[NodeName(load.name)].digests:
+                config = self._configs[digest]
+                summary = self._results.get(digest)
+                items.append(
+                    Item(
+                        digest=digest,
+                        check_name=config.name,
+                        cost=self.cost(digest),
+                        node=load.name,
+                        movable=summary is not None and summary.last.ok,
+                        eligible=config.matches,
+                    )
+                )
+        return plan_rebalance(nodes, items, margin=margin, min_improvement=min_improvement)
+
+    def rebalance(
+        self,
+        *,
+        now: float,
+        margin: float,
+        min_improvement: float,
+        force: bool = False,
+        dry_run: bool = False,
+    ) -> RebalanceOutcome:
+        """Plans and, unless ``dry_run`` or not worth it (and not ``force``), applies."""
+        now = self._advance(now)
+        plan = self.plan_rebalance(margin=margin, min_improvement=min_improvement)
+        planned = [
+            Move(
+                Digest(m.digest), m.check_name, m.cost, NodeName(m.source), NodeName(m.dest),
+                loads=(m.source_before, m.source_after, m.dest_before, m.dest_after),
+            )
+            for m in plan.moves
+        ]  # fmt: skip
+        if self.warming_up(now):
+            return RebalanceOutcome(plan, [], applied=False, reason="warming_up")
+        if not planned:
+            return RebalanceOutcome(plan, [], applied=False, reason="nothing_to_move")
+        if dry_run:
+            return RebalanceOutcome(plan, planned, applied=False, reason="dry_run")
+        if not plan.worthwhile and not force:
+            return RebalanceOutcome(plan, planned, applied=False, reason="gain_too_small")
+        for move in planned:
+            self._relocate(move.digest, self._nodes[move.dest_node], reason="rebalanced")
+        return RebalanceOutcome(plan, planned, applied=True, reason="applied")
+
     # ----------------------------------------------------------------- results
 
     def record_results(
@@ -711,12 +784,18 @@ class ClusterState:
         for name in self._index.ascending(self._nodes):
             dest = self._nodes[name]
             if name != source.name and self._eligible(dest, config):
-                cost = self.cost(digest)
-                self._detach(digest, source)
-                self._touch(source)
-                self._attach(digest, dest, reason=reason, previous=source.name)
-                return Move(digest, config.name, cost, source.name, dest.name)
+                return self._relocate(digest, dest, reason=reason)
         return None
+
+    def _relocate(self, digest: Digest, dest: Node, *, reason: str) -> Move:
+        """The one mover (drain, isolate, rebalance): takes a check off its node and
+        gives it to ``dest``, with a decision record."""
+        source = self._nodes[self._placement[digest]]
+        cost = self.cost(digest)
+        self._detach(digest, source)
+        self._touch(source)
+        self._attach(digest, dest, reason=reason, previous=source.name)
+        return Move(digest, self._configs[digest].name, cost, source.name, dest.name)
 
     def _attach(
         self, digest: Digest, node: Node, *, reason: str, previous: NodeName | None

@@ -160,7 +160,7 @@ async def test_a_check_not_held_is_404_unknown_check(api: Api, digest: str) -> N
         pytest.param({"force": False, "dry_run": True}, id="dry-run"),
     ],
 )
-async def test_rebalance_takes_an_optional_body_and_moves_nothing_yet(
+async def test_rebalance_takes_an_optional_body_and_never_moves_checks_that_have_not_run(
     api: Api, body: dict[str, Any] | None
 ) -> None:
     await api.heartbeat("node-a", 0)
@@ -174,8 +174,10 @@ async def test_rebalance_takes_an_optional_body_and_moves_nothing_yet(
         reply = await api.post(f"{API}/rebalance", body)
 
     assert reply.status == 200, reply.text
-    assert set(reply.json) == {"applied", "moves"}
-    assert isinstance(reply.json["applied"], bool)
+    assert set(reply.json) >= {"applied", "moves", "outcome", "spread_before", "spread_after"}
+    assert reply.json["applied"] is False
+    assert reply.json["outcome"] == "nothing_to_move"  # all four on node-a, none has run
+    assert reply.json["spread_before"] == reply.json["spread_after"] == 1.0
     assert reply.json["moves"] == []
     assert await api.snapshot() == before
     again = await api.ok("POST", f"{API}/rebalance")

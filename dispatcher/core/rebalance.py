@@ -1,0 +1,210 @@
+"""The rebalance planner: pure, deterministic, and as sticky as it can be.
+
+A node's relative load is its load (the sum of its checks' costs) over its capacity.
+The mean is the total load over the total capacity; the bound is the mean times
+``1 + margin``. The planner moves checks off the nodes above the bound, busiest first,
+and only until they are within it: a node at or under the bound keeps every check
+(stickiness), so a second plan right after the first moves nothing.
+
+For the busiest node it tries, in order, the smallest movable check whose cost alone
+brings the node within the bound (one move), then the others from the largest down:
+the fewest moves shed a given excess. A check goes to the least loaded eligible node
+(its selector matches) that stays within the bound and is less loaded than the source
+is after the move, so every move narrows the gap between the two nodes: the busiest
+node never gets busier, the least loaded never gets idler, and the sum of squared
+relative loads falls with every move (the plan always ends).
+
+Checks the caller marks unmovable (never run, failing) stay where they are. Cordoned
+nodes are the caller's to leave out: they neither give nor take checks here.
+
+The spread is how far the busiest node is above the mean, as a fraction of the mean.
+A plan that does not narrow it by ``min_improvement`` of its value moves nothing
+unless forced.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from sortedcontainers import SortedList
+
+_EPS = 1e-12
+
+
+@dataclass(frozen=True, slots=True)
+class NodeLoad:
+    name: str
+    capacity: float
+    load: float
+    labels: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """A check on a node, as the planner sees it."""
+
+    digest: str
+    check_name: str
+    cost: float
+    node: str
+    movable: bool
+    eligible: Callable[[Mapping[str, str]], bool]
+    """Whether a node with these labels may run the check (its selector)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedMove:
+    digest: str
+    check_name: str
+    cost: float
+    source: str
+    dest: str
+    source_before: float
+    source_after: float
+    dest_before: float
+    dest_after: float
+    """Relative loads (load / capacity) of both nodes before and after this move."""
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    moves: list[PlannedMove]
+    mean: float
+    bound: float
+    spread_before: float
+    spread_after: float
+    worthwhile: bool
+    """False when the plan narrows the spread by less than the minimum (or moves
+    nothing): then, unless forced, nothing is applied."""
+
+    @property
+    def improvement(self) -> float:
+        if self.spread_before <= 0:
+            return 0.0
+        return (self.spread_before - self.spread_after) / self.spread_before
+
+
+def spread(relative: Mapping[str, float], mean: float) -> float:
+    """How far the busiest node is above the mean, as a fraction of the mean."""
+    if not relative or mean <= 0:
+        return 0.0
+    return max(0.0, max(relative.values()) / mean - 1.0)
+
+
+def plan_rebalance(
+    nodes: Sequence[NodeLoad],
+    items: Sequence[Item],
+    *,
+    margin: float = 0.1,
+    min_improvement: float = 0.1,
+) -> Plan:
+    """The moves that bring every node within ``margin`` of the mean, or as close as
+    the movable checks allow. Deterministic: the same input gives the same plan."""
+    ordered = sorted(nodes, key=lambda n: n.name)
+    total_capacity = sum(n.capacity for n in ordered)
+    mean = sum(n.load for n in ordered) / total_capacity if total_capacity > 0 else 0.0
+    bound = mean * (1 + margin)
+    planner = _Planner(ordered, items, bound)
+    before = spread(planner.relative, mean)
+    if mean <= 0 or len(ordered) < 2:
+        return Plan([], mean, bound, before, before, worthwhile=False)
+    planner.run()
+    after = spread(planner.relative, mean)
+    gain = (before - after) / before if before > 0 else 0.0
+    worthwhile = bool(planner.moves) and gain >= min_improvement - _EPS
+    return Plan(planner.moves, mean, bound, before, after, worthwhile=worthwhile)
+
+
+class _Planner:
+    def __init__(self, nodes: Sequence[NodeLoad], items: Sequence[Item], bound: float) -> None:
+        self.bound = bound
+        self.capacity = {n.name: n.capacity for n in nodes}
+        self.labels = {n.name: n.labels for n in nodes}
+        self.relative = {n.name: n.load / n.capacity for n in nodes}
+        # Each node's movable checks by (cost, digest); nodes by (relative load, name).
+        self.movable: dict[str, SortedList] = {n.name: SortedList() for n in nodes}
+        self.items: dict[str, Item] = {}
+        for item in items:
+            if item.movable and item.node in self.movable and item.cost > 0:
+                self.movable[item.node].add((item.cost, item.digest))
+                self.items[item.digest] = item
+        self.targets = SortedList((r, name) for name, r in self.relative.items())
+        self.moves: list[PlannedMove] = []
+
+    def run(self) -> None:
+        """Rounds until one moves nothing: a node stuck in one round may find room in
+        the next (a busier node shed load meanwhile). Every move lowers the sum of
+        squared relative loads, so the rounds end."""
+        while self._round():
+            pass
+
+    def _round(self) -> bool:
+        moved = False
+        bound = self.bound + _EPS
+        heap = [(-r, name) for name, r in self.relative.items() if r > bound]
+        heapq.heapify(heap)
+        while heap:
+            neg_r, source = heapq.heappop(heap)
+            if -neg_r != self.relative[source] or self.relative[source] <= bound:
+                continue  # a stale entry, or already within the bound
+            move = self._best_move(source)
+            if move is None:
+                continue
+            self._apply(move)
+            moved = True
+            if self.relative[source] > bound:
+                heapq.heappush(heap, (-self.relative[source], source))
+        return moved
+
+    def _best_move(self, source: str) -> PlannedMove | None:
+        """The smallest check that alone brings ``source`` within the bound, else the
+        largest that fits somewhere; to the least loaded eligible node with room."""
+        r_s = self.relative[source]
+        excess = (r_s - self.bound) * self.capacity[source]
+        candidates: SortedList = self.movable[source]
+        enough = bisect.bisect_left(candidates, (excess - _EPS, ""))
+        order = [
+            *candidates.islice(enough, enough + 1),
+            *candidates.islice(0, enough, reverse=True),
+        ]
+        for cost, digest in order:
+            dest = self._destination(self.items[digest], source, cost)
+            if dest is not None:
+                r_t = self.relative[dest]
+                return PlannedMove(
+                    digest, self.items[digest].check_name, cost, source, dest,
+                    r_s, r_s - cost / self.capacity[source], r_t, r_t + cost / self.capacity[dest],
+                )  # fmt: skip
+        return None
+
+    def _destination(self, item: Item, source: str, cost: float) -> str | None:
+        r_s = self.relative[source]
+        r_s_after = r_s - cost / self.capacity[source]
+        target: tuple[float, str]
+        for target in self.targets:
+            r_t, dest = target
+            if r_t >= self.bound - _EPS or r_t >= r_s:
+                return None  # the rest are fuller still
+            if dest == source:
+                continue
+            r_t_after = r_t + cost / self.capacity[dest]
+            if r_t_after > self.bound + _EPS or r_t_after >= r_s or r_s_after <= r_t:
+                continue
+            if item.eligible(self.labels[dest]):
+                return dest
+        return None
+
+    def _apply(self, move: PlannedMove) -> None:
+        for name, old, new in (
+            (move.source, move.source_before, move.source_after),
+            (move.dest, move.dest_before, move.dest_after),
+        ):
+            self.targets.remove((old, name))
+            self.targets.add((new, name))
+            self.relative[name] = new
+        self.movable[move.source].remove((move.cost, move.digest))
+        self.movable[move.dest].add((move.cost, move.digest))
+        self.moves.append(move)
