@@ -113,7 +113,28 @@ def _read_token(value: str | None, path: Path | None, flag: str) -> str | None:
     default=None,
     help="Seconds to keep agents' checks after start [default: 0 standalone].",
 )
-@option("rebalance-period", type=_seconds(1), default=600.0, show_default=True)
+@option(
+    "rebalance-period",
+    type=_seconds(1),
+    default=600.0,
+    show_default=True,
+    help="Seconds between periodic rebalances.",
+)
+@option(
+    "rebalance-margin",
+    type=click.FloatRange(0.0, 10.0, min_open=True),
+    default=0.1,
+    show_default=True,
+    help="A rebalance brings every node within this fraction above the mean load.",
+)
+@option(
+    "rebalance-min-gain",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.1,
+    show_default=True,
+    help="A rebalance narrowing the spread by less than this fraction moves nothing "
+    "(unless forced).",
+)
 @option(
     "dangling-warning",
     type=_seconds(0, low_open=True),
@@ -221,6 +242,8 @@ def settings_from_flags(flags: dict[str, Any]) -> Settings:
             heartbeat_interval_s=flags["heartbeat_interval"],
             warmup_duration_s=warmup,
             rebalance_period_s=flags["rebalance_period"],
+            rebalance_margin=flags["rebalance_margin"],
+            rebalance_min_gain=flags["rebalance_min_gain"],
             dangling_warning_s=flags["dangling_warning"],
         ),
         auth=auth,

@@ -263,6 +263,15 @@ def results(page: wire.ResultsPageOut, *, now: float) -> str:
 def moves(items: Sequence[wire.MoveOut]) -> str:
     if not items:
         return "no moves"
+    if all(m.source_load_before is not None for m in items):
+        return table(
+            ["DIGEST", "CHECK", "WEIGHT", "FROM", "LOAD", "TO", "LOAD"],
+            ([short(m.digest), m.check_name, f"{m.weight:.3g}", m.source_node,
+              f"{m.source_load_before:.3g}->{m.source_load_after:.3g}", m.dest_node,
+              f"{m.dest_load_before:.3g}->{m.dest_load_after:.3g}"]
+             for m in items),
+            right=(2,),
+        )  # fmt: skip
     return table(
         ["DIGEST", "CHECK", "WEIGHT", "FROM", "TO"],
         ([short(m.digest), m.check_name, f"{m.weight:g}", m.source_node, m.dest_node]
@@ -271,13 +280,28 @@ def moves(items: Sequence[wire.MoveOut]) -> str:
     )  # fmt: skip
 
 
+_OUTCOMES = {
+    "nothing_to_move": "nothing to move: every node is within the margin, or no movable "
+    "check fits elsewhere",
+    "gain_too_small": "not applied: the gain is below the minimum (--force applies it)",
+    "warming_up": "not applied: the leader is warming up",
+}
+
+
 def rebalance(reply: wire.RebalanceOut, *, dry_run: bool) -> str:
     if dry_run:
         lead = f"dry run: {len(reply.moves)} moves planned, none applied"
     elif reply.applied:
         lead = f"rebalanced: {len(reply.moves)} moves applied"
+    elif reply.outcome in _OUTCOMES:
+        lead = f"{_OUTCOMES[reply.outcome]} ({len(reply.moves)} moves planned)"
     else:
         lead = f"not applied ({len(reply.moves)} moves)"
+    if reply.spread_before is not None and reply.spread_after is not None:
+        lead += (
+            f"\nspread (busiest node above the mean): {reply.spread_before:.1%} -> "
+            f"{reply.spread_after:.1%}"
+        )
     return f"{lead}\n{moves(reply.moves)}"
 
 

@@ -268,6 +268,26 @@ def test_moves_rebalance_and_isolate() -> None:
     assert isolated[3].split() == [D2[:12], "http", "0.4", "node-a", "node-c"]
 
 
+def test_a_rebalance_shows_its_outcome_spread_and_the_loads_around_each_move() -> None:
+    planned = wire.MoveOut(
+        digest=D1, check_name="tls", weight=0.2, source_node="node-a", dest_node="node-b",
+        source_load_before=0.9, source_load_after=0.7, dest_load_before=0.3,
+        dest_load_after=0.5,
+    )  # fmt: skip
+    reply = wire.RebalanceOut(
+        applied=False, moves=[planned], outcome="gain_too_small",
+        spread_before=0.125, spread_after=0.12,
+    )  # fmt: skip
+
+    lines = plain(render.rebalance(reply, dry_run=False))
+
+    assert lines[0].startswith("not applied: the gain is below the minimum (--force")
+    assert lines[0].endswith("(1 moves planned)")
+    assert lines[1] == "spread (busiest node above the mean): 12.5% -> 12.0%"
+    assert lines[2].split() == ["DIGEST", "CHECK", "WEIGHT", "FROM", "LOAD", "TO", "LOAD"]
+    assert lines[3].split() == [D1[:12], "tls", "0.2", "node-a", "0.9->0.7", "node-b", "0.3->0.5"]
+
+
 @pytest.mark.parametrize(
     ("action", "word"), [("cordon", "cordoned"), ("uncordon", "uncordoned"), ("drain", "drained")]
 )

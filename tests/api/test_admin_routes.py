@@ -3,6 +3,7 @@ uncordon, drain, isolate and the results status page."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from dispatcher.common.clock import FakeClock
 from dispatcher.settings import DispatchSettings, Settings
 from tests.api.conftest import API, IDENTITY, Api, ApiFactory, check, result
+from tests.node_agent.helpers import eventually
 
 # -------------------------------------------------------------------- state
 
@@ -381,3 +383,120 @@ async def test_results_page_is_not_ok_while_a_last_result_failed(api: Api) -> No
     assert page["checks"][bad]["consecutive_failures"] == 0
     assert page["checks"][bad]["success_count"] == 2
     assert page["checks"][bad]["failure_count"] == 2
+
+
+def stats(cost_by_digest: dict[str, float], interval_s: float = 15.0) -> dict[str, Any]:
+    """Heartbeat stats that price each check at ``cost`` (avg execution / interval)."""
+    return {
+        d: {"avg_execution_s": cost * interval_s, "runs": 3, "errors": 0,
+            "last_error": None, "last_run_at": 1_763_700_000.0}
+        for d, cost in cost_by_digest.items()
+    }  # fmt: skip
+
+
+async def loaded_node_a(api: Api, costs: list[float]) -> list[str]:
+    """node-a holds checks of these measured costs, each with an ok result; node-b is
+    registered afterwards, empty."""
+    await api.heartbeat("node-a", 0)
+    digests = await api.put_source("ci", [check(n) for n in range(len(costs))])
+    await api.heartbeat("node-a", -1, stats=stats(dict(zip(digests, costs, strict=True))))
+    await api.post(f"{API}/results/node-a", {"results": [result(d) for d in digests]})
+    await api.heartbeat("node-b", 0)
+    return digests
+
+
+async def test_a_rebalance_relieves_the_heavy_node_and_counts_itself(api: Api) -> None:
+    digests = await loaded_node_a(api, [0.05, 0.02, 0.1, 0.2])
+
+    dry = await api.ok("POST", f"{API}/rebalance", {"dry_run": True})
+    assert (dry["applied"], dry["outcome"]) == (False, "dry_run")
+    assert (await api.state())["nodes"][1]["configs"] == [], "a dry run moves nothing"
+
+    done = await api.ok("POST", f"{API}/rebalance", {})
+
+    assert (done["applied"], done["outcome"]) == (True, "applied")
+    assert done["moves"] == dry["moves"], "the dry run showed the plan that was applied"
+    [move] = done["moves"]  # 0.37 vs 0: moving the 0.2 check brings both within 10 %
+    assert move == {
+        "digest": digests[3], "check_name": "http", "weight": 0.2,
+        "source_node": "node-a", "dest_node": "node-b",
+        "source_load_before": 0.37, "source_load_after": 0.17,
+        "dest_load_before": 0.0, "dest_load_after": 0.2,
+    }  # fmt: skip
+    assert done["mean_load"] == pytest.approx(0.185, abs=1e-6)
+    assert done["spread_before"] == pytest.approx(0.37 / 0.185 - 1, abs=1e-6)
+    assert done["spread_after"] == pytest.approx(0.2 / 0.185 - 1, abs=1e-6)
+    nodes = {n["name"]: n for n in (await api.state())["nodes"]}
+    assert nodes["node-b"]["configs"] == [digests[3]]
+
+    again = await api.ok("POST", f"{API}/rebalance", {"force": True})
+    assert (again["applied"], again["outcome"], again["moves"]) == (False, "nothing_to_move", [])
+
+    registry = api.service.metrics.registry
+    runs = "clusterchecks_rebalances_total"
+    assert registry.get_sample_value(runs, {"trigger": "api", "outcome": "dry_run"}) == 1
+    assert registry.get_sample_value(runs, {"trigger": "api", "outcome": "applied"}) == 1
+    assert registry.get_sample_value(runs, {"trigger": "api", "outcome": "nothing_to_move"}) == 1
+    moves = registry.get_sample_value(
+        "clusterchecks_rebalance_moves_total", {"trigger": "rebalance"}
+    )
+    assert moves == 1
+    assert registry.get_sample_value("clusterchecks_rebalance_duration_seconds_count") == 3
+
+
+async def test_a_small_gain_is_not_applied_unless_forced(make_api: ApiFactory) -> None:
+    api = await make_api(Settings(dispatch=DispatchSettings(rebalance_min_gain=0.6)))
+    digests = await loaded_node_a(api, [0.3, 0.1])
+
+    # Mean 0.2: only the 0.1 check fits on node-b; node-a stays at 0.3, so the spread
+    # goes from 100 % to 50 % of the mean: a gain of 0.5, under the minimum of 0.6.
+    held = await api.ok("POST", f"{API}/rebalance", {})
+
+    assert (held["applied"], held["outcome"]) == (False, "gain_too_small")
+    assert [m["digest"] for m in held["moves"]] == [digests[1]], "the plan is shown"
+    assert held["spread_before"] == pytest.approx(1.0)
+    assert held["spread_after"] == pytest.approx(0.5)
+    assert (await api.state())["nodes"][1]["configs"] == []
+
+    forced = await api.ok("POST", f"{API}/rebalance", {"force": True})
+    assert (forced["applied"], forced["outcome"]) == (True, "applied")
+    nodes = {n["name"]: n for n in (await api.state())["nodes"]}
+    assert nodes["node-b"]["configs"] == [digests[1]]
+
+
+async def test_a_failing_check_stays_even_on_the_heavy_node(api: Api) -> None:
+    digests = await loaded_node_a(api, [0.3, 0.01])
+    await api.post(f"{API}/results/node-a", {"results": [result(digests[0], ok=False)]})
+
+    reply = await api.ok("POST", f"{API}/rebalance", {"force": True})
+
+    # Only the cheap check may move: the failing 0.3 one, the better move, stays.
+    assert [m["digest"] for m in reply["moves"]] == [digests[1]]
+    nodes = {n["name"]: n for n in (await api.state())["nodes"]}
+    assert nodes["node-a"]["configs"] == [digests[0]]
+
+
+async def test_the_leader_rebalances_every_period_by_itself(make_api: ApiFactory) -> None:
+    api = await make_api(Settings(dispatch=DispatchSettings(rebalance_period_s=0.05)))
+    digests = await loaded_node_a(api, [0.05, 0.02, 0.1, 0.2])
+    stop = asyncio.Event()
+    loops = asyncio.create_task(api.service.dispatcher.run(stop))
+    registry = api.service.metrics.registry
+    runs = {"trigger": "periodic", "outcome": "applied"}
+    idle = {"trigger": "periodic", "outcome": "nothing_to_move"}
+    try:
+        await eventually(
+            lambda: registry.get_sample_value("clusterchecks_rebalances_total", runs) == 1,
+            within_s=5,
+        )
+        # The next periods find nothing to move (a second run moves nothing).
+        await eventually(
+            lambda: bool(registry.get_sample_value("clusterchecks_rebalances_total", idle)),
+            within_s=5,
+        )
+    finally:
+        stop.set()
+        await asyncio.wait_for(loops, 5)
+    nodes = {n["name"]: n for n in (await api.state())["nodes"]}
+    assert nodes["node-b"]["configs"] == [digests[3]]
+    assert registry.get_sample_value("clusterchecks_rebalances_total", runs) == 1

@@ -219,12 +219,14 @@ class SimAgent:
 class Target:
     """A loopback HTTP server in a thread; records (path, unix time) of every hit.
 
-    Paths in ``failing`` answer 503, every other path 200."""
+    Paths in ``failing`` answer 503, every other path 200; paths in ``delays`` answer
+    after that many seconds (a check that costs more)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._hits: list[tuple[str, float]] = []
         self.failing: set[str] = set()
+        self.delays: dict[str, float] = {}
         target = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -234,6 +236,9 @@ class Target:
                 with target._lock:
                     target._hits.append((path, now))
                     failing = path in target.failing
+                    delay = target.delays.get(path, 0.0)
+                if delay:
+                    time.sleep(delay)
                 status, body = (503, b"unavailable\n") if failing else (200, b"ok\n")
                 try:
                     self.send_response(status)
