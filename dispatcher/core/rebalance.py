@@ -11,8 +11,8 @@ brings the node within the bound (one move), then the others from the largest do
 the fewest moves shed a given excess. A check goes to the least loaded eligible node
 (its selector matches) that stays within the bound and is less loaded than the source
 is after the move, so every move narrows the gap between the two nodes: the busiest
-node never gets busier, the least loaded never gets idler, and the sum of squared
-relative loads falls with every move (the plan always ends).
+node never gets busier, the least loaded never gets idler, and the sum of
+load² / capacity over the nodes falls with every move (the plan always ends).
 
 Checks the caller marks unmovable (never run, failing) stay where they are. Cordoned
 nodes are the caller's to leave out: they neither give nor take checks here.
@@ -137,7 +137,7 @@ class _Planner:
     def run(self) -> None:
         """Rounds until one moves nothing: a node stuck in one round may find room in
         the next (a busier node shed load meanwhile). Every move lowers the sum of
-        squared relative loads, so the rounds end."""
+        load² / capacity, so the rounds end."""
         while self._round():
             pass
 

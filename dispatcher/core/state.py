@@ -592,6 +592,11 @@ class ClusterState:
             for name, node in self._nodes.items()
             if not node.cordoned
         ]
+        capacity = sum(n.capacity for n in nodes)
+        bound = sum(n.load for n in nodes) / capacity * (1 + margin) if capacity else 0.0
+        if not any(n.load / n.capacity > bound for n in nodes):
+            # Every node is within the bound (the common periodic run): skip the items.
+            return plan_rebalance(nodes, [], margin=margin, min_improvement=min_improvement)
         items = []
         for load in nodes:
             for digest in self._nodes[NodeName(load.name)].digests:
