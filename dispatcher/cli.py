@@ -30,6 +30,7 @@ from dispatcher.settings import (
     DispatchSettings,
     ElectionSettings,
     HealthSettings,
+    KubernetesSourceSettings,
     LogSettings,
     RedisSettings,
     ServerSettings,
@@ -179,6 +180,23 @@ def _read_token(value: str | None, path: Path | None, flag: str) -> str | None:
     default=None,
     help="Directory of *.yaml check configs, re-read on change.",
 )
+@option(
+    "kubernetes-source",
+    is_flag=True,
+    default=False,
+    help="Take checks from annotated Services and labelled ConfigMaps (the leader does).",
+)
+@option(
+    "kubernetes-source-namespace",
+    default="",
+    help="Only this namespace [default: every namespace].",
+)
+@option(
+    "cluster-domain",
+    default="cluster.local",
+    show_default=True,
+    help="Cluster DNS domain for %%host%% in Service checks.",
+)
 @option("node-token", default=None, help="Bearer token of the node role.")
 @option("source-token", default=None, help="Bearer token of the source role.")
 @option("admin-token", default=None, help="Bearer token of the admin role.")
@@ -263,6 +281,11 @@ def settings_from_flags(flags: dict[str, Any]) -> Settings:
         health=HealthSettings(
             replica_status_period_s=flags["replica_status_period"],
             liveness_grace_s=flags["liveness_grace"],
+        ),
+        kubernetes_source=KubernetesSourceSettings(
+            enabled=flags["kubernetes_source"],
+            namespace=flags["kubernetes_source_namespace"],
+            cluster_domain=flags["cluster_domain"],
         ),
         config_dir=flags["config_dir"],
     )

@@ -18,16 +18,24 @@ from dataclasses import dataclass, field
 
 import structlog
 from aiohttp import web
+from kubernetes_asyncio.client import ApiClient
 
 from dispatcher.api.app import create_app
 from dispatcher.common.clock import Clock, SystemClock
 from dispatcher.common.health import HealthRegistry, Probe, ProbeResult, Status
+from dispatcher.common.kubeclient import kube_client
 from dispatcher.election.base import Leadership, LeaseBackend
 from dispatcher.election.elector import Elector
 from dispatcher.election.standalone import StandaloneLeadership
 from dispatcher.engine import Dispatcher
 from dispatcher.errors import ConfigurationError
-from dispatcher.leadership import Callbacks, Campaign, LeadershipHandler, StandaloneCampaign
+from dispatcher.leadership import (
+    Callbacks,
+    Campaign,
+    LeadershipHandler,
+    StandaloneCampaign,
+    TermSource,
+)
 from dispatcher.metrics import CheckGauges, DispatcherMetrics, StateGauges
 from dispatcher.replicas import ReplicaReporter
 from dispatcher.settings import Settings
@@ -48,6 +56,8 @@ class DispatcherService:
     metrics: DispatcherMetrics
     app: web.Application
     config_dir: ConfigDirSource | None
+    sources: list[TermSource]
+    """Every config source the dispatcher feeds itself (the leader runs them)."""
     clock: Clock
     replicas: ReplicaReporter
     handler: LeadershipHandler | None = None
@@ -61,6 +71,7 @@ def build(
     lease_backend: LeaseBackend | None = None,
     store: StateStore | None = None,
     replica_directory: ReplicaDirectory | None = None,
+    kube_client: ApiClient | None = None,
 ) -> DispatcherService:
     """The dispatcher the settings describe. ``lease_backend``, ``store`` and
     ``replica_directory`` replace the ones the settings name (tests pass in-memory
@@ -74,18 +85,7 @@ def build(
     server = settings.server
     dispatcher = Dispatcher(settings=settings.dispatch, clock=clock, metrics=metrics)
     health.register("dispatch_loop", probe=_dispatch_loop_probe(dispatcher, clock))
-    config_dir = None
-    if settings.config_dir is not None:
-        config_dir = ConfigDirSource(
-            directory=settings.config_dir,
-            dispatcher=dispatcher,
-            health=health,
-            clock=clock,
-            poll_s=settings.config_dir_poll_s,
-        )
-    else:
-        health.register(CONFIG_SOURCES, required=False)
-        health.report(CONFIG_SOURCES, Status.HEALTHY, "API sources only (no --config-dir)")
+    config_dir, sources = _sources(settings, dispatcher, health, clock, kube_client)
     closers: list[Callable[[], Awaitable[None]]] = []
     handler: LeadershipHandler | None = None
     leadership: Leadership
@@ -140,7 +140,7 @@ def build(
             health=health,
             clock=clock,
             election=settings.election,
-            sources=[config_dir] if config_dir is not None else [],
+            sources=sources,
         )
         leadership = handler
 
@@ -198,11 +198,54 @@ def build(
         metrics=metrics,
         app=app,
         config_dir=config_dir,
+        sources=sources,
         clock=clock,
         replicas=replicas,
         handler=handler,
         closers=closers,
     )
+
+
+def _sources(
+    settings: Settings,
+    dispatcher: Dispatcher,
+    health: HealthRegistry,
+    clock: Clock,
+    kube_client: ApiClient | None,
+) -> tuple[ConfigDirSource | None, list[TermSource]]:
+    """The config sources the dispatcher feeds itself: the config directory and the
+    Kubernetes objects, when the settings name them."""
+    config_dir = None
+    if settings.config_dir is not None:
+        config_dir = ConfigDirSource(
+            directory=settings.config_dir,
+            dispatcher=dispatcher,
+            health=health,
+            clock=clock,
+            poll_s=settings.config_dir_poll_s,
+        )
+    else:
+        health.register(CONFIG_SOURCES, required=False)
+        health.report(CONFIG_SOURCES, Status.HEALTHY, "API sources only (no --config-dir)")
+    sources: list[TermSource] = [config_dir] if config_dir is not None else []
+    if settings.kubernetes_source.enabled:
+        if kube_client is None:
+            raise ConfigurationError("--kubernetes-source needs a Kubernetes client (see run())")
+        from dispatcher.sources.kubernetes import KubernetesSource
+
+        k = settings.kubernetes_source
+        sources.append(
+            KubernetesSource(
+                dispatcher=dispatcher,
+                health=health,
+                client=kube_client,
+                clock=clock,
+                namespace=k.namespace,
+                cluster_domain=k.cluster_domain,
+                watch_timeout_s=k.watch_timeout_s,
+            )
+        )
+    return config_dir, sources
 
 
 def _replica_directory(
@@ -296,8 +339,8 @@ async def serve(service: DispatcherService, *, stop: asyncio.Event) -> None:
                 tasks.create_task(service.handler.run(stop), name="leadership")
             else:
                 tasks.create_task(service.dispatcher.run(stop), name="dispatch_tick")
-                if service.config_dir is not None:
-                    tasks.create_task(service.config_dir.run(stop), name="config_dir")
+                for source in service.sources:
+                    tasks.create_task(source.run(stop), name=f"source-{type(source).__name__}")
             await stop.wait()
     finally:
         # A planned stop: components go down one by one, and that is no reason to kill.
@@ -320,18 +363,23 @@ async def run(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     closers: list[Callable[[], Awaitable[None]]] = []
     lease_backend: LeaseBackend | None = None
+    kube: ApiClient | None = None
+    if settings.election.backend == "kubernetes" or settings.kubernetes_source.enabled:
+        kube = await kube_client()
+        closers.append(kube.close)
     if settings.election.backend == "kubernetes":
         from dispatcher.election.kubernetes import KubernetesLeaseBackend
 
+        assert kube is not None
         election = settings.election
-        kube = await KubernetesLeaseBackend.connect(
+        lease_backend = KubernetesLeaseBackend(
+            kube,
             namespace=election.lease_namespace,
             name=election.lease_name,
+            clock=SystemClock(),
             # An attempt may take two or three calls within the elector's own bound.
             call_timeout_s=election.retry_period_s / 2,
         )
-        closers.append(kube.close)
-        lease_backend = kube
-    service = build(settings, lease_backend=lease_backend)
+    service = build(settings, lease_backend=lease_backend, kube_client=kube)
     service.closers.extend(closers)
     await serve(service, stop=stop)

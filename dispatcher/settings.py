@@ -111,6 +111,31 @@ class RedisSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class KubernetesSourceSettings:
+    enabled: bool = False
+    """Checks from annotated Services and labelled ConfigMaps (leader only)."""
+    namespace: str = ""
+    """Watch this namespace only; empty: every namespace."""
+    cluster_domain: str = "cluster.local"
+    """``%%host%%`` is ``<service>.<namespace>.svc.<cluster_domain>``."""
+    watch_timeout_s: float = 300.0
+    """The API server ends each watch after this long; it is resumed at once."""
+
+    def validate(self) -> None:
+        if self.namespace and not _NAMESPACE.fullmatch(self.namespace):
+            raise ConfigurationError(
+                f"--kubernetes-source-namespace {self.namespace!r}: must be a DNS label "
+                "(lower-case letters, digits and '-', at most 63 characters), or empty for "
+                "every namespace."
+            )
+        if not _LEASE_NAME.fullmatch(self.cluster_domain):
+            raise ConfigurationError(
+                f"--cluster-domain {self.cluster_domain!r}: must be a DNS name (lower-case "
+                "letters, digits, '-' and '.')."
+            )
+
+
+@dataclass(frozen=True, slots=True)
 class HealthSettings:
     replica_status_period_s: float = 10.0
     """How often each replica writes its status to the shared store (time-to-live: 3x)."""
@@ -138,6 +163,7 @@ class Settings:
     redis: RedisSettings = RedisSettings()
     log: LogSettings = LogSettings()
     health: HealthSettings = HealthSettings()
+    kubernetes_source: KubernetesSourceSettings = KubernetesSourceSettings()
     config_dir: Path | None = None
     config_dir_poll_s: float = 1.0
 
@@ -194,6 +220,7 @@ class Settings:
                 f"Refusing to serve on {s.host} without authentication: set --admin-token "
                 "(and --node-token, --source-token), or bind --host to a loopback address."
             )
+        self.kubernetes_source.validate()
         if self.config_dir is not None and not self.config_dir.is_dir():
             raise ConfigurationError(f"--config-dir {self.config_dir}: not a directory.")
         return self

@@ -22,7 +22,7 @@ from pydantic import (
 NAME_PATTERN = r"^[A-Za-z0-9._-]{1,253}$"
 SOURCE_NAME_PATTERN = r"^[A-Za-z0-9._:-]{1,253}$"
 """Source names may also hold ':', as the dispatcher's own sources do (``file:web.yaml``)."""
-INTERNAL_SOURCE_PREFIXES = ("file:",)
+INTERNAL_SOURCE_PREFIXES = ("file:", "k8s:")
 """Sources the dispatcher feeds itself: readable through the API, not writable."""
 DIGEST_PATTERN = r"^[0-9a-f]{16,64}$"
 CHECK_NAME_PATTERN = r"^[a-z0-9_]{1,64}$"

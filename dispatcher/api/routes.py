@@ -128,11 +128,12 @@ def path_name(request: web.Request, key: str) -> str:
 
 
 def writable_source(name: str) -> SourceName:
-    """Refuses writes to the sources the dispatcher feeds itself (the file is the truth)."""
+    """Refuses writes to the sources the dispatcher feeds itself (the file or the
+    Kubernetes object is the truth)."""
     if name.startswith(wire.INTERNAL_SOURCE_PREFIXES):
+        origin = "a Kubernetes object" if name.startswith("k8s:") else "its config directory"
         raise Conflict(
-            f"Source {name[:80]!r} is fed by the dispatcher itself (its config directory); "
-            "change the file instead."
+            f"Source {name[:80]!r} is fed by the dispatcher itself ({origin}); change that instead."
         )
     return SourceName(name)
 

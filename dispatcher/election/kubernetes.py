@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import TypeVar, cast
@@ -31,7 +30,6 @@ import orjson
 from kubernetes_asyncio import config as kube_config
 from kubernetes_asyncio.client import (
     ApiClient,
-    Configuration,
     CoordinationV1Api,
     V1Lease,
     V1LeaseSpec,
@@ -40,8 +38,9 @@ from kubernetes_asyncio.client import (
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from dispatcher.common.clock import Clock, SystemClock
+from dispatcher.common.kubeclient import kube_client
 from dispatcher.election.base import LeaseRecord
-from dispatcher.errors import ConfigurationError, LeaseBackendError
+from dispatcher.errors import LeaseBackendError
 
 URL_ANNOTATION = "clusterchecks.io/leader-url"
 """Holds the leader's advertise URL, which followers forward to."""
@@ -120,22 +119,8 @@ class KubernetesLeaseBackend:
     ) -> KubernetesLeaseBackend:
         """In a pod and without ``kubeconfig``: the service account's credentials;
         otherwise the kubeconfig file (default ``~/.kube/config``) and its context."""
-        configuration = Configuration()
-        try:
-            if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-                # The library leaves this function unannotated.
-                kube_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-            else:
-                await kube_config.load_kube_config(
-                    config_file=kubeconfig,
-                    context=context,
-                    client_configuration=configuration,
-                    persist_config=False,
-                )
-        except (kube_config.ConfigException, OSError) as exc:
-            raise ConfigurationError(f"No usable Kubernetes client configuration: {exc}") from exc
         return cls(
-            ApiClient(configuration),
+            await kube_client(kubeconfig=kubeconfig, context=context),
             namespace=namespace,
             name=name,
             clock=clock or SystemClock(),

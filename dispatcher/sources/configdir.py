@@ -139,6 +139,12 @@ def parse_configs(text: str, *, origin: str) -> list[CheckConfig]:
                 f"'configs', not {type(document).__name__}."
             )
         raw.extend((f"{where}, config {i}", item) for i, item in enumerate(items, start=1))
+    return validate_configs(raw)
+
+
+def validate_configs(raw: Sequence[tuple[str, Any]]) -> list[CheckConfig]:
+    """Validates (where, item) pairs as CheckConfigIn; raises ConfigSourceError naming
+    the first bad one and its fields."""
     configs: list[CheckConfig] = []
     for where, item in raw:
         try:

@@ -1,7 +1,7 @@
 """The config directory source, in process: ``scan()`` is called directly, never polled.
 
 Each ``*.yaml``/``*.yml`` file is the source ``file:<filename>``. A broken file is
-reported (log and the ``config_dir`` health component) and keeps the checks it held; a
+reported (log and the ``config_sources`` health component) and keeps the checks it held; a
 deleted file drops its checks; a check stays while at least one file holds it.
 """
 
