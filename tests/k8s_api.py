@@ -1,25 +1,47 @@
 """A stand-in for the Kubernetes API server, in process on a loopback port.
 
-Tests of the Lease backend go through kubernetes-asyncio and real HTTP, so what the client
-sends is checked the way the API server checks it: Status bodies on errors,
-resourceVersion preconditions, integer fields, MicroTime with six digits and a zone. It can
-hang or fail on demand and logs every request.
+Tests go through kubernetes-asyncio and real HTTP, so what the client sends is checked the
+way the API server checks it: Status bodies on errors, resourceVersion preconditions,
+integer fields, MicroTime with six digits and a zone. It can hang or fail on demand and logs
+every request, watches included.
 
 Objects live in one store keyed by (resource, namespace, name) under one resourceVersion
-counter, as in etcd, so more resources (Services, ConfigMaps, list and watch) can be
-served beside Leases: add a ``Resource`` and, if it needs one, a validator.
+counter, as in etcd, and every write is kept in a history that watches replay and follow.
+Served: Leases (read, create, replace, delete), and Services, ConfigMaps and Events (the
+same, plus list and watch, namespaced and across namespaces). To serve more, add a
+``Resource`` and, if it needs one, a validator.
+
+What it does as the API server does:
+
+- A list answers a ``<Kind>List`` whose ``metadata.resourceVersion`` is the store's current
+  one; its items carry no ``apiVersion``/``kind``. ``labelSelector`` (``k=v``, ``k==v``,
+  ``k!=v``, ``k``, ``!k``, ``k in (a,b)``, ``k notin (a,b)``) and ``fieldSelector``
+  (``metadata.name``, ``metadata.namespace``) filter; ``limit``/``continue`` are ignored
+  (one page).
+- A watch (``watch=true``, or any Go ``ParseBool`` truth) streams one JSON event per line.
+  From ``resourceVersion=N`` it replays every change after N, then follows live; without a
+  resourceVersion (or ``"0"``) it starts with a synthetic ADDED per current object. A
+  DELETED event carries the last state stamped with the deletion's resourceVersion. Under a
+  selector, an object that stops matching comes as DELETED and one that starts matching as
+  ADDED. ``timeoutSeconds`` ends the stream cleanly. A resourceVersion older than the
+  compacted history is answered 200 with one ``ERROR`` event (Status 410 Expired).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import contextlib
 import copy
 import re
+import secrets
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import parse_qsl
 
 import orjson
 import pytest
@@ -29,6 +51,7 @@ from kubernetes_asyncio.client import ApiClient, Configuration
 
 Json = dict[str, Any]
 BODY = web.RequestKey("body", object)
+LOGGED = web.RequestKey("logged", object)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +77,10 @@ class Resource:
 
 
 LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")
+SERVICES = Resource("", "v1", "services", "Service")
+CONFIGMAPS = Resource("", "v1", "configmaps", "ConfigMap")
+EVENTS = Resource("", "v1", "events", "Event")
+ALL_RESOURCES = (LEASES, SERVICES, CONFIGMAPS, EVENTS)
 
 
 class StatusError(Exception):
@@ -86,12 +113,39 @@ def _details(resource: Resource, name: str) -> Json:
     return {"name": name, "group": resource.group, "kind": resource.plural}
 
 
-class ObjectStore:
-    """Objects as JSON, each stamped with the global resourceVersion of its last write."""
+ChangeType = Literal["ADDED", "MODIFIED", "DELETED"]
 
-    def __init__(self) -> None:
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One write, as the history keeps it for watches."""
+
+    resource_version: int
+    type: ChangeType
+    resource: Resource
+    namespace: str
+    name: str
+    object: Json
+    """The state written; for DELETED the last state, stamped with the deletion's version."""
+    previous: Json | None
+    """The state before (None for ADDED)."""
+
+
+class ObjectStore:
+    """Objects as JSON, each stamped with the global resourceVersion of its last write, and
+    the history of writes since the last compaction."""
+
+    def __init__(self, history_limit: int | None = None) -> None:
         self._objects: dict[tuple[Resource, str, str], Json] = {}
         self.resource_version = 0
+        self.history: list[Change] = []
+        self.history_limit = history_limit
+        """Keep at most this many changes; older ones are compacted away."""
+        self.compacted = 0
+        """Changes up to this version are forgotten: a watch from an older one gets 410."""
+        self._subscribers: list[Callable[[Change], None]] = []
+
+    # --- reads
 
     def get(self, resource: Resource, namespace: str, name: str) -> Json:
         try:
@@ -101,6 +155,25 @@ class ObjectStore:
                 404, "NotFound", f'{resource.qualified} "{name}" not found',
                 _details(resource, name),
             ) from None  # fmt: skip
+
+    def objects(self, resource: Resource, namespace: str | None = None) -> list[Json]:
+        """Objects of ``resource`` (in ``namespace``, or all), in key order as etcd lists."""
+        return [
+            copy.deepcopy(obj)
+            for (r, ns, _), obj in sorted(self._objects.items(), key=lambda kv: kv[0][1:])
+            if r == resource and namespace in (None, ns)
+        ]
+
+    def changes_since(self, resource_version: int) -> list[Change]:
+        """The changes after ``resource_version``; 410 Expired if some are forgotten."""
+        if resource_version < self.compacted:
+            raise StatusError(
+                410, "Expired",
+                f"too old resource version: {resource_version} ({self.compacted})",
+            )  # fmt: skip
+        return [c for c in self.history if c.resource_version > resource_version]
+
+    # --- writes through the API, with its checks
 
     def create(self, resource: Resource, namespace: str, obj: Json) -> Json:
         meta = obj["metadata"]
@@ -116,8 +189,8 @@ class ObjectStore:
             )
         meta["namespace"] = namespace
         meta["uid"] = str(uuid.uuid4())
-        meta["creationTimestamp"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        return self._put(resource, namespace, name, obj)
+        meta["creationTimestamp"] = _now()
+        return self._write(resource, namespace, name, obj)
 
     def replace(self, resource: Resource, namespace: str, name: str, obj: Json) -> Json:
         stored = self.get(resource, namespace, name)
@@ -141,24 +214,214 @@ class ObjectStore:
         meta["namespace"] = namespace
         meta["uid"] = stored["metadata"]["uid"]
         meta["creationTimestamp"] = stored["metadata"]["creationTimestamp"]
-        return self._put(resource, namespace, name, obj)
+        return self._write(resource, namespace, name, obj)
 
     def delete(self, resource: Resource, namespace: str, name: str) -> None:
-        self.get(resource, namespace, name)
+        last = self.get(resource, namespace, name)
         del self._objects[resource, namespace, name]
         self.resource_version += 1
+        gone = copy.deepcopy(last)
+        gone["metadata"]["resourceVersion"] = str(self.resource_version)
+        self._record(
+            Change(self.resource_version, "DELETED", resource, namespace, name, gone, last)
+        )
 
-    def _put(self, resource: Resource, namespace: str, name: str, obj: Json) -> Json:
+    # --- writes for tests, past the API's checks (still recorded and watched)
+
+    def put(self, resource: Resource, namespace: str, obj: Json) -> Json:
+        """Creates or replaces ``obj`` whatever resourceVersion it carries; returns it as
+        stored. ``obj`` itself is left alone."""
+        obj = copy.deepcopy(obj)
+        obj.setdefault("apiVersion", resource.api_version)
+        obj.setdefault("kind", resource.kind)
+        meta = obj.setdefault("metadata", {})
+        name = meta["name"]
+        old = self._objects.get((resource, namespace, name))
+        meta["namespace"] = namespace
+        meta["uid"] = old["metadata"]["uid"] if old else str(uuid.uuid4())
+        meta["creationTimestamp"] = old["metadata"]["creationTimestamp"] if old else _now()
+        return self._write(resource, namespace, name, obj)
+
+    def remove(self, resource: Resource, namespace: str, name: str) -> None:
+        """Deletes, as ``kubectl delete`` would; 404 (StatusError) if absent."""
+        self.delete(resource, namespace, name)
+
+    def compact(self, resource_version: int | None = None) -> None:
+        """Forgets the changes up to ``resource_version`` (default: all of them), as etcd
+        compaction does: a watch from an older version then gets 410 Expired."""
+        upto = self.resource_version if resource_version is None else resource_version
+        self.compacted = max(self.compacted, upto)
+        self.history = [c for c in self.history if c.resource_version > self.compacted]
+
+    def subscribe(self, callback: Callable[[Change], None]) -> Callable[[], None]:
+        """Calls ``callback`` with every later change; returns the unsubscriber."""
+        self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback)
+
+    def _write(self, resource: Resource, namespace: str, name: str, obj: Json) -> Json:
+        previous = self._objects.get((resource, namespace, name))
         self.resource_version += 1
         obj["metadata"]["resourceVersion"] = str(self.resource_version)
         self._objects[resource, namespace, name] = copy.deepcopy(obj)
+        kind: ChangeType = "ADDED" if previous is None else "MODIFIED"
+        now, before = copy.deepcopy(obj), copy.deepcopy(previous)
+        self._record(Change(self.resource_version, kind, resource, namespace, name, now, before))
         return obj
+
+    def _record(self, change: Change) -> None:
+        self.history.append(change)
+        if self.history_limit is not None and len(self.history) > self.history_limit:
+            self.compact(self.history[-self.history_limit - 1].resource_version)
+        for callback in list(self._subscribers):
+            callback(change)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --------------------------------------------------------------------- builders
+
+
+def service(
+    namespace: str,
+    name: str,
+    *,
+    ports: Iterable[Json] = ({"name": "http", "port": 80, "protocol": "TCP"},),
+    annotations: dict[str, str] | None = None,
+    labels: dict[str, str] | None = None,
+    cluster_ip: str | None = None,
+) -> Json:
+    """A Service as the API server would hold it (ports defaulted: TCP, targetPort=port)."""
+    spec: Json = {
+        "type": "ClusterIP",
+        "sessionAffinity": "None",
+        "ports": [{"protocol": "TCP", "targetPort": p["port"], **p} for p in ports],
+    }
+    if cluster_ip is not None:
+        spec["clusterIP"] = cluster_ip
+        spec["clusterIPs"] = [cluster_ip]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(namespace, name, labels, annotations),
+        "spec": spec,
+    }
+
+
+def configmap(
+    namespace: str,
+    name: str,
+    *,
+    data: dict[str, str] | None = None,
+    labels: dict[str, str] | None = None,
+    annotations: dict[str, str] | None = None,
+) -> Json:
+    obj: Json = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(namespace, name, labels, annotations),
+    }
+    if data is not None:
+        obj["data"] = dict(data)
+    return obj
+
+
+def _meta(
+    namespace: str, name: str, labels: dict[str, str] | None, annotations: dict[str, str] | None
+) -> Json:
+    meta: Json = {"name": name, "namespace": namespace}
+    if labels is not None:
+        meta["labels"] = dict(labels)
+    if annotations is not None:
+        meta["annotations"] = dict(annotations)
+    return meta
+
+
+# -------------------------------------------------------------------- selectors
+
+Selector = Callable[[Json], bool]
+"""Whether an object (its JSON) matches."""
+
+_KEY = r"(?:[A-Za-z0-9][-A-Za-z0-9.]*/)?[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?"
+_VALUE = r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?)?"
+_EXISTS = re.compile(rf"\s*(!?)\s*({_KEY})\s*")
+_EQUALS = re.compile(rf"\s*({_KEY})\s*(==|=|!=)\s*({_VALUE})\s*")
+_SET = re.compile(rf"\s*({_KEY})\s+(in|notin)\s*\(([^()]*)\)\s*")
+
+
+def label_selector(text: str) -> Selector:
+    """Parses a label selector as the API server does; 400 BadRequest if it cannot."""
+    requirements = [_label_requirement(term) for term in _split_terms(text) if term.strip()]
+    return lambda obj: all(r(obj.get("metadata", {}).get("labels") or {}) for r in requirements)
+
+
+def _split_terms(text: str) -> list[str]:
+    """On commas outside parentheses."""
+    terms: list[str] = []
+    depth = start = 0
+    for i, char in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            terms.append(text[start:i])
+            start = i + 1
+    terms.append(text[start:])
+    return terms
+
+
+def _label_requirement(term: str) -> Callable[[dict[str, str]], bool]:
+    if m := _EXISTS.fullmatch(term):
+        negated, key = m.group(1) == "!", m.group(2)
+        return lambda labels: (key in labels) != negated
+    if m := _EQUALS.fullmatch(term):
+        key, op, value = m.groups()
+        if op == "!=":
+            return lambda labels: labels.get(key) != value
+        return lambda labels: labels.get(key) == value
+    if m := _SET.fullmatch(term):
+        key, op, listed = m.groups()
+        values = {v.strip() for v in listed.split(",")}
+        if not all(re.fullmatch(_VALUE, v) for v in values):
+            raise _bad_selector(term)
+        if op == "in":
+            return lambda labels: labels.get(key) in values
+        return lambda labels: labels.get(key) not in values
+    raise _bad_selector(term)
+
+
+def _bad_selector(term: str) -> StatusError:
+    return StatusError(400, "BadRequest", f"unable to parse requirement: {term.strip()!r}")
+
+
+_FIELDS = {"metadata.name": "name", "metadata.namespace": "namespace"}
+
+
+def field_selector(text: str) -> Selector:
+    """``metadata.name`` and ``metadata.namespace`` with ``=``, ``==``, ``!=``."""
+    checks: list[Selector] = []
+    for term in text.split(","):
+        if not term.strip():
+            continue
+        m = re.fullmatch(r"\s*([A-Za-z.]+)\s*(==|=|!=)\s*([^,]*?)\s*", term)
+        if m is None:
+            raise StatusError(400, "BadRequest", f"invalid selector: {text!r}")
+        path, op, value = m.groups()
+        if path not in _FIELDS:
+            raise StatusError(400, "BadRequest", f'field label not supported: "{path}"')
+
+        def check(obj: Json, key: str = _FIELDS[path], value: str = value, op: str = op) -> bool:
+            return bool(obj["metadata"].get(key) == value) != (op == "!=")
+
+        checks.append(check)
+    return lambda obj: all(check(obj) for check in checks)
 
 
 # ------------------------------------------------------------------- validation
 
 # metav1.MicroTime is parsed with RFC3339Micro: exactly six digits, and a zone.
 _MICRO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}(Z|[+-]\d\d:\d\d)")
+# metav1.Time is parsed with RFC3339: a zone is required, fractional seconds are accepted.
+_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)")
 
 
 def _bad_request(resource: Resource, problem: str) -> StatusError:
@@ -177,6 +440,10 @@ def _invalid(resource: Resource, name: str, field_path: str, problem: str) -> St
     )  # fmt: skip
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _validate_lease(obj: Json, name: str) -> None:
     spec = obj.get("spec")
     if spec is None:
@@ -187,7 +454,7 @@ def _validate_lease(obj: Json, name: str) -> None:
         value = spec.get(key)
         if value is None:
             continue
-        if not isinstance(value, int) or isinstance(value, bool):
+        if not _is_int(value):
             raise _bad_request(
                 LEASES, f"json: cannot unmarshal {value!r} into Go struct field "
                 f"LeaseSpec.spec.{key} of type int32",
@@ -219,19 +486,160 @@ def _parses(value: str) -> bool:
         return False
 
 
-VALIDATORS: dict[Resource, Callable[[Json, str], None]] = {LEASES: _validate_lease}
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_PROTOCOLS = ("SCTP", "TCP", "UDP")
+
+
+def _validate_service(obj: Json, name: str) -> None:
+    """Decoding and the checks a config source can trip on; defaults as the API server
+    does: type ClusterIP, sessionAffinity None, ports' protocol TCP and targetPort=port."""
+    spec = obj.setdefault("spec", {})
+    if not isinstance(spec, dict):
+        raise _bad_request(SERVICES, "spec must be an object")
+    ports = spec.setdefault("ports", [])
+    if not isinstance(ports, list) or not all(isinstance(p, dict) for p in ports):
+        raise _bad_request(
+            SERVICES, "json: cannot unmarshal into Go struct field ServiceSpec.spec.ports of "
+            "type []v1.ServicePort",
+        )  # fmt: skip
+    kind = spec.setdefault("type", "ClusterIP")
+    spec.setdefault("sessionAffinity", "None")
+    if not ports and kind != "ExternalName" and spec.get("clusterIP") != "None":
+        raise _invalid(SERVICES, name, "spec.ports", "Required value")
+    names: set[str] = set()
+    for i, port in enumerate(ports):
+        where = f"spec.ports[{i}]"
+        number = port.get("port")
+        if not _is_int(number):
+            raise _bad_request(
+                SERVICES, f"json: cannot unmarshal {number!r} into Go struct field "
+                f"ServicePort.spec.ports.port of type int32",
+            )  # fmt: skip
+        if not 1 <= number <= 65535:
+            raise _invalid(
+                SERVICES, name, f"{where}.port",
+                f"Invalid value: {number}: must be between 1 and 65535, inclusive",
+            )  # fmt: skip
+        protocol = port.setdefault("protocol", "TCP")
+        if protocol not in _PROTOCOLS:
+            raise _invalid(
+                SERVICES, name, f"{where}.protocol",
+                f'Unsupported value: "{protocol}": supported values: "SCTP", "TCP", "UDP"',
+            )  # fmt: skip
+        port.setdefault("targetPort", number)
+        port_name = port.get("name")
+        if port_name is not None and not isinstance(port_name, str):
+            raise _bad_request(SERVICES, f"{where}.name must be a string")
+        if not port_name:
+            if len(ports) > 1:
+                raise _invalid(SERVICES, name, f"{where}.name", "Required value")
+            continue
+        if len(port_name) > 63 or not _DNS_LABEL.fullmatch(port_name):
+            raise _invalid(
+                SERVICES, name, f"{where}.name",
+                f'Invalid value: "{port_name}": a lowercase RFC 1123 label must consist of '
+                "lower case alphanumeric characters or '-', and must start and end with an "
+                "alphanumeric character",
+            )  # fmt: skip
+        if port_name in names:
+            raise _invalid(SERVICES, name, f"{where}.name", f'Duplicate value: "{port_name}"')
+        names.add(port_name)
+
+
+_CONFIG_KEY = re.compile(r"[-._a-zA-Z0-9]+")
+
+
+def _validate_configmap(obj: Json, name: str) -> None:
+    keys: set[str] = set()
+    size = 0
+    for section in ("data", "binaryData"):
+        values = obj.get(section)
+        if values is None:
+            continue
+        if not isinstance(values, dict) or not all(isinstance(v, str) for v in values.values()):
+            raise _bad_request(CONFIGMAPS, f"{section} must map strings to strings")
+        for key, value in values.items():
+            if len(key) > 253 or not _CONFIG_KEY.fullmatch(key):
+                raise _invalid(
+                    CONFIGMAPS, name, f"{section}[{key}]",
+                    f'Invalid value: "{key}": a valid config key must consist of alphanumeric '
+                    "characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or "
+                    "'key-name', regex used for validation is '[-._a-zA-Z0-9]+')",
+                )  # fmt: skip
+            if key in keys:
+                raise _invalid(CONFIGMAPS, name, f"{section}[{key}]", f'Duplicate value: "{key}"')
+            keys.add(key)
+            if section == "binaryData":
+                try:
+                    size += len(base64.b64decode(value, validate=True))
+                except binascii.Error:
+                    raise _bad_request(CONFIGMAPS, f"binaryData[{key}] is not base64") from None
+            else:
+                size += len(value.encode())
+    if size > 1024 * 1024:
+        raise _invalid(CONFIGMAPS, name, "[]", "Too long: must have at most 1048576 bytes")
+
+
+def _validate_event(obj: Json, name: str) -> None:
+    involved = obj.get("involvedObject")
+    if involved is not None and not isinstance(involved, dict):
+        raise _bad_request(EVENTS, "involvedObject must be an object")
+    namespace = (involved or {}).get("namespace")
+    if namespace and namespace != obj["metadata"].get("namespace"):
+        raise _invalid(
+            EVENTS, name, "involvedObject.namespace",
+            f'Invalid value: "{namespace}": does not match event.namespace',
+        )  # fmt: skip
+    if not _is_int(obj.get("count", 0)):
+        raise _bad_request(EVENTS, "json: cannot unmarshal count of type int32")
+    for key in ("firstTimestamp", "lastTimestamp"):
+        value = obj.get(key)
+        if value is not None and not (isinstance(value, str) and _TIME.fullmatch(value)):
+            raise _bad_request(
+                EVENTS, f'parsing time {value!r} as "2006-01-02T15:04:05Z07:00": {key} is not '
+                "RFC 3339 (a zone is required)",
+            )  # fmt: skip
+    value = obj.get("eventTime")
+    if value is not None and not (isinstance(value, str) and _MICRO_TIME.fullmatch(value)):
+        raise _bad_request(
+            EVENTS, f'parsing time {value!r} as "2006-01-02T15:04:05.000000Z07:00": eventTime '
+            "is not an RFC 3339 MicroTime",
+        )  # fmt: skip
+
+
+VALIDATORS: dict[Resource, Callable[[Json, str], None]] = {
+    LEASES: _validate_lease,
+    SERVICES: _validate_service,
+    CONFIGMAPS: _validate_configmap,
+    EVENTS: _validate_event,
+}
+"""Run on HTTP writes after the common checks; they may fill in defaults."""
+
+_GENERATED = "bcdfghjklmnpqrstvwxz2456789"
 
 
 def _check_object(resource: Resource, obj: object, namespace: str, name: str | None) -> Json:
     """The checks every write gets; ``name`` is the one in the URL (None on create)."""
     if not isinstance(obj, dict):
         raise _bad_request(resource, "the body must be a JSON object")
+    # Left out, they are taken from the URL, as the API server does; given, they must match.
+    obj.setdefault("kind", resource.kind)
+    obj.setdefault("apiVersion", resource.api_version)
     if obj.get("kind") != resource.kind or obj.get("apiVersion") != resource.api_version:
         raise _bad_request(
             resource, f"expected kind {resource.kind!r} and apiVersion "
             f"{resource.api_version!r}, got {obj.get('kind')!r} and {obj.get('apiVersion')!r}",
         )  # fmt: skip
     meta = obj.get("metadata")
+    if (
+        name is None
+        and isinstance(meta, dict)
+        and not meta.get("name")
+        and isinstance(meta.get("generateName"), str)
+        and meta["generateName"]
+    ):
+        suffix = "".join(secrets.choice(_GENERATED) for _ in range(5))
+        meta["name"] = meta["generateName"] + suffix
     if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) or not meta["name"]:
         raise _invalid(resource, "", "metadata.name", "Required value: name is required")
     if name is not None and meta["name"] != name:
@@ -254,11 +662,25 @@ def _check_object(resource: Resource, obj: object, namespace: str, name: str | N
             raise _bad_request(resource, f"metadata.{key} must map strings to strings")
     validate = VALIDATORS.get(resource)
     if validate is not None:
+        meta["namespace"] = namespace
         validate(obj, meta["name"])
     return obj
 
 
 # ----------------------------------------------------------------------- server
+
+
+_TRUE = ("1", "t", "T", "TRUE", "true", "True")
+_FALSE = ("0", "f", "F", "FALSE", "false", "False")
+
+
+def _parse_bool(name: str, value: str) -> bool:
+    """As Go's strconv.ParseBool, which the API server decodes query flags with."""
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise StatusError(400, "BadRequest", f'{name}: Invalid value: "{value}": not a boolean')
 
 
 @dataclass
@@ -268,13 +690,47 @@ class LoggedRequest:
     body: Json | None
     """The JSON body as the client sent it."""
     status: int | None = None
-    """None until answered (a hung request, or one whose client gave up)."""
+    """None until answered (a hung request, or one whose client gave up). A watch counts as
+    answered when its stream starts (200), even a 410 one."""
+    query: str = ""
+    """The raw query string, as sent: ``watch=True&resourceVersion=12&timeoutSeconds=2``."""
+
+    @property
+    def params(self) -> dict[str, str]:
+        """The query decoded (last value wins)."""
+        return dict(parse_qsl(self.query, keep_blank_values=True))
+
+    @property
+    def is_watch(self) -> bool:
+        return self.method == "GET" and self.params.get("watch", "") in _TRUE
+
+
+@dataclass(eq=False)
+class _OpenWatch:
+    pending: list[Change] = field(default_factory=list)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    closing: Literal["end", "abort"] | None = None
+
+    def push(self, change: Change) -> None:
+        if self.closing is None:  # closed, it sees no later change
+            self.pending.append(change)
+            self.wake.set()
+
+    def close(self, how: Literal["end", "abort"]) -> None:
+        self.closing = how
+        self.wake.set()
+
+
+_POLL_S = 0.05
+"""How often an idle watch looks whether its client went away."""
 
 
 class FakeKubernetesApi:
-    def __init__(self, resources: Iterable[Resource] = (LEASES,)) -> None:
+    def __init__(
+        self, resources: Iterable[Resource] = (LEASES,), *, history_limit: int | None = None
+    ) -> None:
         self.resources = tuple(resources)
-        self.store = ObjectStore()
+        self.store = ObjectStore(history_limit)
         self.requests: list[LoggedRequest] = []
         self.fail_with: int | None = None
         """Answer every request with this status (500, 503) and a Status body."""
@@ -283,7 +739,34 @@ class FakeKubernetesApi:
         self._unhung = asyncio.Event()
         self._arrived = asyncio.Condition()
         self._hung = 0
+        self._watches: set[_OpenWatch] = set()
         self._runner: web.AppRunner | None = None
+
+    # --- the store, for tests
+
+    def put(self, resource: Resource, namespace: str, obj: Json) -> Json:
+        """Creates or replaces, past the API's checks; watchers see it. Returns it stored."""
+        return self.store.put(resource, namespace, obj)
+
+    def remove(self, resource: Resource, namespace: str, name: str) -> None:
+        """Deletes; watchers see a DELETED."""
+        self.store.remove(resource, namespace, name)
+
+    def get(self, resource: Resource, namespace: str, name: str) -> Json:
+        return self.store.get(resource, namespace, name)
+
+    def compact(self, resource_version: int | None = None) -> None:
+        """Forgets history up to ``resource_version`` (default: all): older watches get 410."""
+        self.store.compact(resource_version)
+
+    @property
+    def resource_version(self) -> int:
+        return self.store.resource_version
+
+    def events(self, namespace: str | None = None) -> list[Json]:
+        """The Event objects created, oldest first."""
+        found = self.store.objects(EVENTS, namespace)
+        return sorted(found, key=lambda e: int(e["metadata"]["resourceVersion"]))
 
     # --- switches
 
@@ -306,8 +789,40 @@ class FakeKubernetesApi:
         async with self._arrived:
             await self._arrived.wait_for(lambda: self._hung >= count)
 
+    def close_watches(self, *, abort: bool = False) -> int:
+        """Ends every open watch stream, cleanly (the chunked body ends, as on
+        ``timeoutSeconds``) or, with ``abort``, by closing the connection mid-body (the
+        client's read fails). Returns how many there were."""
+        closed, self._watches = self._watches, set()
+        for watch in closed:
+            watch.close("abort" if abort else "end")
+        return len(closed)
+
+    @property
+    def watching(self) -> int:
+        """Watch streams open now."""
+        return len(self._watches)
+
+    async def wait_watching(self, count: int) -> None:
+        """Until at least ``count`` watch streams are open: subscribed, so a change made
+        after this returns reaches them (after their backlog)."""
+        async with self._arrived:
+            await self._arrived.wait_for(lambda: len(self._watches) >= count)
+
     def answered(self, method: str | None = None) -> list[LoggedRequest]:
         return [r for r in self.requests if r.status is not None and method in (None, r.method)]
+
+    def lists(self) -> list[LoggedRequest]:
+        """GET requests on collections that are not watches."""
+        collections = {self._collection_path(r) for r in self.resources}
+        return [
+            r
+            for r in self.requests
+            if r.method == "GET" and not r.is_watch and _is_collection(r.path, collections)
+        ]
+
+    def watches(self) -> list[LoggedRequest]:
+        return [r for r in self.requests if r.is_watch]
 
     # --- life
 
@@ -324,6 +839,7 @@ class FakeKubernetesApi:
 
     async def stop(self) -> None:
         self.unhang()  # hung handlers finish instead of holding up the shutdown
+        self.close_watches()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -332,6 +848,10 @@ class FakeKubernetesApi:
         return ApiClient(Configuration(host=self.url))
 
     # --- handling
+
+    @staticmethod
+    def _collection_path(resource: Resource) -> str:
+        return f"{resource.prefix}/{resource.plural}"
 
     def _add_routes(self, router: web.UrlDispatcher, resource: Resource) -> None:
         store = self.store
@@ -357,10 +877,99 @@ class FakeKubernetesApi:
             store.delete(resource, ns, name)
             return _json(200, status_body(200, "", "", _details(resource, name)))
 
+        async def list_or_watch(request: web.Request) -> web.StreamResponse:
+            return await self._list_or_watch(request, resource, request.match_info.get("namespace"))
+
+        router.add_get(collection, list_or_watch)
+        router.add_get(self._collection_path(resource), list_or_watch)
         router.add_post(collection, create)
         router.add_get(item, read)
         router.add_put(item, replace)
         router.add_delete(item, delete)
+
+    async def _list_or_watch(
+        self, request: web.Request, resource: Resource, namespace: str | None
+    ) -> web.StreamResponse:
+        query = request.query
+        selectors = [
+            label_selector(query.get("labelSelector", "")),
+            field_selector(query.get("fieldSelector", "")),
+        ]
+
+        def matches(obj: Json) -> bool:
+            return all(selector(obj) for selector in selectors)
+
+        if _parse_bool("watch", query.get("watch", "false")):
+            return await self._watch(request, resource, namespace, matches)
+        items = [obj for obj in self.store.objects(resource, namespace) if matches(obj)]
+        for obj in items:  # the API server leaves them out of list items
+            obj.pop("apiVersion", None)
+            obj.pop("kind", None)
+        return _json(200, {
+            "kind": f"{resource.kind}List",
+            "apiVersion": resource.api_version,
+            "metadata": {"resourceVersion": str(self.store.resource_version)},
+            "items": items,
+        })  # fmt: skip
+
+    async def _watch(
+        self,
+        request: web.Request,
+        resource: Resource,
+        namespace: str | None,
+        matches: Selector,
+    ) -> web.StreamResponse:
+        store = self.store
+        timeout, since = _watch_params(request.query)
+
+        def event_for(change: Change) -> Json | None:
+            return _watch_event(change, resource, namespace, matches)
+
+        # From here to subscribing nothing awaits: no change falls between.
+        first: list[Json] = []
+        watch = _OpenWatch()
+        if since in ("", "0"):
+            first = [
+                {"type": "ADDED", "object": obj}
+                for obj in store.objects(resource, namespace)
+                if matches(obj)
+            ]
+        else:
+            try:
+                watch.pending = store.changes_since(int(since))
+            except StatusError as exc:
+                first = [{"type": "ERROR", "object": exc.body()}]
+                watch.closing = "end"
+        unsubscribe: Callable[[], None] = lambda: None  # noqa: E731
+        if watch.closing is None:
+            unsubscribe = store.subscribe(watch.push)
+            self._watches.add(watch)  # close_watches reaches it from now on
+        response = web.StreamResponse(status=200)
+        response.content_type = "application/json"
+        response.enable_chunked_encoding()
+        try:
+            await response.prepare(request)
+            logged = request[LOGGED]
+            assert isinstance(logged, LoggedRequest)
+            logged.status = response.status
+            for event in first:
+                await response.write(orjson.dumps(event) + b"\n")
+            async with self._arrived:
+                self._arrived.notify_all()
+            if not await _follow(request, response, watch, timeout, event_for):
+                return response  # the client went away
+        except ConnectionResetError:
+            return response  # the client went away mid-write
+        finally:
+            unsubscribe()
+            self._watches.discard(watch)
+        if watch.closing == "abort":
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        with contextlib.suppress(ConnectionResetError):  # the client may be gone by now
+            await response.write_eof()
+        return response
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -369,8 +978,11 @@ class FakeKubernetesApi:
             body = orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError:
             body = None
-        logged = LoggedRequest(request.method, request.path, copy.deepcopy(body))
+        logged = LoggedRequest(
+            request.method, request.path, copy.deepcopy(body), query=request.query_string
+        )
         self.requests.append(logged)
+        request[LOGGED] = logged
         if request.method in self._hang_methods:
             self._hung += 1
             async with self._arrived:
@@ -393,13 +1005,85 @@ class FakeKubernetesApi:
         return response
 
 
+def _watch_params(query: Mapping[str, str]) -> tuple[float | None, str]:
+    """``timeoutSeconds`` (None: none, as 0) and ``resourceVersion`` ("" if unset)."""
+    timeout: float | None = None
+    if "timeoutSeconds" in query:
+        raw = query["timeoutSeconds"]
+        if not re.fullmatch(r"-?\d+", raw):
+            raise StatusError(400, "BadRequest", f'timeoutSeconds: Invalid value: "{raw}"')
+        timeout = int(raw) or None
+    since = query.get("resourceVersion", "")
+    if since and not since.isdigit():
+        raise StatusError(
+            400, "BadRequest", f'resourceVersion: Invalid value: "{since}": invalid '
+            "resource version",
+        )  # fmt: skip
+    return timeout, since
+
+
+async def _follow(
+    request: web.Request,
+    response: web.StreamResponse,
+    watch: _OpenWatch,
+    seconds: float | None,
+    event_for: Callable[[Change], Json | None],
+) -> bool:
+    """Streams changes until the timeout or ``close_watches``; False if the client left."""
+    loop = asyncio.get_running_loop()
+    deadline = None if seconds is None else loop.time() + seconds
+    while True:
+        while watch.pending and watch.closing != "abort":
+            event = event_for(watch.pending.pop(0))
+            if event is not None:
+                await response.write(orjson.dumps(event) + b"\n")
+        if watch.closing is not None:
+            return True
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return False
+        left = _POLL_S if deadline is None else min(_POLL_S, deadline - loop.time())
+        if left <= 0:
+            return True
+        watch.wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(watch.wake.wait(), left)
+
+
+def _watch_event(
+    change: Change, resource: Resource, namespace: str | None, matches: Selector
+) -> Json | None:
+    """What one watcher sees of a change, as the watch cache decides it: under a selector,
+    an object that starts matching is ADDED and one that stops matching is DELETED."""
+    if change.resource != resource or namespace not in (None, change.namespace):
+        return None
+    now = change.type != "DELETED" and matches(change.object)
+    before = change.previous is not None and matches(change.previous)
+    if now:
+        return {"type": "MODIFIED" if before else "ADDED", "object": change.object}
+    if before and change.previous is not None:
+        gone = copy.deepcopy(change.previous)
+        gone["metadata"]["resourceVersion"] = str(change.resource_version)
+        return {"type": "DELETED", "object": gone}
+    return None
+
+
+def _is_collection(path: str, collections: set[str]) -> bool:
+    """``/api/v1/services`` or ``/api/v1/namespaces/x/services``."""
+    if path in collections:
+        return True
+    m = re.fullmatch(r"(/apis?/.+)/namespaces/[^/]+/([^/]+)", path)
+    return m is not None and f"{m.group(1)}/{m.group(2)}" in collections
+
+
 def _json(status: int, body: Json) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
 
 @pytest.fixture
 async def k8s_api() -> AsyncIterator[FakeKubernetesApi]:
-    api = FakeKubernetesApi()
+    """The stand-in serving ``ALL_RESOURCES``."""
+    api = FakeKubernetesApi(ALL_RESOURCES)
     await api.start()
     try:
         yield api
