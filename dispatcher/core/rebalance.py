@@ -6,9 +6,9 @@ The mean is the total load over the total capacity; the bound is the mean times
 and only until they are within it: a node at or under the bound keeps every check
 (stickiness), so a second plan right after the first moves nothing.
 
-For the busiest node it tries, in order, the smallest movable check whose cost alone
-brings the node within the bound (one move), then the others from the largest down:
-the fewest moves shed a given excess. A check goes to the least loaded eligible node
+For the busiest node it tries, in order, the movable checks whose cost alone brings
+the node within the bound (one move), smallest first, then the others from the largest
+down: the fewest moves shed a given excess. A check goes to the least loaded eligible node
 (its selector matches) that stays within the bound and is less loaded than the source
 is after the move, so every move narrows the gap between the two nodes: the busiest
 node never gets busier, the least loaded never gets idler, and the sum of
@@ -160,14 +160,18 @@ class _Planner:
         return moved
 
     def _best_move(self, source: str) -> PlannedMove | None:
-        """The smallest check that alone brings ``source`` within the bound, else the
-        largest that fits somewhere; to the least loaded eligible node with room."""
+        """The smallest check that alone brings ``source`` within the bound and may go
+        somewhere, else the largest that may; to the least loaded eligible node with
+        room."""
         r_s = self.relative[source]
         excess = (r_s - self.bound) * self.capacity[source]
         candidates: SortedList = self.movable[source]
         enough = bisect.bisect_left(candidates, (excess - _EPS, ""))
+        # Every check that is enough alone, smallest first (a larger one may go where
+        # the smallest may not: selectors do not depend on size), then the others,
+        # largest first.
         order = [
-            *candidates.islice(enough, enough + 1),
+            *candidates.islice(enough, None),
             *candidates.islice(0, enough, reverse=True),
         ]
         for cost, digest in order:
