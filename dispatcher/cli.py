@@ -197,6 +197,13 @@ def _read_token(value: str | None, path: Path | None, flag: str) -> str | None:
     show_default=True,
     help="Cluster DNS domain for %%host%% in Service checks.",
 )
+@option(
+    "kubeconfig",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Kubeconfig for the Kubernetes API outside a pod [default: in a pod, its service "
+    "account; else $KUBECONFIG or ~/.kube/config].",
+)
 @option("node-token", default=None, help="Bearer token of the node role.")
 @option("source-token", default=None, help="Bearer token of the source role.")
 @option("admin-token", default=None, help="Bearer token of the admin role.")
@@ -287,6 +294,7 @@ def settings_from_flags(flags: dict[str, Any]) -> Settings:
             namespace=flags["kubernetes_source_namespace"],
             cluster_domain=flags["cluster_domain"],
         ),
+        kubeconfig=flags["kubeconfig"],
         config_dir=flags["config_dir"],
     )
     try:

@@ -355,31 +355,42 @@ async def serve(service: DispatcherService, *, stop: asyncio.Event) -> None:
         log.info("dispatcher_stopped")
 
 
+async def connect(settings: Settings) -> DispatcherService:
+    """``build`` with what needs connecting first: one Kubernetes client for the Lease
+    backend and the Kubernetes config source (closed with the service)."""
+    kube: ApiClient | None = None
+    if settings.election.backend == "kubernetes" or settings.kubernetes_source.enabled:
+        kubeconfig = str(settings.kubeconfig) if settings.kubeconfig is not None else None
+        kube = await kube_client(kubeconfig=kubeconfig)
+    lease_backend: LeaseBackend | None = None
+    try:
+        if settings.election.backend == "kubernetes":
+            from dispatcher.election.kubernetes import KubernetesLeaseBackend
+
+            assert kube is not None
+            election = settings.election
+            lease_backend = KubernetesLeaseBackend(
+                kube,
+                namespace=election.lease_namespace,
+                name=election.lease_name,
+                clock=SystemClock(),
+                # An attempt may take two or three calls within the elector's own bound.
+                call_timeout_s=election.retry_period_s / 2,
+            )
+        service = build(settings, lease_backend=lease_backend, kube_client=kube)
+    except BaseException:
+        if kube is not None:
+            await kube.close()
+        raise
+    if kube is not None:
+        service.closers.append(kube.close)
+    return service
+
+
 async def run(settings: Settings) -> None:
     """The process's main coroutine: SIGTERM and SIGINT stop it gracefully."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    closers: list[Callable[[], Awaitable[None]]] = []
-    lease_backend: LeaseBackend | None = None
-    kube: ApiClient | None = None
-    if settings.election.backend == "kubernetes" or settings.kubernetes_source.enabled:
-        kube = await kube_client()
-        closers.append(kube.close)
-    if settings.election.backend == "kubernetes":
-        from dispatcher.election.kubernetes import KubernetesLeaseBackend
-
-        assert kube is not None
-        election = settings.election
-        lease_backend = KubernetesLeaseBackend(
-            kube,
-            namespace=election.lease_namespace,
-            name=election.lease_name,
-            clock=SystemClock(),
-            # An attempt may take two or three calls within the elector's own bound.
-            call_timeout_s=election.retry_period_s / 2,
-        )
-    service = build(settings, lease_backend=lease_backend, kube_client=kube)
-    service.closers.extend(closers)
-    await serve(service, stop=stop)
+    await serve(await connect(settings), stop=stop)

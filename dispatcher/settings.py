@@ -164,6 +164,8 @@ class Settings:
     log: LogSettings = LogSettings()
     health: HealthSettings = HealthSettings()
     kubernetes_source: KubernetesSourceSettings = KubernetesSourceSettings()
+    kubeconfig: Path | None = None
+    """For the Kubernetes API outside a pod (in a pod: its service account)."""
     config_dir: Path | None = None
     config_dir_poll_s: float = 1.0
 

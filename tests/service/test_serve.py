@@ -4,13 +4,28 @@ the app (the liveness grace at start-up and during shutdown, the replica reporte
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 
 import aiohttp
 
 from dispatcher.common.clock import FakeClock
 from dispatcher.common.health import Status
-from dispatcher.service import build, serve
-from dispatcher.settings import HealthSettings, ServerSettings, Settings
+from dispatcher.service import build, connect, serve
+from dispatcher.settings import (
+    ElectionSettings,
+    HealthSettings,
+    KubernetesSourceSettings,
+    ServerSettings,
+    Settings,
+)
+from tests.k8s_api import (
+    LEASES,
+    SERVICES,
+    FakeKubernetesApi,
+    k8s_api,  # noqa: F401  # a fixture
+    service,
+)
 from tests.processes import free_port
 
 
@@ -57,3 +72,67 @@ async def test_liveness_passes_during_the_start_up_grace_and_fails_after_it() ->
     # A planned stop opens a new grace, and removes the record.
     assert service.health.liveness().ok
     assert await service.replicas.directory.list() == []
+
+
+async def test_connect_leads_through_a_kubernetes_lease_and_serves_checks_from_services(
+    k8s_api: FakeKubernetesApi,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The wiring of ``run``: one client from a kubeconfig for the Lease and the source."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "double",
+            "clusters": [{"name": "double", "cluster": {"server": k8s_api.url}}],
+            "users": [{"name": "nobody", "user": {}}],
+            "contexts": [{"name": "double", "context": {"cluster": "double", "user": "nobody"}}],
+        }),
+        encoding="utf-8",
+    )  # fmt: skip
+    checks = [{"name": "http", "instances": [{"url": "http://%%host%%:%%port%%/healthz"}]}]
+    k8s_api.put(
+        SERVICES, "web",
+        service("web", "shop", annotations={"clusterchecks.io/checks": json.dumps(checks)}),
+    )  # fmt: skip
+    port = free_port()
+    settings = Settings(
+        server=ServerSettings(port=port, identity="replica-0"),
+        election=ElectionSettings(
+            backend="kubernetes", lease_duration_s=3, renew_deadline_s=2, retry_period_s=0.5,
+            lease_namespace="ops",
+        ),
+        kubernetes_source=KubernetesSourceSettings(enabled=True, watch_timeout_s=2),
+        health=HealthSettings(replica_status_period_s=60),
+        kubeconfig=kubeconfig,
+    ).validate()  # fmt: skip
+
+    service_ = await connect(settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(service_, stop=stop))
+    url = f"http://127.0.0.1:{port}/v1/api/clusterchecks/checks"
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def urls() -> list[str]:
+                try:
+                    async with session.get(url) as response:
+                        if response.status != 200:
+                            return []  # no leader yet
+                        body = await response.json()
+                        return [c["instances"][0]["url"] for c in body["checks"]]
+                except aiohttp.ClientConnectorError:
+                    return []  # not listening yet
+
+            for _ in range(250):
+                if await urls():
+                    break
+                await asyncio.sleep(0.02)
+            assert await urls() == ["http://shop.web.svc.cluster.local:80/healthz"]
+        lease = k8s_api.get(LEASES, "ops", "clusterchecks-dispatcher")
+        assert lease["spec"]["holderIdentity"] == "replica-0"
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    # Released on the way out, and the shared client closed by the service's closers.
+    released = k8s_api.get(LEASES, "ops", "clusterchecks-dispatcher")
+    assert not released["spec"].get("holderIdentity")
