@@ -34,7 +34,9 @@ class AgentSettings:
 
     @property
     def report_url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        """Where exec programs on this host report: loopback when bound to every address."""
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)
+        host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}/v1/check-report"
 
     def validate(self) -> AgentSettings:

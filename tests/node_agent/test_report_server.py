@@ -17,6 +17,7 @@ from dispatcher.common.health import HealthRegistry, Status
 from node_agent.metrics import AgentMetrics
 from node_agent.reports import Report, RunRegistry
 from node_agent.server import create_app
+from node_agent.settings import AgentSettings
 
 ROUTE = "/v1/check-report"
 DIGEST = "0123456789abcdef"
@@ -271,3 +272,19 @@ async def test_health_components_one_by_one_and_all(agent: Agent) -> None:
     async with agent.client.get("/v1/api/health/components/nope") as response:
         assert response.status == 404
         assert (await response.json())["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [
+        ("127.0.0.1", "http://127.0.0.1:5006/v1/check-report"),
+        ("0.0.0.0", "http://127.0.0.1:5006/v1/check-report"),
+        ("::", "http://[::1]:5006/v1/check-report"),
+        ("10.1.2.3", "http://10.1.2.3:5006/v1/check-report"),
+        ("fd00::7", "http://[fd00::7]:5006/v1/check-report"),
+    ],
+)
+def test_exec_programs_report_to_loopback_when_the_agent_binds_every_address(
+    host: str, url: str
+) -> None:
+    assert AgentSettings(host=host, port=5006).report_url == url
