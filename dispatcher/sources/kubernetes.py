@@ -56,6 +56,7 @@ LABEL = "clusterchecks.io/checks"
 COMPONENT = "kubernetes_source"
 PREFIX = "k8s:"
 MAX_SOURCE_NAME = 253
+LIST_TIMEOUT_S = 30.0
 _PLACEHOLDER = re.compile(r"%%(host|port(?:_[A-Za-z0-9-]+)?)%%")
 
 Json = dict[str, Any]
@@ -180,7 +181,8 @@ class KubernetesSource:
         self._broken: dict[SourceName, str] = {}
         self._failing: dict[str, str] = {}
         """Kind -> the API problem that keeps it from being followed."""
-        self._objects: dict[str, int] = {SERVICES.name: 0, CONFIGMAPS.name: 0}
+        self._known: dict[str, set[SourceName]] = {SERVICES.name: set(), CONFIGMAPS.name: set()}
+        """Kind -> the objects the last list and the watch since have shown."""
         self.relists = 0
         health.register(COMPONENT, required=False)
 
@@ -213,6 +215,10 @@ class KubernetesSource:
                 self._api_problem(kind, f"HTTP {exc.status} {exc.reason}")
             except (aiohttp.ClientError, TimeoutError, OSError, NoLeader) as exc:
                 self._api_problem(kind, f"{type(exc).__name__}: {exc}")
+            except Exception as exc:
+                # A reply we cannot read must not end the leader's term: log, retry.
+                log.exception("kubernetes_source_step_failed", kind=kind.name)
+                self._api_problem(kind, f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(self._retry_s)
 
     # --- list and watch
@@ -235,7 +241,7 @@ class KubernetesSource:
         objects gone since (or since another term wrote the store) lose their checks."""
         reply = await self._list_call(kind)(
             _preload_content=False,  # plain JSON: the generated models are slow and unneeded
-            _request_timeout=self._watch_timeout_s,
+            _request_timeout=LIST_TIMEOUT_S,
             **self._selector(kind),
         )
         try:
@@ -259,7 +265,7 @@ class KubernetesSource:
         for source in [s for s in self._broken if s.startswith(kind.prefix)]:
             if source not in listed:
                 del self._broken[source]
-        self._objects[kind.name] = len(items)
+        self._known[kind.name] = listed
         await self._apply(sets)
         self._failing.pop(kind.name, None)
         self._report()
@@ -294,15 +300,14 @@ class KubernetesSource:
         if configs is None:
             self._report()
             return
-        if source not in self._applied:
-            self._objects[kind.name] += 1
+        self._known[kind.name].add(source)
         await self._apply({source: configs})
         self._report()
 
     async def _delete(self, kind: _Kind, obj: Json) -> None:
         source = self._source_of(kind, obj)
         self._broken.pop(source, None)
-        self._objects[kind.name] = max(0, self._objects[kind.name] - 1)
+        self._known[kind.name].discard(source)
         await self._apply({source: []})
         self._report()
 
@@ -366,8 +371,8 @@ class KubernetesSource:
 
     def _report(self) -> None:
         metadata = {
-            "services": self._objects[SERVICES.name],
-            "configmaps": self._objects[CONFIGMAPS.name],
+            "services": len(self._known[SERVICES.name]),
+            "configmaps": len(self._known[CONFIGMAPS.name]),
             "broken": sorted(self._broken),
         }
         problems = [f"{kind}: {p}" for kind, p in sorted(self._failing.items())]

@@ -192,6 +192,7 @@ async def test_services_add_change_and_delete_their_checks(harness: Harness) -> 
 
     await h.until(lambda: h.urls(SHOP) == ["http://shop.default.svc.cluster.local:80/healthz"])
     assert list(h.sources()) == [SHOP]
+    assert h.component()[2]["services"] == 2, "both Services are followed"
 
     # Changed: the port moves, the check follows (a new digest replaces the old).
     h.api.put(
@@ -214,6 +215,7 @@ async def test_services_add_change_and_delete_their_checks(harness: Harness) -> 
     status, _, metadata = h.component()
     assert status is Status.HEALTHY
     assert metadata["broken"] == []
+    assert metadata["services"] == 2, "plain and cart remain; shop is gone"
 
 
 async def test_labelled_configmaps_add_change_and_delete_their_checks(harness: Harness) -> None:
