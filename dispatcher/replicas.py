@@ -85,15 +85,16 @@ class ReplicaReporter:
                 await wait_any(stop, self._changed, timeout_s=self.period_s)
         finally:
             try:
-                await asyncio.wait_for(
-                    self.directory.remove(self._leadership.identity), self.period_s
-                )
+                async with asyncio.timeout(self.period_s):
+                    await self.directory.remove(self._leadership.identity)
             except (StoreError, TimeoutError) as exc:
                 log.warning("replica_status_remove_failed", error=str(exc))
 
     async def _publish_logged(self) -> None:
         try:
-            await asyncio.wait_for(self.publish(), self.period_s)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
+            async with asyncio.timeout(self.period_s):
+                await self.publish()
         except (StoreError, TimeoutError) as exc:
             if not self._failing:
                 log.warning("replica_status_failed", error=str(exc) or "timed out")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -56,6 +56,7 @@ LABEL = "clusterchecks.io/checks"
 COMPONENT = "kubernetes_source"
 PREFIX = "k8s:"
 MAX_SOURCE_NAME = 253
+MAX_DEPTH = 64
 LIST_TIMEOUT_S = 30.0
 _PLACEHOLDER = re.compile(r"%%(host|port(?:_[A-Za-z0-9-]+)?)%%")
 
@@ -117,16 +118,18 @@ def service_configs(service: Json, *, cluster_domain: str) -> list[CheckConfig] 
     return validate_configs(templated)
 
 
-def _substitute(value: Any, values: Mapping[str, str | int], where: str) -> Any:
+def _substitute(value: Any, values: Mapping[str, str | int], where: str, depth: int = 0) -> Any:
+    if depth > MAX_DEPTH:
+        raise ConfigSourceError(f"{where}: nested deeper than {MAX_DEPTH} levels.")
     if isinstance(value, str):
         whole = _PLACEHOLDER.fullmatch(value)
         if whole is not None:
             return _value(whole.group(1), values, where)
         return _PLACEHOLDER.sub(lambda m: str(_value(m.group(1), values, where)), value)
     if isinstance(value, list):
-        return [_substitute(v, values, where) for v in value]
+        return [_substitute(v, values, where, depth + 1) for v in value]
     if isinstance(value, dict):
-        return {k: _substitute(v, values, where) for k, v in value.items()}
+        return {k: _substitute(v, values, where, depth + 1) for k, v in value.items()}
     return value
 
 
@@ -149,6 +152,26 @@ def configmap_configs(configmap: Json) -> list[CheckConfig]:
         origin = f"configmap {meta.get('namespace')}/{meta.get('name')}: {key}"
         configs.extend(parse_configs(str(data[key]), origin=origin))
     return configs
+
+
+def _signature(configs: list[CheckConfig]) -> bytes:
+    """What a source was given, for "nothing changed": digests and weights (a weight is
+    not part of the digest)."""
+    return orjson.dumps(sorted((c.digest, c.weight) for c in configs))
+
+
+_NOTHING = _signature([])
+
+
+def _status_message(raw: bytes, fallback: str | None) -> str:
+    """The message of a Kubernetes ``Status`` body, else the HTTP reason."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return fallback or ""
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return f"{body.get('reason', '')}: {body['message']}"
+    return fallback or ""
 
 
 # ----------------------------------------------------------------- source
@@ -185,6 +208,7 @@ class KubernetesSource:
         """Kind -> the objects the last list and the watch since have shown."""
         self.relists = 0
         health.register(COMPONENT, required=False)
+        self._standby()
 
     def reset(self) -> None:
         """A new term: forget what was applied; the next list applies every object."""
@@ -193,14 +217,22 @@ class KubernetesSource:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follows both kinds until ``stop`` (or cancellation, at the end of a term)."""
-        async with asyncio.TaskGroup() as tasks:
-            followers = [
-                tasks.create_task(self._follow(kind), name=f"kubernetes_source_{kind.name}")
-                for kind in (SERVICES, CONFIGMAPS)
-            ]
-            await stop.wait()
-            for follower in followers:
-                follower.cancel()
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                followers = [
+                    tasks.create_task(self._follow(kind), name=f"kubernetes_source_{kind.name}")
+                    for kind in (SERVICES, CONFIGMAPS)
+                ]
+                await stop.wait()
+                for follower in followers:
+                    follower.cancel()
+        finally:
+            self._standby()
+
+    def _standby(self) -> None:
+        """Not following (no term, or the term ended): healthy, nothing to report."""
+        self._failing.clear()
+        self._health.report(COMPONENT, Status.HEALTHY, "standby: runs while this replica leads")
 
     async def _follow(self, kind: _Kind) -> None:
         while True:
@@ -245,9 +277,16 @@ class KubernetesSource:
             **self._selector(kind),
         )
         try:
-            body = orjson.loads(await reply.read())
+            raw = await reply.read()
         finally:
             reply.release()
+        if not 200 <= reply.status < 300:
+            # Unpreloaded replies are not checked by the library: an error here must
+            # not read as an empty list (that would delete every check of the kind).
+            raise ApiException(status=reply.status, reason=_status_message(raw, reply.reason))
+        body = orjson.loads(raw)
+        if not isinstance(body, dict) or not isinstance(body.get("items"), list):
+            raise ValueError(f"the list of {kind.name}s has no items: {raw[:200]!r}")
         self.relists += 1
         items = body.get("items") or []
         sets: dict[SourceName, list[CheckConfig]] = {}
@@ -259,14 +298,14 @@ class KubernetesSource:
             if configs is not None:
                 sets[source] = configs
         held = await self._dispatcher.read(lambda state: state.source_names())
-        for source in held:
-            if source.startswith(kind.prefix) and source not in listed:
-                sets[source] = []
+        vanished = {s for s in held if s.startswith(kind.prefix) and s not in listed}
+        for source in vanished:
+            sets[source] = []
         for source in [s for s in self._broken if s.startswith(kind.prefix)]:
             if source not in listed:
                 del self._broken[source]
         self._known[kind.name] = listed
-        await self._apply(sets)
+        await self._apply(sets, force=vanished)
         self._failing.pop(kind.name, None)
         self._report()
         version = str((body.get("metadata") or {}).get("resourceVersion") or "")
@@ -328,8 +367,10 @@ class KubernetesSource:
                     configs = []  # no annotation (any more): no checks
             else:
                 configs = configmap_configs(obj)
-        except ConfigSourceError as exc:
-            message = str(exc)[:1000]
+        except Exception as exc:  # whatever an object holds, it must not stop the others
+            message = (str(exc) if isinstance(exc, ConfigSourceError) else f"{source}: {exc!r}")[
+                :1000
+            ]
             if self._broken.get(source) != message:
                 self._broken[source] = message
                 log.error("kubernetes_checks_invalid", source=source, error=message)
@@ -338,18 +379,24 @@ class KubernetesSource:
         self._broken.pop(source, None)
         return configs
 
-    async def _apply(self, sets: dict[SourceName, list[CheckConfig]]) -> None:
+    async def _apply(
+        self,
+        sets: dict[SourceName, list[CheckConfig]],
+        *,
+        force: Collection[SourceName] = (),
+    ) -> None:
+        """Hands the sets that changed since last applied (and those in ``force``: held
+        by the state but not by this source's memory) to the dispatcher in one step."""
         changed: dict[SourceName, list[CheckConfig]] = {}
         for source, configs in sets.items():
-            signature = orjson.dumps(sorted(c.digest for c in configs))
-            if self._applied.get(source) != signature:
+            if source in force or self._applied.get(source, _NOTHING) != _signature(configs):
                 changed[source] = configs
         if not changed:
             return
         changes = await self._dispatcher.replace_sources(changed)
         for source, configs in changed.items():
             if configs:
-                self._applied[source] = orjson.dumps(sorted(c.digest for c in configs))
+                self._applied[source] = _signature(configs)
             else:
                 self._applied.pop(source, None)
             change = changes[source]
@@ -416,8 +463,9 @@ class KubernetesSource:
             count=1,
         )
         try:
-            await asyncio.wait_for(
-                self._api.create_namespaced_event(namespace, event), self._retry_s
-            )
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the
+            # cancellation that ends the term.
+            async with asyncio.timeout(self._retry_s):
+                await self._api.create_namespaced_event(namespace, event)
         except (ApiException, aiohttp.ClientError, TimeoutError, OSError) as exc:
             log.warning("kubernetes_event_failed", error=str(exc)[:300])

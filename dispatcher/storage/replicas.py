@@ -18,12 +18,15 @@ from typing import Protocol, cast, get_args
 
 import orjson
 import redis.asyncio as aioredis
+import structlog
 from redis.exceptions import RedisError
 
 from dispatcher import wire
 from dispatcher.common.clock import Clock
 from dispatcher.common.redisconn import redis_client
 from dispatcher.errors import StoreError
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +58,8 @@ class ReplicaDirectory(Protocol):
         ...
 
     async def list(self) -> list[ReplicaRecord]:
-        """Every live record, sorted by identity. Raises StoreError when unreachable."""
+        """Every live, readable record, sorted by identity (an unreadable one is logged
+        and left out). Raises StoreError when the directory cannot be read."""
         ...
 
     async def close(self) -> None: ...
@@ -138,8 +142,13 @@ class RedisReplicaDirectory:
         now_ms = int(raw[0])
         records = []
         for i in range(1, len(raw) - 2, 3):
-            identity, body, at_ms = raw[i], raw[i + 1], int(raw[i + 2])
-            records.append(_record(_decode(identity), body, at_ms=at_ms, now_ms=now_ms))
+            identity, body, at_ms = _decode(raw[i]), raw[i + 1], int(raw[i + 2])
+            try:
+                records.append(_record(identity, body, at_ms=at_ms, now_ms=now_ms))
+            except StoreError as exc:
+                # One unreadable record (another version's, during a rolling upgrade)
+                # must not hide every replica: it lapses by itself.
+                log.warning("replica_record_unreadable", identity=identity, error=str(exc))
         return sorted(records, key=lambda r: r.status.identity)
 
     async def close(self) -> None:

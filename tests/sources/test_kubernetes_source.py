@@ -358,3 +358,91 @@ async def test_a_new_term_applies_everything_again_and_drops_vanished_objects(
     h.start()
 
     await h.until(lambda: list(h.sources()) == [SHOP])
+
+
+async def test_an_error_reply_to_a_list_deletes_nothing(harness: Harness) -> None:
+    """Found in review: an unpreloaded 429 read as an empty list removed every check."""
+    h = harness
+    h.api.put(SERVICES, "default", annotated("default", "shop", HTTP_CHECK))
+    h.start()
+    await h.until(lambda: len(h.urls(SHOP)) == 1)
+    await h.api.wait_watching(2)
+
+    h.api.fail_with = 429
+    h.api.close_watches(abort=True)  # the source lists again, and meets 429
+    await h.until(lambda: h.component()[0] is Status.DEGRADED)
+    await asyncio.sleep(0.3)  # a few retries
+
+    assert len(h.urls(SHOP)) == 1, "the checks stay while the API refuses"
+    assert "429" in h.component()[1]
+    h.api.fail_with = None
+    await h.until(lambda: h.component()[0] is Status.HEALTHY)
+    assert len(h.urls(SHOP)) == 1
+
+
+async def test_a_deeply_nested_annotation_is_malformed_and_blocks_nothing(
+    harness: Harness,
+) -> None:
+    """Found in review: 600 levels of nesting raised RecursionError past the source."""
+    h = harness
+    deep: Any = "x"
+    for _ in range(600):
+        deep = [deep]
+    nested = [{"name": "http", "instances": [{"url": "http://x", "extra": deep}]}]
+    h.api.put(SERVICES, "default", annotated("default", "deep", nested))
+    h.api.put(SERVICES, "default", annotated("default", "shop", HTTP_CHECK))
+    h.start()
+
+    await h.until(lambda: len(h.urls(SHOP)) == 1)
+    await h.until(lambda: h.component()[0] is Status.DEGRADED)
+    assert "nested deeper than 64 levels" in h.component()[1]
+    assert source_name(SERVICE_KIND, "default", "deep") not in h.sources()
+
+
+async def test_a_weight_change_alone_reaches_the_state(harness: Harness) -> None:
+    """Found in review: the weight is not part of the digest, and was ignored."""
+    h = harness
+    h.api.put(SERVICES, "default", annotated("default", "shop", HTTP_CHECK))
+    h.start()
+    await h.until(lambda: len(h.urls(SHOP)) == 1)
+
+    heavier = [{**HTTP_CHECK[0], "weight": 5.0}]
+    h.api.put(SERVICES, "default", annotated("default", "shop", heavier))
+
+    await h.until(lambda: [c.weight for c in h.sources().get(SHOP, [])] == [5.0])
+
+
+async def test_services_without_checks_cost_the_dispatcher_nothing(harness: Harness) -> None:
+    """Found in review: every plain Service took a dispatcher step on every event."""
+    h = harness
+    steps: list[object] = []
+    original = h.dispatcher.replace_sources
+
+    async def counting(sets: Any) -> Any:
+        steps.append(dict(sets))
+        return await original(sets)
+
+    h.dispatcher.replace_sources = counting  # type: ignore[method-assign]
+    for i in range(5):
+        h.api.put(SERVICES, "default", service("default", f"plain-{i}"))
+    h.start()
+    await h.until(lambda: h.component()[2].get("services") == 5)
+    h.api.put(SERVICES, "default", service("default", "plain-0", labels={"x": "y"}))
+    h.api.put(SERVICES, "default", annotated("default", "shop", HTTP_CHECK))
+    await h.until(lambda: len(h.urls(SHOP)) == 1)
+
+    assert steps == [{SHOP: h.sources()[SHOP]}], "only the Service with checks took a step"
+
+
+async def test_a_replica_that_does_not_run_the_source_reports_it_on_standby(
+    harness: Harness,
+) -> None:
+    h = harness
+    assert h.component()[:2] == (Status.HEALTHY, "standby: runs while this replica leads")
+    h.api.fail_with = 503
+    h.start()
+    await h.until(lambda: h.component()[0] is Status.DEGRADED)
+
+    await h.halt()  # the term ends
+
+    assert h.component()[:2] == (Status.HEALTHY, "standby: runs while this replica leads")

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
+from structlog.testing import capture_logs
 
 from dispatcher.common.clock import FakeClock
 from dispatcher.errors import StoreError
@@ -133,14 +134,20 @@ async def test_records_are_kept_under_the_name_so_two_clusters_do_not_mix(
      b'"ready": true, "epoch": 1}', b'{"role": "leader", "url": "u", "status": "healthy", '
      b'"ready": true, "epoch": "x"}'],
 )  # fmt: skip
-async def test_a_corrupt_record_is_a_store_error_naming_it(
+async def test_an_unreadable_record_is_left_out_and_the_others_listed(
     directory: RedisReplicaDirectory, raw: aioredis.Redis, body: bytes
 ) -> None:
     await directory.publish(status("a"), ttl_s=30)
+    await directory.publish(status("b"), ttl_s=30)
     await raw.hset(f"{NAME}:replica:a", "status", body)
 
-    with pytest.raises(StoreError, match="replica record 'a'"):
-        await directory.list()
+    with capture_logs() as logs:
+        records = await directory.list()
+
+    assert [r.status.identity for r in records] == ["b"]
+    [warning] = [e for e in logs if e["event"] == "replica_record_unreadable"]
+    assert warning["identity"] == "a"
+    assert "replica record 'a'" in warning["error"]
 
 
 async def test_an_unreachable_redis_is_a_store_error() -> None:
