@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 from sortedcontainers import SortedList
@@ -53,6 +53,9 @@ class Item:
     movable: bool
     eligible: Callable[[Mapping[str, str]], bool]
     """Whether a node with these labels may run the check (its selector)."""
+    group: Hashable | None = None
+    """Items with the same group are eligible on the same nodes (the same selector);
+    None: the ``eligible`` function itself is the group."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,27 +122,46 @@ def plan_rebalance(
 
 
 class _Planner:
+    """The planning state. Each group of items (one selector) gets its own index of the
+    nodes it may go to, so a search for a destination looks at eligible nodes only; a
+    search that fails is remembered until room appears (a source falls under the
+    bound), so stuck nodes are not searched over and over."""
+
     def __init__(self, nodes: Sequence[NodeLoad], items: Sequence[Item], bound: float) -> None:
         self.bound = bound
         self.capacity = {n.name: n.capacity for n in nodes}
-        self.labels = {n.name: n.labels for n in nodes}
         self.relative = {n.name: n.load / n.capacity for n in nodes}
-        # Each node's movable checks by (cost, digest); nodes by (relative load, name).
+        # Each node's movable checks by (cost, digest).
         self.movable: dict[str, SortedList] = {n.name: SortedList() for n in nodes}
         self.items: dict[str, Item] = {}
+        # Per group: the nodes by (relative load, name) that its items may go to.
+        self.targets: dict[Hashable, SortedList] = {}
+        self.groups_of: dict[str, list[Hashable]] = {n.name: [] for n in nodes}
         for item in items:
             if item.movable and item.node in self.movable and item.cost > 0:
                 self.movable[item.node].add((item.cost, item.digest))
                 self.items[item.digest] = item
-        self.targets = SortedList((r, name) for name, r in self.relative.items())
+                key = _group(item)
+                if key not in self.targets:
+                    eligible = [n.name for n in nodes if item.eligible(n.labels)]
+                    self.targets[key] = SortedList((self.relative[n], n) for n in eligible)
+                    for name in eligible:
+                        self.groups_of[name].append(key)
         self.moves: list[PlannedMove] = []
+        self.room = 0
+        """Grows whenever a source falls under the bound: it can take checks now."""
+        self.failed: dict[Hashable, tuple[int, float, float, float]] = {}
+        """Group -> (room, cost, source load, source capacity) of a search that found
+        nothing: any search at least as hard fails too until the room grows."""
 
     def run(self) -> None:
-        """Rounds until one moves nothing: a node stuck in one round may find room in
-        the next (a busier node shed load meanwhile). Every move lowers the sum of
-        load² / capacity, so the rounds end."""
-        while self._round():
-            pass
+        """Rounds until one moves nothing or no room appeared: a node stuck in one
+        round may find room in the next (a busier node shed load meanwhile). Every move
+        lowers the sum of load² / capacity, so the rounds end."""
+        while True:
+            room = self.room
+            if not self._round() or self.room == room:
+                return
 
     def _round(self) -> bool:
         moved = False
@@ -157,6 +179,8 @@ class _Planner:
             moved = True
             if self.relative[source] > bound:
                 heapq.heappush(heap, (-self.relative[source], source))
+            else:
+                self.room += 1
         return moved
 
     def _best_move(self, source: str) -> PlannedMove | None:
@@ -185,20 +209,31 @@ class _Planner:
         return None
 
     def _destination(self, item: Item, source: str, cost: float) -> str | None:
+        key = _group(item)
         r_s = self.relative[source]
-        r_s_after = r_s - cost / self.capacity[source]
+        cap_s = self.capacity[source]
+        failed = self.failed.get(key)
+        if (
+            failed is not None
+            and failed[0] == self.room
+            and cost >= failed[1]
+            and r_s <= failed[2]
+            and cap_s <= failed[3]
+        ):
+            return None  # as hard as a search that failed, with no new room since
+        r_s_after = r_s - cost / cap_s
         target: tuple[float, str]
-        for target in self.targets:
+        for target in self.targets[key]:
             r_t, dest = target
             if r_t >= self.bound - _EPS or r_t >= r_s:
-                return None  # the rest are fuller still
+                break  # the rest are fuller still
             if dest == source:
                 continue
             r_t_after = r_t + cost / self.capacity[dest]
             if r_t_after > self.bound + _EPS or r_t_after >= r_s or r_s_after <= r_t:
                 continue
-            if item.eligible(self.labels[dest]):
-                return dest
+            return dest
+        self.failed[key] = (self.room, cost, r_s, cap_s)
         return None
 
     def _apply(self, move: PlannedMove) -> None:
@@ -206,9 +241,21 @@ class _Planner:
             (move.source, move.source_before, move.source_after),
             (move.dest, move.dest_before, move.dest_after),
         ):
-            self.targets.remove((old, name))
-            self.targets.add((new, name))
+            for key in self.groups_of[name]:
+                targets = self.targets[key]
+                targets.remove((old, name))
+                targets.add((new, name))
             self.relative[name] = new
         self.movable[move.source].remove((move.cost, move.digest))
         self.movable[move.dest].add((move.cost, move.digest))
         self.moves.append(move)
+
+
+def _group(item: Item) -> Hashable:
+    if item.group is not None:
+        return item.group
+    try:
+        hash(item.eligible)
+    except TypeError:
+        return ("eligible", id(item.eligible))  # an unhashable callable: itself alone
+    return item.eligible

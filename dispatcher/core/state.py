@@ -610,6 +610,7 @@ class ClusterState:
                         node=load.name,
                         movable=summary is not None and summary.last.ok,
                         eligible=config.matches,
+                        group=tuple(sorted(config.node_selector.items())),
                     )
                 )
         return plan_rebalance(nodes, items, margin=margin, min_improvement=min_improvement)
