@@ -9,8 +9,9 @@ and only until they are within it: a node at or under the bound keeps every chec
 For the busiest node it tries, in order, the movable checks whose cost alone brings
 the node within the bound (one move), smallest first, then the others from the largest
 down: the fewest moves shed a given excess. A check goes to the least loaded eligible node
-(its selector matches) that stays within the bound and is less loaded than the source
-is after the move, so every move narrows the gap between the two nodes: the busiest
+(its selector matches) that stays within the bound; both nodes end strictly between
+their two old loads (the destination below the source's old load, the source above the
+destination's), so every move narrows the gap between the two nodes: the busiest
 node never gets busier, the least loaded never gets idler, and the sum of
 load² / capacity over the nodes falls with every move (the plan always ends).
 
