@@ -20,7 +20,7 @@ import click
 
 from dispatcher.admin import commands as admin
 from dispatcher.common import logs
-from dispatcher.common.cli import option
+from dispatcher.common.cli import option, read_token
 from dispatcher.errors import ConfigurationError
 from dispatcher.settings import (
     DEFAULT_WARMUP_S,
@@ -55,24 +55,6 @@ class DefaultGroup(click.Group):
 @click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """The clusterchecks dispatcher (cluster agent)."""
-
-
-def _read_token(value: str | None, path: Path | None, flag: str) -> str | None:
-    if value and path:
-        raise click.BadParameter(
-            f"give --{flag} or --{flag}-file, not both", param_hint=f"--{flag}"
-        )
-    if path is not None:
-        try:
-            token = path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise click.BadParameter(
-                f"cannot read {path}: {exc.strerror}", param_hint=f"--{flag}-file"
-            ) from exc
-        if not token:
-            raise click.BadParameter(f"{path} is empty", param_hint=f"--{flag}-file")
-        return token
-    return value or None
 
 
 @main.command()
@@ -243,9 +225,11 @@ async def _serve(settings: Settings) -> None:
 
 def settings_from_flags(flags: dict[str, Any]) -> Settings:
     auth = AuthSettings(
-        node_token=_read_token(flags["node_token"], flags["node_token_file"], "node-token"),
-        source_token=_read_token(flags["source_token"], flags["source_token_file"], "source-token"),
-        admin_token=_read_token(flags["admin_token"], flags["admin_token_file"], "admin-token"),
+        node_token=read_token(flags["node_token"], flags["node_token_file"], flag="node-token"),
+        source_token=read_token(
+            flags["source_token"], flags["source_token_file"], flag="source-token"
+        ),
+        admin_token=read_token(flags["admin_token"], flags["admin_token_file"], flag="admin-token"),
     )
     warmup = flags["warmup_duration"]
     if warmup is None:

@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 import click
 
 from dispatcher.common import logs
-from dispatcher.common.cli import option
+from dispatcher.common.cli import option, read_token
 from dispatcher.errors import ConfigurationError
 from node_agent.settings import AgentSettings
 
@@ -85,12 +85,7 @@ def _labels(value: str) -> dict[str, str]:
 @option("log-level", type=click.Choice(logs.LEVELS), default="info", show_default=True)
 def main(**flags: Any) -> None:
     """The clusterchecks node agent."""
-    token = flags["token"]
-    if flags["token_file"] is not None:
-        try:
-            token = flags["token_file"].read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            _fail(f"--token-file {flags['token_file']}: {exc.strerror}")
+    token = read_token(flags["token"], flags["token_file"], flag="token")
     allow: list[Path] = []
     for entry in flags["allow_exec"]:
         allow.extend(Path(p) for p in str(entry).split(os.pathsep) if p)
@@ -101,7 +96,7 @@ def main(**flags: Any) -> None:
         capacity=flags["capacity"],
         host=flags["host"],
         port=flags["port"],
-        token=token or None,
+        token=token,
         allow_exec=tuple(allow),
         fence_on_disconnect=flags["fence_on_disconnect"],
         heartbeat_interval_s=flags["heartbeat_interval"],

@@ -51,7 +51,7 @@ from dispatcher.admin.client import (
     connect,
 )
 from dispatcher.admin.errors import AdminError, ExitCode
-from dispatcher.common.cli import env_name, option
+from dispatcher.common.cli import env_name, option, read_token
 
 T = TypeVar("T")
 
@@ -84,31 +84,6 @@ def _check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
     if parts.query or parts.fragment:
         raise click.BadParameter(f"{value!r}: give the base URL, without ?query or #fragment")
     return url
-
-
-def _check_token(token: str, hint: str) -> str:
-    if not token.isascii() or not token.isprintable() or " " in token:
-        raise click.BadParameter(
-            "a token is printable ASCII without spaces or line breaks", param_hint=hint
-        )
-    return token
-
-
-def _read_token(value: str | None, path: Path | None) -> str | None:
-    if value and path:
-        raise click.BadParameter("give --token or --token-file, not both", param_hint="--token")
-    if path is not None:
-        try:
-            token = path.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            raise click.BadParameter(
-                f"cannot read {path}: {reason}", param_hint="--token-file"
-            ) from exc
-        if not token:
-            raise click.BadParameter(f"{path} is empty", param_hint="--token-file")
-        return _check_token(token, "--token-file")
-    return _check_token(value, "--token") if value else None
 
 
 _COMMON_OPTIONS = (
@@ -165,7 +140,9 @@ def admin_command(func: Callable[..., None]) -> Callable[..., None]:
         json_out: bool,
         **kwargs: Any,
     ) -> None:
-        target = Target(url=url, token=_read_token(token, token_file), timeout_s=timeout)
+        target = Target(
+            url=url, token=read_token(token, token_file, flag="token"), timeout_s=timeout
+        )
         func(Invocation(target=target, json_out=json_out), **kwargs)
 
     command: Callable[..., None] = wrapper

@@ -6,10 +6,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
 import dispatcher.cli
+import node_agent.cli
 from dispatcher.common import logs
 from dispatcher.errors import ConfigurationError
 from dispatcher.settings import (
@@ -309,3 +311,29 @@ def test_sound_flags_get_past_validation(runner: CliRunner) -> None:
     )
     assert isinstance(result.exception, AssertionError)
     assert "would have served" in str(result.exception)
+
+
+@pytest.mark.parametrize(
+    ("command", "flag"),
+    [(dispatcher.cli.main, "--source-token"), (node_agent.cli.main, "--token")],
+    ids=["dispatcher", "agent"],
+)
+@pytest.mark.parametrize(
+    "case",
+    [("\n", False, "empty"), ("has a space", False, "printable ASCII"), ("ok", True, "not both")],
+    ids=["empty", "space", "both"],
+)
+def test_every_command_reads_token_files_the_same_way(
+    runner: CliRunner, tmp_path: Path, command: click.Command, flag: str,
+    case: tuple[str, bool, str],
+) -> None:  # fmt: skip
+    """One reader (dispatcher.common.cli.read_token) for serve, the agent and the admin
+    commands: an empty file, a token no header can carry, or both flags, all refused."""
+    content, both, words = case
+    path = tmp_path / "token"
+    path.write_text(content)
+    args = [f"{flag}-file", str(path)] + ([flag, "other"] if both else [])
+    result = runner.invoke(command, args)
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert flag in result.output
+    assert words in result.output, result.output
