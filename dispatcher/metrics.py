@@ -29,7 +29,9 @@ class CheckGauges:
 
 @dataclass(frozen=True, slots=True)
 class StateGauges:
-    """What the state gauges show; a replica that does not lead shows none of it."""
+    """What the state gauges show. The snapshot function gives a replica that does not
+    lead (or has just lost its lease) only ``is_leader`` false and the known epoch, so
+    its state gauges read zero and its per-node and per-check series vanish."""
 
     is_leader: bool
     epoch: int
@@ -124,9 +126,6 @@ class _StateCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         s = self._snapshot()
-        if not s.is_leader:
-            # Leadership lost: the state gauges reset at once (nothing stale is exported).
-            s = StateGauges(is_leader=False, epoch=s.epoch)
         yield GaugeMetricFamily(
             "clusterchecks_leader", "1 when this replica is the leader.", value=int(s.is_leader)
         )

@@ -142,10 +142,6 @@ class HealthSettings:
     liveness_grace_s: float = 30.0
     """After start-up and during shutdown, liveness passes whatever the components say."""
 
-    @property
-    def replica_status_ttl_s(self) -> float:
-        return 3 * self.replica_status_period_s
-
 
 @dataclass(frozen=True, slots=True)
 class LogSettings:

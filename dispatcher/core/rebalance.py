@@ -28,7 +28,7 @@ from __future__ import annotations
 import bisect
 import heapq
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sortedcontainers import SortedList
 
@@ -116,10 +116,8 @@ def plan_rebalance(
     if mean <= 0 or len(ordered) < 2:
         return Plan([], mean, bound, before, before, worthwhile=False)
     planner.run()
-    after = spread(planner.relative, mean)
-    gain = (before - after) / before if before > 0 else 0.0
-    worthwhile = bool(planner.moves) and gain >= min_improvement - _EPS
-    return Plan(planner.moves, mean, bound, before, after, worthwhile=worthwhile)
+    plan = Plan(planner.moves, mean, bound, before, spread(planner.relative, mean), False)
+    return replace(plan, worthwhile=bool(plan.moves) and plan.improvement >= min_improvement - _EPS)
 
 
 class _Planner:

@@ -206,7 +206,6 @@ class KubernetesSource:
         """Kind -> the API problem that keeps it from being followed."""
         self._known: dict[str, set[SourceName]] = {SERVICES.name: set(), CONFIGMAPS.name: set()}
         """Kind -> the objects the last list and the watch since have shown."""
-        self.relists = 0
         health.register(COMPONENT, required=False)
         self._standby()
 
@@ -287,7 +286,6 @@ class KubernetesSource:
         body = orjson.loads(raw)
         if not isinstance(body, dict) or not isinstance(body.get("items"), list):
             raise ValueError(f"the list of {kind.name}s has no items: {raw[:200]!r}")
-        self.relists += 1
         items = body.get("items") or []
         sets: dict[SourceName, list[CheckConfig]] = {}
         listed: set[SourceName] = set()
