@@ -583,9 +583,10 @@ class ClusterState:
 
     # --------------------------------------------------------------- rebalance
 
-    def plan_rebalance(self, *, margin: float, min_improvement: float) -> Plan:
+    def plan_rebalance(self, *, margin: float, min_improvement: float, moves: bool = True) -> Plan:
         """The load-aware plan for the nodes that take checks (cordoned ones are left
-        as they are). A check that has not run yet, or whose last run failed, stays."""
+        as they are). A check that has not run yet, or whose last run failed, stays.
+        With ``moves`` false, only the loads and the spread (no search for moves)."""
         mean_cost = self.mean_measured_cost()
         nodes = [
             NodeLoad(name, node.capacity, node.load(mean_cost), node.labels)
@@ -594,8 +595,9 @@ class ClusterState:
         ]
         capacity = sum(n.capacity for n in nodes)
         bound = sum(n.load for n in nodes) / capacity * (1 + margin) if capacity else 0.0
-        if not any(n.load / n.capacity > bound for n in nodes):
-            # Every node is within the bound (the common periodic run): skip the items.
+        if not moves or not any(n.load / n.capacity > bound for n in nodes):
+            # Nothing to search (every node is within the bound, the common periodic
+            # run, or the caller will not move): skip building the items.
             return plan_rebalance(nodes, [], margin=margin, min_improvement=min_improvement)
         items = []
         for load in nodes:
@@ -626,7 +628,10 @@ class ClusterState:
     ) -> RebalanceOutcome:
         """Plans and, unless ``dry_run`` or not worth it (and not ``force``), applies."""
         now = self._advance(now)
-        plan = self.plan_rebalance(margin=margin, min_improvement=min_improvement)
+        warming_up = self.warming_up(now)
+        plan = self.plan_rebalance(
+            margin=margin, min_improvement=min_improvement, moves=not warming_up
+        )
         planned = [
             Move(
                 Digest(m.digest), m.check_name, m.cost, NodeName(m.source), NodeName(m.dest),
@@ -634,7 +639,7 @@ class ClusterState:
             )
             for m in plan.moves
         ]  # fmt: skip
-        if self.warming_up(now):
+        if warming_up:
             return RebalanceOutcome(plan, [], applied=False, reason="warming_up")
         if not planned:
             return RebalanceOutcome(plan, [], applied=False, reason="nothing_to_move")

@@ -754,7 +754,10 @@ def test_the_planned_loads_are_measured_costs_over_capacity() -> None:
 
 def test_a_warming_up_state_rebalances_once_warm() -> None:
     state, configs = setup_state(AB, HEAVY_A, warmup_until=100.0)
-    assert state.rebalance(now=50.0, margin=0.1, min_improvement=0.1).reason == "warming_up"
+    warm = state.rebalance(now=50.0, margin=0.1, min_improvement=0.1)
+    assert warm.reason == "warming_up"
+    assert warm.plan.moves == [], "no search for moves while warming up"
+    assert warm.plan.spread_before > 0.1, "the spread is still reported"
     assert where(state, configs) == {c.name: c.node for c in HEAVY_A}
 
     outcome = state.rebalance(now=100.0, margin=0.1, min_improvement=0.1)
