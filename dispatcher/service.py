@@ -55,7 +55,6 @@ class DispatcherService:
     health: HealthRegistry
     metrics: DispatcherMetrics
     app: web.Application
-    config_dir: ConfigDirSource | None
     sources: list[TermSource]
     """Every config source the dispatcher feeds itself (the leader runs them)."""
     clock: Clock
@@ -85,7 +84,7 @@ def build(
     server = settings.server
     dispatcher = Dispatcher(settings=settings.dispatch, clock=clock, metrics=metrics)
     health.register("dispatch_loop", probe=_dispatch_loop_probe(dispatcher, clock))
-    config_dir, sources = _sources(settings, dispatcher, health, clock, kube_client)
+    sources = _sources(settings, dispatcher, health, clock, kube_client)
     closers: list[Callable[[], Awaitable[None]]] = []
     handler: LeadershipHandler | None = None
     leadership: Leadership
@@ -197,7 +196,6 @@ def build(
         health=health,
         metrics=metrics,
         app=app,
-        config_dir=config_dir,
         sources=sources,
         clock=clock,
         replicas=replicas,
@@ -212,7 +210,7 @@ def _sources(
     health: HealthRegistry,
     clock: Clock,
     kube_client: ApiClient | None,
-) -> tuple[ConfigDirSource | None, list[TermSource]]:
+) -> list[TermSource]:
     """The config sources the dispatcher feeds itself: the config directory and the
     Kubernetes objects, when the settings name them."""
     config_dir = None
@@ -245,7 +243,7 @@ def _sources(
                 watch_timeout_s=k.watch_timeout_s,
             )
         )
-    return config_dir, sources
+    return sources
 
 
 def _replica_directory(

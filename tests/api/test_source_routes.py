@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from dispatcher.settings import Settings
+from dispatcher.sources.configdir import ConfigDirSource
 from tests.api.conftest import (
     ADMIN_TOKEN,
     API,
@@ -377,8 +378,8 @@ async def test_a_config_dir_source_is_readable_by_its_name_but_not_writable(
         "name: http\ninstances:\n  - url: http://shop.default.svc:8080/healthz\n"
     )
     api = await make_api(Settings(config_dir=tmp_path))
-    assert api.service.config_dir is not None
-    await api.service.config_dir.scan()
+    [config_dir] = [s for s in api.service.sources if isinstance(s, ConfigDirSource)]
+    await config_dir.scan()
     [detail] = (await api.ok("GET", f"{API}/checks"))["checks"]
     [source] = detail["sources"]
 
