@@ -288,7 +288,11 @@ class Dispatcher:
         async with asyncio.TaskGroup() as loops:
             loops.create_task(
                 run_periodically(
-                    "dispatch_tick", self.tick, period_s=self.settings.tick_interval_s, stop=stop
+                    "dispatch_tick",
+                    self.tick,
+                    period_s=self.settings.tick_interval_s,
+                    stop=stop,
+                    clock=self._clock,
                 ),
                 name="dispatch_tick",
             )
@@ -297,7 +301,7 @@ class Dispatcher:
     async def _rebalance_periodically(self, stop: asyncio.Event) -> None:
         """Every ``rebalance_period_s``, the first one period after the term starts (the
         costs are measured from agents' stats by then)."""
-        while not await sleep_or_stop(stop, self.settings.rebalance_period_s):
+        while not await sleep_or_stop(stop, self.settings.rebalance_period_s, clock=self._clock):
             if not self.active or self.warming_up():
                 continue
             try:

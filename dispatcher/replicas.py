@@ -13,6 +13,7 @@ import asyncio
 import structlog
 
 from dispatcher import wire
+from dispatcher.common.clock import Clock
 from dispatcher.common.health import HealthRegistry
 from dispatcher.common.tasks import wait_any
 from dispatcher.election.base import Leadership
@@ -31,8 +32,10 @@ class ReplicaReporter:
         health: HealthRegistry,
         url: str,
         period_s: float,
+        clock: Clock,
     ) -> None:
         self.directory = directory
+        self._clock = clock
         self._leadership = leadership
         self._health = health
         self._url = url
@@ -82,7 +85,7 @@ class ReplicaReporter:
             while not stop.is_set():
                 self._changed.clear()
                 await self._publish_logged()
-                await wait_any(stop, self._changed, timeout_s=self.period_s)
+                await wait_any(stop, self._changed, timeout_s=self.period_s, clock=self._clock)
         finally:
             try:
                 async with asyncio.timeout(self.period_s):

@@ -179,6 +179,7 @@ def build(
         health=health,
         url=server.url,
         period_s=settings.health.replica_status_period_s,
+        clock=clock,
     )
     app = create_app(
         settings=settings,

@@ -159,7 +159,7 @@ class Poller:
                 failures += 1
                 delay = self.retry_delay(failures, exc)
                 self._report_failure(exc, failures)
-            await wait_any(self._heartbeat_now, stop, timeout_s=delay)
+            await wait_any(self._heartbeat_now, stop, timeout_s=delay, clock=self._clock)
 
     # ----------------------------------------------------------------- configs
 
@@ -190,11 +190,13 @@ class Poller:
         failures = 0
         while not stop.is_set():
             if not self._registered.is_set():
-                await wait_any(self._registered, stop, timeout_s=1.0)
+                await wait_any(self._registered, stop, timeout_s=1.0, clock=self._clock)
                 continue
             self._fetch_now.clear()
             fetch = asyncio.ensure_future(self.fetch_once(wait_s=self._settings.long_poll_s))
-            interrupt = asyncio.ensure_future(wait_any(self._fetch_now, stop, timeout_s=3600))
+            interrupt = asyncio.ensure_future(
+                wait_any(self._fetch_now, stop, timeout_s=3600, clock=self._clock)
+            )
             try:
                 await asyncio.wait({fetch, interrupt}, return_when=asyncio.FIRST_COMPLETED)
             finally:
@@ -216,12 +218,12 @@ class Poller:
                 raise exc
             failures += 1
             self._report_failure(exc, failures)
-            await sleep_or_stop(stop, self._backoff(failures))
+            await sleep_or_stop(stop, self._backoff(failures), clock=self._clock)
 
     # ----------------------------------------------------------------- fencing
 
     async def _fence_loop(self, stop: asyncio.Event) -> None:
-        while not await sleep_or_stop(stop, 0.25):
+        while not await sleep_or_stop(stop, 0.25, clock=self._clock):
             since = self._last_ok if self._last_ok is not None else self._started
             if not self.fenced and self._clock.monotonic() - since > self.expiry_s:
                 self.fenced = True

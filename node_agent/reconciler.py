@@ -73,7 +73,7 @@ class Reconciler(Generic[S, H]):
         while not stop.is_set():
             self._wake.clear()
             self.reconcile_once()
-            await wait_any(self._wake, stop, timeout_s=PASS_PERIOD_S)
+            await wait_any(self._wake, stop, timeout_s=PASS_PERIOD_S, clock=self._clock)
 
     def reconcile_once(self) -> None:
         """One pass: stop first, then start. Operations run as tasks, one per digest."""

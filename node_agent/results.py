@@ -9,6 +9,7 @@ from typing import Any
 
 import structlog
 
+from dispatcher.common.clock import Clock
 from dispatcher.common.tasks import sleep_or_stop
 from node_agent.client import DispatcherApi
 from node_agent.errors import AgentError, DispatcherProtocolError
@@ -29,8 +30,10 @@ class ResultBatcher:
         metrics: AgentMetrics,
         flush_s: float,
         max_pending: int,
+        clock: Clock,
     ) -> None:
         self._client = client
+        self._clock = clock
         self._metrics = metrics
         self._flush_s = flush_s
         self._pending: deque[dict[str, Any]] = deque()
@@ -61,7 +64,7 @@ class ResultBatcher:
         return len(self._pending)
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not await sleep_or_stop(stop, self._flush_s):
+        while not await sleep_or_stop(stop, self._flush_s, clock=self._clock):
             await self.flush()
 
     async def flush(self) -> bool:

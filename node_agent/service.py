@@ -81,6 +81,7 @@ class NodeAgent:
             metrics=self.metrics,
             flush_s=s.results_flush_s,
             max_pending=s.max_pending_results,
+            clock=self.clock,
         )
         self.poller = Poller(
             settings=s,

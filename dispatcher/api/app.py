@@ -82,6 +82,7 @@ def create_app(
         health=health,
         url=settings.server.url,
         period_s=settings.health.replica_status_period_s,
+        clock=clock,
     )
     app.cleanup_ctx.append(session_context)
     for route in ROUTES:

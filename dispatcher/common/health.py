@@ -175,7 +175,7 @@ class HealthRegistry:
         """Polls every probe each ``probe_period_s`` until ``stop``."""
         while not stop.is_set():
             await self.probe_once()
-            if await sleep_or_stop(stop, self.probe_period_s):
+            if await sleep_or_stop(stop, self.probe_period_s, clock=self._clock):
                 return
 
     def watch(self, set_status: Callable[[str, Status], None]) -> None:

@@ -1,21 +1,24 @@
-"""Owned background work: every loop is named, logs its crash, and sleeps interruptibly."""
+"""Owned background work: every loop is named, logs its crash, and sleeps interruptibly.
+
+Every wait here is on an injected ``Clock``, so that loops built on these helpers run on a
+``FakeClock`` in tests.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 
 import structlog
 
+from dispatcher.common.clock import Clock
+
 log = structlog.get_logger(__name__)
 
 
-async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleeps up to ``seconds``; returns True as soon as ``stop`` is set."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=max(0.0, seconds))
-    return stop.is_set()
+async def sleep_or_stop(stop: asyncio.Event, seconds: float, *, clock: Clock) -> bool:
+    """Sleeps up to ``seconds`` of ``clock``'s time; returns True as soon as ``stop`` is set."""
+    return await clock.wait(stop, timeout_s=max(0.0, seconds))
 
 
 async def run_periodically(
@@ -24,6 +27,7 @@ async def run_periodically(
     *,
     period_s: float,
     stop: asyncio.Event,
+    clock: Clock,
 ) -> None:
     """Runs ``step`` every ``period_s`` until ``stop``; a failing step is logged and retried.
 
@@ -37,16 +41,10 @@ async def run_periodically(
             raise
         except Exception:
             log.exception("periodic_step_failed", task=name)
-        if await sleep_or_stop(stop, period_s):
+        if await sleep_or_stop(stop, period_s, clock=clock):
             return
 
 
-async def wait_any(*events: asyncio.Event, timeout_s: float) -> None:
-    """Returns when any event is set or after ``timeout_s``."""
-    waiters = [asyncio.ensure_future(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
-        await asyncio.gather(*waiters, return_exceptions=True)
+async def wait_any(*events: asyncio.Event, timeout_s: float, clock: Clock) -> None:
+    """Returns when any event is set or after ``timeout_s`` of ``clock``'s time."""
+    await clock.wait(*events, timeout_s=timeout_s)

@@ -104,7 +104,7 @@ class Elector:
                 # else happens (a renewal that keeps failing).
                 if self._leading:
                     delay = min(delay, max(0.0, self._deadline - self._clock.monotonic()))
-                if await sleep_or_stop(stop, delay):
+                if await sleep_or_stop(stop, delay, clock=self._clock):
                     break
                 self._check_deadline()
         finally:

@@ -188,7 +188,9 @@ class ConfigDirSource:
         health.register(COMPONENT, required=False)
 
     async def run(self, stop: asyncio.Event) -> None:
-        await run_periodically("config_dir", self.scan, period_s=self._poll_s, stop=stop)
+        await run_periodically(
+            "config_dir", self.scan, period_s=self._poll_s, stop=stop, clock=self._clock
+        )
 
     def reset(self) -> None:
         """Forgets what was applied: a new leadership term starts from another state

@@ -5,9 +5,7 @@ All on a FakeClock, except run_probes, which sleeps on the real loop with tight 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import threading
-import time
 from collections.abc import Callable
 
 import pytest
@@ -431,31 +429,31 @@ async def test_probe_recovers_after_failure() -> None:
 
 
 async def test_run_probes_polls_every_period_and_stops() -> None:
-    registry = HealthRegistry(clock=FakeClock(), probe_period_s=0.02)
+    clock = FakeClock()
+    registry = HealthRegistry(clock=clock, probe_period_s=5.0)
     calls: list[float] = []
 
     def probe() -> ProbeResult:
-        calls.append(time.monotonic())
+        calls.append(clock.monotonic())
         return Status.HEALTHY, ""
 
     registry.register("p", probe=probe)
     stop = asyncio.Event()
     task = asyncio.create_task(registry.run_probes(stop))
-    await asyncio.sleep(0.2)
-    stop.set()
-    await asyncio.wait_for(task, 1.0)
-    # ~10 periods of 20 ms; generous bounds for a loaded machine.
-    assert 3 <= len(calls) <= 12
-    gaps = [b - a for a, b in itertools.pairwise(calls)]
-    assert min(gaps) >= 0.015
+    await clock.run_for(20.0)
+    # At once, then every period of the clock: 0, 5, 10, 15, 20.
+    assert [round(t - calls[0], 6) for t in calls] == [0.0, 5.0, 10.0, 15.0, 20.0]
     assert registry.components()["p"].status is Status.HEALTHY
+    stop.set()
+    await task
     after = len(calls)
-    await asyncio.sleep(0.06)
+    await clock.run_for(20.0)
     assert len(calls) == after
 
 
 async def test_run_probes_stops_at_once_while_sleeping() -> None:
-    registry = HealthRegistry(clock=FakeClock(), probe_period_s=30.0)
+    clock = FakeClock()
+    registry = HealthRegistry(clock=clock, probe_period_s=30.0)
     calls: list[int] = []
 
     def probe() -> ProbeResult:
@@ -465,12 +463,11 @@ async def test_run_probes_stops_at_once_while_sleeping() -> None:
     registry.register("p", probe=probe)
     stop = asyncio.Event()
     task = asyncio.create_task(registry.run_probes(stop))
-    await asyncio.sleep(0.05)
+    await clock.wait_for_timers(1)
     assert calls == [1]  # first poll happens at once, then it sleeps 30 s
-    started = time.monotonic()
     stop.set()
-    await asyncio.wait_for(task, 1.0)
-    assert time.monotonic() - started < 0.5
+    await task  # no time passes on the clock: the stop ends the sleep
+    assert clock.pending_timers() == 0
     assert task.done()
     assert task.exception() is None
 

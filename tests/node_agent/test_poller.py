@@ -731,7 +731,9 @@ async def batcher_for(
         client = DispatcherClient(
             urls=(url_of(server),), node=NODE, session=session, token=None, timeout_s=2.0
         )
-        return ResultBatcher(client=client, metrics=AgentMetrics(), flush_s=0.1, max_pending=3)
+        return ResultBatcher(
+            client=client, metrics=AgentMetrics(), flush_s=0.1, max_pending=3, clock=SystemClock()
+        )
 
     return make
 

@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 from dispatcher import wire
+from dispatcher.common.clock import SystemClock
 from node_agent.errors import DispatcherProtocolError, DispatcherUnavailable
 from node_agent.metrics import AgentMetrics
 from node_agent.results import MAX_BATCH_BYTES, ResultBatcher
@@ -55,7 +56,13 @@ class FakeApi:
 
 
 def batcher(api: FakeApi, *, max_pending: int = 100) -> ResultBatcher:
-    return ResultBatcher(client=api, metrics=AgentMetrics(), flush_s=1.0, max_pending=max_pending)
+    return ResultBatcher(
+        client=api,
+        metrics=AgentMetrics(),
+        flush_s=1.0,
+        max_pending=max_pending,
+        clock=SystemClock(),
+    )
 
 
 def sent(api: FakeApi) -> list[str]:
