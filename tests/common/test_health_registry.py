@@ -1,6 +1,6 @@
 """HealthRegistry: transitions, worst-of status, observers outside the lock, liveness
 (grace, required), readiness (standby), probes (sync, async, raising, periodic, stop).
-All on a FakeClock, except run_probes, which sleeps on the real loop with tight bounds."""
+All on a FakeClock: the periodic probes wait on it, so no test waits on real time."""
 
 from __future__ import annotations
 
@@ -205,7 +205,8 @@ async def test_observer_reading_registry_from_async_code_does_not_deadlock() -> 
     registry, _ = make("a")
     seen: list[dict[str, Component]] = []
     registry.observe(lambda _t: seen.append(registry.components()))
-    await asyncio.wait_for(asyncio.to_thread(registry.report, "a", Status.HEALTHY), 2.0)
+    async with asyncio.timeout(JOIN_TIMEOUT_S):  # fails instead of hanging on a deadlock
+        await asyncio.to_thread(registry.report, "a", Status.HEALTHY)
     assert seen
     assert seen[0]["a"].status is Status.HEALTHY
 
@@ -473,7 +474,8 @@ async def test_run_probes_stops_at_once_while_sleeping() -> None:
 
 
 async def test_run_probes_with_stop_already_set_polls_nothing() -> None:
-    registry = HealthRegistry(clock=FakeClock(), probe_period_s=0.01)
+    clock = FakeClock()
+    registry = HealthRegistry(clock=clock, probe_period_s=5.0)
     calls: list[int] = []
 
     def probe() -> ProbeResult:
@@ -483,27 +485,31 @@ async def test_run_probes_with_stop_already_set_polls_nothing() -> None:
     registry.register("p", probe=probe)
     stop = asyncio.Event()
     stop.set()
-    await asyncio.wait_for(registry.run_probes(stop), 1.0)
+    started = clock.monotonic()
+    await registry.run_probes(stop)  # returns without waiting: no time passes
     assert calls == []
+    assert clock.monotonic() == started
+    assert clock.pending_timers() == 0
 
 
 async def test_run_probes_survives_a_raising_probe() -> None:
-    registry = HealthRegistry(clock=FakeClock(), probe_period_s=0.01)
-    calls: list[int] = []
-    polled_twice = asyncio.Event()
+    clock = FakeClock()
+    registry = HealthRegistry(clock=clock, probe_period_s=5.0)
+    calls: list[float] = []
 
     def probe() -> ProbeResult:
-        calls.append(1)
-        if len(calls) >= 2:
-            polled_twice.set()
+        calls.append(clock.monotonic())
         raise RuntimeError("flaky")
 
     registry.register("p", probe=probe)
     stop = asyncio.Event()
     task = asyncio.create_task(registry.run_probes(stop))
-    await asyncio.wait_for(polled_twice.wait(), 5.0)  # a bound: a busy CI machine is slow
+    await clock.run_for(10.0)
+    # Every raise was caught: the loop kept its period (at once, 5 s, 10 s).
+    assert [round(t - calls[0], 6) for t in calls] == [0.0, 5.0, 10.0]
+    assert not task.done()
     stop.set()
-    await asyncio.wait_for(task, 1.0)
+    await task
     assert registry.components()["p"].status is Status.UNHEALTHY
     assert "flaky" in registry.components()["p"].message
 
