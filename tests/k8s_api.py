@@ -37,14 +37,13 @@ import copy
 import re
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import parse_qsl
 
 import orjson
-import pytest
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from kubernetes_asyncio.client import ApiClient, Configuration
@@ -1078,21 +1077,3 @@ def _is_collection(path: str, collections: set[str]) -> bool:
 
 def _json(status: int, body: Json) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
-
-
-@pytest.fixture
-async def k8s_api() -> AsyncIterator[FakeKubernetesApi]:
-    """The stand-in serving ``ALL_RESOURCES``."""
-    api = FakeKubernetesApi(ALL_RESOURCES)
-    await api.start()
-    try:
-        yield api
-    finally:
-        await api.stop()
-
-
-@pytest.fixture
-async def k8s_client(k8s_api: FakeKubernetesApi) -> AsyncIterator[ApiClient]:
-    """A kubernetes-asyncio client for the stand-in."""
-    async with k8s_api.api_client() as client:
-        yield client

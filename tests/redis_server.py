@@ -6,13 +6,8 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
-
-from tests.processes import free_port
 
 
 @dataclass
@@ -58,13 +53,3 @@ class RedisServer:
             self.process.terminate()
             self.process.wait(timeout=10)
         self.process = None
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(port=free_port(), workdir=tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()

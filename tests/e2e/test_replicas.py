@@ -17,7 +17,7 @@ import pytest
 
 from tests.e2e.harness import API, call, wait_until
 from tests.processes import Proc, dispatcher_argv, free_port, wait_http_ok
-from tests.redis_server import RedisServer, redis_server  # noqa: F401  # a fixture
+from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.e2e
 
@@ -46,7 +46,7 @@ def start_replica(tmp_path: Path, redis_url: str) -> tuple[Proc, str]:
 @pytest.fixture
 def pair(
     tmp_path: Path,
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> Iterator[list[tuple[Proc, str]]]:
     replicas = [start_replica(tmp_path, redis_server.url) for _ in range(2)]
     try:

@@ -34,7 +34,7 @@ from dispatcher.election.kubernetes import (
 )
 from dispatcher.errors import ConfigurationError, LeaseBackendError
 from dispatcher.settings import ElectionSettings
-from tests.k8s_api import LEASES, FakeKubernetesApi, k8s_api, k8s_client  # noqa: F401  # fixtures
+from tests.k8s_api import LEASES, FakeKubernetesApi
 from tests.processes import free_port
 
 NS = "clusterchecks"
@@ -86,7 +86,7 @@ async def holder(backend: KubernetesLeaseBackend, identity: str) -> str:
 
 
 @pytest.fixture
-async def make_backend(k8s_api: FakeKubernetesApi) -> AsyncIterator[MakeBackend]:  # noqa: F811
+async def make_backend(k8s_api: FakeKubernetesApi) -> AsyncIterator[MakeBackend]:
     """Each backend is a replica of its own, with its own client and connections."""
     made: list[KubernetesLeaseBackend] = []
 
@@ -138,7 +138,7 @@ def elector(
 
 
 async def test_a_missing_lease_is_created_held_with_an_epoch_of_the_wall_clock_in_ms(
-    k8s_api: FakeKubernetesApi,  # noqa: F811
+    k8s_api: FakeKubernetesApi,
     make_backend: MakeBackend,
 ) -> None:
     clock = FakeClock()
@@ -168,7 +168,7 @@ async def test_a_missing_lease_is_created_held_with_an_epoch_of_the_wall_clock_i
 
 
 async def test_renewal_keeps_the_term_and_moves_renew_time_with_an_optimistic_update(
-    k8s_api: FakeKubernetesApi,  # noqa: F811
+    k8s_api: FakeKubernetesApi,
     make_backend: MakeBackend,
 ) -> None:
     clock = FakeClock()
@@ -194,7 +194,7 @@ async def test_renewal_keeps_the_term_and_moves_renew_time_with_an_optimistic_up
 
 
 async def test_a_lease_with_no_holder_is_taken_at_once_keeping_labels_and_annotations(
-    k8s_api: FakeKubernetesApi,  # noqa: F811
+    k8s_api: FakeKubernetesApi,
     make_backend: MakeBackend,
 ) -> None:
     k8s_api.store.create(LEASES, NS, {
@@ -221,7 +221,7 @@ async def test_a_lease_with_no_holder_is_taken_at_once_keeping_labels_and_annota
 
 
 async def test_another_identity_is_refused_while_the_record_is_fresh_whatever_its_times(
-    k8s_api: FakeKubernetesApi,  # noqa: F811
+    k8s_api: FakeKubernetesApi,
     make_backend: MakeBackend,
 ) -> None:
     # a's wall clock is an hour behind: its renewTime looks an hour old to anyone who
@@ -238,7 +238,7 @@ async def test_another_identity_is_refused_while_the_record_is_fresh_whatever_it
 
 
 async def test_takeover_after_the_holder_stops_renewing_as_observed_locally(
-    k8s_api: FakeKubernetesApi,  # noqa: F811
+    k8s_api: FakeKubernetesApi,
     make_backend: MakeBackend,
 ) -> None:
     clock = FakeClock()
@@ -271,7 +271,7 @@ async def test_takeover_after_the_holder_stops_renewing_as_observed_locally(
 
 
 async def test_an_own_lease_left_to_expire_is_taken_again_as_a_new_term(
-    k8s_api: FakeKubernetesApi,  # noqa: F811
+    k8s_api: FakeKubernetesApi,
     make_backend: MakeBackend,
 ) -> None:
     clock = FakeClock()
@@ -287,7 +287,7 @@ async def test_an_own_lease_left_to_expire_is_taken_again_as_a_new_term(
 
 
 async def test_the_same_identity_in_a_fresh_instance_starts_a_higher_term_at_once(
-    k8s_api: FakeKubernetesApi,  # noqa: F811
+    k8s_api: FakeKubernetesApi,
     make_backend: MakeBackend,
 ) -> None:
     clock = FakeClock()
@@ -302,7 +302,7 @@ async def test_the_same_identity_in_a_fresh_instance_starts_a_higher_term_at_onc
 
 @pytest.mark.parametrize("lease_exists", [False, True], ids=["create", "replace"])
 async def test_two_replicas_racing_on_one_resource_version_make_one_leader(
-    k8s_api: FakeKubernetesApi,  # noqa: F811
+    k8s_api: FakeKubernetesApi,
     make_backend: MakeBackend,
     lease_exists: bool,
 ) -> None:
@@ -339,7 +339,7 @@ async def test_two_replicas_racing_on_one_resource_version_make_one_leader(
 
 
 async def test_of_two_instances_of_one_identity_racing_the_loser_does_not_lead(
-    k8s_api: FakeKubernetesApi,  # noqa: F811
+    k8s_api: FakeKubernetesApi,
     make_backend: MakeBackend,
 ) -> None:
     clock = FakeClock()
@@ -363,7 +363,7 @@ async def test_of_two_instances_of_one_identity_racing_the_loser_does_not_lead(
 
 
 async def test_the_epoch_is_stored_in_an_annotation_that_renewals_keep(
-    k8s_api: FakeKubernetesApi,  # noqa: F811
+    k8s_api: FakeKubernetesApi,
     make_backend: MakeBackend,
 ) -> None:
     clock = FakeClock()
@@ -383,7 +383,7 @@ async def test_the_epoch_is_stored_in_an_annotation_that_renewals_keep(
 
 
 async def test_a_deleted_and_recreated_lease_gives_a_higher_epoch_though_transitions_restart(
-    k8s_api: FakeKubernetesApi,  # noqa: F811
+    k8s_api: FakeKubernetesApi,
     make_backend: MakeBackend,
 ) -> None:
     clock = FakeClock()
@@ -413,7 +413,7 @@ async def test_a_deleted_and_recreated_lease_gives_a_higher_epoch_though_transit
     ids=["no-epoch-annotation", "epoch-annotation-not-an-int"],
 )
 async def test_a_lease_held_by_another_writer_without_our_epoch_is_taken_above_its_transitions(
-    k8s_api: FakeKubernetesApi,  # noqa: F811
+    k8s_api: FakeKubernetesApi,
     make_backend: MakeBackend,
     annotations: dict[str, str],
 ) -> None:
@@ -441,7 +441,7 @@ async def test_a_lease_held_by_another_writer_without_our_epoch_is_taken_above_i
 
 
 async def test_epochs_grow_strictly_across_terms_while_the_wall_clock_stands_still(
-    k8s_api: FakeKubernetesApi,  # noqa: F811
+    k8s_api: FakeKubernetesApi,
     make_backend: MakeBackend,
 ) -> None:
     clock = FakeClock()  # never advanced: every term is taken in the same millisecond
@@ -469,7 +469,7 @@ async def test_epochs_grow_strictly_across_terms_while_the_wall_clock_stands_sti
 
 
 async def test_a_replica_whose_clock_is_behind_still_goes_above_the_previous_epoch(
-    k8s_api: FakeKubernetesApi,  # noqa: F811
+    k8s_api: FakeKubernetesApi,
     make_backend: MakeBackend,
 ) -> None:
     ahead = FakeClock(wall=START + 3600)
@@ -487,7 +487,7 @@ async def test_a_replica_whose_clock_is_behind_still_goes_above_the_previous_epo
 
 
 async def test_release_empties_the_holder_so_a_successor_takes_over_at_once(
-    k8s_api: FakeKubernetesApi,  # noqa: F811
+    k8s_api: FakeKubernetesApi,
     make_backend: MakeBackend,
 ) -> None:
     clock = FakeClock()
@@ -512,7 +512,7 @@ async def test_release_empties_the_holder_so_a_successor_takes_over_at_once(
 
 
 async def test_release_leaves_alone_a_lease_that_another_replica_took(
-    k8s_api: FakeKubernetesApi,  # noqa: F811
+    k8s_api: FakeKubernetesApi,
     make_backend: MakeBackend,
 ) -> None:
     clock = FakeClock()
@@ -527,7 +527,7 @@ async def test_release_leaves_alone_a_lease_that_another_replica_took(
 
 
 async def test_an_elector_releases_on_shutdown(
-    k8s_api: FakeKubernetesApi,  # noqa: F811
+    k8s_api: FakeKubernetesApi,
     make_backend: MakeBackend,
 ) -> None:
     clock = SystemClock()
@@ -553,7 +553,7 @@ async def test_an_elector_releases_on_shutdown(
 
 @pytest.mark.parametrize("code", [500, 503])
 async def test_an_error_status_is_a_lease_backend_error(
-    k8s_api: FakeKubernetesApi,  # noqa: F811
+    k8s_api: FakeKubernetesApi,
     make_backend: MakeBackend,
     code: int,
 ) -> None:
@@ -580,7 +580,7 @@ async def test_an_unreachable_api_server_is_a_lease_backend_error() -> None:
 
 
 async def test_a_hung_api_server_is_a_lease_backend_error_within_the_call_timeout(
-    k8s_api: FakeKubernetesApi,  # noqa: F811
+    k8s_api: FakeKubernetesApi,
     make_backend: MakeBackend,
 ) -> None:
     a = make_backend(FakeClock(), call_timeout_s=0.2)
@@ -594,7 +594,7 @@ async def test_a_hung_api_server_is_a_lease_backend_error_within_the_call_timeou
 
 
 async def test_a_failing_credentials_refresh_is_a_lease_backend_error(
-    k8s_api: FakeKubernetesApi,  # noqa: F811
+    k8s_api: FakeKubernetesApi,
 ) -> None:
     def unreadable_token(configuration: Configuration) -> None:
         raise ConfigException("Token file exists but empty.")
@@ -614,7 +614,7 @@ async def test_a_failing_credentials_refresh_is_a_lease_backend_error(
 
 @pytest.mark.timeout(20)
 async def test_a_leader_steps_down_by_its_renew_deadline_when_the_api_server_hangs(
-    k8s_api: FakeKubernetesApi,  # noqa: F811
+    k8s_api: FakeKubernetesApi,
     make_backend: MakeBackend,
 ) -> None:
     settings = ElectionSettings(lease_duration_s=1.5, renew_deadline_s=1.0, retry_period_s=0.25)
@@ -662,7 +662,7 @@ async def test_a_leader_steps_down_by_its_renew_deadline_when_the_api_server_han
 
 
 async def test_connect_reads_a_kubeconfig(
-    k8s_api: FakeKubernetesApi,  # noqa: F811
+    k8s_api: FakeKubernetesApi,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -709,7 +709,7 @@ async def api_error(call: Awaitable[object]) -> tuple[int, dict[str, Any]]:
 
 
 async def test_the_stand_in_answers_a_missing_lease_with_a_not_found_status(
-    k8s_client: ApiClient,  # noqa: F811
+    k8s_client: ApiClient,
 ) -> None:
     api = CoordinationV1Api(k8s_client)
     status, body = await api_error(api.read_namespaced_lease(NAME, NS))
@@ -732,7 +732,7 @@ async def test_the_stand_in_answers_a_missing_lease_with_a_not_found_status(
     ids=["float-duration", "time-without-fraction", "time-without-zone"],
 )
 async def test_the_stand_in_refuses_what_the_api_server_cannot_decode(
-    k8s_client: ApiClient,  # noqa: F811
+    k8s_client: ApiClient,
     spec: dict[str, Any],
     problem: str,
 ) -> None:
@@ -743,8 +743,8 @@ async def test_the_stand_in_refuses_what_the_api_server_cannot_decode(
 
 
 async def test_microtime_is_what_the_stand_in_accepts(
-    k8s_api: FakeKubernetesApi,  # noqa: F811
-    k8s_client: ApiClient,  # noqa: F811
+    k8s_api: FakeKubernetesApi,
+    k8s_client: ApiClient,
 ) -> None:
     api = CoordinationV1Api(k8s_client)
     at = MicroTime.of(datetime.fromtimestamp(START, UTC) - timedelta(hours=1))
@@ -753,7 +753,7 @@ async def test_microtime_is_what_the_stand_in_accepts(
 
 
 async def test_the_stand_in_refuses_stale_and_duplicate_writes(
-    k8s_client: ApiClient,  # noqa: F811
+    k8s_client: ApiClient,
 ) -> None:
     api = CoordinationV1Api(k8s_client)
     created = await api.create_namespaced_lease(NS, lease_body(holder_identity="a"))

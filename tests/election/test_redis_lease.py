@@ -13,11 +13,11 @@ from dispatcher.election.elector import Elector
 from dispatcher.election.redis import RedisLeaseBackend
 from dispatcher.errors import LeaseBackendError
 from dispatcher.settings import ElectionSettings
-from tests.redis_server import RedisServer, redis_server  # noqa: F401  # a fixture
+from tests.redis_server import RedisServer
 
 
 @pytest.fixture
-async def backends(redis_server: RedisServer) -> AsyncIterator[list[RedisLeaseBackend]]:  # noqa: F811
+async def backends(redis_server: RedisServer) -> AsyncIterator[list[RedisLeaseBackend]]:
     made = [RedisLeaseBackend.from_url(redis_server.url, timeout_s=0.5) for _ in range(2)]
     try:
         yield made
@@ -40,7 +40,7 @@ async def test_acquire_renew_and_exclusion(backends: list[RedisLeaseBackend]) ->
 
 async def test_only_the_holder_extends_or_releases(
     backends: list[RedisLeaseBackend],
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> None:
     a, b = backends
     first = await a.acquire_or_renew(identity="a", url="http://a", lease_duration_s=0.4)
@@ -61,7 +61,7 @@ async def test_only_the_holder_extends_or_releases(
 
 async def test_epochs_stay_above_any_seen_after_redis_loses_its_data(
     backends: list[RedisLeaseBackend],
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> None:
     """Agents ignore epochs lower than the highest they saw: a Redis restarted without
     its data must not start counting terms from 1 again."""
@@ -79,7 +79,7 @@ async def test_epochs_stay_above_any_seen_after_redis_loses_its_data(
 
 async def test_an_unreachable_redis_is_a_lease_backend_error(
     backends: list[RedisLeaseBackend],
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> None:
     redis_server.stop()
     with pytest.raises(LeaseBackendError):
@@ -89,7 +89,7 @@ async def test_an_unreachable_redis_is_a_lease_backend_error(
 @pytest.mark.timeout(20)
 async def test_a_leader_steps_down_by_its_renew_deadline_when_redis_stops(
     backends: list[RedisLeaseBackend],
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> None:
     settings = ElectionSettings(lease_duration_s=1.5, renew_deadline_s=1.0, retry_period_s=0.25)
     started, stopped = asyncio.Event(), asyncio.Event()

@@ -23,7 +23,6 @@ from tests.k8s_api import (
     LEASES,
     SERVICES,
     FakeKubernetesApi,
-    k8s_api,  # noqa: F401  # a fixture
     service,
 )
 from tests.processes import free_port
@@ -75,7 +74,7 @@ async def test_liveness_passes_during_the_start_up_grace_and_fails_after_it() ->
 
 
 async def test_connect_leads_through_a_kubernetes_lease_and_serves_checks_from_services(
-    k8s_api: FakeKubernetesApi,  # noqa: F811
+    k8s_api: FakeKubernetesApi,
     tmp_path: Path,
 ) -> None:
     """The wiring of ``run``: one client from a kubeconfig for the Lease and the source."""

@@ -32,8 +32,6 @@ from tests.k8s_api import (
     SERVICES,
     FakeKubernetesApi,
     configmap,
-    k8s_api,  # noqa: F401  # fixture
-    k8s_client,  # noqa: F401  # fixture
     service,
 )
 
@@ -51,7 +49,7 @@ def collect_garbage() -> Iterator[None]:
 
 
 @pytest.fixture
-def v1(k8s_client: ApiClient) -> CoreV1Api:  # noqa: F811
+def v1(k8s_client: ApiClient) -> CoreV1Api:
     return CoreV1Api(k8s_client)
 
 
@@ -85,7 +83,7 @@ WEB = {"app": "web"}
 
 
 async def test_a_list_answers_the_items_in_key_order_and_the_current_version(
-    k8s_api: FakeKubernetesApi,  # noqa: F811
+    k8s_api: FakeKubernetesApi,
     v1: CoreV1Api,
 ) -> None:
     k8s_api.put(SERVICES, NS, service(NS, "web", ports=[{"name": "http", "port": 8080}]))
@@ -118,7 +116,7 @@ async def test_a_list_answers_the_items_in_key_order_and_the_current_version(
 
 
 async def test_label_selectors_filter_a_list(
-    k8s_api: FakeKubernetesApi,  # noqa: F811
+    k8s_api: FakeKubernetesApi,
     v1: CoreV1Api,
 ) -> None:
     k8s_api.put(CONFIGMAPS, NS, configmap(NS, "a", labels={"app": "web", "tier": "1"}))
@@ -150,7 +148,7 @@ async def test_label_selectors_filter_a_list(
 
 
 async def test_a_watch_from_a_version_replays_the_later_changes_in_order(
-    k8s_api: FakeKubernetesApi,  # noqa: F811
+    k8s_api: FakeKubernetesApi,
     v1: CoreV1Api,
 ) -> None:
     k8s_api.put(SERVICES, NS, service(NS, "old"))  # 1
@@ -189,7 +187,7 @@ async def test_a_watch_from_a_version_replays_the_later_changes_in_order(
 
 
 async def test_a_watch_follows_live_changes(
-    k8s_api: FakeKubernetesApi,  # noqa: F811
+    k8s_api: FakeKubernetesApi,
     v1: CoreV1Api,
 ) -> None:
     k8s_api.put(SERVICES, NS, service(NS, "web"))  # 1
@@ -216,7 +214,7 @@ async def test_a_watch_follows_live_changes(
 
 
 async def test_a_selector_watch_sees_objects_start_and_stop_matching(
-    k8s_api: FakeKubernetesApi,  # noqa: F811
+    k8s_api: FakeKubernetesApi,
     v1: CoreV1Api,
 ) -> None:
     k8s_api.put(CONFIGMAPS, NS, configmap(NS, "z"))  # 1
@@ -247,7 +245,7 @@ async def test_a_selector_watch_sees_objects_start_and_stop_matching(
 
 @pytest.mark.parametrize("resource_version", [None, "0"])
 async def test_a_watch_without_a_version_starts_with_the_current_objects_as_added(
-    k8s_api: FakeKubernetesApi,  # noqa: F811
+    k8s_api: FakeKubernetesApi,
     v1: CoreV1Api,
     resource_version: str | None,
 ) -> None:
@@ -271,7 +269,7 @@ async def test_a_watch_without_a_version_starts_with_the_current_objects_as_adde
 
 
 async def test_a_watch_from_a_compacted_version_raises_410_and_a_relist_shows(
-    k8s_api: FakeKubernetesApi,  # noqa: F811
+    k8s_api: FakeKubernetesApi,
     v1: CoreV1Api,
 ) -> None:
     for name in ("a", "b", "c"):
@@ -296,7 +294,7 @@ async def test_a_watch_from_a_compacted_version_raises_410_and_a_relist_shows(
 
 
 async def test_without_timeout_seconds_watch_retries_a_410_once_with_the_same_version(
-    k8s_api: FakeKubernetesApi,  # noqa: F811
+    k8s_api: FakeKubernetesApi,
     v1: CoreV1Api,
 ) -> None:
     for name in ("a", "b"):
@@ -326,7 +324,7 @@ async def test_a_history_limit_compacts_the_oldest_changes() -> None:
 
 
 async def test_a_watch_ends_cleanly_after_timeout_seconds(
-    k8s_api: FakeKubernetesApi,  # noqa: F811
+    k8s_api: FakeKubernetesApi,
     v1: CoreV1Api,
 ) -> None:
     loop = asyncio.get_running_loop()
@@ -337,7 +335,7 @@ async def test_a_watch_ends_cleanly_after_timeout_seconds(
 
 
 async def test_close_watches_ends_the_open_streams(
-    k8s_api: FakeKubernetesApi,  # noqa: F811
+    k8s_api: FakeKubernetesApi,
     v1: CoreV1Api,
 ) -> None:
     assert k8s_api.close_watches() == 0
@@ -356,7 +354,7 @@ async def test_close_watches_ends_the_open_streams(
 
 
 async def test_an_aborted_watch_fails_the_read(
-    k8s_api: FakeKubernetesApi,  # noqa: F811
+    k8s_api: FakeKubernetesApi,
     v1: CoreV1Api,
 ) -> None:
     following = asyncio.create_task(watch(v1.list_namespaced_service, NS, timeout_seconds=None))
@@ -367,7 +365,7 @@ async def test_an_aborted_watch_fails_the_read(
 
 
 async def test_without_timeout_seconds_watch_reconnects_from_the_last_version_seen(
-    k8s_api: FakeKubernetesApi,  # noqa: F811
+    k8s_api: FakeKubernetesApi,
     v1: CoreV1Api,
 ) -> None:
     k8s_api.put(SERVICES, NS, service(NS, "a"))  # 1
@@ -385,7 +383,7 @@ async def test_without_timeout_seconds_watch_reconnects_from_the_last_version_se
 
 
 async def test_an_injected_failure_is_raised_by_watch_as_an_api_exception(
-    k8s_api: FakeKubernetesApi,  # noqa: F811
+    k8s_api: FakeKubernetesApi,
     v1: CoreV1Api,
 ) -> None:
     k8s_api.fail_with = 503
@@ -402,7 +400,7 @@ async def test_an_injected_failure_is_raised_by_watch_as_an_api_exception(
 
 
 async def test_services_and_configmaps_are_validated_on_writes(
-    k8s_api: FakeKubernetesApi,  # noqa: F811
+    k8s_api: FakeKubernetesApi,
     v1: CoreV1Api,
 ) -> None:
     async def status_of(write: Any) -> tuple[int, str]:
@@ -438,7 +436,7 @@ async def test_services_and_configmaps_are_validated_on_writes(
 
 
 async def test_an_event_can_be_created_and_read_back(
-    k8s_api: FakeKubernetesApi,  # noqa: F811
+    k8s_api: FakeKubernetesApi,
     v1: CoreV1Api,
 ) -> None:
     def event(when: datetime) -> CoreV1Event:

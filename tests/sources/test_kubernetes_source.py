@@ -38,8 +38,6 @@ from tests.k8s_api import (
     SERVICES,
     FakeKubernetesApi,
     configmap,
-    k8s_api,  # noqa: F401  # a fixture
-    k8s_client,  # noqa: F401  # a fixture
     service,
 )
 from tests.node_agent.helpers import eventually
@@ -112,8 +110,8 @@ class Harness:
 
 @pytest.fixture
 async def harness(
-    k8s_api: FakeKubernetesApi,  # noqa: F811
-    k8s_client: ApiClient,  # noqa: F811
+    k8s_api: FakeKubernetesApi,
+    k8s_client: ApiClient,
 ) -> AsyncIterator[Harness]:
     h = Harness(k8s_api, k8s_client)
     try:

@@ -26,7 +26,7 @@ from dispatcher.storage.base import StateStore
 from dispatcher.storage.memory import MemoryStateStore
 from dispatcher.storage.redis import CHUNK_RECORDS, RedisStateStore
 from tests.processes import free_port
-from tests.redis_server import RedisServer, redis_server  # noqa: F401  # a fixture
+from tests.redis_server import RedisServer
 
 S1, S2 = SourceName("s1"), SourceName("s2")
 N1, N2 = NodeName("n1"), NodeName("n2")
@@ -109,7 +109,7 @@ def as_snapshot(delta: StateDelta) -> Snapshot:
 
 
 @pytest.fixture
-async def redis_stores(redis_server: RedisServer) -> AsyncIterator[list[RedisStateStore]]:  # noqa: F811
+async def redis_stores(redis_server: RedisServer) -> AsyncIterator[list[RedisStateStore]]:
     """Two store objects on the same Redis: two replicas, one after the other."""
     made = [RedisStateStore.from_url(redis_server.url, timeout_s=1.0) for _ in range(2)]
     try:
@@ -347,7 +347,7 @@ async def test_an_unreachable_redis_is_a_store_error_not_fenced() -> None:
 
 async def test_a_redis_that_goes_away_is_a_store_error_not_fenced(
     redis_stores: list[RedisStateStore],
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> None:
     store, _ = redis_stores
     await store.claim(epoch=1)
@@ -395,7 +395,7 @@ CORRUPT: list[tuple[str, str, bytes]] = [
 @pytest.mark.parametrize(("part", "raw"), [c[1:] for c in CORRUPT], ids=[c[0] for c in CORRUPT])
 async def test_an_unreadable_record_is_a_store_error_with_a_clear_message(
     redis_stores: list[RedisStateStore],
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
     part: str,
     raw: bytes,
 ) -> None:
@@ -413,7 +413,7 @@ async def test_an_unreadable_record_is_a_store_error_with_a_clear_message(
 
 async def test_the_error_for_an_unreadable_record_names_the_record(
     redis_stores: list[RedisStateStore],
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> None:
     """An operator must be able to find the bad record among thousands."""
     store, _ = redis_stores

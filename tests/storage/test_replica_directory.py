@@ -22,7 +22,7 @@ from dispatcher.storage.replicas import (
     ReplicaStatus,
 )
 from tests.processes import free_port
-from tests.redis_server import RedisServer, redis_server  # noqa: F401  # a fixture
+from tests.redis_server import RedisServer
 
 NAME = "cc-test"
 
@@ -41,7 +41,7 @@ def status(identity: str, role: str = "follower", **fields: object) -> ReplicaSt
 
 
 @pytest.fixture
-async def directory(redis_server: RedisServer) -> AsyncIterator[RedisReplicaDirectory]:  # noqa: F811
+async def directory(redis_server: RedisServer) -> AsyncIterator[RedisReplicaDirectory]:
     d = RedisReplicaDirectory.from_url(redis_server.url, name=NAME, timeout_s=1.0)
     try:
         yield d
@@ -50,7 +50,7 @@ async def directory(redis_server: RedisServer) -> AsyncIterator[RedisReplicaDire
 
 
 @pytest.fixture
-async def raw(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:  # noqa: F811
+async def raw(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(redis_server.url)
     try:
         yield client
@@ -113,7 +113,7 @@ async def test_remove_drops_a_record_at_once(
 
 
 async def test_records_are_kept_under_the_name_so_two_clusters_do_not_mix(
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> None:
     one = RedisReplicaDirectory.from_url(redis_server.url, name="one", timeout_s=1.0)
     two = RedisReplicaDirectory.from_url(redis_server.url, name="two", timeout_s=1.0)
