@@ -30,6 +30,7 @@ from dispatcher.core.model import (
 )
 from dispatcher.core.placement import LoadIndex, Node
 from dispatcher.core.rebalance import Item, NodeLoad, Plan, plan_rebalance
+from dispatcher.core.snapshot import ChangeTracker, NodeRecord, Snapshot, StateDelta
 from dispatcher.errors import NoOtherNode, NotDispatched, UnknownCheck, UnknownNode
 
 NEVER = float("-inf")
@@ -84,56 +85,6 @@ class RejectedResult:
     reason: str  # not_assigned | unknown_check
 
 
-@dataclass(frozen=True, slots=True)
-class NodeRecord:
-    """What a shared store keeps of a node: no heartbeat times, no stats."""
-
-    labels: Mapping[str, str]
-    capacity: int
-    cordoned: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """The persisted part of the state, as a shared store holds it."""
-
-    configs: Mapping[Digest, CheckConfig] = field(default_factory=dict)
-    sources: Mapping[SourceName, frozenset[Digest]] = field(default_factory=dict)
-    placement: Mapping[Digest, NodeName] = field(default_factory=dict)
-    nodes: Mapping[NodeName, NodeRecord] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class StateDelta:
-    """Records changed since the last ``take_delta()``: a value to write, None to delete."""
-
-    configs: dict[Digest, CheckConfig | None] = field(default_factory=dict)
-    sources: dict[SourceName, frozenset[Digest] | None] = field(default_factory=dict)
-    placement: dict[Digest, NodeName | None] = field(default_factory=dict)
-    nodes: dict[NodeName, NodeRecord | None] = field(default_factory=dict)
-
-    def __bool__(self) -> bool:
-        return bool(self.configs or self.sources or self.placement or self.nodes)
-
-    def __len__(self) -> int:
-        return len(self.configs) + len(self.sources) + len(self.placement) + len(self.nodes)
-
-    def merge(self, later: StateDelta) -> None:
-        """Folds a later delta into this one; the later value of a record wins."""
-        self.configs.update(later.configs)
-        self.sources.update(later.sources)
-        self.placement.update(later.placement)
-        self.nodes.update(later.nodes)
-
-
-@dataclass(slots=True)
-class _Dirty:
-    configs: set[Digest] = field(default_factory=set)
-    sources: set[SourceName] = field(default_factory=set)
-    placement: set[Digest] = field(default_factory=set)
-    nodes: set[NodeName] = field(default_factory=set)
-
-
 @dataclass(slots=True)
 class Events:
     decisions: list[Decision] = field(default_factory=list)
@@ -164,7 +115,7 @@ class ClusterState:
         self._warm = warmup_until == NEVER
         self._placeable_changed = False
         self._events = Events()
-        self._dirty: _Dirty | None = _Dirty() if track_changes else None
+        self._changes = ChangeTracker(enabled=track_changes)
 
     @classmethod
     def restore(cls, snapshot: Snapshot, *, now: float) -> ClusterState:
@@ -193,7 +144,7 @@ class ClusterState:
         for source, digests in sorted(snapshot.sources.items()):
             held = {d for d in digests if d in snapshot.configs}
             if held != set(digests):
-                state._mark_source(source)
+                state._changes.source(source)
             if held:
                 state._sources[source] = held
                 for digest in held:
@@ -202,11 +153,11 @@ class ClusterState:
             if digest in state._holders:
                 state._configs[digest] = config
             else:
-                state._mark_config(digest)
+                state._changes.config(digest)
         for digest, name in sorted(snapshot.placement.items()):
             holder = state._nodes.get(name)
             if holder is None or digest not in state._configs:
-                state._mark_placement(digest)
+                state._changes.placement(digest)
                 continue
             state._attach(digest, holder, reason="restored", previous=None)
         for digest in sorted(state._configs):
@@ -214,9 +165,7 @@ class ClusterState:
                 state._dangling[digest] = now
         state._placeable_changed = True
         state._events = Events()
-        dirty = state._dirty
-        assert dirty is not None
-        dirty.placement -= set(state._placement)  # attached as stored: nothing to write
+        state._changes.forget_placements(state._placement)  # attached as stored
         return state
 
     def snapshot(self) -> Snapshot:
@@ -225,27 +174,16 @@ class ClusterState:
             configs=dict(self._configs),
             sources={s: frozenset(d) for s, d in self._sources.items()},
             placement=dict(self._placement),
-            nodes={name: self._node_record(node) for name, node in self._nodes.items()},
+            nodes={name: _node_record(node) for name, node in self._nodes.items()},
         )
 
     def take_delta(self) -> StateDelta:
         """The persisted records changed since the last call (tracking states only)."""
-        dirty = self._dirty
-        if dirty is None or not (dirty.configs or dirty.sources or dirty.placement or dirty.nodes):
-            return StateDelta()  # the common heartbeat: nothing to write
-        self._dirty = _Dirty()
-        nodes = self._nodes
-        return StateDelta(
-            configs={d: self._configs.get(d) for d in sorted(dirty.configs)},
-            sources={
-                s: frozenset(held) if (held := self._sources.get(s)) else None
-                for s in sorted(dirty.sources)
-            },
-            placement={d: self._placement.get(d) for d in sorted(dirty.placement)},
-            nodes={
-                n: self._node_record(node) if (node := nodes.get(n)) else None
-                for n in sorted(dirty.nodes)
-            },
+        return self._changes.take(
+            configs=self._configs,
+            sources=self._sources,
+            placement=self._placement,
+            node_record=self._node_record_of,
         )
 
     # ----------------------------------------------------------------- reading
@@ -386,7 +324,7 @@ class ClusterState:
             for digest in added:
                 self._holders.setdefault(digest, set()).add(source)
             if added or removed:
-                self._mark_source(source)
+                self._changes.source(source)
             if wanted:
                 self._sources[source] = set(wanted)
             else:
@@ -418,7 +356,7 @@ class ClusterState:
             self._upsert(config)
             if config.digest not in held:
                 held.add(config.digest)
-                self._mark_source(source)
+                self._changes.source(source)
                 self._holders.setdefault(config.digest, set()).add(source)
                 self._place_if_new(config.digest, now=now)
         return [c.digest for c in configs]
@@ -435,7 +373,7 @@ class ClusterState:
         for holder in sorted(holders) if source is None else [source]:
             held = self._sources[holder]
             held.discard(digest)
-            self._mark_source(holder)
+            self._changes.source(holder)
             if not held:
                 del self._sources[holder]
             self._release(digest, holder)
@@ -472,17 +410,17 @@ class ClusterState:
             self._nodes[name] = node
             self._index.update(node)
             self._touch(node)
-            self._mark_node(name)
+            self._changes.node(name)
             self._placeable_changed = True
         else:
             node.heartbeat_at = now
             if capacity is not None and capacity != node.capacity:
                 node.capacity = capacity
                 self._index.update(node)
-                self._mark_node(name)
+                self._changes.node(name)
             if labels is not None and dict(labels) != node.labels:
                 node.labels = dict(labels)
-                self._mark_node(name)
+                self._changes.node(name)
                 self._relabel(node, now=now)
         self._by_heartbeat[name] = None
         self._by_heartbeat.move_to_end(name)
@@ -529,14 +467,14 @@ class ClusterState:
         node = self.node(name)
         if not node.cordoned:
             node.cordoned = True
-            self._mark_node(name)
+            self._changes.node(name)
         return node
 
     def uncordon(self, name: NodeName, *, now: float) -> Node:
         node = self.node(name)
         if node.cordoned:
             node.cordoned = False
-            self._mark_node(name)
+            self._changes.node(name)
             self._placeable_changed = True
             self.dispatch_dangling(now=now)
         return node
@@ -696,25 +634,9 @@ class ClusterState:
         node.last_change = self._seq
         self._events.changed_nodes.add(node.name)
 
-    def _mark_config(self, digest: Digest) -> None:
-        if self._dirty is not None:
-            self._dirty.configs.add(digest)
-
-    def _mark_source(self, source: SourceName) -> None:
-        if self._dirty is not None:
-            self._dirty.sources.add(source)
-
-    def _mark_placement(self, digest: Digest) -> None:
-        if self._dirty is not None:
-            self._dirty.placement.add(digest)
-
-    def _mark_node(self, name: NodeName) -> None:
-        if self._dirty is not None:
-            self._dirty.nodes.add(name)
-
-    @staticmethod
-    def _node_record(node: Node) -> NodeRecord:
-        return NodeRecord(labels=dict(node.labels), capacity=node.capacity, cordoned=node.cordoned)
+    def _node_record_of(self, name: NodeName) -> NodeRecord | None:
+        node = self._nodes.get(name)
+        return None if node is None else _node_record(node)
 
     def _eligible(self, node: Node, config: CheckConfig) -> bool:
         return not node.cordoned and config.matches(node.labels)
@@ -723,7 +645,7 @@ class ClusterState:
         current = self._configs.get(config.digest)
         if current is None:
             self._configs[config.digest] = config
-            self._mark_config(config.digest)
+            self._changes.config(config.digest)
             return
         if current.weight != config.weight:
             node_name = self._placement.get(config.digest)
@@ -733,7 +655,7 @@ class ClusterState:
                 node.unmeasured_weight += config.weight - current.weight
                 self._index.update(node)
             self._configs[config.digest] = config
-            self._mark_config(config.digest)
+            self._changes.config(config.digest)
 
     def _place_if_new(self, digest: Digest, *, now: float) -> None:
         if digest not in self._placement and digest not in self._dangling:
@@ -757,7 +679,7 @@ class ClusterState:
         self._results.pop(digest, None)
         self._reported.pop(digest, None)
         del self._configs[digest]
-        self._mark_config(digest)
+        self._changes.config(digest)
         self._events.decisions.append(Decision(digest, config.name, None, name, "check_removed"))
 
     def _place(
@@ -812,7 +734,7 @@ class ClusterState:
         self, digest: Digest, node: Node, *, reason: str, previous: NodeName | None
     ) -> None:
         self._placement[digest] = node.name
-        self._mark_placement(digest)
+        self._changes.placement(digest)
         self._placed_because[digest] = reason
         self._dangling.pop(digest, None)
         self._reported.pop(digest, None)
@@ -831,7 +753,7 @@ class ClusterState:
     def _detach(self, digest: Digest, node: Node) -> None:
         """Takes a check off a node's books (the caller touches or removes the node)."""
         del self._placement[digest]
-        self._mark_placement(digest)
+        self._changes.placement(digest)
         self._placed_because.pop(digest, None)
         node.digests.discard(digest)
         node.stats.pop(digest, None)
@@ -854,7 +776,7 @@ class ClusterState:
         orphans: list[tuple[Digest, NodeName]] = []
         for name in names:
             node = self._nodes.pop(name)
-            self._mark_node(name)
+            self._changes.node(name)
             self._by_heartbeat.pop(name, None)
             self._index.remove(name)
             for digest in node.reported_running:
@@ -927,6 +849,10 @@ class ClusterState:
         self._index.set_mean_cost(self.mean_measured_cost())
         if node is not None:
             self._index.update(node)
+
+
+def _node_record(node: Node) -> NodeRecord:
+    return NodeRecord(labels=dict(node.labels), capacity=node.capacity, cordoned=node.cordoned)
 
 
 _REASONS = {

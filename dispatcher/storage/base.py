@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from dispatcher.core.state import Snapshot, StateDelta
+from dispatcher.core.snapshot import Snapshot, StateDelta
 
 
 class StateStore(Protocol):

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import TypeVar
 
 from dispatcher.core.model import CheckConfig, Digest, NodeName, SourceName
-from dispatcher.core.state import NodeRecord, Snapshot, StateDelta
+from dispatcher.core.snapshot import NodeRecord, Snapshot, StateDelta
 from dispatcher.errors import Fenced, StoreError
 
 K = TypeVar("K")

@@ -21,7 +21,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from dispatcher.common.redisconn import redis_client
 from dispatcher.core.model import CheckConfig, Digest, NodeName
-from dispatcher.core.state import NodeRecord, Snapshot, StateDelta
+from dispatcher.core.snapshot import NodeRecord, Snapshot, StateDelta
 from dispatcher.errors import Fenced, StoreError
 
 _CLAIM = """

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import structlog
 
-from dispatcher.core.state import StateDelta
+from dispatcher.core.snapshot import StateDelta
 from dispatcher.errors import Fenced, StoreError
 from dispatcher.storage.base import StateStore
 

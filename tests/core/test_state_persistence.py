@@ -29,7 +29,8 @@ from dispatcher.core.model import (
     SourceName,
     make_config,
 )
-from dispatcher.core.state import NEVER, ClusterState, NodeRecord, Snapshot, StateDelta
+from dispatcher.core.snapshot import NodeRecord, Snapshot, StateDelta
+from dispatcher.core.state import NEVER, ClusterState
 from dispatcher.errors import RequestError
 from tests.core.test_state_table import beat, check
 

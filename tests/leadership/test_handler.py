@@ -31,7 +31,7 @@ from dispatcher.core.model import (
     SourceName,
     make_config,
 )
-from dispatcher.core.state import StateDelta
+from dispatcher.core.snapshot import StateDelta
 from dispatcher.election.base import LeaderInfo, LeaseRecord
 from dispatcher.election.memory import MemoryLeaseBackend
 from dispatcher.engine import Dispatcher

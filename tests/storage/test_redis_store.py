@@ -20,7 +20,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from dispatcher.core.model import CheckConfig, Digest, NodeName, SourceName, make_config
-from dispatcher.core.state import NodeRecord, Snapshot, StateDelta
+from dispatcher.core.snapshot import NodeRecord, Snapshot, StateDelta
 from dispatcher.errors import Fenced, StoreError
 from dispatcher.storage.base import StateStore
 from dispatcher.storage.memory import MemoryStateStore

@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 import pytest
 
 from dispatcher.core.model import Digest, NodeName
-from dispatcher.core.state import NodeRecord, Snapshot, StateDelta
+from dispatcher.core.snapshot import NodeRecord, Snapshot, StateDelta
 from dispatcher.errors import Fenced, StoreError
 from dispatcher.storage.memory import MemoryStateStore
 from dispatcher.storage.writer import StoreWriter
