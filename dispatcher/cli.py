@@ -44,9 +44,29 @@ def _seconds(low: float, high: float = 86400.0, *, low_open: bool = False) -> cl
 
 
 class DefaultGroup(click.Group):
-    """Runs ``serve`` when no subcommand is named."""
+    """Runs ``serve`` when no subcommand is named.
+
+    The admin commands' common options (``--url``, ``--token``, ``--token-file``,
+    ``--timeout``, ``--json``) may also come before the subcommand: they are moved after
+    its name, so ``--json state`` is ``state --json``. Without an admin subcommand after
+    them, the usage error says which commands take them (``serve`` does not).
+    """
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        leading, rest = admin.split_leading_options(args)
+        if leading:
+            names = [command.name for command in admin.COMMANDS]
+            if rest and rest[0] in names:
+                args = [rest[0], *leading, *rest[1:]]
+            else:
+                flag = leading[0].partition("=")[0]
+                where = "serve does not take it" if rest[:1] == ["serve"] else "name one"
+                raise click.UsageError(
+                    f"{flag} is an option of the admin commands ({', '.join(map(str, names))})"
+                    f"; {where}: for example clusterchecks-dispatcher state {flag}"
+                    f"{'' if flag == '--json' else ' ...'}",
+                    ctx=ctx,
+                )
         if not args or (args[0] not in self.commands and args[0] not in ("--help", "-h")):
             args = ["serve", *args]
         return super().parse_args(ctx, args)
@@ -54,7 +74,12 @@ class DefaultGroup(click.Group):
 
 @click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """The clusterchecks dispatcher (cluster agent)."""
+    """The clusterchecks dispatcher (cluster agent).
+
+    The serve command (the default) runs it; the others talk to a running one. Their
+    options (--url, --token, --token-file, --timeout, --json) go after the command's
+    name or before it.
+    """
 
 
 @main.command()

@@ -32,7 +32,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -149,6 +149,40 @@ def admin_command(func: Callable[..., None]) -> Callable[..., None]:
     for decorate in reversed(_COMMON_OPTIONS):
         command = decorate(command)
     return command
+
+
+def _common_parameters() -> list[click.Parameter]:
+    @click.command()
+    @admin_command
+    def probe(inv: Invocation) -> None:  # pragma: no cover (never run, only read)
+        pass
+
+    return list(probe.params)
+
+
+_LEADING: dict[str, bool] = {
+    opt: not param.is_flag
+    for param in _common_parameters()
+    if isinstance(param, click.Option)
+    for opt in param.opts
+}
+"""The common options' flags (``--url``, ``--json``, ...), and whether each takes a value."""
+
+
+def split_leading_options(args: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The common admin options at the start of ``args``, and the rest.
+
+    People write ``clusterchecks-dispatcher --json state`` as often as ``... state
+    --json``; the group moves these in front of the subcommand's own arguments. A value
+    may follow its flag (``--url U``) or be joined to it (``--url=U``).
+    """
+    i = 0
+    while i < len(args):
+        flag, joined, _ = args[i].partition("=")
+        if flag not in _LEADING:
+            break
+        i += 2 if _LEADING[flag] and not joined else 1
+    return list(args[:i]), list(args[i:])
 
 
 def _check_prefix(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

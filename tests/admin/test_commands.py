@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,7 +25,7 @@ API = "/v1/api/clusterchecks"
 
 @dataclass
 class Scripted:
-    """Answers every request with ``status``/``body`` (after ``delay_s``); records them.
+    """Answers every request with ``status``/``body``; records them.
 
     ``status`` 0 closes the connection without a reply.
     """
@@ -34,7 +33,10 @@ class Scripted:
     status: int = 200
     body: bytes = b"{}"
     headers: dict[str, str] = field(default_factory=dict)
-    delay_s: float = 0.0
+    hold: bool = False
+    """Keep every reply back until ``release`` is set (the fixture sets it at the end)."""
+    release: threading.Event = field(default_factory=threading.Event)
+    replied: int = 0
     requests: list[tuple[str, str, dict[str, str], bytes]] = field(default_factory=list)
     url: str = ""
 
@@ -53,7 +55,8 @@ def server() -> Iterator[Scripted]:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             scripted.requests.append((self.command, self.path, dict(self.headers), body))
-            time.sleep(scripted.delay_s)
+            if scripted.hold:
+                scripted.release.wait(timeout=30)
             if scripted.status == 0:
                 return
             try:
@@ -64,6 +67,7 @@ def server() -> Iterator[Scripted]:
                     self.send_header(key, value)
                 self.end_headers()
                 self.wfile.write(scripted.body)
+                scripted.replied += 1
             except OSError:
                 pass  # the client gave up (timeout test)
 
@@ -78,6 +82,7 @@ def server() -> Iterator[Scripted]:
     thread.start()
     scripted.url = f"http://127.0.0.1:{httpd.server_address[1]}"
     yield scripted
+    scripted.release.set()
     httpd.shutdown()
     httpd.server_close()
     thread.join(timeout=5)
@@ -221,11 +226,13 @@ def test_failures_are_one_line_with_their_exit_code(
 
 
 def test_a_slow_dispatcher_times_out(server: Scripted) -> None:
+    # The server holds its reply until the test releases it, so the command can only
+    # have ended by giving up: an order of events, not a measured duration.
     server.reply(200, STATE)
-    server.delay_s = 1.0
-    started = time.monotonic()
+    server.hold = True
     result = run("state", "--url", server.url, "--timeout", "0.2")
-    assert time.monotonic() - started < 0.9
+    assert server.replied == 0
+    assert len(server.requests) == 1
     assert_one_error_line(result, 3, f"no reply from the dispatcher at {server.url} within 0.2 s")
 
 
@@ -328,3 +335,75 @@ def test_help_lists_the_admin_commands() -> None:
     state_help = run("state", "--help").stdout
     for flag in ("--url", "CLUSTERCHECKS_URL", "--token-file", "--timeout", "--json"):
         assert flag in state_help
+
+
+# --------------------------------------------------------- option order
+
+
+def _options(url: str, *, joined: bool) -> list[str]:
+    pairs = [("--url", url), ("--token", "s3cret"), ("--timeout", "5")]
+    if joined:
+        return [*(f"{flag}={value}" for flag, value in pairs), "--json"]
+    return [*(part for pair in pairs for part in pair), "--json"]
+
+
+@pytest.mark.parametrize("where", ["after", "before", "before-joined", "around"])
+def test_common_options_go_before_or_after_the_subcommand(server: Scripted, where: str) -> None:
+    server.reply(200, STATE)
+    options = _options(server.url, joined=where == "before-joined")
+    args = {
+        "after": ["state", *options],
+        "before": [*options, "state"],
+        "before-joined": [*options, "state"],
+        "around": [*options[:4], "state", *options[4:]],
+    }[where]
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == STATE
+    method, path, headers, _ = server.requests[0]
+    assert (method, path) == ("GET", API)
+    assert headers["Authorization"] == "Bearer s3cret"
+
+
+@pytest.mark.parametrize(
+    ("args", "method", "path"),
+    [
+        (["cordon", "node-a"], "POST", "/nodes/node-a/cordon"),
+        (["rebalance", "--dry-run"], "POST", "/rebalance"),
+        (["checks"], "GET", "/checks"),
+    ],
+)
+def test_options_before_a_subcommand_with_its_own_arguments(
+    server: Scripted, args: list[str], method: str, path: str
+) -> None:
+    server.reply(500, {"error": {"code": "internal", "message": "scripted"}})
+    result = run("--url", server.url, "--json", *args)
+    assert_one_error_line(result, 3, "(500 internal)")
+    assert [(m, p) for m, p, _, _ in server.requests] == [(method, API + path)]
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--json"], ["--json is an option of the admin commands", "state, checks", "name one"]),
+        (["--url", "http://127.0.0.1:9"], ["--url is an option of the admin commands"]),
+        (["--json", "serve"], ["serve does not take it"]),
+        (["--token=t", "--port", "1"], ["--token is an option of the admin commands"]),
+    ],
+)
+def test_admin_options_without_an_admin_subcommand_name_the_commands(
+    args: list[str], words: list[str]
+) -> None:
+    result = run(*args)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    for word in words:
+        assert word in result.stderr
+
+
+def test_a_bad_value_before_the_subcommand_is_that_subcommand_s_usage_error() -> None:
+    result = run("--timeout", "soon", "state")
+    assert result.exit_code == 2
+    assert " state [OPTIONS]" in result.stderr.splitlines()[0]
+    assert "--timeout" in result.stderr
+    assert "not a valid float" in result.stderr
