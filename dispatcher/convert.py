@@ -13,8 +13,9 @@ from dispatcher.core.model import (
     Digest,
     make_config,
 )
+from dispatcher.core.outcomes import Move, RebalanceOutcome
 from dispatcher.core.placement import Node
-from dispatcher.core.state import ClusterState, Move, RebalanceOutcome
+from dispatcher.core.state import ClusterState
 
 
 def config_in(config: wire.CheckConfigIn) -> CheckConfig:

@@ -32,15 +32,9 @@ from dispatcher.core.model import (
     NodeName,
     SourceName,
 )
+from dispatcher.core.outcomes import Move, RebalanceOutcome, RejectedResult, SourceChange
 from dispatcher.core.placement import Node
-from dispatcher.core.state import (
-    NEVER,
-    ClusterState,
-    Move,
-    RebalanceOutcome,
-    RejectedResult,
-    SourceChange,
-)
+from dispatcher.core.state import NEVER, ClusterState
 from dispatcher.errors import NoLeader, StoreError
 from dispatcher.metrics import DispatcherMetrics
 from dispatcher.settings import DispatchSettings

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 
 from dispatcher.core.model import (
     CheckConfig,
@@ -28,68 +27,20 @@ from dispatcher.core.model import (
     ResultSummary,
     SourceName,
 )
+from dispatcher.core.outcomes import (
+    Decision,
+    Events,
+    Move,
+    RebalanceOutcome,
+    RejectedResult,
+    SourceChange,
+)
 from dispatcher.core.placement import LoadIndex, Node
 from dispatcher.core.rebalance import Item, NodeLoad, Plan, plan_rebalance
 from dispatcher.core.snapshot import ChangeTracker, NodeRecord, Snapshot, StateDelta
 from dispatcher.errors import NoOtherNode, NotDispatched, UnknownCheck, UnknownNode
 
 NEVER = float("-inf")
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """One dispatch decision: where a check went (``node`` None: it dangles) and why."""
-
-    digest: Digest
-    check_name: str
-    node: NodeName | None
-    previous: NodeName | None
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Move:
-    """A check moved from one live node to another."""
-
-    digest: Digest
-    check_name: str
-    cost: float
-    source_node: NodeName
-    dest_node: NodeName
-    loads: tuple[float, float, float, float] | None = None
-    """Rebalance moves: relative loads of source and dest, before and after the move."""
-
-
-@dataclass(frozen=True, slots=True)
-class RebalanceOutcome:
-    plan: Plan
-    moves: list[Move]
-    """The moves made, or (dry run, or not applied) the moves planned."""
-    applied: bool
-    reason: str
-    """Why: ``applied``, ``dry_run``, ``nothing_to_move``, ``gain_too_small``,
-    ``warming_up``."""
-
-
-@dataclass(frozen=True, slots=True)
-class SourceChange:
-    digests: list[Digest]
-    added: int
-    removed: int
-    unchanged: int
-
-
-@dataclass(frozen=True, slots=True)
-class RejectedResult:
-    digest: Digest
-    reason: str  # not_assigned | unknown_check
-
-
-@dataclass(slots=True)
-class Events:
-    decisions: list[Decision] = field(default_factory=list)
-    changed_nodes: set[NodeName] = field(default_factory=set)
-    removed_nodes: list[NodeName] = field(default_factory=list)
 
 
 class ClusterState:

@@ -37,7 +37,8 @@ from typing import Any
 
 from dispatcher.core import state as state_module
 from dispatcher.core.model import CheckConfig, CheckResult, CheckStats, NodeName, SourceName
-from dispatcher.core.state import ClusterState, RebalanceOutcome
+from dispatcher.core.outcomes import RebalanceOutcome
+from dispatcher.core.state import ClusterState
 from tests.bench.core import GcTimer, build_configs, node_labels, node_name
 from tests.bench.stats import median
 

@@ -28,8 +28,9 @@ from dispatcher.core.model import (
     SourceName,
     make_config,
 )
+from dispatcher.core.outcomes import Decision, RebalanceOutcome
 from dispatcher.core.rebalance import Item, NodeLoad, Plan, PlannedMove, plan_rebalance, spread
-from dispatcher.core.state import ClusterState, Decision, RebalanceOutcome
+from dispatcher.core.state import ClusterState
 from dispatcher.errors import NoOtherNode
 
 TOL = 1e-9

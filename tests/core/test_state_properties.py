@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from dispatcher.core.model import CheckConfig, CheckStats, Digest, NodeName, SourceName, make_config
-from dispatcher.core.state import NEVER, ClusterState, Decision, Events, SourceChange
+from dispatcher.core.outcomes import Decision, Events, SourceChange
+from dispatcher.core.state import NEVER, ClusterState
 from dispatcher.errors import NoOtherNode, NotDispatched, RequestError, UnknownCheck, UnknownNode
 
 NODES = [NodeName(f"n{i}") for i in range(3)]

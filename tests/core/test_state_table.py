@@ -21,7 +21,8 @@ from dispatcher.core.model import (
     SourceName,
     make_config,
 )
-from dispatcher.core.state import ClusterState, Move, RejectedResult
+from dispatcher.core.outcomes import Move, RejectedResult
+from dispatcher.core.state import ClusterState
 from dispatcher.errors import NoOtherNode, NotDispatched, UnknownCheck, UnknownNode
 
 API = SourceName("api")
