@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 
+from dispatcher.core.explain import explain_check
 from dispatcher.core.model import (
     CheckConfig,
     CheckResult,
@@ -215,30 +216,13 @@ class ClusterState:
 
     def explain(self, digest: Digest, *, now: float) -> str:
         """One sentence on why a check is where it is, or why it dangles."""
-        config = self.config(digest)
-        node = self._placement.get(digest)
-        if node is not None:
-            why = self._placed_because.get(digest, "placed")
-            return f"Dispatched to {node}: {_REASONS.get(why, why)}."
-        if self.warming_up(now):
-            left = self._warmup_until - now
-            return (
-                f"Dangling: the dispatcher is warming up for {left:.1f} s more and places "
-                "only checks that an agent reports running."
-            )
-        if not self._nodes:
-            return "Dangling: no node agent is registered."
-        matching = [n for n in sorted(self._nodes) if config.matches(self._nodes[n].labels)]
-        if not matching:
-            return (
-                f"Dangling: no registered node has labels matching the selector "
-                f"{','.join(f'{k}={v}' for k, v in sorted(config.node_selector.items()))}."
-            )
-        if all(self._nodes[n].cordoned for n in matching):
-            return (
-                f"Dangling: every node matching its selector is cordoned ({', '.join(matching)})."
-            )
-        return "Dangling: waiting for the next dispatch tick."
+        return explain_check(
+            self.config(digest),
+            node=self._placement.get(digest),
+            reason=self._placed_because.get(digest),
+            nodes=self._nodes,
+            warmup_left_s=self._warmup_until - now,
+        )
 
     def take_events(self) -> Events:
         events, self._events = self._events, Events()
@@ -804,17 +788,3 @@ class ClusterState:
 
 def _node_record(node: Node) -> NodeRecord:
     return NodeRecord(labels=dict(node.labels), capacity=node.capacity, cordoned=node.cordoned)
-
-
-_REASONS = {
-    "new_check": "the least loaded eligible node when the check arrived",
-    "dispatched": "the least loaded eligible node when it was dispatched from dangling",
-    "adopted": "its agent reported running it, so the placement was kept",
-    "node_expired": "re-dispatched after its previous node expired",
-    "node_left": "re-dispatched after its previous node left",
-    "labels_changed": "re-dispatched after its previous node's labels stopped matching",
-    "drained": "moved here when its previous node was drained",
-    "isolated": "moved here when another check was isolated on its previous node",
-    "rebalanced": "moved here by a rebalance",
-    "restored": "kept where the previous leader had placed it (loaded from the shared store)",
-}
