@@ -230,6 +230,22 @@ def _run(work: Callable[[AdminClient], Awaitable[T]], inv: Invocation) -> T:
         _fail("interrupted", ExitCode.INTERRUPTED)
 
 
+async def _weights(
+    client: AdminClient, moves: list[wire.MoveOut], inv: Invocation
+) -> render.Weights:
+    """The configured weights of the checks that moved, for the table (a move reply
+    carries the measured cost only). Read after the action: if that read fails, the
+    action still happened, so the table says the weights are missing instead of the
+    command failing."""
+    if inv.json_out or not moves:
+        return render.Weights()
+    try:
+        listing = await client.checks()
+    except AdminError as exc:
+        return render.Weights(problem=exc.message)
+    return render.Weights({c.digest: c.weight for c in listing.model.checks})
+
+
 def _emit(inv: Invocation, reply: Reply[Any], text: Callable[[], str]) -> None:
     if inv.json_out:
         click.echo(json.dumps(reply.raw, indent=2, ensure_ascii=False))
@@ -281,8 +297,13 @@ def results(inv: Invocation) -> None:
 @admin_command
 def rebalance(inv: Invocation, force: bool, dry_run: bool) -> None:
     """Spread checks over nodes by load; prints the moves."""
-    reply = _run(lambda c: c.rebalance(force=force, dry_run=dry_run), inv)
-    _emit(inv, reply, lambda: render.rebalance(reply.model, dry_run=dry_run))
+
+    async def work(client: AdminClient) -> tuple[Reply[wire.RebalanceOut], render.Weights]:
+        made = await client.rebalance(force=force, dry_run=dry_run)
+        return made, await _weights(client, made.model.moves, inv)
+
+    reply, weights = _run(work, inv)
+    _emit(inv, reply, lambda: render.rebalance(reply.model, dry_run=dry_run, weights=weights))
 
 
 def _node_command(action: str, help_text: str) -> click.Command:
@@ -307,12 +328,13 @@ drain = _node_command("drain", "Cordon NODE and move its checks away now.")
 def isolate(inv: Invocation, digest: str) -> None:
     """Keep one check alone on its node: cordon the node, move every other check off."""
 
-    async def work(client: AdminClient) -> Reply[wire.IsolateOut]:
+    async def work(client: AdminClient) -> tuple[Reply[wire.IsolateOut], render.Weights]:
         found = await client.find_check(digest)
-        return await client.isolate(found.model.digest)
+        made = await client.isolate(found.model.digest)
+        return made, await _weights(client, made.model.moves, inv)
 
-    reply = _run(work, inv)
-    _emit(inv, reply, lambda: render.isolate(reply.model))
+    reply, weights = _run(work, inv)
+    _emit(inv, reply, lambda: render.isolate(reply.model, weights))
 
 
 @click.command()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import click
@@ -260,24 +261,57 @@ def results(page: wire.ResultsPageOut, *, now: float) -> str:
 # -------------------------------------------------------------------- steering
 
 
-def moves(items: Sequence[wire.MoveOut]) -> str:
+@dataclass(frozen=True, slots=True)
+class Weights:
+    """The configured weights of the checks (digest -> weight), which a move reply does
+    not carry: the command reads them from the checks list. ``problem`` says why they
+    are missing when that read failed (the move itself was made)."""
+
+    by_digest: Mapping[str, float] = field(default_factory=dict)
+    problem: str | None = None
+
+
+MOVES_LEGEND = (
+    "WEIGHT: the check's configured weight; COST: its measured load when it moved "
+    "(weight x mean until measured)"
+)
+LOADS_LEGEND = "; LOAD: the node's load / capacity, before->after"
+
+
+def moves(items: Sequence[wire.MoveOut], weights: Weights | None = None) -> str:
+    """The moves with each check's configured WEIGHT and measured COST apart (the
+    reply's ``weight`` field is the cost), and the nodes' loads around rebalance moves."""
     if not items:
         return "no moves"
+    known = weights or Weights()
+
+    def weight(digest: str) -> str:
+        value = known.by_digest.get(digest)
+        return f"{value:g}" if value is not None else "-"
+
     if all(m.source_load_before is not None for m in items):
-        return table(
-            ["DIGEST", "CHECK", "WEIGHT", "FROM", "LOAD", "TO", "LOAD"],
-            ([short(m.digest), m.check_name, f"{m.weight:.3g}", m.source_node,
-              f"{m.source_load_before:.3g}->{m.source_load_after:.3g}", m.dest_node,
-              f"{m.dest_load_before:.3g}->{m.dest_load_after:.3g}"]
+        text = table(
+            ["DIGEST", "CHECK", "WEIGHT", "COST", "FROM", "LOAD", "TO", "LOAD"],
+            ([short(m.digest), m.check_name, weight(m.digest), f"{m.weight:.3g}",
+              m.source_node, f"{m.source_load_before:.3g}->{m.source_load_after:.3g}",
+              m.dest_node, f"{m.dest_load_before:.3g}->{m.dest_load_after:.3g}"]
              for m in items),
-            right=(2,),
+            right=(2, 3),
         )  # fmt: skip
-    return table(
-        ["DIGEST", "CHECK", "WEIGHT", "FROM", "TO"],
-        ([short(m.digest), m.check_name, f"{m.weight:g}", m.source_node, m.dest_node]
-         for m in items),
-        right=(2,),
-    )  # fmt: skip
+        legend = MOVES_LEGEND + LOADS_LEGEND
+    else:
+        text = table(
+            ["DIGEST", "CHECK", "WEIGHT", "COST", "FROM", "TO"],
+            ([short(m.digest), m.check_name, weight(m.digest), f"{m.weight:.3g}",
+              m.source_node, m.dest_node]
+             for m in items),
+            right=(2, 3),
+        )  # fmt: skip
+        legend = MOVES_LEGEND
+    parts = [text, legend]
+    if known.problem is not None:
+        parts.append(warn(f"weights not shown: {known.problem}"))
+    return "\n".join(parts)
 
 
 _OUTCOMES = {
@@ -288,7 +322,7 @@ _OUTCOMES = {
 }
 
 
-def rebalance(reply: wire.RebalanceOut, *, dry_run: bool) -> str:
+def rebalance(reply: wire.RebalanceOut, *, dry_run: bool, weights: Weights | None = None) -> str:
     if dry_run:
         lead = f"dry run: {len(reply.moves)} moves planned, none applied"
     elif reply.applied:
@@ -302,7 +336,7 @@ def rebalance(reply: wire.RebalanceOut, *, dry_run: bool) -> str:
             f"\nspread (busiest node above the mean): {reply.spread_before:.1%} -> "
             f"{reply.spread_after:.1%}"
         )
-    return f"{lead}\n{moves(reply.moves)}"
+    return f"{lead}\n{moves(reply.moves, weights)}"
 
 
 _DONE = {"cordon": "cordoned", "uncordon": "uncordoned", "drain": "drained"}
@@ -312,12 +346,12 @@ def node(reply: wire.NodeOut, *, action: str) -> str:
     return f"node {reply.name} {_DONE.get(action, action)}\n{nodes([reply])}"
 
 
-def isolate(reply: wire.IsolateOut) -> str:
+def isolate(reply: wire.IsolateOut, weights: Weights | None = None) -> str:
     lead = (
         f"check {short(reply.digest)} isolated on node {reply.node}, now cordoned "
         f"(uncordon {reply.node} undoes it); {len(reply.moves)} other checks moved"
     )
-    return f"{lead}\n{moves(reply.moves)}"
+    return f"{lead}\n{moves(reply.moves, weights)}"
 
 
 # ---------------------------------------------------------------------- replicas

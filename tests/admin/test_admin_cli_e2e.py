@@ -291,7 +291,7 @@ def test_rebalance(cluster: Cluster) -> None:
     assert lines[0].startswith("dry run: ")
     lines = ok(cli(cluster, "rebalance", "--force"))
     if lines[-1] != "no moves":
-        assert lines[1].split() == ["DIGEST", "CHECK", "WEIGHT", "FROM", "TO"]
+        assert lines[1].split()[:4] == ["DIGEST", "CHECK", "WEIGHT", "COST"]
     direct = cluster.admin("POST", "/rebalance", {"dry_run": True})
     parsed = json_like(cli(cluster, "rebalance", "--dry-run", "--json"), direct, wire.RebalanceOut)
     assert isinstance(parsed["moves"], list)
@@ -343,10 +343,15 @@ def test_isolate(cluster: Cluster) -> None:
     try:
         lines = ok(cli(cluster, "isolate", cluster.unique_prefix(kept)))
         assert lines[0].startswith(f"check {kept[:12]} isolated on node {name}, now cordoned")
-        assert lines[1].split() == ["DIGEST", "CHECK", "WEIGHT", "FROM", "TO"]
-        moved = {line.split()[0]: line.split() for line in lines[2:]}
+        assert lines[1].split() == ["DIGEST", "CHECK", "WEIGHT", "COST", "FROM", "TO"]
+        assert lines[-1].startswith("WEIGHT: the check's configured weight; COST: ")
+        moved = {line.split()[0]: line.split() for line in lines[2:-1]}
         assert set(moved) == {d[:12] for d in others}
-        assert all(row[3] == name and row[4] != name for row in moved.values())
+        weights = {
+            c["digest"][:12]: c["weight"] for c in cluster.admin("GET", "/checks").body["checks"]
+        }
+        assert all(float(row[2]) == weights[digest] for digest, row in moved.items())
+        assert all(row[4] == name and row[5] != name for row in moved.values())
         placement = cluster.placement()
         assert placement[kept] == name
         assert all(placement[d] != name for d in others)

@@ -37,6 +37,8 @@ class Scripted:
     """Keep every reply back until ``release`` is set (the fixture sets it at the end)."""
     release: threading.Event = field(default_factory=threading.Event)
     replied: int = 0
+    by_path: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+    """Replies for some paths (method aside), instead of ``status``/``body``."""
     requests: list[tuple[str, str, dict[str, str], bytes]] = field(default_factory=list)
     url: str = ""
 
@@ -57,16 +59,17 @@ def server() -> Iterator[Scripted]:
             scripted.requests.append((self.command, self.path, dict(self.headers), body))
             if scripted.hold:
                 scripted.release.wait(timeout=30)
-            if scripted.status == 0:
+            status, reply = scripted.by_path.get(self.path, (scripted.status, scripted.body))
+            if status == 0:
                 return
             try:
-                self.send_response(scripted.status)
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(scripted.body)))
+                self.send_header("Content-Length", str(len(reply)))
                 for key, value in scripted.headers.items():
                     self.send_header(key, value)
                 self.end_headers()
-                self.wfile.write(scripted.body)
+                self.wfile.write(reply)
                 scripted.replied += 1
             except OSError:
                 pass  # the client gave up (timeout test)
@@ -270,6 +273,60 @@ def test_results_exit_1_on_a_failing_check_with_json_too(server: Scripted) -> No
     result = run("results", "--url", server.url, "--json")
     assert result.exit_code == 1
     assert json.loads(result.stdout) == RESULTS_FAILING
+
+
+# ------------------------------------------------------- weight and cost
+
+D1, D2 = "a1" * 16, "b2" * 16
+REBALANCED = {
+    "applied": True, "outcome": "applied", "spread_before": 0.5, "spread_after": 0.1,
+    "moves": [{"digest": D1, "check_name": "http", "weight": 0.0123, "source_node": "n-a",
+               "dest_node": "n-b", "source_load_before": 1.5, "source_load_after": 1.2,
+               "dest_load_before": 0.5, "dest_load_after": 0.8}],
+}  # fmt: skip
+
+
+def listing(weight: float) -> bytes:
+    check = {
+        "digest": D1, "name": "http", "instances": [{"url": "http://x/"}], "init_config": {},
+        "interval_s": 15.0, "timeout_s": 10.0, "weight": weight, "node_selector": {},
+        "sources": ["s"], "node": "n-b",
+    }  # fmt: skip
+    return json.dumps({"checks": [check]}).encode()
+
+
+def test_rebalance_shows_the_configured_weight_apart_from_the_measured_cost(
+    server: Scripted,
+) -> None:
+    server.reply(200, REBALANCED)
+    server.by_path[API + "/checks"] = (200, listing(weight=3.0))
+    result = run("rebalance", "--url", server.url)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[2].split()[:4] == ["DIGEST", "CHECK", "WEIGHT", "COST"]
+    assert lines[3].split()[:4] == [D1[:12], "http", "3", "0.0123"]
+    # The move first; the weights are read after it.
+    assert [(m, p) for m, p, _, _ in server.requests] == [
+        ("POST", API + "/rebalance"), ("GET", API + "/checks")
+    ]  # fmt: skip
+
+
+def test_weights_that_cannot_be_read_after_a_rebalance_do_not_fail_it(server: Scripted) -> None:
+    server.reply(200, REBALANCED)
+    server.by_path[API + "/checks"] = (503, json.dumps(error("no_leader", "Gone.")).encode())
+    result = run("rebalance", "--url", server.url)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[3].split()[:4] == [D1[:12], "http", "-", "0.0123"]
+    assert lines[-1].startswith("weights not shown: ")
+    assert "503 no_leader" in lines[-1]
+
+
+def test_json_rebalance_prints_the_reply_alone_without_reading_weights(server: Scripted) -> None:
+    server.reply(200, REBALANCED)
+    result = run("rebalance", "--url", server.url, "--json")
+    assert json.loads(result.stdout) == REBALANCED
+    assert [p for _, p, _, _ in server.requests] == [API + "/rebalance"]
 
 
 # ------------------------------------------------------------- colour

@@ -256,16 +256,36 @@ def move(digest: str, source: str, dest: str) -> wire.MoveOut:
 
 def test_moves_rebalance_and_isolate() -> None:
     moves = [move(D1, "node-a", "node-b"), move(D2, "node-a", "node-c")]
-    lines = plain(render.rebalance(wire.RebalanceOut(applied=True, moves=moves), dry_run=False))
+    weights = render.Weights({D1: 2.0, D2: 1.0})
+    lines = plain(
+        render.rebalance(
+            wire.RebalanceOut(applied=True, moves=moves), dry_run=False, weights=weights
+        )
+    )
     assert lines[0] == "rebalanced: 2 moves applied"
-    assert lines[1].split() == ["DIGEST", "CHECK", "WEIGHT", "FROM", "TO"]
-    assert lines[2].split() == [D1[:12], "http", "0.4", "node-a", "node-b"]
+    assert lines[1].split() == ["DIGEST", "CHECK", "WEIGHT", "COST", "FROM", "TO"]
+    assert lines[2].split() == [D1[:12], "http", "2", "0.4", "node-a", "node-b"]
+    assert lines[4] == render.MOVES_LEGEND
     dry = render.rebalance(wire.RebalanceOut(applied=False, moves=[]), dry_run=True)
     assert plain(dry) == ["dry run: 0 moves planned, none applied", "no moves"]
-    isolated = plain(render.isolate(wire.IsolateOut(digest=D3, node="node-a", moves=moves)))
+    isolated = plain(
+        render.isolate(wire.IsolateOut(digest=D3, node="node-a", moves=moves), weights)
+    )
     assert isolated[0].startswith(f"check {D3[:12]} isolated on node node-a, now cordoned")
     assert "2 other checks moved" in isolated[0]
-    assert isolated[3].split() == [D2[:12], "http", "0.4", "node-a", "node-c"]
+    assert isolated[3].split() == [D2[:12], "http", "1", "0.4", "node-a", "node-c"]
+
+
+def test_a_weight_that_could_not_be_read_is_a_dash_and_the_reason_is_said() -> None:
+    moves = [move(D1, "node-a", "node-b"), move(D2, "node-a", "node-c")]
+    unread = render.Weights(problem="no reply from the dispatcher within 10 s")
+    lines = plain(render.rebalance(wire.RebalanceOut(applied=True, moves=moves), dry_run=False,
+                                   weights=unread))  # fmt: skip
+    assert lines[2].split() == [D1[:12], "http", "-", "0.4", "node-a", "node-b"]
+    assert lines[-1] == "weights not shown: no reply from the dispatcher within 10 s"
+    # A check deleted between the move and the read of the weights has none either.
+    partial = plain(render.moves(moves, render.Weights({D2: 3.0})))
+    assert [line.split()[2] for line in partial[1:3]] == ["-", "3"]
 
 
 def test_a_rebalance_shows_its_outcome_spread_and_the_loads_around_each_move() -> None:
@@ -284,8 +304,16 @@ def test_a_rebalance_shows_its_outcome_spread_and_the_loads_around_each_move() -
     assert lines[0].startswith("not applied: the gain is below the minimum (--force")
     assert lines[0].endswith("(1 moves planned)")
     assert lines[1] == "spread (busiest node above the mean): 12.5% -> 12.0%"
-    assert lines[2].split() == ["DIGEST", "CHECK", "WEIGHT", "FROM", "LOAD", "TO", "LOAD"]
-    assert lines[3].split() == [D1[:12], "tls", "0.2", "node-a", "0.9->0.7", "node-b", "0.3->0.5"]
+    assert lines[2].split() == [
+        "DIGEST", "CHECK", "WEIGHT", "COST", "FROM", "LOAD", "TO", "LOAD"
+    ]  # fmt: skip
+    # The reply's ``weight`` is the measured cost; the configured weight comes apart.
+    assert lines[3].split() == [
+        D1[:12], "tls", "-", "0.2", "node-a", "0.9->0.7", "node-b", "0.3->0.5"
+    ]  # fmt: skip
+    assert lines[4] == render.MOVES_LEGEND + render.LOADS_LEGEND
+    weighed = plain(render.rebalance(reply, dry_run=False, weights=render.Weights({D1: 5.0})))
+    assert weighed[3].split()[2:4] == ["5", "0.2"]
 
 
 @pytest.mark.parametrize(
