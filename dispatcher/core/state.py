@@ -38,6 +38,7 @@ from dispatcher.core.outcomes import (
 )
 from dispatcher.core.placement import LoadIndex, Node
 from dispatcher.core.rebalance import Item, NodeLoad, Plan, plan_rebalance
+from dispatcher.core.results import ResultBook
 from dispatcher.core.snapshot import ChangeTracker, NodeRecord, Snapshot, StateDelta
 from dispatcher.errors import NoOtherNode, NotDispatched, UnknownCheck, UnknownNode
 
@@ -60,7 +61,7 @@ class ClusterState:
         self._measured: dict[Digest, float] = {}  # digest -> utilisation
         self._measured_total = 0.0
         self._reported: dict[Digest, NodeName] = {}  # from agents' `running`
-        self._results: dict[Digest, ResultSummary] = {}
+        self._results = ResultBook()
         self._seq = 0
         self._now = NEVER
         self._warmup_until = warmup_until
@@ -158,7 +159,7 @@ class ClusterState:
 
     @property
     def results(self) -> Mapping[Digest, ResultSummary]:
-        return self._results
+        return self._results.summaries
 
     @property
     def change_sequence(self) -> int:
@@ -476,14 +477,13 @@ class ClusterState:
         for load in nodes:
             for digest in self._nodes[NodeName(load.name)].digests:
                 config = self._configs[digest]
-                summary = self._results.get(digest)
                 items.append(
                     Item(
                         digest=digest,
                         check_name=config.name,
                         cost=self.cost(digest),
                         node=load.name,
-                        movable=summary is not None and summary.last.ok,
+                        movable=self._results.last_ok(digest),
                         eligible=config.matches,
                         group=tuple(sorted(config.node_selector.items())),
                     )
@@ -530,33 +530,7 @@ class ClusterState:
         self, name: NodeName, results: Sequence[CheckResult]
     ) -> tuple[int, list[RejectedResult]]:
         """Stores results for checks assigned to ``name``; rejects stale ones."""
-        accepted = 0
-        rejected: list[RejectedResult] = []
-        for result in results:
-            if result.digest not in self._configs:
-                rejected.append(RejectedResult(result.digest, "unknown_check"))
-                continue
-            if self._placement.get(result.digest) != name:
-                rejected.append(RejectedResult(result.digest, "not_assigned"))
-                continue
-            accepted += 1
-            summary = self._results.get(result.digest)
-            newest = summary is None or result.started_at >= summary.last.started_at
-            if summary is None:
-                summary = self._results[result.digest] = ResultSummary(node=name, last=result)
-            elif newest:
-                summary.last = result
-                summary.node = name
-            if result.ok:
-                summary.success_count += 1
-                end = result.started_at + result.duration_s
-                summary.last_ok_at = max(summary.last_ok_at or end, end)
-            else:
-                summary.failure_count += 1
-            if newest:
-                # A late result of an older run counts, but does not rewrite the streak.
-                summary.consecutive_failures = 0 if result.ok else summary.consecutive_failures + 1
-        return accepted, rejected
+        return self._results.record(name, results, held=self._configs, placement=self._placement)
 
     # ---------------------------------------------------------------- internal
 
@@ -611,7 +585,7 @@ class ClusterState:
         self._dangling.pop(digest, None)
         self._placed_because.pop(digest, None)
         self._set_measured(digest, None)
-        self._results.pop(digest, None)
+        self._results.forget(digest)
         self._reported.pop(digest, None)
         del self._configs[digest]
         self._changes.config(digest)
