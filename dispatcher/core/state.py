@@ -19,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 
 from dispatcher.core.explain import explain_check
+from dispatcher.core.holdings import Holdings
 from dispatcher.core.model import (
     CheckConfig,
     CheckResult,
@@ -50,8 +51,7 @@ class ClusterState:
 
     def __init__(self, *, warmup_until: float = NEVER, track_changes: bool = False) -> None:
         self._configs: dict[Digest, CheckConfig] = {}
-        self._sources: dict[SourceName, set[Digest]] = {}
-        self._holders: dict[Digest, set[SourceName]] = {}
+        self._holdings = Holdings()
         self._placement: dict[Digest, NodeName] = {}
         self._placed_because: dict[Digest, str] = {}
         self._dangling: dict[Digest, float] = {}  # digest -> dangling since
@@ -98,12 +98,10 @@ class ClusterState:
             held = {d for d in digests if d in snapshot.configs}
             if held != set(digests):
                 state._changes.source(source)
-            if held:
-                state._sources[source] = held
-                for digest in held:
-                    state._holders.setdefault(digest, set()).add(source)
+            for digest in held:
+                state._holdings.hold(source, digest)
         for digest, config in snapshot.configs.items():
-            if digest in state._holders:
+            if digest in state._holdings:
                 state._configs[digest] = config
             else:
                 state._changes.config(digest)
@@ -125,7 +123,7 @@ class ClusterState:
         """The persisted part of the state (what ``restore`` takes)."""
         return Snapshot(
             configs=dict(self._configs),
-            sources={s: frozenset(d) for s, d in self._sources.items()},
+            sources={s: frozenset(d) for s, d in self._holdings.by_source.items()},
             placement=dict(self._placement),
             nodes={name: _node_record(node) for name, node in self._nodes.items()},
         )
@@ -134,7 +132,7 @@ class ClusterState:
         """The persisted records changed since the last call (tracking states only)."""
         return self._changes.take(
             configs=self._configs,
-            sources=self._sources,
+            sources=self._holdings.by_source,
             placement=self._placement,
             node_record=self._node_record_of,
         )
@@ -172,13 +170,13 @@ class ClusterState:
         return self._warmup_until
 
     def sources_of(self, digest: Digest) -> list[SourceName]:
-        return sorted(self._holders.get(digest, ()))
+        return sorted(self._holdings.holders(digest))
 
     def source_configs(self, source: SourceName) -> list[CheckConfig]:
-        return [self._configs[d] for d in sorted(self._sources.get(source, ()))]
+        return [self._configs[d] for d in sorted(self._holdings.held_by(source))]
 
     def source_names(self) -> list[SourceName]:
-        return sorted(self._sources)
+        return self._holdings.sources()
 
     def node(self, name: NodeName) -> Node:
         node = self._nodes.get(name)
@@ -252,19 +250,15 @@ class ClusterState:
         additions: list[Digest] = []
         for source, configs in sets.items():
             wanted = {c.digest: c for c in configs}
-            held = self._sources.get(source, set())
+            held = self._holdings.held_by(source)
             added = [d for d in wanted if d not in held]
             removed = sorted(d for d in held if d not in wanted)
             for config in wanted.values():
                 self._upsert(config)
             for digest in added:
-                self._holders.setdefault(digest, set()).add(source)
+                self._holdings.hold(source, digest)
             if added or removed:
                 self._changes.source(source)
-            if wanted:
-                self._sources[source] = set(wanted)
-            else:
-                self._sources.pop(source, None)
             removals.extend((digest, source) for digest in removed)
             additions.extend(added)
             changes[source] = SourceChange(
@@ -274,7 +268,8 @@ class ClusterState:
                 unchanged=len(wanted) - len(added),
             )
         for digest, source in removals:
-            self._release(digest, source)
+            if self._holdings.release(source, digest):
+                self._drop(digest)
         for digest in additions:
             if digest in self._configs:
                 self._place_if_new(digest, now=now)
@@ -287,32 +282,26 @@ class ClusterState:
         now = self._advance(now)
         if not configs:
             return []
-        held = self._sources.setdefault(source, set())
         for config in configs:
             self._upsert(config)
-            if config.digest not in held:
-                held.add(config.digest)
+            if self._holdings.hold(source, config.digest):
                 self._changes.source(source)
-                self._holders.setdefault(config.digest, set()).add(source)
                 self._place_if_new(config.digest, now=now)
         return [c.digest for c in configs]
 
     def remove_check(self, digest: Digest, *, source: SourceName | None, now: float) -> None:
         """Removes a check from one source, or from every source when ``source`` is None."""
         self._advance(now)
-        holders = self._holders.get(digest)
-        if holders is None or (source is not None and source not in holders):
+        holders = self._holdings.holders(digest)
+        if not holders or (source is not None and source not in holders):
             raise UnknownCheck(
                 f"No check with digest {digest!r} is held"
                 + (f" by source {source!r}." if source is not None else ".")
             )
         for holder in sorted(holders) if source is None else [source]:
-            held = self._sources[holder]
-            held.discard(digest)
             self._changes.source(holder)
-            if not held:
-                del self._sources[holder]
-            self._release(digest, holder)
+            if self._holdings.release(holder, digest):
+                self._drop(digest)
 
     # ------------------------------------------------------------------- nodes
 
@@ -570,12 +559,8 @@ class ClusterState:
         if digest not in self._placement and digest not in self._dangling:
             self._place(digest, now=now, reason="new_check")
 
-    def _release(self, digest: Digest, source: SourceName) -> None:
-        holders = self._holders[digest]
-        holders.discard(source)
-        if holders:
-            return
-        del self._holders[digest]
+    def _drop(self, digest: Digest) -> None:
+        """The check is held no more: off its node and out of every index."""
         name = self._placement.get(digest)
         config = self._configs[digest]
         if name is not None:

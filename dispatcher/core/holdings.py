@@ -1,0 +1,66 @@
+"""Which sources hold which checks, indexed both ways.
+
+A check is held while at least one source holds it: two sources may hold the same check
+(the same digest), and it stays, with its node, stats and results, until the last one
+lets go. This index only keeps the two directions in step; what a check's arrival or
+departure means (placing it, dropping it) is the state's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Set
+
+from dispatcher.core.model import Digest, SourceName
+
+
+class Holdings:
+    """Sources to the checks they hold, and checks to the sources holding them. A source
+    that holds nothing is not listed."""
+
+    __slots__ = ("_by_check", "_by_source")
+
+    def __init__(self) -> None:
+        self._by_source: dict[SourceName, set[Digest]] = {}
+        self._by_check: dict[Digest, set[SourceName]] = {}
+
+    @property
+    def by_source(self) -> Mapping[SourceName, Set[Digest]]:
+        return self._by_source
+
+    def __contains__(self, digest: object) -> bool:
+        """Whether any source holds the check."""
+        return digest in self._by_check
+
+    def sources(self) -> list[SourceName]:
+        return sorted(self._by_source)
+
+    def held_by(self, source: SourceName) -> Set[Digest]:
+        return self._by_source.get(source, frozenset())
+
+    def holders(self, digest: Digest) -> Set[SourceName]:
+        return self._by_check.get(digest, frozenset())
+
+    def hold(self, source: SourceName, digest: Digest) -> bool:
+        """``source`` holds the check from now on; False when it already did."""
+        held = self._by_source.setdefault(source, set())
+        if digest in held:
+            return False
+        held.add(digest)
+        self._by_check.setdefault(digest, set()).add(source)
+        return True
+
+    def release(self, source: SourceName, digest: Digest) -> bool:
+        """``source`` lets go of the check; True when that was its last holder (the
+        check is held no more)."""
+        held = self._by_source.get(source)
+        holders = self._by_check.get(digest)
+        if held is None or holders is None or digest not in held:
+            return False
+        held.discard(digest)
+        if not held:
+            del self._by_source[source]
+        holders.discard(source)
+        if holders:
+            return False
+        del self._by_check[digest]
+        return True

@@ -1,0 +1,47 @@
+"""The two-way index of sources and the checks they hold, on its own."""
+
+from __future__ import annotations
+
+from dispatcher.core.holdings import Holdings
+from dispatcher.core.model import Digest, SourceName
+
+S1, S2 = SourceName("s1"), SourceName("s2")
+D1, D2 = Digest("d1"), Digest("d2")
+
+
+def test_a_check_is_held_until_its_last_source_lets_go() -> None:
+    holdings = Holdings()
+    assert holdings.hold(S1, D1)
+    assert holdings.hold(S2, D1)
+    assert not holdings.hold(S1, D1)  # already held by s1
+    assert holdings.holders(D1) == {S1, S2}
+
+    assert not holdings.release(S2, D1)  # s1 still holds it
+    assert D1 in holdings
+    assert holdings.release(S1, D1)  # the last holder
+    assert D1 not in holdings
+    assert holdings.holders(D1) == frozenset()
+
+
+def test_a_source_that_holds_nothing_is_not_listed() -> None:
+    holdings = Holdings()
+    holdings.hold(S2, D1)
+    holdings.hold(S1, D1)
+    holdings.hold(S1, D2)
+    assert holdings.sources() == [S1, S2]
+    assert holdings.held_by(S1) == {D1, D2}
+
+    holdings.release(S1, D1)
+    holdings.release(S1, D2)
+    assert holdings.sources() == [S2]
+    assert holdings.held_by(S1) == frozenset()
+    assert dict(holdings.by_source) == {S2: {D1}}
+
+
+def test_releasing_what_a_source_does_not_hold_changes_nothing() -> None:
+    holdings = Holdings()
+    holdings.hold(S1, D1)
+    assert not holdings.release(S2, D1)  # s2 never held it
+    assert not holdings.release(S1, D2)  # nobody holds d2
+    assert holdings.holders(D1) == {S1}
+    assert dict(holdings.by_source) == {S1: {D1}}
