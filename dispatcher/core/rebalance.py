@@ -32,12 +32,14 @@ from dataclasses import dataclass, replace
 
 from sortedcontainers import SortedList
 
+from dispatcher.core.model import Digest, NodeName
+
 _EPS = 1e-12
 
 
 @dataclass(frozen=True, slots=True)
 class NodeLoad:
-    name: str
+    name: NodeName
     capacity: float
     load: float
     labels: Mapping[str, str]
@@ -47,10 +49,10 @@ class NodeLoad:
 class Item:
     """A check on a node, as the planner sees it."""
 
-    digest: str
+    digest: Digest
     check_name: str
     cost: float
-    node: str
+    node: NodeName
     movable: bool
     eligible: Callable[[Mapping[str, str]], bool]
     """Whether a node with these labels may run the check (its selector)."""
@@ -61,11 +63,11 @@ class Item:
 
 @dataclass(frozen=True, slots=True)
 class PlannedMove:
-    digest: str
+    digest: Digest
     check_name: str
     cost: float
-    source: str
-    dest: str
+    source: NodeName
+    dest: NodeName
     source_before: float
     source_after: float
     dest_before: float
@@ -91,7 +93,7 @@ class Plan:
         return (self.spread_before - self.spread_after) / self.spread_before
 
 
-def spread(relative: Mapping[str, float], mean: float) -> float:
+def spread(relative: Mapping[NodeName, float], mean: float) -> float:
     """How far the busiest node is above the mean, as a fraction of the mean."""
     if not relative or mean <= 0:
         return 0.0
@@ -128,14 +130,14 @@ class _Planner:
 
     def __init__(self, nodes: Sequence[NodeLoad], items: Sequence[Item], bound: float) -> None:
         self.bound = bound
-        self.capacity = {n.name: n.capacity for n in nodes}
-        self.relative = {n.name: n.load / n.capacity for n in nodes}
+        self.capacity: dict[NodeName, float] = {n.name: n.capacity for n in nodes}
+        self.relative: dict[NodeName, float] = {n.name: n.load / n.capacity for n in nodes}
         # Each node's movable checks by (cost, digest).
-        self.movable: dict[str, SortedList] = {n.name: SortedList() for n in nodes}
-        self.items: dict[str, Item] = {}
+        self.movable: dict[NodeName, SortedList] = {n.name: SortedList() for n in nodes}
+        self.items: dict[Digest, Item] = {}
         # Per group: the nodes by (relative load, name) that its items may go to.
         self.targets: dict[Hashable, SortedList] = {}
-        self.groups_of: dict[str, list[Hashable]] = {n.name: [] for n in nodes}
+        self.groups_of: dict[NodeName, list[Hashable]] = {n.name: [] for n in nodes}
         for item in items:
             if item.movable and item.node in self.movable and item.cost > 0:
                 self.movable[item.node].add((item.cost, item.digest))
@@ -182,7 +184,7 @@ class _Planner:
                 self.room += 1
         return moved
 
-    def _best_move(self, source: str) -> PlannedMove | None:
+    def _best_move(self, source: NodeName) -> PlannedMove | None:
         """The smallest check that alone brings ``source`` within the bound and may go
         somewhere, else the largest that may; to the least loaded eligible node with
         room."""
@@ -207,7 +209,7 @@ class _Planner:
                 )  # fmt: skip
         return None
 
-    def _destination(self, item: Item, source: str, cost: float) -> str | None:
+    def _destination(self, item: Item, source: NodeName, cost: float) -> NodeName | None:
         key = _group(item)
         r_s = self.relative[source]
         cap_s = self.capacity[source]
@@ -221,7 +223,7 @@ class _Planner:
         ):
             return None  # as hard as a search that failed, with no new room since
         r_s_after = r_s - cost / cap_s
-        target: tuple[float, str]
+        target: tuple[float, NodeName]
         for target in self.targets[key]:
             r_t, dest = target
             if r_t >= self.bound - _EPS or r_t >= r_s:

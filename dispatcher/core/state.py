@@ -464,7 +464,7 @@ class ClusterState:
             return plan_rebalance(nodes, [], margin=margin, min_improvement=min_improvement)
         items = []
         for load in nodes:
-            for digest in self._nodes[NodeName(load.name)].digests:
+            for digest in self._nodes[load.name].digests:
                 config = self._configs[digest]
                 items.append(
                     Item(
@@ -496,7 +496,7 @@ class ClusterState:
         )
         planned = [
             Move(
-                Digest(m.digest), m.check_name, m.cost, NodeName(m.source), NodeName(m.dest),
+                m.digest, m.check_name, m.cost, m.source, m.dest,
                 loads=(m.source_before, m.source_after, m.dest_before, m.dest_after),
             )
             for m in plan.moves

@@ -24,6 +24,7 @@ from dispatcher.core.model import (
     CheckConfig,
     CheckResult,
     CheckStats,
+    Digest,
     NodeName,
     SourceName,
     make_config,
@@ -71,14 +72,15 @@ class N:
 
 def build(*nodes: N) -> tuple[list[NodeLoad], list[Item]]:
     loads = [
-        NodeLoad(n.name, n.capacity, sum(c.cost for c in n.checks), dict(n.labels)) for n in nodes
+        NodeLoad(NodeName(n.name), n.capacity, sum(c.cost for c in n.checks), dict(n.labels))
+        for n in nodes
     ]
     items = [
         Item(
-            digest=c.name,
+            digest=Digest(c.name),
             check_name=c.name,
             cost=c.cost,
-            node=n.name,
+            node=NodeName(n.name),
             movable=c.movable,
             eligible=c.selector,
         )
@@ -88,7 +90,7 @@ def build(*nodes: N) -> tuple[list[NodeLoad], list[Item]]:
     return loads, items
 
 
-def apply(nodes: Sequence[NodeLoad], items: Sequence[Item], plan: Plan) -> dict[str, str]:
+def apply(nodes: Sequence[NodeLoad], items: Sequence[Item], plan: Plan) -> dict[Digest, NodeName]:
     """Where every item is once the plan is applied (checking each move starts where the
     item is at that point)."""
     where = {item.digest: item.node for item in items}
@@ -99,8 +101,8 @@ def apply(nodes: Sequence[NodeLoad], items: Sequence[Item], plan: Plan) -> dict[
 
 
 def relative_after(
-    nodes: Sequence[NodeLoad], items: Sequence[Item], where: Mapping[str, str]
-) -> dict[str, float]:
+    nodes: Sequence[NodeLoad], items: Sequence[Item], where: Mapping[Digest, NodeName]
+) -> dict[NodeName, float]:
     """Relative loads once the items are where ``where`` says: each node's given load,
     less what left it, plus what arrived."""
     load = {n.name: n.load for n in nodes}
@@ -160,11 +162,11 @@ def test_two_nodes_the_smallest_check_that_alone_is_enough_moves() -> None:
     assert plan.bound == pytest.approx(275)
     assert plan.moves == [
         PlannedMove(
-            digest="a100",
+            digest=Digest("a100"),
             check_name="a100",
             cost=100,
-            source="a",
-            dest="b",
+            source=NodeName("a"),
+            dest=NodeName("b"),
             source_before=370,
             source_after=270,
             dest_before=130,
@@ -409,7 +411,7 @@ def test_a_larger_check_moves_when_the_smallest_sufficient_one_cannot() -> None:
 def test_checks_of_nodes_left_out_are_ignored() -> None:
     # The caller leaves cordoned nodes out; their checks must not move (nor crash).
     nodes, items = build(N("a", [C("a1", 100), C("a2", 100)]), N("b"))
-    stray = Item("z1", "z1", 500, "cordoned", True, ANY)
+    stray = Item(Digest("z1"), "z1", 500, NodeName("cordoned"), True, ANY)
     plan = plan_rebalance(nodes, [*items, stray], margin=0.1, min_improvement=0.1)
     assert moved(plan) == [("a1", "a", "b")]
 
@@ -440,7 +442,11 @@ def test_a_plan_that_narrows_the_spread_too_little_is_not_worthwhile() -> None:
     ("nodes", "stray_items"),
     [
         pytest.param((), (), id="empty"),
-        pytest.param((), (Item("x", "x", 1.0, "gone", True, ANY),), id="items-without-nodes"),
+        pytest.param(
+            (),
+            (Item(Digest("x"), "x", 1.0, NodeName("gone"), True, ANY),),
+            id="items-without-nodes",
+        ),
         pytest.param((N("a", [C("a1", 10), C("a2", 20)]),), (), id="one-node"),
         pytest.param((N("a"), N("b")), (), id="no-checks"),
         pytest.param((N("a", [C("a1", 0), C("a2", 0)]), N("b")), (), id="zero-costs"),
@@ -820,7 +826,7 @@ def inputs(draw: st.DrawFn) -> tuple[list[NodeLoad], list[Item]]:
     count = draw(st.integers(min_value=1, max_value=12))
     specs = [
         (
-            f"n{i:02d}",
+            NodeName(f"n{i:02d}"),
             draw(st.integers(min_value=1, max_value=8)),
             draw(st.sampled_from(LABEL_SETS)),
         )
@@ -843,7 +849,7 @@ def inputs(draw: st.DrawFn) -> tuple[list[NodeLoad], list[Item]]:
         )
     )
     items = [
-        Item(f"d{j:03d}", f"check-{j}", cost, specs[node][0], movable, selector)
+        Item(Digest(f"d{j:03d}"), f"check-{j}", cost, specs[node][0], movable, selector)
         for j, (node, cost, movable, selector) in enumerate(raw)
     ]
     load = {name: 0.0 for name, _, _ in specs}
@@ -927,7 +933,7 @@ def test_selectors_are_asked_once_per_node_not_once_per_search() -> None:
         calls["any"] += 1
         return True
 
-    names = [f"n{i:03d}" for i in range(100)]
+    names = [NodeName(f"n{i:03d}") for i in range(100)]
     zone = {name: "a" if i < 10 else "b" for i, name in enumerate(names)}
     load = dict.fromkeys(names, 0.0)
     items = []
@@ -936,7 +942,8 @@ def test_selectors_are_asked_once_per_node_not_once_per_search() -> None:
         node = names[j % 10] if pinned else names[(j * 7) % 100]
         cost = 1.0 + (j % 5)
         load[node] += cost
-        items.append(Item(f"d{j:05d}", "http", cost, node, True, zone_a if pinned else anywhere))
+        check = Item(Digest(f"d{j:05d}"), "http", cost, node, True, zone_a if pinned else anywhere)
+        items.append(check)
     nodes = [NodeLoad(n, 1, load[n], {"zone": zone[n]}) for n in names]
 
     plan = plan_rebalance(nodes, items, margin=0.1, min_improvement=0.1)
