@@ -157,22 +157,24 @@ class Dispatcher:
 
         Raises UnknownNode when the node is not registered or expires during the wait.
         """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_s
+        # The deadline is on the injected clock, so a test moves it on instead of waiting.
+        deadline = self._clock.monotonic() + wait_s
         while True:
             async with self.lock:
                 self._guard()
                 current = self.state.node(name).last_change  # raises UnknownNode
-                remaining = deadline - loop.time()
+                remaining = deadline - self._clock.monotonic()
                 if since is None or current != since or remaining <= 0 or self._closing:
                     answer = self.state.node_configs(name)  # built only when answering
                     seq = self._seq()
                     break
                 waiter = self._waiters.get(name)
                 if waiter is None or waiter.done():
-                    waiter = self._waiters[name] = loop.create_future()
+                    waiter = self._waiters[name] = asyncio.get_running_loop().create_future()
+            # Shielded: the waiter is shared by every long poll of this node.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(waiter), remaining)
+                async with self._clock.timeout(remaining):
+                    await asyncio.shield(waiter)
         await self._stored(seq)  # never hand out a placement the store has not got
         return answer
 

@@ -11,7 +11,6 @@ import pytest
 from dispatcher.common.clock import FakeClock
 from dispatcher.settings import DispatchSettings, Settings
 from tests.api.conftest import API, IDENTITY, Api, ApiFactory, check, result
-from tests.node_agent.helpers import eventually
 
 # -------------------------------------------------------------------- state
 
@@ -476,27 +475,30 @@ async def test_a_failing_check_stays_even_on_the_heavy_node(api: Api) -> None:
     assert nodes["node-a"]["configs"] == [digests[0]]
 
 
-async def test_the_leader_rebalances_every_period_by_itself(make_api: ApiFactory) -> None:
-    api = await make_api(Settings(dispatch=DispatchSettings(rebalance_period_s=0.05)))
+async def test_the_leader_rebalances_every_period_by_itself(
+    make_api: ApiFactory, clock: FakeClock
+) -> None:
+    api = await make_api(Settings(dispatch=DispatchSettings(rebalance_period_s=10.0)))
     digests = await loaded_node_a(api, [0.05, 0.02, 0.1, 0.2])
     stop = asyncio.Event()
     loops = asyncio.create_task(api.service.dispatcher.run(stop))
     registry = api.service.metrics.registry
     runs = {"trigger": "periodic", "outcome": "applied"}
     idle = {"trigger": "periodic", "outcome": "nothing_to_move"}
+
+    def count(labels: dict[str, str]) -> float:
+        return registry.get_sample_value("clusterchecks_rebalances_total", labels) or 0.0
+
     try:
-        await eventually(
-            lambda: registry.get_sample_value("clusterchecks_rebalances_total", runs) == 1,
-            within_s=5,
-        )
-        # The next periods find nothing to move (a second run moves nothing).
-        await eventually(
-            lambda: bool(registry.get_sample_value("clusterchecks_rebalances_total", idle)),
-            within_s=5,
-        )
+        await clock.run_for(9.9)
+        assert (count(runs), count(idle)) == (0, 0), "no rebalance before the first period"
+        await clock.run_for(0.1)
+        assert (count(runs), count(idle)) == (1, 0)
+        # The next period finds nothing to move (a second run moves nothing).
+        await clock.run_for(10.0)
+        assert (count(runs), count(idle)) == (1, 1)
     finally:
         stop.set()
-        await asyncio.wait_for(loops, 5)
+        await loops
     nodes = {n["name"]: n for n in (await api.state())["nodes"]}
     assert nodes["node-b"]["configs"] == [digests[3]]
-    assert registry.get_sample_value("clusterchecks_rebalances_total", runs) == 1

@@ -9,11 +9,34 @@ import pytest
 
 from dispatcher.common.clock import FakeClock
 from dispatcher.settings import DispatchSettings, Settings
-from tests.api.conftest import API, IDENTITY, Api, ApiFactory, check, result
+from tests.api.conftest import API, IDENTITY, Api, ApiFactory, Reply, check, result
 
 # ------------------------------------------------------------------- status
 
 EPOCH = 1_763_700_000_000  # the FakeClock's wall time in ms: the standalone epoch
+# Fails a long poll that hangs instead of waiting for pytest's timeout; never reached when
+# the code is right (the long polls wait on the fake clock, which moves only by hand).
+GUARD_S = 10.0
+
+
+async def start_long_poll(api: Api, clock: FakeClock, query: str) -> asyncio.Task[Reply]:
+    """Sends a long poll of node-a and returns once it waits on the clock (its deadline is
+    a pending timer), so the test's next step happens during the wait."""
+    timers = clock.pending_timers()
+    poll = asyncio.create_task(api.get(f"{API}/configs/node-a?{query}"))
+    waiting = asyncio.ensure_future(clock.wait_for_timers(timers + 1))
+    async with asyncio.timeout(GUARD_S):
+        await asyncio.wait({poll, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    assert not poll.done(), poll.result().text
+    return poll
+
+
+async def answer(poll: asyncio.Task[Reply]) -> Reply:
+    """The poll's reply, which must come without the clock being moved on."""
+    async with asyncio.timeout(GUARD_S):
+        return await poll
 
 
 async def test_first_heartbeat_registers_the_node_and_replies_with_the_contract(
@@ -211,6 +234,7 @@ async def test_only_the_status_route_refreshes_the_heartbeat(
     api: Api, clock: FakeClock, refresh: str
 ) -> None:
     await api.heartbeat("node-a", 0)
+    registered = clock.monotonic()
     [digest] = await api.put_source("ci", [check(0)])
     clock.advance(20)
     current = (await api.configs("node-a"))["last_change"]
@@ -219,11 +243,14 @@ async def test_only_the_status_route_refreshes_the_heartbeat(
     elif refresh == "configs":
         await api.configs("node-a")
     elif refresh == "long_poll":
-        await api.ok("GET", f"{API}/configs/node-a?since={current}&wait_s=0.01")
+        poll = await start_long_poll(api, clock, f"since={current}&wait_s=1")
+        await clock.run_for(1.0)
+        assert (await answer(poll)).status == 200
     else:
         body = await api.ok("POST", f"{API}/results/node-a", {"results": [result(digest)]})
         assert body["accepted"] == 1
-    clock.advance(15)  # 35 s after registration, 15 s after the refresh; timeout 30 s
+    # 35 s after registration, 15 s or less after the refresh; timeout 30 s.
+    clock.advance(35 - (clock.monotonic() - registered))
 
     await api.service.dispatcher.tick()
 
@@ -276,61 +303,61 @@ async def test_configs_reply_holds_the_nodes_check_configs(api: Api) -> None:
     ]
 
 
-async def test_long_poll_answers_at_once_when_since_differs(api: Api) -> None:
+async def test_long_poll_answers_at_once_when_since_differs(api: Api, clock: FakeClock) -> None:
     await api.heartbeat("node-a", 0)
     current = (await api.configs("node-a"))["last_change"]
-    loop = asyncio.get_running_loop()
-    started = loop.time()
+    started = clock.monotonic()
 
-    body = await api.ok("GET", f"{API}/configs/node-a?since={current - 1}&wait_s=30")
+    async with asyncio.timeout(GUARD_S):
+        body = await api.ok("GET", f"{API}/configs/node-a?since={current - 1}&wait_s=30")
 
-    assert loop.time() - started < 1.0
+    assert clock.pending_timers() == 0  # it never waited: no deadline was set
+    assert clock.monotonic() == started
     assert body["last_change"] == current
 
 
-async def test_long_poll_wakes_quickly_when_the_nodes_configs_change(api: Api) -> None:
+async def test_long_poll_wakes_when_the_nodes_configs_change(api: Api, clock: FakeClock) -> None:
     await api.heartbeat("node-a", 0)
     current = (await api.configs("node-a"))["last_change"]
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    poll = asyncio.create_task(api.get(f"{API}/configs/node-a?since={current}&wait_s=30"))
-    await asyncio.sleep(0.1)
+    started = clock.monotonic()
+    poll = await start_long_poll(api, clock, f"since={current}&wait_s=30")
+    await clock.settle()
     assert not poll.done()  # it waits while nothing changes
 
     [digest] = await api.put_source("ci", [check(0)])
-    reply = await asyncio.wait_for(poll, 5)
+    reply = await answer(poll)
 
     assert reply.status == 200, reply.text
-    assert loop.time() - started < 1.0
+    assert clock.monotonic() == started  # woken by the change, not by its deadline
+    assert clock.pending_timers() == 0
     assert reply.json["last_change"] > current
     assert [c["digest"] for c in reply.json["configs"]] == [digest]
 
 
-async def test_long_poll_returns_the_unchanged_set_after_wait_s(api: Api) -> None:
+async def test_long_poll_returns_the_unchanged_set_after_wait_s(api: Api, clock: FakeClock) -> None:
     await api.heartbeat("node-a", 0)
     [digest] = await api.put_source("ci", [check(0)])
     current = (await api.configs("node-a"))["last_change"]
-    loop = asyncio.get_running_loop()
-    started = loop.time()
 
-    body = await api.ok("GET", f"{API}/configs/node-a?since={current}&wait_s=0.3")
+    poll = await start_long_poll(api, clock, f"since={current}&wait_s=30")
+    await clock.run_for(29.9)
+    assert not poll.done(), "the poll answered before its wait_s"
+    await clock.run_for(0.1)
+    reply = await answer(poll)
 
-    elapsed = loop.time() - started
-    assert 0.3 <= elapsed < 2.0
-    assert body["last_change"] == current
-    assert [c["digest"] for c in body["configs"]] == [digest]
+    assert reply.status == 200, reply.text
+    assert reply.json["last_change"] == current
+    assert [c["digest"] for c in reply.json["configs"]] == [digest]
 
 
 async def test_a_node_that_expires_during_a_long_poll_gets_404(api: Api, clock: FakeClock) -> None:
     await api.heartbeat("node-a", 0)
     current = (await api.configs("node-a"))["last_change"]
-    poll = asyncio.create_task(api.get(f"{API}/configs/node-a?since={current}&wait_s=30"))
-    await asyncio.sleep(0.1)
-    assert not poll.done()
+    poll = await start_long_poll(api, clock, f"since={current}&wait_s=60")
 
-    clock.advance(31)
+    clock.advance(31)  # past the node's expiry, not past the poll's wait
     await api.service.dispatcher.tick()
-    reply = await asyncio.wait_for(poll, 5)
+    reply = await answer(poll)
 
     assert reply.status == 404
     assert reply.code() == "unknown_node"
@@ -352,16 +379,15 @@ async def test_a_node_that_expires_during_a_long_poll_gets_404(api: Api, clock: 
         "since=99999999999999999999&wait_s=1",
     ],
 )
-async def test_bad_long_poll_parameters_are_400(api: Api, query: str) -> None:
+async def test_bad_long_poll_parameters_are_400(api: Api, clock: FakeClock, query: str) -> None:
     await api.heartbeat("node-a", 0)
-    loop = asyncio.get_running_loop()
-    started = loop.time()
 
-    reply = await api.get(f"{API}/configs/node-a?{query}")
+    async with asyncio.timeout(GUARD_S):
+        reply = await api.get(f"{API}/configs/node-a?{query}")
 
     assert reply.status == 400, reply.text
     assert reply.code() == "invalid_request"
-    assert loop.time() - started < 1.0
+    assert clock.pending_timers() == 0  # refused before any wait began
 
 
 async def test_wait_s_of_60_is_allowed(api: Api) -> None:

@@ -1,12 +1,14 @@
-"""The async dispatcher around the core: ticks on a fake clock, and the configs long poll.
+"""The async dispatcher around the core: ticks and the configs long poll, on a fake clock.
 
-Heartbeat ages run on ``FakeClock``; the long poll's ``wait_s`` is real event-loop time,
-so real waits are kept well under a second.
+Heartbeat ages and the long poll's ``wait_s`` both run on ``FakeClock``: a test moves time
+on by hand, and "at once" means "before any time passed on the clock", so no assertion
+depends on how fast the machine is.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -18,8 +20,6 @@ from dispatcher.settings import DispatchSettings
 
 API = SourceName("api")
 A, B = NodeName("a"), NodeName("b")
-# A guard on every await that could hang, far above the waits under test.
-GUARD_S = 2.0
 
 
 def check(label: str) -> CheckConfig:
@@ -45,11 +45,24 @@ async def two_nodes_four_checks(dispatcher: Dispatcher) -> list[CheckConfig]:
     return configs
 
 
-async def elapsed_s(awaitable: asyncio.Future[object] | asyncio.Task[object]) -> float:
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    await asyncio.wait_for(awaitable, GUARD_S)
-    return loop.time() - started
+async def start_poll(
+    dispatcher: Dispatcher, clock: FakeClock, *, since: int, wait_s: float
+) -> asyncio.Task[tuple[int, list[CheckConfig]]]:
+    """Starts a long poll and returns once it waits (its deadline is a pending timer)."""
+    timers = clock.pending_timers()
+    poll = asyncio.create_task(dispatcher.node_configs(A, since=since, wait_s=wait_s))
+    await clock.wait_for_timers(timers + 1)
+    assert not poll.done()
+    return poll
+
+
+async def answered_at_once(clock: FakeClock, poll: asyncio.Future[Any]) -> None:
+    """The poll has ended with no time passed on the clock (a poll that still waited
+    would need the clock moved on to end)."""
+    started = clock.monotonic()
+    await clock.settle()
+    assert poll.done(), "the poll is still waiting"
+    assert clock.monotonic() == started
 
 
 # ---------------------------------------------------------------------- tick
@@ -98,7 +111,7 @@ async def test_tick_places_dangling_checks_on_a_new_node(dispatcher: Dispatcher)
 
 
 async def test_long_poll_answers_at_once_when_the_counter_differs(
-    dispatcher: Dispatcher,
+    dispatcher: Dispatcher, clock: FakeClock
 ) -> None:
     await dispatcher.node_status(A, last_change=-1)
     probe = check("probe")
@@ -106,62 +119,64 @@ async def test_long_poll_answers_at_once_when_the_counter_differs(
     current = dispatcher.state.nodes[A].last_change
 
     poll = asyncio.ensure_future(dispatcher.node_configs(A, since=current - 1, wait_s=5.0))
-    took = await elapsed_s(poll)
 
-    assert took < 0.5
+    await answered_at_once(clock, poll)
     assert poll.result() == (current, [probe])
+    assert clock.pending_timers() == 0
 
 
 async def test_long_poll_wakes_when_a_check_is_added_for_the_node(
-    dispatcher: Dispatcher,
+    dispatcher: Dispatcher, clock: FakeClock
 ) -> None:
     await dispatcher.node_status(A, last_change=-1)
     since = dispatcher.state.nodes[A].last_change
-    poll = asyncio.ensure_future(dispatcher.node_configs(A, since=since, wait_s=5.0))
-    await asyncio.sleep(0.05)
+    poll = await start_poll(dispatcher, clock, since=since, wait_s=5.0)
+    await clock.settle()
     assert not poll.done(), "the poll answered although nothing changed"
 
     probe = check("probe")
-    loop = asyncio.get_running_loop()
-    started = loop.time()
     await dispatcher.add_to_source(API, [probe])
-    last_change, configs = await asyncio.wait_for(poll, GUARD_S)
 
-    assert loop.time() - started < 0.5
+    await answered_at_once(clock, poll)
+    last_change, configs = poll.result()
     assert last_change > since
     assert configs == [probe]
+    assert clock.pending_timers() == 0  # its deadline was dropped with it
 
 
 async def test_long_poll_is_not_woken_by_another_node_change(
-    dispatcher: Dispatcher,
+    dispatcher: Dispatcher, clock: FakeClock
 ) -> None:
     await dispatcher.node_status(A, last_change=-1)
     await dispatcher.node_status(B, last_change=-1)
     first, second = check("first"), check("second")
     await dispatcher.add_to_source(API, [first])  # -> a
     since = dispatcher.state.nodes[A].last_change
-    poll = asyncio.ensure_future(dispatcher.node_configs(A, since=since, wait_s=0.3))
-    await asyncio.sleep(0.05)
+    poll = await start_poll(dispatcher, clock, since=since, wait_s=3.0)
 
     await dispatcher.add_to_source(API, [second])  # -> b
     assert dispatcher.state.placement[second.digest] == B
-    await asyncio.sleep(0.05)
-
+    await clock.settle()
     assert not poll.done(), "a change on b answered a's poll"
-    last_change, configs = await asyncio.wait_for(poll, GUARD_S)
-    assert (last_change, configs) == (since, [first])
+
+    await clock.run_for(3.0)
+    assert poll.done()
+    assert poll.result() == (since, [first])
 
 
-async def test_long_poll_returns_unchanged_after_wait_s(dispatcher: Dispatcher) -> None:
+async def test_long_poll_returns_unchanged_after_wait_s(
+    dispatcher: Dispatcher, clock: FakeClock
+) -> None:
     await dispatcher.node_status(A, last_change=-1)
     probe = check("probe")
     await dispatcher.add_to_source(API, [probe])
     since = dispatcher.state.nodes[A].last_change
 
-    poll = asyncio.ensure_future(dispatcher.node_configs(A, since=since, wait_s=0.2))
-    took = await elapsed_s(poll)
-
-    assert 0.15 <= took < 1.0
+    poll = await start_poll(dispatcher, clock, since=since, wait_s=20.0)
+    await clock.run_for(19.9)
+    assert not poll.done(), "the poll ended before its wait_s"
+    await clock.run_for(0.1)
+    assert poll.done(), "the poll outlived its wait_s"
     assert poll.result() == (since, [probe])
 
 
@@ -170,62 +185,64 @@ async def test_long_poll_raises_unknown_node_when_the_node_expires_during_the_wa
 ) -> None:
     await dispatcher.node_status(A, last_change=-1)
     since = dispatcher.state.nodes[A].last_change
-    poll = asyncio.ensure_future(dispatcher.node_configs(A, since=since, wait_s=1.0))
-    await asyncio.sleep(0.05)
-    assert not poll.done()
+    poll = await start_poll(dispatcher, clock, since=since, wait_s=60.0)
 
-    clock.advance(31.0)
-    loop = asyncio.get_running_loop()
-    started = loop.time()
+    clock.advance(31.0)  # past the expiry, not past the poll's wait
+    assert not poll.done()
     await dispatcher.tick()
 
+    await answered_at_once(clock, poll)  # the expiry ended the wait
     with pytest.raises(UnknownNode):
-        await asyncio.wait_for(poll, GUARD_S)
-    assert loop.time() - started < 0.5, "the expiry did not end the wait"
+        poll.result()
 
 
 async def test_long_poll_raises_unknown_node_when_the_node_leaves_during_the_wait(
-    dispatcher: Dispatcher,
+    dispatcher: Dispatcher, clock: FakeClock
 ) -> None:
     await dispatcher.node_status(A, last_change=-1)
     since = dispatcher.state.nodes[A].last_change
-    poll = asyncio.ensure_future(dispatcher.node_configs(A, since=since, wait_s=1.0))
-    await asyncio.sleep(0.05)
+    poll = await start_poll(dispatcher, clock, since=since, wait_s=5.0)
 
     await dispatcher.node_status(A, last_change=-1, leaving=True)
 
+    await answered_at_once(clock, poll)
     with pytest.raises(UnknownNode):
-        await asyncio.wait_for(poll, 0.5)
+        poll.result()
 
 
-async def test_configs_of_an_unknown_node_raise_at_once(dispatcher: Dispatcher) -> None:
+async def test_configs_of_an_unknown_node_raise_at_once(
+    dispatcher: Dispatcher, clock: FakeClock
+) -> None:
+    poll = asyncio.ensure_future(dispatcher.node_configs(A, since=0, wait_s=5.0))
+    await answered_at_once(clock, poll)
     with pytest.raises(UnknownNode):
-        await asyncio.wait_for(dispatcher.node_configs(A, since=0, wait_s=1.0), 0.5)
+        poll.result()
 
 
-async def test_two_polls_of_one_node_both_wake(dispatcher: Dispatcher) -> None:
+async def test_two_polls_of_one_node_both_wake(dispatcher: Dispatcher, clock: FakeClock) -> None:
     await dispatcher.node_status(A, last_change=-1)
     since = dispatcher.state.nodes[A].last_change
-    polls = [
-        asyncio.ensure_future(dispatcher.node_configs(A, since=since, wait_s=5.0)) for _ in range(2)
-    ]
-    await asyncio.sleep(0.05)
+    polls = [await start_poll(dispatcher, clock, since=since, wait_s=5.0) for _ in range(2)]
 
     probe = check("probe")
     await dispatcher.add_to_source(API, [probe])
 
-    results = await asyncio.wait_for(asyncio.gather(*polls), GUARD_S)
-    assert [configs for _, configs in results] == [[probe], [probe]]
+    both = asyncio.gather(*polls)
+    await answered_at_once(clock, both)
+    assert [configs for _, configs in both.result()] == [[probe], [probe]]
 
 
-async def test_wake_all_ends_pending_polls_and_later_ones_at_once(dispatcher: Dispatcher) -> None:
+async def test_wake_all_ends_pending_polls_and_later_ones_at_once(
+    dispatcher: Dispatcher, clock: FakeClock
+) -> None:
     await dispatcher.node_status(A, last_change=-1)
     since = dispatcher.state.nodes[A].last_change
-    pending = asyncio.ensure_future(dispatcher.node_configs(A, since=since, wait_s=5.0))
-    await asyncio.sleep(0.05)
+    pending = await start_poll(dispatcher, clock, since=since, wait_s=5.0)
 
     dispatcher.wake_all()  # shutdown
 
-    assert await asyncio.wait_for(pending, 0.5) == (since, [])
+    await answered_at_once(clock, pending)
+    assert pending.result() == (since, [])
     later = asyncio.ensure_future(dispatcher.node_configs(A, since=since, wait_s=5.0))
-    assert await elapsed_s(later) < 0.5
+    await answered_at_once(clock, later)
+    assert later.result() == (since, [])
