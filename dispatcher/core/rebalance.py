@@ -15,6 +15,10 @@ destination's), so every move narrows the gap between the two nodes: the busiest
 node never gets busier, the least loaded never gets idler, and the sum of
 load² / capacity over the nodes falls with every move (the plan always ends).
 
+A move must also take at least ``MIN_MOVE_GAIN`` of the mean load off its source: a
+check cheaper than that is never moved (a source just over the bound sheds a larger
+check, or stays), so no move narrows nothing measurable.
+
 Checks the caller marks unmovable (never run, failing) stay where they are. Cordoned
 nodes are the caller's to leave out: they neither give nor take checks here.
 
@@ -35,6 +39,12 @@ from sortedcontainers import SortedList
 from dispatcher.core.model import Digest, NodeName
 
 _EPS = 1e-12
+
+MIN_MOVE_GAIN = 0.01
+"""The least a move may take off its source's relative load, as a fraction of the mean
+relative load. Below it a move narrows nothing one can measure (found: a dry run planned
+a move that took a load from 0.00506 to 0.00505), yet every move still stops the check
+on one agent and starts it on another."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,14 +116,16 @@ def plan_rebalance(
     *,
     margin: float = 0.1,
     min_improvement: float = 0.1,
+    min_move_gain: float = MIN_MOVE_GAIN,
 ) -> Plan:
     """The moves that bring every node within ``margin`` of the mean, or as close as
-    the movable checks allow. Deterministic: the same input gives the same plan."""
+    the movable checks allow, each taking at least ``min_move_gain`` of the mean off its
+    source. Deterministic: the same input gives the same plan."""
     ordered = sorted(nodes, key=lambda n: n.name)
     total_capacity = sum(n.capacity for n in ordered)
     mean = sum(n.load for n in ordered) / total_capacity if total_capacity > 0 else 0.0
     bound = mean * (1 + margin)
-    planner = _Planner(ordered, items, bound)
+    planner = _Planner(ordered, items, bound, min_gain=mean * min_move_gain)
     before = spread(planner.relative, mean)
     if mean <= 0 or len(ordered) < 2:
         return Plan([], mean, bound, before, before, worthwhile=False)
@@ -128,8 +140,12 @@ class _Planner:
     search that fails is remembered until room appears (a source falls under the
     bound), so stuck nodes are not searched over and over."""
 
-    def __init__(self, nodes: Sequence[NodeLoad], items: Sequence[Item], bound: float) -> None:
+    def __init__(
+        self, nodes: Sequence[NodeLoad], items: Sequence[Item], bound: float, *, min_gain: float
+    ) -> None:
         self.bound = bound
+        self.min_gain = min_gain
+        """The least relative load a move takes off its source."""
         self.capacity: dict[NodeName, float] = {n.name: n.capacity for n in nodes}
         self.relative: dict[NodeName, float] = {n.name: n.load / n.capacity for n in nodes}
         # Each node's movable checks by (cost, digest).
@@ -187,17 +203,19 @@ class _Planner:
     def _best_move(self, source: NodeName) -> PlannedMove | None:
         """The smallest check that alone brings ``source`` within the bound and may go
         somewhere, else the largest that may; to the least loaded eligible node with
-        room."""
+        room. Checks below the minimum gain are not candidates."""
         r_s = self.relative[source]
-        excess = (r_s - self.bound) * self.capacity[source]
+        cap_s = self.capacity[source]
+        excess = (r_s - self.bound) * cap_s
         candidates: SortedList = self.movable[source]
-        enough = bisect.bisect_left(candidates, (excess - _EPS, ""))
+        floor = bisect.bisect_left(candidates, (self.min_gain * cap_s - _EPS, ""))
+        enough = max(floor, bisect.bisect_left(candidates, (excess - _EPS, "")))
         # Every check that is enough alone, smallest first (a larger one may go where
         # the smallest may not: selectors do not depend on size), then the others,
         # largest first.
         order = [
             *candidates.islice(enough, None),
-            *candidates.islice(0, enough, reverse=True),
+            *candidates.islice(floor, enough, reverse=True),
         ]
         for cost, digest in order:
             dest = self._destination(self.items[digest], source, cost)

@@ -30,7 +30,15 @@ from dispatcher.core.model import (
     make_config,
 )
 from dispatcher.core.outcomes import Decision, RebalanceOutcome
-from dispatcher.core.rebalance import Item, NodeLoad, Plan, PlannedMove, plan_rebalance, spread
+from dispatcher.core.rebalance import (
+    MIN_MOVE_GAIN,
+    Item,
+    NodeLoad,
+    Plan,
+    PlannedMove,
+    plan_rebalance,
+    spread,
+)
 from dispatcher.core.state import ClusterState
 from dispatcher.errors import NoOtherNode
 
@@ -414,6 +422,62 @@ def test_checks_of_nodes_left_out_are_ignored() -> None:
     stray = Item(Digest("z1"), "z1", 500, NodeName("cordoned"), True, ANY)
     plan = plan_rebalance(nodes, [*items, stray], margin=0.1, min_improvement=0.1)
     assert moved(plan) == [("a1", "a", "b")]
+
+
+# ------------------------------------------------------- the least gain per move
+
+
+@pytest.mark.parametrize(
+    ("nodes", "planned", "without_floor"),
+    [
+        # Found on a dry run: a move that took a load from 0.00506 to 0.00505. Mean
+        # 0.0045955, bound 0.005055: a is over by 0.000005, and the 0.00001 check (0.2 %
+        # of the mean) was the smallest that alone is enough. The big one fits nowhere.
+        pytest.param(
+            (N("a", [C("big", 0.00505), C("tiny", 0.00001)]), N("b", [C("b1", 0.004131)])),
+            [],
+            [("tiny", "a", "b")],
+            id="reported-0.00506-to-0.00505",
+        ),
+        # The same excess with a check worth moving (2 % of the mean): that one goes.
+        pytest.param(
+            (
+                N("a", [C("big", 0.00495), C("mid", 0.0001), C("tiny", 0.00001)]),
+                N("b", [C("b1", 0.004131)]),
+            ),
+            [("mid", "a", "b")],
+            [("tiny", "a", "b")],
+            id="a-measurable-check-instead",
+        ),
+        # Mean 100, bound 110, a over by 1: a check of exactly 1 % of the mean moves...
+        pytest.param(
+            (N("a", [C("big", 110), C("x", 1.0)]), N("b", [C("b1", 89)])),
+            [("x", "a", "b")],
+            [("x", "a", "b")],
+            id="at-the-floor",
+        ),
+        # ... one just under it does not (nor would it be enough alone).
+        pytest.param(
+            (N("a", [C("big", 110.01), C("x", 0.99)]), N("b", [C("b1", 89)])),
+            [],
+            [("x", "a", "b")],
+            id="under-the-floor",
+        ),
+    ],
+)
+def test_a_move_that_narrows_nothing_measurable_is_not_planned(
+    nodes: tuple[N, ...],
+    planned: list[tuple[str, str, str]],
+    without_floor: list[tuple[str, str, str]],
+) -> None:
+    loads, items = build(*nodes)
+    plan = plan_rebalance(loads, items, margin=0.1, min_improvement=0.1)
+    assert moved(plan) == planned
+    assert all(m.source_before - m.source_after >= MIN_MOVE_GAIN * plan.mean for m in plan.moves)
+    if not planned:
+        assert plan.spread_after == plan.spread_before
+    # Without the floor the planner would make the move the floor is there to stop.
+    assert moved(plan_rebalance(loads, items, min_move_gain=0.0)) == without_floor
 
 
 # --------------------------------------------------------------- improvement
@@ -883,6 +947,7 @@ def test_property_the_planner_only_narrows_the_spread(
         assert move.dest_after <= plan.bound + TOL, move
         assert move.source_before > plan.bound - TOL, f"a node within the bound gave: {move}"
         assert move.cost == item.cost
+        assert move.source_before - move.source_after >= MIN_MOVE_GAIN * plan.mean - TOL, move
     if before:
         assert max(after.values()) <= max(before.values()) + TOL
         assert min(after.values()) >= min(before.values()) - TOL
