@@ -1,38 +1,219 @@
 """`make run`: a standalone dispatcher (in-memory state), three local agents, a small
-target they probe, and the example checks of examples/conf.d. Prints where checks run
-and how they fare until Ctrl-C; process logs go to .run/."""
+target they probe, and the example checks of examples/conf.d. Prints which agent runs
+which check and how it fares until Ctrl-C; process logs go to .run/.
+
+The agents start once the dispatcher answers ``/readyz``, and the first table waits
+(a bounded time) until all three are registered, so it does not show every check
+dangling. The demo is there to be poked at: an agent that dies (``kill -9 $(cat
+.run/agent-a.pid)``) is reported, the dispatcher drops it once it has missed heartbeats
+for EXPIRY_S, and the next tables show its checks on the other agents. Only Ctrl-C
+(SIGINT or SIGTERM) ends the demo, with exit status 0. If the dispatcher itself dies the
+demo cannot go on: it says so, stops the rest and exits 1.
+
+The children run in process groups of their own, so the terminal's Ctrl-C reaches this
+script alone, which stops the agents first (they deregister from a dispatcher still
+running) and then the dispatcher.
+
+Options (for tests, and for when the usual ports are taken): see ``--help``.
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import subprocess
 import sys
-import urllib.request
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from itertools import count
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
+
+from dispatcher import wire
+from dispatcher.admin.client import AdminClient, Target, connect, connection_problem, short
+from dispatcher.admin.errors import AdminError
+from dispatcher.common.clock import Clock, SystemClock
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-RUN = ROOT / ".run"
-DISPATCHER = "http://127.0.0.1:5005"
-TARGET_PORT = 8099
-AGENTS = [("agent-a", 5016, "zone=a"), ("agent-b", 5017, "zone=b"), ("agent-c", 5018, "zone=a")]
+
+HEARTBEAT_S = 2.0
+"""Seconds between the agents' heartbeats (the dispatcher tells them)."""
+EXPIRY_S = 6.0
+"""Seconds without a heartbeat after which the dispatcher drops an agent and gives its
+checks to the others."""
+TABLE_EVERY_S = 5.0
+READY_TIMEOUT_S = 30.0
+"""How long the dispatcher may take to answer /readyz with 200 after it starts."""
+REGISTER_TIMEOUT_S = 20.0
+"""How long the first table waits for every agent to register."""
+STOP_GRACE_S = 10.0
+"""How long each group of children (agents, then the dispatcher) may take to stop after
+SIGTERM before it is killed."""
+PLACE_WAIT_S = 3.0
+"""How long the first table waits, after every agent registered, for the dispatcher to
+place the dangling checks (it does on its tick, at least once a second)."""
+POLL_S = 0.5
+"""How often the children are looked at between tables (a death is reported this soon)."""
+REQUEST_TIMEOUT_S = 2.0
+
+AGENTS = [("agent-a", "zone=a"), ("agent-b", "zone=b"), ("agent-c", "zone=a")]
+DEFAULT_PORT = 5005
+DEFAULT_AGENT_PORTS = (5016, 5017, 5018)
+DEFAULT_TARGET_PORT = 8099
 
 
-async def target() -> web.AppRunner:
+class DemoFailed(Exception):
+    """The demo cannot go on (the dispatcher died or never became ready)."""
+
+
+# --------------------------------------------------------------------- options
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    port: int
+    agent_ports: tuple[int, ...]
+    target_port: int
+    config_dir: Path
+    every_s: float
+    run_dir: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def parse(argv: Sequence[str]) -> Options:
+    parser = argparse.ArgumentParser(
+        prog="scripts/demo.py", description=__doc__.split("\n\n")[0] if __doc__ else None
+    )
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="dispatcher port")
+    parser.add_argument(
+        "--agent-ports",
+        default=",".join(map(str, DEFAULT_AGENT_PORTS)),
+        help="three comma-separated ports for the agents' local servers",
+    )
+    parser.add_argument("--target-port", type=int, default=DEFAULT_TARGET_PORT)
+    parser.add_argument(
+        "--config-dir", type=Path, default=ROOT / "examples" / "conf.d", help="check configs"
+    )
+    parser.add_argument("--every", type=float, default=TABLE_EVERY_S, help="seconds between tables")
+    parser.add_argument("--run-dir", type=Path, default=ROOT / ".run", help="logs, pid files")
+    args = parser.parse_args(argv)
+    try:
+        agent_ports = tuple(int(p) for p in args.agent_ports.split(","))
+    except ValueError:
+        parser.error(f"--agent-ports: {args.agent_ports!r} is not a list of ports")
+    if len(agent_ports) != len(AGENTS):
+        parser.error(f"--agent-ports: give {len(AGENTS)} ports, one per agent")
+    if args.every <= 0:
+        parser.error("--every: give a positive number of seconds")
+    return Options(
+        port=args.port,
+        agent_ports=agent_ports,
+        target_port=args.target_port,
+        config_dir=args.config_dir.resolve(),
+        every_s=args.every,
+        run_dir=args.run_dir.resolve(),
+    )
+
+
+# -------------------------------------------------------------------- children
+
+
+def exit_text(code: int) -> str:
+    """How a child ended, from its return code (negative: the signal that killed it)."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return "exited normally" if code == 0 else f"exited with code {code}"
+
+
+@dataclass
+class Child:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+    pid_file: Path
+    exited_at: float | None = None
+    """When this script first saw it gone (its monotonic clock)."""
+
+    @property
+    def code(self) -> int | None:
+        return self.popen.poll()
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def tail(self, lines: int = 5) -> str:
+        try:
+            text = self.log.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            return "(no log)"
+        return "\n".join(f"    {line[:200]}" for line in text) or "    (empty log)"
+
+
+def start(name: str, argv: list[str], opts: Options) -> Child:
+    log_path = opts.run_dir / f"{name}.log"
+    env = {**os.environ, "CLUSTERCHECKS_LOG_FORMAT": "json"}
+    with log_path.open("wb") as log:
+        # A process group of its own: the terminal's Ctrl-C is for this script, which
+        # then stops the children in order.
+        popen = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env, process_group=0
+        )
+    pid_file = opts.run_dir / f"{name}.pid"
+    pid_file.write_text(f"{popen.pid}\n")
+    return Child(name, popen, log_path, pid_file)
+
+
+def leftovers(run_dir: Path) -> list[str]:
+    """Children of an earlier run that still live (its demo was killed outright)."""
+    found = []
+    for pid_file in sorted(run_dir.glob("*.pid")):
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(pid_file.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if b"clusterchecks" in cmdline:
+                found.append(f"{pid_file.stem} (pid {pid})")
+    return found
+
+
+async def stop_group(children: Sequence[Child], clock: Clock) -> None:
+    """SIGTERM, then up to STOP_GRACE_S for all of them, then SIGKILL for the rest."""
+    for child in children:
+        if child.alive():
+            child.popen.send_signal(signal.SIGTERM)
+    deadline = clock.monotonic() + STOP_GRACE_S
+    while any(c.alive() for c in children) and clock.monotonic() < deadline:
+        await clock.sleep(0.1)
+    for child in children:
+        if child.alive():
+            print(f"{child.name} did not stop within {STOP_GRACE_S:g} s of SIGTERM: killed")
+            child.popen.kill()
+            child.popen.wait()
+
+
+# ---------------------------------------------------------------------- target
+
+
+async def target(port: int, clock: Clock) -> web.AppRunner:
     hits = count()
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok")
 
     async def slow(_: web.Request) -> web.Response:
-        await asyncio.sleep(0.4)
+        await clock.sleep(0.4)
         return web.Response(text="slow but fine")
 
     async def flaky(_: web.Request) -> web.Response:
@@ -44,96 +225,333 @@ async def target() -> web.AppRunner:
     app.router.add_get("/flaky", flaky)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", TARGET_PORT).start()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+    except OSError:
+        await runner.cleanup()
+        raise
     return runner
 
 
-def start(name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-    log = (RUN / f"{name}.log").open("wb")
-    env = {**os.environ, "CLUSTERCHECKS_LOG_FORMAT": "json"}
-    return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+# ------------------------------------------------------------------- rendering
 
 
-def get(path: str) -> dict[str, object]:
-    with urllib.request.urlopen(DISPATCHER + path, timeout=2) as response:
-        data: dict[str, object] = json.load(response)
-        return data
+def what(check: wire.CheckDetailOut) -> str:
+    instance = check.instances[0] if check.instances else {}
+    command = instance.get("command")
+    return str(
+        instance.get("url")
+        or (" ".join(map(str, command)) if isinstance(command, list) else None)
+        or instance.get("name")
+        or f"{instance.get('host')}:{instance.get('port')}"
+    )
 
 
-def show() -> None:
-    state = get("/v1/api/clusterchecks")
-    checks = {c["digest"]: c for c in get("/v1/api/clusterchecks/checks")["checks"]}  # type: ignore[index]
-    print(f"\n{'node':<10} {'check':<7} {'target':<36} {'last result'}")
-    for node in state["nodes"]:  # type: ignore[attr-defined]
-        for digest in node["configs"]:
-            check = checks[digest]
-            instance = check["instances"][0]
-            what = (
-                instance.get("url")
-                or " ".join(instance.get("command", []))
-                or instance.get("name")
-                or (f"{instance.get('host')}:{instance.get('port')}")
+def verdict(check: wire.CheckDetailOut) -> str:
+    last = check.last_result
+    if last is None:
+        return "waiting for first run"
+    return "ok" if last.ok else "FAILED: " + "; ".join(last.errors)[:60]
+
+
+def agent_rows(
+    agents: Sequence[Child], nodes: Mapping[str, wire.NodeOut] | None, now: float
+) -> list[str]:
+    """One line per agent: its process, and what the dispatcher makes of it."""
+    rows = [f"{'AGENT':<10} {'PROCESS':<38} AT THE DISPATCHER"]
+    for agent in agents:
+        code = agent.code
+        if code is None:
+            process = f"running (pid {agent.popen.pid})"
+        else:
+            ago = now - agent.exited_at if agent.exited_at is not None else 0.0
+            process = f"{exit_text(code)}, {ago:.0f}s ago"
+        node = nodes.get(agent.name) if nodes is not None else None
+        if nodes is None:
+            seen = "?"
+        elif node is not None and code is None:
+            seen = f"{len(node.configs)} checks, heartbeat {node.heartbeat_age_s:.1f}s ago"
+        elif node is not None:
+            seen = (
+                f"still listed with {len(node.configs)} checks: heartbeat "
+                f"{node.heartbeat_age_s:.1f}s ago, dropped at {EXPIRY_S:g}s"
             )
-            last = check.get("last_result")
-            verdict = (
-                "waiting for first run"
-                if not last
-                else ("ok" if last["ok"] else "FAILED: " + "; ".join(last["errors"])[:60])
+        elif code is None:
+            seen = "not registered (yet)"
+        elif code == 0:
+            seen = "gone: it deregistered, its checks went to the others"
+        else:
+            seen = f"gone: expired ({EXPIRY_S:g}s without heartbeat), its checks went to the others"
+        rows.append(f"{agent.name:<10} {process:<38} {seen}")
+    return rows
+
+
+def check_rows(state: wire.StateOut, checks: Mapping[str, wire.CheckDetailOut]) -> list[str]:
+    rows = [f"{'NODE':<10} {'CHECK':<7} {'TARGET':<36} LAST RESULT"]
+    for node in sorted(state.nodes, key=lambda n: n.name):
+        for digest in node.configs:
+            check = checks.get(digest)
+            if check is not None:
+                rows.append(
+                    f"{node.name:<10} {check.name:<7} {what(check)[:36]:<36} {verdict(check)}"
+                )
+    for digest in state.dangling:
+        check = checks.get(digest)
+        if check is not None:
+            rows.append(f"{'(none)':<10} {check.name:<7} {what(check)[:36]:<36} dangling")
+    return rows
+
+
+def placement(checks: Iterable[wire.CheckDetailOut]) -> dict[str, str | None]:
+    return {c.digest: c.node for c in checks}
+
+
+def moved(before: Mapping[str, str | None], checks: Iterable[wire.CheckDetailOut]) -> list[str]:
+    """A line per check whose node changed since the last table."""
+    lines = []
+    for check in sorted(checks, key=lambda c: (c.name, what(c))):
+        if check.digest not in before or before[check.digest] == check.node:
+            continue
+        was, now = before[check.digest], check.node
+        name = f"{check.name} {what(check)} ({short(check.digest)})"
+        if was is None:
+            lines.append(f"placed: {name} on {now}")
+        elif now is None:
+            lines.append(f"dangling: {name}, was on {was}")
+        else:
+            lines.append(f"moved: {name}: {was} -> {now}")
+    return lines
+
+
+# ------------------------------------------------------------------------ demo
+
+
+@dataclass
+class Demo:
+    opts: Options
+    clock: Clock
+    stop: asyncio.Event
+    dispatcher: Child | None = None
+    agents: list[Child] = field(default_factory=list)
+    placed: dict[str, str | None] = field(default_factory=dict)
+
+    def dispatcher_alive(self) -> None:
+        assert self.dispatcher is not None
+        code = self.dispatcher.code
+        if code is not None:
+            raise DemoFailed(
+                f"the dispatcher {exit_text(code)}: the demo cannot go on without it. "
+                f"The end of {rel(self.dispatcher.log)}:\n{self.dispatcher.tail()}"
             )
-            print(f"{node['name']:<10} {check['name']:<7} {str(what)[:36]:<36} {verdict}")
-    for digest in state["dangling"]:  # type: ignore[attr-defined]
-        print(f"{'(none)':<10} {checks[digest]['name']:<7} dangling")
+
+    def notice_exits(self) -> None:
+        for agent in self.agents:
+            if agent.exited_at is None and not agent.alive():
+                agent.exited_at = self.clock.monotonic()
+                code = agent.code
+                assert code is not None
+                print(
+                    f"{time.strftime('%H:%M:%S')}  {agent.name} {exit_text(code)}; the demo "
+                    f"goes on. The dispatcher gives its checks to the other agents when it "
+                    f"deregisters or has missed heartbeats for {EXPIRY_S:g}s "
+                    f"(log: {rel(agent.log)})"
+                )
+
+    async def pause(self, seconds: float) -> bool:
+        """Waits ``seconds``, watching the children; True when asked to stop."""
+        deadline = self.clock.monotonic() + seconds
+        while True:
+            self.dispatcher_alive()
+            self.notice_exits()
+            left = deadline - self.clock.monotonic()
+            if left <= 0:
+                return False
+            if await self.clock.wait(self.stop, timeout_s=min(POLL_S, left)):
+                return True
+
+    async def wait_ready(self) -> bool:
+        """Polls /readyz until 200; False when asked to stop first."""
+        started = self.clock.monotonic()
+        last = "no answer yet"
+        timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while self.clock.monotonic() - started < READY_TIMEOUT_S:
+                try:
+                    async with session.get(self.opts.url + "/readyz") as reply:
+                        if reply.status == 200:
+                            return True
+                        last = f"/readyz answered {reply.status}: {(await reply.text())[:200]}"
+                except aiohttp.ClientError as exc:
+                    last = connection_problem(exc)
+                except TimeoutError:
+                    last = f"no reply within {REQUEST_TIMEOUT_S:g}s"
+                if await self.pause(0.2):
+                    return False
+        assert self.dispatcher is not None
+        raise DemoFailed(
+            f"the dispatcher did not become ready within {READY_TIMEOUT_S:g}s "
+            f"({self.opts.url}/readyz: {last}). The end of {rel(self.dispatcher.log)}:\n"
+            f"{self.dispatcher.tail()}"
+        )
+
+    async def wait_registered(self, client: AdminClient) -> None:
+        """Until every running agent is registered (or REGISTER_TIMEOUT_S passed)."""
+        deadline = self.clock.monotonic() + REGISTER_TIMEOUT_S
+        names: set[str] = set()
+        registered_at: float | None = None
+        while self.clock.monotonic() < deadline:
+            with contextlib.suppress(AdminError):
+                state = (await client.state()).model
+                names = {n.name for n in state.nodes}
+                if registered_at is None and all(a.name in names for a in self.agents if a.alive()):
+                    registered_at = self.clock.monotonic()
+                # The dispatcher places dangling checks on its next tick (within a
+                # second): wait for it, but not for checks no agent can take.
+                if registered_at is not None and (
+                    state.totals.dangling == 0
+                    or self.clock.monotonic() - registered_at > PLACE_WAIT_S
+                ):
+                    return
+            if await self.pause(0.2):
+                return
+        if registered_at is not None:
+            return
+        missing = [a.name for a in self.agents if a.alive() and a.name not in names]
+        print(f"not every agent registered within {REGISTER_TIMEOUT_S:g}s ({', '.join(missing)})")
+
+    def start_dispatcher(self) -> None:
+        opts = self.opts
+        self.dispatcher = start("dispatcher", [
+            str(BIN / "clusterchecks-dispatcher"), "--config-dir", str(opts.config_dir),
+            "--port", str(opts.port), "--heartbeat-interval", f"{HEARTBEAT_S:g}",
+            "--node-expiration-timeout", f"{EXPIRY_S:g}", "--identity", "demo",
+        ], opts)  # fmt: skip
+
+    def start_agents(self) -> None:
+        opts = self.opts
+        for (name, labels), port in zip(AGENTS, opts.agent_ports, strict=True):
+            self.agents.append(start(name, [
+                str(BIN / "clusterchecks-agent"), "--name", name, "--port", str(port),
+                "--dispatcher-url", opts.url, "--labels", labels,
+                "--allow-exec", str(ROOT / "examples" / "checks"),
+                "--allow-exec", "/bin", "--allow-exec", "/usr/bin",
+            ], opts))  # fmt: skip
+
+    def banner(self, ready_after: float) -> None:
+        opts, url = self.opts, self.opts.url
+        admin = rel(BIN / "clusterchecks-dispatcher")
+        if opts.port != DEFAULT_PORT:
+            admin += f" --url {url}"
+        agents = ", ".join(f"{a.name} (pid {a.popen.pid})" for a in self.agents)
+        ports = f"{min(opts.agent_ports)}-{max(opts.agent_ports)}"
+        print(
+            f"dispatcher  {url}  ready after {ready_after:.1f}s   "
+            f"(state: {url}/v1/api/clusterchecks)"
+        )
+        print(f"agents      {agents}")
+        print(f"status page {url}/v1/api/clusterchecks/results")
+        print(f"metrics     {url}/metrics   agents: 127.0.0.1:{ports}/metrics")
+        print(f"admin       {admin} state   (also checks, results, rebalance --dry-run, ...)")
+        print(
+            f"try         kill -9 $(cat {rel(opts.run_dir / 'agent-a.pid')})   its checks "
+            f"move to the others after {EXPIRY_S:g}s without heartbeat"
+        )
+        print(f"logs        {rel(opts.run_dir)}/*.log   Ctrl-C stops everything")
+
+    async def show(self, client: AdminClient) -> None:
+        now = self.clock.monotonic()
+        stamp = time.strftime("%H:%M:%S")
+        try:
+            state = (await client.state()).model
+            listing = (await client.checks()).model.checks
+        except AdminError as exc:
+            print(f"\n{stamp}  the dispatcher is not answering: {exc.message}")
+            print("\n".join(agent_rows(self.agents, None, now)))
+            return
+        totals = state.totals
+        print(
+            f"\n{stamp}  leader {state.leader or 'none'}, {totals.nodes} agents registered, "
+            f"{totals.checks} checks ({totals.dispatched} running, {totals.dangling} dangling)"
+        )
+        print("\n".join(agent_rows(self.agents, {n.name: n for n in state.nodes}, now)))
+        print()
+        print("\n".join(check_rows(state, {c.digest: c for c in listing})))
+        for line in moved(self.placed, listing):
+            print(line)
+        self.placed = placement(listing)
+
+    async def run(self) -> None:
+        opts = self.opts
+        self.start_dispatcher()
+        started = self.clock.monotonic()
+        if not await self.wait_ready():
+            return
+        ready_after = self.clock.monotonic() - started
+        self.start_agents()
+        self.banner(ready_after)
+        target_ = Target(url=opts.url, token=None, timeout_s=REQUEST_TIMEOUT_S)
+        async with connect(target_) as client:
+            await self.wait_registered(client)
+            while not self.stop.is_set():
+                await self.show(client)
+                if await self.pause(opts.every_s):
+                    break
+
+    async def shutdown(self) -> None:
+        # Agents first, so that they can deregister from a dispatcher still running.
+        await stop_group(self.agents, self.clock)
+        if self.dispatcher is not None:
+            await stop_group([self.dispatcher], self.clock)
+        for child in [*self.agents, *([self.dispatcher] if self.dispatcher else [])]:
+            child.pid_file.unlink(missing_ok=True)
 
 
-async def main() -> None:
-    RUN.mkdir(exist_ok=True)
-    runner = await target()
-    procs = [
-        start("dispatcher", [
-            str(BIN / "clusterchecks-dispatcher"), "--config-dir", "examples/conf.d",
-            "--heartbeat-interval", "2", "--node-expiration-timeout", "6", "--identity", "demo",
-        ]),
-    ]  # fmt: skip
-    for name, port, labels in AGENTS:
-        procs.append(start(name, [
-            str(BIN / "clusterchecks-agent"), "--name", name, "--port", str(port),
-            "--labels", labels, "--allow-exec", str(ROOT / "examples" / "checks"),
-            "--allow-exec", "/bin", "--allow-exec", "/usr/bin",
-        ]))  # fmt: skip
-    print(f"dispatcher  {DISPATCHER}   (state: {DISPATCHER}/v1/api/clusterchecks)")
-    print(f"status page {DISPATCHER}/v1/api/clusterchecks/results")
-    print(f"metrics     {DISPATCHER}/metrics   agents: 127.0.0.1:5016-5018/metrics")
-    print(f"logs        {RUN}/*.log            Ctrl-C stops everything")
+def rel(path: Path) -> str:
+    """A path as the reader would type it from the project directory."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+async def main(argv: Sequence[str]) -> int:
+    opts = parse(argv)
+    opts.run_dir.mkdir(parents=True, exist_ok=True)
+    clock = SystemClock()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    stale = leftovers(opts.run_dir)
+    if stale:
+        print(
+            f"warning: processes of an earlier run still live: {', '.join(stale)}; "
+            f"stop them with: kill $(cat {rel(opts.run_dir)}/*.pid)"
+        )
     try:
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 5)
-            if stop.is_set():
-                break
-            dead = [p.args[0] for p in procs if p.poll() is not None]
-            if dead:
-                print(f"a process exited: {dead}; see {RUN}/*.log")
-                break
-            try:
-                show()
-            except OSError as exc:
-                print(f"dispatcher not answering yet: {exc}")
+        runner = await target(opts.target_port, clock)
+    except OSError as exc:
+        print(
+            f"error: cannot listen on 127.0.0.1:{opts.target_port} for the checks' target: "
+            f"{exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 1
+    demo = Demo(opts, clock, stop)
+    code = 0
+    try:
+        await demo.run()
+    except DemoFailed as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        code = 1
     finally:
-        # Agents first, so that they can deregister from a dispatcher still running.
-        for group in (procs[1:], procs[:1]):
-            for proc in group:
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-            for proc in group:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=10)
+        await demo.shutdown()
         await runner.cleanup()
-        print("stopped")
+        print("stopped" if code == 0 else "stopped (the dispatcher failed)")
+    return code
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    # Tables go to a pipe too (tests, `| tee`): one line at a time.
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    sys.exit(asyncio.run(main(sys.argv[1:])))

@@ -1,0 +1,280 @@
+"""End to end: `make run`'s script (scripts/demo.py) with its real processes, on free
+ports and a copy of the example checks that probe the demo's own target there.
+
+What the README promises a newcomer: the first table shows every agent registered and
+no check dangling; ``kill -9`` an agent and the demo goes on, reports it, and shows its
+checks moving to the others once it has missed heartbeats for the demo's expiry;
+Ctrl-C (SIGINT) stops every child and exits 0. And what it does when it cannot go on:
+the dispatcher dying ends the demo with a clear message and exit status 1.
+
+Bounds are seconds derived from the demo's own settings (read from the script), plus a
+margin for a busy machine.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from tests.processes import ROOT, free_port
+
+pytestmark = pytest.mark.e2e
+
+SCRIPT = ROOT / "scripts" / "demo.py"
+MARGIN_S = 10.0
+"""Slack for a loaded machine on top of every bound the demo's settings give."""
+
+
+def load_demo() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("clusterchecks_demo", SCRIPT)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    # dataclasses look their module up while the class is made.
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+DEMO = load_demo()
+EVERY_S = 1.0
+"""The tests ask for a table every second (the demo's default is five)."""
+TICK_S = min(1.0, DEMO.EXPIRY_S / 4)
+"""The dispatcher's expiry tick (DispatchSettings.tick_interval_s)."""
+START_BOUND_S = DEMO.READY_TIMEOUT_S + DEMO.REGISTER_TIMEOUT_S + DEMO.PLACE_WAIT_S + MARGIN_S
+MOVE_BOUND_S = DEMO.EXPIRY_S + TICK_S + EVERY_S + MARGIN_S
+"""From kill -9 to the table showing the agent's checks elsewhere: its last heartbeat
+was before the kill, so it expires within EXPIRY_S of it, on the next tick; the next
+table shows it."""
+STOP_BOUND_S = 2 * DEMO.STOP_GRACE_S + MARGIN_S
+"""Agents, then the dispatcher, each group within its grace."""
+
+
+@dataclass
+class Output:
+    """The demo's stdout and stderr, line by line, read by a thread as they come."""
+
+    lines: list[str] = field(default_factory=list)
+    changed: threading.Condition = field(default_factory=threading.Condition)
+    closed: bool = False
+
+    def follow(self, stream: Any) -> None:
+        for line in stream:
+            with self.changed:
+                self.lines.append(line.rstrip("\n"))
+                self.changed.notify_all()
+        with self.changed:
+            self.closed = True
+            self.changed.notify_all()
+
+    def wait_for(self, matches: Callable[[str], bool], *, after: int = 0, timeout_s: float) -> int:
+        """The index of the first line from ``after`` on that ``matches``."""
+        deadline = time.monotonic() + timeout_s
+        with self.changed:
+            while True:
+                for i in range(after, len(self.lines)):
+                    if matches(self.lines[i]):
+                        return i
+                left = deadline - time.monotonic()
+                if left <= 0 or self.closed:
+                    text = "\n".join(self.lines[-80:])
+                    raise AssertionError(f"no such line within {timeout_s:g}s:\n{text}")
+                self.changed.wait(timeout=left)
+
+    def text(self) -> str:
+        with self.changed:
+            return "\n".join(self.lines)
+
+
+@dataclass
+class Running:
+    popen: subprocess.Popen[str]
+    out: Output
+    url: str
+    run_dir: Path
+
+    def pids(self) -> dict[str, int]:
+        return {p.stem: int(p.read_text()) for p in self.run_dir.glob("*.pid")}
+
+    def placement(self) -> dict[str, str | None]:
+        with urllib.request.urlopen(f"{self.url}/v1/api/clusterchecks/checks", timeout=5) as r:
+            checks: list[dict[str, Any]] = json.load(r)["checks"]
+        return {c["digest"]: c["node"] for c in checks}
+
+    def table_start(self, after: int = 0) -> int:
+        return self.out.wait_for(
+            lambda line: "agents registered" in line, after=after, timeout_s=MOVE_BOUND_S
+        )
+
+
+def starts_and_has(start: str, part: str) -> Callable[[str], bool]:
+    return lambda line: line.startswith(start) and part in line
+
+
+def alive(pid: int) -> bool:
+    """Whether a clusterchecks process still runs under that pid (not a zombie)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"clusterchecks" in cmdline and "\nState:\tZ" not in status
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> Iterator[Running]:
+    port, target_port = free_port(), free_port()
+    agent_ports = [free_port() for _ in range(3)]
+    conf = tmp_path / "conf.d"
+    conf.mkdir()
+    for example in (ROOT / "examples" / "conf.d").glob("*.yaml"):
+        text = example.read_text().replace("127.0.0.1:8099", f"127.0.0.1:{target_port}")
+        (conf / example.name).write_text(text.replace("port: 8099", f"port: {target_port}"))
+    run_dir = tmp_path / "run"
+    argv = [
+        sys.executable, str(SCRIPT), "--port", str(port),
+        "--agent-ports", ",".join(map(str, agent_ports)), "--target-port", str(target_port),
+        "--config-dir", str(conf), "--run-dir", str(run_dir), "--every", f"{EVERY_S:g}",
+    ]  # fmt: skip
+    popen = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if not k.startswith("CLUSTERCHECKS_")},
+    )  # fmt: skip
+    out = Output()
+    reader = threading.Thread(target=out.follow, args=(popen.stdout,), daemon=True)
+    reader.start()
+    running = Running(popen, out, f"http://127.0.0.1:{port}", run_dir)
+    pids: dict[str, int] = {}
+    try:
+        out.wait_for(lambda line: line.startswith("agents "), timeout_s=START_BOUND_S)
+        pids = running.pids()
+        yield running
+    finally:
+        if popen.poll() is None:
+            popen.send_signal(signal.SIGINT)
+            try:
+                popen.wait(timeout=STOP_BOUND_S)
+            except subprocess.TimeoutExpired:
+                popen.kill()
+                popen.wait()
+        for pid in pids.values():  # never leave a child behind, even when a test failed
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        reader.join(timeout=5)
+        if popen.stdout is not None:
+            popen.stdout.close()
+
+
+def test_the_first_table_has_every_agent_and_no_check_dangling(demo: Running) -> None:
+    first = demo.table_start()
+    assert re.search(r"3 agents registered, 7 checks \(7 running, 0 dangling\)",
+                     demo.out.lines[first]), demo.out.text()  # fmt: skip
+    text = demo.out.text()
+    assert "dangling" not in "\n".join(demo.out.lines[first + 1 : first + 16])
+    # The agents started after the dispatcher was ready: none logged a refused connection.
+    for name in ("agent-a", "agent-b", "agent-c"):
+        log = (demo.run_dir / f"{name}.log").read_text()
+        assert "onnection refused" not in log, log[-2000:]
+    assert "ready after" in text
+
+
+@pytest.mark.timeout(180)
+def test_an_agent_killed_is_reported_its_checks_move_and_ctrl_c_stops_everything(
+    demo: Running,
+) -> None:
+    demo.table_start()
+    pids = demo.pids()
+    assert set(pids) == {"dispatcher", "agent-a", "agent-b", "agent-c"}
+    on_a = {d for d, node in demo.placement().items() if node == "agent-a"}
+    assert on_a, "the dispatcher gave agent-a nothing to run"
+
+    os.kill(pids["agent-a"], signal.SIGKILL)
+    killed_at = time.monotonic()
+
+    seen = demo.out.wait_for(
+        lambda line: "agent-a killed by SIGKILL; the demo goes on" in line,
+        timeout_s=DEMO.POLL_S + MARGIN_S,
+    )
+    # The table reports it: first still listed at the dispatcher, then gone, and each of
+    # its checks moved to another agent.
+    row = demo.out.wait_for(
+        lambda line: line.startswith("agent-a ") and "gone: expired" in line,
+        after=seen,
+        timeout_s=MOVE_BOUND_S,
+    )
+    assert "killed by SIGKILL" in demo.out.lines[row]
+    moves: dict[str, int] = {}
+    for digest in sorted(on_a):
+        moved_from_a = f"({digest[:12]}): agent-a -> "
+        moves[digest] = demo.out.wait_for(
+            starts_and_has("moved: ", moved_from_a),
+            after=seen,
+            timeout_s=max(0.0, MOVE_BOUND_S - (time.monotonic() - killed_at)),
+        )
+    for index in moves.values():
+        assert re.search(r": agent-a -> agent-[bc]$", demo.out.lines[index])
+    assert all(node in ("agent-b", "agent-c") for node in demo.placement().values())
+
+    # Still running, tables still coming.
+    after = max(moves.values())
+    demo.table_start(after=after)
+    assert demo.popen.poll() is None
+
+    demo.popen.send_signal(signal.SIGINT)
+    assert demo.popen.wait(timeout=STOP_BOUND_S) == 0, demo.out.text()[-3000:]
+    demo.out.wait_for(lambda line: line == "stopped", after=after, timeout_s=MARGIN_S)
+    assert [name for name, pid in pids.items() if alive(pid)] == []
+    assert list(demo.run_dir.glob("*.pid")) == []
+    assert "Traceback" not in demo.out.text()
+    # The agents still running left the dispatcher before it stopped.
+    for name in ("agent-b", "agent-c"):
+        assert '"deregistered":true' in (demo.run_dir / f"{name}.log").read_text()
+
+
+@pytest.mark.timeout(120)
+def test_the_dispatcher_dying_ends_the_demo_with_a_message_and_status_1(demo: Running) -> None:
+    demo.table_start()
+    pids = demo.pids()
+    os.kill(pids["dispatcher"], signal.SIGKILL)
+    assert demo.popen.wait(timeout=DEMO.POLL_S + STOP_BOUND_S) == 1
+    demo.out.wait_for(lambda line: line.startswith("stopped"), timeout_s=MARGIN_S)
+    text = demo.out.text()
+    assert "error: the dispatcher killed by SIGKILL: the demo cannot go on without it" in text
+    assert [name for name, pid in pids.items() if alive(pid)] == []
+    assert "Traceback" not in text
+
+
+@pytest.mark.timeout(60)
+def test_a_dispatcher_that_cannot_start_is_reported_with_its_log(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "conf.d"
+    not_a_dir.write_text("")
+    argv = [
+        sys.executable, str(SCRIPT), "--port", str(free_port()),
+        "--agent-ports", ",".join(str(free_port()) for _ in range(3)),
+        "--target-port", str(free_port()), "--config-dir", str(not_a_dir),
+        "--run-dir", str(tmp_path / "run"),
+    ]  # fmt: skip
+    done = subprocess.run(
+        argv, check=False, capture_output=True, text=True, cwd=ROOT,
+        timeout=DEMO.READY_TIMEOUT_S + MARGIN_S,
+    )  # fmt: skip
+    assert done.returncode == 1, done
+    assert "error: the dispatcher exited with code 2" in done.stderr
+    assert "dispatcher.log" in done.stderr
+    assert "config" in done.stderr.split("dispatcher.log", 1)[1]  # the log's own words
+    assert list((tmp_path / "run").glob("agent-*.log")) == []  # no agent was started
