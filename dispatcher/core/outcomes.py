@@ -2,7 +2,8 @@
 
 Plain frozen records (``Events`` is the one mutable collector): the state fills them,
 the engine logs them, wakes long polls with them and the API converts them. Nothing
-here reads the state.
+here reads the state; the one rule here, whether a rebalance plan is applied, follows
+from the plan and the caller's flags alone.
 """
 
 from __future__ import annotations
@@ -48,6 +49,28 @@ class RebalanceOutcome:
     reason: str
     """Why: ``applied``, ``dry_run``, ``nothing_to_move``, ``gain_too_small``,
     ``warming_up``."""
+
+    @classmethod
+    def of(cls, plan: Plan, *, warming_up: bool, dry_run: bool, force: bool) -> RebalanceOutcome:
+        """Whether ``plan`` is to be applied (``applied``: the caller makes its moves)
+        and why not: nothing moves while warming up or without moves, a dry run only
+        reports, and a plan that is not worthwhile waits unless forced."""
+        planned = [
+            Move(
+                m.digest, m.check_name, m.cost, m.source, m.dest,
+                loads=(m.source_before, m.source_after, m.dest_before, m.dest_after),
+            )
+            for m in plan.moves
+        ]  # fmt: skip
+        if warming_up:
+            return cls(plan, [], applied=False, reason="warming_up")
+        if not planned:
+            return cls(plan, [], applied=False, reason="nothing_to_move")
+        if dry_run:
+            return cls(plan, planned, applied=False, reason="dry_run")
+        if not plan.worthwhile and not force:
+            return cls(plan, planned, applied=False, reason="gain_too_small")
+        return cls(plan, planned, applied=True, reason="applied")
 
 
 @dataclass(frozen=True, slots=True)

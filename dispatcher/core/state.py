@@ -494,24 +494,11 @@ class ClusterState:
         plan = self.plan_rebalance(
             margin=margin, min_improvement=min_improvement, moves=not warming_up
         )
-        planned = [
-            Move(
-                m.digest, m.check_name, m.cost, m.source, m.dest,
-                loads=(m.source_before, m.source_after, m.dest_before, m.dest_after),
-            )
-            for m in plan.moves
-        ]  # fmt: skip
-        if warming_up:
-            return RebalanceOutcome(plan, [], applied=False, reason="warming_up")
-        if not planned:
-            return RebalanceOutcome(plan, [], applied=False, reason="nothing_to_move")
-        if dry_run:
-            return RebalanceOutcome(plan, planned, applied=False, reason="dry_run")
-        if not plan.worthwhile and not force:
-            return RebalanceOutcome(plan, planned, applied=False, reason="gain_too_small")
-        for move in planned:
-            self._relocate(move.digest, self._nodes[move.dest_node], reason="rebalanced")
-        return RebalanceOutcome(plan, planned, applied=True, reason="applied")
+        outcome = RebalanceOutcome.of(plan, warming_up=warming_up, dry_run=dry_run, force=force)
+        if outcome.applied:
+            for move in outcome.moves:
+                self._relocate(move.digest, self._nodes[move.dest_node], reason="rebalanced")
+        return outcome
 
     # ----------------------------------------------------------------- results
 
