@@ -5,6 +5,13 @@ Pure and synchronous: no I/O, no clock. Every method that depends on time takes 
 the dispatcher holds one external lock around every call, so a heartbeat, a schedule and
 an expiry never interleave.
 
+This is the one aggregate: placement, the nodes' check sets, costs, the load index, the
+change counter and the changed-record tracker move together (``_attach``/``_detach``).
+What does not need to move with them lives beside it: the records a store keeps
+(``snapshot``), what operations report (``outcomes``), which sources hold which checks
+(``holdings``), results (``results``), the explanation sentence (``explain``) and the
+planner (``rebalance``).
+
 Each operation records what it decided (``Decision``) and which nodes' configs changed;
 the caller drains those with ``take_events()`` to log them and wake long polls.
 
