@@ -19,6 +19,9 @@ from pydantic import (
     model_validator,
 )
 
+API_PREFIX = "/v1/api/clusterchecks"
+"""Where the leader-only routes of API.md live; node agents and admin commands build
+their URLs from it, so the prefix is written once."""
 NAME_PATTERN = r"^[A-Za-z0-9._-]{1,253}$"
 SOURCE_NAME_PATTERN = r"^[A-Za-z0-9._:-]{1,253}$"
 """Source names may also hold ':', as the dispatcher's own sources do (``file:web.yaml``)."""
@@ -26,6 +29,8 @@ INTERNAL_SOURCE_PREFIXES = ("file:", "k8s:")
 """Sources the dispatcher feeds itself: readable through the API, not writable."""
 DIGEST_PATTERN = r"^[0-9a-f]{16,64}$"
 CHECK_NAME_PATTERN = r"^[a-z0-9_]{1,64}$"
+COMPONENT_NAME_PATTERN = r"^[a-z0-9_]{1,64}$"
+"""Health component names (``store``, ``config_sources``): snake_case, as the code names them."""
 MAX_INT64 = 2**63 - 1
 MAX_WAIT_S = 60.0
 

@@ -12,9 +12,11 @@ import re
 import secrets
 import time
 
+import orjson
 import structlog
 from aiohttp import web
 
+from dispatcher.api import openapi
 from dispatcher.api.forward import FORWARDED_HEADER, forward, session_context
 from dispatcher.api.keys import (
     CLOCK,
@@ -22,12 +24,14 @@ from dispatcher.api.keys import (
     HEALTH,
     LEADERSHIP,
     METRICS,
+    OPENAPI,
     REPLICAS,
     ROLE,
     SETTINGS,
     Role,
 )
-from dispatcher.api.routes import ROUTES, ROUTES_BY_NAME, Handler, Route
+from dispatcher.api.routes import ROUTES, ROUTES_BY_NAME
+from dispatcher.api.table import Handler, Route
 from dispatcher.common.clock import Clock
 from dispatcher.common.health import HealthRegistry
 from dispatcher.common.httperrors import respond
@@ -84,6 +88,7 @@ def create_app(
         period_s=settings.health.replica_status_period_s,
         clock=clock,
     )
+    app[OPENAPI] = orjson.dumps(openapi.document(ROUTES, server_url=settings.server.url))
     app.cleanup_ctx.append(session_context)
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler, name=route.name)

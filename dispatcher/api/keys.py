@@ -23,6 +23,8 @@ METRICS = web.AppKey("metrics", DispatcherMetrics)
 CLOCK = web.AppKey("clock", Clock)
 REPLICAS = web.AppKey("replicas", ReplicaReporter)
 FORWARD_SESSION = web.AppKey("forward_session", aiohttp.ClientSession)
+OPENAPI = web.AppKey("openapi", bytes)
+"""The OpenAPI document of the app's routes, serialised once when the app is built."""
 
 
 class Role(enum.Enum):

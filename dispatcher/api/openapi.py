@@ -1,28 +1,46 @@
-"""The OpenAPI 3 document, generated from the route table and its pydantic models."""
+"""The OpenAPI 3 document, generated from the route table and its pydantic models.
+
+``create_app`` builds it once from ``routes.ROUTES``; this module knows the table's
+shape (``table``) but not the table itself, so it cannot import its way back into the
+routes (an import-linter contract holds that).
+"""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from dispatcher import wire
-from dispatcher.api.routes import Route
+from dispatcher.api.table import JSON, PATH_PARAMS, Route
 
 _REF = "#/components/schemas/{model}"
 _STATUS_TEXT = {
-    400: "Invalid JSON or request",
+    200: "OK",
+    400: "Invalid JSON, request, name or query parameter",
     401: "Missing or wrong token",
     403: "Token of the wrong role",
-    404: "Unknown node, check or route",
+    404: "Unknown node, check or component",
     409: "Conflict",
-    413: "Body larger than 4 MiB",
+    413: "Body larger than the limit",
     415: "Body is not application/json",
-    503: "No leader known, or unhealthy",
+    503: "No leader known, the leader or the store does not answer, or unhealthy",
     508: "Forwarding loop",
 }
+_HEADERS: dict[str, Any] = {
+    "RequestId": {
+        "description": "The request's id (the caller's X-Request-Id when well-formed).",
+        "required": True,
+        "schema": {"type": "string"},
+    },
+    "RetryAfter": {
+        "description": "Seconds to wait before retrying.",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 0},
+    },
+}
+_REQUEST_ID = {"X-Request-Id": {"$ref": "#/components/headers/RequestId"}}
 
 
 def document(routes: tuple[Route, ...], *, server_url: str) -> dict[str, Any]:
@@ -45,6 +63,7 @@ def document(routes: tuple[Route, ...], *, server_url: str) -> dict[str, Any]:
         "paths": paths,
         "components": {
             "schemas": schemas.get("$defs", {}),
+            "headers": _HEADERS,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }
@@ -57,9 +76,11 @@ def _operation(route: Route, keys: dict[Any, dict[str, Any]]) -> dict[str, Any]:
         op["tags"] = [route.role.value]
         op["description"] = f"Role: {route.role.value} (or admin)."
     params = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-        for name in re.findall(r"{(\w+)}", route.path)
-    ]
+        {"name": name, "in": "path", "required": True,
+         "schema": {"type": "string", "pattern": PATH_PARAMS[name].pattern},
+         "description": PATH_PARAMS[name].description}
+        for name in route.path_params
+    ]  # fmt: skip
     params += [
         {"name": q.name, "in": "query", "required": False, "schema": q.schema,
          "description": q.description}
@@ -70,30 +91,33 @@ def _operation(route: Route, keys: dict[Any, dict[str, Any]]) -> dict[str, Any]:
     if route.body is not None:
         op["requestBody"] = {
             "required": not route.body_optional,
-            "content": {"application/json": {"schema": keys[(route.body, "validation")]}},
+            "content": {JSON: {"schema": keys[(route.body, "validation")]}},
         }
-    responses: dict[str, Any] = {}
+    reply: dict[str, Any]
     if route.reply is not None:
-        responses["200"] = {
-            "description": "OK",
-            "content": {"application/json": {"schema": keys[(route.reply, "serialization")]}},
-        }
-    elif route.name == "metrics":
-        responses["200"] = {"description": "Prometheus text", "content": {"text/plain": {}}}
+        reply = {route.media_type: {"schema": keys[(route.reply, "serialization")]}}
+    elif route.media_type == JSON:
+        reply = {JSON: {}}
     else:
-        responses["200"] = {"description": "OK", "content": {"application/json": {}}}
-    codes: set[int] = set(route.errors)
-    if route.body is not None:
-        codes |= {400, 413, 415}
-    if route.role is not None:
-        codes |= {400, 401, 403}
-    if route.leader_only:
-        codes |= {503, 508}
-    error_schema = keys[(wire.ErrorOut, "serialization")]
-    for code in sorted(codes):
+        reply = {route.media_type: {"schema": {"type": "string"}}}
+    responses: dict[str, Any] = {
+        str(code): {
+            "description": _STATUS_TEXT.get(code, "Reply"),
+            "headers": _REQUEST_ID,
+            "content": reply,
+        }
+        for code in route.reply_statuses
+    }
+    error = {JSON: {"schema": keys[(wire.ErrorOut, "serialization")]}}
+    for code in sorted(route.error_statuses()):
+        headers = dict(_REQUEST_ID)
+        if code == 503:
+            # Every 503 with the error body is an Unavailable, which says when to retry.
+            headers["Retry-After"] = {"$ref": "#/components/headers/RetryAfter"}
         responses[str(code)] = {
             "description": _STATUS_TEXT.get(code, "Error"),
-            "content": {"application/json": {"schema": error_schema}},
+            "headers": headers,
+            "content": error,
         }
-    op["responses"] = responses
+    op["responses"] = dict(sorted(responses.items()))
     return op

@@ -1,16 +1,14 @@
-"""Every route of API.md: a table (method, path, role, wire models) and thin handlers.
+"""Every route of API.md: thin handlers and the table of routes (``ROUTES``).
 
 The table drives the router, the auth and leadership middleware and the OpenAPI
-document, so the three cannot disagree.
+document, so the three cannot disagree; what a route declares is ``table.Route``.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import orjson
 import pydantic_core
@@ -25,11 +23,12 @@ from dispatcher.api.keys import (
     HEALTH,
     LEADERSHIP,
     METRICS,
+    OPENAPI,
     REPLICAS,
     ROLE,
-    SETTINGS,
     Role,
 )
+from dispatcher.api.table import PATH_PARAMS, QueryParam, Route
 from dispatcher.common.health import Verdict, component_body, verdict_body
 from dispatcher.common.validation import field_problems, summary
 from dispatcher.core.model import Digest, NodeName, SourceName
@@ -47,33 +46,9 @@ from dispatcher.errors import (
 from dispatcher.replicas import replica_out
 
 M = TypeVar("M", bound=BaseModel)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-_NAME = re.compile(wire.NAME_PATTERN)
-_SOURCE_NAME = re.compile(wire.SOURCE_NAME_PATTERN)
-
-
-@dataclass(frozen=True, slots=True)
-class QueryParam:
-    name: str
-    schema: dict[str, Any]
-    description: str
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    name: str
-    method: str
-    path: str
-    handler: Handler
-    role: Role | None
-    summary: str
-    body: type[BaseModel] | None = None
-    reply: type[BaseModel] | None = None
-    query: tuple[QueryParam, ...] = ()
-    leader_only: bool = True
-    body_optional: bool = False
-    errors: tuple[int, ...] = ()
+_PATH_PATTERNS = {name: re.compile(param.pattern) for name, param in PATH_PARAMS.items()}
+_SOURCE_NAME = _PATH_PATTERNS["source"]
 
 
 # ------------------------------------------------------------------- helpers
@@ -116,10 +91,8 @@ def invalid_request(exc: ValidationError) -> InvalidRequest:
 
 def path_name(request: web.Request, key: str) -> str:
     value = request.match_info[key]
-    pattern, allowed = (
-        (_SOURCE_NAME, "A-Za-z0-9._:-") if key == "source" else (_NAME, "A-Za-z0-9._-")
-    )
-    if not pattern.fullmatch(value):
+    allowed = "A-Za-z0-9._:-" if key == "source" else "A-Za-z0-9._-"
+    if not _PATH_PATTERNS[key].fullmatch(value):
         raise InvalidRequest(
             f"Invalid {key} name {value[:80]!r}: use 1 to 253 characters of [{allowed}].",
             details={"fields": [{"path": key, "message": "invalid name"}]},
@@ -409,24 +382,17 @@ async def get_metrics(request: web.Request) -> web.Response:
 
 
 async def get_openapi(request: web.Request) -> web.Response:
-    url = request.app[SETTINGS].server.url
-    body = _OPENAPI_CACHE.get(url)
-    if body is None:
-        from dispatcher.api.openapi import document
-
-        body = _OPENAPI_CACHE[url] = orjson.dumps(document(ROUTES, server_url=url))
-    return web.Response(body=body, content_type="application/json")
-
-
-_OPENAPI_CACHE: dict[str, bytes] = {}
+    # Built once by create_app from this table (the document never changes while the
+    # app runs).
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")
 
 
 # -------------------------------------------------------------------- table
 
-API = "/v1/api/clusterchecks"
+API = wire.API_PREFIX
 _SINCE = QueryParam(
     "since",
-    {"type": "integer", "minimum": -1},
+    {"type": "integer", "minimum": -1, "maximum": wire.MAX_INT64},
     "Long poll: answer once the node's change counter differs from this.",
 )
 _WAIT = QueryParam(
@@ -449,14 +415,16 @@ ROUTES: tuple[Route, ...] = (
     Route("node_results", "POST", API + "/results/{node}", post_results, Role.NODE,
           "Report check results.", wire.ResultsIn, wire.ResultsOut),
     Route("source_put", "PUT", API + "/sources/{source}", put_source, Role.SOURCE,
-          "Replace a source's whole set of configs.", wire.SourcePutIn, wire.SourcePutOut),
+          "Replace a source's whole set of configs.", wire.SourcePutIn, wire.SourcePutOut,
+          errors=(409,)),
     Route("source_get", "GET", API + "/sources/{source}", get_source, Role.SOURCE,
           "A source's configs.", None, wire.SourceGetOut),
     Route("checks_add", "POST", API + "/checks", post_checks, Role.SOURCE,
-          "Add configs to a source's set.", wire.ChecksPostIn, wire.ChecksPostOut),
+          "Add configs to a source's set.", wire.ChecksPostIn, wire.ChecksPostOut,
+          errors=(409,)),
     Route("check_delete", "DELETE", API + "/checks/{digest}", delete_check, Role.SOURCE,
           "Remove a check from a source (or every source).", None, wire.RemovedOut,
-          query=(_SOURCE,), errors=(404,)),
+          query=(_SOURCE,), errors=(404, 409)),
     Route("state", "GET", API, get_state, Role.ADMIN,
           "The dispatcher's state: nodes, placements, dangling checks.", None, wire.StateOut),
     Route("checks_list", "GET", API + "/checks", list_checks, Role.ADMIN,
@@ -477,18 +445,18 @@ ROUTES: tuple[Route, ...] = (
     Route("results", "GET", API + "/results", get_results, Role.ADMIN,
           "The status page: every check's last result.", None, wire.ResultsPageOut),
     Route("replicas", "GET", API + "/replicas", get_replicas, Role.ADMIN,
-          "Every dispatcher replica known through the shared store.", None, wire.ReplicasOut,
-          errors=(503,)),
+          "Every dispatcher replica known through the shared store.", None, wire.ReplicasOut),
     Route("healthz", "GET", "/healthz", get_healthz, None,
-          "Liveness.", None, wire.HealthOut, leader_only=False, errors=(503,)),
+          "Liveness.", None, wire.HealthOut, reply_statuses=(200, 503), leader_only=False),
     Route("readyz", "GET", "/readyz", get_readyz, None,
-          "Readiness.", None, wire.HealthOut, leader_only=False, errors=(503,)),
+          "Readiness.", None, wire.HealthOut, reply_statuses=(200, 503), leader_only=False),
     Route("health_components", "GET", "/v1/api/health/components", get_components, None,
           "Every health component.", None, wire.HealthOut, leader_only=False),
     Route("health_component", "GET", "/v1/api/health/components/{name}", get_component, None,
           "One health component.", None, wire.ComponentOut, leader_only=False, errors=(404,)),
     Route("metrics", "GET", "/metrics", get_metrics, None,
-          "Prometheus metrics.", leader_only=False),
+          "Prometheus metrics.", media_type=CONTENT_TYPE_LATEST.partition(";")[0],
+          leader_only=False),
     Route("openapi", "GET", "/v1/api/openapi.json", get_openapi, None,
           "This document.", leader_only=False),
 )  # fmt: skip

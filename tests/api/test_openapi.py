@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from dispatcher.api.routes import ROUTES, ROUTES_BY_NAME
-from dispatcher.settings import Settings
-from tests.api.conftest import API, AUTH, CALLS, Api, ApiFactory, Call, call_id, prepare, send
+from dispatcher import wire
+from dispatcher.api.keys import OPENAPI
+from dispatcher.api.routes import ROUTES, ROUTES_BY_NAME, get_state
+from dispatcher.api.table import Route
+from dispatcher.common.health import Status
+from dispatcher.settings import ServerSettings, Settings
+from tests.api.conftest import (
+    API,
+    AUTH,
+    CALLS,
+    Api,
+    ApiFactory,
+    Call,
+    Reply,
+    call_id,
+    check,
+    prepare,
+    send,
+)
 
 # Every route of API.md, written out from the contract
 # rather than read from the route table, so that a route missing from both is caught.
@@ -105,6 +124,17 @@ def schema_name(ref: str) -> str:
     return ref[len(prefix) :]
 
 
+def resolve(doc: dict[str, Any], ref: str) -> Any:
+    """The node a local reference (``#/a/b``) points at; fails if there is none."""
+    assert ref.startswith("#/"), ref
+    node: Any = doc
+    for part in ref[2:].split("/"):
+        assert isinstance(node, dict), (ref, part)
+        assert part in node, (ref, part)
+        node = node[part]
+    return node
+
+
 def test_the_contract_list_matches_the_route_table() -> None:
     table = {(r.method.lower(), r.path) for r in ROUTES}
     assert table == set(CONTRACT_ROUTES)
@@ -168,11 +198,11 @@ async def test_components_hold_the_request_and_reply_models(doc: dict[str, Any])
 
 
 async def test_every_reference_resolves(doc: dict[str, Any]) -> None:
-    schemas = doc["components"]["schemas"]
     found = list(refs(doc))
-    assert found
+    assert any(ref.startswith("#/components/schemas/") for ref in found)
+    assert any(ref.startswith("#/components/headers/") for ref in found)
     for ref in found:
-        assert schema_name(ref) in schemas, ref
+        assert isinstance(resolve(doc, ref), dict), ref
 
 
 @pytest.mark.parametrize("route", [r for r in ROUTES if r.body is not None], ids=lambda r: r.name)
@@ -191,10 +221,11 @@ async def test_request_bodies_are_the_models_the_handlers_parse(
 @pytest.mark.parametrize("route", [r for r in ROUTES if r.reply is not None], ids=lambda r: r.name)
 async def test_replies_are_the_models_the_handlers_send(doc: dict[str, Any], route: Any) -> None:
     operation = doc["paths"][route.path][route.method.lower()]
-    ref = operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
-    assert schema_name(ref) == route.reply.__name__
+    for status in route.reply_statuses:
+        content = operation["responses"][str(status)]["content"]
+        assert schema_name(content["application/json"]["schema"]["$ref"]) == route.reply.__name__
     for code, response in operation["responses"].items():
-        if code.startswith(("4", "5")):
+        if code.startswith(("4", "5")) and int(code) not in route.reply_statuses:
             error_ref = response["content"]["application/json"]["schema"]["$ref"]
             assert schema_name(error_ref) == "ErrorOut"
 
@@ -256,4 +287,195 @@ def _ok_result(digest: str) -> dict[str, Any]:
         "started_at": 1.0,
         "duration_s": 0.1,
         "output": "fine",
+    }
+
+
+# The statuses each operation may answer, written out from API.md (not read from the
+# table). Every route with a token: 401, 403; every leader-only route: 503 (no leader, or
+# the leader or the store does not answer) and 508; a body: 400, 413, 415; a node or
+# source name in the path: 400 when it is not a name.
+_LEADER = {401, 403, 503, 508}
+_BODY = {400, 413, 415}
+DOCUMENTED_STATUSES: dict[tuple[str, str], set[int]] = {
+    ("post", f"{API}/status/{{node}}"): {200, 400, *_LEADER, *_BODY},
+    ("get", f"{API}/configs/{{node}}"): {200, 400, 404, *_LEADER},
+    ("post", f"{API}/results/{{node}}"): {200, 400, *_LEADER, *_BODY},
+    ("put", f"{API}/sources/{{source}}"): {200, 400, 409, *_LEADER, *_BODY},
+    ("get", f"{API}/sources/{{source}}"): {200, 400, *_LEADER},
+    ("post", f"{API}/checks"): {200, 409, *_LEADER, *_BODY},
+    ("delete", f"{API}/checks/{{digest}}"): {200, 400, 404, 409, *_LEADER},
+    ("get", API): {200, *_LEADER},
+    ("get", f"{API}/checks"): {200, *_LEADER},
+    ("get", f"{API}/checks/{{digest}}"): {200, 404, *_LEADER},
+    ("post", f"{API}/rebalance"): {200, *_LEADER, *_BODY},
+    ("post", f"{API}/nodes/{{node}}/cordon"): {200, 400, 404, *_LEADER},
+    ("post", f"{API}/nodes/{{node}}/uncordon"): {200, 400, 404, *_LEADER},
+    ("post", f"{API}/nodes/{{node}}/drain"): {200, 400, 404, *_LEADER},
+    ("post", f"{API}/isolate/{{digest}}"): {200, 404, 409, *_LEADER},
+    ("get", f"{API}/results"): {200, *_LEADER},
+    ("get", f"{API}/replicas"): {200, *_LEADER},
+    ("get", "/healthz"): {200, 503},
+    ("get", "/readyz"): {200, 503},
+    ("get", "/v1/api/health/components"): {200},
+    ("get", "/v1/api/health/components/{name}"): {200, 404},
+    ("get", "/metrics"): {200},
+    ("get", "/v1/api/openapi.json"): {200},
+}
+PATH_PATTERNS = {
+    "node": wire.NAME_PATTERN,
+    "source": wire.SOURCE_NAME_PATTERN,
+    "digest": wire.DIGEST_PATTERN,
+    "name": wire.COMPONENT_NAME_PATTERN,
+}
+
+
+def test_the_status_list_covers_every_contract_route() -> None:
+    assert set(DOCUMENTED_STATUSES) == set(CONTRACT_ROUTES)
+
+
+@pytest.mark.parametrize(("method", "path"), CONTRACT_ROUTES)
+async def test_every_status_a_route_answers_is_documented(
+    doc: dict[str, Any], method: str, path: str
+) -> None:
+    responses = doc["paths"][path][method]["responses"]
+    assert {int(code) for code in responses} == DOCUMENTED_STATUSES[(method, path)]
+    for code, response in responses.items():
+        assert response["description"], code
+        assert response["headers"]["X-Request-Id"] == {"$ref": "#/components/headers/RequestId"}
+        if code == "503" and (method, path) not in {("get", "/healthz"), ("get", "/readyz")}:
+            # Every 503 with the error body says when to retry.
+            retry = resolve(doc, response["headers"]["Retry-After"]["$ref"])
+            assert retry["required"] is True
+
+
+@pytest.mark.parametrize(("method", "path"), CONTRACT_ROUTES)
+async def test_every_path_parameter_declares_its_pattern(
+    doc: dict[str, Any], method: str, path: str
+) -> None:
+    names = re.findall(r"{(\w+)}", path)
+    params = [p for p in doc["paths"][path][method].get("parameters", []) if p["in"] == "path"]
+    assert [p["name"] for p in params] == names
+    for param in params:
+        assert param["required"] is True
+        assert param["schema"] == {"type": "string", "pattern": PATH_PATTERNS[param["name"]]}
+
+
+# (documented path, path parameter, value, the status the route answers for it)
+_NAME_CASES = [
+    (f"{API}/nodes/{{node}}/cordon", "node", "node-a.b_c", 404),
+    (f"{API}/nodes/{{node}}/cordon", "node", "n" * 253, 404),
+    (f"{API}/nodes/{{node}}/cordon", "node", "n" * 254, 400),
+    (f"{API}/nodes/{{node}}/cordon", "node", "a:b", 400),
+    (f"{API}/nodes/{{node}}/cordon", "node", "a b", 400),
+    (f"{API}/sources/{{source}}", "source", "file:x.yaml", 200),
+    (f"{API}/sources/{{source}}", "source", "s" * 254, 400),
+    (f"{API}/sources/{{source}}", "source", "s\u00e9", 400),
+    (f"{API}/checks/{{digest}}", "digest", "0" * 16, 404),
+    (f"{API}/checks/{{digest}}", "digest", "not-a-digest", 404),
+    ("/v1/api/health/components/{name}", "name", "store", 200),
+    ("/v1/api/health/components/{name}", "name", "Store", 404),
+]
+
+
+@pytest.mark.parametrize("case", _NAME_CASES, ids=lambda case: f"{case[1]}={case[2][:12]}")
+async def test_a_path_value_is_refused_as_its_documented_pattern_says(
+    api: Api, doc: dict[str, Any], case: tuple[str, str, str, int]
+) -> None:
+    """A value that matches the documented pattern is never refused as invalid (400);
+    one that does not gets a documented 4xx."""
+    path, param, value, status = case
+    [(method, operation)] = [
+        (m, op) for m, op in doc["paths"][path].items() if m in {"get", "post"}
+    ]
+    [pattern] = [p["schema"]["pattern"] for p in operation["parameters"] if p["name"] == param]
+
+    reply = await api.request(method.upper(), path.replace(f"{{{param}}}", value))
+
+    assert reply.status == status, reply.text
+    if re.fullmatch(pattern, value):
+        assert reply.status != 400
+    else:
+        assert 400 <= reply.status < 500
+    assert str(reply.status) in operation["responses"]
+
+
+async def test_errors_that_only_some_states_give_are_documented_with_their_body(
+    api: Api, doc: dict[str, Any]
+) -> None:
+    """Real error replies (the read-only sources' 409, unknown names' 404, an unhealthy
+    replica's 503) carry a status and a body the document names for that operation."""
+    digest = await prepare(api)
+    [dangling] = await api.put_source("elsewhere", [check(4, node_selector={"zone": "none"})])
+    replies: list[tuple[str, str, Reply]] = [
+        ("put", f"{API}/sources/{{source}}",
+         await api.put(f"{API}/sources/file:a.yaml", {"configs": []})),
+        ("put", f"{API}/sources/{{source}}",
+         await api.put(f"{API}/sources/k8s:default:svc", {"configs": []})),
+        ("post", f"{API}/checks",
+         await api.post(f"{API}/checks", {"source": "file:a.yaml", "configs": [check(3)]})),
+        ("delete", f"{API}/checks/{{digest}}",
+         await api.delete(f"{API}/checks/{digest}?source=k8s:default:svc")),
+        ("delete", f"{API}/checks/{{digest}}",
+         await api.delete(f"{API}/checks/{digest}?source=bad%20name")),
+        ("get", f"{API}/configs/{{node}}", await api.get(f"{API}/configs/ghost")),
+        ("get", f"{API}/configs/{{node}}", await api.get(f"{API}/configs/node-a?wait_s=61")),
+        ("post", f"{API}/isolate/{{digest}}", await api.post(f"{API}/isolate/{dangling}")),
+        ("post", f"{API}/nodes/{{node}}/drain", await api.post(f"{API}/nodes/ghost/drain")),
+    ]  # fmt: skip
+    api.service.health.report("store", Status.UNHEALTHY, "down")
+    replies.append(("get", "/readyz", await api.get("/readyz")))
+
+    assert [r.status for _, _, r in replies] == [409, 409, 409, 409, 400, 404, 400, 409, 404, 503]
+    for method, path, reply in replies:
+        response = doc["paths"][path][method]["responses"].get(str(reply.status))
+        assert response is not None, (method, path, reply.status)
+        model = response["content"]["application/json"]["schema"]["$ref"]
+        getattr(wire, schema_name(model)).model_validate(reply.json)
+        if reply.status != 503:
+            assert schema_name(model) == "ErrorOut"
+            reply.error()  # and the body has API.md's error shape
+
+
+@pytest.mark.parametrize("call", CALLS, ids=call_id)
+async def test_every_reply_has_its_documented_content_type(
+    api: Api, doc: dict[str, Any], call: Call
+) -> None:
+    route = ROUTES_BY_NAME[ROUTE_OF_CALL.get(call.name, call.name)]
+    digest = await prepare(api)
+
+    reply = await send(api, call, digest)
+
+    assert reply.status == 200, reply.text
+    [media_type] = doc["paths"][route.path][route.method.lower()]["responses"]["200"]["content"]
+    assert reply.headers["Content-Type"].partition(";")[0] == media_type
+    assert media_type == ("text/plain" if route.name == "metrics" else "application/json")
+
+
+async def test_the_document_is_built_with_the_app_and_kept_under_its_key(
+    make_api: ApiFactory,
+) -> None:
+    """Each app holds its own document (no cache shared between apps), built from its
+    settings before the first request."""
+    first = await make_api()
+    second = await make_api(
+        Settings(server=replace(ServerSettings(), advertise_url="http://dispatcher-1.example:5005"))
+    )
+
+    held = [first.service.app[OPENAPI], second.service.app[OPENAPI]]
+    served = [await first.get("/v1/api/openapi.json"), await second.get("/v1/api/openapi.json")]
+
+    assert [reply.text.encode() for reply in served] == held
+    urls = [json.loads(body)["servers"][0]["url"] for body in held]
+    assert urls == [first.service.settings.server.url, "http://dispatcher-1.example:5005"]
+
+
+def test_a_route_whose_path_names_an_undeclared_parameter_cannot_be_built() -> None:
+    with pytest.raises(ValueError, match="bogus"):
+        Route("bogus", "GET", f"{API}/bogus/{{bogus}}", get_state, None, "Not a route.")
+
+
+def test_the_table_has_no_route_special_cased_by_name() -> None:
+    """Non-JSON replies say their content type in the table (the document reads it)."""
+    assert {r.name: r.media_type for r in ROUTES if r.media_type != "application/json"} == {
+        "metrics": "text/plain"
     }
