@@ -14,7 +14,7 @@ from dispatcher import wire
 from node_agent.errors import DispatcherProtocolError, DispatcherUnavailable, UnknownNodeError
 
 M = TypeVar("M", bound=BaseModel)
-API = "/v1/api/clusterchecks"
+API = wire.API_PREFIX
 
 
 class DispatcherApi(Protocol):

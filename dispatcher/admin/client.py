@@ -28,7 +28,7 @@ from dispatcher.admin.errors import (
     one_line,
 )
 
-API = "/v1/api/clusterchecks"
+API = wire.API_PREFIX
 DEFAULT_URL = "http://127.0.0.1:5005"
 DEFAULT_TIMEOUT_S = 10.0
 NODE_ACTIONS = ("cordon", "uncordon", "drain")
