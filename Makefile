@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_STAMP := $(VENV)/.apt
 
-.PHONY: run test lint bench venv sysdeps clean
+.PHONY: run state checks test lint bench venv sysdeps clean
 
 venv: $(STAMP)
 
@@ -26,6 +26,11 @@ $(APT_STAMP): scripts/ensure-system-packages | $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/python scripts/demo.py
+
+# Two admin commands against the `make run` dispatcher, from another terminal (the
+# others: $(BIN)/clusterchecks-dispatcher --help). CLUSTERCHECKS_URL points them elsewhere.
+state checks: $(STAMP)
+	$(BIN)/clusterchecks-dispatcher $@
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -92,7 +92,9 @@ class Options:
 
 def parse(argv: Sequence[str]) -> Options:
     parser = argparse.ArgumentParser(
-        prog="scripts/demo.py", description=__doc__.split("\n\n")[0] if __doc__ else None
+        prog="scripts/demo.py",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="dispatcher port")
     parser.add_argument(
@@ -100,7 +102,13 @@ def parse(argv: Sequence[str]) -> Options:
         default=",".join(map(str, DEFAULT_AGENT_PORTS)),
         help="three comma-separated ports for the agents' local servers",
     )
-    parser.add_argument("--target-port", type=int, default=DEFAULT_TARGET_PORT)
+    parser.add_argument(
+        "--target-port",
+        type=int,
+        default=DEFAULT_TARGET_PORT,
+        help="port of the checks' target; the example checks probe 8099, so give a "
+        "--config-dir whose checks probe this one",
+    )
     parser.add_argument(
         "--config-dir", type=Path, default=ROOT / "examples" / "conf.d", help="check configs"
     )

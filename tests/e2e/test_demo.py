@@ -17,6 +17,7 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -191,6 +192,37 @@ def test_the_first_table_has_every_agent_and_no_check_dangling(demo: Running) ->
         log = (demo.run_dir / f"{name}.log").read_text()
         assert "onnection refused" not in log, log[-2000:]
     assert "ready after" in text
+
+
+def readme_demo_commands() -> list[str]:
+    """The shell lines of the README's `make run` section (its first ```sh block after
+    the words "While it runs")."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("While it runs", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line.split("#", 1)[0].strip() for line in block.splitlines() if line.strip()]
+
+
+@pytest.mark.timeout(120)
+def test_the_readme_s_admin_commands_work_against_the_demo(demo: Running) -> None:
+    demo.table_start()
+    admin = [c for c in readme_demo_commands() if c.startswith(".venv/bin/clusterchecks-")]
+    assert len(admin) >= 3, readme_demo_commands()
+    # The README's commands use the default URL; this demo runs on a free port.
+    env = {**os.environ, "CLUSTERCHECKS_URL": demo.url}
+    for command in admin:
+        argv = shlex.split(command)
+        argv[0] = str(ROOT / argv[0])
+        done = subprocess.run(
+            argv, check=False, capture_output=True, text=True, cwd=ROOT, env=env, timeout=30
+        )
+        # results exits 1 while a check fails (the target's /flaky does every third time)
+        allowed = (0, 1) if argv[1] == "results" else (0,)
+        assert done.returncode in allowed, (command, done.stdout, done.stderr)
+        assert done.stderr == "", (command, done.stderr)
+        assert done.stdout.strip(), command
+    pid_file = next(c for c in readme_demo_commands() if c.startswith("kill -9 "))
+    assert pid_file == "kill -9 $(cat .run/agent-a.pid)"
+    assert (demo.run_dir / "agent-a.pid").read_text().strip() == str(demo.pids()["agent-a"])
 
 
 @pytest.mark.timeout(180)
