@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -194,6 +195,22 @@ def leftovers(run_dir: Path) -> list[str]:
             if b"clusterchecks" in cmdline:
                 found.append(f"{pid_file.stem} (pid {pid})")
     return found
+
+
+def busy_ports(opts: Options) -> list[str]:
+    """The ports the demo needs that something already listens on."""
+    wanted = [("dispatcher", opts.port), ("target", opts.target_port)]
+    wanted += [(name, port) for (name, _), port in zip(AGENTS, opts.agent_ports, strict=True)]
+    busy = []
+    for name, port in wanted:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            # What the servers set too: a port left in TIME_WAIT is not taken.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                busy.append(f"port {port} ({name})")
+    return busy
 
 
 async def stop_group(children: Sequence[Child], clock: Clock) -> None:
@@ -530,12 +547,24 @@ async def main(argv: Sequence[str]) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # An earlier run's dispatcher would answer /readyz in place of the new one, and its
+    # agents hold the ports: refuse to start rather than show a confusing mix.
     stale = leftovers(opts.run_dir)
     if stale:
         print(
-            f"warning: processes of an earlier run still live: {', '.join(stale)}; "
-            f"stop them with: kill $(cat {rel(opts.run_dir)}/*.pid)"
+            f"error: processes of an earlier run still live: {', '.join(stale)}; "
+            f"stop them with: kill $(cat {rel(opts.run_dir)}/*.pid)",
+            file=sys.stderr,
         )
+        return 1
+    taken = busy_ports(opts)
+    if taken:
+        print(
+            f"error: {', '.join(taken)} in use: is another `make run` running? "
+            "(scripts/demo.py --help: other ports)",
+            file=sys.stderr,
+        )
+        return 1
     try:
         runner = await target(opts.target_port, clock)
     except OSError as exc:

@@ -19,6 +19,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -295,14 +296,9 @@ def test_the_dispatcher_dying_ends_the_demo_with_a_message_and_status_1(demo: Ru
 def test_a_dispatcher_that_cannot_start_is_reported_with_its_log(tmp_path: Path) -> None:
     not_a_dir = tmp_path / "conf.d"
     not_a_dir.write_text("")
-    argv = [
-        sys.executable, str(SCRIPT), "--port", str(free_port()),
-        "--agent-ports", ",".join(str(free_port()) for _ in range(3)),
-        "--target-port", str(free_port()), "--config-dir", str(not_a_dir),
-        "--run-dir", str(tmp_path / "run"),
-    ]  # fmt: skip
     done = subprocess.run(
-        argv, check=False, capture_output=True, text=True, cwd=ROOT,
+        [*demo_argv(tmp_path), "--config-dir", str(not_a_dir)],
+        check=False, capture_output=True, text=True, cwd=ROOT,
         timeout=DEMO.READY_TIMEOUT_S + MARGIN_S,
     )  # fmt: skip
     assert done.returncode == 1, done
@@ -310,3 +306,49 @@ def test_a_dispatcher_that_cannot_start_is_reported_with_its_log(tmp_path: Path)
     assert "dispatcher.log" in done.stderr
     assert "config" in done.stderr.split("dispatcher.log", 1)[1]  # the log's own words
     assert list((tmp_path / "run").glob("agent-*.log")) == []  # no agent was started
+
+
+def demo_argv(tmp_path: Path, port: int | None = None) -> list[str]:
+    return [
+        sys.executable, str(SCRIPT), "--port", str(port or free_port()),
+        "--agent-ports", ",".join(str(free_port()) for _ in range(3)),
+        "--target-port", str(free_port()), "--run-dir", str(tmp_path / "run"),
+    ]  # fmt: skip
+
+
+def test_a_port_in_use_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            demo_argv(tmp_path, port), check=False, capture_output=True, text=True, cwd=ROOT,
+            timeout=MARGIN_S,
+        )  # fmt: skip
+    assert done.returncode == 1, done
+    assert f"error: port {port} (dispatcher) in use: is another `make run` running?" in (
+        done.stderr
+    )
+    assert list((tmp_path / "run").glob("*.log")) == []
+
+
+def test_children_of_an_earlier_run_still_alive_are_refused(tmp_path: Path) -> None:
+    # A stand-in for an agent left behind by a demo killed outright.
+    stand_in = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "clusterchecks-agent"]
+    )
+    try:
+        run_dir = tmp_path / "run"
+        run_dir.mkdir()
+        (run_dir / "agent-a.pid").write_text(f"{stand_in.pid}\n")
+        done = subprocess.run(
+            demo_argv(tmp_path), check=False, capture_output=True, text=True, cwd=ROOT,
+            timeout=MARGIN_S,
+        )  # fmt: skip
+        assert done.returncode == 1, done
+        assert f"agent-a (pid {stand_in.pid})" in done.stderr
+        assert f"kill $(cat {run_dir}/*.pid)" in done.stderr
+        assert list(run_dir.glob("*.log")) == []
+    finally:
+        stand_in.kill()
+        stand_in.wait()
