@@ -405,7 +405,7 @@ class Demo:
                     async with session.get(self.opts.url + "/readyz") as reply:
                         if reply.status == 200:
                             return True
-                        last = f"/readyz answered {reply.status}: {(await reply.text())[:200]}"
+                        last = f"answered {reply.status}: {(await reply.text())[:200]}"
                 except aiohttp.ClientError as exc:
                     last = connection_problem(exc)
                 except TimeoutError:
@@ -415,7 +415,7 @@ class Demo:
         assert self.dispatcher is not None
         raise DemoFailed(
             f"the dispatcher did not become ready within {READY_TIMEOUT_S:g}s "
-            f"({self.opts.url}/readyz: {last}). The end of {rel(self.dispatcher.log)}:\n"
+            f"(GET {self.opts.url}/readyz: {last}). The end of {rel(self.dispatcher.log)}:\n"
             f"{self.dispatcher.tail()}"
         )
 

@@ -13,6 +13,7 @@ margin for a busy machine.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import os
@@ -352,3 +353,43 @@ def test_children_of_an_earlier_run_still_alive_are_refused(tmp_path: Path) -> N
     finally:
         stand_in.kill()
         stand_in.wait()
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    """Stands for a dispatcher process that runs but never becomes ready."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield process
+    process.kill()
+    process.wait()
+
+
+async def test_a_dispatcher_never_ready_is_reported_with_what_readyz_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sleeper: subprocess.Popen[bytes]
+) -> None:
+    from aiohttp import web
+
+    async def not_ready(_: web.Request) -> web.Response:
+        return web.json_response({"status": "unhealthy", "reason": "no leader"}, status=503)
+
+    app = web.Application()
+    app.router.add_get("/readyz", not_ready)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    monkeypatch.setattr(DEMO, "READY_TIMEOUT_S", 1.0)
+    try:
+        opts = DEMO.parse(["--port", str(port), "--run-dir", str(tmp_path)])
+        demo = DEMO.Demo(opts, DEMO.SystemClock(), asyncio.Event())
+        demo.dispatcher = DEMO.Child(
+            "dispatcher", sleeper, tmp_path / "dispatcher.log", tmp_path / "d.pid"
+        )
+        with pytest.raises(DEMO.DemoFailed) as failed:
+            await demo.wait_ready()
+        message = str(failed.value)
+        assert message.startswith("the dispatcher did not become ready within 1s (")
+        assert f"127.0.0.1:{port}/readyz: answered 503: " in message
+        assert "no leader" in message
+    finally:
+        await runner.cleanup()
