@@ -8,13 +8,16 @@ OpenAPI document, so the contract has one source.
 from __future__ import annotations
 
 import math
+import time
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -22,8 +25,21 @@ from pydantic import (
 API_PREFIX = "/v1/api/clusterchecks"
 """Where the leader-only routes of API.md live; node agents and admin commands build
 their URLs from it, so the prefix is written once."""
-NAME_PATTERN = r"^[A-Za-z0-9._-]{1,253}$"
-SOURCE_NAME_PATTERN = r"^[A-Za-z0-9._:-]{1,253}$"
+
+
+def _name_pattern(chars: str) -> str:
+    """1 to 253 of ``chars`` (a character class holding '.'), except ``.`` and ``..``:
+    URL libraries and proxies resolve those path segments, so such a node or source
+    could not be reached reliably. Spelled without look-ahead, so that JSON Schema
+    (ECMA), pydantic-core (Rust regex) and Python's ``re`` read it alike."""
+    other = chars.replace(".", "")
+    return (
+        rf"^(?:[{other}][{chars}]{{0,252}}|\.[{other}][{chars}]{{0,251}}|\.\.[{chars}]{{1,251}})$"
+    )
+
+
+NAME_PATTERN = _name_pattern("A-Za-z0-9._-")
+SOURCE_NAME_PATTERN = _name_pattern("A-Za-z0-9._:-")
 """Source names may also hold ':', as the dispatcher's own sources do (``file:web.yaml``)."""
 INTERNAL_SOURCE_PREFIXES = ("file:", "k8s:")
 """Sources the dispatcher feeds itself: readable through the API, not writable."""
@@ -33,6 +49,12 @@ COMPONENT_NAME_PATTERN = r"^[a-z0-9_]{1,64}$"
 """Health component names (``store``, ``config_sources``): snake_case, as the code names them."""
 MAX_INT64 = 2**63 - 1
 MAX_WAIT_S = 60.0
+MAX_CLOCK_SKEW_S = 300.0
+"""How far ahead of the dispatcher's clock a time an agent reports may be. Clocks of
+two machines disagree a little; a time further ahead is a broken clock or a forged
+value, and would outrank every later result of that check (the newest run is shown)."""
+MAX_DURATION_S = 86_400.0
+"""The longest a check can run: its timeout_s is at most its interval_s, at most a day."""
 
 SourceNameStr = Annotated[str, StringConstraints(pattern=SOURCE_NAME_PATTERN)]
 DigestStr = Annotated[str, StringConstraints(pattern=DIGEST_PATTERN)]
@@ -41,6 +63,36 @@ LabelValue = Annotated[str, StringConstraints(max_length=1024)]
 Labels = dict[LabelKey, LabelValue]
 Seconds = Annotated[float, Field(ge=0)]
 UnixTime = Annotated[float, Field(ge=0)]
+Duration = Annotated[float, Field(ge=0, le=MAX_DURATION_S)]
+"""How long a check ran, as an agent reports it."""
+
+
+def _not_far_ahead(value: float, info: ValidationInfo) -> float:
+    """Refuses a time more than ``MAX_CLOCK_SKEW_S`` ahead of now: the dispatcher's
+    clock when the caller passes it (``context={"now_s": ...}``), else the system's."""
+    context = info.context if isinstance(info.context, dict) else {}
+    now = context.get("now_s")
+    if not isinstance(now, int | float):
+        now = time.time()
+    if value > now + MAX_CLOCK_SKEW_S:
+        raise ValueError(
+            f"must not be more than {MAX_CLOCK_SKEW_S:g} s ahead of the dispatcher's clock "
+            f"(now {now:.0f})"
+        )
+    return value
+
+
+ReportedTime = Annotated[
+    float,
+    Field(
+        ge=0,
+        description=f"Unix seconds, at most {MAX_CLOCK_SKEW_S:g} s ahead of the dispatcher's "
+        "clock.",
+    ),
+    AfterValidator(_not_far_ahead),
+]
+"""A Unix time an agent reports (a run's start): finite, not before 1970, and not
+further ahead than clocks may disagree."""
 
 
 class WireIn(BaseModel):
@@ -155,11 +207,11 @@ class ChecksOut(WireOut):
 
 
 class CheckStatsIn(WireIn):
-    avg_execution_s: Seconds
+    avg_execution_s: Duration
     runs: Annotated[int, Field(ge=0, le=MAX_INT64)]
     errors: Annotated[int, Field(ge=0, le=MAX_INT64)] = 0
     last_error: Annotated[str, StringConstraints(max_length=4096)] | None = None
-    last_run_at: UnixTime | None = None
+    last_run_at: ReportedTime | None = None
 
 
 class StatusIn(WireIn):
@@ -204,8 +256,8 @@ class CheckResultIn(WireIn):
     errors: Annotated[
         list[Annotated[str, StringConstraints(max_length=4096)]], Field(max_length=100)
     ] = Field(default_factory=list)
-    started_at: UnixTime
-    duration_s: Seconds
+    started_at: ReportedTime
+    duration_s: Duration
     output: str = ""
 
     @model_validator(mode="after")

@@ -6,6 +6,7 @@ without a valid token gets 401/403 even when no leader is known.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import itertools
 import re
@@ -15,6 +16,8 @@ import time
 import orjson
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from dispatcher.api import openapi
 from dispatcher.api.forward import FORWARDED_HEADER, forward, session_context
@@ -35,10 +38,12 @@ from dispatcher.api.table import Handler, Route
 from dispatcher.common.clock import Clock
 from dispatcher.common.health import HealthRegistry
 from dispatcher.common.httperrors import respond
+from dispatcher.common.httpserver import one_line
 from dispatcher.election.base import Leadership
 from dispatcher.engine import Dispatcher
 from dispatcher.errors import (
     Forbidden,
+    InvalidRequest,
     LoopDetected,
     NoLeader,
     Unauthorized,
@@ -106,7 +111,7 @@ async def _request_context(request: web.Request, handler: Handler) -> web.Stream
     started = time.perf_counter()
     response: web.StreamResponse
     try:
-        response = await respond(request, handler)
+        response = await respond(request, functools.partial(_unreadable_body, handler=handler))
         response.headers[REQUEST_ID] = request_id
         leader = request.app[LEADERSHIP].leader()
         if leader is not None:
@@ -125,6 +130,21 @@ async def _request_context(request: web.Request, handler: Handler) -> web.Stream
         return response
     finally:
         structlog.contextvars.unbind_contextvars("request_id")
+
+
+async def _unreadable_body(request: web.Request, *, handler: Handler) -> web.StreamResponse:
+    """A body that cannot be read is the client's doing: 400, not a 500 and a traceback.
+    aiohttp raises its parser's errors from ``request.read()`` (a compressed body that
+    does not decompress) and a reset when the client left before sending it all."""
+    try:
+        return await handler(request)
+    except (HttpProcessingError, RequestPayloadError) as exc:
+        reason = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
+        raise InvalidRequest(f"The request body cannot be read: {one_line(reason)}") from exc
+    except ConnectionResetError as exc:
+        if request.transport is not None and not request.transport.is_closing():
+            raise  # not the client's connection (a forwarded call, say)
+        raise InvalidRequest("The client closed the connection before the whole body.") from exc
 
 
 @web.middleware
@@ -153,7 +173,12 @@ def authorize(auth: AuthSettings, route: Route, request: web.Request) -> Role:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized()
-    presented = token.strip().encode()
+    token = token.strip()
+    if not token.isascii():
+        # Tokens are printable ASCII (common.cli.read_token); bytes that are not UTF-8
+        # arrive as surrogates, which str.encode() refuses.
+        raise Unauthorized("The bearer token is not valid.")
+    presented = token.encode()
     matched: Role | None = None
     for role, expected in (
         (Role.ADMIN, auth.admin_token),
