@@ -246,7 +246,7 @@ class LeadershipHandler:
             return self._dispatcher.new_state(), None
         while self._campaign.is_leader():
             try:
-                async with asyncio.timeout(self._election.renew_deadline_s):
+                async with self._clock.timeout(self._election.renew_deadline_s):
                     snapshot = await self._store.claim(epoch=epoch)
             except Fenced as exc:
                 log.error("store_claim_fenced", epoch=epoch, error=str(exc))
@@ -257,7 +257,7 @@ class LeadershipHandler:
                 message = str(exc) or "the shared store did not answer in time"
                 log.warning("store_load_failed", epoch=epoch, error=message)
                 self._health.report("store", Status.UNHEALTHY, message)
-                await asyncio.sleep(self._election.retry_period_s)
+                await self._clock.sleep(self._election.retry_period_s)
                 continue
             self._health.report("store", Status.HEALTHY, f"redis, claimed by epoch {epoch}")
             state = ClusterState.restore(snapshot, now=self._clock.monotonic())
@@ -265,6 +265,7 @@ class LeadershipHandler:
                 self._store,
                 epoch=epoch,
                 on_fenced=self._fenced,
+                clock=self._clock,
                 on_health=self._store_health,
                 retry_s=min(0.5, self._election.retry_period_s),
                 wait_timeout_s=self._election.renew_deadline_s,

@@ -1,7 +1,8 @@
 """Leader election with client-go's semantics over any LeaseBackend.
 
 - Every backend call is bounded by a timeout: a hung backend cannot keep a stale
-  leader acting.
+  leader acting. Timeouts, retries and the deadline are all on the injected clock, so
+  that tests of them run on fake time.
 - A leader acts only until its local deadline: the start of its last successful
   renewal plus ``renew_deadline_s`` (on the monotonic clock), which is shorter than
   the lease, so it stops before anyone else can take the lease over.
@@ -115,7 +116,7 @@ class Elector:
         started = self._clock.monotonic()
         timeout = min(self._settings.renew_deadline_s, self._settings.retry_period_s)
         try:
-            async with asyncio.timeout(timeout):
+            async with self._clock.timeout(timeout):
                 record = await self._backend.acquire_or_renew(
                     identity=self._identity,
                     url=self._url,
@@ -194,7 +195,7 @@ class Elector:
 
     async def _release(self) -> None:
         try:
-            async with asyncio.timeout(self._settings.retry_period_s):
+            async with self._clock.timeout(self._settings.retry_period_s):
                 await self._backend.release(identity=self._identity)
             log.info("lease_released", identity=self._identity)
         except (TimeoutError, LeaseBackendError) as exc:

@@ -19,7 +19,6 @@ release on cancel, writes local time marked as UTC and fails on float durations.
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Awaitable
 from datetime import UTC, datetime
@@ -293,7 +292,9 @@ class KubernetesLeaseBackend:
     async def _call(self, what: str, call: Awaitable[_T]) -> _T:
         """Awaits one API call within the call timeout; every failure is a LeaseBackendError."""
         try:
-            async with asyncio.timeout(self._call_timeout_s):
+            # On the injected clock (tests move it on); ``_request_timeout`` is the HTTP
+            # client's own bound on the socket, in real time, as a second line.
+            async with self._clock.timeout(self._call_timeout_s):
                 return await call
         except ApiException as exc:
             error = {404: _NotFound, 409: _Conflict}.get(exc.status, LeaseBackendError)

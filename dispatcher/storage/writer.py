@@ -5,7 +5,8 @@ gets a sequence number; one writer task sends everything pending in one call (gr
 commit), so steps reach the store in the order they happened and a burst of steps
 costs one round trip. A reply waits until its step is stored, so nothing that is
 answered can be lost by a failover. A refused write (Fenced) ends the term at once; a
-failed one is retried, and the waiting replies give up after ``wait_timeout_s``.
+failed one is retried, and the waiting replies give up after ``wait_timeout_s``. Both
+waits are on the injected clock, so that tests of retries and timeouts run on fake time.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable
 
 import structlog
 
+from dispatcher.common.clock import Clock
 from dispatcher.core.snapshot import StateDelta
 from dispatcher.errors import Fenced, StoreError
 from dispatcher.storage.base import StateStore
@@ -29,6 +31,7 @@ class StoreWriter:
         *,
         epoch: int,
         on_fenced: Callable[[], None],
+        clock: Clock,
         on_health: Callable[[str | None], None] | None = None,
         retry_s: float = 0.5,
         wait_timeout_s: float = 5.0,
@@ -36,6 +39,7 @@ class StoreWriter:
         self._store = store
         self._epoch = epoch
         self._on_fenced = on_fenced
+        self._clock = clock
         self._on_health = on_health
         self._retry_s = retry_s
         self._wait_timeout_s = wait_timeout_s
@@ -70,7 +74,7 @@ class StoreWriter:
         Raises Fenced when the store refused this term, StoreError when it has not
         confirmed the write within the wait timeout."""
         try:
-            async with asyncio.timeout(self._wait_timeout_s):
+            async with self._clock.timeout(self._wait_timeout_s):
                 while self._flushed < seq:
                     if self._fenced:
                         raise Fenced("a newer leader has claimed the shared store")
@@ -114,7 +118,7 @@ class StoreWriter:
                     self._failing = str(exc)
                     self._report(str(exc))
                     _raise_if_cancelling()
-                    await asyncio.sleep(self._retry_s)
+                    await self._clock.sleep(self._retry_s)
                     continue
                 if self._failing is not None:
                     log.info("store_write_recovered")

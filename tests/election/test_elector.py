@@ -1,20 +1,19 @@
-"""The elector's client-go semantics, on a fake clock and the in-memory backend."""
+"""The elector's client-go semantics, on a fake clock and the in-memory backend.
+
+The elector's retries, per-call timeouts and deadline are all on the clock it is given,
+so these tests move time by hand and never wait on real time."""
 
 from __future__ import annotations
 
 import asyncio
-
-import pytest
 
 from dispatcher.common.clock import FakeClock
 from dispatcher.election.base import LeaderInfo
 from dispatcher.election.elector import Elector
 from dispatcher.election.memory import MemoryLeaseBackend
 from dispatcher.settings import ElectionSettings
-from tests.node_agent.helpers import eventually
 
 SETTINGS = ElectionSettings(lease_duration_s=15, renew_deadline_s=10, retry_period_s=2)
-FAST = ElectionSettings(lease_duration_s=0.6, renew_deadline_s=0.4, retry_period_s=0.1)
 
 
 class Recorder:
@@ -103,14 +102,19 @@ async def test_a_hung_backend_cannot_keep_a_stale_leader_acting() -> None:
     clock = FakeClock()
     backend = MemoryLeaseBackend(clock)
     rec = Recorder()
-    a = elector(backend, clock, "a", rec, FAST)
+    a = elector(backend, clock, "a", rec)
     await a.step()
     backend.hang = True
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    await a.step()  # bounded by the elector's own timeout
-    assert loop.time() - started < 1.0
-    clock.advance(FAST.renew_deadline_s)
+    attempt = asyncio.create_task(a.step())
+    await clock.wait_for_timers(1)  # the attempt hangs, under the elector's own timeout
+    call_timeout_s = min(SETTINGS.renew_deadline_s, SETTINGS.retry_period_s)
+    await clock.run_for(call_timeout_s - 0.01)
+    assert not attempt.done(), "the attempt ended before its timeout"
+    await clock.run_for(0.01)
+    assert attempt.done(), "a hung backend held the attempt past its timeout"
+    await attempt  # a timeout is a failed attempt, not an error
+    assert a.is_leader(), "the deadline is 10 s after the last renewal, not yet reached"
+    clock.advance(SETTINGS.renew_deadline_s - call_timeout_s)
     assert not a.is_leader()
 
 
@@ -134,22 +138,19 @@ async def test_another_replica_takes_over_after_the_lease_with_a_higher_epoch() 
     assert a.leader() == LeaderInfo("b", "http://b:5005", 2)
 
 
-@pytest.mark.timeout(10)
 async def test_a_leader_releases_on_shutdown_so_the_next_need_not_wait() -> None:
-    clock = FakeClock()
+    clock = FakeClock()  # never advanced: the lease can only be freed by a release
     backend = MemoryLeaseBackend(clock)
     rec_a, rec_b = Recorder(), Recorder()
-    a, b = elector(backend, clock, "a", rec_a, FAST), elector(backend, clock, "b", rec_b, FAST)
-    leading = asyncio.Event()
-    a._on_started = lambda epoch: leading.set()
+    a, b = elector(backend, clock, "a", rec_a), elector(backend, clock, "b", rec_b)
     stop = asyncio.Event()
     running = asyncio.create_task(a.run(stop))
-    async with asyncio.timeout(5):
-        await leading.wait()
+    await clock.wait_for_timers(1)  # it took the lease and sleeps until its next renewal
     assert a.is_leader()
+    assert rec_a.events == ["started:1"]
     stop.set()
     await running
-    assert rec_a.events == ["stopped"]
+    assert rec_a.events == ["started:1", "stopped"]
     await b.step()  # no clock advance: the lease was released, not left to expire
     assert b.is_leader()
     assert b.epoch == 2
@@ -171,12 +172,11 @@ async def test_a_leader_whose_lease_comes_back_with_another_epoch_starts_a_new_t
     assert rec.events == ["started:1", "stopped", "started:2"]
 
 
-@pytest.mark.timeout(10)
 async def test_a_resigned_leader_stops_at_once_releases_and_campaigns_again() -> None:
     clock = FakeClock()  # never advanced: the lease can only be freed by a release
     backend = MemoryLeaseBackend(clock)
     rec = Recorder()
-    a = elector(backend, clock, "a", rec, FAST)
+    a = elector(backend, clock, "a", rec)
     await a.step()
     a.resign()
     assert not a.is_leader(), "a resigned leader acts no more"
@@ -187,7 +187,8 @@ async def test_a_resigned_leader_stops_at_once_releases_and_campaigns_again() ->
     stop = asyncio.Event()
     running = asyncio.create_task(a.run(stop))
     try:
-        await eventually(a.is_leader, within_s=5)
+        await clock.wait_for_timers(1)  # one step of the loop done: it sleeps
+        assert a.is_leader()
     finally:
         stop.set()
         await running

@@ -23,7 +23,7 @@ from kubernetes_asyncio.client import (
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config import ConfigException
 
-from dispatcher.common.clock import Clock, FakeClock, SystemClock
+from dispatcher.common.clock import Clock, FakeClock
 from dispatcher.election.base import LeaderInfo, LeaseRecord
 from dispatcher.election.elector import Elector
 from dispatcher.election.kubernetes import (
@@ -41,6 +41,9 @@ NS = "clusterchecks"
 NAME = "clusterchecks-dispatcher"
 PATH = f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"
 SETTINGS = ElectionSettings(lease_duration_s=15, renew_deadline_s=10, retry_period_s=2)
+CALL_TIMEOUT_S = 5.0
+GUARD_S = 10.0
+"""Only keeps a broken test from hanging on real HTTP to the stand-in; never a measure."""
 START = FakeClock().time()
 START_MS = 1_763_700_000_000
 """The epoch of a first term taken on a FakeClock that has not moved: its wall time in ms."""
@@ -530,21 +533,18 @@ async def test_an_elector_releases_on_shutdown(
     k8s_api: FakeKubernetesApi,
     make_backend: MakeBackend,
 ) -> None:
-    clock = SystemClock()
-    settings = ElectionSettings(lease_duration_s=1.5, renew_deadline_s=1.0, retry_period_s=0.25)
+    clock = FakeClock()
     recorder = Recorder()
-    a = elector(make_backend(clock, call_timeout_s=0.2), "a", clock, settings, recorder)
+    a = elector(make_backend(clock), "a", clock, SETTINGS, recorder)
     stop = asyncio.Event()
-    before_ms = ms(clock)
     running = asyncio.create_task(a.run(stop), name="elector-a")
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(GUARD_S):  # real HTTP to the stand-in: no fake time needed
         await recorder.started.wait()
-    after_ms = ms(clock)
     stop.set()
     await running
     assert stored(k8s_api)["spec"]["holderIdentity"] == ""
     epoch = stored_epoch(k8s_api)  # kept by the release
-    assert before_ms <= epoch <= after_ms, "a first term's epoch is the wall clock in ms"
+    assert epoch == START_MS, "a first term's epoch is the wall clock in ms"
     assert recorder.events == [f"started:{epoch}", "stopped"]
 
 
@@ -583,13 +583,20 @@ async def test_a_hung_api_server_is_a_lease_backend_error_within_the_call_timeou
     k8s_api: FakeKubernetesApi,
     make_backend: MakeBackend,
 ) -> None:
-    a = make_backend(FakeClock(), call_timeout_s=0.2)
+    clock = FakeClock()
+    # The call timeout is on the clock; the HTTP client's own bound (the same number of
+    # real seconds) is far longer than this test takes, so the clock's fires first.
+    a = make_backend(clock, call_timeout_s=CALL_TIMEOUT_S)
     k8s_api.hang()
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    with pytest.raises(LeaseBackendError, match=r"read lease .*: no answer within 0.2 s"):
-        await take(a, "a")
-    assert 0.15 <= loop.time() - started < 1.0
+    attempt = asyncio.create_task(take(a, "a"))
+    async with asyncio.timeout(GUARD_S):
+        await k8s_api.wait_hung(1)
+    await clock.run_for(CALL_TIMEOUT_S - 0.01)
+    assert not attempt.done(), "the call ended before its timeout"
+    await clock.run_for(0.01)
+    assert attempt.done(), "a hung API server held the call past its timeout"
+    with pytest.raises(LeaseBackendError, match=r"read lease .*: no answer within 5 s"):
+        attempt.result()
     assert k8s_api.hung == 1
 
 
@@ -612,41 +619,41 @@ async def test_a_failing_credentials_refresh_is_a_lease_backend_error(
     assert k8s_api.requests == [], "nothing was sent without credentials"
 
 
-@pytest.mark.timeout(20)
 async def test_a_leader_steps_down_by_its_renew_deadline_when_the_api_server_hangs(
     k8s_api: FakeKubernetesApi,
     make_backend: MakeBackend,
 ) -> None:
-    settings = ElectionSettings(lease_duration_s=1.5, renew_deadline_s=1.0, retry_period_s=0.25)
-    clock = SystemClock()
+    """On fake time: the elector's attempts, their timeouts and its deadline all run on
+    the clock, while the requests themselves are real HTTP to the stand-in server."""
+    clock = FakeClock()
     recorder = Recorder()
-    a = elector(make_backend(clock, call_timeout_s=0.2), "a", clock, settings, recorder)
+    a = elector(make_backend(clock, call_timeout_s=CALL_TIMEOUT_S), "a", clock, SETTINGS, recorder)
     stop = asyncio.Event()
     running = asyncio.create_task(a.run(stop), name="elector-a")
-    loop = asyncio.get_running_loop()
     try:
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(GUARD_S):
             await recorder.started.wait()
         first_epoch = a.epoch
         recorder.started.clear()
+        await clock.wait_for_timers(1)  # renewed at once, it sleeps a retry period
+        renewed_at = clock.monotonic()  # the start of its last successful renewal
         k8s_api.hang()
-        hung_at = loop.time()
-        async with asyncio.timeout(5):
-            await recorder.stopped.wait()
-        took = loop.time() - hung_at
+        # Every attempt from now on hangs, and each ends at the elector's own timeout.
+        await clock.run_for(SETTINGS.renew_deadline_s - 0.01)
+        assert recorder.events == [f"started:{first_epoch}"], "stepped down before the deadline"
+        assert a.is_leader()
+        await clock.run_for(0.01)
+        # It stops exactly at the deadline (it wakes for it), not at the end of an attempt.
+        assert clock.monotonic() == renewed_at + SETTINGS.renew_deadline_s
+        assert recorder.events == [f"started:{first_epoch}", "stopped"]
         assert not a.is_leader()
-        # The last renewal began at most one retry period before the hang; the step down
-        # comes at its deadline, at worst one call timeout late (the failing attempt).
-        low = settings.renew_deadline_s - settings.retry_period_s - 0.1
-        high = settings.renew_deadline_s + 0.2 + 0.1
-        assert low <= took <= high, f"stepped down {took:.2f} s after the API server hung"
-        # The process keeps running and campaigning.
+        # The process keeps running and campaigning: it tries again at once, and that
+        # attempt (its timeout is on the clock, which stands still) is answered once the
+        # server answers again.
         assert not running.done()
-        async with asyncio.timeout(5):
-            await k8s_api.wait_hung(k8s_api.hung + 1)
         assert not a.is_leader()
         k8s_api.unhang()
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(GUARD_S):
             await recorder.started.wait()
         assert a.is_leader()
         assert a.epoch >= first_epoch

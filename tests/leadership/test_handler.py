@@ -4,16 +4,16 @@ Every replica is a full dispatcher built by ``service.build`` (the handler path:
 elected backend), sharing one in-memory lease backend and, for the shared-store tests,
 one in-memory state store, exactly as several processes would share Redis.
 
-Most tests run on a FakeClock: leases, renew deadlines, warm-up and node expiry are
-judged on fake time that moves only when a test says so, while the elector's retry
-period (a real sleep) is short. So "takes over at once" means: without the clock
-moving. Two tests use the system clock and assert time bounds instead.
+Every test runs on a FakeClock: leases, renew deadlines, the electors' retries and
+timeouts, warm-up and node expiry are all judged on fake time that moves only when a
+test says so (``Cluster.leader`` moves it one retry period at a time until one replica
+leads). So "at once" means: with no time passed on the clock, and time bounds are exact
+bounds of fake time derived from the settings.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -22,7 +22,7 @@ import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
-from dispatcher.common.clock import Clock, FakeClock, SystemClock
+from dispatcher.common.clock import Clock, FakeClock
 from dispatcher.core.model import (
     CheckConfig,
     CheckResult,
@@ -46,22 +46,18 @@ from dispatcher.settings import (
     StoreSettings,
 )
 from dispatcher.storage.memory import MemoryStateStore
-from tests.node_agent.helpers import eventually
 from tests.processes import free_port
 
 API_PATH = "/v1/api/clusterchecks"
 SOURCE = SourceName("api")
 N1, N2, N3 = NodeName("n1"), NodeName("n2"), NodeName("n3")
-GUARD_S = 3.0
+GUARD_S = 10.0
+"""Only keeps a broken test from hanging on real I/O (a loopback request); never a measure."""
 
-# Fake-time leases: long in fake seconds (the clock moves only when told), with a short
-# real retry period so that campaigns and renewals happen quickly.
+# Leases long enough that a test may move the clock by a node's expiry (30 s) in one
+# jump, which no elector renews during, and keep its lease.
 FAKE_TIME = ElectionSettings(
-    backend="redis", lease_duration_s=60.0, renew_deadline_s=40.0, retry_period_s=0.05
-)
-# Real-time leases for the tests that measure bounds on the system clock.
-REAL_TIME = ElectionSettings(
-    backend="redis", lease_duration_s=0.6, renew_deadline_s=0.4, retry_period_s=0.1
+    backend="redis", lease_duration_s=60.0, renew_deadline_s=40.0, retry_period_s=1.0
 )
 
 
@@ -130,10 +126,11 @@ class Replica:
         self.task = asyncio.create_task(self.handler.run(self.stop), name=f"replica-{self.name}")
 
     async def shutdown(self) -> None:
+        """Stops the replica; no time passes on the clock."""
         self.stop.set()
         if self.task is not None:
-            async with asyncio.timeout(GUARD_S):
-                await self.task
+            await until(self.task.done)
+            await self.task
 
 
 class Cluster:
@@ -142,7 +139,7 @@ class Cluster:
     def __init__(
         self,
         *,
-        clock: Clock,
+        clock: FakeClock,
         store: MemoryStateStore | None,
         election: ElectionSettings = FAKE_TIME,
         dispatch: DispatchSettings | None = None,
@@ -173,22 +170,33 @@ class Cluster:
         return [r for r in self.replicas if r.handler.is_leader()]
 
     async def leader(
-        self, *, among: Sequence[Replica] | None = None, within_s: float = GUARD_S
+        self, *, among: Sequence[Replica] | None = None, within_s: float | None = None
     ) -> Replica:
-        """Waits until exactly one replica leads (and its term is served)."""
+        """Moves the clock on one retry period at a time until exactly one replica leads
+        (and its term is served); fails once ``within_s`` of fake time (by default two
+        retry periods, jitter included) have passed without one."""
         pool = list(among) if among is not None else self.replicas
-        await eventually(
-            lambda: len([r for r in pool if r.handler.is_leader()]) == 1, within_s=within_s
-        )
-        [leader] = [r for r in pool if r.handler.is_leader()]
-        return leader
+        step = self.election.retry_period_s
+        limit = self.clock.monotonic() + (within_s if within_s is not None else 2.5 * step)
+        while True:
+            await self.clock.settle()
+            leaders = [r for r in pool if r.handler.is_leader()]
+            if len(leaders) == 1:
+                return leaders[0]
+            if self.clock.monotonic() >= limit:
+                raise AssertionError(
+                    f"{len(leaders)} replicas lead after {within_s} s of fake time; the "
+                    f"lease is held by {self.backend.holder()}, roles "
+                    f"{ {r.name: r.handler.role.value for r in pool} }"
+                )
+            await self.clock.run_for(step)
 
     async def close(self) -> None:
         for replica in self.replicas:
             replica.stop.set()
         tasks = [r.task for r in self.replicas if r.task is not None]
-        async with asyncio.timeout(GUARD_S):
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await until(lambda: all(task.done() for task in tasks))
+        await asyncio.gather(*tasks, return_exceptions=True)
         for replica in self.replicas:
             for close in replica.service.closers:
                 await close()
@@ -218,13 +226,10 @@ def make_cluster(clusters: list[Cluster], fake_clock: FakeClock) -> MakeCluster:
     def make(
         *,
         store: MemoryStateStore | None,
-        clock: Clock | None = None,
         election: ElectionSettings = FAKE_TIME,
         dispatch: DispatchSettings | None = None,
     ) -> Cluster:
-        cluster = Cluster(
-            clock=clock or fake_clock, store=store, election=election, dispatch=dispatch
-        )
+        cluster = Cluster(clock=fake_clock, store=store, election=election, dispatch=dispatch)
         clusters.append(cluster)
         return cluster
 
@@ -237,8 +242,18 @@ async def configs_of(dispatcher: Dispatcher, node: NodeName) -> list[Digest]:
 
 
 async def renewed(cluster: Cluster) -> None:
-    """Lets every elector take one more step (real time; the fake clock stands still)."""
-    await asyncio.sleep(cluster.election.retry_period_s * 3)
+    """Lets every elector take a few more steps: a few retry periods of fake time."""
+    await cluster.clock.run_for(cluster.election.retry_period_s * 3)
+
+
+async def until(condition: Callable[[], bool], *, rounds: int = 500) -> None:
+    """Yields to the event loop until ``condition()`` holds: for what follows from an
+    event with no time passing (a callback, a cancelled task); fails after ``rounds``."""
+    for _ in range(rounds):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"{condition} did not hold with no time passing")
 
 
 # -------------------------------------------------------------- one leader
@@ -253,7 +268,7 @@ async def test_exactly_one_replica_leads_and_only_its_dispatcher_serves(
 
     leader = await cluster.leader()
     followers = [r for r in replicas if r is not leader]
-    await eventually(lambda: all(f.handler.role is Role.FOLLOWER for f in followers))
+    await until(lambda: all(f.handler.role is Role.FOLLOWER for f in followers))
     for _ in range(5):  # and it stays that way while everyone keeps campaigning
         await renewed(cluster)
         assert cluster.leaders() == [leader]
@@ -289,7 +304,7 @@ async def test_a_leader_whose_deadline_passes_takes_no_further_step_even_before_
     await leader.dispatcher.node_status(N1, last_change=-1)
     counter, _ = await leader.dispatcher.node_configs(N1)
     poll = asyncio.create_task(leader.dispatcher.node_configs(N1, since=counter, wait_s=10.0))
-    await asyncio.sleep(0.02)
+    await fake_clock.settle()
     assert not poll.done(), "the long poll is waiting"
 
     cluster.backend.down = True
@@ -306,67 +321,57 @@ async def test_a_leader_whose_deadline_passes_takes_no_further_step_even_before_
     with pytest.raises(NoLeader):
         await leader.dispatcher.node_status(N2, last_change=-1)
 
-    # The callback follows within a retry period: the term ends and the long poll with it.
-    await eventually(lambda: leader.handler.role is Role.FOLLOWER, within_s=1.0)
+    # The callback follows with no more time passing (the elector wakes for its deadline):
+    # the term ends and the long poll with it.
+    await until(lambda: leader.handler.role is Role.FOLLOWER)
+    await until(poll.done)
     with pytest.raises(NoLeader):
-        async with asyncio.timeout(1.0):
-            await poll
+        poll.result()
     assert leader.dispatcher.state.nodes == {}, "the deposed term's state is dropped"
     assert leader.handler.leader() is None
     assert cluster.leaders() == []
 
 
 async def test_a_lease_backend_outage_makes_the_leader_step_down_by_its_renew_deadline(
-    make_cluster: MakeCluster,
+    make_cluster: MakeCluster, fake_clock: FakeClock
 ) -> None:
-    """On the system clock: bounds, not exact times."""
-    clock = SystemClock()
-    cluster = make_cluster(store=MemoryStateStore(), clock=clock, election=REAL_TIME)
+    cluster = make_cluster(store=MemoryStateStore())
     replicas = [cluster.add("a"), cluster.add("b")]
     leader = await cluster.leader()
     first_epoch = leader.dispatcher.epoch
+    await renewed(cluster)
+    down_at = fake_clock.monotonic()
+    cluster.backend.down = True
 
-    # An agent keeps heartbeating the leader; every accepted step is timestamped.
+    # An agent heartbeats the leader every quarter second of fake time; every answer is
+    # noted with the time it was given (the background tick keeps the node alive).
     accepted: list[float] = []
     refused: list[float] = []
-
-    async def agent() -> None:
-        while True:
-            try:
-                await leader.dispatcher.node_status(N1, last_change=-1)
-                accepted.append(time.monotonic())
-            except NoLeader:
-                refused.append(time.monotonic())
-            await asyncio.sleep(0.005)
-
-    driver = asyncio.create_task(agent(), name="agent")
-    try:
-        await asyncio.sleep(0.1)
-        cluster.backend.down = True
-        down_at = time.monotonic()
-        await eventually(lambda: not leader.dispatcher.active, within_s=2.0)
-        inactive_at = time.monotonic()
-        await eventually(lambda: leader.handler.role is Role.FOLLOWER, within_s=2.0)
-        follower_at = time.monotonic()
-        await asyncio.sleep(0.2)
-    finally:
-        driver.cancel()
-        await asyncio.gather(driver, return_exceptions=True)
+    roles: list[Role] = []
+    step_s = 0.25
+    while fake_clock.monotonic() < down_at + FAKE_TIME.renew_deadline_s + 2:
+        try:
+            await leader.dispatcher.node_status(N1, last_change=-1)
+            accepted.append(fake_clock.monotonic())
+        except NoLeader:
+            refused.append(fake_clock.monotonic())
+            roles.append(leader.handler.role)
+        await fake_clock.run_for(step_s)
 
     # The deadline is the start of the last successful renewal (at most one retry period
-    # before the outage) plus the renew deadline; the callback comes at that deadline.
-    # The slack absorbs scheduling delays on a busy machine (two cores shared with other
-    # test runs); the exact rule is pinned on fake time above.
-    slack = 0.3
-    assert inactive_at - down_at <= REAL_TIME.renew_deadline_s + slack
-    assert inactive_at - down_at >= REAL_TIME.renew_deadline_s - REAL_TIME.retry_period_s - slack
-    assert follower_at - down_at <= REAL_TIME.renew_deadline_s + slack
+    # before the outage) plus the renew deadline.
     assert accepted, "the agent was never served"
     assert refused, "the agent was never refused"
     assert max(accepted) < min(refused), "a step was accepted after the first refusal"
-    assert max(accepted) - down_at < REAL_TIME.renew_deadline_s + slack
+    deadline = FAKE_TIME.renew_deadline_s
+    assert deadline - FAKE_TIME.retry_period_s <= min(refused) - down_at <= deadline
+    assert min(refused) - max(accepted) == step_s, "refused from the first step past it"
+    # The elector wakes for its deadline: by the first refusal it has stepped down.
+    assert set(roles) == {Role.FOLLOWER}
     assert cluster.leaders() == [], "someone leads although no lease can be taken"
 
+    await fake_clock.run_for(FAKE_TIME.lease_duration_s)  # the lease runs out meanwhile
+    assert cluster.leaders() == []
     cluster.backend.down = False
     again = await cluster.leader()
     assert again.dispatcher.epoch > first_epoch
@@ -403,6 +408,7 @@ async def test_a_new_leader_loads_the_store_keeps_every_placement_and_serves_at_
     before = {n: await configs_of(old, n) for n in (N1, N2, N3)}
     assert dict(store.placement) == placement, "every answered step is in the store"
     old_epoch = old.epoch
+    await fake_clock.run_for(5.0)  # the nodes' last heartbeats are 5 s old at the takeover
 
     await first.shutdown()
     second = await cluster.leader()
@@ -436,7 +442,7 @@ async def test_a_new_leader_loads_the_store_keeps_every_placement_and_serves_at_
     await new.tick()
     assert set(new.state.nodes) == {N1}
     # A tick answers nobody, so it does not wait for the store; its writes follow.
-    await eventually(lambda: set(store.nodes) == {N1}, within_s=1.0)
+    await until(lambda: set(store.nodes) == {N1})
     assert dict(store.placement) == dict(new.state.placement)
     assert set(new.state.placement.values()) <= {N1}
 
@@ -507,7 +513,7 @@ async def test_a_fenced_write_makes_the_leader_step_down(make_cluster: MakeClust
     with pytest.raises(NoLeader, match="shared store"):
         await leader.dispatcher.node_status(N2, last_change=-1)
 
-    await eventually(lambda: leader.handler.role is Role.FOLLOWER, within_s=1.0)
+    await until(lambda: leader.handler.role is Role.FOLLOWER)
     assert not leader.dispatcher.active
     assert not leader.handler.is_leader()
     assert leader.handler.leader() is None
@@ -523,7 +529,7 @@ async def test_leadership_recovers_after_a_fenced_step_down(make_cluster: MakeCl
     refused and it steps down. Some replica must lead again, with a new term that
     claims the store, within a few lease durations."""
     store = MemoryStateStore()
-    cluster = make_cluster(store=store, clock=SystemClock(), election=REAL_TIME)
+    cluster = make_cluster(store=store)
     cluster.add("a")
     cluster.add("b")
     leader = await cluster.leader()
@@ -534,19 +540,11 @@ async def test_leadership_recovers_after_a_fenced_step_down(make_cluster: MakeCl
     store.nodes.clear()
     with pytest.raises(NoLeader):
         await leader.dispatcher.node_status(N2, last_change=-1)
-    await eventually(lambda: not leader.handler.is_leader(), within_s=1.0)
+    await until(lambda: not leader.handler.is_leader())
 
-    within_s = 2.0  # more than three lease durations
-    try:
-        again = await cluster.leader(within_s=within_s)
-    except AssertionError:
-        lease = cluster.backend.holder()
-        roles = {r.name: r.handler.role.value for r in cluster.replicas}
-        views = {r.name: r.handler.leader() for r in cluster.replicas}
-        raise AssertionError(
-            f"no replica leads {within_s:g} s after the fenced step-down; the lease is "
-            f"held by {lease}, roles {roles}, each replica's view of the leader {views}"
-        ) from None
+    # The resigned leader releases on its next step: a new term within a few retry
+    # periods, far sooner than the lease would have run out.
+    again = await cluster.leader(within_s=3 * FAKE_TIME.retry_period_s)
     assert again.dispatcher.epoch > first_epoch
     assert store.epoch == again.dispatcher.epoch
     assert await again.dispatcher.node_status(N2, last_change=-1) is True
@@ -556,7 +554,7 @@ async def test_leadership_recovers_after_a_fenced_step_down(make_cluster: MakeCl
 
 
 async def test_shutdown_ends_the_term_then_releases_the_lease_so_another_takes_over_at_once(
-    make_cluster: MakeCluster,
+    make_cluster: MakeCluster, fake_clock: FakeClock
 ) -> None:
     store = MemoryStateStore()
     cluster = make_cluster(store=store)
@@ -566,7 +564,8 @@ async def test_shutdown_ends_the_term_then_releases_the_lease_so_another_takes_o
     await first.dispatcher.node_status(N1, last_change=-1)
     counter, _ = await first.dispatcher.node_configs(N1)
     poll = asyncio.create_task(first.dispatcher.node_configs(N1, since=counter, wait_s=10.0))
-    await asyncio.sleep(0.02)
+    await fake_clock.settle()
+    assert not poll.done(), "the long poll is waiting"
     first_epoch = first.dispatcher.epoch
 
     await first.shutdown()  # the fake clock does not move: the lease cannot expire
@@ -578,10 +577,12 @@ async def test_shutdown_ends_the_term_then_releases_the_lease_so_another_takes_o
     )
     assert not first.dispatcher.active
     assert first.handler.role is Role.FOLLOWER
+    await until(poll.done)  # ended with the term, not by its wait_s
     with pytest.raises(NoLeader):
-        async with asyncio.timeout(0.5):
-            await poll
-    second = await cluster.leader()
+        poll.result()
+    # Within a retry period or two of fake time, where a lease left to expire would
+    # take its whole duration.
+    second = await cluster.leader(within_s=2.5 * FAKE_TIME.retry_period_s)
     assert second is not first
     assert second.dispatcher.epoch > first_epoch
     holder = cluster.backend.holder()
@@ -592,7 +593,7 @@ async def test_shutdown_ends_the_term_then_releases_the_lease_so_another_takes_o
 
 
 async def test_a_reply_waiting_for_the_store_ends_with_no_leader_when_the_term_ends(
-    make_cluster: MakeCluster,
+    make_cluster: MakeCluster, fake_clock: FakeClock
 ) -> None:
     """Like a long poll, a reply that waits for its step to be stored is pending work of
     the term: when the term ends it must end too (503, retry), not hang until the
@@ -607,13 +608,13 @@ async def test_a_reply_waiting_for_the_store_ends_with_no_leader_when_the_term_e
     try:
         async with asyncio.timeout(GUARD_S):
             await store.entered.wait()
+        started = fake_clock.monotonic()
         await first.shutdown()
         assert not first.dispatcher.active
-        started = asyncio.get_running_loop().time()
+        await until(reply.done)  # not left to the writer's wait timeout (fake time)
+        assert fake_clock.monotonic() == started
         with pytest.raises(NoLeader):
-            async with asyncio.timeout(1.0):
-                await asyncio.shield(reply)
-        assert asyncio.get_running_loop().time() - started < 1.0
+            reply.result()
     finally:
         store.gate.set()
         reply.cancel()
@@ -647,7 +648,7 @@ async def test_a_follower_forwards_to_the_leader_once_and_says_who_leads(
         replica.start()
     leader = await cluster.leader()
     [follower] = [r for r in replicas if r is not leader]
-    await eventually(lambda: follower.handler.leader() is not None)
+    await until(lambda: follower.handler.leader() is not None)
     status_path = f"{API_PATH}/status/node-a"
 
     async with aiohttp.ClientSession() as session:
@@ -739,7 +740,7 @@ async def test_a_replica_that_loses_leadership_resets_its_state_gauges_at_once(
         assert samples(leader, family) == {(): 0}, family
     for family in ("clusterchecks_checks_dispatched", "clusterchecks_check_ok"):
         assert samples(leader, family) == {}, family
-    await eventually(lambda: leader.handler.role is Role.FOLLOWER, within_s=1.0)
+    await until(lambda: leader.handler.role is Role.FOLLOWER)
     assert samples(leader, "clusterchecks_leader") == {(): 0}
     assert samples(leader, "clusterchecks_check_ok") == {}
     # Counters are never reset: the decisions of the lost term stay counted.

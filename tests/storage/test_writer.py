@@ -1,8 +1,10 @@
 """The store writer: ordered group-commit write-through, retries, fencing, health.
 
 A small recording store lets each test hold a write in flight (a gate), fail writes on
-demand and see exactly which deltas reached the store in which order. Timeouts are
-kept small and every wait is guarded, so a writer that hangs fails the test quickly.
+demand and see exactly which deltas reached the store in which order. The writer's retry
+and wait timeout run on a FakeClock: a test moves time on by hand, and "at once" means
+with no time passed on that clock. Awaits on real events are guarded (``GUARD_S``) so that
+a writer that hangs fails the test instead of stalling it; the guard is never a measure.
 """
 
 from __future__ import annotations
@@ -14,17 +16,19 @@ from contextlib import asynccontextmanager
 
 import pytest
 
+from dispatcher.common.clock import FakeClock
 from dispatcher.core.model import Digest, NodeName
 from dispatcher.core.snapshot import NodeRecord, Snapshot, StateDelta
 from dispatcher.errors import Fenced, StoreError
 from dispatcher.storage.memory import MemoryStateStore
 from dispatcher.storage.writer import StoreWriter
-from tests.node_agent.helpers import eventually
 
 EPOCH = 4
 A, B, C = Digest("a" * 32), Digest("b" * 32), Digest("c" * 32)
 N1, N2, N3 = NodeName("n1"), NodeName("n2"), NodeName("n3")
-GUARD_S = 2.0
+GUARD_S = 10.0
+RETRY_S = 0.5
+WAIT_TIMEOUT_S = 5.0
 
 
 def place(**where: str | None) -> StateDelta:
@@ -95,20 +99,22 @@ def recorder() -> Recorder:
     return Recorder()
 
 
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
 def make_writer(
-    store: RecordingStore | MemoryStateStore,
-    recorder: Recorder,
-    *,
-    retry_s: float = 0.01,
-    wait_timeout_s: float = 1.0,
+    store: RecordingStore | MemoryStateStore, recorder: Recorder, clock: FakeClock
 ) -> StoreWriter:
     return StoreWriter(
         store,
         epoch=EPOCH,
         on_fenced=recorder.on_fenced,
+        clock=clock,
         on_health=recorder.on_health,
-        retry_s=retry_s,
-        wait_timeout_s=wait_timeout_s,
+        retry_s=RETRY_S,
+        wait_timeout_s=WAIT_TIMEOUT_S,
     )
 
 
@@ -128,13 +134,22 @@ async def flushed(writer: StoreWriter, seq: int) -> None:
         await writer.wait_flushed(seq)
 
 
+async def ended_at_once(clock: FakeClock, tasks: list[asyncio.Task[None]]) -> list[object]:
+    """The tasks' outcomes, which must all be in with no time passed on the clock."""
+    started = clock.monotonic()
+    await clock.settle()
+    assert all(task.done() for task in tasks), "a waiter was left to the wait timeout"
+    assert clock.monotonic() == started
+    return list(await asyncio.gather(*tasks, return_exceptions=True))
+
+
 # ------------------------------------------------------------------- order
 
 
 async def test_steps_reach_the_store_in_order_and_the_later_value_wins(
-    store: RecordingStore, recorder: Recorder
+    store: RecordingStore, recorder: Recorder, clock: FakeClock
 ) -> None:
-    writer = make_writer(store, recorder)
+    writer = make_writer(store, recorder, clock)
     seqs = [
         writer.submit(place(a="n1", b="n1")),
         writer.submit(place(a="n2")),
@@ -151,9 +166,9 @@ async def test_steps_reach_the_store_in_order_and_the_later_value_wins(
 
 
 async def test_an_empty_step_is_not_counted_and_needs_no_write(
-    store: RecordingStore, recorder: Recorder
+    store: RecordingStore, recorder: Recorder, clock: FakeClock
 ) -> None:
-    writer = make_writer(store, recorder)
+    writer = make_writer(store, recorder, clock)
     assert writer.submit(StateDelta()) == 0
     await writer.wait_flushed(0)  # nothing to wait for, even with no writer running
     assert writer.submit(place(a="n1")) == 1
@@ -165,9 +180,9 @@ async def test_an_empty_step_is_not_counted_and_needs_no_write(
 
 
 async def test_steps_submitted_during_a_write_go_together_in_the_next_one(
-    store: RecordingStore, recorder: Recorder
+    store: RecordingStore, recorder: Recorder, clock: FakeClock
 ) -> None:
-    writer = make_writer(store, recorder)
+    writer = make_writer(store, recorder, clock)
     store.gate.clear()
     async with running(writer):
         first = writer.submit(place(a="n1"))
@@ -178,7 +193,7 @@ async def test_steps_submitted_during_a_write_go_together_in_the_next_one(
             writer.submit(place(b=None, c="n2")),
         ]
         waiting = asyncio.create_task(writer.wait_flushed(later[-1]))
-        await asyncio.sleep(0.05)
+        await clock.settle()  # the writer could run: it still waits for the first write
         assert len(store.attempts) == 1, "a second write started while one is in flight"
         assert not waiting.done()
         store.gate.set()
@@ -193,15 +208,15 @@ async def test_steps_submitted_during_a_write_go_together_in_the_next_one(
 
 
 async def test_wait_flushed_returns_only_once_the_write_is_stored(
-    store: RecordingStore, recorder: Recorder
+    store: RecordingStore, recorder: Recorder, clock: FakeClock
 ) -> None:
-    writer = make_writer(store, recorder)
+    writer = make_writer(store, recorder, clock)
     store.gate.clear()
     async with running(writer):
         seq = writer.submit(place(a="n1"))
         waiting = asyncio.create_task(writer.wait_flushed(seq))
         await store.wait_entered()
-        await asyncio.sleep(0.05)
+        await clock.settle()
         assert not waiting.done(), "answered before the store confirmed"
         assert store.inner.placement == {}
         store.gate.set()
@@ -214,9 +229,9 @@ async def test_wait_flushed_returns_only_once_the_write_is_stored(
 
 
 async def test_a_waiter_for_an_early_step_does_not_wait_for_later_ones(
-    store: RecordingStore, recorder: Recorder
+    store: RecordingStore, recorder: Recorder, clock: FakeClock
 ) -> None:
-    writer = make_writer(store, recorder)
+    writer = make_writer(store, recorder, clock)
     async with running(writer):
         first = writer.submit(place(a="n1"))
         await flushed(writer, first)
@@ -232,21 +247,23 @@ async def test_a_waiter_for_an_early_step_does_not_wait_for_later_ones(
 
 
 async def test_a_failing_store_is_retried_and_waiters_give_up_after_the_wait_timeout(
-    store: RecordingStore, recorder: Recorder
+    store: RecordingStore, recorder: Recorder, clock: FakeClock
 ) -> None:
-    writer = make_writer(store, recorder, retry_s=0.01, wait_timeout_s=0.2)
+    writer = make_writer(store, recorder, clock)
     store.failure = StoreError("redis: Connection refused")
     async with running(writer) as task:
         seq = writer.submit(place(a="n1"))
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        with pytest.raises(StoreError, match=r"within 0\.2 s") as failed:
-            await writer.wait_flushed(seq)
-        waited = loop.time() - started
-        assert 0.15 <= waited < 1.0, waited
+        waiting = asyncio.create_task(writer.wait_flushed(seq))
+        await clock.run_for(WAIT_TIMEOUT_S - 0.1)
+        assert not waiting.done(), "the waiter gave up before the wait timeout"
+        # One attempt at once, then one every RETRY_S: 0, 0.5, ..., 4.5 s.
+        assert len(store.attempts) == 10, "the write was not retried every retry_s"
+        await clock.run_for(0.1)
+        assert waiting.done(), "the waiter outlived the wait timeout"
+        with pytest.raises(StoreError, match=r"within 5 s") as failed:
+            waiting.result()
         assert not isinstance(failed.value, Fenced)
         assert "Connection refused" in str(failed.value), "the waiter learns why"
-        assert len(store.attempts) >= 3, "the write was not retried"
         assert not task.done(), "the writer gave up"
         assert writer.flushed == 0
         assert recorder.health, "a failing store is reported"
@@ -255,25 +272,28 @@ async def test_a_failing_store_is_retried_and_waiters_give_up_after_the_wait_tim
 
 
 async def test_after_a_failure_the_writer_recovers_in_order_and_reports_health(
-    store: RecordingStore, recorder: Recorder
+    store: RecordingStore, recorder: Recorder, clock: FakeClock
 ) -> None:
-    writer = make_writer(store, recorder, retry_s=0.01, wait_timeout_s=0.15)
+    writer = make_writer(store, recorder, clock)
     store.failure = StoreError("redis: Timeout reading from socket")
     async with running(writer):
         early = writer.submit(place(a="n1", b="n1"))
+        waiting = asyncio.create_task(writer.wait_flushed(early))
+        await clock.run_for(WAIT_TIMEOUT_S)
         with pytest.raises(StoreError):
-            await writer.wait_flushed(early)
+            waiting.result()
         # Steps keep coming while the store is failing; newer values must win.
         writer.submit(place(a="n2"))
         late = writer.submit(place(c="n3", b=None))
         failures = len(recorder.health)
         assert failures >= 1
         store.failure = None
+        await clock.run_for(RETRY_S)  # the next retry succeeds
         await flushed(writer, late)
         await flushed(writer, early)
         assert store.inner.placement == {A: N2, C: N3}
         assert [dict(d.placement) for d in store.stored] == [{A: N2, B: None, C: N3}]
-        await eventually(lambda: recorder.health[-1:] == [None])
+        assert recorder.health[-1:] == [None], "the recovery is reported"
         assert all(p is not None for p in recorder.health[:-1])
         # Healthy again: a later step is written at once, with no new report.
         reports = len(recorder.health)
@@ -284,23 +304,19 @@ async def test_after_a_failure_the_writer_recovers_in_order_and_reports_health(
 
 
 async def test_a_fenced_write_calls_on_fenced_once_and_every_waiter_gets_fenced(
-    store: RecordingStore, recorder: Recorder
+    store: RecordingStore, recorder: Recorder, clock: FakeClock
 ) -> None:
-    writer = make_writer(store, recorder, wait_timeout_s=1.0)
+    writer = make_writer(store, recorder, clock)
     store.gate.clear()
     async with running(writer) as task:
         seq = writer.submit(place(a="n1"))
         waiters = [asyncio.create_task(writer.wait_flushed(seq)) for _ in range(3)]
         await store.wait_entered()
         await store.inner.claim(epoch=EPOCH + 1)  # a newer term claims the store
-        loop = asyncio.get_running_loop()
-        started = loop.time()
         store.gate.set()
-        outcomes = await asyncio.gather(*waiters, return_exceptions=True)
-        assert loop.time() - started < 0.5, "fenced waiters must not wait for the timeout"
+        outcomes = await ended_at_once(clock, waiters)  # not left to the wait timeout
         assert all(isinstance(o, Fenced) for o in outcomes), outcomes
-        async with asyncio.timeout(GUARD_S):
-            await task  # the writer stops by itself
+        assert task.done(), "the writer did not stop by itself"
         assert recorder.fenced == 1
         # A step submitted after the fence is never written, and its waiter knows at once.
         later = writer.submit(place(b="n1"))
@@ -311,30 +327,37 @@ async def test_a_fenced_write_calls_on_fenced_once_and_every_waiter_gets_fenced(
     assert recorder.fenced == 1
 
 
-async def test_a_fence_found_after_failures_still_ends_the_writer(recorder: Recorder) -> None:
+async def test_a_fence_found_after_failures_still_ends_the_writer(
+    recorder: Recorder, clock: FakeClock
+) -> None:
     """With the real in-memory store: down, then up again but claimed by a newer term."""
     memory = MemoryStateStore()
     await memory.claim(epoch=EPOCH)
-    writer = make_writer(memory, recorder, retry_s=0.01, wait_timeout_s=1.0)
+    writer = make_writer(memory, recorder, clock)
     memory.down = True
     async with running(writer) as task:
         seq = writer.submit(place(a="n1"))
-        await eventually(lambda: bool(recorder.health))
+        waiting = asyncio.create_task(writer.wait_flushed(seq))
+        await clock.settle()
+        assert recorder.health, "the failed write was not reported"
         memory.down = False
         await memory.claim(epoch=EPOCH + 1)
+        await clock.run_for(RETRY_S)  # the retry meets the newer claim
+        assert waiting.done()
         with pytest.raises(Fenced):
-            await flushed(writer, seq)
-        async with asyncio.timeout(GUARD_S):
-            await task
+            waiting.result()
+        assert task.done(), "the writer did not stop by itself"
     assert recorder.fenced == 1
     assert memory.placement == {}
     assert memory.writes == 0
 
 
-async def test_node_records_and_deletes_pass_through_unchanged(recorder: Recorder) -> None:
+async def test_node_records_and_deletes_pass_through_unchanged(
+    recorder: Recorder, clock: FakeClock
+) -> None:
     memory = MemoryStateStore()
     await memory.claim(epoch=EPOCH)
-    writer = make_writer(memory, recorder)
+    writer = make_writer(memory, recorder, clock)
     record = NodeRecord(labels={"zone": "a"}, capacity=3, cordoned=True)
     async with running(writer):
         writer.submit(StateDelta(nodes={N1: record, N2: record}))
@@ -343,9 +366,9 @@ async def test_node_records_and_deletes_pass_through_unchanged(recorder: Recorde
 
 
 async def test_closing_at_the_end_of_a_term_tells_every_waiter_at_once(
-    store: RecordingStore, recorder: Recorder
+    store: RecordingStore, recorder: Recorder, clock: FakeClock
 ) -> None:
-    writer = make_writer(store, recorder, wait_timeout_s=5.0)
+    writer = make_writer(store, recorder, clock)
     store.gate.clear()
     async with running(writer):
         done = writer.submit(place(a="n1"))
@@ -355,11 +378,8 @@ async def test_closing_at_the_end_of_a_term_tells_every_waiter_at_once(
         seq = writer.submit(place(a="n2"))
         waiters = [asyncio.create_task(writer.wait_flushed(seq)) for _ in range(2)]
         await store.wait_entered()
-        loop = asyncio.get_running_loop()
-        started = loop.time()
         writer.close()
-        outcomes = await asyncio.gather(*waiters, return_exceptions=True)
-        assert loop.time() - started < 0.5, "waiters were left to the wait timeout"
+        outcomes = await ended_at_once(clock, waiters)  # not left to the wait timeout
         assert all(type(o) is StoreError for o in outcomes), outcomes
         assert all("term ended" in str(o) for o in outcomes)
         await flushed(writer, done)  # what was stored before stays confirmed
@@ -380,30 +400,33 @@ class SwallowingStore(MemoryStateStore):
     async def write(self, delta: StateDelta, *, epoch: int) -> None:
         self.entered.set()
         with contextlib.suppress(asyncio.CancelledError):  # the task is still "cancelling"
-            await asyncio.sleep(0.05)
+            await asyncio.Event().wait()  # in flight until the cancellation arrives
         await super().write(delta, epoch=epoch)
 
 
-async def test_a_cancellation_swallowed_by_the_store_client_still_ends_the_writer() -> None:
+async def test_a_cancellation_swallowed_by_the_store_client_still_ends_the_writer(
+    clock: FakeClock,
+) -> None:
     store = SwallowingStore()
     await store.claim(epoch=EPOCH)
-    writer = StoreWriter(store, epoch=EPOCH, on_fenced=lambda: None)
+    writer = StoreWriter(store, epoch=EPOCH, on_fenced=lambda: None, clock=clock)
     task = asyncio.create_task(writer.run(), name="writer")
     writer.submit(place(a="n1"))
-    await asyncio.wait_for(store.entered.wait(), GUARD_S)
+    async with asyncio.timeout(GUARD_S):
+        await store.entered.wait()
     task.cancel()
-    done, _ = await asyncio.wait({task}, timeout=GUARD_S)
-    assert done, "the writer hung after its cancellation was swallowed"
+    await clock.settle()
+    assert task.done(), "the writer hung after its cancellation was swallowed"
     assert task.cancelled()
 
 
-async def test_close_ends_the_writer_loop_without_a_cancellation() -> None:
+async def test_close_ends_the_writer_loop_without_a_cancellation(clock: FakeClock) -> None:
     store = MemoryStateStore()
     await store.claim(epoch=EPOCH)
-    writer = StoreWriter(store, epoch=EPOCH, on_fenced=lambda: None)
+    writer = StoreWriter(store, epoch=EPOCH, on_fenced=lambda: None, clock=clock)
     task = asyncio.create_task(writer.run(), name="writer")
     await asyncio.sleep(0)
     writer.close()
-    await asyncio.wait_for(task, GUARD_S)
+    await clock.settle()
     assert task.done()
     assert not task.cancelled()
