@@ -2,13 +2,16 @@
 target they probe, and the example checks of examples/conf.d. Prints which agent runs
 which check and how it fares until Ctrl-C; process logs go to .run/.
 
-The agents start once the dispatcher answers ``/readyz``, and the first table waits
-(a bounded time) until all three are registered, so it does not show every check
-dangling. The demo is there to be poked at: an agent that dies (``kill -9 $(cat
-.run/agent-a.pid)``) is reported, the dispatcher drops it once it has missed heartbeats
-for EXPIRY_S, and the next tables show its checks on the other agents. Only Ctrl-C
-(SIGINT or SIGTERM) ends the demo, with exit status 0. If the dispatcher itself dies the
-demo cannot go on: it says so, stops the rest and exits 1.
+The agents start once the dispatcher answers ``/readyz``; the dispatcher holds the checks
+back for a short warm-up so that all three agents are registered when it places them,
+and the first table waits (a bounded time) for that, so it shows where the checks run
+rather than every check dangling or on one agent.
+
+The demo is there to be poked at: an agent that dies (``kill -9 $(cat .run/agent-a.pid)``)
+is reported, the dispatcher drops it once it has missed heartbeats for EXPIRY_S, and the
+next tables show its checks on the other agents. Only Ctrl-C (SIGINT or SIGTERM) ends the
+demo, with exit status 0. If the dispatcher itself dies the demo cannot go on: it says
+so, stops the rest and exits 1.
 
 The children run in process groups of their own, so the terminal's Ctrl-C reaches this
 script alone, which stops the agents first (they deregister from a dispatcher still
@@ -49,17 +52,23 @@ HEARTBEAT_S = 2.0
 EXPIRY_S = 6.0
 """Seconds without a heartbeat after which the dispatcher drops an agent and gives its
 checks to the others."""
+WARMUP_S = 5.0
+"""The dispatcher places no check for this long after it starts (its warm-up), so that
+the three agents, started once it is ready, have all registered when it does: it places
+dangling checks on its next tick after a node appears, so without this the first agent
+to register takes every check and the others start empty."""
 TABLE_EVERY_S = 5.0
 READY_TIMEOUT_S = 30.0
 """How long the dispatcher may take to answer /readyz with 200 after it starts."""
 REGISTER_TIMEOUT_S = 20.0
-"""How long the first table waits for every agent to register."""
+"""How long the first table waits for every agent to register and the checks placed."""
 STOP_GRACE_S = 10.0
 """How long each group of children (agents, then the dispatcher) may take to stop after
 SIGTERM before it is killed."""
 PLACE_WAIT_S = 3.0
-"""How long the first table waits, after every agent registered, for the dispatcher to
-place the dangling checks (it does on its tick, at least once a second)."""
+"""How long the first table waits, once every agent registered and the warm-up is over,
+for the dispatcher to place the dangling checks (it does on its tick, at least once a
+second)."""
 POLL_S = 0.5
 """How often the children are looked at between tables (a death is reported this soon)."""
 REQUEST_TIMEOUT_S = 2.0
@@ -279,6 +288,10 @@ def verdict(check: wire.CheckDetailOut) -> str:
     return "ok" if last.ok else "FAILED: " + "; ".join(last.errors)[:60]
 
 
+def checks(node: wire.NodeOut) -> str:
+    return f"{len(node.configs)} check{'' if len(node.configs) == 1 else 's'}"
+
+
 def agent_rows(
     agents: Sequence[Child], nodes: Mapping[str, wire.NodeOut] | None, now: float
 ) -> list[str]:
@@ -295,10 +308,10 @@ def agent_rows(
         if nodes is None:
             seen = "?"
         elif node is not None and code is None:
-            seen = f"{len(node.configs)} checks, heartbeat {node.heartbeat_age_s:.1f}s ago"
+            seen = f"{checks(node)}, heartbeat {node.heartbeat_age_s:.1f}s ago"
         elif node is not None:
             seen = (
-                f"still listed with {len(node.configs)} checks: heartbeat "
+                f"still listed with {checks(node)}: heartbeat "
                 f"{node.heartbeat_age_s:.1f}s ago, dropped at {EXPIRY_S:g}s"
             )
         elif code is None:
@@ -419,30 +432,31 @@ class Demo:
             f"{self.dispatcher.tail()}"
         )
 
-    async def wait_registered(self, client: AdminClient) -> None:
-        """Until every running agent is registered (or REGISTER_TIMEOUT_S passed)."""
+    def unregistered(self, state: wire.StateOut | None) -> list[str]:
+        names = {n.name for n in state.nodes} if state is not None else set()
+        return [a.name for a in self.agents if a.alive() and a.name not in names]
+
+    async def wait_placed(self, client: AdminClient) -> None:
+        """Until every running agent is registered and the dispatcher, its warm-up over,
+        has placed the checks, so that the first table shows where they run. Bounded:
+        REGISTER_TIMEOUT_S in all, PLACE_WAIT_S for checks that no agent can take."""
         deadline = self.clock.monotonic() + REGISTER_TIMEOUT_S
-        names: set[str] = set()
-        registered_at: float | None = None
+        state: wire.StateOut | None = None
+        placing_since: float | None = None
         while self.clock.monotonic() < deadline:
             with contextlib.suppress(AdminError):
                 state = (await client.state()).model
-                names = {n.name for n in state.nodes}
-                if registered_at is None and all(a.name in names for a in self.agents if a.alive()):
-                    registered_at = self.clock.monotonic()
-                # The dispatcher places dangling checks on its next tick (within a
-                # second): wait for it, but not for checks no agent can take.
-                if registered_at is not None and (
-                    state.totals.dangling == 0
-                    or self.clock.monotonic() - registered_at > PLACE_WAIT_S
-                ):
+            if state is not None and not self.unregistered(state) and not state.warmup:
+                if state.totals.dangling == 0:
+                    return
+                placing_since = placing_since or self.clock.monotonic()
+                if self.clock.monotonic() - placing_since > PLACE_WAIT_S:
                     return
             if await self.pause(0.2):
                 return
-        if registered_at is not None:
-            return
-        missing = [a.name for a in self.agents if a.alive() and a.name not in names]
-        print(f"not every agent registered within {REGISTER_TIMEOUT_S:g}s ({', '.join(missing)})")
+        missing = self.unregistered(state)
+        if missing:
+            print(f"not registered within {REGISTER_TIMEOUT_S:g}s: {', '.join(missing)}")
 
     def start_dispatcher(self) -> None:
         opts = self.opts
@@ -450,6 +464,7 @@ class Demo:
             str(BIN / "clusterchecks-dispatcher"), "--config-dir", str(opts.config_dir),
             "--port", str(opts.port), "--heartbeat-interval", f"{HEARTBEAT_S:g}",
             "--node-expiration-timeout", f"{EXPIRY_S:g}", "--identity", "demo",
+            "--warmup-duration", f"{WARMUP_S:g}",
         ], opts)  # fmt: skip
 
     def start_agents(self) -> None:
@@ -516,7 +531,7 @@ class Demo:
         self.banner(ready_after)
         target_ = Target(url=opts.url, token=None, timeout_s=REQUEST_TIMEOUT_S)
         async with connect(target_) as client:
-            await self.wait_registered(client)
+            await self.wait_placed(client)
             while not self.stop.is_set():
                 await self.show(client)
                 if await self.pause(opts.every_s):
