@@ -88,15 +88,16 @@ class ReplicaReporter:
                 await wait_any(stop, self._changed, timeout_s=self.period_s, clock=self._clock)
         finally:
             try:
-                async with asyncio.timeout(self.period_s):
+                async with self._clock.timeout(self.period_s):
                     await self.directory.remove(self._leadership.identity)
             except (StoreError, TimeoutError) as exc:
                 log.warning("replica_status_remove_failed", error=str(exc))
 
     async def _publish_logged(self) -> None:
         try:
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
-            async with asyncio.timeout(self.period_s):
+            # A timeout on the clock (a context, not wait_for: on 3.11 wait_for can
+            # swallow a cancellation).
+            async with self._clock.timeout(self.period_s):
                 await self.publish()
         except (StoreError, TimeoutError) as exc:
             if not self._failing:

@@ -250,7 +250,7 @@ class KubernetesSource:
                 # A reply we cannot read must not end the leader's term: log, retry.
                 log.exception("kubernetes_source_step_failed", kind=kind.name)
                 self._api_problem(kind, f"{type(exc).__name__}: {exc}")
-            await asyncio.sleep(self._retry_s)
+            await self._clock.sleep(self._retry_s)
 
     # --- list and watch
 
@@ -439,7 +439,7 @@ class KubernetesSource:
         bounded (a slow API server delays this object's report, nothing else)."""
         meta = obj.get("metadata") or {}
         namespace = str(meta.get("namespace", "default"))
-        now = datetime.now(UTC)
+        now = datetime.fromtimestamp(self._clock.time(), UTC)
         event = CoreV1Event(
             metadata=V1ObjectMeta(
                 generate_name=f"{meta.get('name', 'object')}.", namespace=namespace
@@ -461,9 +461,9 @@ class KubernetesSource:
             count=1,
         )
         try:
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the
-            # cancellation that ends the term.
-            async with asyncio.timeout(self._retry_s):
+            # A timeout context on the clock, not wait_for: on 3.11 wait_for can swallow
+            # the cancellation that ends the term.
+            async with self._clock.timeout(self._retry_s):
                 await self._api.create_namespaced_event(namespace, event)
         except (ApiException, aiohttp.ClientError, TimeoutError, OSError) as exc:
             log.warning("kubernetes_event_failed", error=str(exc)[:300])

@@ -27,6 +27,22 @@ from tests.k8s_api import (
 )
 from tests.processes import free_port
 
+GUARD_S = 10.0
+"""Only keeps a broken test from hanging on a real port; never a measure."""
+
+
+async def until_ready(session: aiohttp.ClientSession, url: str) -> None:
+    """Waits until the server on a real port answers /readyz with 200."""
+    for _ in range(round(GUARD_S / 0.02)):
+        try:
+            async with session.get(f"{url}/readyz") as response:
+                if response.status == 200:
+                    return
+        except aiohttp.ClientConnectionError:
+            pass
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{url} was not ready within {GUARD_S:g} s")
+
 
 async def test_liveness_passes_during_the_start_up_grace_and_fails_after_it() -> None:
     clock = FakeClock()
@@ -41,14 +57,7 @@ async def test_liveness_passes_during_the_start_up_grace_and_fails_after_it() ->
     url = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as session:
-            for _ in range(200):
-                try:
-                    async with session.get(f"{url}/readyz") as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    pass
-                await asyncio.sleep(0.02)
+            await until_ready(session, url)
             service.health.report("store", Status.UNHEALTHY, "lost")
 
             async with session.get(f"{url}/healthz") as response:
@@ -66,7 +75,8 @@ async def test_liveness_passes_during_the_start_up_grace_and_fails_after_it() ->
             assert record.status.status == "unhealthy"
     finally:
         stop.set()
-        await asyncio.wait_for(task, 10)
+        async with asyncio.timeout(GUARD_S):
+            await task
 
     # A planned stop opens a new grace, and removes the record.
     assert service.health.liveness().ok
@@ -122,7 +132,7 @@ async def test_connect_leads_through_a_kubernetes_lease_and_serves_checks_from_s
                 except aiohttp.ClientConnectorError:
                     return []  # not listening yet
 
-            for _ in range(250):
+            for _ in range(round(GUARD_S / 0.02)):  # a guard, not a measure
                 if await urls():
                     break
                 await asyncio.sleep(0.02)
@@ -131,7 +141,8 @@ async def test_connect_leads_through_a_kubernetes_lease_and_serves_checks_from_s
         assert lease["spec"]["holderIdentity"] == "replica-0"
     finally:
         stop.set()
-        await asyncio.wait_for(task, 10)
+        async with asyncio.timeout(GUARD_S):
+            await task
     # Released on the way out, and the shared client closed by the service's closers.
     released = k8s_api.get(LEASES, "ops", "clusterchecks-dispatcher")
     assert not released["spec"].get("holderIdentity")

@@ -5,6 +5,10 @@ change and delete each and see the checks follow; a malformed one is reported (l
 health, a Warning Event) and leaves the other objects' checks alone; a watch that ends
 is resumed, one that is too old (410) makes the source list again; a new term applies
 everything again and drops objects that vanished meanwhile.
+
+The source's retry waits are on a FakeClock: ``until`` waits for what follows from real
+HTTP to the double (no time moves), and ``retry_until`` also moves the clock on, one
+retry period at a time, for what needs the source to try again.
 """
 
 from __future__ import annotations
@@ -44,7 +48,9 @@ from tests.node_agent.helpers import eventually
 
 ANNOTATION = "clusterchecks.io/checks"
 LABELS = {"clusterchecks.io/checks": "true"}
-WITHIN_S = 5.0
+WITHIN_S = 10.0
+"""Only keeps a broken test from hanging on real HTTP to the double; never a measure."""
+RETRY_S = 2.0
 
 
 def annotated(ns: str, name: str, checks: Any, **kwargs: Any) -> dict[str, Any]:
@@ -74,7 +80,7 @@ class Harness:
             client=client,
             clock=self.clock,
             watch_timeout_s=1.0,
-            retry_s=0.05,
+            retry_s=RETRY_S,
         )
         self.stop = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
@@ -86,7 +92,8 @@ class Harness:
     async def halt(self) -> None:
         self.stop.set()
         if self.task is not None:
-            await asyncio.wait_for(self.task, 5)
+            async with asyncio.timeout(WITHIN_S):
+                await self.task
             self.task = None
 
     def sources(self) -> dict[str, list[CheckConfig]]:
@@ -101,7 +108,19 @@ class Harness:
         return sorted(str(c.instances[0].get("url")) for c in self.sources().get(source, []))
 
     async def until(self, condition: Callable[[], bool]) -> None:
+        """Waits for ``condition``, which follows from HTTP to the double alone."""
         await eventually(condition, within_s=WITHIN_S)
+
+    async def retry_until(self, condition: Callable[[], bool]) -> None:
+        """Waits for ``condition``, moving the clock on by a retry period at each look
+        so that a source waiting to retry tries again (its HTTP is real meanwhile)."""
+
+        for _ in range(round(WITHIN_S / 0.01)):  # a guard of WITHIN_S, at the least
+            await self.clock.run_for(RETRY_S)
+            if condition():
+                return
+            await asyncio.sleep(0.01)  # the retried request is real HTTP
+        raise AssertionError(f"{condition} did not hold while the source retried")
 
     def component(self) -> tuple[Status, str, dict[str, Any]]:
         c = self.health.components()[COMPONENT]
@@ -294,7 +313,7 @@ async def test_a_dropped_connection_is_retried(harness: Harness) -> None:
     await h.api.wait_watching(2)
     h.api.close_watches(abort=True)
     h.api.put(SERVICES, "default", annotated("default", "shop", HTTP_CHECK))
-    await h.until(lambda: len(h.urls(SHOP)) == 1)
+    await h.retry_until(lambda: len(h.urls(SHOP)) == 1)
 
 
 async def test_410_gone_makes_the_source_list_again_and_catch_up() -> None:
@@ -332,8 +351,8 @@ async def test_an_api_outage_degrades_health_and_recovers(harness: Harness) -> N
 
     h.api.fail_with = None
     h.api.put(SERVICES, "default", annotated("default", "shop", HTTP_CHECK))
-    await h.until(lambda: len(h.urls(SHOP)) == 1)
-    await h.until(lambda: h.component()[0] is Status.HEALTHY)
+    await h.retry_until(lambda: len(h.urls(SHOP)) == 1)
+    await h.retry_until(lambda: h.component()[0] is Status.HEALTHY)
 
 
 async def test_a_new_term_applies_everything_again_and_drops_vanished_objects(
@@ -369,12 +388,13 @@ async def test_an_error_reply_to_a_list_deletes_nothing(harness: Harness) -> Non
     h.api.fail_with = 429
     h.api.close_watches(abort=True)  # the source lists again, and meets 429
     await h.until(lambda: h.component()[0] is Status.DEGRADED)
-    await asyncio.sleep(0.3)  # a few retries
+    lists = len(h.api.lists())
+    await h.retry_until(lambda: len(h.api.lists()) >= lists + 3)  # a few refused retries
 
     assert len(h.urls(SHOP)) == 1, "the checks stay while the API refuses"
     assert "429" in h.component()[1]
     h.api.fail_with = None
-    await h.until(lambda: h.component()[0] is Status.HEALTHY)
+    await h.retry_until(lambda: h.component()[0] is Status.HEALTHY)
     assert len(h.urls(SHOP)) == 1
 
 
