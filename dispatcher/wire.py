@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -56,6 +57,19 @@ value, and would outrank every later result of that check (the newest run is sho
 MAX_DURATION_S = 86_400.0
 """The longest a check can run: its timeout_s is at most its interval_s, at most a day."""
 
+
+def _whole_float_as_int(value: Any) -> Any:
+    """JSON Schema counts 5.0 as an integer (the OpenAPI document says "integer"), and
+    some encoders write whole numbers so: a whole float reads as that integer. Strict
+    validation still refuses every other float, and booleans."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+WHOLE_FLOAT_AS_INT = BeforeValidator(_whole_float_as_int)
+"""Put after the field's bounds (``Annotated[int, Field(ge=0), WHOLE_FLOAT_AS_INT]``), so
+that the bounds still show in the JSON schema."""
 SourceNameStr = Annotated[str, StringConstraints(pattern=SOURCE_NAME_PATTERN)]
 DigestStr = Annotated[str, StringConstraints(pattern=DIGEST_PATTERN)]
 LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=317)]
@@ -208,8 +222,8 @@ class ChecksOut(WireOut):
 
 class CheckStatsIn(WireIn):
     avg_execution_s: Duration
-    runs: Annotated[int, Field(ge=0, le=MAX_INT64)]
-    errors: Annotated[int, Field(ge=0, le=MAX_INT64)] = 0
+    runs: Annotated[int, Field(ge=0, le=MAX_INT64), WHOLE_FLOAT_AS_INT]
+    errors: Annotated[int, Field(ge=0, le=MAX_INT64), WHOLE_FLOAT_AS_INT] = 0
     last_error: Annotated[str, StringConstraints(max_length=4096)] | None = None
     last_run_at: ReportedTime | None = None
 
@@ -217,13 +231,19 @@ class CheckStatsIn(WireIn):
 class StatusIn(WireIn):
     """A node agent's heartbeat."""
 
-    last_change: Annotated[int, Field(ge=-1, le=MAX_INT64)] = Field(
+    last_change: Annotated[int, Field(ge=-1, le=MAX_INT64), WHOLE_FLOAT_AS_INT] = Field(
         description="The change counter the agent last fetched; -1: heartbeat only."
     )
     labels: Labels | None = None
-    capacity: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    capacity: Annotated[int, Field(ge=1, le=1_000_000), WHOLE_FLOAT_AS_INT] | None = None
     running: Annotated[list[DigestStr], Field(max_length=1_000_000)] | None = None
-    stats: dict[DigestStr, CheckStatsIn] | None = None
+    # Keys that are not digests are refused: say so (pydantic lists only the pattern).
+    stats: (
+        Annotated[
+            dict[DigestStr, CheckStatsIn], Field(json_schema_extra={"additionalProperties": False})
+        ]
+        | None
+    ) = None
     leaving: bool = False
 
 
@@ -250,6 +270,23 @@ class NodeConfigsOut(WireOut):
 
 
 class CheckResultIn(WireIn):
+    # The rule of _ok_matches_errors, in the document too (a schema-valid result is one
+    # the dispatcher accepts).
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"properties": {"ok": {"const": True}, "errors": {"maxItems": 0}}},
+                {
+                    "properties": {
+                        "ok": {"const": False},
+                        "errors": {"contains": {"type": "string", "pattern": r"\S"}},
+                    },
+                    "required": ["errors"],
+                },
+            ]
+        }
+    )
+
     digest: DigestStr
     run_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
     ok: bool

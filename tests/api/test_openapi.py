@@ -479,3 +479,41 @@ def test_the_table_has_no_route_special_cased_by_name() -> None:
     assert {r.name: r.media_type for r in ROUTES if r.media_type != "application/json"} == {
         "metrics": "text/plain"
     }
+
+
+# Request bodies at the edges of what the document says, and whether the dispatcher
+# takes them: a body the document's schema admits is accepted, and one it refuses is
+# refused (the rules that were in the handlers only and not in the document).
+_RESULT = {"digest": "0" * 16, "run_id": "r1", "started_at": 1.0, "duration_s": 0.1}
+_BODIES = [
+    ("status", {"last_change": 0.0, "capacity": 2.0}, True),  # JSON Schema: 2.0 is an integer
+    ("status", {"last_change": 0.5}, False),
+    ("status", {"last_change": True}, False),
+    ("status", {"last_change": -1, "stats": {"not-a-digest": {}}}, False),
+    ("status", {"last_change": -1, "stats": {"0" * 16: {"avg_execution_s": 1, "runs": 3.0}}}, True),
+    ("results", {"results": [{**_RESULT, "ok": True}]}, True),
+    ("results", {"results": [{**_RESULT, "ok": True, "errors": []}]}, True),
+    ("results", {"results": [{**_RESULT, "ok": True, "errors": ["x"]}]}, False),
+    ("results", {"results": [{**_RESULT, "ok": False}]}, False),
+    ("results", {"results": [{**_RESULT, "ok": False, "errors": []}]}, False),
+    ("results", {"results": [{**_RESULT, "ok": False, "errors": [" \t"]}]}, False),
+    ("results", {"results": [{**_RESULT, "ok": False, "errors": ["", "GET /: 503"]}]}, True),
+]
+
+
+@pytest.mark.parametrize("case", _BODIES, ids=lambda case: json.dumps(case[1])[:60])
+async def test_a_body_the_document_admits_is_accepted_and_one_it_refuses_is_refused(
+    api: Api, doc: dict[str, Any], case: tuple[str, dict[str, Any], bool]
+) -> None:
+    # jsonschema_rs comes with schemathesis (pinned in constraints.txt), and is typed.
+    import jsonschema_rs
+
+    route, body, admitted = case
+    path = f"{API}/{route}/{{node}}"
+    ref = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    schema = {**ref, "components": doc["components"]}
+    assert jsonschema_rs.Draft202012Validator(schema).is_valid(body) is admitted
+
+    reply = await api.post(path.format(node="node-a"), body)
+
+    assert reply.status == (200 if admitted else 400), reply.text
