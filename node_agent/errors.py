@@ -1,20 +1,25 @@
-"""The node agent's exception tree (request errors of its local server reuse
-``dispatcher.errors``).
+"""The node agent's branch of the one exception tree (``dispatcher.errors`` draws the
+whole tree; request errors of the agent's local server reuse its ``RequestError``s).
 
 ::
 
-    AgentError
-    ├── DispatcherUnavailable    no answer, a transport error, or 503 no_leader: retry
-    │                            (after moving to the next dispatcher URL)
-    ├── UnknownNodeError         404 unknown_node: register again with a heartbeat
-    └── DispatcherProtocolError  a reply the agent cannot use (4xx, malformed JSON): log
+    ClusterchecksError               dispatcher.errors
+    └── AgentError
+        ├── DispatcherUnavailable    no answer, a transport error, or 503 no_leader: retry
+        │                            (after moving to the next dispatcher URL)
+        ├── UnknownNodeError         404 unknown_node: register again with a heartbeat
+        ├── DispatcherProtocolError  a reply the agent cannot use (4xx, malformed JSON): log
+        └── InstanceError            a check instance the agent cannot run (bad or missing
+                                     fields, a program not allowed): the run fails, named
 """
 
 from __future__ import annotations
 
+from dispatcher.errors import ClusterchecksError
 
-class AgentError(Exception):
-    pass
+
+class AgentError(ClusterchecksError):
+    """Base of every error the node agent raises on purpose."""
 
 
 class DispatcherUnavailable(AgentError):
@@ -27,3 +32,7 @@ class UnknownNodeError(AgentError):
 
 class DispatcherProtocolError(AgentError):
     pass
+
+
+class InstanceError(AgentError):
+    """An instance the agent cannot run; the message names the problem."""

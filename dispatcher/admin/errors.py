@@ -4,7 +4,7 @@
 
     AdminError                   (a ClusterchecksError)
     ├── Unreachable          3   no connection, connection lost, no reply in --timeout
-    ├── Unavailable          3   503 (no_leader, ...), 508 loop_detected, any other 5xx
+    ├── ServerError          3   503 (no_leader, ...), 508 loop_detected, any other 5xx
     ├── BadReply             3   a reply this command cannot read (not JSON, wrong shape;
     │                            a 4xx other than 401/403 without an API.md error body)
     ├── TokenRefused         4   401 unauthorized, 403 forbidden
@@ -73,7 +73,10 @@ class Unreachable(AdminError):
     exit_code = ExitCode.UNAVAILABLE
 
 
-class Unavailable(AdminError):
+class ServerError(AdminError):
+    """The dispatcher answered, but could not serve the request (no leader, a
+    forwarding loop, a server-side failure): retry later or elsewhere."""
+
     exit_code = ExitCode.UNAVAILABLE
 
 
@@ -117,7 +120,7 @@ _ERROR_CLASS: dict[ExitCode, type[AdminError]] = {
     ExitCode.NOT_FOUND: Missing,
     ExitCode.CONFLICT: Conflicting,
     ExitCode.REFUSED: Refused,
-    ExitCode.UNAVAILABLE: Unavailable,
+    ExitCode.UNAVAILABLE: ServerError,
 }
 
 

@@ -12,6 +12,16 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from dispatcher.common.validation import field_problems
+from node_agent.errors import InstanceError
+
+__all__ = [
+    "CheckKind",
+    "InstanceError",
+    "InstanceModel",
+    "Outcome",
+    "RunContext",
+    "validate_instance",
+]
 
 
 class InstanceModel(BaseModel):
@@ -43,10 +53,6 @@ class CheckKind(Protocol):
     async def run(self, instance: Any, context: RunContext) -> Outcome:
         """Runs one instance (the caller enforces the timeout)."""
         ...
-
-
-class InstanceError(ValueError):
-    """An instance the agent cannot run; the message names the problem."""
 
 
 def validate_instance(model: type[InstanceModel], instance: dict[str, Any]) -> Any:

@@ -141,33 +141,33 @@ def test_readme_and_docstring_list_every_exit_code() -> None:
         ),
         pytest.param(
             503, body("no_leader", "No dispatcher leader is known right now; retry shortly."),
-            {"retry_after": "2"}, (errors.Unavailable, 3,
+            {"retry_after": "2"}, (errors.ServerError, 3,
             f"the dispatcher at {URL} knows no leader right now (503 no_leader): No dispatcher "
             "leader is known right now; retry shortly. (retry after 2 s)"),
             id="503-no-leader",
         ),
         pytest.param(
             503, body("store_unavailable", "The shared store does not answer."), {},
-            (errors.Unavailable, 3,
+            (errors.ServerError, 3,
             f"the dispatcher at {URL} cannot answer right now (503 store_unavailable): The "
             "shared store does not answer."),
             id="503-other",
         ),
         pytest.param(
             508, body("loop_detected", "A forwarded request reached a follower."), {},
-            (errors.Unavailable, 3,
+            (errors.ServerError, 3,
             f"the dispatcher at {URL} failed (508 loop_detected): A forwarded request reached "
             "a follower."),
             id="508",
         ),
         pytest.param(
             500, b"Internal Server Error\n\ntrace...", {"reason": "Internal Server Error"},
-            (errors.Unavailable, 3,
+            (errors.ServerError, 3,
             f"the dispatcher at {URL} failed (500 Internal Server Error): Internal Server Error"),
             id="500-not-json",
         ),
         pytest.param(
-            502, b"", {}, (errors.Unavailable, 3,
+            502, b"", {}, (errors.ServerError, 3,
             f"the dispatcher at {URL} failed (502 error): no message"),
             id="502-empty",
         ),
