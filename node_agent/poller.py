@@ -182,6 +182,8 @@ class Poller:
             self.leader_warming_up = True
             log.info("leader_warming_up", configs=len(reply.configs))
             return
+        # A full set from a leader past its warm-up: whatever a heartbeat said before.
+        self.leader_warming_up = False
         self._desired = {c.digest: spec_from_wire(c) for c in reply.configs}
         if not self.fenced:
             self._apply(self._desired)
@@ -218,7 +220,11 @@ class Poller:
                 raise exc
             failures += 1
             self._report_failure(exc, failures)
-            await sleep_or_stop(stop, self._backoff(failures), clock=self._clock)
+            # A heartbeat that gets through meanwhile (the dispatcher is back, a new
+            # leader) asks for the configs at once instead of after the backoff.
+            await wait_any(
+                self._fetch_now, stop, timeout_s=self._backoff(failures), clock=self._clock
+            )
 
     # ----------------------------------------------------------------- fencing
 

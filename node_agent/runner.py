@@ -1,11 +1,13 @@
 """One loop per check: schedule with jitter, run under the capacity cap, time out,
-measure, emit results."""
+measure, emit results.
+
+Every wait (the schedule, the run's timeout) and every duration is on the injected
+``Clock``, so that the scheduler runs on a ``FakeClock`` in tests."""
 
 from __future__ import annotations
 
 import asyncio
 import random
-import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -109,11 +111,14 @@ class CheckLoop:
 
     async def run(self) -> None:
         interval = self.spec.interval_s
+        # The first run at a random point of the first interval: a batch of checks started
+        # together (an agent's start, one PUT of thousands) spreads over the interval
+        # instead of running all at once and then again all at once every interval.
         next_at = self._clock.monotonic() + self._rng.uniform(0, interval)
         while True:
             delay = next_at - self._clock.monotonic()
             if delay > 0:
-                await asyncio.sleep(delay)
+                await self._clock.sleep(delay)
             async with self._capacity:
                 self._metrics.lateness.observe(max(0.0, self._clock.monotonic() - next_at))
                 await self.run_once()
@@ -125,12 +130,12 @@ class CheckLoop:
     async def run_once(self) -> dict[str, Any]:
         run_id = uuid.uuid4().hex
         started_at = self._clock.time()
-        started = time.perf_counter()
+        started = self._clock.monotonic()
         if self._broken is not None:
             outcome = Outcome(errors=[self._broken])
         else:
             outcome = await self._execute(run_id, started_at)
-        duration = time.perf_counter() - started
+        duration = self._clock.monotonic() - started
         errors = [e if e.strip() else "unknown error" for e in outcome.errors]
         ok = not errors
         result = {
@@ -165,7 +170,7 @@ class CheckLoop:
             deadline_unix_s=started_at + timeout,
         )
         try:
-            async with asyncio.timeout(timeout):
+            async with self._clock.timeout(timeout):
                 outcomes = await self._run_instances(kind, context)
         except TimeoutError:
             return Outcome(errors=[f"{self.spec.name}: timed out after {timeout:g}s"])

@@ -68,7 +68,7 @@ class NodeAgent:
             timeout_s=s.request_timeout_s,
         )
         self.kinds: dict[str, CheckKind] = {
-            "http": HttpCheck(self._checks_session),
+            "http": HttpCheck(self._checks_session, clock=self.clock),
             "tcp": TcpCheck(),
             "dns": DnsCheck(),
             "exec": ExecCheck(allow=s.allow_exec, registry=self.runs, report_url=s.report_url),
@@ -141,7 +141,7 @@ class NodeAgent:
 
     async def _shutdown(self) -> None:
         try:
-            async with asyncio.timeout(self.settings.shutdown_timeout_s):
+            async with self.clock.timeout(self.settings.shutdown_timeout_s):
                 await self.reconciler.stop_all()
                 flushed = await self.results.flush()
                 left = await self.poller.leave()

@@ -6,13 +6,13 @@ import asyncio
 import contextlib
 import re
 import ssl
-import time
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 from pydantic import Field, field_validator
 
+from dispatcher.common.clock import Clock
 from node_agent.checks import InstanceModel, Outcome, RunContext, validate_instance
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -48,10 +48,16 @@ class HttpInstance(InstanceModel):
 
 class HttpCheck:
     def __init__(
-        self, session: aiohttp.ClientSession, *, ssl_context: ssl.SSLContext | None = None
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        clock: Clock,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        """``ssl_context`` replaces the system trust store for verified requests."""
+        """``ssl_context`` replaces the system trust store for verified requests; ``clock``
+        tells how long a certificate has left."""
         self._session = session
+        self._clock = clock
         self._ssl_context = ssl_context
         # Built once: loading the trust store per run would cost more than the check.
         self._verify_context = ssl_context or ssl.create_default_context()
@@ -119,7 +125,7 @@ class HttpCheck:
         if not cert or "notAfter" not in cert:
             return None
         expires_at = ssl.cert_time_to_seconds(str(cert["notAfter"]))
-        days_left = (expires_at - time.time()) / 86400
+        days_left = (expires_at - self._clock.time()) / 86400
         if days_left < instance.cert_expiry_warning_days:
             return (
                 f"certificate expires in {days_left:.1f} days "

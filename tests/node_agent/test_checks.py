@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from pytest_aiohttp import AiohttpServer
 
-from dispatcher.common.clock import SystemClock
+from dispatcher.common.clock import FakeClock, SystemClock
 from dispatcher.common.health import HealthRegistry
 from dispatcher.errors import Gone
 from node_agent.checks import InstanceError, RunContext
@@ -29,7 +29,7 @@ from node_agent.checks.tcp import TcpCheck
 from node_agent.metrics import AgentMetrics
 from node_agent.reports import Report, RunRegistry
 from node_agent.server import create_app
-from tests.node_agent.helpers import eventually, free_port
+from tests.node_agent.helpers import GUARD_S, eventually, free_port
 
 DIGEST = "0123456789abcdef"
 
@@ -84,7 +84,7 @@ async def target(aiohttp_server: AiohttpServer) -> tuple[HttpTarget, TestServer]
 async def http_check() -> AsyncIterator[HttpCheck]:
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
     try:
-        yield HttpCheck(session)
+        yield HttpCheck(session, clock=SystemClock())
     finally:
         await session.close()
 
@@ -265,7 +265,7 @@ async def tcp_target() -> AsyncIterator[tuple[TcpTarget, int]]:
         server.close()
         await server.wait_closed()
         if target.handlers:
-            async with asyncio.timeout(2):
+            async with asyncio.timeout(GUARD_S):
                 await asyncio.gather(*target.handlers, return_exceptions=True)
 
 
@@ -562,19 +562,26 @@ async def test_exec_reports_through_the_report_route(
         registry.report(ctx.run_id, Report(ok=True, errors=[]))
 
 
-async def test_exec_report_through_the_registry_while_it_runs(allowed: Path) -> None:
-    script = write_script(allowed / "slow.sh", "#!/bin/sh\nsleep 0.3\nexit 0\n")
+async def test_exec_report_through_the_registry_while_it_runs(
+    allowed: Path, tmp_path: Path
+) -> None:
+    # The program runs until the test lets it end, so the report surely comes first.
+    script = write_script(
+        allowed / "waits.sh",
+        '#!/bin/sh\necho $$ > "$PIDFILE"\nwhile [ ! -e "$GOFILE" ]; do sleep 0.01; done\n',
+    )
+    pidfile, gofile = tmp_path / "pid", tmp_path / "go"
     registry = RunRegistry(SystemClock())
     check = exec_check(allowed, registry)
     ctx = context()
-
-    async def report_soon() -> None:
-        await asyncio.sleep(0.1)
-        registry.report(ctx.run_id, Report(ok=False, errors=["seen by a sidecar"]))
-
-    reporter = asyncio.create_task(report_soon())
-    outcome = await check.run(check.parse({"command": [str(script)]}, {}), ctx)
-    await reporter
+    parsed = check.parse(
+        {"command": [str(script)], "env": {"PIDFILE": str(pidfile), "GOFILE": str(gofile)}}, {}
+    )
+    running = asyncio.create_task(check.run(parsed, ctx))
+    await wait_for_pid(pidfile)
+    registry.report(ctx.run_id, Report(ok=False, errors=["seen by a sidecar"]))
+    gofile.touch()
+    outcome = await running
     assert outcome.errors == ["seen by a sidecar"]  # although the program exited 0
 
 
@@ -616,13 +623,21 @@ async def test_exec_is_killed_with_its_children_at_the_deadline(
         {"command": [str(script)], "env": {"PIDFILE": str(pidfile), "CHILDFILE": str(childfile)}},
         {},
     )
-    started = time.monotonic()
-    with pytest.raises(TimeoutError):
-        async with asyncio.timeout(0.5):
+    clock = FakeClock()
+
+    async def run_until_the_deadline() -> None:
+        # The runner's timeout, on a clock the test moves.
+        async with clock.timeout(0.5):
             await check.run(parsed, ctx)
-    assert time.monotonic() - started < 2
+
+    running = asyncio.create_task(run_until_the_deadline())
     pid = await wait_for_pid(pidfile)
     child = await wait_for_pid(childfile)
+    assert alive(pid)
+    assert alive(child)
+    clock.advance(0.5)  # the deadline: the run ends now, not when the program would
+    with pytest.raises(TimeoutError):
+        await running
     try:
         assert await wait_gone(pid), f"exec program {pid} still alive after its deadline"
         assert await wait_gone(child), f"its child {child} still alive after the deadline"

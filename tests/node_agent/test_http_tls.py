@@ -1,5 +1,7 @@
 """The http check over TLS: verification and the certificate expiry warning, against a
-real HTTPS server whose certificate (valid 5 days) is signed by a throwaway CA."""
+real HTTPS server whose certificate (valid 5 days) is signed by a throwaway CA. The check
+reads the time from a fake clock set against the certificate's own expiry, so the days it
+reports are exact."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from dispatcher.common.clock import FakeClock, SystemClock
 from node_agent.checks import RunContext
 from node_agent.checks.http import HttpCheck
 
@@ -27,6 +30,18 @@ class Pki:
     ca: Path
     cert: Path
     key: Path
+
+    def expires_at(self) -> float:
+        """The server certificate's notAfter, in Unix seconds."""
+        out = subprocess.run(
+            ["openssl", "x509", "-enddate", "-noout", "-in", str(self.cert)],
+            check=True, capture_output=True, text=True,
+        ).stdout  # fmt: skip
+        return float(ssl.cert_time_to_seconds(out.strip().removeprefix("notAfter=")))
+
+    def days_before_expiry(self, days: float) -> FakeClock:
+        """A clock that reads ``days`` before the certificate expires."""
+        return FakeClock(wall=self.expires_at() - days * 86400)
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -105,21 +120,18 @@ def trusting(pki: Pki) -> ssl.SSLContext:
 async def test_a_certificate_expiring_within_the_warning_fails(
     pki: Pki, https_url: str, session: aiohttp.ClientSession
 ) -> None:
-    check = HttpCheck(session, ssl_context=trusting(pki))
+    check = HttpCheck(session, clock=pki.days_before_expiry(4.5), ssl_context=trusting(pki))
     outcome = await check.run(check.parse({"url": https_url}, {}), CONTEXT)
-    assert len(outcome.errors) == 1, outcome
-    assert (
-        "certificate expires in 4." in outcome.errors[0]
-        or "certificate expires in 5.0" in (outcome.errors[0])
-    ), outcome.errors
-    assert "(warning at 14)" in outcome.errors[0]
+    assert outcome.errors == [
+        f"GET {https_url}: certificate expires in 4.5 days (warning at 14)"
+    ], outcome
 
 
 async def test_a_certificate_outside_the_warning_is_ok(
     pki: Pki, https_url: str, session: aiohttp.ClientSession
 ) -> None:
-    check = HttpCheck(session, ssl_context=trusting(pki))
-    instance = check.parse({"url": https_url, "cert_expiry_warning_days": 2}, {})
+    check = HttpCheck(session, clock=pki.days_before_expiry(4.5), ssl_context=trusting(pki))
+    instance = check.parse({"url": https_url, "cert_expiry_warning_days": 4.4}, {})
     outcome = await check.run(instance, CONTEXT)
     assert outcome.errors == []
     assert "secure ok" in outcome.output
@@ -128,7 +140,7 @@ async def test_a_certificate_outside_the_warning_is_ok(
 async def test_an_untrusted_certificate_fails_verification(
     https_url: str, session: aiohttp.ClientSession
 ) -> None:
-    check = HttpCheck(session)  # the system trust store does not know the test CA
+    check = HttpCheck(session, clock=SystemClock())  # the system trust store lacks the CA
     outcome = await check.run(check.parse({"url": https_url}, {}), CONTEXT)
     assert len(outcome.errors) == 1
     assert "certificate verify failed" in outcome.errors[0].lower(), outcome.errors
@@ -137,6 +149,6 @@ async def test_an_untrusted_certificate_fails_verification(
 async def test_verify_tls_false_accepts_the_untrusted_certificate(
     https_url: str, session: aiohttp.ClientSession
 ) -> None:
-    check = HttpCheck(session)
+    check = HttpCheck(session, clock=SystemClock())
     outcome = await check.run(check.parse({"url": https_url, "verify_tls": False}, {}), CONTEXT)
     assert outcome.errors == []

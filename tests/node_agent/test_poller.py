@@ -1,6 +1,12 @@
 """The poller against a dispatcher the test controls: epochs, re-registration, bad
 replies, failover, fencing. One test runs it against the real dispatcher app; the last
-ones cover the results batcher against the same fake."""
+ones cover the results batcher against the same fake.
+
+The poller and the fake dispatcher's long polls share one ``FakeClock``: only loopback
+requests take real time. ``World.step`` waits until every request the agent has in flight
+is a long poll the fake holds (the agent is waiting on the clock), then moves the clock to
+the next timer, so "at once" means "with no time passed on the clock", and "not before
+the expiry" is checked at an exact fake time."""
 
 from __future__ import annotations
 
@@ -8,8 +14,7 @@ import asyncio
 import contextlib
 import json
 import random
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -19,18 +24,19 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from pytest_aiohttp import AiohttpServer
 
+from dispatcher import wire
 from dispatcher.common.clock import Clock, FakeClock, SystemClock
 from dispatcher.common.health import HealthRegistry, Status
 from dispatcher.service import build
 from dispatcher.settings import DispatchSettings, Settings
-from node_agent.client import DispatcherClient
+from node_agent.client import DispatcherApi, DispatcherClient
 from node_agent.errors import DispatcherProtocolError, DispatcherUnavailable, UnknownNodeError
 from node_agent.metrics import AgentMetrics
 from node_agent.poller import COMPONENT, FAILOVER_DELAY_S, RETRY_BASE_S, Poller
 from node_agent.results import ResultBatcher
 from node_agent.runner import CheckSpec
 from node_agent.settings import AgentSettings
-from tests.node_agent.helpers import eventually, free_port
+from tests.node_agent.helpers import GUARD_S, eventually, free_port
 
 API = "/v1/api/clusterchecks"
 NODE = "node-a"
@@ -63,9 +69,11 @@ Canned = Callable[[], web.Response]
 
 
 class FakeDispatcher:
-    """The node-agent routes of API.md, with every reply under the test's control."""
+    """The node-agent routes of API.md, with every reply under the test's control. Long
+    polls wait on the test's clock."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
         self.epoch = 1
         self.leader = "dispatcher-0"
         self.heartbeat_interval_s = 10.0
@@ -78,6 +86,8 @@ class FakeDispatcher:
         self.status_replies: list[Canned] = []  # canned replies, used first
         self.configs_replies: list[Canned] = []
         self.statuses: list[tuple[float, dict[str, Any]]] = []
+        self.answered: list[float] = []  # when a status got a 200 (clock time)
+        self.polls_waiting = 0  # long polls held right now
         self.config_queries: list[tuple[float, dict[str, str]]] = []
         self.configs_served = 0
         self.results: list[dict[str, Any]] = []
@@ -115,7 +125,7 @@ class FakeDispatcher:
 
     async def _status(self, request: web.Request) -> web.Response:
         body = await request.json()
-        self.statuses.append((time.monotonic(), body))
+        self.statuses.append((self.clock.monotonic(), body))
         if self.down or self.status_down:
             return error(503, "no_leader")
         if self.status_replies:
@@ -125,6 +135,7 @@ class FakeDispatcher:
         elif not self.registered:
             self.registered = True
             self.last_change += 1  # a fresh counter: a (re-)registered node refetches
+        self.answered.append(self.clock.monotonic())
         return web.json_response(
             {
                 "is_up_to_date": body["last_change"] in (-1, self.last_change),
@@ -138,7 +149,7 @@ class FakeDispatcher:
 
     async def _configs(self, request: web.Request) -> web.Response:
         query = dict(request.query)
-        self.config_queries.append((time.monotonic(), query))
+        self.config_queries.append((self.clock.monotonic(), query))
         if self.down:
             return error(503, "no_leader")
         if self.configs_replies:
@@ -149,9 +160,15 @@ class FakeDispatcher:
         wait_s = float(query.get("wait_s", "0"))
         if since is not None and int(since) == self.last_change and wait_s > 0:
             wake = self._wake
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait_s):
-                    await wake.wait()
+            # Counted while held, up to the agent hanging up (the server cancels the
+            # handler then): the test's clock moves only while every request is held.
+            self.polls_waiting += 1
+            try:
+                with contextlib.suppress(TimeoutError):
+                    async with self.clock.timeout(wait_s):
+                        await wake.wait()
+            finally:
+                self.polls_waiting -= 1
         # The state may have changed during the wait.
         problem = self._problem()
         if problem is not None:
@@ -176,18 +193,66 @@ class FakeDispatcher:
         )
 
 
-async def serve(aiohttp_server: AiohttpServer) -> tuple[FakeDispatcher, TestServer]:
-    fake = FakeDispatcher()
-    server = await aiohttp_server(fake.app)
-    return fake, server
-
-
 def url_of(server: TestServer) -> str:
     return str(server.make_url("")).rstrip("/")
 
 
 def dead_url() -> str:
     return f"http://127.0.0.1:{free_port()}"
+
+
+class CountingClient:
+    """The real client, counting the calls in flight (long polls apart)."""
+
+    def __init__(self, inner: DispatcherClient) -> None:
+        self.inner = inner
+        self.calls = 0
+        self.long_polls = 0
+        self.ended = 0  # calls and long polls that have returned or raised
+
+    @property
+    def url(self) -> str:
+        return self.inner.url
+
+    @property
+    def url_count(self) -> int:
+        return self.inner.url_count
+
+    def next_url(self) -> None:
+        self.inner.next_url()
+
+    async def status(
+        self, body: dict[str, Any], *, timeout_s: float | None = None
+    ) -> wire.StatusOut:
+        self.calls += 1
+        try:
+            return await self.inner.status(body, timeout_s=timeout_s)
+        finally:
+            self.calls -= 1
+            self.ended += 1
+
+    async def configs(self, *, since: int | None, wait_s: float) -> wire.NodeConfigsOut:
+        long_poll = since is not None and wait_s > 0
+        if long_poll:
+            self.long_polls += 1
+        else:
+            self.calls += 1
+        try:
+            return await self.inner.configs(since=since, wait_s=wait_s)
+        finally:
+            if long_poll:
+                self.long_polls -= 1
+            else:
+                self.calls -= 1
+            self.ended += 1
+
+    async def results(self, results: list[dict[str, Any]]) -> wire.ResultsOut:
+        self.calls += 1
+        try:
+            return await self.inner.results(results)
+        finally:
+            self.calls -= 1
+            self.ended += 1
 
 
 class Agent:
@@ -198,11 +263,11 @@ class Agent:
         session: aiohttp.ClientSession,
         urls: tuple[str, ...],
         *,
-        clock: Clock | None = None,
+        clock: Clock,
         fence: bool = False,
         long_poll_s: float = 0.5,
     ) -> None:
-        self.clock = clock or SystemClock()
+        self.clock = clock
         self.health = HealthRegistry(clock=self.clock)
         self.settings = AgentSettings(
             dispatcher_urls=urls,
@@ -214,14 +279,15 @@ class Agent:
             long_poll_s=long_poll_s,
             request_timeout_s=2.0,
         )
-        self.client = DispatcherClient(
-            urls=urls, node=NODE, session=session, token=None, timeout_s=2.0
+        self.client = CountingClient(
+            DispatcherClient(urls=urls, node=NODE, session=session, token=None, timeout_s=2.0)
         )
         self.applied: list[dict[str, CheckSpec]] = []
         self.running: list[str] = [RUNNING]
+        client: DispatcherApi = self.client
         self.poller = Poller(
             settings=self.settings,
-            client=self.client,
+            client=client,
             apply=self._apply,
             running=lambda: list(self.running),
             stats=lambda: {
@@ -250,7 +316,7 @@ class Agent:
         if self._task is None:
             return
         self._stop.set()
-        async with asyncio.timeout(3):
+        async with asyncio.timeout(GUARD_S):
             await self._task  # raises if the poller crashed
         self._task = None
 
@@ -259,6 +325,83 @@ class Agent:
 
     def link(self) -> Status:
         return self.health.components()[COMPONENT].status
+
+
+class World:
+    """Fake dispatchers and agents on one fake clock."""
+
+    def __init__(self, aiohttp_server: AiohttpServer, session: aiohttp.ClientSession) -> None:
+        self.clock = FakeClock()
+        self._aiohttp_server = aiohttp_server
+        self._session = session
+        self.fakes: list[FakeDispatcher] = []
+        self.agents: list[Agent] = []
+
+    async def serve(self) -> tuple[FakeDispatcher, TestServer]:
+        fake = FakeDispatcher(self.clock)
+        # The test server cancels the handler of a request whose client hung up: a long
+        # poll the agent gives up stops being counted as held.
+        server = await self._aiohttp_server(fake.app)
+        self.fakes.append(fake)
+        return fake, server
+
+    def agent(self, urls: tuple[str, ...], **kwargs: Any) -> Agent:
+        kwargs.setdefault("clock", self.clock)
+        agent = Agent(self._session, urls, **kwargs)
+        self.agents.append(agent)
+        return agent
+
+    def held(self) -> bool:
+        """Every request in flight is a long poll a fake dispatcher holds."""
+        calls = sum(a.client.calls for a in self.agents)
+        polls = sum(a.client.long_polls for a in self.agents)
+        return calls == 0 and polls <= sum(f.polls_waiting for f in self.fakes)
+
+    def _ended(self) -> int:
+        return sum(a.client.ended for a in self.agents)
+
+    async def quiesce(self) -> None:
+        """Waits until everything waits on the clock (or on a held long poll): nothing
+        in flight, and nothing ended while the loop had a few more turns (what a request
+        that just ended wakes has run)."""
+        while True:
+            await eventually(self.held)
+            ended = self._ended()
+            await self.clock.settle()
+            # A long poll given up a moment ago is still counted until the fake sees
+            # the hang-up: look again after the loopback has had its turn.
+            await asyncio.sleep(0.001)
+            await self.clock.settle()
+            if self.held() and self._ended() == ended:
+                return
+
+    async def until(self, condition: Callable[[], bool], *, within_s: float = 3600) -> None:
+        """Moves the clock on, timer by timer, until ``condition()`` holds; fails when it
+        does not within ``within_s`` of the fake clock."""
+        limit = self.clock.monotonic() + within_s
+        while True:
+            await self.quiesce()
+            if condition():
+                return
+            due = self.clock.next_deadline()
+            assert due is not None, "nothing waits on the clock and the condition is false"
+            assert due <= limit, f"not within {within_s:g} s of the fake clock (next: {due})"
+            self.clock.advance(max(0.0, due - self.clock.monotonic()))
+
+    async def run_until(self, when: float) -> None:
+        """Moves the clock to ``when``, timer by timer, letting each step's requests end."""
+        while True:
+            await self.quiesce()
+            due = self.clock.next_deadline()
+            if due is None or due > when:
+                break
+            self.clock.advance(max(0.0, due - self.clock.monotonic()))
+        self.clock.advance(max(0.0, when - self.clock.monotonic()))
+        await self.quiesce()
+
+    async def close(self) -> None:
+        for agent in self.agents:
+            await agent.stop()
 
 
 @pytest.fixture
@@ -270,33 +413,23 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         await s.close()
 
 
-AgentFactory = Callable[..., Agent]
-
-
 @pytest.fixture
-async def make_agent(session: aiohttp.ClientSession) -> AsyncIterator[AgentFactory]:
-    agents: list[Agent] = []
-
-    def make(urls: tuple[str, ...], **kwargs: Any) -> Agent:
-        agent = Agent(session, urls, **kwargs)
-        agents.append(agent)
-        return agent
-
+async def world(
+    aiohttp_server: AiohttpServer, session: aiohttp.ClientSession
+) -> AsyncIterator[World]:
+    w = World(aiohttp_server, session)
     try:
-        yield make
+        yield w
     finally:
-        for agent in agents:
-            await agent.stop()
+        await w.close()
 
 
 # ----------------------------------------------------------------- epochs, one step
 
 
-async def test_a_heartbeat_sends_labels_capacity_stats_and_running(
-    aiohttp_server: AiohttpServer, make_agent: AgentFactory
-) -> None:
-    fake, server = await serve(aiohttp_server)
-    agent = make_agent((url_of(server),))
+async def test_a_heartbeat_sends_labels_capacity_stats_and_running(world: World) -> None:
+    fake, server = await world.serve()
+    agent = world.agent((url_of(server),))
     reply = await agent.poller.heartbeat_once()
     assert reply is not None
     _, body = fake.statuses[0]
@@ -310,11 +443,9 @@ async def test_a_heartbeat_sends_labels_capacity_stats_and_running(
     assert agent.link() == Status.HEALTHY
 
 
-async def test_a_stale_epoch_on_status_is_ignored(
-    aiohttp_server: AiohttpServer, make_agent: AgentFactory
-) -> None:
-    fake, server = await serve(aiohttp_server)
-    agent = make_agent((url_of(server),))
+async def test_a_stale_epoch_on_status_is_ignored(world: World) -> None:
+    fake, server = await world.serve()
+    agent = world.agent((url_of(server),))
     fake.epoch = 5
     assert await agent.poller.heartbeat_once() is not None
     assert agent.poller.epoch == 5
@@ -327,11 +458,9 @@ async def test_a_stale_epoch_on_status_is_ignored(
     assert agent.poller.expiry_s == 30.0
 
 
-async def test_a_stale_epoch_on_configs_is_ignored(
-    aiohttp_server: AiohttpServer, make_agent: AgentFactory
-) -> None:
-    fake, server = await serve(aiohttp_server)
-    agent = make_agent((url_of(server),))
+async def test_a_stale_epoch_on_configs_is_ignored(world: World) -> None:
+    fake, server = await world.serve()
+    agent = world.agent((url_of(server),))
     fake.epoch = 5
     fake.change([config(D1)])
     await agent.poller.heartbeat_once()
@@ -347,12 +476,10 @@ async def test_a_stale_epoch_on_configs_is_ignored(
     assert agent.poller.epoch == 5
 
 
-async def test_a_stale_reply_moves_to_the_next_dispatcher(
-    aiohttp_server: AiohttpServer, make_agent: AgentFactory
-) -> None:
-    old, old_server = await serve(aiohttp_server)
-    new, new_server = await serve(aiohttp_server)
-    agent = make_agent((url_of(old_server), url_of(new_server)))
+async def test_a_stale_reply_moves_to_the_next_dispatcher(world: World) -> None:
+    old, old_server = await world.serve()
+    new, new_server = await world.serve()
+    agent = world.agent((url_of(old_server), url_of(new_server)))
     old.epoch = 5
     await agent.poller.heartbeat_once()
     old.epoch, new.epoch = 4, 6  # the first one was deposed meanwhile
@@ -364,11 +491,9 @@ async def test_a_stale_reply_moves_to_the_next_dispatcher(
     assert agent.poller.epoch == 6
 
 
-async def test_running_is_sent_on_first_contact_with_each_epoch_only(
-    aiohttp_server: AiohttpServer, make_agent: AgentFactory
-) -> None:
-    fake, server = await serve(aiohttp_server)
-    agent = make_agent((url_of(server),))
+async def test_running_is_sent_on_first_contact_with_each_epoch_only(world: World) -> None:
+    fake, server = await world.serve()
+    agent = world.agent((url_of(server),))
     for _ in range(3):
         await agent.poller.heartbeat_once()
     assert ["running" in body for _, body in fake.statuses] == [True, False, False]
@@ -384,11 +509,9 @@ async def test_running_is_sent_on_first_contact_with_each_epoch_only(
     assert fake.running_sent() == [[RUNNING], [RUNNING, D1]]
 
 
-async def test_a_new_epoch_seen_on_configs_also_sends_running(
-    aiohttp_server: AiohttpServer, make_agent: AgentFactory
-) -> None:
-    fake, server = await serve(aiohttp_server)
-    agent = make_agent((url_of(server),))
+async def test_a_new_epoch_seen_on_configs_also_sends_running(world: World) -> None:
+    fake, server = await world.serve()
+    agent = world.agent((url_of(server),))
     await agent.poller.heartbeat_once()
     await agent.poller.fetch_once(wait_s=0)
     fake.epoch = 3
@@ -398,11 +521,9 @@ async def test_a_new_epoch_seen_on_configs_also_sends_running(
     assert "running" in fake.statuses[-1][1]
 
 
-async def test_configs_are_refetched_in_full_when_the_epoch_changes(
-    aiohttp_server: AiohttpServer, make_agent: AgentFactory
-) -> None:
-    fake, server = await serve(aiohttp_server)
-    agent = make_agent((url_of(server),))
+async def test_configs_are_refetched_in_full_when_the_epoch_changes(world: World) -> None:
+    fake, server = await world.serve()
+    agent = world.agent((url_of(server),))
     await agent.poller.heartbeat_once()
     await agent.poller.fetch_once(wait_s=0)
     await agent.poller.fetch_once(wait_s=0)
@@ -413,11 +534,9 @@ async def test_configs_are_refetched_in_full_when_the_epoch_changes(
     assert sinces == [None, str(fake.last_change), None]
 
 
-async def test_unknown_node_on_configs_raises_for_re_registration(
-    aiohttp_server: AiohttpServer, make_agent: AgentFactory
-) -> None:
-    _, server = await serve(aiohttp_server)
-    agent = make_agent((url_of(server),))
+async def test_unknown_node_on_configs_raises_for_re_registration(world: World) -> None:
+    _, server = await world.serve()
+    agent = world.agent((url_of(server),))
     with pytest.raises(UnknownNodeError):
         await agent.poller.fetch_once(wait_s=0)
 
@@ -425,60 +544,61 @@ async def test_unknown_node_on_configs_raises_for_re_registration(
 # ------------------------------------------------------------------ the loops
 
 
-async def test_a_config_change_reaches_the_agent_through_the_long_poll(
-    aiohttp_server: AiohttpServer, make_agent: AgentFactory
-) -> None:
-    fake, server = await serve(aiohttp_server)
+async def test_a_config_change_reaches_the_agent_through_the_long_poll(world: World) -> None:
+    fake, server = await world.serve()
     fake.change([config(D1)])
-    agent = make_agent((url_of(server),), long_poll_s=10.0)
+    agent = world.agent((url_of(server),), long_poll_s=10.0)
     agent.start()
-    await eventually(lambda: agent.desired() == [D1])
-    await asyncio.sleep(0.1)  # the agent is now in a long poll
-    changed_at = time.monotonic()
+    await world.until(lambda: agent.desired() == [D1] and fake.polls_waiting == 1)
+    changed_at = world.clock.monotonic()
     fake.change([config(D1), config(D2)])
-    await eventually(lambda: agent.desired() == [D1, D2], within_s=1.0)
-    assert time.monotonic() - changed_at < 0.5
+    await world.quiesce()
+    assert agent.desired() == [D1, D2]
+    # The held long poll answered: no time passed, no timer had to fire.
+    assert world.clock.monotonic() == changed_at
     waits = [q for _, q in fake.config_queries if "since" in q]
     assert waits
     assert all(q["wait_s"] == "10" for q in waits)
     assert len(fake.statuses) == 1  # heartbeats at the dispatcher's interval (10 s)
 
 
-async def test_running_reaches_a_new_leader_at_once(
-    aiohttp_server: AiohttpServer, make_agent: AgentFactory
-) -> None:
-    fake, server = await serve(aiohttp_server)
-    agent = make_agent((url_of(server),), long_poll_s=10.0)
+async def test_running_reaches_a_new_leader_at_once(world: World) -> None:
+    fake, server = await world.serve()
+    agent = world.agent((url_of(server),), long_poll_s=10.0)
     agent.start()
-    await eventually(lambda: fake.configs_served >= 1)
-    await asyncio.sleep(0.1)
+    await world.until(lambda: fake.polls_waiting == 1)
+    before = world.clock.monotonic()
     fake.epoch = 2  # a new leader; the long poll answers with its epoch
     fake.change([config(D1)])
-    await eventually(lambda: len(fake.running_sent()) == 2, within_s=1.0)
-    await asyncio.sleep(0.3)
+    await world.quiesce()
+    assert len(fake.running_sent()) == 2
+    assert world.clock.monotonic() == before  # at once, not at the next heartbeat
+    # Three more heartbeats at the dispatcher's interval: none repeats `running`.
+    heartbeats = len(fake.statuses)
+    await world.run_until(before + 3 * fake.heartbeat_interval_s)
+    assert len(fake.statuses) == heartbeats + 3
     assert len(fake.running_sent()) == 2  # once per epoch, not on every heartbeat
     assert agent.poller.epoch == 2
 
 
-async def test_unknown_node_makes_the_agent_register_again(
-    aiohttp_server: AiohttpServer, make_agent: AgentFactory
-) -> None:
-    fake, server = await serve(aiohttp_server)
+async def test_unknown_node_makes_the_agent_register_again(world: World) -> None:
+    fake, server = await world.serve()
     fake.change([config(D1)])
-    agent = make_agent((url_of(server),), long_poll_s=10.0)
+    agent = world.agent((url_of(server),), long_poll_s=10.0)
     agent.start()
-    await eventually(lambda: agent.desired() == [D1])
-    await asyncio.sleep(0.1)
+    await world.until(lambda: agent.desired() == [D1] and fake.polls_waiting == 1)
     statuses = len(fake.statuses)
-    forgotten_at = time.monotonic()
+    forgotten_at = world.clock.monotonic()
     fake.forget_node()  # the pending long poll answers 404 unknown_node
-    await eventually(lambda: len(fake.statuses) > statuses, within_s=1.5)
-    # Well before the next regular heartbeat (10 s): the 404 triggered it.
-    assert fake.statuses[statuses][0] - forgotten_at < 1.5
+    await world.quiesce()
+    # At once, not at the next regular heartbeat (10 s): the 404 triggered it.
+    assert len(fake.statuses) == statuses + 1
+    assert fake.statuses[statuses][0] == forgotten_at
     assert fake.registered
     served = fake.configs_served
     fake.change([config(D2)])
-    await eventually(lambda: agent.desired() == [D2])
+    await world.quiesce()
+    assert agent.desired() == [D2]
     assert fake.configs_served > served
     assert agent.alive()
 
@@ -500,43 +620,36 @@ async def test_unknown_node_makes_the_agent_register_again(
     ],
 )
 async def test_a_malformed_reply_is_logged_and_retried(
-    aiohttp_server: AiohttpServer,
-    make_agent: AgentFactory,
-    route: str,
-    reply: Callable[[], web.Response],
+    world: World, route: str, reply: Callable[[], web.Response]
 ) -> None:
-    fake, server = await serve(aiohttp_server)
+    fake, server = await world.serve()
     fake.change([config(D1)])
     (fake.status_replies if route == "status" else fake.configs_replies).extend([reply, reply])
-    agent = make_agent((url_of(server),))
+    agent = world.agent((url_of(server),))
     with structlog.testing.capture_logs() as logs:
         agent.start()
-        await eventually(lambda: agent.desired() == [D1], within_s=5.0)
+        # Retried after a backoff of at most a few seconds, not at the next interval.
+        await world.until(lambda: agent.desired() == [D1], within_s=5.0)
     assert agent.alive()
     unusable = [e for e in logs if e["event"] == "dispatcher_reply_unusable"]
-    assert len(unusable) >= 2, logs
+    assert len(unusable) == 2, logs
     assert all(e["log_level"] == "error" for e in unusable)
-    if route == "status":  # the link recovers with the next heartbeat
-        await eventually(lambda: agent.link() == Status.HEALTHY, within_s=3.0)
+    assert agent.link() == Status.HEALTHY  # the link recovered with the next success
 
 
-async def test_a_malformed_reply_raises_a_protocol_error(
-    aiohttp_server: AiohttpServer, make_agent: AgentFactory
-) -> None:
-    fake, server = await serve(aiohttp_server)
-    agent = make_agent((url_of(server),))
+async def test_a_malformed_reply_raises_a_protocol_error(world: World) -> None:
+    fake, server = await world.serve()
+    agent = world.agent((url_of(server),))
     fake.status_replies.append(lambda: web.Response(status=200, text="{not json"))
     with pytest.raises(DispatcherProtocolError):
         await agent.poller.heartbeat_once()
     assert agent.poller.epoch == -1  # nothing taken from it
 
 
-async def test_the_client_moves_to_the_next_url_when_one_is_down(
-    aiohttp_server: AiohttpServer, make_agent: AgentFactory
-) -> None:
-    fake, server = await serve(aiohttp_server)
+async def test_the_client_moves_to_the_next_url_when_one_is_down(world: World) -> None:
+    fake, server = await world.serve()
     dead = dead_url()
-    agent = make_agent((dead, url_of(server)))
+    agent = world.agent((dead, url_of(server)))
     with pytest.raises(DispatcherUnavailable):
         await agent.client.status({"last_change": -1})
     assert agent.client.url == url_of(server)
@@ -545,28 +658,29 @@ async def test_the_client_moves_to_the_next_url_when_one_is_down(
     assert len(fake.statuses) == 1
 
 
-async def test_the_poller_fails_over_to_the_second_dispatcher(
-    aiohttp_server: AiohttpServer, make_agent: AgentFactory
-) -> None:
-    fake, server = await serve(aiohttp_server)
+async def test_the_poller_fails_over_to_the_second_dispatcher(world: World) -> None:
+    fake, server = await world.serve()
     fake.change([config(D1)])
-    agent = make_agent((dead_url(), url_of(server)))
+    agent = world.agent((dead_url(), url_of(server)))
     agent.start()
-    await eventually(lambda: agent.desired() == [D1])
+    started = world.clock.monotonic()
+    await world.until(lambda: agent.desired() == [D1])
+    # The second URL was tried after the failover delay, not after a backoff.
+    assert fake.statuses[0][0] - started == pytest.approx(FAILOVER_DELAY_S)
     assert agent.client.url == url_of(server)
     assert agent.alive()
 
 
-async def test_no_leader_moves_to_the_next_dispatcher(
-    aiohttp_server: AiohttpServer, make_agent: AgentFactory
-) -> None:
-    follower, follower_server = await serve(aiohttp_server)
+async def test_no_leader_moves_to_the_next_dispatcher(world: World) -> None:
+    follower, follower_server = await world.serve()
     follower.down = True
-    leader, leader_server = await serve(aiohttp_server)
+    leader, leader_server = await world.serve()
     leader.change([config(D2)])
-    agent = make_agent((url_of(follower_server), url_of(leader_server)))
+    agent = world.agent((url_of(follower_server), url_of(leader_server)))
     agent.start()
-    await eventually(lambda: agent.desired() == [D2])
+    started = world.clock.monotonic()
+    await world.until(lambda: agent.desired() == [D2])
+    assert leader.statuses[0][0] - started == pytest.approx(FAILOVER_DELAY_S)
     assert agent.client.url == url_of(leader_server)
     assert len(follower.statuses) >= 1
 
@@ -583,11 +697,11 @@ async def test_no_leader_moves_to_the_next_dispatcher(
     ],
 )
 def test_a_failed_dispatcher_is_followed_at_once_by_the_next_and_rounds_back_off(
-    make_agent: AgentFactory, urls: int, delays: list[str]
+    world: World, urls: int, delays: list[str]
 ) -> None:
     """A node that loses the leader has only the expiry timeout to reach another replica:
     each URL of a round is tried at once, and only full rounds back off."""
-    agent = make_agent(tuple(f"http://127.0.0.{n + 1}:1" for n in range(urls)))
+    agent = world.agent(tuple(f"http://127.0.0.{n + 1}:1" for n in range(urls)))
     poller = agent.poller
     unavailable = DispatcherUnavailable("down")
     seen = []
@@ -608,88 +722,86 @@ def test_a_failed_dispatcher_is_followed_at_once_by_the_next_and_rounds_back_off
     assert poller.retry_delay(1, DispatcherProtocolError("bad")) != FAILOVER_DELAY_S
 
 
-async def test_fence_on_disconnect_stops_the_checks_after_the_expiry(
-    aiohttp_server: AiohttpServer, make_agent: AgentFactory
-) -> None:
-    fake, server = await serve(aiohttp_server)
+async def test_fence_on_disconnect_stops_the_checks_after_the_expiry(world: World) -> None:
+    fake, server = await world.serve()
     fake.heartbeat_interval_s = 0.2
     fake.expiry_s = 30.0
     fake.change([config(D1)])
-    clock = FakeClock()
-    agent = make_agent((url_of(server),), clock=clock, fence=True, long_poll_s=10.0)
+    agent = world.agent((url_of(server),), fence=True, long_poll_s=10.0)
     agent.start()
-    await eventually(lambda: agent.desired() == [D1])
+    await world.until(lambda: agent.desired() == [D1] and fake.polls_waiting == 1)
     fake.down = True
     fake.wake()  # the pending long poll answers 503 too
     fake.registered = False  # meanwhile the dispatcher expires the silent node
-    await eventually(lambda: agent.link() == Status.DEGRADED)
-    clock.advance(29)  # not yet expired: the checks keep running
-    await asyncio.sleep(0.6)
+    await world.until(lambda: agent.link() == Status.DEGRADED)
+    last_ok = fake.answered[-1]
+    # Not yet expired: the checks keep running.
+    await world.run_until(last_ok + fake.expiry_s - 0.05)
     assert agent.desired() == [D1]
     assert not agent.fenced()
-    clock.advance(2)
-    await eventually(lambda: agent.desired() == [], within_s=1.5)
+    # Expired: stopped at the next look (every 0.25 s).
+    await world.run_until(last_ok + fake.expiry_s + 0.25)
+    assert agent.desired() == []
     assert agent.fenced()
     # Degraded, not unhealthy: a liveness failure would restart every agent in an outage.
-    await eventually(lambda: "fenced" in agent.health.components()["dispatcher_link"].message)
+    await world.until(lambda: "fenced" in agent.health.components()["dispatcher_link"].message)
     assert agent.link() == Status.DEGRADED
     # The dispatcher is back: the node registers again, is unfenced, and its configs
-    # run again (at once, not after a long poll of 10 s).
+    # run again (at once after that heartbeat, not after a long poll of 10 s).
     fake.down = False
-    await eventually(lambda: not agent.fenced())
-    await eventually(lambda: agent.desired() == [D1], within_s=2.0)
+    await world.until(lambda: not agent.fenced())
+    unfenced_at = world.clock.monotonic()
+    await world.quiesce()
+    assert agent.desired() == [D1]
+    assert world.clock.monotonic() == unfenced_at
     assert fake.registered
     assert agent.alive()
 
 
 async def test_a_fenced_agent_waits_for_a_heartbeat_before_running_checks_again(
-    aiohttp_server: AiohttpServer, make_agent: AgentFactory
+    world: World,
 ) -> None:
-    fake, server = await serve(aiohttp_server)
+    fake, server = await world.serve()
     fake.heartbeat_interval_s = 0.2
     fake.change([config(D1)])
-    clock = FakeClock()
-    agent = make_agent((url_of(server),), clock=clock, fence=True, long_poll_s=0.2)
+    agent = world.agent((url_of(server),), fence=True, long_poll_s=0.2)
     agent.start()
-    await eventually(lambda: agent.desired() == [D1])
+    await world.until(lambda: agent.desired() == [D1])
     fake.status_down = True  # heartbeats fail; configs still answer
-    await eventually(lambda: agent.link() == Status.DEGRADED)
-    clock.advance(31)
-    await eventually(lambda: agent.desired() == [])
+    await world.until(lambda: agent.link() == Status.DEGRADED)
+    await world.until(lambda: agent.desired() == [], within_s=fake.expiry_s + 1)
     served = fake.configs_served
-    await eventually(lambda: fake.configs_served >= served + 2)
+    await world.until(lambda: fake.configs_served >= served + 2)
     # Config replies alone do not prove this node is still registered: still fenced.
     assert agent.desired() == []
     assert agent.fenced()
     fake.status_down = False
-    await eventually(lambda: agent.desired() == [D1])
+    await world.until(lambda: agent.desired() == [D1])
     assert not agent.fenced()
 
 
-async def test_without_fencing_the_checks_keep_running_when_cut_off(
-    aiohttp_server: AiohttpServer, make_agent: AgentFactory
-) -> None:
-    fake, server = await serve(aiohttp_server)
+async def test_without_fencing_the_checks_keep_running_when_cut_off(world: World) -> None:
+    fake, server = await world.serve()
     fake.heartbeat_interval_s = 0.2
     fake.change([config(D1)])
-    clock = FakeClock()
-    agent = make_agent((url_of(server),), clock=clock, fence=False)
+    agent = world.agent((url_of(server),), fence=False)
     agent.start()
-    await eventually(lambda: agent.desired() == [D1])
+    await world.until(lambda: agent.desired() == [D1])
     fake.down = True
     fake.wake()
-    await eventually(lambda: agent.link() == Status.DEGRADED)
-    clock.advance(1000)
-    await asyncio.sleep(0.8)
+    await world.until(lambda: agent.link() == Status.DEGRADED)
+    statuses = len(fake.statuses)
+    await world.run_until(world.clock.monotonic() + fake.expiry_s + 10)  # past the expiry
+    assert len(fake.statuses) > statuses + 10  # it kept trying all along
     assert agent.applied[-1].keys() == {D1}
     assert all(specs for specs in agent.applied)  # never an empty set
     assert not agent.fenced()
     assert agent.alive()
 
 
-async def test_leave_sends_leaving(aiohttp_server: AiohttpServer, make_agent: AgentFactory) -> None:
-    fake, server = await serve(aiohttp_server)
-    agent = make_agent((dead_url(), url_of(server)))
+async def test_leave_sends_leaving(world: World) -> None:
+    fake, server = await world.serve()
+    agent = world.agent((dead_url(), url_of(server)))
     assert await agent.poller.leave() is True
     assert fake.statuses[-1][1] == {"last_change": -1, "leaving": True}
 
@@ -698,14 +810,15 @@ async def test_leave_sends_leaving(aiohttp_server: AiohttpServer, make_agent: Ag
 
 
 async def test_against_the_real_dispatcher(
-    aiohttp_server: AiohttpServer, make_agent: AgentFactory, session: aiohttp.ClientSession
+    aiohttp_server: AiohttpServer, world: World, session: aiohttp.ClientSession
 ) -> None:
     service = build(
         Settings(dispatch=DispatchSettings(node_expiration_timeout_s=5, heartbeat_interval_s=1))
     )
     server = await aiohttp_server(service.app)
     base = url_of(server)
-    agent = make_agent((base,), long_poll_s=5.0)
+    # Real processes' clocks: the dispatcher answers on its own time.
+    agent = world.agent((base,), long_poll_s=5.0, clock=SystemClock())
     agent.running = []
     agent.start()
     await eventually(lambda: agent.poller.epoch >= 0)
@@ -713,7 +826,7 @@ async def test_against_the_real_dispatcher(
     async with session.put(f"{base}{API}/sources/ci", json=source) as response:
         assert response.status == 200, await response.text()
         digest = (await response.json())["digests"][0]
-    await eventually(lambda: agent.desired() == [digest], within_s=1.5)
+    await eventually(lambda: agent.desired() == [digest])
     spec = agent.applied[-1][digest]
     assert spec.name == "tcp"
     assert spec.instances == ({"host": "localhost", "port": 1},)
@@ -723,19 +836,13 @@ async def test_against_the_real_dispatcher(
 # -------------------------------------------------------------------- results
 
 
-@pytest.fixture
-async def batcher_for(
-    session: aiohttp.ClientSession,
-) -> Callable[[TestServer], Awaitable[ResultBatcher]]:
-    async def make(server: TestServer) -> ResultBatcher:
-        client = DispatcherClient(
-            urls=(url_of(server),), node=NODE, session=session, token=None, timeout_s=2.0
-        )
-        return ResultBatcher(
-            client=client, metrics=AgentMetrics(), flush_s=0.1, max_pending=3, clock=SystemClock()
-        )
-
-    return make
+def batcher_for(world: World, server: TestServer, session: aiohttp.ClientSession) -> ResultBatcher:
+    client = DispatcherClient(
+        urls=(url_of(server),), node=NODE, session=session, token=None, timeout_s=2.0
+    )
+    return ResultBatcher(
+        client=client, metrics=AgentMetrics(), flush_s=0.1, max_pending=3, clock=world.clock
+    )
 
 
 def result(n: int) -> dict[str, Any]:
@@ -751,10 +858,10 @@ def result(n: int) -> dict[str, Any]:
 
 
 async def test_results_wait_while_the_dispatcher_is_down_and_the_oldest_go_first(
-    aiohttp_server: AiohttpServer, batcher_for: Callable[[TestServer], Awaitable[ResultBatcher]]
+    world: World, session: aiohttp.ClientSession
 ) -> None:
-    fake, server = await serve(aiohttp_server)
-    batcher = await batcher_for(server)
+    fake, server = await world.serve()
+    batcher = batcher_for(world, server, session)
     fake.results_down = True
     for n in range(5):
         batcher.add(result(n))
@@ -768,34 +875,35 @@ async def test_results_wait_while_the_dispatcher_is_down_and_the_oldest_go_first
     assert batcher.sent == 3
 
 
-async def test_results_are_sent_by_the_loop(
-    aiohttp_server: AiohttpServer, batcher_for: Callable[[TestServer], Awaitable[ResultBatcher]]
-) -> None:
-    fake, server = await serve(aiohttp_server)
-    batcher = await batcher_for(server)
+async def test_results_are_sent_by_the_loop(world: World, session: aiohttp.ClientSession) -> None:
+    fake, server = await world.serve()
+    batcher = batcher_for(world, server, session)
     stop = asyncio.Event()
     task = asyncio.create_task(batcher.run(stop))
     try:
+        await world.clock.wait_for_timers(1)  # the loop waits for its first flush
         batcher.add(result(1))
-        await eventually(lambda: len(fake.results) == 1, within_s=1.0)
+        world.clock.advance(0.09)
+        await world.clock.settle()
+        assert fake.results == []  # not before the flush interval
+        world.clock.advance(0.02)
+        await eventually(lambda: len(fake.results) == 1)
     finally:
         stop.set()
-        async with asyncio.timeout(2):
+        async with asyncio.timeout(GUARD_S):
             await task
     assert json.loads(json.dumps(fake.results[0])) == result(1)
 
 
-async def test_a_warming_up_leader_does_not_make_the_agent_stop_its_checks(
-    aiohttp_server: AiohttpServer, make_agent: AgentFactory
-) -> None:
+async def test_a_warming_up_leader_does_not_make_the_agent_stop_its_checks(world: World) -> None:
     """A new leader warming up knows only part of the placement: a configs reply marked
     warmup is not applied (the agent keeps running what it runs); the full set is
     fetched and applied once a heartbeat says warm-up is over."""
-    fake, server = await serve(aiohttp_server)
+    fake, server = await world.serve()
     fake.configs = [config(D1)]
-    agent = make_agent((url_of(server),))
+    agent = world.agent((url_of(server),))
     agent.start()
-    await eventually(lambda: agent.desired() == [D1])
+    await world.until(lambda: agent.desired() == [D1] and fake.polls_waiting == 1)
 
     # Failover: a new epoch whose leader is warming up and knows nothing yet.
     fake.epoch = 2
@@ -803,9 +911,10 @@ async def test_a_warming_up_leader_does_not_make_the_agent_stop_its_checks(
     fake.configs = []
     fake.last_change += 1
     fake.wake()
-    await agent.poller.heartbeat_once()
-    await eventually(lambda: fake.configs_served >= 2)
-    await asyncio.sleep(0.3)
+    await world.until(lambda: fake.configs_served >= 2 and fake.polls_waiting == 1)
+    # Several long polls later, still nothing applied from the warm-up set.
+    served = fake.configs_served
+    await world.until(lambda: fake.configs_served >= served + 3)
     assert agent.desired() == [D1], "the agent applied a warm-up set and stopped its checks"
     assert agent.poller.leader_warming_up
 
@@ -813,6 +922,5 @@ async def test_a_warming_up_leader_does_not_make_the_agent_stop_its_checks(
     fake.warmup = False
     fake.configs = [config(D1), config(D2)]
     fake.last_change += 1
-    await agent.poller.heartbeat_once()
-    await eventually(lambda: agent.desired() == sorted([D1, D2]))
+    await world.until(lambda: agent.desired() == sorted([D1, D2]))
     assert not agent.poller.leader_warming_up

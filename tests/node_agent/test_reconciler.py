@@ -10,7 +10,7 @@ import pytest
 from dispatcher.common.clock import FakeClock
 from node_agent import reconciler as reconciler_module
 from node_agent.reconciler import BACKOFF_BASE_S, BACKOFF_MAX_S, Reconciler
-from tests.node_agent.helpers import eventually
+from tests.node_agent.helpers import GUARD_S
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ async def test_a_changed_spec_is_stopped_then_started_again() -> None:
     h.stop_gates["a"] = asyncio.Event()
     h.reconciler.set_desired(specs(Spec("a", 2)))
     h.reconciler.reconcile_once()
-    await asyncio.sleep(0.01)
+    await h.clock.settle()
     assert h.events == [("stop", "a", 1)]
     # While the old one is still stopping, no pass starts the new one beside it.
     for _ in range(3):
@@ -129,7 +129,7 @@ async def test_a_slow_start_is_not_started_twice() -> None:
     h.reconciler.set_desired(specs(Spec("slow"), Spec("fast")))
     for _ in range(5):
         h.reconciler.reconcile_once()
-        await asyncio.sleep(0.01)
+        await h.clock.settle()
     assert h.starts("slow") == 1
     assert h.starts("fast") == 1
     assert sorted(h.reconciler.actual) == ["fast"]  # actual only after success
@@ -145,10 +145,10 @@ async def test_a_check_removed_while_it_starts_is_stopped_once_started() -> None
     gate = h.start_gates["a"] = asyncio.Event()
     h.reconciler.set_desired(specs(Spec("a")))
     h.reconciler.reconcile_once()
-    await asyncio.sleep(0.01)
+    await h.clock.settle()
     h.reconciler.set_desired({})
     h.reconciler.reconcile_once()
-    await asyncio.sleep(0.01)
+    await h.clock.settle()
     assert h.events == [("start", "a", 1)]  # no stop issued beside the pending start
     gate.set()
     await h.reconciler.wait_idle()
@@ -260,12 +260,12 @@ async def test_stop_all_stops_everything_including_a_pending_start() -> None:
     gate = h.start_gates["c"] = asyncio.Event()
     h.reconciler.set_desired(specs(Spec("a"), Spec("b"), Spec("c")))
     h.reconciler.reconcile_once()
-    await asyncio.sleep(0.01)
+    await h.clock.settle()
     stopping = asyncio.create_task(h.reconciler.stop_all())
-    await asyncio.sleep(0.05)
+    await h.clock.settle()
     assert not stopping.done()  # it waits for the pending start...
     gate.set()
-    async with asyncio.timeout(2):
+    async with asyncio.timeout(GUARD_S):
         await stopping
     # ...and then stops that one too.
     assert h.reconciler.actual == {}
@@ -276,8 +276,9 @@ async def test_stop_all_stops_everything_including_a_pending_start() -> None:
 
 async def test_stop_all_with_nothing_running_returns_at_once() -> None:
     h = Harness()
-    async with asyncio.timeout(1):
-        await h.reconciler.stop_all()
+    stopping = asyncio.create_task(h.reconciler.stop_all())
+    await h.clock.settle()
+    assert stopping.done()
     assert h.events == []
 
 
@@ -290,16 +291,20 @@ async def test_the_run_loop_reacts_to_a_new_desired_state_at_once(
     stop = asyncio.Event()
     loop = asyncio.create_task(h.reconciler.run(stop))
     try:
-        await asyncio.sleep(0.01)
+        await h.clock.wait_for_timers(1)  # the loop waits for its next pass
+        started = h.clock.monotonic()
         h.reconciler.set_desired(specs(Spec("a", 1)))
-        await eventually(lambda: "a" in h.reconciler.actual, within_s=1)
+        await h.clock.settle()
+        assert "a" in h.reconciler.actual
         # A changed spec: the stop, then (woken by the stop's completion) the new start.
         h.reconciler.set_desired(specs(Spec("a", 2)))
-        await eventually(lambda: h.reconciler.actual.get("a") == Handle(Spec("a", 2)), within_s=1)
+        await h.clock.settle()
+        assert h.reconciler.actual.get("a") == Handle(Spec("a", 2))
         assert h.events == [("start", "a", 1), ("stop", "a", 1), ("start", "a", 2)]
+        assert h.clock.monotonic() == started  # no pass period had to pass
     finally:
         stop.set()
-        async with asyncio.timeout(2):
+        async with asyncio.timeout(GUARD_S):
             await loop
     await h.reconciler.stop_all()
 

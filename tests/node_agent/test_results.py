@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 from dispatcher import wire
-from dispatcher.common.clock import SystemClock
+from dispatcher.common.clock import FakeClock
 from node_agent.errors import DispatcherProtocolError, DispatcherUnavailable
 from node_agent.metrics import AgentMetrics
 from node_agent.results import MAX_BATCH_BYTES, ResultBatcher
@@ -31,6 +31,7 @@ class FakeApi:
     def __init__(self) -> None:
         self.received: list[list[str]] = []
         self.gate: asyncio.Event | None = None
+        self.sending = asyncio.Event()  # set once a send has begun
         self.fail: type[Exception] | None = None
         self.url = "http://fake"
         self.url_count = 1
@@ -47,6 +48,7 @@ class FakeApi:
         raise NotImplementedError
 
     async def results(self, results: list[dict[str, Any]]) -> wire.ResultsOut:
+        self.sending.set()
         if self.gate is not None:
             await self.gate.wait()
         if self.fail is not None:
@@ -61,7 +63,7 @@ def batcher(api: FakeApi, *, max_pending: int = 100) -> ResultBatcher:
         metrics=AgentMetrics(),
         flush_s=1.0,
         max_pending=max_pending,
-        clock=SystemClock(),
+        clock=FakeClock(),
     )
 
 
@@ -76,7 +78,7 @@ async def test_results_added_during_a_send_at_the_cap_are_neither_lost_nor_sent_
     for n in range(5):
         b.add(result(n))
     flushing = asyncio.create_task(b.flush())
-    await asyncio.sleep(0.01)  # the first batch is on its way
+    await api.sending.wait()  # the first batch is on its way
     for n in range(5, 8):
         b.add(result(n))
     api.gate.set()
@@ -118,7 +120,7 @@ async def test_a_cancelled_send_puts_its_batch_back() -> None:
     for n in range(3):
         b.add(result(n))
     flushing = asyncio.create_task(b.flush())
-    await asyncio.sleep(0.01)
+    await api.sending.wait()
     flushing.cancel()
     await asyncio.gather(flushing, return_exceptions=True)
     assert b.pending == 3

@@ -1,27 +1,29 @@
-"""Check loops: one run's result, stats, limits, scheduling and the capacity cap."""
+"""Check loops: one run's result, stats, limits, scheduling and the capacity cap.
+
+Everything runs on a ``FakeClock``: the fake check sleeps on it, so durations, timeouts
+and the schedule are exact fake times (how late runs start on a real machine is a
+question of speed: ``python -m tests.bench``'s runner benchmark)."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import math
 import random
-import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Awaitable, Iterable
+from typing import Any, TypeVar
 
 import pytest
 from pydantic import Field
 
 from dispatcher import wire
-from dispatcher.common.clock import Clock, FakeClock, SystemClock
+from dispatcher.common.clock import FakeClock
 from node_agent.checks import CheckKind, InstanceModel, Outcome, RunContext, validate_instance
 from node_agent.checks.tcp import TcpCheck
 from node_agent.metrics import AgentMetrics
 from node_agent.runner import CheckLoop, CheckSpec
-from tests.node_agent.helpers import eventually
 
 DIGEST = "0123456789abcdef"
+T = TypeVar("T")
 
 
 class FakeInstance(InstanceModel):
@@ -32,9 +34,11 @@ class FakeInstance(InstanceModel):
 
 
 class FakeKind:
-    """Does what its instance says; counts runs and how many run at the same time."""
+    """Does what its instance says, sleeping on the fake clock; counts runs and how many
+    run at the same time."""
 
-    def __init__(self, script: Iterable[FakeInstance] = ()) -> None:
+    def __init__(self, clock: FakeClock, script: Iterable[FakeInstance] = ()) -> None:
+        self.clock = clock
         self.script = list(script)
         self.runs = 0
         self.current = 0
@@ -50,13 +54,13 @@ class FakeKind:
         if self.script:
             instance = self.script.pop(0)
         self.runs += 1
-        self.starts.append(time.monotonic())
+        self.starts.append(self.clock.monotonic())
         self.contexts.append(context)
         self.current += 1
         self.max_concurrent = max(self.max_concurrent, self.current)
         try:
             if instance.sleep_s:
-                await asyncio.sleep(instance.sleep_s)
+                await self.clock.sleep(instance.sleep_s)
             if instance.crash is not None:
                 raise ValueError(instance.crash)
             return Outcome(errors=list(instance.errors), output=instance.output)
@@ -82,12 +86,12 @@ def spec(
 
 
 class Loops:
-    def __init__(self, *, clock: Clock | None = None, capacity: int = 8) -> None:
-        self.clock = clock or FakeClock()
+    def __init__(self, *, capacity: int = 8) -> None:
+        self.clock = FakeClock()
         self.capacity = asyncio.Semaphore(capacity)
         self.metrics = AgentMetrics()
         self.emitted: list[dict[str, Any]] = []
-        self.kind = FakeKind()
+        self.kind = FakeKind(self.clock)
         self.kinds: dict[str, CheckKind] = {"fake": self.kind, "tcp": TcpCheck()}
 
     def make(self, check: CheckSpec) -> CheckLoop:
@@ -100,6 +104,19 @@ class Loops:
             metrics=self.metrics,
             rng=random.Random(7),
         )
+
+
+async def on_fake_time(clock: FakeClock, work: Awaitable[T]) -> T:
+    """Awaits ``work``, moving the fake clock on from one timer to the next whenever
+    everything waits on it."""
+    task = asyncio.ensure_future(work)
+    while True:
+        await clock.settle()
+        if task.done():
+            return task.result()
+        due = clock.next_deadline()
+        assert due is not None, "the run waits on something other than the clock"
+        clock.advance(due - clock.monotonic())
 
 
 def assert_valid_on_the_wire(result: dict[str, Any]) -> None:
@@ -116,7 +133,7 @@ async def test_an_ok_result_has_every_field() -> None:
     assert result["digest"] == DIGEST
     assert result["output"] == "fine"
     assert result["started_at"] == loops.clock.time()
-    assert result["duration_s"] >= 0
+    assert result["duration_s"] == 0.0  # no time passed on the clock
     assert len(result["run_id"]) == 32
     assert loops.emitted == [result]
     assert_valid_on_the_wire(result)
@@ -160,27 +177,30 @@ async def test_an_invalid_instance_gives_a_failed_result_naming_the_field(
 
 
 async def test_a_broken_config_keeps_reporting_instead_of_crashing_its_loop() -> None:
-    loops = Loops(clock=SystemClock())
+    loops = Loops()
     loop = loops.make(spec({}, name="nope", interval_s=0.05, timeout_s=0.05))
     task = asyncio.create_task(loop.run())
     try:
-        await eventually(lambda: len(loops.emitted) >= 3)
+        await loops.clock.run_for(0.2)
         assert not task.done()
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+    # The first run within the first interval, then one per interval: 4 in 0.2 s.
+    assert len(loops.emitted) == 4
     assert all(r["ok"] is False for r in loops.emitted)
 
 
 async def test_a_run_past_its_timeout_fails_with_timed_out_after() -> None:
     loops = Loops()
     loop = loops.make(spec({"sleep_s": 5.0}, timeout_s=0.2))
-    started = time.monotonic()
-    result = await loop.run_once()
-    assert time.monotonic() - started < 1.5
+    running = asyncio.create_task(loop.run_once())
+    await loops.clock.run_for(0.2)
+    assert running.done()  # at its timeout, not when the check would have ended
+    result = running.result()
     assert result["ok"] is False
     assert result["errors"] == ["fake: timed out after 0.2s"]
-    assert 0.15 <= result["duration_s"] < 1.5
+    assert result["duration_s"] == 0.2
     assert loops.kind.current == 0  # the run was cancelled, not left behind
 
 
@@ -220,16 +240,15 @@ async def test_stats_count_runs_errors_and_average_time() -> None:
     }
     results = []
     for _ in range(4):
-        results.append(await loop.run_once())
+        results.append(await on_fake_time(clock, loop.run_once()))
         clock.advance(10)
     stats = loop.stats.to_wire()
     assert stats["runs"] == 4
     assert stats["errors"] == 2
     assert stats["last_error"] == "second failure"
     assert stats["last_run_at"] == results[-1]["started_at"] == clock.time() - 10
-    mean = sum(r["duration_s"] for r in results) / 4
-    assert stats["avg_execution_s"] == pytest.approx(mean, abs=1e-5)
-    assert 0.15 / 4 <= stats["avg_execution_s"] < 0.5
+    assert [r["duration_s"] for r in results] == pytest.approx([0.1, 0.05, 0.0, 0.0])
+    assert stats["avg_execution_s"] == pytest.approx(0.15 / 4)
     wire.CheckStatsIn.model_validate(stats)  # the dispatcher takes them as sent
     ok = loops.metrics.registry.get_sample_value(
         "clusterchecks_agent_check_ok", {"digest": DIGEST, "check": "fake"}
@@ -284,14 +303,16 @@ async def test_several_instances_are_ok_only_when_all_are() -> None:
 async def test_instances_share_one_timeout() -> None:
     loops = Loops()
     loop = loops.make(spec({"sleep_s": 0.05}, {"sleep_s": 3.0}, timeout_s=0.3))
-    result = await loop.run_once()
+    result = await on_fake_time(loops.clock, loop.run_once())
     assert result["errors"] == ["fake: timed out after 0.3s"]
+    assert result["duration_s"] == pytest.approx(0.3)
+    assert loops.kind.current == 0  # the slow instance was cancelled too
 
 
-async def run_for(loops: list[CheckLoop], seconds: float) -> None:
+async def run_for(clock: FakeClock, loops: list[CheckLoop], seconds: float) -> None:
     tasks = [asyncio.create_task(loop.run()) for loop in loops]
     try:
-        await asyncio.sleep(seconds)
+        await clock.run_for(seconds)
         assert not any(t.done() for t in tasks)  # no loop crashed
     finally:
         for task in tasks:
@@ -299,45 +320,46 @@ async def run_for(loops: list[CheckLoop], seconds: float) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-@pytest.fixture
-async def system_loops() -> Loops:
-    return Loops(clock=SystemClock())
-
-
-async def test_a_loop_runs_at_its_interval(system_loops: Loops) -> None:
-    loop = system_loops.make(spec({}, interval_s=0.2, timeout_s=0.2))
-    started = time.monotonic()
-    await run_for([loop], 1.0)
-    starts = system_loops.kind.starts
-    assert starts[0] - started < 0.25  # the first run comes within one interval (jitter)
-    assert 4 <= len(starts) <= 6, starts
+async def test_a_loop_runs_at_its_interval() -> None:
+    loops = Loops()
+    loop = loops.make(spec({}, interval_s=0.2, timeout_s=0.2))
+    started = loops.clock.monotonic()
+    await run_for(loops.clock, [loop], 1.0)
+    starts = loops.kind.starts
+    assert 0 <= starts[0] - started < 0.2  # the first run comes within one interval (jitter)
+    assert len(starts) == 5, starts
     gaps = [b - a for a, b in itertools.pairwise(starts)]
-    assert all(0.15 <= g <= 0.3 for g in gaps), gaps
+    assert gaps == pytest.approx([0.2] * 4), gaps
+    # On the fake clock no run starts late.
+    lateness = loops.metrics.registry.get_sample_value(
+        "clusterchecks_agent_scheduling_lateness_seconds_sum"
+    )
+    assert lateness == pytest.approx(0.0, abs=1e-9)
 
 
-async def test_an_overrun_skips_missed_slots_instead_of_bursting(system_loops: Loops) -> None:
-    system_loops.kind.script = [FakeInstance(sleep_s=0.55)]  # only the first run is slow
-    loop = system_loops.make(spec({}, interval_s=0.1, timeout_s=1.0))
-    await run_for([loop], 1.0)
-    starts = system_loops.kind.starts
+async def test_an_overrun_skips_missed_slots_instead_of_bursting() -> None:
+    loops = Loops()
+    loops.kind.script = [FakeInstance(sleep_s=0.55)]  # only the first run is slow
+    loop = loops.make(spec({}, interval_s=0.1, timeout_s=1.0))
+    started = loops.clock.monotonic()
+    await run_for(loops.clock, [loop], 1.0)
+    starts = loops.kind.starts
     gaps = [b - a for a, b in itertools.pairwise(starts)]
-    assert len(starts) >= 3
-    assert gaps[0] >= 0.55
-    # No catch-up: a burst would start the missed slots' runs back to back (gaps of a
-    # millisecond) and run about 10 times in the second; skipping leaves one run per
-    # slot after the overrun. A run started late by a busy machine may come closer than
-    # a full interval to the next one, so the gap bound is a fifth of it.
-    assert all(g >= 0.02 for g in gaps), gaps
-    assert len(starts) <= 1 + math.ceil((1.0 - 0.55) / 0.1) + 1, starts
+    # No catch-up burst of the five missed slots: the next run is the first slot after
+    # the overrun ended (0.6 s after the first start), then one per interval.
+    first = starts[0] - started
+    expected = [0.6] + [0.1] * sum(1 for k in range(7, 11) if first + k * 0.1 <= 1.0)
+    assert gaps == pytest.approx(expected), (first, gaps)
 
 
 @pytest.mark.parametrize("capacity", [1, 2])
 async def test_the_capacity_caps_runs_at_the_same_time(capacity: int) -> None:
-    loops = Loops(clock=SystemClock(), capacity=capacity)
+    loops = Loops(capacity=capacity)
     checks = [
         loops.make(spec({"sleep_s": 0.1}, interval_s=0.1, timeout_s=1, digest=f"{i:016x}"))
         for i in range(4)
     ]
-    await run_for(checks, 0.8)
+    await run_for(loops.clock, checks, 0.8)
     assert loops.kind.max_concurrent == capacity
-    assert loops.kind.runs >= 4
+    # The cap holds runs back, it does not lose them: the capacity runs every 0.1 s.
+    assert loops.kind.runs >= 7 * capacity
