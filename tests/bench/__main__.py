@@ -6,7 +6,9 @@ missed, except for the rebalance goals: missing one exits 1 (after the table and
 JSON). Runs in about two minutes with the defaults (the agent benchmark about 35 s of
 it), plus about three minutes for the failover benchmark (real Redis, three dispatcher
 replicas; ``--skip-failover`` leaves it out) and about 12 s for the rebalance benchmark
-(in-process; ``--skip-rebalance`` leaves it out).
+(in-process; ``--skip-rebalance`` leaves it out) and about 10 s for the config-directory
+benchmark (the event loop while a large file is parsed; ``--skip-configdir``; missing its
+goal also exits 1).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import orjson
 
 from tests.bench.agent import DISTURBED_PCT, GOAL_SHARE, AgentResults, run_agent
 from tests.bench.api import ApiResults, run_api
+from tests.bench.configdir import configdir_report, run_configdir
 from tests.bench.core import EXPIRY_MAX_GROWTH, SCHEDULE_BUDGET_S, CoreResults, run_core
 from tests.bench.failover import CHUNK_RECORDS, FailoverResults, run_failover
 from tests.bench.failover import DISTURBED_PCT as FAILOVER_DISTURBED_PCT
@@ -721,6 +724,7 @@ def main() -> None:
     parser.add_argument("--skip-agent", action="store_true")
     parser.add_argument("--skip-failover", action="store_true")
     parser.add_argument("--skip-rebalance", action="store_true")
+    parser.add_argument("--skip-configdir", action="store_true")
     parser.add_argument("--duration", type=float, default=5.0, help="API: measured seconds")
     parser.add_argument("--warmup", type=float, default=1.0, help="API: warm-up seconds")
     parser.add_argument("--rounds", type=int, default=2, help="API: rounds over the servers")
@@ -804,6 +808,13 @@ def main() -> None:
         goals += rebalance_goals
         hard_goals += rebalance_goals
         document["rebalance"] = dataclasses.asdict(rebalance)
+    if not args.skip_configdir:
+        configdir = run_configdir(progress=progress)
+        text, configdir_goals = configdir_report(configdir)
+        reports.append(text)
+        goals += [Goal(*goal) for goal in configdir_goals]
+        hard_goals += [Goal(*goal) for goal in configdir_goals]
+        document["configdir"] = dataclasses.asdict(configdir)
     document["goals"] = [dataclasses.asdict(g) for g in goals]
     document["total_s"] = time.perf_counter() - started
 
