@@ -77,7 +77,8 @@ def _operation(route: Route, keys: dict[Any, dict[str, Any]]) -> dict[str, Any]:
         op["description"] = f"Role: {route.role.value} (or admin)."
     params = [
         {"name": name, "in": "path", "required": True,
-         "schema": {"type": "string", "pattern": PATH_PARAMS[name].pattern},
+         "schema": {"type": "string", "pattern": PATH_PARAMS[name].pattern,
+                    "examples": list(PATH_PARAMS[name].examples)},
          "description": PATH_PARAMS[name].description}
         for name in route.path_params
     ]  # fmt: skip

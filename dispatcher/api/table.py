@@ -32,25 +32,31 @@ class QueryParam:
 
 @dataclass(frozen=True, slots=True)
 class PathParam:
-    """A ``{name}`` segment of a path: what it may hold, and what a value that does not
-    match gets (``invalid`` 400, or 404 where API.md answers "unknown" for any value)."""
+    """A ``{name}`` segment of a path: what it may hold, and the status of a value that
+    does not match (400, or 404 where API.md answers "unknown" to any value)."""
 
     name: str
     pattern: str
     description: str
     invalid_status: int
+    examples: tuple[str, ...]
+    """Values of each kind the route treats apart (schemathesis sends every one)."""
 
 
 PATH_PARAMS: dict[str, PathParam] = {
     p.name: p
     for p in (
-        PathParam("node", wire.NAME_PATTERN, "A node agent's name.", 400),
-        PathParam("source", wire.SOURCE_NAME_PATTERN, "A config source's name.", 400),
+        PathParam("node", wire.NAME_PATTERN, "A node agent's name.", 400, ("node-a",)),
+        # The dispatcher's own sources are readable, and a write to one is 409.
+        PathParam("source", wire.SOURCE_NAME_PATTERN, "A config source's name.", 400,
+                  ("ci", "file:web.yaml", "k8s:service:default:shop")),
         # API.md: a digest the dispatcher does not hold, well-formed or not, is 404.
-        PathParam("digest", wire.DIGEST_PATTERN, "A check's digest.", 404),
-        PathParam("name", wire.COMPONENT_NAME_PATTERN, "A health component's name.", 404),
+        PathParam("digest", wire.DIGEST_PATTERN, "A check's digest.", 404,
+                  ("9f2c4e7a1b3d5f60",)),
+        PathParam("name", wire.COMPONENT_NAME_PATTERN, "A health component's name.", 404,
+                  ("store", "dispatch_loop")),
     )
-}
+}  # fmt: skip
 """Every path parameter of the table, by the name it has in paths; a route whose path
 names one that is not here cannot be built."""
 

@@ -357,7 +357,12 @@ async def test_every_path_parameter_declares_its_pattern(
     assert [p["name"] for p in params] == names
     for param in params:
         assert param["required"] is True
-        assert param["schema"] == {"type": "string", "pattern": PATH_PATTERNS[param["name"]]}
+        schema = param["schema"]
+        assert schema["type"] == "string"
+        assert schema["pattern"] == PATH_PATTERNS[param["name"]]
+        assert schema["examples"]
+        for example in schema["examples"]:
+            assert re.fullmatch(schema["pattern"], example), example
 
 
 # (documented path, path parameter, value, the status the route answers for it)
