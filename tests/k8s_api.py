@@ -48,6 +48,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from kubernetes_asyncio.client import ApiClient, Configuration
 
+from dispatcher.common.clock import Clock, SystemClock
+
 Json = dict[str, Any]
 BODY = web.RequestKey("body", object)
 LOGGED = web.RequestKey("logged", object)
@@ -726,9 +728,15 @@ _POLL_S = 0.05
 
 class FakeKubernetesApi:
     def __init__(
-        self, resources: Iterable[Resource] = (LEASES,), *, history_limit: int | None = None
+        self,
+        resources: Iterable[Resource] = (LEASES,),
+        *,
+        history_limit: int | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.resources = tuple(resources)
+        self.clock: Clock = clock or SystemClock()
+        """Times a watch's ``timeoutSeconds`` (and its look for a client gone away)."""
         self.store = ObjectStore(history_limit)
         self.requests: list[LoggedRequest] = []
         self.fail_with: int | None = None
@@ -955,7 +963,7 @@ class FakeKubernetesApi:
                 await response.write(orjson.dumps(event) + b"\n")
             async with self._arrived:
                 self._arrived.notify_all()
-            if not await _follow(request, response, watch, timeout, event_for):
+            if not await _follow(request, response, watch, timeout, event_for, clock=self.clock):
                 return response  # the client went away
         except ConnectionResetError:
             return response  # the client went away mid-write
@@ -1027,10 +1035,11 @@ async def _follow(
     watch: _OpenWatch,
     seconds: float | None,
     event_for: Callable[[Change], Json | None],
+    *,
+    clock: Clock,
 ) -> bool:
     """Streams changes until the timeout or ``close_watches``; False if the client left."""
-    loop = asyncio.get_running_loop()
-    deadline = None if seconds is None else loop.time() + seconds
+    deadline = None if seconds is None else clock.monotonic() + seconds
     while True:
         while watch.pending and watch.closing != "abort":
             event = event_for(watch.pending.pop(0))
@@ -1041,12 +1050,11 @@ async def _follow(
         transport = request.transport
         if transport is None or transport.is_closing():
             return False
-        left = _POLL_S if deadline is None else min(_POLL_S, deadline - loop.time())
+        left = _POLL_S if deadline is None else min(_POLL_S, deadline - clock.monotonic())
         if left <= 0:
             return True
         watch.wake.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(watch.wake.wait(), left)
+        await clock.wait(watch.wake, timeout_s=left)
 
 
 def _watch_event(

@@ -26,6 +26,7 @@ from kubernetes_asyncio.client import (
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.watch import Watch
 
+from dispatcher.common.clock import FakeClock
 from tests.k8s_api import (
     ALL_RESOURCES,
     CONFIGMAPS,
@@ -327,10 +328,15 @@ async def test_a_watch_ends_cleanly_after_timeout_seconds(
     k8s_api: FakeKubernetesApi,
     v1: CoreV1Api,
 ) -> None:
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    assert await watch(v1.list_namespaced_service, NS, timeout_seconds=1) == []
-    assert 0.9 <= loop.time() - started < 1.5
+    clock = FakeClock()
+    k8s_api.clock = clock  # the watch's timeoutSeconds runs on fake time
+    following = asyncio.create_task(watch(v1.list_namespaced_service, NS, timeout_seconds=3))
+    await k8s_api.wait_watching(1)
+    await clock.run_for(2.99)
+    assert not following.done()
+    assert k8s_api.watching == 1, "the watch ended before its timeoutSeconds"
+    await clock.run_for(0.01)
+    assert await following == []  # its end is real HTTP: awaited, not timed
     assert k8s_api.watching == 0
 
 
@@ -344,8 +350,7 @@ async def test_close_watches_ends_the_open_streams(
         asyncio.create_task(watch(v1.list_config_map_for_all_namespaces, timeout_seconds=5)),
     ]
     await k8s_api.wait_watching(2)
-    k8s_api.put(SERVICES, NS, service(NS, "web"))
-    await asyncio.sleep(0.05)
+    k8s_api.put(SERVICES, NS, service(NS, "web"))  # pending: written before a clean end
     assert k8s_api.close_watches() == 2
     assert k8s_api.watching == 0
     services, configmaps = await asyncio.gather(*following)
