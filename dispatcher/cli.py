@@ -25,6 +25,7 @@ from dispatcher.errors import ConfigurationError
 from dispatcher.settings import (
     DEFAULT_WARMUP_S,
     ELECTION_BACKENDS,
+    MAX_SERVER_TIMEOUT_S,
     STORE_BACKENDS,
     AuthSettings,
     DispatchSettings,
@@ -41,6 +42,10 @@ from dispatcher.settings import (
 
 def _seconds(low: float, high: float = 86400.0, *, low_open: bool = False) -> click.FloatRange:
     return click.FloatRange(low, high, min_open=low_open)
+
+
+_SERVER = ServerSettings()
+"""Defaults of the server's flags, read from the settings (written once)."""
 
 
 class DefaultGroup(click.Group):
@@ -226,6 +231,42 @@ def main() -> None:
     help="Default: console on a terminal, else json.",
 )
 @option("log-level", type=click.Choice(logs.LEVELS), default="info", show_default=True)
+@option(
+    "header-timeout",
+    type=_seconds(0, MAX_SERVER_TIMEOUT_S, low_open=True),
+    default=_SERVER.header_timeout_s,
+    show_default=True,
+    help="Seconds for a request head to arrive (from the accept, or the next request's "
+    "first byte); then 408.",
+)
+@option(
+    "body-timeout",
+    type=_seconds(0, MAX_SERVER_TIMEOUT_S, low_open=True),
+    default=_SERVER.body_timeout_s,
+    show_default=True,
+    help="Seconds for a request body to arrive after its head; then 408.",
+)
+@option(
+    "idle-timeout",
+    type=_seconds(0, MAX_SERVER_TIMEOUT_S, low_open=True),
+    default=_SERVER.idle_timeout_s,
+    show_default=True,
+    help="Seconds a kept-alive connection may wait between requests.",
+)
+@option(
+    "max-connections",
+    type=click.IntRange(1),
+    default=_SERVER.max_connections,
+    help="Open connections at most; at the limit the longest idle one is closed, or the new "
+    "one gets 503 [default: 10000, or fewer if the open-file limit is lower].",
+)
+@option(
+    "accept-error-log-interval",
+    type=_seconds(0, MAX_SERVER_TIMEOUT_S, low_open=True),
+    default=_SERVER.accept_error_log_interval_s,
+    show_default=True,
+    help="Seconds between two log lines about failing accepts (out of file descriptors).",
+)
 def serve(**flags: Any) -> None:
     """Serve the dispatcher API and dispatch checks (the default command)."""
     settings = settings_from_flags(flags)
@@ -270,6 +311,11 @@ def settings_from_flags(flags: dict[str, Any]) -> Settings:
             advertise_url=flags["advertise_url"],
             tls_cert=flags["tls_cert"],
             tls_key=flags["tls_key"],
+            header_timeout_s=flags["header_timeout"],
+            body_timeout_s=flags["body_timeout"],
+            idle_timeout_s=flags["idle_timeout"],
+            max_connections=flags["max_connections"],
+            accept_error_log_interval_s=flags["accept_error_log_interval"],
         ),
         dispatch=DispatchSettings(
             node_expiration_timeout_s=flags["node_expiration_timeout"],

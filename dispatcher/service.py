@@ -23,6 +23,15 @@ from kubernetes_asyncio.client import ApiClient
 from dispatcher.api.app import create_app
 from dispatcher.common.clock import Clock, SystemClock
 from dispatcher.common.health import HealthRegistry, Probe, ProbeResult, Status
+from dispatcher.common.httpserver import (
+    FD_RESERVE,
+    AcceptErrorLog,
+    ConnectionLimits,
+    Listener,
+    max_connections_for,
+    open_file_limit,
+    raise_fd_limit,
+)
 from dispatcher.common.kubeclient import kube_client
 from dispatcher.election.base import Leadership, LeaseBackend
 from dispatcher.election.elector import Elector
@@ -38,7 +47,7 @@ from dispatcher.leadership import (
 )
 from dispatcher.metrics import CheckGauges, DispatcherMetrics, StateGauges
 from dispatcher.replicas import ReplicaReporter
-from dispatcher.settings import Settings
+from dispatcher.settings import ServerSettings, Settings
 from dispatcher.sources.configdir import COMPONENT as CONFIG_SOURCES
 from dispatcher.sources.configdir import ConfigDirSource
 from dispatcher.storage.base import StateStore
@@ -312,15 +321,26 @@ async def serve(service: DispatcherService, *, stop: asyncio.Event) -> None:
     service.health.suppress_liveness(settings.health.liveness_grace_s)
     runner = web.AppRunner(service.app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
-    try:
-        site = web.TCPSite(
-            runner,
-            settings.server.host,
-            settings.server.port,
-            ssl_context=_ssl_context(settings),
-            reuse_address=True,
+    listener = Listener(
+        runner,
+        _connection_limits(settings.server),
+        host=settings.server.host,
+        port=settings.server.port,
+        clock=service.clock,
+        ssl_context=_ssl_context(settings),
+        log_interval_s=settings.server.accept_error_log_interval_s,
+    )
+    loop = asyncio.get_running_loop()
+    previous_handler = loop.get_exception_handler()
+    loop.set_exception_handler(
+        AcceptErrorLog(
+            clock=service.clock,
+            interval_s=settings.server.accept_error_log_interval_s,
+            previous=previous_handler,
         )
-        await site.start()
+    )
+    try:
+        await listener.start()
         service.health.report("api", Status.HEALTHY, f"listening on {settings.server.url}")
         log.info(
             "dispatcher_started",
@@ -344,14 +364,44 @@ async def serve(service: DispatcherService, *, stop: asyncio.Event) -> None:
     finally:
         # A planned stop: components go down one by one, and that is no reason to kill.
         service.health.suppress_liveness(settings.health.liveness_grace_s)
+        listener.close()
         service.dispatcher.wake_all()
         await runner.cleanup()
+        loop.set_exception_handler(previous_handler)
         for close in service.closers:
             try:
                 await close()
             except Exception:
                 log.exception("close_failed")
         log.info("dispatcher_stopped")
+
+
+def _connection_limits(server: ServerSettings) -> ConnectionLimits:
+    """The settings' limits, with the connection cap fitted to the open-file limit
+    when none is set (a cap above the limit would meet EMFILE first)."""
+    fd_limit = open_file_limit()
+    limits = ConnectionLimits(
+        header_timeout_s=server.header_timeout_s,
+        body_timeout_s=server.body_timeout_s,
+        idle_timeout_s=server.idle_timeout_s,
+        max_connections=max_connections_for(server.max_connections, fd_limit),
+    )
+    if server.max_connections is not None and server.max_connections + FD_RESERVE > fd_limit:
+        log.warning(
+            "max_connections_above_fd_limit",
+            max_connections=server.max_connections,
+            fd_limit=fd_limit,
+            reason="accepts will fail with EMFILE before the cap is reached",
+        )
+    log.info(
+        "connection_limits",
+        max_connections=limits.max_connections,
+        fd_limit=fd_limit,
+        header_timeout_s=limits.header_timeout_s,
+        body_timeout_s=limits.body_timeout_s,
+        idle_timeout_s=limits.idle_timeout_s,
+    )
+    return limits
 
 
 async def connect(settings: Settings) -> DispatcherService:
@@ -388,6 +438,8 @@ async def connect(settings: Settings) -> DispatcherService:
 
 async def run(settings: Settings) -> None:
     """The process's main coroutine: SIGTERM and SIGINT stop it gracefully."""
+    fd = raise_fd_limit()
+    log.info("fd_limit", before=fd.before, soft=fd.soft, hard=fd.hard, error=fd.error)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

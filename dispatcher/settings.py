@@ -25,6 +25,8 @@ _LEASE_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
 _NAMESPACE = re.compile(r"(?=.{1,63}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 DEFAULT_WARMUP_S = 30.0
 """Warm-up of an elected leader with the memory store (ARCHITECTURE.md, Warm-up)."""
+MAX_SERVER_TIMEOUT_S = 3600.0
+"""The server's timeouts are seconds to minutes; more than an hour is surely a typo."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +39,43 @@ class ServerSettings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     max_body_bytes: int = 4 * 1024 * 1024
+    header_timeout_s: float = 10.0
+    """A request head (request line and headers) must be complete this long after the
+    connection opens, or after the first byte of the next request on a kept-alive one;
+    else ``408`` and the connection closes (silently when nothing at all came)."""
+    body_timeout_s: float = 60.0
+    """A request body must be complete this long after its head (a 4 MiB body at 70
+    KB/s); else ``408``, the handler waiting for it stops and the connection closes."""
+    idle_timeout_s: float = 75.0
+    """A kept-alive connection with no request in progress is closed after this long.
+    Longer than the keep-alive of aiohttp's client (15 s), so that clients close first.
+    No timeout applies while a request is handled: a long poll waits its ``wait_s``."""
+    max_connections: int | None = None
+    """Open connections at most. At the limit a new connection closes the one idle the
+    longest; when every one is in a request, the new one gets ``503`` and is closed.
+    None: 10,000, or what the open-file limit leaves after a reserve for the process's
+    other files, whichever is lower (``dispatcher.common.httpserver``)."""
+    accept_error_log_interval_s: float = 10.0
+    """Running out of file descriptors fails every accept: logged at most once per
+    interval, with the count."""
+
+    def validate(self) -> None:
+        for flag, value in (
+            ("--header-timeout", self.header_timeout_s),
+            ("--body-timeout", self.body_timeout_s),
+            ("--idle-timeout", self.idle_timeout_s),
+            ("--accept-error-log-interval", self.accept_error_log_interval_s),
+        ):
+            if not 0 < value <= MAX_SERVER_TIMEOUT_S:
+                raise ConfigurationError(
+                    f"{flag} {value:g}: must be more than 0 and at most "
+                    f"{MAX_SERVER_TIMEOUT_S:g} seconds."
+                )
+        if self.max_connections is not None and self.max_connections < 1:
+            raise ConfigurationError(
+                f"--max-connections {self.max_connections}: must be at least 1 (or unset for "
+                "the default)."
+            )
 
     @property
     def url(self) -> str:
@@ -188,6 +227,7 @@ class Settings:
                 f"{', '.join(REDIS_SCHEMES)}."
             )
         s = self.server
+        s.validate()
         if e.backend != "standalone" and not s.advertise_url and s.host in ("0.0.0.0", "::"):
             raise ConfigurationError(
                 f"--advertise-url is required with --election {e.backend} when --host is "

@@ -55,10 +55,13 @@ log = structlog.get_logger("dispatcher.http")
 
 DEFAULT_MAX_CONNECTIONS = 10_000
 """The cap when none is configured (and the file-descriptor limit allows it)."""
-FD_RESERVE = 320
-"""File descriptors kept for everything but incoming connections when the cap is derived
-from the limit: the forwarding pool of a follower (256 connections) and the rest (the
-listening socket, logs, Redis, the Kubernetes client, the config directory)."""
+LISTEN_BACKLOG = 128
+FD_RESERVE = 448
+"""File descriptors kept for everything but the connections under the cap, when the cap
+is derived from the limit: a burst of accepts (asyncio accepts up to the listen backlog,
+128, in one go, before any of them can make room), the forwarding pool of a follower
+(256 connections) and the rest (the listening socket, logs, Redis, the Kubernetes
+client, the config directory: 64)."""
 RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 """What ``accept()`` fails with when the process or the system runs out of resources."""
 REQUEST_ID = "X-Request-Id"
@@ -80,12 +83,13 @@ class ConnectionLimits:
 
 def max_connections_for(configured: int | None, fd_soft_limit: int) -> int:
     """The connection cap: as configured, else ``DEFAULT_MAX_CONNECTIONS`` or what the
-    file-descriptor limit leaves after ``FD_RESERVE`` (at least half of it), whichever is
-    lower. A configured value is kept even above the limit: the operator asked for it
-    (``serve`` warns)."""
+    file-descriptor limit leaves after ``FD_RESERVE`` (at least a quarter of it),
+    whichever is lower. A configured value is kept even above the limit: the operator
+    asked for it (``serve`` warns)."""
     if configured is not None:
         return configured
-    return max(1, min(DEFAULT_MAX_CONNECTIONS, max(fd_soft_limit - FD_RESERVE, fd_soft_limit // 2)))
+    fitted = max(fd_soft_limit - FD_RESERVE, fd_soft_limit // 4)
+    return max(1, min(DEFAULT_MAX_CONNECTIONS, fitted))
 
 
 # ----------------------------------------------------------------- fd limit
@@ -97,6 +101,12 @@ class FdLimit:
     soft: int
     hard: int
     error: str | None = None
+
+
+def open_file_limit() -> int:
+    """The soft limit of open files (of descriptors: sockets included)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 1 << 20 if soft == resource.RLIM_INFINITY else soft
 
 
 def raise_fd_limit() -> FdLimit:
@@ -513,7 +523,7 @@ class Listener:
         port: int,
         clock: Clock,
         ssl_context: ssl.SSLContext | None = None,
-        backlog: int = 128,
+        backlog: int = LISTEN_BACKLOG,
         log_interval_s: float = 10.0,
     ) -> None:
         self.guard = ConnectionGuard(limits, clock=clock, log_interval_s=log_interval_s)
