@@ -143,6 +143,8 @@ async def test_names_that_only_start_with_dots_are_still_names(api: Api) -> None
 
 # ------------------------------------------------------------------ results
 
+SKEW_S = wire.MAX_CLOCK_SKEW_S
+
 
 async def post_results(api: Api, *items: dict[str, Any]) -> Any:
     return await api.post(f"{API}/results/node-a", {"results": list(items)})
@@ -167,6 +169,23 @@ async def test_a_result_within_the_clock_skew_allowance_is_accepted(api: Api) ->
     reply = await post_results(api, result(digest, ok=True, started_at=started_at))
     assert reply.status == 200, reply.text
     assert reply.json["accepted"] == 1
+
+
+async def test_a_result_dated_ahead_within_the_allowance_does_not_mask_later_ones(
+    api: Api, clock: FakeClock
+) -> None:
+    """A skewed agent clock (allowed by the API) must not hide the next run: the last
+    result is ordered by when it ran as far as the dispatcher can vouch for it."""
+    digest = await prepare(api)
+    ahead = result(digest, ok=True, run_id="ahead", started_at=clock.time() + 0.9 * SKEW_S)
+    assert (await post_results(api, ahead)).json["accepted"] == 1
+    clock.advance(15.0)
+    later = result(digest, ok=False, run_id="later", started_at=clock.time())
+    assert (await post_results(api, later)).json["accepted"] == 1
+    last = (await api.check(digest))["last_result"]
+    assert (last["run_id"], last["ok"]) == ("later", False)
+    page = (await api.ok("GET", f"{API}/results"))["checks"][digest]
+    assert (page["ok"], page["consecutive_failures"]) == (False, 1)
 
 
 @pytest.mark.parametrize(
