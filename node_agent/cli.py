@@ -17,6 +17,9 @@ from dispatcher.common.cli import option, read_token
 from dispatcher.errors import ConfigurationError
 from node_agent.settings import AgentSettings
 
+DEFAULTS = AgentSettings()
+"""Every flag's default is the setting's (written once, in the dataclass)."""
+
 
 def _labels(value: str) -> dict[str, str]:
     labels: dict[str, str] = {}
@@ -31,7 +34,7 @@ def _labels(value: str) -> dict[str, str]:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @option(
     "dispatcher-url",
-    default="http://127.0.0.1:5005",
+    default=",".join(DEFAULTS.dispatcher_urls),
     show_default=True,
     help="Dispatcher URL(s), comma-separated; the agent moves on when one stops answering.",
 )
@@ -40,12 +43,12 @@ def _labels(value: str) -> dict[str, str]:
 @option(
     "capacity",
     type=click.IntRange(1, 100_000),
-    default=8,
+    default=DEFAULTS.capacity,
     show_default=True,
     help="At most this many checks run at once.",
 )
-@option("host", default="127.0.0.1", show_default=True, help="Local server address.")
-@option("port", type=click.IntRange(0, 65535), default=5006, show_default=True)
+@option("host", default=DEFAULTS.host, show_default=True, help="Local server address.")
+@option("port", type=click.IntRange(0, 65535), default=DEFAULTS.port, show_default=True)
 @option("token", default=None, help="Bearer token (node role).")
 @option("token-file", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @option(
@@ -57,29 +60,64 @@ def _labels(value: str) -> dict[str, str]:
 @option(
     "fence-on-disconnect",
     is_flag=True,
-    default=False,
+    default=DEFAULTS.fence_on_disconnect,
     help="Stop checks once this node would have been expired by an unreachable dispatcher.",
 )
 @option(
     "heartbeat-interval",
     type=click.FloatRange(0.05, 3600),
-    default=10.0,
+    default=DEFAULTS.heartbeat_interval_s,
     show_default=True,
     help="Until the dispatcher says otherwise.",
 )
 @option(
     "long-poll",
     type=click.FloatRange(0, 60),
-    default=30.0,
+    default=DEFAULTS.long_poll_s,
     show_default=True,
     help="Seconds a config long poll may wait.",
 )
 @option(
     "liveness-grace",
     type=click.FloatRange(0, 3600),
-    default=30.0,
+    default=DEFAULTS.liveness_grace_s,
     show_default=True,
     help="Seconds after start-up (and during shutdown) when /healthz always passes.",
+)
+@option(
+    "shutdown-timeout",
+    type=click.FloatRange(0.1, 3600),
+    default=DEFAULTS.shutdown_timeout_s,
+    show_default=True,
+    help="Seconds from SIGTERM to exit: stop the checks, send the results, leave.",
+)
+@option(
+    "header-timeout",
+    type=click.FloatRange(0, 3600, min_open=True),
+    default=DEFAULTS.header_timeout_s,
+    show_default=True,
+    help="Local server: seconds for a request head to arrive; then 408.",
+)
+@option(
+    "body-timeout",
+    type=click.FloatRange(0, 3600, min_open=True),
+    default=DEFAULTS.body_timeout_s,
+    show_default=True,
+    help="Local server: seconds for a request body to arrive after its head; then 408.",
+)
+@option(
+    "idle-timeout",
+    type=click.FloatRange(0, 3600, min_open=True),
+    default=DEFAULTS.idle_timeout_s,
+    show_default=True,
+    help="Local server: seconds a kept-alive connection may wait between requests.",
+)
+@option(
+    "max-connections",
+    type=click.IntRange(1),
+    default=DEFAULTS.max_connections,
+    show_default=True,
+    help="Local server: open connections at most (the longest idle one makes room).",
 )
 @option("log-format", type=click.Choice(["json", "console"]), default=None)
 @option("log-level", type=click.Choice(logs.LEVELS), default="info", show_default=True)
@@ -102,6 +140,11 @@ def main(**flags: Any) -> None:
         heartbeat_interval_s=flags["heartbeat_interval"],
         long_poll_s=flags["long_poll"],
         liveness_grace_s=flags["liveness_grace"],
+        shutdown_timeout_s=flags["shutdown_timeout"],
+        header_timeout_s=flags["header_timeout"],
+        body_timeout_s=flags["body_timeout"],
+        idle_timeout_s=flags["idle_timeout"],
+        max_connections=flags["max_connections"],
     )
     try:
         settings.validate()

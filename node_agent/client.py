@@ -4,6 +4,8 @@ client move to the next one for the following request."""
 
 from __future__ import annotations
 
+import asyncio
+import io
 from typing import Any, Protocol, TypeVar
 
 import aiohttp
@@ -15,6 +17,11 @@ from node_agent.errors import DispatcherProtocolError, DispatcherUnavailable, Un
 
 M = TypeVar("M", bound=BaseModel)
 API = wire.API_PREFIX
+STREAMED_BODY_BYTES = 1024 * 1024
+"""Bodies above this go out as a stream, in chunks: aiohttp writes a bytes body in one go
+(and warns that this may hold the event loop)."""
+THREADED_PARSE_BYTES = 1024 * 1024
+"""Replies above this are parsed in a worker thread (about 80 ms per MiB on the loop)."""
 
 
 class DispatcherApi(Protocol):
@@ -100,11 +107,15 @@ class DispatcherClient:
         timeout_s: float | None = None,
     ) -> M:
         url = self.url + path
+        raw_body = orjson.dumps(body) if body is not None else None
+        data: bytes | io.BytesIO | None = raw_body
+        if raw_body is not None and len(raw_body) > STREAMED_BODY_BYTES:
+            data = io.BytesIO(raw_body)
         try:
             async with self._session.request(
                 method,
                 url,
-                data=orjson.dumps(body) if body is not None else None,
+                data=data,
                 headers=self._headers,
                 timeout=aiohttp.ClientTimeout(total=timeout_s or self._timeout_s),
             ) as response:
@@ -115,6 +126,10 @@ class DispatcherClient:
             raise DispatcherUnavailable(f"{url}: {type(exc).__name__}: {exc}") from exc
         if status == 200:
             try:
+                if len(raw) > THREADED_PARSE_BYTES:
+                    # Thousands of configs take a while to parse: in a worker thread the
+                    # event loop keeps turning (heartbeats, the local server, signals).
+                    return await asyncio.to_thread(model.model_validate_json, raw)
                 return model.model_validate_json(raw)
             except ValidationError as exc:
                 raise DispatcherProtocolError(f"{url}: malformed reply: {exc}") from exc

@@ -37,9 +37,21 @@ from node_agent.settings import AgentSettings
 log = structlog.get_logger(__name__)
 
 COMPONENT = "dispatcher_link"
+STATUS_BODY_BYTES = 2 * 1024 * 1024
+"""What a heartbeat's body may weigh: half the dispatcher's 4 MiB body limit. ``running``
+is sent whole (the dispatcher replaces its record with it); ``stats`` fill what is left,
+at least ``MIN_STATS_BYTES``."""
+MIN_STATS_BYTES = 64 * 1024
+SPECS_ON_LOOP = 5_000
+"""A configs reply with more checks has its specs built in a worker thread (about 4 us
+each on the loop)."""
 RETRY_BASE_S = 0.2
 FAILOVER_DELAY_S = 0.05
 """Between two dispatcher URLs after one fails: a moment, not a backoff."""
+
+
+def specs_from_wire(configs: list[wire.CheckConfigOut]) -> dict[str, CheckSpec]:
+    return {c.digest: spec_from_wire(c) for c in configs}
 
 
 def spec_from_wire(config: wire.CheckConfigOut) -> CheckSpec:
@@ -61,7 +73,7 @@ class Poller:
         client: DispatcherApi,
         apply: Callable[[Mapping[str, CheckSpec]], None],
         running: Callable[[], list[str]],
-        stats: Callable[[], dict[str, Any]],
+        stats: Callable[[int], dict[str, Any]],
         clock: Clock,
         health: HealthRegistry,
         rng: random.Random | None = None,
@@ -102,14 +114,16 @@ class Poller:
     async def heartbeat_once(self) -> wire.StatusOut | None:
         """One status report; returns the reply it acted on (None: ignored as stale)."""
         send_running = self._running_sent_epoch != self.epoch or self.epoch < 0
+        running = self._running() if send_running else []
+        running_bytes = sum(len(digest) + 3 for digest in running)
         body: dict[str, Any] = {
             "last_change": self.last_change if self.last_change is not None else 0,
             "labels": self._settings.labels,
             "capacity": self._settings.capacity,
-            "stats": self._stats(),
+            "stats": self._stats(max(MIN_STATS_BYTES, STATUS_BODY_BYTES - running_bytes)),
         }
         if send_running:
-            body["running"] = self._running()
+            body["running"] = running
         # A replica that hangs (frozen, partitioned) must not keep this node from reaching
         # another one before it expires: bound the heartbeat by a third of the expiry.
         timeout_s = min(self._settings.request_timeout_s, max(1.0, self.expiry_s / 3))
@@ -184,7 +198,12 @@ class Poller:
             return
         # A full set from a leader past its warm-up: whatever a heartbeat said before.
         self.leader_warming_up = False
-        self._desired = {c.digest: spec_from_wire(c) for c in reply.configs}
+        if len(reply.configs) > SPECS_ON_LOOP:
+            # Tens of thousands of specs take a while to build: in a worker thread the
+            # event loop keeps turning meanwhile.
+            self._desired = await asyncio.to_thread(specs_from_wire, reply.configs)
+        else:
+            self._desired = specs_from_wire(reply.configs)
         if not self.fenced:
             self._apply(self._desired)
 

@@ -68,6 +68,19 @@ class CheckStatsRecorder:
 Emit = Callable[[dict[str, Any]], None]
 
 
+class _Series:
+    """One check's metric children."""
+
+    __slots__ = ("duration", "failures", "ok", "runs")
+
+    def __init__(self, metrics: AgentMetrics, spec: CheckSpec) -> None:
+        labels = (spec.digest, spec.name)
+        self.ok = metrics.check_ok.labels(*labels)
+        self.duration = metrics.check_duration.labels(*labels)
+        self.runs = metrics.runs.labels(*labels)
+        self.failures = metrics.failures.labels(*labels)
+
+
 class CheckLoop:
     """Runs one check every ``interval_s`` until cancelled."""
 
@@ -89,12 +102,10 @@ class CheckLoop:
         self._clock = clock
         self._metrics = metrics
         self._rng = rng
-        labels = (spec.digest, spec.name)
-        # Label children looked up once: a labels() lookup per run adds up at 1,000 runs/s.
-        self._ok_gauge = metrics.check_ok.labels(*labels)
-        self._duration_gauge = metrics.check_duration.labels(*labels)
-        self._runs = metrics.runs.labels(*labels)
-        self._failures = metrics.failures.labels(*labels)
+        # Label children looked up once, at the first run: a labels() lookup per run adds
+        # up at 1,000 runs/s, and four per check at its start would make a batch of
+        # thousands of new checks slow to start (the first runs are spread out instead).
+        self._series: _Series | None = None
         self._kind = kinds.get(spec.name)
         self._parsed: list[Any] = []
         self._broken: str | None = None
@@ -108,6 +119,11 @@ class CheckLoop:
                 ]
             except InstanceError as exc:
                 self._broken = f"{spec.name}: invalid instance: {exc}"
+
+    @property
+    def ran(self) -> bool:
+        """At least one run has ended (its metric series exist)."""
+        return self._series is not None
 
     async def run(self) -> None:
         interval = self.spec.interval_s
@@ -150,11 +166,14 @@ class CheckLoop:
         self.stats.record(
             ok=ok, duration_s=duration, started_at=started_at, error=errors[0] if errors else None
         )
-        self._ok_gauge.set(1 if ok else 0)
-        self._duration_gauge.set(duration)
-        self._runs.inc()
+        series = self._series
+        if series is None:
+            series = self._series = _Series(self._metrics, self.spec)
+        series.ok.set(1 if ok else 0)
+        series.duration.set(duration)
+        series.runs.inc()
         if not ok:
-            self._failures.inc()
+            series.failures.inc()
         self._emit(result)
         return result
 

@@ -13,7 +13,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dispatcher.common.health import HealthRegistry, Verdict, component_body, verdict_body
 from dispatcher.common.httperrors import respond
-from dispatcher.errors import InvalidJson, InvalidRequest, NotFound, UnsupportedMediaType
+from dispatcher.errors import (
+    BodyTooLarge,
+    InvalidJson,
+    InvalidRequest,
+    NotFound,
+    UnsupportedMediaType,
+)
 from node_agent.metrics import AgentMetrics
 from node_agent.reports import Report, RunRegistry
 
@@ -22,12 +28,14 @@ log = structlog.get_logger(__name__)
 REGISTRY = web.AppKey("runs", RunRegistry)
 HEALTH = web.AppKey("health", HealthRegistry)
 METRICS = web.AppKey("metrics", AgentMetrics)
+MAX_BODY_BYTES = 1024 * 1024
+"""A report is a verdict and a few errors: 1 MiB is plenty (the dispatcher takes 4)."""
 
 
 def create_app(
     *, runs: RunRegistry, health: HealthRegistry, metrics: AgentMetrics
 ) -> web.Application:
-    app = web.Application(client_max_size=1024 * 1024, middlewares=[_errors])
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_errors])
     app[REGISTRY] = runs
     app[HEALTH] = health
     app[METRICS] = metrics
@@ -43,7 +51,19 @@ def create_app(
 @web.middleware
 async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
     request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
-    response = await respond(request, handler)
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        try:
+            response: web.StreamResponse = await handler(request)
+        except web.HTTPRequestEntityTooLarge as exc:
+            # The shared error names the dispatcher's limit; this server's is smaller.
+            raise BodyTooLarge(
+                f"The request body is larger than {MAX_BODY_BYTES // (1024 * 1024)} MiB "
+                f"({MAX_BODY_BYTES} bytes), this agent's limit."
+            ) from exc
+        return response
+
+    response = await respond(request, guarded)
     response.headers["X-Request-Id"] = request_id[:128]
     return response
 

@@ -29,8 +29,22 @@ class AgentSettings:
     results_flush_s: float = 1.0
     max_pending_results: int = 10_000
     shutdown_timeout_s: float = 5.0
+    """From SIGTERM to exit, however many checks run: stop them, send the results, leave."""
     liveness_grace_s: float = 30.0
     """After start-up and during shutdown, liveness passes whatever the components say."""
+    header_timeout_s: float = 10.0
+    """Local server: a request head must be complete this long after the connection
+    opens (or the next request's first byte); else ``408`` and the connection closes."""
+    body_timeout_s: float = 30.0
+    """Local server: a request body must be complete this long after its head (a report
+    is at most 1 MiB); else ``408``."""
+    idle_timeout_s: float = 75.0
+    """Local server: a kept-alive connection with no request in progress closes after
+    this long (aiohttp's own default is an hour)."""
+    max_connections: int = 1024
+    """Local server: open connections at most; at the limit the longest idle one is
+    closed, or, when all are in a request, the new one gets ``503``. The checks' own
+    connections (up to ``capacity``) need file descriptors too."""
 
     @property
     def report_url(self) -> str:
@@ -50,4 +64,16 @@ class AgentSettings:
         for prefix in self.allow_exec:
             if not prefix.is_absolute():
                 raise ConfigurationError(f"--allow-exec {prefix}: must be an absolute path.")
+        for flag, value in (
+            ("--header-timeout", self.header_timeout_s),
+            ("--body-timeout", self.body_timeout_s),
+            ("--idle-timeout", self.idle_timeout_s),
+            ("--shutdown-timeout", self.shutdown_timeout_s),
+        ):
+            if not value > 0:
+                raise ConfigurationError(f"{flag} {value:g}: must be more than 0 seconds.")
+        if self.max_connections < 1:
+            raise ConfigurationError(
+                f"--max-connections {self.max_connections}: must be at least 1."
+            )
         return self

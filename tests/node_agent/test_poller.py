@@ -32,7 +32,14 @@ from dispatcher.settings import DispatchSettings, Settings
 from node_agent.client import DispatcherApi, DispatcherClient
 from node_agent.errors import DispatcherProtocolError, DispatcherUnavailable, UnknownNodeError
 from node_agent.metrics import AgentMetrics
-from node_agent.poller import COMPONENT, FAILOVER_DELAY_S, RETRY_BASE_S, Poller
+from node_agent.poller import (
+    COMPONENT,
+    FAILOVER_DELAY_S,
+    MIN_STATS_BYTES,
+    RETRY_BASE_S,
+    STATUS_BODY_BYTES,
+    Poller,
+)
 from node_agent.results import ResultBatcher
 from node_agent.runner import CheckSpec
 from node_agent.settings import AgentSettings
@@ -94,7 +101,7 @@ class FakeDispatcher:
         self.results_down = False
         self.warmup = False
         self._wake = asyncio.Event()
-        self.app = web.Application()
+        self.app = web.Application(client_max_size=4 * 1024 * 1024)  # as the dispatcher's
         self.app.router.add_post(f"{API}/status/{{node}}", self._status)
         self.app.router.add_get(f"{API}/configs/{{node}}", self._configs)
         self.app.router.add_post(f"{API}/results/{{node}}", self._results)
@@ -284,15 +291,14 @@ class Agent:
         )
         self.applied: list[dict[str, CheckSpec]] = []
         self.running: list[str] = [RUNNING]
+        self.stats_budgets: list[int] = []
         client: DispatcherApi = self.client
         self.poller = Poller(
             settings=self.settings,
             client=client,
             apply=self._apply,
             running=lambda: list(self.running),
-            stats=lambda: {
-                RUNNING: {"avg_execution_s": 0.1, "runs": 3, "errors": 0, "last_error": None}
-            },
+            stats=self._stats,
             clock=self.clock,
             health=self.health,
             rng=random.Random(3),
@@ -302,6 +308,10 @@ class Agent:
 
     def _apply(self, specs: Mapping[str, CheckSpec]) -> None:
         self.applied.append(dict(specs))
+
+    def _stats(self, budget_bytes: int) -> dict[str, Any]:
+        self.stats_budgets.append(budget_bytes)
+        return {RUNNING: {"avg_execution_s": 0.1, "runs": 3, "errors": 0, "last_error": None}}
 
     def desired(self) -> list[str] | None:
         return sorted(self.applied[-1]) if self.applied else None
@@ -441,6 +451,26 @@ async def test_a_heartbeat_sends_labels_capacity_stats_and_running(world: World)
     assert "leaving" not in body or body["leaving"] is False
     assert agent.poller.epoch == 1
     assert agent.link() == Status.HEALTHY
+
+
+async def test_the_stats_of_a_heartbeat_fill_what_running_leaves_of_its_budget(
+    world: World,
+) -> None:
+    """A heartbeat must fit the dispatcher's body limit however many checks run:
+    ``running`` goes whole, the stats get the rest of the budget."""
+    fake, server = await world.serve()
+    agent = world.agent((url_of(server),))
+    agent.running = [f"{n:032x}" for n in range(30_000)]  # about 1 MiB of digests
+    await agent.poller.heartbeat_once()  # first contact: running is sent
+    await agent.poller.heartbeat_once()  # then not
+    running_bytes = sum(len(d) + 3 for d in agent.running)
+    assert agent.stats_budgets == [STATUS_BODY_BYTES - running_bytes, STATUS_BODY_BYTES]
+    assert [len(body.get("running", [])) for _, body in fake.statuses] == [30_000, 0]
+    agent.running = [f"{n:032x}" for n in range(100_000)]  # more than the budget alone
+    fake.epoch = 2
+    await agent.poller.heartbeat_once()
+    await agent.poller.heartbeat_once()
+    assert agent.stats_budgets[-1] == MIN_STATS_BYTES
 
 
 async def test_a_stale_epoch_on_status_is_ignored(world: World) -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
 
 from dispatcher.common.clock import FakeClock
 from node_agent import reconciler as reconciler_module
-from node_agent.reconciler import BACKOFF_BASE_S, BACKOFF_MAX_S, Reconciler
+from node_agent.reconciler import BACKOFF_BASE_S, BACKOFF_MAX_S, LAUNCH_SLICE, Reconciler
 from tests.node_agent.helpers import GUARD_S
 
 
@@ -331,3 +332,42 @@ async def test_losing_a_stale_handle_changes_nothing() -> None:
     current = h.reconciler.actual["a"]
     h.reconciler.lost("a", object())  # type: ignore[arg-type]  # a handle that is not current
     assert h.reconciler.actual["a"] is current
+
+
+async def test_a_big_pass_launches_in_slices_and_lets_the_loop_turn() -> None:
+    h = Harness()
+    h.reconciler.set_desired(specs(*(Spec(f"{n:04d}") for n in range(1_000))))
+    passing = asyncio.create_task(h.reconciler.reconcile())
+    launched_per_turn = []
+    while not passing.done():
+        before = len(h.events)
+        await asyncio.sleep(0)
+        launched_per_turn.append(len(h.events) - before)
+    await h.reconciler.wait_idle()
+    assert len(h.reconciler.actual) == 1_000
+    assert max(launched_per_turn) <= LAUNCH_SLICE
+    assert len(launched_per_turn) >= 1_000 // LAUNCH_SLICE
+
+
+async def test_a_new_desired_state_during_a_pass_starts_the_pass_over() -> None:
+    h = Harness()
+    h.reconciler.set_desired(specs(*(Spec(f"old-{n:04d}") for n in range(1_000))))
+    passing = asyncio.create_task(h.reconciler.reconcile())
+    await turns_until(lambda: len(h.events) > 0)
+    h.reconciler.set_desired(specs(Spec("new")))
+    await passing
+    await h.reconciler.wait_idle()
+    # The old batch stopped being started within a slice; the new state was reconciled.
+    assert h.starts("new") == 1
+    old_starts = [d for kind, d, _ in h.events if kind == "start" and d.startswith("old")]
+    assert len(old_starts) <= 2 * LAUNCH_SLICE
+    await h.settle()  # the next pass stops what the old state started
+    assert sorted(h.reconciler.actual) == ["new"]
+
+
+async def turns_until(condition: Callable[[], bool], *, turns: int = 10_000) -> None:
+    for _ in range(turns):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"not within {turns} turns of the event loop")

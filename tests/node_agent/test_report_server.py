@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,7 @@ from dispatcher.common.clock import FakeClock
 from dispatcher.common.health import HealthRegistry, Status
 from node_agent.metrics import AgentMetrics
 from node_agent.reports import Report, RunRegistry
-from node_agent.server import create_app
+from node_agent.server import MAX_BODY_BYTES, create_app
 from node_agent.settings import AgentSettings
 
 ROUTE = "/v1/check-report"
@@ -48,7 +49,8 @@ class Agent:
         if run_id is not None:
             headers[header] = run_id
         data = raw if raw is not None else json.dumps(body).encode()
-        async with self.client.post(ROUTE, data=data, headers=headers) as response:
+        # A stream: aiohttp warns about a bytes body above 1 MiB.
+        async with self.client.post(ROUTE, data=io.BytesIO(data), headers=headers) as response:
             text = await response.text()
             assert response.headers.get("X-Request-Id")
             parsed = json.loads(text) if text else None
@@ -199,6 +201,21 @@ async def test_invalid_json_is_400(agent: Agent) -> None:
     status, body, content_type = await agent.report(None, raw=b'{"ok": tru')
     assert status == 400
     assert_error(body, content_type, "invalid_json")
+
+
+async def test_a_body_over_the_limit_is_413_naming_the_real_limit(agent: Agent) -> None:
+    reported = agent.open()
+    padding = " " * (MAX_BODY_BYTES - len('{"ok": true}'))
+    status, body, content_type = await agent.report(None, raw=b'{"ok": true}' + padding.encode())
+    assert status == 200  # exactly at the limit: taken
+    assert reported.done()
+    agent.open(run_id="b" * 32)
+    status, body, content_type = await agent.report(
+        None, run_id="b" * 32, raw=b'{"ok": true}' + padding.encode() + b" "
+    )
+    assert status == 413
+    message = assert_error(body, content_type, "body_too_large")
+    assert message == ("The request body is larger than 1 MiB (1048576 bytes), this agent's limit.")
 
 
 async def test_a_wrong_content_type_is_415(agent: Agent) -> None:
