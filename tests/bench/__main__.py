@@ -8,7 +8,8 @@ it), plus about three minutes for the failover benchmark (real Redis, three disp
 replicas; ``--skip-failover`` leaves it out) and about 12 s for the rebalance benchmark
 (in-process; ``--skip-rebalance`` leaves it out) and about 10 s for the config-directory
 benchmark (the event loop while a large file is parsed; ``--skip-configdir``; missing its
-goal also exits 1).
+goal also exits 1) and about 25 s for the agent scheduler benchmark (run lateness, a flood
+of new checks, SIGTERM; ``--skip-runner``; missing a goal also exits 1).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from tests.bench.core import EXPIRY_MAX_GROWTH, SCHEDULE_BUDGET_S, CoreResults, 
 from tests.bench.failover import CHUNK_RECORDS, FailoverResults, run_failover
 from tests.bench.failover import DISTURBED_PCT as FAILOVER_DISTURBED_PCT
 from tests.bench.rebalance import MAX_OVER_MEAN, RebalanceResults, run_rebalance
+from tests.bench.runner import run_runner, runner_report
 from tests.bench.stats import median
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -725,6 +727,7 @@ def main() -> None:
     parser.add_argument("--skip-failover", action="store_true")
     parser.add_argument("--skip-rebalance", action="store_true")
     parser.add_argument("--skip-configdir", action="store_true")
+    parser.add_argument("--skip-runner", action="store_true")
     parser.add_argument("--duration", type=float, default=5.0, help="API: measured seconds")
     parser.add_argument("--warmup", type=float, default=1.0, help="API: warm-up seconds")
     parser.add_argument("--rounds", type=int, default=2, help="API: rounds over the servers")
@@ -815,6 +818,13 @@ def main() -> None:
         goals += [Goal(*goal) for goal in configdir_goals]
         hard_goals += [Goal(*goal) for goal in configdir_goals]
         document["configdir"] = dataclasses.asdict(configdir)
+    if not args.skip_runner:
+        runner = run_runner(progress=progress)
+        text, runner_goals = runner_report(runner)
+        reports.append(text)
+        goals += [Goal(*goal) for goal in runner_goals]
+        hard_goals += [Goal(*goal) for goal in runner_goals]
+        document["runner"] = dataclasses.asdict(runner)
     document["goals"] = [dataclasses.asdict(g) for g in goals]
     document["total_s"] = time.perf_counter() - started
 
