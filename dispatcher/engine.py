@@ -183,7 +183,7 @@ class Dispatcher:
     ) -> tuple[int, list[RejectedResult]]:
         async with self.lock:
             self._guard()
-            return self.state.record_results(name, results)
+            return self.state.record_results(name, results, now_wall=self._clock.time())
 
     # ---------------------------------------------------------- config sources
 

@@ -137,6 +137,10 @@ class ResultSummary:
 
     node: NodeName
     last: CheckResult
+    ordered_at: float
+    """When ``last`` ran as far as the dispatcher can vouch: its ``started_at``, but never
+    later than the wall time it arrived at. Results are ordered by it, so a result dated
+    in the future cannot hide the ones after it."""
     consecutive_failures: int = 0
     success_count: int = 0
     failure_count: int = 0

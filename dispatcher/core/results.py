@@ -3,6 +3,13 @@
 Apart from the placement aggregate because nothing else depends on it: placement,
 costs and the change counter never read a result. The one exception is the planner,
 which moves only checks whose last run succeeded (``last_ok``).
+
+Which result is a check's last is decided by when it ran, as far as the dispatcher can
+vouch for it: an agent's ``started_at``, capped at the wall time the result arrived
+(``now_wall``). A result dated in the future (a skewed clock, a hostile client; the API
+refuses the far future, but a few minutes ahead pass) thus counts as having run when it
+arrived, and every later run replaces it; a late result of an older run still counts
+(success and failure counts) but does not replace a newer last result.
 """
 
 from __future__ import annotations
@@ -40,10 +47,12 @@ class ResultBook:
         *,
         held: Container[Digest],
         placement: Mapping[Digest, NodeName],
+        now_wall: float,
     ) -> tuple[int, list[RejectedResult]]:
         """Stores results from node ``name`` for checks ``held`` and placed on it; rejects
-        the others (a check removed, or moved away since it ran). Returns how many were
-        stored and the rejected ones."""
+        the others (a check removed, or moved away since it ran). ``now_wall`` is the wall
+        time (Unix seconds) the results arrived at. Returns how many were stored and the
+        rejected ones."""
         accepted = 0
         rejected: list[RejectedResult] = []
         for result in results:
@@ -54,20 +63,25 @@ class ResultBook:
                 rejected.append(RejectedResult(result.digest, "not_assigned"))
                 continue
             accepted += 1
-            self._fold(name, result)
+            self._fold(name, result, now_wall=now_wall)
         return accepted, rejected
 
-    def _fold(self, name: NodeName, result: CheckResult) -> None:
+    def _fold(self, name: NodeName, result: CheckResult, *, now_wall: float) -> None:
+        ordered_at = min(result.started_at, now_wall)
         summary = self._summaries.get(result.digest)
-        newest = summary is None or result.started_at >= summary.last.started_at
+        newest = summary is None or ordered_at >= summary.ordered_at
         if summary is None:
-            summary = self._summaries[result.digest] = ResultSummary(node=name, last=result)
+            summary = self._summaries[result.digest] = ResultSummary(
+                node=name, last=result, ordered_at=ordered_at
+            )
         elif newest:
             summary.last = result
             summary.node = name
+            summary.ordered_at = ordered_at
         if result.ok:
             summary.success_count += 1
-            end = result.started_at + result.duration_s
+            # Ended by the time it arrived, whatever its own clock said.
+            end = min(result.started_at + result.duration_s, now_wall)
             summary.last_ok_at = max(summary.last_ok_at or end, end)
         else:
             summary.failure_count += 1

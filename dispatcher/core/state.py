@@ -510,10 +510,13 @@ class ClusterState:
     # ----------------------------------------------------------------- results
 
     def record_results(
-        self, name: NodeName, results: Sequence[CheckResult]
+        self, name: NodeName, results: Sequence[CheckResult], *, now_wall: float
     ) -> tuple[int, list[RejectedResult]]:
-        """Stores results for checks assigned to ``name``; rejects stale ones."""
-        return self._results.record(name, results, held=self._configs, placement=self._placement)
+        """Stores results for checks assigned to ``name``; rejects stale ones.
+        ``now_wall``: the wall time they arrived at (ResultBook orders by it)."""
+        return self._results.record(
+            name, results, held=self._configs, placement=self._placement, now_wall=now_wall
+        )
 
     # ---------------------------------------------------------------- internal
 

@@ -42,6 +42,9 @@ from dispatcher.core.rebalance import (
 from dispatcher.core.state import ClusterState
 from dispatcher.errors import NoOtherNode
 
+WALL = 1e9
+"""The wall time results arrive at in these tests: after every run's ``started_at``."""
+
 TOL = 1e-9
 
 # ============================================================ the pure planner
@@ -605,7 +608,10 @@ def setup_state(
             for c in mine
             if c.result is not None
         ]
-        assert state.record_results(NodeName(node.name), results) == (len(results), [])
+        assert state.record_results(NodeName(node.name), results, now_wall=WALL) == (
+            len(results),
+            [],
+        )
         if node.cordoned:
             state.cordon(NodeName(node.name))
     state.take_events()
@@ -850,7 +856,7 @@ def test_a_check_that_recovers_becomes_movable_and_one_that_fails_stops_being() 
 
     for name, ok in [("x", True), ("s", False)]:
         res = CheckResult(configs[name].digest, f"{name}-2", ok, (), 20.0, 0.1)
-        assert state.record_results(NodeName("a"), [res]) == (1, [])
+        assert state.record_results(NodeName("a"), [res], now_wall=WALL) == (1, [])
 
     outcome = state.rebalance(now=21.0, margin=0.1, min_improvement=0.0, dry_run=True)
     assert outcome_moves(outcome, configs) == [("x", "a", "b")]

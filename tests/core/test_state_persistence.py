@@ -34,6 +34,9 @@ from dispatcher.core.state import NEVER, ClusterState
 from dispatcher.errors import RequestError
 from tests.core.test_state_table import beat, check
 
+WALL = 1e9
+"""The wall time results arrive at in these tests: after every run's ``started_at``."""
+
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -179,7 +182,7 @@ def test_heartbeats_stats_results_and_running_reports_of_placed_checks_change_no
     result = CheckResult(
         digest=a.digest, run_id="r1", ok=False, errors=("down",), started_at=7.0, duration_s=0.1
     )
-    assert state.record_results(N1, [result]) == (1, [])
+    assert state.record_results(N1, [result], now_wall=WALL) == (1, [])
     state.dispatch_dangling(now=8.0)
     state.expire_nodes(now=9.0, timeout_s=TIMEOUT_S)
 

@@ -25,6 +25,9 @@ from dispatcher.core.outcomes import Move, RejectedResult
 from dispatcher.core.state import ClusterState
 from dispatcher.errors import NoOtherNode, NotDispatched, UnknownCheck, UnknownNode
 
+WALL = 1e9
+"""The wall time results arrive at in these tests: after every run's ``started_at``."""
+
 API = SourceName("api")
 
 # ------------------------------------------------------------------- helpers
@@ -763,7 +766,7 @@ def test_a_check_moving_between_sources_in_one_step_keeps_its_node_and_results()
     old, new = SourceName("file:old.yaml"), SourceName("file:new.yaml")
     state.replace_source(old, [first, moving], now=0.0)
     assert node_of(state, moving) == "b"
-    state.record_results(NodeName("b"), [result(moving, ok=True, started_at=1.0)])
+    state.record_results(NodeName("b"), [result(moving, ok=True, started_at=1.0)], now_wall=WALL)
     b_counter = state.nodes[NodeName("b")].last_change
     state.take_events()
 
@@ -785,7 +788,7 @@ def test_a_check_moving_between_sources_in_two_steps_is_dropped_and_readded() ->
     moving = check("moving")
     old, new = SourceName("file:old.yaml"), SourceName("file:new.yaml")
     state.replace_source(old, [moving], now=0.0)
-    state.record_results(NodeName("a"), [result(moving, ok=True, started_at=1.0)])
+    state.record_results(NodeName("a"), [result(moving, ok=True, started_at=1.0)], now_wall=WALL)
     state.replace_source(old, [], now=2.0)
     state.replace_source(new, [moving], now=2.0)
     assert moving.digest not in state.results
@@ -915,6 +918,7 @@ def test_results_for_checks_not_on_that_node_are_rejected() -> None:
             result(on_b, ok=True, started_at=1.0),
             result(unknown, ok=True, started_at=1.0),
         ],
+        now_wall=WALL,
     )
 
     assert accepted == 1
@@ -953,7 +957,7 @@ def test_result_summary_counts(
     ]
     # Reported one per batch, as an agent that reports after every run would.
     for run_result in runs:
-        assert state.record_results(NodeName("a"), [run_result]) == (1, [])
+        assert state.record_results(NodeName("a"), [run_result], now_wall=WALL) == (1, [])
 
     summary = state.results[probe.digest]
     assert summary.last == runs[-1]
@@ -978,8 +982,8 @@ def test_a_late_older_result_does_not_reset_the_failure_streak() -> None:
     newer_failure = result(probe, ok=False, started_at=20.0)
     older_success = result(probe, ok=True, started_at=10.0)
 
-    state.record_results(NodeName("a"), [newer_failure])
-    state.record_results(NodeName("a"), [older_success])
+    state.record_results(NodeName("a"), [newer_failure], now_wall=WALL)
+    state.record_results(NodeName("a"), [older_success], now_wall=WALL)
 
     summary = state.results[probe.digest]
     assert summary.last == newer_failure
@@ -993,10 +997,12 @@ def test_results_of_a_removed_check_are_dropped_and_refused() -> None:
     beat(state, "a", now=0.0)
     probe = check("probe")
     add(state, probe, now=0.0)
-    state.record_results(NodeName("a"), [result(probe, ok=True, started_at=1.0)])
+    state.record_results(NodeName("a"), [result(probe, ok=True, started_at=1.0)], now_wall=WALL)
     state.remove_check(probe.digest, source=None, now=2.0)
     assert probe.digest not in state.results
-    assert state.record_results(NodeName("a"), [result(probe, ok=True, started_at=3.0)]) == (
+    assert state.record_results(
+        NodeName("a"), [result(probe, ok=True, started_at=3.0)], now_wall=WALL
+    ) == (
         0,
         [RejectedResult(probe.digest, "unknown_check")],
     )
@@ -1011,11 +1017,11 @@ def test_results_from_the_previous_node_after_a_move_are_rejected() -> None:
     assert node_of(state, probe) == "a"
     state.drain(NodeName("a"), now=1.0)
     late = result(probe, ok=False, started_at=2.0)
-    assert state.record_results(NodeName("a"), [late]) == (
+    assert state.record_results(NodeName("a"), [late], now_wall=WALL) == (
         0,
         [RejectedResult(probe.digest, "not_assigned")],
     )
-    assert state.record_results(NodeName("b"), [late]) == (1, [])
+    assert state.record_results(NodeName("b"), [late], now_wall=WALL) == (1, [])
 
 
 # ---------------------------------------------------------- is_up_to_date
