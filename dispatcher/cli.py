@@ -46,6 +46,8 @@ def _seconds(low: float, high: float = 86400.0, *, low_open: bool = False) -> cl
 
 _SERVER = ServerSettings()
 """Defaults of the server's flags, read from the settings (written once)."""
+_DISPATCH = DispatchSettings()
+"""Defaults of the check limits' flags, read from the settings (written once)."""
 
 
 class DefaultGroup(click.Group):
@@ -154,6 +156,21 @@ def main() -> None:
     default=60.0,
     show_default=True,
     help="Seconds a check may dangle before it is flagged (logs, metrics).",
+)
+@option(
+    "max-checks-per-source",
+    type=click.IntRange(1),
+    default=_DISPATCH.max_checks_per_source,
+    show_default=True,
+    help="A PUT or POST that would make one source hold more checks is refused (413 "
+    "too_many_checks).",
+)
+@option(
+    "max-checks-per-node",
+    type=click.IntRange(1),
+    default=_DISPATCH.max_checks_per_node,
+    show_default=True,
+    help="A node holding this many checks is given no more (they go elsewhere, or dangle).",
 )
 @option(
     "replica-status-period",
@@ -325,6 +342,8 @@ def settings_from_flags(flags: dict[str, Any]) -> Settings:
             rebalance_margin=flags["rebalance_margin"],
             rebalance_min_gain=flags["rebalance_min_gain"],
             dangling_warning_s=flags["dangling_warning"],
+            max_checks_per_source=flags["max_checks_per_source"],
+            max_checks_per_node=flags["max_checks_per_node"],
         ),
         auth=auth,
         election=ElectionSettings(

@@ -10,6 +10,14 @@ or loaded from the shared store) and the term's epoch, ``end_term`` stops it at 
 every operation then raises NoLeader and every pending long poll ends. With a shared
 store, each step's changes are handed to the term's StoreWriter under the lock, and a
 reply waits until they are stored.
+
+A write to sources bigger than ``apply_slice_checks`` (one PUT of 100,000 checks) is
+planned in one step and applied in slices, each one step under the lock, with the lock
+released and the event loop free between them, so heartbeats, long polls and
+``/healthz`` go on meanwhile. Writes to the same source are serialised by a lock per
+source, so two writers never interleave their slices; the reply waits until every slice
+is applied and stored. Long polls wake once the whole write is applied (an agent then
+refetches its configs once, not once per slice), one per turn of the event loop.
 """
 
 from __future__ import annotations
@@ -17,7 +25,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 import structlog
@@ -32,7 +42,14 @@ from dispatcher.core.model import (
     NodeName,
     SourceName,
 )
-from dispatcher.core.outcomes import Move, RebalanceOutcome, RejectedResult, SourceChange
+from dispatcher.core.outcomes import (
+    Decision,
+    Move,
+    RebalanceOutcome,
+    RejectedResult,
+    SourceChange,
+    SourcePlan,
+)
 from dispatcher.core.placement import Node
 from dispatcher.core.state import NEVER, ClusterState
 from dispatcher.errors import NoLeader, StoreError
@@ -43,6 +60,12 @@ from dispatcher.storage.writer import StoreWriter
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
+
+DECISIONS_LOGGED = 20
+"""A step with more decisions than this (a big write, an expired node holding many
+checks) logs one summary line for them instead of a line each."""
+DECISIONS_SHOWN = 5
+"""Decisions shown in a summary line."""
 
 
 class Dispatcher:
@@ -59,6 +82,8 @@ class Dispatcher:
         self.state = self.new_state()
         self.lock = asyncio.Lock()
         self._waiters: dict[NodeName, asyncio.Future[None]] = {}
+        self._source_locks = _KeyedLocks()
+        self._answering = asyncio.Lock()
         self._flagged_dangling: set[Digest] = set()
         self._closing = False
         self._active = True
@@ -75,6 +100,8 @@ class Dispatcher:
         warmup = self.settings.warmup_duration_s
         return ClusterState(
             warmup_until=self._clock.monotonic() + warmup if warmup > 0 else NEVER,
+            max_checks_per_source=self.settings.max_checks_per_source,
+            max_checks_per_node=self.settings.max_checks_per_node,
         )
 
     @property
@@ -97,6 +124,10 @@ class Dispatcher:
 
         ``may_act`` is asked before every step: the elector's local deadline can pass
         before its callback ends the term, and not one more step may happen after it."""
+        state.set_limits(
+            max_checks_per_source=self.settings.max_checks_per_source,
+            max_checks_per_node=self.settings.max_checks_per_node,
+        )
         self.state = state
         self._epoch = epoch
         self._writer = writer
@@ -176,7 +207,15 @@ class Dispatcher:
                 async with self._clock.timeout(remaining):
                     await asyncio.shield(waiter)
         await self._stored(seq)  # never hand out a placement the store has not got
+        await self._answer_turn()
         return answer
+
+    async def _answer_turn(self) -> None:
+        """Hands out config answers one per turn of the event loop: the caller builds
+        its reply (thousands of configs) as soon as it has the answer, and many agents
+        fetch at once after a change; their replies must not all be built in one turn."""
+        await self._answering.acquire()
+        asyncio.get_running_loop().call_soon(self._answering.release)
 
     async def record_results(
         self, name: NodeName, results: Sequence[CheckResult]
@@ -195,11 +234,11 @@ class Dispatcher:
     async def replace_sources(
         self, sets: Mapping[SourceName, Sequence[CheckConfig]]
     ) -> dict[SourceName, SourceChange]:
-        async with self.lock:
-            self._guard()
-            changes = self.state.replace_sources(sets, now=self._clock.monotonic())
-            seq = self._publish()
-        await self._stored(seq)
+        """Makes each set the whole of its source's (ClusterState.plan_replace); raises
+        TooManyChecks, changing nothing, when a set is larger than a source may hold."""
+        async with self._source_locks.hold(sets):
+            plan = await self._write(lambda: self.state.plan_replace(sets))
+        changes = plan.changes
         for source, change in changes.items():
             if change.added or change.removed:
                 log.info(
@@ -214,7 +253,11 @@ class Dispatcher:
     async def add_to_source(
         self, source: SourceName, configs: Sequence[CheckConfig]
     ) -> list[Digest]:
-        return await self._step(lambda now: self.state.add_to_source(source, configs, now=now))
+        """Adds to the source's set; raises TooManyChecks, changing nothing, when the
+        source would then hold more checks than it may."""
+        async with self._source_locks.hold([source]):
+            plan = await self._write(lambda: self.state.plan_add(source, configs))
+        return list(plan.changes[source].digests)
 
     async def remove_check(self, digest: Digest, *, source: SourceName | None) -> None:
         await self._step(lambda now: self.state.remove_check(digest, source=source, now=now))
@@ -376,7 +419,65 @@ class Dispatcher:
                 waiter.set_result(None)
         self._waiters.clear()
 
+    def _wake(self, names: Iterable[NodeName]) -> None:
+        """Wakes the long polls of these nodes, one per turn of the event loop: each then
+        builds its node's configs reply, and a step that changes thousands of nodes must
+        not have every reply built in one turn (the loop could serve nothing else)."""
+        waiters = [
+            waiter
+            for name in names
+            if (waiter := self._waiters.pop(name, None)) is not None and not waiter.done()
+        ]
+        if not waiters:
+            return
+        loop = asyncio.get_running_loop()
+
+        def wake(index: int) -> None:
+            if not waiters[index].done():
+                waiters[index].set_result(None)
+            if index + 1 < len(waiters):
+                loop.call_soon(wake, index + 1)
+
+        wake(0)
+
     # ---------------------------------------------------------------- internal
+
+    async def _write(self, make_plan: Callable[[], SourcePlan]) -> SourcePlan:
+        """Plans a write to sources and does its work: in the planning step when it
+        touches at most ``apply_slice_checks`` checks, else in slices of that many, each
+        one step under the lock, the lock released and the loop free in between. The
+        caller holds the sources' locks. Returns once every slice is stored. A term that
+        ends in between (NoLeader) leaves the slices applied so far: every piece is
+        idempotent, and a source re-sends its set."""
+        size = self.settings.apply_slice_checks
+        woken: set[NodeName] = set()
+        seq = 0
+        try:
+            async with self.lock:
+                self._guard()
+                try:
+                    plan = make_plan()  # TooManyChecks here: nothing changed
+                    if plan.size <= size:
+                        self.state.apply_work(plan.work, now=self._clock.monotonic())
+                        pieces = []
+                    else:
+                        pieces = list(plan.slices(size))
+                finally:
+                    seq = self._publish(woken)
+            for piece in pieces:
+                # Releasing the lock is not enough: re-taking a lock nobody waits for does
+                # not yield, and /healthz, say, does not wait for the lock at all.
+                await asyncio.sleep(0)
+                async with self.lock:
+                    self._guard()
+                    try:
+                        self.state.apply_work(piece, now=self._clock.monotonic())
+                    finally:
+                        seq = self._publish(woken)
+        finally:
+            self._wake(woken)
+        await self._stored(seq)
+        return plan
 
     async def _step(self, operation: Callable[[float], T]) -> T:
         async with self.lock:
@@ -405,29 +506,47 @@ class Dispatcher:
         except StoreError as exc:
             raise NoLeader(f"The shared store did not confirm the change: {exc}.") from exc
 
-    def _publish(self) -> int:
-        """Logs and counts the step's decisions, wakes long polls, hands the step's
-        changes to the store writer; returns the step's number for ``_stored``."""
+    def _publish(self, woken: set[NodeName] | None = None) -> int:
+        """Logs and counts the step's decisions, wakes long polls (or, with ``woken``,
+        adds their nodes to it for the caller to wake later), hands the step's changes
+        to the store writer; returns the step's number for ``_stored``."""
         seq = 0
         if self._writer is not None:
             seq = self._writer.submit(self.state.take_delta())
         events = self.state.take_events()
-        for decision in events.decisions:
-            log.info(
-                "dispatch_decision",
-                digest=decision.digest,
-                check=decision.check_name,
-                node=decision.node,
-                previous=decision.previous,
-                reason=decision.reason,
-            )
-            if self._metrics is not None:
-                self._metrics.decisions.labels(reason=decision.reason).inc()
-        for name in (*events.changed_nodes, *events.removed_nodes):
-            waiter = self._waiters.pop(name, None)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+        self._log_decisions(events.decisions)
+        changed = (*events.changed_nodes, *events.removed_nodes)
+        if woken is None:
+            self._wake(changed)
+        else:
+            woken.update(changed)
         return seq
+
+    def _log_decisions(self, decisions: Sequence[Decision]) -> None:
+        """A line per decision; for a big step one line with the counts and the first
+        few instead (``dispatch_decisions_summarized``: 100,000 lines would take longer
+        to write than the step itself, and say less)."""
+        by_reason = Counter(d.reason for d in decisions)
+        if self._metrics is not None:
+            for reason, count in by_reason.items():
+                self._metrics.decisions.labels(reason=reason).inc(count)
+        if len(decisions) > DECISIONS_LOGGED:
+            log.info(
+                "dispatch_decisions_summarized",
+                decisions=len(decisions),
+                by_reason=dict(sorted(by_reason.items())),
+                placed=sum(1 for d in decisions if d.node is not None),
+                nodes=len({d.node for d in decisions if d.node is not None}),
+                shown=[_decision_fields(d) for d in decisions[:DECISIONS_SHOWN]],
+                note=(
+                    f"more than {DECISIONS_LOGGED} decisions in one step: counted here "
+                    f"instead of a dispatch_decision line each; the first {DECISIONS_SHOWN} "
+                    "shown"
+                ),
+            )
+            return
+        for decision in decisions:
+            log.info("dispatch_decision", **_decision_fields(decision))
 
     def _flag_long_dangling(self, dangling: Mapping[Digest, float], *, now: float) -> None:
         threshold = self.settings.dangling_warning_s
@@ -440,3 +559,50 @@ class Dispatcher:
 
 def _always() -> bool:
     return True
+
+
+def _decision_fields(decision: Decision) -> dict[str, object]:
+    return {
+        "digest": decision.digest,
+        "check": decision.check_name,
+        "node": decision.node,
+        "previous": decision.previous,
+        "reason": decision.reason,
+    }
+
+
+@dataclass
+class _Held:
+    lock: asyncio.Lock
+    users: int = 0
+
+
+class _KeyedLocks:
+    """A lock per source: made when first needed, dropped when nobody holds or awaits
+    it (sources come and go by the thousand)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[SourceName, _Held] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, keys: Collection[SourceName]) -> AsyncIterator[None]:
+        """Holds every key's lock, taken in sorted order (so two writers of the same
+        sources cannot each hold one the other waits for)."""
+        async with contextlib.AsyncExitStack() as stack:
+            for key in sorted(set(keys)):
+                await stack.enter_async_context(self._one(key))
+            yield
+
+    @contextlib.asynccontextmanager
+    async def _one(self, key: SourceName) -> AsyncIterator[None]:
+        held = self._locks.get(key)
+        if held is None:
+            held = self._locks[key] = _Held(asyncio.Lock())
+        held.users += 1
+        try:
+            async with held.lock:
+                yield
+        finally:
+            held.users -= 1
+            if held.users == 0:
+                del self._locks[key]

@@ -22,6 +22,7 @@
         │   └── NoOtherNode         409 no_other_node
         ├── Gone                    410 gone
         ├── BodyTooLarge            413 body_too_large
+        ├── TooManyChecks           413 too_many_checks (a source would exceed its limit)
         ├── UnsupportedMediaType    415 unsupported_media_type
         ├── Unavailable             503 unavailable (with Retry-After)
         │   ├── NoLeader            503 no_leader
@@ -29,8 +30,9 @@
         └── LoopDetected            508 loop_detected
 
 The core raises the domain members (UnknownNode, UnknownCheck, NotDispatched,
-NoOtherNode); the HTTP status of each lives in ``dispatcher.common.httperrors``. Foreign errors
-are translated at the boundary that meets them, with ``raise ... from exc``.
+NoOtherNode, TooManyChecks); the HTTP status of each lives in
+``dispatcher.common.httperrors``. Foreign errors are translated at the boundary that
+meets them, with ``raise ... from exc``.
 
 This module is a leaf: it imports nothing of ours, so node agents may use it too.
 """
@@ -143,6 +145,14 @@ class Gone(RequestError):
 class BodyTooLarge(RequestError):
     code = "body_too_large"
     default_message = "The request body is larger than 4 MiB."
+
+
+class TooManyChecks(RequestError):
+    """A write that would make one source hold more checks than the dispatcher allows;
+    refused whole (nothing changes)."""
+
+    code = "too_many_checks"
+    default_message = "A source may not hold that many checks."
 
 
 class UnsupportedMediaType(RequestError):

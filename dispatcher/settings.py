@@ -103,11 +103,38 @@ class DispatchSettings:
     nothing, unless forced."""
     dangling_warning_s: float = 60.0
     """A check dangling longer than this is flagged (logs, metrics)."""
+    max_checks_per_source: int = 100_000
+    """A PUT or POST that would make one source hold more checks than this is refused
+    whole (``413 too_many_checks``). 100,000 is the largest cluster this release is
+    built for (100,000 checks over 10,000 agents), so such a cluster fits in one source;
+    a source beyond it is more likely a runaway sync than a real cluster, and each check
+    costs the dispatcher about 1.7 KiB (README, benchmarks), so the limit caps what one
+    source can take at about 170 MiB."""
+    max_checks_per_node: int = 10_000
+    """A node holding this many checks takes no more: placement skips it, and a check
+    with no other eligible node dangles (its explanation says so) until room appears.
+    10,000 checks at the default 15 s interval are about 670 runs a second, about what one
+    agent core runs in time (the agent benchmark: plan for 800 ``http`` runs a second per
+    core), so one agent cannot be handed a whole large source; a cluster balanced over
+    its agents stays far below it. A node's ``capacity`` stays the balancing weight."""
+    apply_slice_checks: int = 500
+    """A change to more checks than this (a big PUT or POST) is validated and applied in
+    slices of this many, the lock released and the event loop free between slices, so
+    heartbeats and ``/healthz`` keep answering; the reply still waits for every slice."""
 
     @property
     def tick_interval_s(self) -> float:
         """Expiry and dangling re-dispatch run at least every second."""
         return min(1.0, self.node_expiration_timeout_s / 4)
+
+    def validate(self) -> None:
+        for flag, value in (
+            ("--max-checks-per-source", self.max_checks_per_source),
+            ("--max-checks-per-node", self.max_checks_per_node),
+            ("apply_slice_checks", self.apply_slice_checks),
+        ):
+            if value < 1:
+                raise ConfigurationError(f"{flag} ({value}) must be at least 1.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +240,7 @@ class Settings:
                 f"--node-expiration-timeout ({d.node_expiration_timeout_s:g} s), or every "
                 "node would expire between two heartbeats."
             )
+        d.validate()
         e = self.election
         if not e.lease_duration_s > e.renew_deadline_s > e.retry_period_s:
             raise ConfigurationError(

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import math
 import re
-from typing import TypeVar
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 import orjson
-import pydantic_core
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
@@ -29,6 +29,7 @@ from dispatcher.api.keys import (
     Role,
 )
 from dispatcher.api.table import PATH_PARAMS, QueryParam, Route
+from dispatcher.common import slicedjson
 from dispatcher.common.health import Verdict, component_body, verdict_body
 from dispatcher.common.validation import field_problems, summary
 from dispatcher.core.model import Digest, NodeName, SourceName
@@ -64,21 +65,33 @@ async def read_body(request: web.Request, model: type[M], *, optional: bool = Fa
     """Parses and validates the JSON body; every failure is a 4xx with its reason."""
     if optional and not request.body_exists:
         return model()
+    data = await read_json(request)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise invalid_request(exc) from exc
+
+
+async def read_json(
+    request: web.Request,
+    *,
+    consume: Mapping[str, slicedjson.Consumer] | None = None,
+    slice_elements: int = slicedjson.SLICE_ELEMENTS,
+) -> Any:
+    """The decoded JSON body; 415 for another content type, 400 for invalid JSON. The
+    elements of a top-level array under a key of ``consume`` go to it, ``slice_elements``
+    at a time (slicedjson)."""
     if request.content_type != "application/json":
         raise UnsupportedMediaType(
             f"The request body must be application/json, not {request.content_type or 'none'}."
         )
     raw = await request.read()
     try:
-        # pydantic-core's parser keeps integers of any size exact (orjson would turn
-        # them into floats silently), so validation can refuse what does not fit.
-        data = pydantic_core.from_json(raw, allow_inf_nan=False)
+        # Integers of any size stay exact (orjson would turn them into floats silently),
+        # so validation can refuse what does not fit; a big body decodes in slices.
+        return await slicedjson.loads(raw, consume=consume, slice_elements=slice_elements)
     except ValueError as exc:
         raise InvalidJson(f"The request body is not valid JSON: {exc}.") from exc
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise invalid_request(exc) from exc
 
 
 def invalid_request(exc: ValidationError) -> InvalidRequest:
@@ -170,15 +183,14 @@ async def get_configs(request: web.Request) -> web.Response:
     last_change, configs = await dispatcher.node_configs(
         node, since=int(since) if since is not None else None, wait_s=wait_s
     )
-    state = dispatcher.state
-    return reply(
-        wire.NodeConfigsOut(
-            last_change=last_change,
-            epoch=epoch(request),
-            configs=[convert.config_out(c, state) for c in configs],
-            warmup=dispatcher.warming_up(),
-        )
+    body = convert.node_configs_json(  # wire.NodeConfigsOut, without a model per config
+        last_change=last_change,
+        epoch=epoch(request),
+        configs=configs,
+        state=dispatcher.state,
+        warmup=dispatcher.warming_up(),
     )
+    return web.Response(body=body, content_type="application/json")
 
 
 async def post_results(request: web.Request) -> web.Response:
@@ -201,10 +213,17 @@ async def post_results(request: web.Request) -> web.Response:
 
 async def put_source(request: web.Request) -> web.Response:
     source = writable_source(path_name(request, "source"))
-    body = await read_body(request, wire.SourcePutIn)
-    change = await request.app[DISPATCHER].replace_source(
-        source, [convert.config_in(c) for c in body.configs]
+    # A big body is decoded, validated, converted and applied in slices (the loop stays
+    # free meanwhile); the reply still waits for the whole change.
+    dispatcher = request.app[DISPATCHER]
+    configs = convert.ConfigsIn()
+    data = await read_json(
+        request,
+        consume={"configs": configs.take},
+        slice_elements=dispatcher.settings.apply_slice_checks,
     )
+    configs.body(data, wire.SourcePutIn)
+    change = await dispatcher.replace_source(source, configs.configs)
     return reply(
         wire.SourcePutOut(
             epoch=epoch(request),
@@ -225,10 +244,15 @@ async def get_source(request: web.Request) -> web.Response:
 
 
 async def post_checks(request: web.Request) -> web.Response:
-    body = await read_body(request, wire.ChecksPostIn)
-    digests = await request.app[DISPATCHER].add_to_source(
-        writable_source(body.source), [convert.config_in(c) for c in body.configs]
+    dispatcher = request.app[DISPATCHER]
+    configs = convert.ConfigsIn()
+    data = await read_json(
+        request,
+        consume={"configs": configs.take},
+        slice_elements=dispatcher.settings.apply_slice_checks,
     )
+    body = configs.body(data, wire.ChecksPostIn)
+    digests = await dispatcher.add_to_source(writable_source(body.source), configs.configs)
     return reply(wire.ChecksPostOut(epoch=epoch(request), digests=list(digests)))
 
 
@@ -416,12 +440,12 @@ ROUTES: tuple[Route, ...] = (
           "Report check results.", wire.ResultsIn, wire.ResultsOut),
     Route("source_put", "PUT", API + "/sources/{source}", put_source, Role.SOURCE,
           "Replace a source's whole set of configs.", wire.SourcePutIn, wire.SourcePutOut,
-          errors=(409,)),
+          errors=(409, 413)),
     Route("source_get", "GET", API + "/sources/{source}", get_source, Role.SOURCE,
           "A source's configs.", None, wire.SourceGetOut),
     Route("checks_add", "POST", API + "/checks", post_checks, Role.SOURCE,
           "Add configs to a source's set.", wire.ChecksPostIn, wire.ChecksPostOut,
-          errors=(409,)),
+          errors=(409, 413)),
     Route("check_delete", "DELETE", API + "/checks/{digest}", delete_check, Role.SOURCE,
           "Remove a check from a source (or every source).", None, wire.RemovedOut,
           query=(_SOURCE,), errors=(404, 409)),

@@ -26,6 +26,7 @@ STATUS: dict[type[errors.RequestError], int] = {
     errors.Conflict: 409,
     errors.Gone: 410,
     errors.BodyTooLarge: 413,
+    errors.TooManyChecks: 413,
     errors.UnsupportedMediaType: 415,
     errors.Unavailable: 503,
     errors.LoopDetected: 508,

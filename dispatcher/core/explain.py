@@ -26,6 +26,9 @@ REASONS: Mapping[str, str] = {
 }
 """Placement reason codes (the ``reason`` of a ``Decision``) in words."""
 
+_SHOWN = 5
+"""Node names listed at most in a sentence (a cluster may have thousands)."""
+
 
 def explain_check(
     config: CheckConfig,
@@ -34,9 +37,11 @@ def explain_check(
     reason: str | None,
     nodes: Mapping[NodeName, Node],
     warmup_left_s: float,
+    max_checks_per_node: int | None = None,
 ) -> str:
     """The sentence for a check placed on ``node`` for ``reason``, or dangling (``node``
-    None) while the dispatcher warms up for ``warmup_left_s`` more (> 0) or is warm."""
+    None) while the dispatcher warms up for ``warmup_left_s`` more (> 0) or is warm; a
+    node holding ``max_checks_per_node`` checks takes no more."""
     if node is not None:
         why = reason or "placed"
         return f"Dispatched to {node}: {REASONS.get(why, why)}."
@@ -55,4 +60,13 @@ def explain_check(
         )
     if all(nodes[n].cordoned for n in matching):
         return f"Dangling: every node matching its selector is cordoned ({', '.join(matching)})."
+    limit = max_checks_per_node
+    open_nodes = [n for n in matching if not nodes[n].cordoned]
+    if limit is not None and all(len(nodes[n].digests) >= limit for n in open_nodes):
+        shown = ", ".join(open_nodes[:_SHOWN])
+        more = f" and {len(open_nodes) - _SHOWN:,} more" if len(open_nodes) > _SHOWN else ""
+        return (
+            f"Dangling: every node that may run it holds {limit:,} checks, the most a node "
+            f"may hold (max_checks_per_node): {shown}{more}."
+        )
     return "Dangling: waiting for the next dispatch tick."

@@ -20,7 +20,8 @@ check cheaper than that is never moved (a source just over the bound sheds a lar
 check, or stays), so no move narrows nothing measurable.
 
 Checks the caller marks unmovable (never run, failing) stay where they are. Cordoned
-nodes are the caller's to leave out: they neither give nor take checks here.
+nodes are the caller's to leave out: they neither give nor take checks here. A node
+with no ``free`` room left (it holds the most checks a node may) takes none.
 
 The spread is how far the busiest node is above the mean, as a fraction of the mean.
 A plan that does not narrow it by ``min_improvement`` of its value moves nothing
@@ -53,6 +54,8 @@ class NodeLoad:
     capacity: float
     load: float
     labels: Mapping[str, str]
+    free: int | None = None
+    """How many more checks the node may be given (its check limit); None: no limit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +150,7 @@ class _Planner:
         self.min_gain = min_gain
         """The least relative load a move takes off its source."""
         self.capacity: dict[NodeName, float] = {n.name: n.capacity for n in nodes}
+        self.free: dict[NodeName, int | None] = {n.name: n.free for n in nodes}
         self.relative: dict[NodeName, float] = {n.name: n.load / n.capacity for n in nodes}
         # Each node's movable checks by (cost, digest).
         self.movable: dict[NodeName, SortedList] = {n.name: SortedList() for n in nodes}
@@ -246,7 +250,7 @@ class _Planner:
             r_t, dest = target
             if r_t >= self.bound - _EPS or r_t >= r_s:
                 break  # the rest are fuller still
-            if dest == source:
+            if dest == source or self.free[dest] == 0:
                 continue
             r_t_after = r_t + cost / self.capacity[dest]
             if r_t_after > self.bound + _EPS or r_t_after >= r_s or r_s_after <= r_t:
@@ -265,6 +269,10 @@ class _Planner:
                 targets.remove((old, name))
                 targets.add((new, name))
             self.relative[name] = new
+        for name, change in ((move.source, 1), (move.dest, -1)):
+            free = self.free[name]
+            if free is not None:
+                self.free[name] = free + change
         self.movable[move.source].remove((move.cost, move.digest))
         self.movable[move.dest].add((move.cost, move.digest))
         self.moves.append(move)

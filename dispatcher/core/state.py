@@ -15,6 +15,12 @@ planner (``rebalance``).
 Each operation records what it decided (``Decision``) and which nodes' configs changed;
 the caller drains those with ``take_events()`` to log them and wake long polls.
 
+Two limits hold when set (``set_limits``): a source holds at most so many checks (a
+write beyond it raises TooManyChecks and changes nothing), and a node that holds so many
+checks is not eligible for more. A write to sources is planned first (``plan_replace``,
+``plan_add``: the limit check and the report) and its work then applied
+(``apply_work``), whole or in slices with other steps in between.
+
 With ``track_changes`` the state also remembers which persisted records (configs,
 sources, placements, node records) each step changed; ``take_delta()`` drains them for
 a shared store to write through, and ``restore()`` builds a state back from a snapshot.
@@ -39,16 +45,26 @@ from dispatcher.core.model import (
 from dispatcher.core.outcomes import (
     Decision,
     Events,
+    Hold,
     Move,
     RebalanceOutcome,
     RejectedResult,
+    Release,
     SourceChange,
+    SourcePlan,
+    SourceWork,
 )
 from dispatcher.core.placement import LoadIndex, Node
 from dispatcher.core.rebalance import Item, NodeLoad, Plan, plan_rebalance
 from dispatcher.core.results import ResultBook
 from dispatcher.core.snapshot import ChangeTracker, NodeRecord, Snapshot, StateDelta
-from dispatcher.errors import NoOtherNode, NotDispatched, UnknownCheck, UnknownNode
+from dispatcher.errors import (
+    NoOtherNode,
+    NotDispatched,
+    TooManyChecks,
+    UnknownCheck,
+    UnknownNode,
+)
 
 NEVER = float("-inf")
 
@@ -56,7 +72,16 @@ NEVER = float("-inf")
 class ClusterState:
     """All checks, their sources and placements, and every node's store."""
 
-    def __init__(self, *, warmup_until: float = NEVER, track_changes: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        warmup_until: float = NEVER,
+        track_changes: bool = False,
+        max_checks_per_source: int | None = None,
+        max_checks_per_node: int | None = None,
+    ) -> None:
+        self._source_limit = max_checks_per_source
+        self._node_limit = max_checks_per_node
         self._configs: dict[Digest, CheckConfig] = {}
         self._holdings = Holdings()
         self._placement: dict[Digest, NodeName] = {}
@@ -135,6 +160,17 @@ class ClusterState:
             nodes={name: _node_record(node) for name, node in self._nodes.items()},
         )
 
+    def set_limits(
+        self, *, max_checks_per_source: int | None, max_checks_per_node: int | None
+    ) -> None:
+        """The most checks a source may hold and a node may be given (None: no limit).
+
+        Checks already held or placed stay; a node above a lowered limit takes no more."""
+        self._source_limit = max_checks_per_source
+        if max_checks_per_node != self._node_limit:
+            self._node_limit = max_checks_per_node
+            self._placeable_changed = True
+
     def take_delta(self) -> StateDelta:
         """The persisted records changed since the last call (tracking states only)."""
         return self._changes.take(
@@ -185,6 +221,9 @@ class ClusterState:
     def source_names(self) -> list[SourceName]:
         return self._holdings.sources()
 
+    def held_count(self, source: SourceName) -> int:
+        return len(self._holdings.held_by(source))
+
     def node(self, name: NodeName) -> Node:
         node = self._nodes.get(name)
         if node is None:
@@ -228,6 +267,7 @@ class ClusterState:
             reason=self._placed_because.get(digest),
             nodes=self._nodes,
             warmup_left_s=self._warmup_until - now,
+            max_checks_per_node=self._node_limit,
         )
 
     def take_events(self) -> Events:
@@ -245,56 +285,88 @@ class ClusterState:
     def replace_sources(
         self, sets: Mapping[SourceName, Sequence[CheckConfig]], *, now: float
     ) -> dict[SourceName, SourceChange]:
-        """Replaces several sources' sets in one step.
+        """Replaces several sources' sets in one step (``plan_replace`` and its work)."""
+        plan = self.plan_replace(sets)
+        self.apply_work(plan.work, now=now)
+        return plan.changes
 
-        Every source gains its new checks before any source loses its old ones, so a
-        check that moves from one source to another (a renamed file) is never dropped
-        and re-added: it keeps its node, stats and results.
+    def add_to_source(
+        self, source: SourceName, configs: Sequence[CheckConfig], *, now: float
+    ) -> list[Digest]:
+        """Adds configs to what ``source`` holds, in one step (``plan_add`` and its work)."""
+        plan = self.plan_add(source, configs)
+        self.apply_work(plan.work, now=now)
+        return list(plan.changes[source].digests)
+
+    def plan_replace(self, sets: Mapping[SourceName, Sequence[CheckConfig]]) -> SourcePlan:
+        """What making each set the whole of its source's will do; changes nothing.
+
+        Raises TooManyChecks when a set holds more checks than a source may. The work
+        first lets go of the checks no source of ``sets`` gains, then holds every config
+        (a new weight applies; new checks are placed), then lets go of the rest: a check
+        that moves from one source to another (a renamed file) is held by its new source
+        before its old one lets go, so it is never dropped and re-added and keeps its
+        node, stats and results.
         """
-        now = self._advance(now)
         changes: dict[SourceName, SourceChange] = {}
-        removals: list[tuple[Digest, SourceName]] = []
-        additions: list[Digest] = []
+        holds: list[SourceWork] = []
+        removed_by_source: dict[SourceName, list[Digest]] = {}
+        gained: set[Digest] = set()
         for source, configs in sets.items():
             wanted = {c.digest: c for c in configs}
+            self._check_source_size(source, len(wanted), adding=None)
             held = self._holdings.held_by(source)
             added = [d for d in wanted if d not in held]
-            removed = sorted(d for d in held if d not in wanted)
-            for config in wanted.values():
-                self._upsert(config)
-            for digest in added:
-                self._holdings.hold(source, digest)
-            if added or removed:
-                self._changes.source(source)
-            removals.extend((digest, source) for digest in removed)
-            additions.extend(added)
+            removed = sorted(set(held).difference(wanted))
+            gained.update(added)
+            removed_by_source[source] = removed
+            if wanted:
+                # Every config: a held one may come with a new weight. Holding what is
+                # held costs little, and it is done in the work (sliced), not here.
+                holds.append(Hold(source, list(wanted.values())))
             changes[source] = SourceChange(
                 digests=[c.digest for c in configs],
                 added=len(added),
                 removed=len(removed),
                 unchanged=len(wanted) - len(added),
             )
-        for digest, source in removals:
-            if self._holdings.release(source, digest):
-                self._drop(digest)
-        for digest in additions:
-            if digest in self._configs:
-                self._place_if_new(digest, now=now)
-        return changes
+        first: list[SourceWork] = []
+        last: list[SourceWork] = []
+        for source, removed in removed_by_source.items():
+            moving = gained.intersection(removed)  # to another source of ``sets``
+            early = [d for d in removed if d not in moving] if moving else removed
+            late = [d for d in removed if d in moving] if moving else []
+            if early:
+                first.append(Release(source, early))
+            if late:
+                last.append(Release(source, late))
+        return SourcePlan(changes, [*first, *holds, *last])
 
-    def add_to_source(
-        self, source: SourceName, configs: Sequence[CheckConfig], *, now: float
-    ) -> list[Digest]:
-        """Adds configs to what ``source`` holds."""
+    def plan_add(self, source: SourceName, configs: Sequence[CheckConfig]) -> SourcePlan:
+        """What adding ``configs`` to ``source`` will do; changes nothing. Raises
+        TooManyChecks when the source would then hold more checks than it may."""
+        held = self._holdings.held_by(source)
+        wanted = {c.digest: c for c in configs}
+        added = sum(1 for d in wanted if d not in held)
+        self._check_source_size(source, len(held) + added, adding=added)
+        change = SourceChange(
+            digests=[c.digest for c in configs],
+            added=added,
+            removed=0,
+            unchanged=len(wanted) - added,
+        )
+        return SourcePlan({source: change}, [Hold(source, list(wanted.values()))] if wanted else [])
+
+    def apply_work(self, work: Sequence[SourceWork], *, now: float) -> None:
+        """Does planned work (all of a plan's, or a slice of it). Each piece says what
+        to hold or let go of, so it is right after other steps too: holding what is held
+        and letting go of what is not are no-ops. No limit is checked here: the plan was."""
         now = self._advance(now)
-        if not configs:
-            return []
-        for config in configs:
-            self._upsert(config)
-            if self._holdings.hold(source, config.digest):
-                self._changes.source(source)
-                self._place_if_new(config.digest, now=now)
-        return [c.digest for c in configs]
+        for piece in work:
+            if isinstance(piece, Hold):
+                self._hold(piece.source, piece.configs, now=now)
+            else:
+                self._release(piece.source, piece.digests)
 
     def remove_check(self, digest: Digest, *, source: SourceName | None, now: float) -> None:
         """Removes a check from one source, or from every source when ``source`` is None."""
@@ -458,8 +530,15 @@ class ClusterState:
         as they are). A check that has not run yet, or whose last run failed, stays.
         With ``moves`` false, only the loads and the spread (no search for moves)."""
         mean_cost = self.mean_measured_cost()
+        limit = self._node_limit
         nodes = [
-            NodeLoad(name, node.capacity, node.load(mean_cost), node.labels)
+            NodeLoad(
+                name,
+                node.capacity,
+                node.load(mean_cost),
+                node.labels,
+                free=None if limit is None else max(0, limit - len(node.digests)),
+            )
             for name, node in self._nodes.items()
             if not node.cordoned
         ]
@@ -534,7 +613,42 @@ class ClusterState:
         return None if node is None else _node_record(node)
 
     def _eligible(self, node: Node, config: CheckConfig) -> bool:
-        return not node.cordoned and config.matches(node.labels)
+        return (
+            not node.cordoned
+            and (self._node_limit is None or len(node.digests) < self._node_limit)
+            and config.matches(node.labels)
+        )
+
+    def _check_source_size(self, source: SourceName, size: int, *, adding: int | None) -> None:
+        limit = self._source_limit
+        if limit is None or size <= limit:
+            return
+        what = (
+            f"this set has {size:,} distinct checks"
+            if adding is None
+            else f"it holds {size - adding:,} checks and this request adds {adding:,} new ones"
+        )
+        raise TooManyChecks(
+            f"Source {source[:80]!r} may hold at most {limit:,} checks "
+            f"(max_checks_per_source); {what}. Nothing was changed.",
+            details={"source": source, "checks": size, "limit": limit},
+        )
+
+    def _hold(self, source: SourceName, configs: Iterable[CheckConfig], *, now: float) -> None:
+        for config in configs:
+            self._upsert(config)
+            if self._holdings.hold(source, config.digest):
+                self._changes.source(source)
+                self._place_if_new(config.digest, now=now)
+
+    def _release(self, source: SourceName, digests: Iterable[Digest]) -> None:
+        held = self._holdings.held_by(source)
+        for digest in digests:
+            if digest not in held:
+                continue  # let go of since the plan (a delete in between)
+            self._changes.source(source)
+            if self._holdings.release(source, digest):
+                self._drop(digest)
 
     def _upsert(self, config: CheckConfig) -> None:
         current = self._configs.get(config.digest)
@@ -648,6 +762,8 @@ class ClusterState:
         self._placed_because.pop(digest, None)
         node.digests.discard(digest)
         node.stats.pop(digest, None)
+        if self._node_limit is not None and len(node.digests) == self._node_limit - 1:
+            self._placeable_changed = True  # room again: dangling checks may come
         if not node.digests:
             # Exact zero instead of the residue of many float additions.
             node.measured_cost = 0.0

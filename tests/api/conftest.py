@@ -38,7 +38,7 @@ ERROR_CODES_BY_STATUS: dict[int, set[str]] = {
     405: {"method_not_allowed"},
     409: {"conflict", "not_dispatched", "no_other_node"},
     410: {"gone"},
-    413: {"body_too_large"},
+    413: {"body_too_large", "too_many_checks"},
     415: {"unsupported_media_type"},
     503: {"no_leader", "store_unavailable"},
     508: {"loop_detected"},

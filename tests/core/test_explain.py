@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dispatcher.core.explain import explain_check
-from dispatcher.core.model import NodeName, make_config
+from dispatcher.core.model import Digest, NodeName, make_config
 from dispatcher.core.placement import Node
 
 CONFIG = make_config(name="http", instances=[{"url": "a"}], node_selector={"zone": "a"})
@@ -47,6 +47,54 @@ def test_the_sentence_for_each_case(
             reason=reason,
             nodes={n.name: n for n in nodes},
             warmup_left_s=warmup_left_s,
+        )
+        == sentence
+    )
+
+
+def full(name: NodeName, *, zone: str, checks: int, cordoned: bool = False) -> Node:
+    holder = node(name, zone=zone, cordoned=cordoned)
+    holder.digests.update(Digest(f"{name}-{i}") for i in range(checks))
+    return holder
+
+
+@pytest.mark.parametrize(
+    ("nodes", "sentence"),
+    [
+        pytest.param(
+            [full(A, zone="a", checks=2), full(B, zone="b", checks=0)],
+            "Dangling: every node that may run it holds 2 checks, the most a node may hold "
+            "(max_checks_per_node): a.",
+            id="the-one-matching-node-is-full",
+        ),
+        pytest.param(
+            [full(A, zone="a", checks=2), full(B, zone="a", checks=2, cordoned=True)],
+            "Dangling: every node that may run it holds 2 checks, the most a node may hold "
+            "(max_checks_per_node): a.",
+            id="full-or-cordoned",
+        ),
+        pytest.param(
+            [full(NodeName(f"n{i}"), zone="a", checks=3) for i in range(7)],
+            "Dangling: every node that may run it holds 2 checks, the most a node may hold "
+            "(max_checks_per_node): n0, n1, n2, n3, n4 and 2 more.",
+            id="above-a-lowered-limit-many-listed-in-part",
+        ),
+        pytest.param(
+            [full(A, zone="a", checks=2), full(B, zone="a", checks=1)],
+            "Dangling: waiting for the next dispatch tick.",
+            id="one-has-room",
+        ),
+    ],
+)
+def test_a_check_dangles_because_every_node_is_full(nodes: list[Node], sentence: str) -> None:
+    assert (
+        explain_check(
+            CONFIG,
+            node=None,
+            reason=None,
+            nodes={n.name: n for n in nodes},
+            warmup_left_s=0.0,
+            max_checks_per_node=2,
         )
         == sentence
     )

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from dispatcher.core.model import Digest, NodeName
-from dispatcher.core.outcomes import Move, RebalanceOutcome
+from dispatcher.core.model import CheckConfig, Digest, NodeName, SourceName, make_config
+from dispatcher.core.outcomes import (
+    Hold,
+    Move,
+    RebalanceOutcome,
+    Release,
+    SourcePlan,
+    SourceWork,
+)
 from dispatcher.core.rebalance import Plan, PlannedMove
 
 A, B = NodeName("a"), NodeName("b")
@@ -37,3 +44,61 @@ def test_the_outcome_of_a_plan(
     the_plan = plan(moves=moves, worthwhile=worthwhile)
     outcome = RebalanceOutcome.of(the_plan, warming_up=warming_up, dry_run=dry_run, force=force)
     assert outcome == RebalanceOutcome(the_plan, [MOVE] if listed else [], applied, reason)
+
+
+# ------------------------------------------------------------------ source plans
+
+
+def _digests(*labels: str) -> list[Digest]:
+    return [Digest(label) for label in labels]
+
+
+def _configs(*labels: str) -> list[CheckConfig]:
+    return [make_config(name="http", instances=[{"url": label}]) for label in labels]
+
+
+CI = SourceName("ci")
+FIVE = _configs("h1", "h2", "h3", "h4", "h5")
+PLAN = SourcePlan(
+    {},
+    [
+        Release(CI, _digests("r1", "r2", "r3")),
+        Hold(CI, FIVE),
+        Release(SourceName("old"), _digests("l1", "l2")),
+    ],
+)
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [
+        pytest.param(
+            4,
+            [
+                [Release(CI, _digests("r1", "r2", "r3")), Hold(CI, FIVE[:1])],
+                [Hold(CI, FIVE[1:5])],
+                [Release(SourceName("old"), _digests("l1", "l2"))],
+            ],
+            id="pieces-cut-at-the-size",
+        ),
+        pytest.param(10, [PLAN.work], id="all-in-one"),
+        pytest.param(
+            5,
+            [
+                [Release(CI, _digests("r1", "r2", "r3")), Hold(CI, FIVE[:2])],
+                [Hold(CI, FIVE[2:5]), Release(SourceName("old"), _digests("l1", "l2"))],
+            ],
+            id="exactly-full-slices",
+        ),
+    ],
+)
+def test_a_plan_is_cut_into_slices_in_order(size: int, expected: list[list[SourceWork]]) -> None:
+    slices = list(PLAN.slices(size))
+
+    assert slices == expected
+    assert all(sum(len(piece) for piece in s) <= size for s in slices)
+    assert PLAN.size == 10
+
+
+def test_an_empty_plan_has_no_slices() -> None:
+    assert list(SourcePlan({}, []).slices(3)) == []
