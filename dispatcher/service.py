@@ -11,6 +11,7 @@ turns an elector's terms into terms of the dispatcher (and loads the shared stor
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import ssl
 from collections.abc import Awaitable, Callable
@@ -436,8 +437,23 @@ async def connect(settings: Settings) -> DispatcherService:
     return service
 
 
+def settle_garbage_collector() -> None:
+    """Moves what is alive after start-up out of the collector's reach and makes young
+    collections rarer (as the agent does).
+
+    Measured with one PUT of 100,000 checks (tests/bench/bigput.py): with the default
+    thresholds, the objects of a big request or of an agent's config fetch outlived
+    young collections, filled the oldest generation and set off about 100 full
+    collections of the whole state, each stalling the event loop for 150 to 350 ms;
+    with these thresholds, none."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 50, 100)
+
+
 async def run(settings: Settings) -> None:
     """The process's main coroutine: SIGTERM and SIGINT stop it gracefully."""
+    settle_garbage_collector()
     fd = raise_fd_limit()
     log.info("fd_limit", before=fd.before, soft=fd.soft, hard=fd.hard, error=fd.error)
     stop = asyncio.Event()

@@ -9,7 +9,9 @@ replicas; ``--skip-failover`` leaves it out) and about 12 s for the rebalance be
 (in-process; ``--skip-rebalance`` leaves it out) and about 10 s for the config-directory
 benchmark (the event loop while a large file is parsed; ``--skip-configdir``; missing its
 goal also exits 1) and about 25 s for the agent scheduler benchmark (run lateness, a flood
-of new checks, SIGTERM; ``--skip-runner``; missing a goal also exits 1).
+of new checks, SIGTERM; ``--skip-runner``; missing a goal also exits 1) and about 20 s
+for the big-change benchmark (one PUT of 100,000 checks against a real dispatcher process:
+the longest event loop stall; ``--skip-bigput``; missing its hard goal also exits 1).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import orjson
 
 from tests.bench.agent import DISTURBED_PCT, GOAL_SHARE, AgentResults, run_agent
 from tests.bench.api import ApiResults, run_api
+from tests.bench.bigput import report as bigput_report
+from tests.bench.bigput import run_bigput
 from tests.bench.configdir import configdir_report, run_configdir
 from tests.bench.core import EXPIRY_MAX_GROWTH, SCHEDULE_BUDGET_S, CoreResults, run_core
 from tests.bench.failover import CHUNK_RECORDS, FailoverResults, run_failover
@@ -728,6 +732,7 @@ def main() -> None:
     parser.add_argument("--skip-rebalance", action="store_true")
     parser.add_argument("--skip-configdir", action="store_true")
     parser.add_argument("--skip-runner", action="store_true")
+    parser.add_argument("--skip-bigput", action="store_true")
     parser.add_argument("--duration", type=float, default=5.0, help="API: measured seconds")
     parser.add_argument("--warmup", type=float, default=1.0, help="API: warm-up seconds")
     parser.add_argument("--rounds", type=int, default=2, help="API: rounds over the servers")
@@ -825,6 +830,13 @@ def main() -> None:
         goals += [Goal(*goal) for goal in runner_goals]
         hard_goals += [Goal(*goal) for goal in runner_goals]
         document["runner"] = dataclasses.asdict(runner)
+    if not args.skip_bigput:
+        bigput = run_bigput(log_dir=args.out / "logs", progress=progress)
+        text, bigput_goals = bigput_report(bigput)
+        reports.append(text)
+        goals += [Goal(g.name, g.ok, g.detail) for g in bigput_goals]
+        hard_goals += [Goal(g.name, g.ok, g.detail) for g in bigput_goals if g.hard]
+        document["bigput"] = dataclasses.asdict(bigput)
     document["goals"] = [dataclasses.asdict(g) for g in goals]
     document["total_s"] = time.perf_counter() - started
 
