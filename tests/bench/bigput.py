@@ -23,9 +23,11 @@ Throughout, one task GETs ``/healthz`` and another sends a heartbeat every
 is busy decoding the agents' replies, so these run higher than the server's stalls).
 
 The goals are judged on the loop-lag probe: the longest stall overlapping any of the
-requests should stay under ``GOAL_STALL_S`` (the target, reported) and must stay under
-``HARD_STALL_S`` (missing it exits 1: ``make bench`` fails); every request must get the
-status expected.
+requests should stay under ``GOAL_STALL_S`` (the target, reported), and the longest
+counting only the time the dispatcher was on a CPU must stay under ``HARD_BUSY_S``
+(missing it exits 1: ``make bench`` fails; on a busy machine a stall also holds the time
+the process waited for a CPU, which is not the dispatcher's doing); every request must
+get the status expected.
 
 Run alone: ``python -m tests.bench.bigput [--checks N] [--nodes N] [--redis] [--profile]
 [--gc-default]`` (``--profile`` runs the dispatcher under cProfile and prints its top
@@ -71,11 +73,12 @@ OVER_LIMIT = 105_000
 NODES = 25
 GOAL_STALL_S = 0.1
 """The target: the longest the dispatcher's event loop stalls during a big request."""
-HARD_STALL_S = 0.25
-"""What ``make bench`` fails on. On the project's 2-core machine, shared with other
-processes, the longest stall was 54 to 130 ms from run to run (scheduling noise
-included); the unsliced dispatcher stalled 8 to 10 s. The bound fails a regression
-without failing on a busy machine."""
+HARD_BUSY_S = 0.15
+"""What ``make bench`` fails on: the longest stall counting only the time the dispatcher
+was on a CPU (the loop busy without yielding: what the code does, not what the machine
+does to it). On the project's 2-core machine, shared with other processes that used up
+to 1.5 of its CPUs, stalls were 27 to 260 ms from run to run, the CPU part of them at
+most 84 ms; the unsliced dispatcher stalled 5.9 to 7.4 s."""
 LAG_PERIOD_S = 0.005
 STALL_SAMPLE_AFTER_S = 0.05
 STALL_SAMPLE_S = 0.01
@@ -92,14 +95,18 @@ BODY_LIMIT = 4 * 1024 * 1024
 
 
 async def _probe_lag(
-    stop: asyncio.Event, samples: list[tuple[float, float]], tick: list[float]
+    stop: asyncio.Event, samples: list[tuple[float, float, float]], tick: list[float]
 ) -> None:
-    """(start, overrun) of every sleep: the loop could run nothing else for ``overrun``."""
+    """(start, overrun, CPU) of every sleep: the loop could run nothing else for
+    ``overrun``; of that, the process ran on a CPU for ``CPU`` seconds (the rest it waited
+    for one: other processes on the machine)."""
     while not stop.is_set():
         started = time.monotonic()
+        cpu = time.process_time()
         await asyncio.sleep(LAG_PERIOD_S)
         tick[0] = time.monotonic()
-        samples.append((started, tick[0] - started - LAG_PERIOD_S))
+        busy = time.process_time() - cpu
+        samples.append((started, tick[0] - started - LAG_PERIOD_S, busy))
 
 
 class _StallWatch:
@@ -175,7 +182,7 @@ async def _serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    samples: list[tuple[float, float]] = []
+    samples: list[tuple[float, float, float]] = []
     tick = [time.monotonic()]
     watch = _StallWatch(tick)
     watch.start()
@@ -220,6 +227,7 @@ class Phase:
     started: float  # time.monotonic, comparable with the server's on Linux
     request_s: float
     max_stall_s: float = 0.0
+    max_busy_s: float = 0.0  # the longest stall counting only the time on a CPU
     stalls_over_goal: int = 0
     healthz: int = 0  # /healthz answered while the request ran
     healthz_max_ms: float = 0.0
@@ -250,6 +258,10 @@ class BigPutResults:
     @property
     def max_stall_s(self) -> float:
         return max((p.max_stall_s for p in self.phases), default=0.0)
+
+    @property
+    def max_busy_s(self) -> float:
+        return max((p.max_busy_s for p in self.phases), default=0.0)
 
     @property
     def all_ok(self) -> bool:
@@ -367,8 +379,16 @@ async def _client(url: str, checks: int, nodes: int, results: BigPutResults) -> 
         names = [f"node-{i:03d}" for i in range(nodes)]
         for name in names:
             status = {"last_change": 0, "capacity": 8}
-            async with session.post(f"{url}{API}/status/{name}", json=status) as response:
-                assert response.status == 200, await response.text()
+            # With --redis, /readyz answers before the lease is won (a follower on standby
+            # is ready): wait for the leader.
+            async with asyncio.timeout(30):
+                while True:
+                    async with session.post(f"{url}{API}/status/{name}", json=status) as reply:
+                        text = await reply.text()
+                    if reply.status == 200:
+                        break
+                    assert reply.status == 503, text
+                    await asyncio.sleep(0.2)
         stop = asyncio.Event()
         healthz, heartbeat = _Probe(), _Probe()
         counts = {"fetches": 0, "max": 0}
@@ -459,17 +479,18 @@ async def _client(url: str, checks: int, nodes: int, results: BigPutResults) -> 
         results.fetch_max_configs = counts["max"]
 
 
-def _apply_lag(results: BigPutResults, samples: list[tuple[float, float]]) -> None:
-    results.stalls = [(start, lag) for start, lag in samples if lag > GOAL_STALL_S]
+def _apply_lag(results: BigPutResults, samples: list[tuple[float, float, float]]) -> None:
+    results.stalls = [(start, lag) for start, lag, _ in samples if lag > GOAL_STALL_S]
     for phase in results.phases:
         end = phase.started + phase.request_s
-        lags = [
-            lag
-            for start, lag in samples
+        during = [
+            (lag, min(lag, busy))
+            for start, lag, busy in samples
             if start < end and start + LAG_PERIOD_S + lag > phase.started
         ]
-        phase.max_stall_s = max(lags, default=0.0)
-        phase.stalls_over_goal = sum(1 for lag in lags if lag > GOAL_STALL_S)
+        phase.max_stall_s = max((lag for lag, _ in during), default=0.0)
+        phase.max_busy_s = max((busy for _, busy in during), default=0.0)
+        phase.stalls_over_goal = sum(1 for lag, _ in during if lag > GOAL_STALL_S)
 
 
 def _count_log(results: BigPutResults, path: Path) -> None:
@@ -560,27 +581,26 @@ class BigPutGoal:
 
 
 def goals(results: BigPutResults) -> list[BigPutGoal]:
-    longest = f"longest {results.max_stall_s * 1e3:.1f} ms" + (
-        "" if results.all_ok else "; a request did not get the status expected"
-    )
+    failed = "" if results.all_ok else "; a request did not get the status expected"
     where = f"a {results.checks:,}-check request, {results.store} store"
     complete = bool(results.phases) and results.all_ok
+    other = (
+        f" (other processes used {results.other_cpu_pct:.0f}% of a CPU)"
+        if results.other_cpu_pct is not None
+        else ""
+    )
     return [
         BigPutGoal(
-            f"bigput: the event loop never stalls over {HARD_STALL_S * 1e3:g} ms during {where}",
-            complete and results.max_stall_s <= HARD_STALL_S,
-            longest,
+            f"bigput: the event loop is never busy over {HARD_BUSY_S * 1e3:g} ms without"
+            f" yielding during {where}",
+            complete and results.max_busy_s <= HARD_BUSY_S,
+            f"longest {results.max_busy_s * 1e3:.1f} ms on a CPU{failed}",
             hard=True,
         ),
         BigPutGoal(
             f"bigput: target, no stall over {GOAL_STALL_S * 1e3:g} ms during {where}",
             complete and results.max_stall_s <= GOAL_STALL_S,
-            longest
-            + (
-                f" (other processes used {results.other_cpu_pct:.0f}% of a CPU)"
-                if results.other_cpu_pct is not None
-                else ""
-            ),
+            f"longest {results.max_stall_s * 1e3:.1f} ms{other}{failed}",
             hard=False,
         ),
     ]
@@ -608,6 +628,7 @@ def report(results: BigPutResults) -> tuple[str, list[BigPutGoal]]:
     ]
     header = (
         f"{'request':<20} {'status':>6} {'MB':>5} {'request s':>9} {'max stall ms':>12}"
+        f" {'on CPU ms':>9}"
         f" {'stalls>goal':>11} {'healthz':>7} {'healthz max ms':>14} {'heartbeats':>10}"
         f" {'hb max ms':>9} {'hb p99 ms':>9}  reply"
     )
@@ -615,7 +636,8 @@ def report(results: BigPutResults) -> tuple[str, list[BigPutGoal]]:
     for p in results.phases:
         out.append(
             f"{p.name:<20} {p.status:>6} {p.body_bytes / 1e6:>5.2f} {p.request_s:>9.2f}"
-            f" {p.max_stall_s * 1e3:>12.1f} {p.stalls_over_goal:>11} {p.healthz:>7}"
+            f" {p.max_stall_s * 1e3:>12.1f} {p.max_busy_s * 1e3:>9.1f}"
+            f" {p.stalls_over_goal:>11} {p.healthz:>7}"
             f" {p.healthz_max_ms:>14.1f} {p.heartbeats:>10} {p.heartbeat_max_ms:>9.1f}"
             f" {p.heartbeat_p99_ms:>9.1f}  {orjson.dumps(p.reply).decode()[:120]}"
         )
