@@ -424,6 +424,7 @@ def test_accept_errors_are_logged_once_per_interval_with_their_count() -> None:
         (None, 20_000, DEFAULT_MAX_CONNECTIONS),
         (None, 1024, 1024 - FD_RESERVE),
         (None, 256, 64),
+        (None, 512, 128),
         (50_000, 1024, 50_000),
         (5, 1024, 5),
     ],
