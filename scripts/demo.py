@@ -486,10 +486,10 @@ class Demo:
         ports = f"{min(opts.agent_ports)}-{max(opts.agent_ports)}"
         print(
             f"dispatcher  {url}  ready after {ready_after:.1f}s   "
-            f"(state: {url}/v1/api/clusterchecks)"
+            f"(state: {url}{wire.API_PREFIX})"
         )
         print(f"agents      {agents}")
-        print(f"status page {url}/v1/api/clusterchecks/results")
+        print(f"status page {url}{wire.API_PREFIX}/results")
         print(f"metrics     {url}/metrics   agents: 127.0.0.1:{ports}/metrics")
         print(f"admin       {admin} state   (also checks, results, rebalance --dry-run, ...)")
         print(

@@ -23,7 +23,8 @@ _STATUS_TEXT = {
     403: "Token of the wrong role",
     404: "Unknown node, check or component",
     409: "Conflict",
-    413: "Body larger than the limit",
+    413: "Body larger than the limit (body_too_large), or a source over its check limit"
+    " (too_many_checks)",
     415: "Body is not application/json",
     503: "No leader known, the leader or the store does not answer, or unhealthy",
     508: "Forwarding loop",

@@ -67,7 +67,8 @@ async def read_body(request: web.Request, model: type[M], *, optional: bool = Fa
         return model()
     data = await read_json(request)
     try:
-        return model.model_validate(data)
+        # Reported times are judged against the injected clock (wire.ReportedTime).
+        return model.model_validate(data, context={"now_s": request.app[CLOCK].time()})
     except ValidationError as exc:
         raise invalid_request(exc) from exc
 
@@ -107,7 +108,8 @@ def path_name(request: web.Request, key: str) -> str:
     allowed = "A-Za-z0-9._:-" if key == "source" else "A-Za-z0-9._-"
     if not _PATH_PATTERNS[key].fullmatch(value):
         raise InvalidRequest(
-            f"Invalid {key} name {value[:80]!r}: use 1 to 253 characters of [{allowed}].",
+            f"Invalid {key} name {value[:80]!r}: use 1 to 253 characters of [{allowed}],"
+            " other than '.' and '..'.",
             details={"fields": [{"path": key, "message": "invalid name"}]},
         )
     return value

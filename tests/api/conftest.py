@@ -36,11 +36,13 @@ ERROR_CODES_BY_STATUS: dict[int, set[str]] = {
     403: {"forbidden"},
     404: {"unknown_node", "unknown_check", "not_found"},
     405: {"method_not_allowed"},
+    408: {"request_timeout"},
     409: {"conflict", "not_dispatched", "no_other_node"},
     410: {"gone"},
     413: {"body_too_large", "too_many_checks"},
     415: {"unsupported_media_type"},
-    503: {"no_leader", "store_unavailable"},
+    431: {"headers_too_large"},
+    503: {"no_leader", "store_unavailable", "unavailable"},
     508: {"loop_detected"},
 }
 

@@ -163,12 +163,27 @@ async def test_a_result_started_far_in_the_future_is_refused(api: Api, started_a
     assert (await api.check(digest))["last_result"] is None, "nothing stored"
 
 
-async def test_a_result_within_the_clock_skew_allowance_is_accepted(api: Api) -> None:
+async def test_a_result_within_the_clock_skew_allowance_is_accepted(
+    api: Api, clock: FakeClock
+) -> None:
     digest = await prepare(api)
-    started_at = time.time() + wire.MAX_CLOCK_SKEW_S / 2
+    started_at = clock.time() + wire.MAX_CLOCK_SKEW_S / 2
     reply = await post_results(api, result(digest, ok=True, started_at=started_at))
     assert reply.status == 200, reply.text
     assert reply.json["accepted"] == 1
+
+
+async def test_the_clock_skew_allowance_is_judged_on_the_dispatcher_s_clock(
+    api: Api, clock: FakeClock
+) -> None:
+    """Ahead of the injected clock by more than the allowance is refused, even when the
+    time is in the past of the machine's own clock (the fake clock is set back)."""
+    assert clock.time() + 2 * wire.MAX_CLOCK_SKEW_S < time.time()
+    digest = await prepare(api)
+    started_at = clock.time() + 2 * wire.MAX_CLOCK_SKEW_S
+    reply = await post_results(api, result(digest, ok=True, started_at=started_at))
+    assert reply.status == 400, reply.text
+    assert reply.field_paths() == ["results.0.started_at"]
 
 
 async def test_a_result_dated_ahead_within_the_allowance_does_not_mask_later_ones(
