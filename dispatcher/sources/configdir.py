@@ -155,6 +155,18 @@ def validate_configs(raw: Sequence[tuple[str, Any]]) -> list[CheckConfig]:
     return configs
 
 
+def within_source_limit(configs: Sequence[CheckConfig], *, origin: str, limit: int) -> None:
+    """Raises ConfigSourceError when ``configs`` hold more distinct checks than one source
+    may (``--max-checks-per-source``): such a file or object is reported broken and keeps
+    its last good checks, instead of failing the whole step with the others in it."""
+    distinct = len({config.digest for config in configs})
+    if distinct > limit:
+        raise ConfigSourceError(
+            f"{origin}: {distinct} checks, over the limit of {limit} per source"
+            " (--max-checks-per-source); split it or raise the limit"
+        )
+
+
 def _read(path: Path) -> str:
     with path.open("rb") as handle:
         data = handle.read(MAX_FILE_BYTES + 1)
@@ -282,6 +294,11 @@ class ConfigDirSource:
                 return None
             # Parsing a large file takes long enough to delay heartbeats: not on the loop.
             configs = await asyncio.to_thread(parse_configs, text, origin=path.name)
+            within_source_limit(
+                configs,
+                origin=path.name,
+                limit=self._dispatcher.settings.max_checks_per_source,
+            )
         except (OSError, ConfigSourceError) as exc:
             message = str(exc) if isinstance(exc, ConfigSourceError) else f"{path.name}: {exc}"
             if self._broken.get(path.name) != message:

@@ -47,7 +47,7 @@ from dispatcher.common.health import HealthRegistry, Status
 from dispatcher.core.model import CheckConfig, SourceName
 from dispatcher.engine import Dispatcher
 from dispatcher.errors import ConfigSourceError, NoLeader
-from dispatcher.sources.configdir import parse_configs, validate_configs
+from dispatcher.sources.configdir import parse_configs, validate_configs, within_source_limit
 
 log = structlog.get_logger(__name__)
 
@@ -365,6 +365,9 @@ class KubernetesSource:
                     configs = []  # no annotation (any more): no checks
             else:
                 configs = configmap_configs(obj)
+            within_source_limit(
+                configs, origin=source, limit=self._dispatcher.settings.max_checks_per_source
+            )
         except Exception as exc:  # whatever an object holds, it must not stop the others
             message = (str(exc) if isinstance(exc, ConfigSourceError) else f"{source}: {exc!r}")[
                 :1000

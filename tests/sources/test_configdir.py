@@ -274,6 +274,33 @@ async def test_broken_new_file_holds_nothing_and_other_files_still_load(conf: Co
     assert "good.yaml" not in component.message
 
 
+async def test_a_file_over_the_per_source_limit_is_reported_and_the_others_load(
+    tmp_path: Path,
+) -> None:
+    """One file holding more checks than a source may is broken (it keeps what it held),
+    not a failed step that drops the other files' changes with it."""
+    directory = tmp_path / "conf.d"
+    directory.mkdir()
+    dispatcher = Dispatcher(settings=DispatchSettings(max_checks_per_source=2), clock=SystemClock())
+    health = HealthRegistry()
+    source = ConfigDirSource(
+        directory=directory, dispatcher=dispatcher, health=health, clock=SystemClock()
+    )
+    conf = ConfDir(directory, dispatcher, health, source)
+    conf.write("big.yaml", listing(A, B))
+    await conf.scan()
+    assert conf.held_by("big.yaml") == {digest(A), digest(B)}
+    conf.write("big.yaml", listing(A, B, C))
+    conf.write("small.yaml", mapping(C))
+    await conf.scan()
+    assert conf.held_by("big.yaml") == {digest(A), digest(B)}, "kept its last good checks"
+    assert conf.held_by("small.yaml") == {digest(C)}
+    component = conf.component()
+    assert component.status is Status.DEGRADED
+    assert component.metadata["broken_files"] == ["big.yaml"]
+    assert "3 checks, over the limit of 2" in component.message
+
+
 async def test_one_broken_document_rejects_the_whole_file(conf: ConfDir) -> None:
     conf.write("checks.yaml", mapping(A))
     await conf.scan()

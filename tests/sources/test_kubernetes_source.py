@@ -68,11 +68,16 @@ YAML_CHECKS = """
 
 
 class Harness:
-    def __init__(self, api: FakeKubernetesApi, client: ApiClient) -> None:
+    def __init__(
+        self,
+        api: FakeKubernetesApi,
+        client: ApiClient,
+        settings: DispatchSettings | None = None,
+    ) -> None:
         self.api = api
         self.clock = FakeClock()
         self.health = HealthRegistry(clock=self.clock)
-        self.dispatcher = Dispatcher(settings=DispatchSettings(), clock=self.clock)
+        self.dispatcher = Dispatcher(settings=settings or DispatchSettings(), clock=self.clock)
         self.dispatcher.begin_term(state=self.dispatcher.new_state(), epoch=1)
         self.source = KubernetesSource(
             dispatcher=self.dispatcher,
@@ -292,6 +297,29 @@ async def test_a_malformed_object_is_reported_and_keeps_its_checks_while_others_
     h.api.put(SERVICES, "default", annotated("default", "shop", fixed))
     await h.until(lambda: h.component()[0] is Status.HEALTHY)
     assert [c.name for c in h.sources()[SHOP]] == ["tcp"]
+
+
+async def test_an_object_over_the_per_source_limit_is_malformed_and_blocks_nothing(
+    k8s_api: FakeKubernetesApi, k8s_client: ApiClient
+) -> None:
+    h = Harness(k8s_api, k8s_client, DispatchSettings(max_checks_per_source=1))
+    try:
+        h.api.put(SERVICES, "default", annotated("default", "shop", HTTP_CHECK))
+        h.start()
+        await h.until(lambda: len(h.urls(SHOP)) == 1)
+        before = h.urls(SHOP)
+        two = [*HTTP_CHECK, {"name": "tcp", "instances": [{"host": "%%host%%", "port": 1}]}]
+        h.api.put(SERVICES, "default", annotated("default", "shop", two))
+        await h.until(lambda: h.component()[0] is Status.DEGRADED)
+        _, message, metadata = h.component()
+        assert "2 checks, over the limit of 1" in message
+        assert metadata["broken"] == [SHOP]
+        assert h.urls(SHOP) == before, "the last good checks stay"
+        h.api.put(SERVICES, "web", annotated("web", "cart", HTTP_CHECK))
+        cart = source_name(SERVICE_KIND, "web", "cart")
+        await h.until(lambda: len(h.urls(cart)) == 1)
+    finally:
+        await h.halt()
 
 
 async def test_a_watch_that_ends_is_resumed_without_a_relist(harness: Harness) -> None:
