@@ -44,10 +44,14 @@ def _seconds(low: float, high: float = 86400.0, *, low_open: bool = False) -> cl
     return click.FloatRange(low, high, min_open=low_open)
 
 
+# Every flag's default is read from its settings dataclass: written once, there.
 _SERVER = ServerSettings()
-"""Defaults of the server's flags, read from the settings (written once)."""
 _DISPATCH = DispatchSettings()
-"""Defaults of the check limits' flags, read from the settings (written once)."""
+_ELECTION = ElectionSettings()
+_STORE = StoreSettings()
+_REDIS = RedisSettings()
+_HEALTH = HealthSettings()
+_K8S_SOURCE = KubernetesSourceSettings()
 
 
 class DefaultGroup(click.Group):
@@ -90,35 +94,35 @@ def main() -> None:
 
 
 @main.command()
-@option("host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@option("port", type=click.IntRange(0, 65535), default=5005, show_default=True)
+@option("host", default=_SERVER.host, show_default=True, help="Address to listen on.")
+@option("port", type=click.IntRange(0, 65535), default=_SERVER.port, show_default=True)
 @option("identity", default=socket.gethostname(), help="This replica's name.")
-@option("advertise-url", default="", help="URL others reach this replica at.")
+@option("advertise-url", default=_SERVER.advertise_url, help="URL others reach this replica at.")
 @option(
     "election",
     type=click.Choice(ELECTION_BACKENDS),
-    default="standalone",
+    default=_ELECTION.backend,
     show_default=True,
     help="How the leader is chosen.",
 )
 @option(
     "store",
     type=click.Choice(STORE_BACKENDS),
-    default="memory",
+    default=_STORE.backend,
     show_default=True,
     help="Where the state lives.",
 )
 @option(
     "node-expiration-timeout",
     type=_seconds(0, low_open=True),
-    default=30.0,
+    default=_DISPATCH.node_expiration_timeout_s,
     show_default=True,
     help="Seconds without heartbeat before a node is removed.",
 )
 @option(
     "heartbeat-interval",
     type=_seconds(0, low_open=True),
-    default=10.0,
+    default=_DISPATCH.heartbeat_interval_s,
     show_default=True,
     help="Seconds between agents' heartbeats (told to them).",
 )
@@ -131,21 +135,21 @@ def main() -> None:
 @option(
     "rebalance-period",
     type=_seconds(1),
-    default=600.0,
+    default=_DISPATCH.rebalance_period_s,
     show_default=True,
     help="Seconds between periodic rebalances.",
 )
 @option(
     "rebalance-margin",
     type=click.FloatRange(0.0, 10.0, min_open=True),
-    default=0.1,
+    default=_DISPATCH.rebalance_margin,
     show_default=True,
     help="A rebalance brings every node within this fraction above the mean load.",
 )
 @option(
     "rebalance-min-gain",
     type=click.FloatRange(0.0, 1.0),
-    default=0.1,
+    default=_DISPATCH.rebalance_min_gain,
     show_default=True,
     help="A rebalance narrowing the spread by less than this fraction moves nothing "
     "(unless forced).",
@@ -153,7 +157,7 @@ def main() -> None:
 @option(
     "dangling-warning",
     type=_seconds(0, low_open=True),
-    default=60.0,
+    default=_DISPATCH.dangling_warning_s,
     show_default=True,
     help="Seconds a check may dangle before it is flagged (logs, metrics).",
 )
@@ -175,34 +179,54 @@ def main() -> None:
 @option(
     "replica-status-period",
     type=_seconds(0.1, 3600.0),
-    default=10.0,
+    default=_HEALTH.replica_status_period_s,
     show_default=True,
     help="Seconds between writes of this replica's status to the shared store.",
 )
 @option(
     "liveness-grace",
     type=_seconds(0, 3600.0),
-    default=30.0,
+    default=_HEALTH.liveness_grace_s,
     show_default=True,
     help="Seconds after start-up (and during shutdown) when /healthz always passes.",
 )
 @option(
     "redis-url",
-    default="redis://127.0.0.1:6379/0",
+    default=_REDIS.url,
     show_default=True,
     help="Redis for --election redis and --store redis.",
 )
-@option("lease-duration", type=_seconds(0, low_open=True), default=15.0, show_default=True)
-@option("renew-deadline", type=_seconds(0, low_open=True), default=10.0, show_default=True)
-@option("retry-period", type=_seconds(0, low_open=True), default=2.0, show_default=True)
+@option(
+    "lease-duration",
+    type=_seconds(0, low_open=True),
+    default=_ELECTION.lease_duration_s,
+    show_default=True,
+)
+@option(
+    "renew-deadline",
+    type=_seconds(0, low_open=True),
+    default=_ELECTION.renew_deadline_s,
+    show_default=True,
+)
+@option(
+    "retry-period",
+    type=_seconds(0, low_open=True),
+    default=_ELECTION.retry_period_s,
+    show_default=True,
+)
 @option(
     "lease-name",
     type=click.STRING,
-    default="clusterchecks-dispatcher",
+    default=_ELECTION.lease_name,
     show_default=True,
     help="Lease object (kubernetes) or key prefix (redis).",
 )
-@option("lease-namespace", default="default", show_default=True, help="Namespace of the Lease.")
+@option(
+    "lease-namespace",
+    default=_ELECTION.lease_namespace,
+    show_default=True,
+    help="Namespace of the Lease.",
+)
 @option(
     "config-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -212,17 +236,17 @@ def main() -> None:
 @option(
     "kubernetes-source",
     is_flag=True,
-    default=False,
+    default=_K8S_SOURCE.enabled,
     help="Take checks from annotated Services and labelled ConfigMaps (the leader does).",
 )
 @option(
     "kubernetes-source-namespace",
-    default="",
+    default=_K8S_SOURCE.namespace,
     help="Only this namespace [default: every namespace].",
 )
 @option(
     "cluster-domain",
-    default="cluster.local",
+    default=_K8S_SOURCE.cluster_domain,
     show_default=True,
     help="Cluster DNS domain for %%host%% in Service checks.",
 )
@@ -247,7 +271,7 @@ def main() -> None:
     default=None,
     help="Default: console on a terminal, else json.",
 )
-@option("log-level", type=click.Choice(logs.LEVELS), default="info", show_default=True)
+@option("log-level", type=click.Choice(logs.LEVELS), default=LogSettings().level, show_default=True)
 @option(
     "header-timeout",
     type=_seconds(0, MAX_SERVER_TIMEOUT_S, low_open=True),

@@ -4,6 +4,7 @@ message naming the flag."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -101,3 +102,21 @@ def test_a_bad_server_limit_stops_the_start_naming_its_flag(
 def test_validate_refuses_bad_server_limits(server: ServerSettings, flag: str) -> None:
     with pytest.raises(ConfigurationError, match=flag):
         Settings(server=server).validate()
+
+
+def test_without_flags_every_setting_is_its_dataclass_default(seen: list[Settings]) -> None:
+    """Defaults are written once, in the settings dataclasses: serve without flags
+    serves with them (but for what is the machine's: the identity and the URL derived
+    from it, the log format chosen by the terminal, and the warm-up, whose default
+    depends on the election)."""
+    result = CliRunner().invoke(dispatcher.cli.main, [])
+    assert result.exit_code == 0, (result.output, result.exception)
+    [settings] = seen
+    default = Settings()
+    for concern in ("auth", "election", "store", "redis", "health", "kubernetes_source"):
+        assert getattr(settings, concern) == getattr(default, concern), concern
+    server = dataclasses.replace(settings.server, identity="", advertise_url="")
+    assert server == dataclasses.replace(default.server, identity="", advertise_url="")
+    assert settings.dispatch == default.dispatch
+    assert settings.log.level == default.log.level
+    assert (settings.config_dir, settings.kubeconfig) == (None, None)
