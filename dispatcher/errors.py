@@ -17,6 +17,7 @@
         │   ├── UnknownNode         404 unknown_node
         │   └── UnknownCheck        404 unknown_check
         ├── MethodNotAllowed        405 method_not_allowed
+        ├── RequestTimeout          408 request_timeout (a head or body too slow to arrive)
         ├── Conflict                409 conflict
         │   ├── NotDispatched       409 not_dispatched
         │   └── NoOtherNode         409 no_other_node
@@ -24,10 +25,29 @@
         ├── BodyTooLarge            413 body_too_large
         ├── TooManyChecks           413 too_many_checks (a source would exceed its limit)
         ├── UnsupportedMediaType    415 unsupported_media_type
+        ├── HeadersTooLarge         431 headers_too_large
         ├── Unavailable             503 unavailable (with Retry-After)
         │   ├── NoLeader            503 no_leader
         │   └── StoreUnavailable    503 store_unavailable
         └── LoopDetected            508 loop_detected
+
+Beside this module, in the packages that raise them:
+
+    ClusterchecksError
+    ├── AdminError                  dispatcher.admin.errors: the admin command line's
+    │   │                           failures, each with its exit code
+    │   ├── Unreachable             3  no connection, or no reply in --timeout
+    │   ├── ServerError             3  5xx, 503 no_leader, 508 loop_detected
+    │   ├── BadReply                3  a reply the command cannot read
+    │   ├── TokenRefused            4  401, 403
+    │   ├── Missing                 5  404, or a digest prefix matching none or several
+    │   ├── Conflicting             6  409
+    │   └── Refused                 7  any other 4xx
+    └── AgentError                  node_agent.errors: the node agent's
+        ├── DispatcherUnavailable   no answer or 503: retry, then the next dispatcher URL
+        ├── UnknownNodeError        404 unknown_node: register again
+        ├── DispatcherProtocolError a reply the agent cannot use
+        └── InstanceError           a check instance the agent cannot run
 
 The core raises the domain members (UnknownNode, UnknownCheck, NotDispatched,
 NoOtherNode, TooManyChecks); the HTTP status of each lives in
@@ -153,6 +173,19 @@ class TooManyChecks(RequestError):
 
     code = "too_many_checks"
     default_message = "A source may not hold that many checks."
+
+
+class RequestTimeout(RequestError):
+    """A request head or body that did not arrive in time (the connection layer's
+    header and body timeouts); the connection is closed after the answer."""
+
+    code = "request_timeout"
+    default_message = "The request did not arrive in time."
+
+
+class HeadersTooLarge(RequestError):
+    code = "headers_too_large"
+    default_message = "The request line or its header fields are too large."
 
 
 class UnsupportedMediaType(RequestError):

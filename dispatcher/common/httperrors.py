@@ -23,11 +23,13 @@ STATUS: dict[type[errors.RequestError], int] = {
     errors.Forbidden: 403,
     errors.NotFound: 404,
     errors.MethodNotAllowed: 405,
+    errors.RequestTimeout: 408,
     errors.Conflict: 409,
     errors.Gone: 410,
     errors.BodyTooLarge: 413,
     errors.TooManyChecks: 413,
     errors.UnsupportedMediaType: 415,
+    errors.HeadersTooLarge: 431,
     errors.Unavailable: 503,
     errors.LoopDetected: 508,
 }

@@ -48,8 +48,9 @@ import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 
+from dispatcher import errors
 from dispatcher.common.clock import Clock
-from dispatcher.common.httperrors import error_body
+from dispatcher.common.httperrors import STATUS, error_body
 
 log = structlog.get_logger("dispatcher.http")
 
@@ -218,14 +219,18 @@ def describe_protocol_error(
     if isinstance(exc, LineTooLong):
         limit = exc.args[1] if len(exc.args) > 1 else "the limit of"
         return (
-            431,
-            "headers_too_large",
+            STATUS[errors.HeadersTooLarge],
+            errors.HeadersTooLarge.code,
             f"The request line or a header field is longer than {limit} bytes.",
         )
     reason = message or (exc.message if isinstance(exc, BadHttpMessage) else "") or ""
     if isinstance(exc, BadHttpMessage) and reason.startswith("Too many headers"):
-        return 431, "headers_too_large", "The request has too many header fields."
-    return status, "invalid_request", f"Malformed HTTP request: {one_line(reason)}"
+        return (
+            STATUS[errors.HeadersTooLarge],
+            errors.HeadersTooLarge.code,
+            "The request has too many header fields.",
+        )
+    return status, errors.InvalidRequest.code, f"Malformed HTTP request: {one_line(reason)}"
 
 
 def one_line(reason: str) -> str:
@@ -346,8 +351,8 @@ class GuardedRequestHandler(web.RequestHandler):
             assert isinstance(transport, asyncio.WriteTransport)
             transport.write(
                 raw_error_response(
-                    503,
-                    "unavailable",
+                    STATUS[errors.Unavailable],
+                    errors.Unavailable.code,
                     "The server is at its connection limit with every connection in a "
                     "request; retry shortly.",
                     {"Retry-After": "1"},
@@ -448,15 +453,15 @@ class GuardedRequestHandler(web.RequestHandler):
                 self.force_close()  # never sent a byte: nobody to answer
                 return
             self._abort(
-                408,
-                "request_timeout",
+                STATUS[errors.RequestTimeout],
+                errors.RequestTimeout.code,
                 f"The request head did not arrive within {limits.header_timeout_s:g} s.",
                 answered=False,
             )
         elif phase == "body" and self._body is not None and not self._body.is_eof():
             self._abort(
-                408,
-                "request_timeout",
+                STATUS[errors.RequestTimeout],
+                errors.RequestTimeout.code,
                 f"The request body did not arrive within {limits.body_timeout_s:g} s.",
                 answered=self._body_answered(),
             )
