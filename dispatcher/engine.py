@@ -48,9 +48,9 @@ from dispatcher.core.outcomes import (
     RebalanceOutcome,
     RejectedResult,
     SourceChange,
-    SourcePlan,
 )
 from dispatcher.core.placement import Node
+from dispatcher.core.sourceplan import SourcePlan, plan_add, plan_replace
 from dispatcher.core.state import NEVER, ClusterState
 from dispatcher.errors import NoLeader, StoreError
 from dispatcher.metrics import DispatcherMetrics
@@ -234,10 +234,16 @@ class Dispatcher:
     async def replace_sources(
         self, sets: Mapping[SourceName, Sequence[CheckConfig]]
     ) -> dict[SourceName, SourceChange]:
-        """Makes each set the whole of its source's (ClusterState.plan_replace); raises
+        """Makes each set the whole of its source's (sourceplan.plan_replace); raises
         TooManyChecks, changing nothing, when a set is larger than a source may hold."""
         async with self._source_locks.hold(sets):
-            plan = await self._write(lambda: self.state.plan_replace(sets))
+            plan = await self._write(
+                lambda state: plan_replace(
+                    sets,
+                    held=state.held_by_source,
+                    max_checks_per_source=state.max_checks_per_source,
+                )
+            )
         changes = plan.changes
         for source, change in changes.items():
             if change.added or change.removed:
@@ -256,7 +262,14 @@ class Dispatcher:
         """Adds to the source's set; raises TooManyChecks, changing nothing, when the
         source would then hold more checks than it may."""
         async with self._source_locks.hold([source]):
-            plan = await self._write(lambda: self.state.plan_add(source, configs))
+            plan = await self._write(
+                lambda state: plan_add(
+                    source,
+                    configs,
+                    held=state.held_by_source,
+                    max_checks_per_source=state.max_checks_per_source,
+                )
+            )
         return list(plan.changes[source].digests)
 
     async def remove_check(self, digest: Digest, *, source: SourceName | None) -> None:
@@ -442,7 +455,7 @@ class Dispatcher:
 
     # ---------------------------------------------------------------- internal
 
-    async def _write(self, make_plan: Callable[[], SourcePlan]) -> SourcePlan:
+    async def _write(self, make_plan: Callable[[ClusterState], SourcePlan]) -> SourcePlan:
         """Plans a write to sources and does its work: in the planning step when it
         touches at most ``apply_slice_checks`` checks, else in slices of that many, each
         one step under the lock, the lock released and the loop free in between. The
@@ -456,7 +469,7 @@ class Dispatcher:
             async with self.lock:
                 self._guard()
                 try:
-                    plan = make_plan()  # TooManyChecks here: nothing changed
+                    plan = make_plan(self.state)  # TooManyChecks here: nothing changed
                     if plan.size <= size:
                         self.state.apply_work(plan.work, now=self._clock.monotonic())
                         pieces = []

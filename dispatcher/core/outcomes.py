@@ -8,10 +8,9 @@ from the plan and the caller's flags alone.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from dispatcher.core.model import CheckConfig, Digest, NodeName, SourceName
+from dispatcher.core.model import Digest, NodeName
 from dispatcher.core.rebalance import Plan
 
 
@@ -82,75 +81,6 @@ class SourceChange:
     added: int
     removed: int
     unchanged: int
-
-
-@dataclass(frozen=True, slots=True)
-class Hold:
-    """``source`` holds these configs from now on (a new weight applies; a new check
-    is placed)."""
-
-    source: SourceName
-    configs: Sequence[CheckConfig]
-
-    def __len__(self) -> int:
-        return len(self.configs)
-
-
-@dataclass(frozen=True, slots=True)
-class Release:
-    """``source`` lets go of these checks (a check no source holds any more goes)."""
-
-    source: SourceName
-    digests: Sequence[Digest]
-
-    def __len__(self) -> int:
-        return len(self.digests)
-
-
-SourceWork = Hold | Release
-
-
-@dataclass(frozen=True, slots=True)
-class SourcePlan:
-    """A write to sources worked out before anything changes: what it will report, and
-    the work in the order it must be done (ClusterState.plan_replace, plan_add).
-
-    The work can be done in one step or in slices (``slices``) with other steps in
-    between: every piece says what to hold or let go of, not what to change, so a slice
-    applied after another writer's step still does the right thing."""
-
-    changes: dict[SourceName, SourceChange]
-    work: list[SourceWork]
-
-    @property
-    def size(self) -> int:
-        """How many checks the work touches."""
-        return sum(len(piece) for piece in self.work)
-
-    def slices(self, size: int) -> Iterator[list[SourceWork]]:
-        """The work in order, in slices that touch at most ``size`` checks each."""
-        current: list[SourceWork] = []
-        room = size
-        for piece in self.work:
-            start = 0
-            while start < len(piece):
-                take = min(room, len(piece) - start)
-                current.append(_part(piece, start, start + take))
-                start += take
-                room -= take
-                if room == 0:
-                    yield current
-                    current, room = [], size
-        if current:
-            yield current
-
-
-def _part(piece: SourceWork, start: int, end: int) -> SourceWork:
-    if start == 0 and end == len(piece):
-        return piece
-    if isinstance(piece, Hold):
-        return Hold(piece.source, piece.configs[start:end])
-    return Release(piece.source, piece.digests[start:end])
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,17 +9,17 @@ This is the one aggregate: placement, the nodes' check sets, costs, the load ind
 change counter and the changed-record tracker move together (``_attach``/``_detach``).
 What does not need to move with them lives beside it: the records a store keeps
 (``snapshot``), what operations report (``outcomes``), which sources hold which checks
-(``holdings``), results (``results``), the explanation sentence (``explain``) and the
-planner (``rebalance``).
+(``holdings``), how a write to sources is planned (``sourceplan``), results
+(``results``), the explanation sentence (``explain``) and the planner (``rebalance``).
 
 Each operation records what it decided (``Decision``) and which nodes' configs changed;
 the caller drains those with ``take_events()`` to log them and wake long polls.
 
 Two limits hold when set (``set_limits``): a source holds at most so many checks (a
 write beyond it raises TooManyChecks and changes nothing), and a node that holds so many
-checks is not eligible for more. A write to sources is planned first (``plan_replace``,
-``plan_add``: the limit check and the report) and its work then applied
-(``apply_work``), whole or in slices with other steps in between.
+checks is not eligible for more. A write to sources is planned first, outside the state
+(``sourceplan``: the limit check and the report, from ``held_by_source``), and its work
+then applied here (``apply_work``), whole or in slices with other steps in between.
 
 With ``track_changes`` the state also remembers which persisted records (configs,
 sources, placements, node records) each step changed; ``take_delta()`` drains them for
@@ -29,7 +29,7 @@ a shared store to write through, and ``restore()`` builds a state back from a sn
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 
 from dispatcher.core.explain import explain_check
 from dispatcher.core.holdings import Holdings
@@ -45,26 +45,17 @@ from dispatcher.core.model import (
 from dispatcher.core.outcomes import (
     Decision,
     Events,
-    Hold,
     Move,
     RebalanceOutcome,
     RejectedResult,
-    Release,
     SourceChange,
-    SourcePlan,
-    SourceWork,
 )
 from dispatcher.core.placement import LoadIndex, Node
 from dispatcher.core.rebalance import Item, NodeLoad, Plan, plan_rebalance
 from dispatcher.core.results import ResultBook
 from dispatcher.core.snapshot import ChangeTracker, NodeRecord, Snapshot, StateDelta
-from dispatcher.errors import (
-    NoOtherNode,
-    NotDispatched,
-    TooManyChecks,
-    UnknownCheck,
-    UnknownNode,
-)
+from dispatcher.core.sourceplan import Hold, SourceWork, plan_add, plan_replace
+from dispatcher.errors import NoOtherNode, NotDispatched, UnknownCheck, UnknownNode
 
 NEVER = float("-inf")
 
@@ -224,6 +215,16 @@ class ClusterState:
     def held_count(self, source: SourceName) -> int:
         return len(self._holdings.held_by(source))
 
+    @property
+    def held_by_source(self) -> Mapping[SourceName, Set[Digest]]:
+        """Each source's checks (a source holding none is not listed): what a write to
+        sources is planned against (``sourceplan``)."""
+        return self._holdings.by_source
+
+    @property
+    def max_checks_per_source(self) -> int | None:
+        return self._source_limit
+
     def node(self, name: NodeName) -> Node:
         node = self._nodes.get(name)
         if node is None:
@@ -286,7 +287,9 @@ class ClusterState:
         self, sets: Mapping[SourceName, Sequence[CheckConfig]], *, now: float
     ) -> dict[SourceName, SourceChange]:
         """Replaces several sources' sets in one step (``plan_replace`` and its work)."""
-        plan = self.plan_replace(sets)
+        plan = plan_replace(
+            sets, held=self.held_by_source, max_checks_per_source=self._source_limit
+        )
         self.apply_work(plan.work, now=now)
         return plan.changes
 
@@ -294,68 +297,11 @@ class ClusterState:
         self, source: SourceName, configs: Sequence[CheckConfig], *, now: float
     ) -> list[Digest]:
         """Adds configs to what ``source`` holds, in one step (``plan_add`` and its work)."""
-        plan = self.plan_add(source, configs)
+        plan = plan_add(
+            source, configs, held=self.held_by_source, max_checks_per_source=self._source_limit
+        )
         self.apply_work(plan.work, now=now)
         return list(plan.changes[source].digests)
-
-    def plan_replace(self, sets: Mapping[SourceName, Sequence[CheckConfig]]) -> SourcePlan:
-        """What making each set the whole of its source's will do; changes nothing.
-
-        Raises TooManyChecks when a set holds more checks than a source may. The work
-        first lets go of the checks no source of ``sets`` gains, then holds every config
-        (a new weight applies; new checks are placed), then lets go of the rest: a check
-        that moves from one source to another (a renamed file) is held by its new source
-        before its old one lets go, so it is never dropped and re-added and keeps its
-        node, stats and results.
-        """
-        changes: dict[SourceName, SourceChange] = {}
-        holds: list[SourceWork] = []
-        removed_by_source: dict[SourceName, list[Digest]] = {}
-        gained: set[Digest] = set()
-        for source, configs in sets.items():
-            wanted = {c.digest: c for c in configs}
-            self._check_source_size(source, len(wanted), adding=None)
-            held = self._holdings.held_by(source)
-            added = [d for d in wanted if d not in held]
-            removed = sorted(set(held).difference(wanted))
-            gained.update(added)
-            removed_by_source[source] = removed
-            if wanted:
-                # Every config: a held one may come with a new weight. Holding what is
-                # held costs little, and it is done in the work (sliced), not here.
-                holds.append(Hold(source, list(wanted.values())))
-            changes[source] = SourceChange(
-                digests=[c.digest for c in configs],
-                added=len(added),
-                removed=len(removed),
-                unchanged=len(wanted) - len(added),
-            )
-        first: list[SourceWork] = []
-        last: list[SourceWork] = []
-        for source, removed in removed_by_source.items():
-            moving = gained.intersection(removed)  # to another source of ``sets``
-            early = [d for d in removed if d not in moving] if moving else removed
-            late = [d for d in removed if d in moving] if moving else []
-            if early:
-                first.append(Release(source, early))
-            if late:
-                last.append(Release(source, late))
-        return SourcePlan(changes, [*first, *holds, *last])
-
-    def plan_add(self, source: SourceName, configs: Sequence[CheckConfig]) -> SourcePlan:
-        """What adding ``configs`` to ``source`` will do; changes nothing. Raises
-        TooManyChecks when the source would then hold more checks than it may."""
-        held = self._holdings.held_by(source)
-        wanted = {c.digest: c for c in configs}
-        added = sum(1 for d in wanted if d not in held)
-        self._check_source_size(source, len(held) + added, adding=added)
-        change = SourceChange(
-            digests=[c.digest for c in configs],
-            added=added,
-            removed=0,
-            unchanged=len(wanted) - added,
-        )
-        return SourcePlan({source: change}, [Hold(source, list(wanted.values()))] if wanted else [])
 
     def apply_work(self, work: Sequence[SourceWork], *, now: float) -> None:
         """Does planned work (all of a plan's, or a slice of it). Each piece says what
@@ -617,21 +563,6 @@ class ClusterState:
             not node.cordoned
             and (self._node_limit is None or len(node.digests) < self._node_limit)
             and config.matches(node.labels)
-        )
-
-    def _check_source_size(self, source: SourceName, size: int, *, adding: int | None) -> None:
-        limit = self._source_limit
-        if limit is None or size <= limit:
-            return
-        what = (
-            f"this set has {size:,} distinct checks"
-            if adding is None
-            else f"it holds {size - adding:,} checks and this request adds {adding:,} new ones"
-        )
-        raise TooManyChecks(
-            f"Source {source[:80]!r} may hold at most {limit:,} checks "
-            f"(max_checks_per_source); {what}. Nothing was changed.",
-            details={"source": source, "checks": size, "limit": limit},
         )
 
     def _hold(self, source: SourceName, configs: Iterable[CheckConfig], *, now: float) -> None:

@@ -5,15 +5,9 @@ from __future__ import annotations
 import pytest
 
 from dispatcher.core.model import CheckConfig, Digest, NodeName, SourceName, make_config
-from dispatcher.core.outcomes import (
-    Hold,
-    Move,
-    RebalanceOutcome,
-    Release,
-    SourcePlan,
-    SourceWork,
-)
+from dispatcher.core.outcomes import Move, RebalanceOutcome
 from dispatcher.core.rebalance import Plan, PlannedMove
+from dispatcher.core.sourceplan import Hold, Release, SourcePlan, SourceWork
 
 A, B = NodeName("a"), NodeName("b")
 STEP = PlannedMove(Digest("d1"), "http", 10.0, A, B, 110.0, 100.0, 0.0, 10.0)

@@ -22,7 +22,7 @@ from dispatcher.core.model import (
     SourceName,
     make_config,
 )
-from dispatcher.core.outcomes import SourceWork
+from dispatcher.core.sourceplan import SourceWork
 from dispatcher.engine import DECISIONS_LOGGED, DECISIONS_SHOWN, Dispatcher
 from dispatcher.errors import TooManyChecks
 from dispatcher.settings import DispatchSettings

@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 import pytest
 
 from dispatcher.core.model import CheckConfig, NodeName, SourceName, make_config
-from dispatcher.core.outcomes import Hold, SourceChange
+from dispatcher.core.outcomes import SourceChange
+from dispatcher.core.sourceplan import Hold, plan_add, plan_replace
 from dispatcher.core.state import ClusterState
 
 CI, OTHER = SourceName("ci"), SourceName("other")
@@ -64,7 +65,7 @@ def test_slices_in_order_give_what_the_whole_gives(write: str, size: int) -> Non
     whole, sliced = start(), start()
 
     changes = whole.replace_sources(WRITES[write], now=1.0)
-    plan = sliced.plan_replace(WRITES[write])
+    plan = plan_replace(WRITES[write], held=sliced.held_by_source, max_checks_per_source=None)
     for piece in plan.slices(size):
         sliced.apply_work(piece, now=1.0)
 
@@ -78,7 +79,9 @@ def test_a_check_moving_to_another_source_keeps_its_node(size: int) -> None:
     moving = [c.digest for c in checks(5, 6, 7)]
     nodes_before = {d: state.placement[d] for d in moving}
 
-    plan = state.plan_replace(WRITES["move-between-sources"])
+    plan = plan_replace(
+        WRITES["move-between-sources"], held=state.held_by_source, max_checks_per_source=None
+    )
     for piece in plan.slices(size):
         state.apply_work(piece, now=1.0)
         # Held by one source or the other at every step in between.
@@ -91,7 +94,11 @@ def test_a_check_moving_to_another_source_keeps_its_node(size: int) -> None:
 def test_the_plan_reports_counts_against_the_sources_own_set() -> None:
     state = start()
 
-    plan = state.plan_replace({CI: [*checks(8, 9, 10, 11), check(10)]})
+    plan = plan_replace(
+        {CI: [*checks(8, 9, 10, 11), check(10)]},
+        held=state.held_by_source,
+        max_checks_per_source=None,
+    )
 
     assert plan.changes == {
         CI: SourceChange(
@@ -107,7 +114,9 @@ def test_the_plan_reports_counts_against_the_sources_own_set() -> None:
 def test_the_plan_lets_go_first_and_last_only_of_what_moves() -> None:
     state = start()
 
-    plan = state.plan_replace(WRITES["move-between-sources"])
+    plan = plan_replace(
+        WRITES["move-between-sources"], held=state.held_by_source, max_checks_per_source=None
+    )
 
     kinds = [(type(p).__name__, p.source, len(p)) for p in plan.work]
     assert kinds == [
@@ -123,7 +132,9 @@ def test_pieces_are_right_after_other_steps() -> None:
     """A slice applied after another writer's step: holding what is held and letting go
     of what is gone are no-ops; nothing is held twice or lost."""
     state = start()
-    plan = state.plan_replace({CI: checks(*range(5, 15))})
+    plan = plan_replace(
+        {CI: checks(*range(5, 15))}, held=state.held_by_source, max_checks_per_source=None
+    )
     state.remove_check(check(0).digest, source=CI, now=1.0)  # a delete in between
     state.add_to_source(CI, checks(12), now=1.0)  # and an add of what the plan adds
 
@@ -136,7 +147,12 @@ def test_pieces_are_right_after_other_steps() -> None:
 def test_an_add_plan_holds_each_config_once_with_its_last_weight() -> None:
     state = start()
 
-    plan = state.plan_add(CI, [check(40), check(41), check(40, weight=3.0)])
+    plan = plan_add(
+        CI,
+        [check(40), check(41), check(40, weight=3.0)],
+        held=state.held_by_source,
+        max_checks_per_source=None,
+    )
 
     [piece] = plan.work
     assert isinstance(piece, Hold)
