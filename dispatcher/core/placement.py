@@ -1,4 +1,4 @@
-"""Node records and the index that orders them by relative load.
+"""Node records, the checks' measured costs, and the index that orders nodes by load.
 
 A node's load is the sum of its checks' costs (ARCHITECTURE.md, Placement): a measured
 check costs its utilisation, an unmeasured one its weight times the mean measured cost.
@@ -40,6 +40,56 @@ class Node:
     def relative_load(self, mean_cost: float) -> float:
         """Load per unit of capacity: what placement compares."""
         return self.load(mean_cost) / self.capacity
+
+    def add_cost(self, *, weight: float, measured: float | None) -> None:
+        """Adds a check's cost to the load: its utilisation once measured, else its
+        weight (priced at the mean measured cost when the load is read)."""
+        if measured is None:
+            self.unmeasured_weight += weight
+        else:
+            self.measured_cost += measured
+
+    def remove_cost(self, *, weight: float, measured: float | None) -> None:
+        """Takes a check's cost off the load (``add_cost`` undone). A node that holds
+        no check any more has a load of exactly zero."""
+        if not self.digests:
+            # Exact zero instead of the residue of many float additions.
+            self.measured_cost = 0.0
+            self.unmeasured_weight = 0.0
+        elif measured is None:
+            self.unmeasured_weight -= weight
+        else:
+            self.measured_cost -= measured
+
+
+class MeasuredCosts:
+    """The checks' measured utilisations and their mean, which prices a unit of weight
+    of every check not measured yet (1.0 while nothing is measured)."""
+
+    __slots__ = ("_by_check", "_total")
+
+    def __init__(self) -> None:
+        self._by_check: dict[Digest, float] = {}
+        self._total = 0.0
+
+    def get(self, digest: Digest) -> float | None:
+        return self._by_check.get(digest)
+
+    def mean(self) -> float:
+        if not self._by_check:
+            return 1.0
+        return self._total / len(self._by_check)
+
+    def set(self, digest: Digest, utilisation: float | None) -> None:
+        """Records a check's measured utilisation (None: forgets it)."""
+        old = self._by_check.pop(digest, None)
+        if old is not None:
+            self._total -= old
+        if utilisation is not None:
+            self._by_check[digest] = utilisation
+            self._total += utilisation
+        if not self._by_check:
+            self._total = 0.0  # exact zero, not the residue of many float additions
 
 
 class LoadIndex:

@@ -50,7 +50,7 @@ from dispatcher.core.outcomes import (
     RejectedResult,
     SourceChange,
 )
-from dispatcher.core.placement import LoadIndex, Node
+from dispatcher.core.placement import LoadIndex, MeasuredCosts, Node
 from dispatcher.core.rebalance import Item, NodeLoad, Plan, plan_rebalance
 from dispatcher.core.results import ResultBook
 from dispatcher.core.snapshot import ChangeTracker, NodeRecord, Snapshot, StateDelta
@@ -81,8 +81,7 @@ class ClusterState:
         self._nodes: dict[NodeName, Node] = {}
         self._by_heartbeat: OrderedDict[NodeName, None] = OrderedDict()
         self._index = LoadIndex()
-        self._measured: dict[Digest, float] = {}  # digest -> utilisation
-        self._measured_total = 0.0
+        self._costs = MeasuredCosts()
         self._reported: dict[Digest, NodeName] = {}  # from agents' `running`
         self._results = ResultBook()
         self._seq = 0
@@ -243,13 +242,11 @@ class ClusterState:
         return node.last_change, [self._configs[d] for d in sorted(node.digests)]
 
     def mean_measured_cost(self) -> float:
-        if not self._measured:
-            return 1.0
-        return self._measured_total / len(self._measured)
+        return self._costs.mean()
 
     def cost(self, digest: Digest) -> float:
         """A check's cost: its utilisation once measured, else weight x mean cost."""
-        measured = self._measured.get(digest)
+        measured = self._costs.get(digest)
         if measured is not None:
             return measured
         return self._configs[digest].weight * self.mean_measured_cost()
@@ -589,7 +586,7 @@ class ClusterState:
             return
         if current.weight != config.weight:
             node_name = self._placement.get(config.digest)
-            unmeasured = config.digest not in self._measured
+            unmeasured = self._costs.get(config.digest) is None
             if node_name is not None and unmeasured:
                 node = self._nodes[node_name]
                 node.unmeasured_weight += config.weight - current.weight
@@ -675,11 +672,7 @@ class ClusterState:
         self._dangling.pop(digest, None)
         self._reported.pop(digest, None)
         node.digests.add(digest)
-        measured = self._measured.get(digest)
-        if measured is None:
-            node.unmeasured_weight += self._configs[digest].weight
-        else:
-            node.measured_cost += measured
+        node.add_cost(weight=self._configs[digest].weight, measured=self._costs.get(digest))
         self._index.update(node)
         self._touch(node)
         self._events.decisions.append(
@@ -695,16 +688,7 @@ class ClusterState:
         node.stats.pop(digest, None)
         if self._node_limit is not None and len(node.digests) == self._node_limit - 1:
             self._placeable_changed = True  # room again: dangling checks may come
-        if not node.digests:
-            # Exact zero instead of the residue of many float additions.
-            node.measured_cost = 0.0
-            node.unmeasured_weight = 0.0
-        else:
-            measured = self._measured.get(digest)
-            if measured is None:
-                node.unmeasured_weight -= self._configs[digest].weight
-            else:
-                node.measured_cost -= measured
+        node.remove_cost(weight=self._configs[digest].weight, measured=self._costs.get(digest))
         if node.name in self._nodes:
             self._index.update(node)
 
@@ -762,29 +746,17 @@ class ClusterState:
                 self._set_measured(digest, item.avg_execution_s / interval)
 
     def _set_measured(self, digest: Digest, utilisation: float | None) -> None:
-        old = self._measured.get(digest)
+        old = self._costs.get(digest)
         if old == utilisation:
             return
         name = self._placement.get(digest)
         node = self._nodes.get(name) if name is not None else None
         if node is not None:
-            if old is None:
-                node.unmeasured_weight -= self._configs[digest].weight
-            else:
-                node.measured_cost -= old
-            if utilisation is None:
-                node.unmeasured_weight += self._configs[digest].weight
-            else:
-                node.measured_cost += utilisation
-        if old is not None:
-            self._measured_total -= old
-            del self._measured[digest]
-        if utilisation is not None:
-            self._measured[digest] = utilisation
-            self._measured_total += utilisation
-        if not self._measured:
-            self._measured_total = 0.0
-        self._index.set_mean_cost(self.mean_measured_cost())
+            weight = self._configs[digest].weight
+            node.remove_cost(weight=weight, measured=old)  # re-priced: it stays on the node
+            node.add_cost(weight=weight, measured=utilisation)
+        self._costs.set(digest, utilisation)
+        self._index.set_mean_cost(self._costs.mean())
         if node is not None:
             self._index.update(node)
 
