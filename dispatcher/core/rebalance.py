@@ -26,6 +26,8 @@ with no ``free`` room left (it holds the most checks a node may) takes none.
 The spread is how far the busiest node is above the mean, as a fraction of the mean.
 A plan that does not narrow it by ``min_improvement`` of its value moves nothing
 unless forced.
+
+``planner_inputs`` reads the planner's inputs off the state's nodes and configs.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ from dataclasses import dataclass, replace
 
 from sortedcontainers import SortedList
 
-from dispatcher.core.model import Digest, NodeName
+from dispatcher.core.model import CheckConfig, Digest, NodeName
+from dispatcher.core.placement import Node
 
 _EPS = 1e-12
 
@@ -111,6 +114,55 @@ def spread(relative: Mapping[NodeName, float], mean: float) -> float:
     if not relative or mean <= 0:
         return 0.0
     return max(0.0, max(relative.values()) / mean - 1.0)
+
+
+def planner_inputs(
+    nodes: Mapping[NodeName, Node],
+    configs: Mapping[Digest, CheckConfig],
+    *,
+    mean_cost: float,
+    cost: Callable[[Digest], float],
+    movable: Callable[[Digest], bool],
+    max_checks_per_node: int | None,
+    margin: float,
+    items: bool = True,
+) -> tuple[list[NodeLoad], list[Item]]:
+    """The loads of the nodes that take checks (cordoned ones are left as they are) and
+    the items on them. No items when ``items`` is false or every node is within the
+    bound (the common periodic run): then there is nothing to search, and building
+    them for every check would be most of the work."""
+    limit = max_checks_per_node
+    loads = [
+        NodeLoad(
+            name,
+            node.capacity,
+            node.load(mean_cost),
+            node.labels,
+            free=None if limit is None else max(0, limit - len(node.digests)),
+        )
+        for name, node in nodes.items()
+        if not node.cordoned
+    ]
+    capacity = sum(n.capacity for n in loads)
+    bound = sum(n.load for n in loads) / capacity * (1 + margin) if capacity else 0.0
+    if not items or not any(n.load / n.capacity > bound for n in loads):
+        return loads, []
+    on_nodes = []
+    for load in loads:
+        for digest in nodes[load.name].digests:
+            config = configs[digest]
+            on_nodes.append(
+                Item(
+                    digest=digest,
+                    check_name=config.name,
+                    cost=cost(digest),
+                    node=load.name,
+                    movable=movable(digest),
+                    eligible=config.matches,
+                    group=tuple(sorted(config.node_selector.items())),
+                )
+            )
+    return loads, on_nodes
 
 
 def plan_rebalance(

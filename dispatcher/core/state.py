@@ -51,7 +51,7 @@ from dispatcher.core.outcomes import (
     SourceChange,
 )
 from dispatcher.core.placement import LoadIndex, MeasuredCosts, Node
-from dispatcher.core.rebalance import Item, NodeLoad, Plan, plan_rebalance
+from dispatcher.core.rebalance import Plan, plan_rebalance, planner_inputs
 from dispatcher.core.results import ResultBook
 from dispatcher.core.snapshot import ChangeTracker, NodeRecord, Snapshot, StateDelta
 from dispatcher.core.sourceplan import Hold, SourceWork, plan_add, plan_replace
@@ -472,40 +472,16 @@ class ClusterState:
         """The load-aware plan for the nodes that take checks (cordoned ones are left
         as they are). A check that has not run yet, or whose last run failed, stays.
         With ``moves`` false, only the loads and the spread (no search for moves)."""
-        mean_cost = self.mean_measured_cost()
-        limit = self._node_limit
-        nodes = [
-            NodeLoad(
-                name,
-                node.capacity,
-                node.load(mean_cost),
-                node.labels,
-                free=None if limit is None else max(0, limit - len(node.digests)),
-            )
-            for name, node in self._nodes.items()
-            if not node.cordoned
-        ]
-        capacity = sum(n.capacity for n in nodes)
-        bound = sum(n.load for n in nodes) / capacity * (1 + margin) if capacity else 0.0
-        if not moves or not any(n.load / n.capacity > bound for n in nodes):
-            # Nothing to search (every node is within the bound, the common periodic
-            # run, or the caller will not move): skip building the items.
-            return plan_rebalance(nodes, [], margin=margin, min_improvement=min_improvement)
-        items = []
-        for load in nodes:
-            for digest in self._nodes[load.name].digests:
-                config = self._configs[digest]
-                items.append(
-                    Item(
-                        digest=digest,
-                        check_name=config.name,
-                        cost=self.cost(digest),
-                        node=load.name,
-                        movable=self._results.last_ok(digest),
-                        eligible=config.matches,
-                        group=tuple(sorted(config.node_selector.items())),
-                    )
-                )
+        nodes, items = planner_inputs(
+            self._nodes,
+            self._configs,
+            mean_cost=self.mean_measured_cost(),
+            cost=self.cost,
+            movable=self._results.last_ok,
+            max_checks_per_node=self._node_limit,
+            margin=margin,
+            items=moves,
+        )
         return plan_rebalance(nodes, items, margin=margin, min_improvement=min_improvement)
 
     def rebalance(
