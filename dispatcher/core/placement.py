@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from sortedcontainers import SortedList
 
 from dispatcher.core.model import CheckStats, Digest, NodeName
+from dispatcher.core.snapshot import NodeRecord
 
 
 @dataclass(slots=True, eq=False)
@@ -32,6 +33,22 @@ class Node:
     measured_cost: float = 0.0
     unmeasured_weight: float = 0.0
     reported_running: frozenset[Digest] = frozenset()
+
+    @classmethod
+    def restored(cls, name: NodeName, record: NodeRecord, *, heartbeat_at: float) -> Node:
+        """The node a shared store's record describes, as if it had just sent a heartbeat."""
+        return cls(
+            name=name,
+            labels=dict(record.labels),
+            capacity=max(1, record.capacity),
+            heartbeat_at=heartbeat_at,
+            last_change=0,
+            cordoned=record.cordoned,
+        )
+
+    def record(self) -> NodeRecord:
+        """What a shared store keeps of the node: no heartbeat times, no stats."""
+        return NodeRecord(labels=dict(self.labels), capacity=self.capacity, cordoned=self.cordoned)
 
     def load(self, mean_cost: float) -> float:
         """Sum of the costs of this node's checks."""

@@ -3,7 +3,9 @@
 The storage modules need these records and nothing of ``ClusterState``: a store holds a
 ``Snapshot`` and applies ``StateDelta``s. The state records which persisted records each
 step changed in a ``ChangeTracker``; the tracker turns them into a delta by reading the
-records' current values (a record gone from the state is a deletion).
+records' current values (a record gone from the state is a deletion). What a store holds
+may not fit together (a placement on a node it does not know); ``fit_together`` keeps
+what does and says what to write so the store agrees.
 """
 
 from __future__ import annotations
@@ -56,6 +58,32 @@ class StateDelta:
         self.nodes.update(later.nodes)
 
 
+def fit_together(snapshot: Snapshot) -> tuple[Snapshot, StateDelta]:
+    """The records of ``snapshot`` that fit together, and the writes that make a store
+    holding ``snapshot`` hold just those: a source is rewritten without its checks that
+    have no config (deleted when none is left); a config no source holds, a placement of
+    a check not kept and a placement on a node the snapshot lacks are deleted."""
+    fixes = StateDelta()
+    sources: dict[SourceName, frozenset[Digest]] = {}
+    for source, digests in snapshot.sources.items():
+        held = frozenset(d for d in digests if d in snapshot.configs)
+        if held != digests:
+            fixes.sources[source] = held or None
+        if held:
+            sources[source] = held
+    kept = set[Digest]().union(*sources.values())
+    configs = {d: c for d, c in snapshot.configs.items() if d in kept}
+    fixes.configs.update((d, None) for d in snapshot.configs if d not in kept)
+    placement: dict[Digest, NodeName] = {}
+    for digest, name in snapshot.placement.items():
+        if digest in configs and name in snapshot.nodes:
+            placement[digest] = name
+        else:
+            fixes.placement[digest] = None
+    fitting = Snapshot(configs=configs, sources=sources, placement=placement, nodes=snapshot.nodes)
+    return fitting, fixes
+
+
 class ChangeTracker:
     """The keys of the persisted records changed since the last ``take``.
 
@@ -91,6 +119,14 @@ class ChangeTracker:
     def node(self, name: NodeName) -> None:
         if self._enabled:
             self._nodes.add(name)
+
+    def mark(self, delta: StateDelta) -> None:
+        """Records every record ``delta`` names as changed (values are read at ``take``)."""
+        if self._enabled:
+            self._configs.update(delta.configs)
+            self._sources.update(delta.sources)
+            self._placement.update(delta.placement)
+            self._nodes.update(delta.nodes)
 
     def forget_placements(self, digests: Iterable[Digest]) -> None:
         """Drops placements the store already holds as they are (a restored state)."""

@@ -53,7 +53,7 @@ from dispatcher.core.outcomes import (
 from dispatcher.core.placement import LoadIndex, MeasuredCosts, Node
 from dispatcher.core.rebalance import Plan, plan_rebalance, planner_inputs
 from dispatcher.core.results import ResultBook
-from dispatcher.core.snapshot import ChangeTracker, NodeRecord, Snapshot, StateDelta
+from dispatcher.core.snapshot import ChangeTracker, NodeRecord, Snapshot, StateDelta, fit_together
 from dispatcher.core.sourceplan import Hold, SourceWork, plan_add, plan_replace
 from dispatcher.errors import NoOtherNode, NotDispatched, UnknownCheck, UnknownNode
 
@@ -98,47 +98,31 @@ class ClusterState:
 
         Every node's expiry clock starts afresh at ``now``; placements are kept as they
         were, without decisions to log. Records that do not fit together (a placement on
-        an unknown node, a config no source holds) are dropped and queued for deletion,
-        and checks without a placement dangle until the next dispatch.
+        an unknown node, a config no source holds: ``fit_together``) are dropped and
+        queued for deletion, and checks without a placement dangle until the next dispatch.
         """
+        fitting, fixes = fit_together(snapshot)
         state = cls(track_changes=True)
         now = state._advance(now)
-        for name, record in sorted(snapshot.nodes.items()):
-            node = Node(
-                name=name,
-                labels=dict(record.labels),
-                capacity=max(1, record.capacity),
-                heartbeat_at=now,
-                last_change=0,
-                cordoned=record.cordoned,
-            )
+        for name, record in sorted(fitting.nodes.items()):
+            node = Node.restored(name, record, heartbeat_at=now)
             state._nodes[name] = node
             state._by_heartbeat[name] = None
             state._index.update(node)
             state._touch(node)
-        for source, digests in sorted(snapshot.sources.items()):
-            held = {d for d in digests if d in snapshot.configs}
-            if held != set(digests):
-                state._changes.source(source)
-            for digest in held:
+        for source, digests in sorted(fitting.sources.items()):
+            for digest in digests:
                 state._holdings.hold(source, digest)
-        for digest, config in snapshot.configs.items():
-            if digest in state._holdings:
-                state._configs[digest] = config
-            else:
-                state._changes.config(digest)
-        for digest, name in sorted(snapshot.placement.items()):
-            holder = state._nodes.get(name)
-            if holder is None or digest not in state._configs:
-                state._changes.placement(digest)
-                continue
-            state._attach(digest, holder, reason="restored", previous=None)
+        state._configs.update(fitting.configs)
+        for digest, name in sorted(fitting.placement.items()):
+            state._attach(digest, state._nodes[name], reason="restored", previous=None)
         for digest in sorted(state._configs):
             if digest not in state._placement:
                 state._dangling[digest] = now
         state._placeable_changed = True
         state._events = Events()
         state._changes.forget_placements(state._placement)  # attached as stored
+        state._changes.mark(fixes)  # the store's records that did not fit
         return state
 
     def snapshot(self) -> Snapshot:
@@ -147,7 +131,7 @@ class ClusterState:
             configs=dict(self._configs),
             sources={s: frozenset(d) for s, d in self._holdings.by_source.items()},
             placement=dict(self._placement),
-            nodes={name: _node_record(node) for name, node in self._nodes.items()},
+            nodes={name: node.record() for name, node in self._nodes.items()},
         )
 
     def set_limits(
@@ -529,7 +513,7 @@ class ClusterState:
 
     def _node_record_of(self, name: NodeName) -> NodeRecord | None:
         node = self._nodes.get(name)
-        return None if node is None else _node_record(node)
+        return None if node is None else node.record()
 
     def _eligible(self, node: Node, config: CheckConfig) -> bool:
         return (
@@ -735,7 +719,3 @@ class ClusterState:
         self._index.set_mean_cost(self._costs.mean())
         if node is not None:
             self._index.update(node)
-
-
-def _node_record(node: Node) -> NodeRecord:
-    return NodeRecord(labels=dict(node.labels), capacity=node.capacity, cordoned=node.cordoned)
