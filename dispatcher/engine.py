@@ -11,13 +11,12 @@ every operation then raises NoLeader and every pending long poll ends. With a sh
 store, each step's changes are handed to the term's StoreWriter under the lock, and a
 reply waits until they are stored.
 
-A write to sources bigger than ``apply_slice_checks`` (one PUT of 100,000 checks) is
-planned in one step and applied in slices, each one step under the lock, with the lock
-released and the event loop free between them, so heartbeats, long polls and
-``/healthz`` go on meanwhile. Writes to the same source are serialised by a lock per
-source, so two writers never interleave their slices; the reply waits until every slice
-is applied and stored. Long polls wake once the whole write is applied (an agent then
-refetches its configs once, not once per slice), one per turn of the event loop.
+A big write to sources is applied in slices with the lock free in between, one writer
+of a source at a time (``sourcewrites``); its reply waits until every slice is applied
+and stored, and long polls wake once the whole write is applied (an agent then refetches
+its configs once, not once per slice). Long polls are woken, and answered, one per turn
+of the event loop (``wakeups``). What the steps decided is logged and counted by
+``steplog``.
 """
 
 from __future__ import annotations
@@ -25,47 +24,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import Counter
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TypeVar
 
 import structlog
 
 from dispatcher.common.clock import Clock
 from dispatcher.common.tasks import run_periodically, sleep_or_stop
-from dispatcher.core.model import (
-    CheckConfig,
-    CheckResult,
-    CheckStats,
-    Digest,
-    NodeName,
-    SourceName,
-)
-from dispatcher.core.outcomes import (
-    Decision,
-    Move,
-    RebalanceOutcome,
-    RejectedResult,
-    SourceChange,
-)
+from dispatcher.core.model import CheckConfig, CheckResult, CheckStats, Digest, NodeName, SourceName
+from dispatcher.core.outcomes import Move, RebalanceOutcome, RejectedResult, SourceChange
 from dispatcher.core.placement import Node
-from dispatcher.core.sourceplan import SourcePlan, plan_add, plan_replace
 from dispatcher.core.state import NEVER, ClusterState
 from dispatcher.errors import NoLeader, StoreError
 from dispatcher.metrics import DispatcherMetrics
 from dispatcher.settings import DispatchSettings
+from dispatcher.sourcewrites import SourceWrites
+from dispatcher.steplog import StepLog
 from dispatcher.storage.writer import StoreWriter
+from dispatcher.wakeups import WakeUps
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
-
-DECISIONS_LOGGED = 20
-"""A step with more decisions than this (a big write, an expired node holding many
-checks) logs one summary line for them instead of a line each."""
-DECISIONS_SHOWN = 5
-"""Decisions shown in a summary line."""
 
 
 class Dispatcher:
@@ -78,13 +58,17 @@ class Dispatcher:
     ) -> None:
         self.settings = settings
         self._clock = clock
-        self._metrics = metrics
+        self._steplog = StepLog(metrics)
         self.state = self.new_state()
         self.lock = asyncio.Lock()
-        self._waiters: dict[NodeName, asyncio.Future[None]] = {}
-        self._source_locks = _KeyedLocks()
-        self._answering = asyncio.Lock()
-        self._flagged_dangling: set[Digest] = set()
+        self._wakeups = WakeUps()
+        self._sources = SourceWrites(
+            state=lambda: self.state,
+            step=self._locked_step,
+            wake=self._wakeups.wake,
+            stored=self._stored,
+            slice_checks=settings.apply_slice_checks,
+        )
         self._closing = False
         self._active = True
         self._epoch = 0
@@ -132,7 +116,7 @@ class Dispatcher:
         self._epoch = epoch
         self._writer = writer
         self._may_act = may_act or _always
-        self._flagged_dangling.clear()
+        self._steplog.forget_dangling()
         self._closing = False
         self._active = True
         self.last_tick_at = self._clock.monotonic()
@@ -147,8 +131,8 @@ class Dispatcher:
             self._writer.close()
         self._writer = None
         self.state = ClusterState()
-        self._flagged_dangling.clear()
-        self._wake_waiters()
+        self._steplog.forget_dangling()
+        self._wakeups.wake_all()
 
     # ------------------------------------------------------------- node agents
 
@@ -199,23 +183,14 @@ class Dispatcher:
                     answer = self.state.node_configs(name)  # built only when answering
                     seq = self._seq()
                     break
-                waiter = self._waiters.get(name)
-                if waiter is None or waiter.done():
-                    waiter = self._waiters[name] = asyncio.get_running_loop().create_future()
+                waiter = self._wakeups.waiter(name)
             # Shielded: the waiter is shared by every long poll of this node.
             with contextlib.suppress(TimeoutError):
                 async with self._clock.timeout(remaining):
                     await asyncio.shield(waiter)
         await self._stored(seq)  # never hand out a placement the store has not got
-        await self._answer_turn()
+        await self._wakeups.answer_turn()  # many agents fetch at once after a change
         return answer
-
-    async def _answer_turn(self) -> None:
-        """Hands out config answers one per turn of the event loop: the caller builds
-        its reply (thousands of configs) as soon as it has the answer, and many agents
-        fetch at once after a change; their replies must not all be built in one turn."""
-        await self._answering.acquire()
-        asyncio.get_running_loop().call_soon(self._answering.release)
 
     async def record_results(
         self, name: NodeName, results: Sequence[CheckResult]
@@ -234,26 +209,10 @@ class Dispatcher:
     async def replace_sources(
         self, sets: Mapping[SourceName, Sequence[CheckConfig]]
     ) -> dict[SourceName, SourceChange]:
-        """Makes each set the whole of its source's (sourceplan.plan_replace); raises
-        TooManyChecks, changing nothing, when a set is larger than a source may hold."""
-        async with self._source_locks.hold(sets):
-            plan = await self._write(
-                lambda state: plan_replace(
-                    sets,
-                    held=state.held_by_source,
-                    max_checks_per_source=state.max_checks_per_source,
-                )
-            )
-        changes = plan.changes
-        for source, change in changes.items():
-            if change.added or change.removed:
-                log.info(
-                    "source_replaced",
-                    source=source,
-                    added=change.added,
-                    removed=change.removed,
-                    unchanged=change.unchanged,
-                )
+        """Makes each set the whole of its source's, in slices when big (``sourcewrites``);
+        raises TooManyChecks, changing nothing, when a set is larger than a source may hold."""
+        changes = await self._sources.replace(sets)
+        self._steplog.source_changes(changes)
         return changes
 
     async def add_to_source(
@@ -261,16 +220,7 @@ class Dispatcher:
     ) -> list[Digest]:
         """Adds to the source's set; raises TooManyChecks, changing nothing, when the
         source would then hold more checks than it may."""
-        async with self._source_locks.hold([source]):
-            plan = await self._write(
-                lambda state: plan_add(
-                    source,
-                    configs,
-                    held=state.held_by_source,
-                    max_checks_per_source=state.max_checks_per_source,
-                )
-            )
-        return list(plan.changes[source].digests)
+        return await self._sources.add(source, configs)
 
     async def remove_check(self, digest: Digest, *, source: SourceName | None) -> None:
         await self._step(lambda now: self.state.remove_check(digest, source=source, now=now))
@@ -291,17 +241,13 @@ class Dispatcher:
             return self.state.node(name), moves
 
         node, moves = await self._step(drain)
-        self._count_moves("drain", moves)
+        self._steplog.moves("drain", moves)
         return node, moves
 
     async def isolate(self, digest: Digest) -> tuple[NodeName, list[Move]]:
         node, moves = await self._step(lambda now: self.state.isolate(digest, now=now))
-        self._count_moves("isolate", moves)
+        self._steplog.moves("isolate", moves)
         return node, moves
-
-    def _count_moves(self, trigger: str, moves: Sequence[Move]) -> None:
-        if self._metrics is not None and moves:
-            self._metrics.rebalance_moves.labels(trigger=trigger).inc(len(moves))
 
     async def read(self, view: Callable[[ClusterState], T]) -> T:
         """Runs a read-only view of the state under the lock: a consistent snapshot."""
@@ -328,12 +274,8 @@ class Dispatcher:
             self._publish()
             dangling = dict(self.state.dangling)
             self.last_tick_at = now
-        for name in expired:
-            log.warning("node_expired", node=name)
-        if self._metrics is not None:
-            self._metrics.expiries.inc(len(expired))
-            self._metrics.tick_seconds.observe(self._clock.monotonic() - started)
-        self._flag_long_dangling(dangling, now=now)
+        self._steplog.tick(expired, seconds=self._clock.monotonic() - started)
+        self._steplog.long_dangling(dangling, now=now, threshold_s=self.settings.dangling_warning_s)
 
     async def run(self, stop: asyncio.Event) -> None:
         """The term's loops: the tick (at least every second) and periodic rebalancing."""
@@ -381,41 +323,9 @@ class Dispatcher:
                 dry_run=dry_run,
             )
         )
-        plan = outcome.plan
-        if outcome.applied:
-            for move in outcome.moves:
-                assert move.loads is not None
-                s_before, s_after, d_before, d_after = move.loads
-                log.info(
-                    "rebalance_move",
-                    digest=move.digest,
-                    check=move.check_name,
-                    cost=round(move.cost, 6),
-                    source=move.source_node,
-                    dest=move.dest_node,
-                    reason=(
-                        f"{move.source_node} at {s_before:.3g} is above the bound "
-                        f"{plan.bound:.3g} (mean {plan.mean:.3g}); {move.dest_node} at "
-                        f"{d_before:.3g} has room"
-                    ),
-                    source_load=[round(s_before, 6), round(s_after, 6)],
-                    dest_load=[round(d_before, 6), round(d_after, 6)],
-                )
-        log.info(
-            "rebalanced" if outcome.applied else "rebalance_not_applied",
-            trigger=trigger,
-            outcome=outcome.reason,
-            moves=len(outcome.moves),
-            spread_before=round(plan.spread_before, 4),
-            spread_after=round(plan.spread_after, 4),
-            force=force,
-            dry_run=dry_run,
+        self._steplog.rebalance(
+            outcome, trigger=trigger, force=force, dry_run=dry_run, started=started
         )
-        if self._metrics is not None:
-            self._metrics.rebalance_seconds.observe(time.perf_counter() - started)
-            self._metrics.rebalances.labels(trigger=trigger, outcome=outcome.reason).inc()
-            if outcome.applied:
-                self._count_moves("rebalance", outcome.moves)
         return outcome
 
     def warming_up(self) -> bool:
@@ -424,83 +334,27 @@ class Dispatcher:
     def wake_all(self) -> None:
         """Ends every pending long poll, and makes new ones answer at once (shutdown)."""
         self._closing = True
-        self._wake_waiters()
-
-    def _wake_waiters(self) -> None:
-        for waiter in self._waiters.values():
-            if not waiter.done():
-                waiter.set_result(None)
-        self._waiters.clear()
-
-    def _wake(self, names: Iterable[NodeName]) -> None:
-        """Wakes the long polls of these nodes, one per turn of the event loop: each then
-        builds its node's configs reply, and a step that changes thousands of nodes must
-        not have every reply built in one turn (the loop could serve nothing else)."""
-        waiters = [
-            waiter
-            for name in names
-            if (waiter := self._waiters.pop(name, None)) is not None and not waiter.done()
-        ]
-        if not waiters:
-            return
-        loop = asyncio.get_running_loop()
-
-        def wake(index: int) -> None:
-            if not waiters[index].done():
-                waiters[index].set_result(None)
-            if index + 1 < len(waiters):
-                loop.call_soon(wake, index + 1)
-
-        wake(0)
+        self._wakeups.wake_all()
 
     # ---------------------------------------------------------------- internal
 
-    async def _write(self, make_plan: Callable[[ClusterState], SourcePlan]) -> SourcePlan:
-        """Plans a write to sources and does its work: in the planning step when it
-        touches at most ``apply_slice_checks`` checks, else in slices of that many, each
-        one step under the lock, the lock released and the loop free in between. The
-        caller holds the sources' locks. Returns once every slice is stored. A term that
-        ends in between (NoLeader) leaves the slices applied so far: every piece is
-        idempotent, and a source re-sends its set."""
-        size = self.settings.apply_slice_checks
-        woken: set[NodeName] = set()
-        seq = 0
-        try:
-            async with self.lock:
-                self._guard()
-                try:
-                    plan = make_plan(self.state)  # TooManyChecks here: nothing changed
-                    if plan.size <= size:
-                        self.state.apply_work(plan.work, now=self._clock.monotonic())
-                        pieces = []
-                    else:
-                        pieces = list(plan.slices(size))
-                finally:
-                    seq = self._publish(woken)
-            for piece in pieces:
-                # Releasing the lock is not enough: re-taking a lock nobody waits for does
-                # not yield, and /healthz, say, does not wait for the lock at all.
-                await asyncio.sleep(0)
-                async with self.lock:
-                    self._guard()
-                    try:
-                        self.state.apply_work(piece, now=self._clock.monotonic())
-                    finally:
-                        seq = self._publish(woken)
-        finally:
-            self._wake(woken)
-        await self._stored(seq)
-        return plan
-
     async def _step(self, operation: Callable[[float], T]) -> T:
+        result, seq = await self._locked_step(operation)
+        await self._stored(seq)
+        return result
+
+    async def _locked_step(
+        self, operation: Callable[[float], T], woken: set[NodeName] | None = None
+    ) -> tuple[T, int]:
+        """One step under the lock, published (``_publish``); returns its result and its
+        number, for the caller to wait until it is stored (``_stored``)."""
         async with self.lock:
             self._guard()
             try:
                 result = operation(self._clock.monotonic())
             finally:
-                seq = self._publish()
-        await self._stored(seq)
-        return result
+                seq = self._publish(woken)
+        return result, seq
 
     def _guard(self) -> None:
         if not self.active:
@@ -527,95 +381,14 @@ class Dispatcher:
         if self._writer is not None:
             seq = self._writer.submit(self.state.take_delta())
         events = self.state.take_events()
-        self._log_decisions(events.decisions)
+        self._steplog.decisions(events.decisions)
         changed = (*events.changed_nodes, *events.removed_nodes)
         if woken is None:
-            self._wake(changed)
+            self._wakeups.wake(changed)
         else:
             woken.update(changed)
         return seq
 
-    def _log_decisions(self, decisions: Sequence[Decision]) -> None:
-        """A line per decision; for a big step one line with the counts and the first
-        few instead (``dispatch_decisions_summarized``: 100,000 lines would take longer
-        to write than the step itself, and say less)."""
-        by_reason = Counter(d.reason for d in decisions)
-        if self._metrics is not None:
-            for reason, count in by_reason.items():
-                self._metrics.decisions.labels(reason=reason).inc(count)
-        if len(decisions) > DECISIONS_LOGGED:
-            log.info(
-                "dispatch_decisions_summarized",
-                decisions=len(decisions),
-                by_reason=dict(sorted(by_reason.items())),
-                placed=sum(1 for d in decisions if d.node is not None),
-                nodes=len({d.node for d in decisions if d.node is not None}),
-                shown=[_decision_fields(d) for d in decisions[:DECISIONS_SHOWN]],
-                note=(
-                    f"more than {DECISIONS_LOGGED} decisions in one step: counted here "
-                    f"instead of a dispatch_decision line each; the first {DECISIONS_SHOWN} "
-                    "shown"
-                ),
-            )
-            return
-        for decision in decisions:
-            log.info("dispatch_decision", **_decision_fields(decision))
-
-    def _flag_long_dangling(self, dangling: Mapping[Digest, float], *, now: float) -> None:
-        threshold = self.settings.dangling_warning_s
-        self._flagged_dangling &= dangling.keys()
-        for digest, since in dangling.items():
-            if now - since > threshold and digest not in self._flagged_dangling:
-                self._flagged_dangling.add(digest)
-                log.warning("check_dangling_long", digest=digest, dangling_s=round(now - since, 1))
-
 
 def _always() -> bool:
     return True
-
-
-def _decision_fields(decision: Decision) -> dict[str, object]:
-    return {
-        "digest": decision.digest,
-        "check": decision.check_name,
-        "node": decision.node,
-        "previous": decision.previous,
-        "reason": decision.reason,
-    }
-
-
-@dataclass
-class _Held:
-    lock: asyncio.Lock
-    users: int = 0
-
-
-class _KeyedLocks:
-    """A lock per source: made when first needed, dropped when nobody holds or awaits
-    it (sources come and go by the thousand)."""
-
-    def __init__(self) -> None:
-        self._locks: dict[SourceName, _Held] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, keys: Collection[SourceName]) -> AsyncIterator[None]:
-        """Holds every key's lock, taken in sorted order (so two writers of the same
-        sources cannot each hold one the other waits for)."""
-        async with contextlib.AsyncExitStack() as stack:
-            for key in sorted(set(keys)):
-                await stack.enter_async_context(self._one(key))
-            yield
-
-    @contextlib.asynccontextmanager
-    async def _one(self, key: SourceName) -> AsyncIterator[None]:
-        held = self._locks.get(key)
-        if held is None:
-            held = self._locks[key] = _Held(asyncio.Lock())
-        held.users += 1
-        try:
-            async with held.lock:
-                yield
-        finally:
-            held.users -= 1
-            if held.users == 0:
-                del self._locks[key]

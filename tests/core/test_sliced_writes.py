@@ -23,9 +23,10 @@ from dispatcher.core.model import (
     make_config,
 )
 from dispatcher.core.sourceplan import SourceWork
-from dispatcher.engine import DECISIONS_LOGGED, DECISIONS_SHOWN, Dispatcher
+from dispatcher.engine import Dispatcher
 from dispatcher.errors import TooManyChecks
 from dispatcher.settings import DispatchSettings
+from dispatcher.steplog import DECISIONS_LOGGED, DECISIONS_SHOWN
 
 CI, OTHER = SourceName("ci"), SourceName("other")
 A, B = NodeName("a"), NodeName("b")
