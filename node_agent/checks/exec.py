@@ -83,8 +83,8 @@ class ExecCheck:
             "KH_RUN_UUID": context.run_id,
             "KH_CHECK_RUN_DEADLINE": deadline,
         }
-        try:
-            process = await asyncio.create_subprocess_exec(
+        spawn = asyncio.ensure_future(
+            asyncio.create_subprocess_exec(
                 str(instance.program),
                 *instance.args,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -93,9 +93,18 @@ class ExecCheck:
                 env=env,
                 start_new_session=True,
             )
+        )
+        try:
+            # Shielded: a run stopped (or timed out) while its program starts would have
+            # asyncio kill the program alone, leaving its children running.
+            process = await asyncio.shield(spawn)
         except OSError as exc:
             self._registry.close(context.run_id)
             return Outcome(errors=[f"exec {instance.program}: {exc.strerror or exc}"])
+        except BaseException:
+            self._registry.close(context.run_id)
+            spawn.add_done_callback(_kill_group_once_started)
+            raise
         try:
             assert process.stdout is not None
             assert process.stderr is not None
@@ -132,6 +141,14 @@ async def _tail(stream: asyncio.StreamReader) -> bytes:
         if len(kept) > 2 * OUTPUT_KEEP_BYTES:
             del kept[:-OUTPUT_KEEP_BYTES]
     return bytes(kept[-OUTPUT_KEEP_BYTES:])
+
+
+def _kill_group_once_started(spawn: asyncio.Future[asyncio.subprocess.Process]) -> None:
+    """Kills the whole process group of a program started for a run that is over."""
+    if spawn.cancelled() or spawn.exception() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(spawn.result().pid, signal.SIGKILL)
 
 
 def _take(future: asyncio.Future[Report]) -> Report | None:

@@ -650,6 +650,53 @@ async def test_exec_is_killed_with_its_children_at_the_deadline(
         registry.report(ctx.run_id, Report(ok=True, errors=[]))
 
 
+async def test_exec_stopped_while_its_program_starts_kills_its_whole_group(
+    allowed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run stopped (or timed out) before the program's start has returned: once it has
+    started, the program and its children go, not the program alone or nothing."""
+    script = write_script(
+        allowed / "forks.sh",
+        '#!/bin/sh\necho $$ > "$PIDFILE"\nsleep 30 &\necho $! > "$CHILDFILE"\nwait\n',
+    )
+    pidfile, childfile = tmp_path / "pid", tmp_path / "child"
+    registry = RunRegistry(SystemClock())
+    check = exec_check(allowed, registry)
+    ctx = context()
+    parsed = check.parse(
+        {"command": [str(script)], "env": {"PIDFILE": str(pidfile), "CHILDFILE": str(childfile)}},
+        {},
+    )
+    started = asyncio.Event()
+    release = asyncio.Event()
+    spawn = asyncio.create_subprocess_exec
+
+    async def slow_spawn(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
+        process = await spawn(*args, **kwargs)
+        started.set()
+        await release.wait()  # the start has not returned yet
+        return process
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", slow_spawn)
+    running = asyncio.create_task(check.run(parsed, ctx))
+    await started.wait()
+    pid = await wait_for_pid(pidfile)
+    child = await wait_for_pid(childfile)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    release.set()
+    try:
+        assert await wait_gone(pid), f"exec program {pid} still alive after its run was stopped"
+        assert await wait_gone(child), f"its child {child} still alive after the run was stopped"
+    finally:
+        for leftover in (pid, child):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(leftover, 9)
+    with pytest.raises(Gone):
+        registry.report(ctx.run_id, Report(ok=True, errors=[]))
+
+
 async def test_exec_cancelled_run_kills_the_program(allowed: Path, tmp_path: Path) -> None:
     script = write_script(allowed / "hang.sh", '#!/bin/sh\necho $$ > "$PIDFILE"\nexec sleep 30\n')
     pidfile = tmp_path / "pid"

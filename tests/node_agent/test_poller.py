@@ -3,10 +3,10 @@ replies, failover, fencing. One test runs it against the real dispatcher app; th
 ones cover the results batcher against the same fake.
 
 The poller and the fake dispatcher's long polls share one ``FakeClock``: only loopback
-requests take real time. ``World.step`` waits until every request the agent has in flight
-is a long poll the fake holds (the agent is waiting on the clock), then moves the clock to
-the next timer, so "at once" means "with no time passed on the clock", and "not before
-the expiry" is checked at an exact fake time."""
+requests take real time. ``World.until`` and ``World.run_until`` wait until every request
+the agent has in flight is a long poll the fake holds (the agent waits on the clock), then
+move the clock to the next timer, so "at once" means "with no time passed on the clock",
+and "not before the expiry" is checked at an exact fake time."""
 
 from __future__ import annotations
 
