@@ -485,8 +485,7 @@ class Demo:
         agents = ", ".join(f"{a.name} (pid {a.popen.pid})" for a in self.agents)
         ports = f"{min(opts.agent_ports)}-{max(opts.agent_ports)}"
         print(
-            f"dispatcher  {url}  ready after {ready_after:.1f}s   "
-            f"(state: {url}{wire.API_PREFIX})"
+            f"dispatcher  {url}  ready after {ready_after:.1f}s   (state: {url}{wire.API_PREFIX})"
         )
         print(f"agents      {agents}")
         print(f"status page {url}{wire.API_PREFIX}/results")
