@@ -32,7 +32,7 @@ from dispatcher.api.table import PATH_PARAMS, QueryParam, Route
 from dispatcher.common import slicedjson
 from dispatcher.common.health import Verdict, component_body, verdict_body
 from dispatcher.common.validation import field_problems, summary
-from dispatcher.core.model import Digest, NodeName, SourceName
+from dispatcher.core.model import CheckConfig, Digest, NodeName, SourceName
 from dispatcher.core.state import ClusterState
 from dispatcher.errors import (
     Conflict,
@@ -47,6 +47,7 @@ from dispatcher.errors import (
 from dispatcher.replicas import replica_out
 
 M = TypeVar("M", bound=BaseModel)
+B = TypeVar("B", wire.SourcePutIn, wire.ChecksPostIn)
 
 _PATH_PATTERNS = {name: re.compile(param.pattern) for name, param in PATH_PARAMS.items()}
 _SOURCE_NAME = _PATH_PATTERNS["source"]
@@ -101,6 +102,18 @@ def invalid_request(exc: ValidationError) -> InvalidRequest:
         f"Invalid request: {summary(problems)}.",
         details={"fields": [{"path": p.path, "message": p.message} for p in problems]},
     )
+
+
+async def read_configs(request: web.Request, model: type[B]) -> tuple[B, list[CheckConfig]]:
+    """A PUT or POST body of configs: decoded, validated and converted a slice at a time
+    (the loop stays free meanwhile; the reply still waits for the whole change)."""
+    configs = convert.ConfigsIn()
+    data = await read_json(
+        request,
+        consume={"configs": configs.take},
+        slice_elements=request.app[DISPATCHER].settings.apply_slice_checks,
+    )
+    return configs.body(data, model), configs.configs
 
 
 def path_name(request: web.Request, key: str) -> str:
@@ -215,17 +228,8 @@ async def post_results(request: web.Request) -> web.Response:
 
 async def put_source(request: web.Request) -> web.Response:
     source = writable_source(path_name(request, "source"))
-    # A big body is decoded, validated, converted and applied in slices (the loop stays
-    # free meanwhile); the reply still waits for the whole change.
-    dispatcher = request.app[DISPATCHER]
-    configs = convert.ConfigsIn()
-    data = await read_json(
-        request,
-        consume={"configs": configs.take},
-        slice_elements=dispatcher.settings.apply_slice_checks,
-    )
-    configs.body(data, wire.SourcePutIn)
-    change = await dispatcher.replace_source(source, configs.configs)
+    _, configs = await read_configs(request, wire.SourcePutIn)
+    change = await request.app[DISPATCHER].replace_source(source, configs)
     return reply(
         wire.SourcePutOut(
             epoch=epoch(request),
@@ -246,15 +250,8 @@ async def get_source(request: web.Request) -> web.Response:
 
 
 async def post_checks(request: web.Request) -> web.Response:
-    dispatcher = request.app[DISPATCHER]
-    configs = convert.ConfigsIn()
-    data = await read_json(
-        request,
-        consume={"configs": configs.take},
-        slice_elements=dispatcher.settings.apply_slice_checks,
-    )
-    body = configs.body(data, wire.ChecksPostIn)
-    digests = await dispatcher.add_to_source(writable_source(body.source), configs.configs)
+    body, configs = await read_configs(request, wire.ChecksPostIn)
+    digests = await request.app[DISPATCHER].add_to_source(writable_source(body.source), configs)
     return reply(wire.ChecksPostOut(epoch=epoch(request), digests=list(digests)))
 
 
