@@ -78,6 +78,8 @@ async def loads(
                 items = whole.get(key)
                 if isinstance(items, list):
                     whole[key] = []
+                    if not items:
+                        take(items, 0)
                     for start in range(0, len(items), slice_elements):
                         if start:
                             await asyncio.sleep(0)
@@ -132,6 +134,8 @@ async def _array(
     count = 0
     index = _skip(text, start + 1)
     if text[index] == "]":
+        if take is not None:
+            take(items, 0)  # an empty array replaces an earlier one of a repeated key
         return items, index + 1
     while True:
         item, index = _value(text, index)

@@ -104,6 +104,16 @@ async def test_a_repeated_key_starts_its_array_again(path: str) -> None:
     assert taken.last_array() == [4, 5], "the last one counts, as in a whole decode"
 
 
+async def test_a_repeated_key_with_an_empty_array_empties_it(path: str) -> None:
+    taken = Taken()
+
+    await slicedjson.loads(
+        b'{"configs":[1,2,3],"configs":[]}', slice_elements=2, consume={"configs": taken}
+    )
+
+    assert taken.last_array() == [], "the last one counts, even when it is empty"
+
+
 async def test_a_value_that_is_not_an_array_is_left_in_place(path: str) -> None:
     taken = Taken()
 
