@@ -22,6 +22,12 @@ from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 
+class Timer(Protocol):
+    def cancel(self) -> None:
+        """Stops the timer's callback from running (no effect once it has run)."""
+        ...
+
+
 class Clock(Protocol):
     def monotonic(self) -> float:
         """Seconds on a clock that never goes back: deadlines and ages."""
@@ -42,6 +48,11 @@ class Clock(Protocol):
     def timeout(self, seconds: float) -> AbstractAsyncContextManager[object]:
         """Like ``asyncio.timeout``, on this clock: the body is cancelled when ``seconds``
         have passed, and ``TimeoutError`` is raised in its place."""
+        ...
+
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> Timer:
+        """Runs ``callback`` once ``seconds`` of this clock's time have passed (for
+        synchronous code such as a protocol's timers), unless the timer is cancelled."""
         ...
 
 
@@ -76,6 +87,9 @@ class SystemClock:
 
     def timeout(self, seconds: float) -> AbstractAsyncContextManager[object]:
         return asyncio.timeout(max(0.0, seconds))
+
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> Timer:
+        return asyncio.get_running_loop().call_later(max(0.0, seconds), callback)
 
 
 class _Timer:
@@ -219,6 +233,10 @@ class FakeClock:
             raise
         finally:
             handle.cancel()
+
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> Timer:
+        """Fired by ``advance``/``run_for`` once the clock passes ``seconds`` from now."""
+        return self._call_later(seconds, callback)
 
     def _call_later(self, seconds: float, callback: Callable[[], None]) -> _Timer:
         timer = _Timer(self._monotonic + seconds, callback)

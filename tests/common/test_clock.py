@@ -118,3 +118,27 @@ async def test_the_system_clock_waits_on_events_and_times_out() -> None:
     with pytest.raises(TimeoutError):
         async with clock.timeout(0):
             await asyncio.Event().wait()
+
+
+def test_call_later_fires_in_deadline_order_once_time_passes_and_not_when_cancelled() -> None:
+    clock = FakeClock()
+    fired: list[tuple[str, float]] = []
+    clock.call_later(3, lambda: fired.append(("late", clock.monotonic())))
+    clock.call_later(1, lambda: fired.append(("early", clock.monotonic())))
+    cancelled = clock.call_later(2, lambda: fired.append(("cancelled", clock.monotonic())))
+    cancelled.cancel()
+    clock.advance(0.999)
+    assert fired == []
+    clock.advance(5)
+    assert fired == [("early", 1001.0), ("late", 1003.0)]
+
+
+async def test_the_system_clock_calls_later_on_the_loop() -> None:
+    clock: Clock = SystemClock()
+    fired = asyncio.Event()
+    never = clock.call_later(0, lambda: pytest.fail("a cancelled timer ran"))
+    never.cancel()
+    clock.call_later(0, fired.set)
+    async with asyncio.timeout(10):
+        await fired.wait()
+    assert fired.is_set()

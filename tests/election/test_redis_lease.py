@@ -25,7 +25,7 @@ GUARD_S = 10.0
 
 @pytest.fixture
 async def backends(redis_server: RedisServer) -> AsyncIterator[list[RedisLeaseBackend]]:
-    made = [RedisLeaseBackend.from_url(redis_server.url, timeout_s=0.5) for _ in range(2)]
+    made = [RedisLeaseBackend.from_url(redis_server.url, timeout_s=GUARD_S) for _ in range(2)]
     try:
         yield made
     finally:
