@@ -10,7 +10,12 @@ from pydantic import TypeAdapter, ValidationError
 
 from dispatcher import wire
 from dispatcher.common.text import truncate_utf8
-from dispatcher.common.validation import FieldProblem, field_problems, summary
+from dispatcher.common.validation import (
+    MAX_PROBLEMS,
+    FieldProblem,
+    field_problems,
+    invalid_request,
+)
 from dispatcher.core.model import (
     CheckConfig,
     CheckResult,
@@ -21,7 +26,6 @@ from dispatcher.core.model import (
 from dispatcher.core.outcomes import Move, RebalanceOutcome
 from dispatcher.core.placement import Node
 from dispatcher.core.state import ClusterState
-from dispatcher.errors import InvalidRequest
 
 ConfigsBody = TypeVar("ConfigsBody", wire.SourcePutIn, wire.ChecksPostIn)
 
@@ -52,10 +56,14 @@ class ConfigsIn:
         self.configs: list[CheckConfig] = []
         """The configs converted, in order (complete once ``body`` returns)."""
         self._problems: list[FieldProblem] = []
+        self._more = False
 
     def take(self, items: list[Any], start: int) -> None:
         if start == 0:  # the array starts (again, for a repeated key: the last counts)
-            self.configs, self._problems = [], []
+            self.configs, self._problems, self._more = [], [], False
+        if len(self._problems) >= MAX_PROBLEMS:
+            self._more = items != []  # enough to refuse the body: stop looking
+            return
         try:
             valid = _CONFIGS.validate_python(items)
         except ValidationError as exc:
@@ -74,7 +82,7 @@ class ConfigsIn:
             problems = field_problems(exc)
         problems += self._problems
         if problems:
-            raise _invalid(problems)
+            raise invalid_request(problems, more=self._more)
         return body
 
 
@@ -82,14 +90,6 @@ def _shifted(problem: FieldProblem, start: int) -> FieldProblem:
     """A problem in a slice that starts at ``start``, with its path in the whole body."""
     index, dot, rest = problem.path.partition(".")
     return FieldProblem(f"configs.{start + int(index)}{dot}{rest}", problem.message)
-
-
-def _invalid(problems: list[FieldProblem]) -> InvalidRequest:
-    # The same message and details as every other 400 invalid_request of the API.
-    return InvalidRequest(
-        f"Invalid request: {summary(problems)}.",
-        details={"fields": [{"path": p.path, "message": p.message} for p in problems]},
-    )
 
 
 def stats_in(stats: dict[str, wire.CheckStatsIn] | None) -> dict[Digest, CheckStats] | None:

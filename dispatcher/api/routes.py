@@ -29,9 +29,9 @@ from dispatcher.api.keys import (
     Role,
 )
 from dispatcher.api.table import PATH_PARAMS, QueryParam, Route
-from dispatcher.common import slicedjson
+from dispatcher.common import slicedjson, validation
 from dispatcher.common.health import Verdict, component_body, verdict_body
-from dispatcher.common.validation import field_problems, summary
+from dispatcher.common.validation import field_problems
 from dispatcher.core.model import CheckConfig, Digest, NodeName, SourceName
 from dispatcher.core.state import ClusterState
 from dispatcher.errors import (
@@ -97,11 +97,7 @@ async def read_json(
 
 
 def invalid_request(exc: ValidationError) -> InvalidRequest:
-    problems = field_problems(exc)
-    return InvalidRequest(
-        f"Invalid request: {summary(problems)}.",
-        details={"fields": [{"path": p.path, "message": p.message} for p in problems]},
-    )
+    return validation.invalid_request(field_problems(exc))
 
 
 async def read_configs(request: web.Request, model: type[B]) -> tuple[B, list[CheckConfig]]:

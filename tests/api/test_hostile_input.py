@@ -20,6 +20,7 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from dispatcher import wire
+from dispatcher.common import validation
 from dispatcher.common.clock import FakeClock
 from dispatcher.common.httpserver import ConnectionLimits, Listener
 from dispatcher.service import build
@@ -301,3 +302,23 @@ async def test_a_client_that_leaves_mid_body_is_logged_without_a_traceback() -> 
     [request] = [e for e in logs if e.get("event") == "request"]
     assert request["status"] == 400, logs
     assert not [e for e in logs if e.get("log_level") in ("error", "critical")], logs
+
+
+@pytest.mark.parametrize("route", ["PUT", "POST"])
+async def test_a_body_of_many_bad_configs_lists_a_bounded_number_of_problems(
+    api: Api, route: str
+) -> None:
+    """200,000 bad items (under the body limit) would be 200,000 problems in one reply:
+    the reply lists MAX_PROBLEMS of them, says it is truncated, and nothing changes."""
+    bad = [1] * 200_000
+    if route == "PUT":
+        reply = await api.put(f"{API}/sources/ci", {"configs": bad})
+    else:
+        reply = await api.post(f"{API}/checks", {"source": "ci", "configs": bad})
+    assert reply.status == 400, reply.text
+    details = reply.error()["details"]
+    assert len(details["fields"]) == validation.MAX_PROBLEMS
+    assert details["truncated"] is True
+    assert details["fields"][0]["path"] == "configs.0"
+    assert len(reply.text) < 64 * 1024
+    assert (await api.state())["totals"]["checks"] == 0
