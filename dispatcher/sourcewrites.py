@@ -33,6 +33,7 @@ from dispatcher.core.model import CheckConfig, Digest, NodeName, SourceName
 from dispatcher.core.outcomes import SourceChange
 from dispatcher.core.sourceplan import SourcePlan, SourceWork, plan_add, plan_replace
 from dispatcher.core.state import ClusterState
+from dispatcher.errors import NoLeader
 
 T = TypeVar("T")
 
@@ -100,12 +101,14 @@ class SourceWrites:
         source re-sends its set."""
         woken: set[NodeName] = set()
         try:
-            (plan, pieces), seq = await self._step(lambda now: self._plan(make_plan, now), woken)
+            (plan, pieces, term), seq = await self._step(
+                lambda now: self._plan(make_plan, now), woken
+            )
             for piece in pieces:
                 # Releasing the lock is not enough: re-taking a lock nobody waits for does
                 # not yield, and /healthz, say, does not wait for the lock at all.
                 await asyncio.sleep(0)
-                _, seq = await self._step(self._applying(piece), woken)
+                _, seq = await self._step(self._applying(piece, term), woken)
         finally:
             self._wake(woken)
         await self._stored(seq)
@@ -113,16 +116,28 @@ class SourceWrites:
 
     def _plan(
         self, make_plan: Callable[[ClusterState], SourcePlan], now: float
-    ) -> tuple[SourcePlan, list[list[SourceWork]]]:
-        """The planning step: the plan, done at once when small, else cut in slices."""
-        plan = make_plan(self._state())  # TooManyChecks here: nothing changed
+    ) -> tuple[SourcePlan, list[list[SourceWork]], ClusterState]:
+        """The planning step: the plan, done at once when small, else cut in slices; and
+        the state of the term it was planned in."""
+        state = self._state()
+        plan = make_plan(state)  # TooManyChecks here: nothing changed
         if plan.size <= self._slice_checks:
-            self._state().apply_work(plan.work, now=now)
-            return plan, []
-        return plan, list(plan.slices(self._slice_checks))
+            state.apply_work(plan.work, now=now)
+            return plan, [], state
+        return plan, list(plan.slices(self._slice_checks)), state
 
-    def _applying(self, piece: Sequence[SourceWork]) -> Callable[[float], None]:
-        return lambda now: self._state().apply_work(piece, now=now)
+    def _applying(self, piece: Sequence[SourceWork], term: ClusterState) -> Callable[[float], None]:
+        """A slice's step, for the term the write was planned in: when that term ended
+        and another began between two slices, the rest must not land in the new term's
+        state (the old term's writer, which the reply would not wait for, may not have
+        stored the earlier slices), so the write fails with NoLeader instead."""
+
+        def apply(now: float) -> None:
+            if self._state() is not term:
+                raise NoLeader("The leadership term changed during this write; retry it.")
+            term.apply_work(piece, now=now)
+
+        return apply
 
 
 @dataclass

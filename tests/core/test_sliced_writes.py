@@ -24,7 +24,7 @@ from dispatcher.core.model import (
 )
 from dispatcher.core.sourceplan import SourceWork
 from dispatcher.engine import Dispatcher
-from dispatcher.errors import TooManyChecks
+from dispatcher.errors import NoLeader, TooManyChecks
 from dispatcher.settings import DispatchSettings
 from dispatcher.steplog import DECISIONS_LOGGED, DECISIONS_SHOWN
 
@@ -98,6 +98,28 @@ async def test_a_heartbeat_during_a_big_put_is_answered_before_the_put_ends(
     assert len(slices.applied) == 20
     assert change.added == 20 * SLICE
     assert len(dispatcher.state.placement) == 20 * SLICE
+
+
+async def test_a_write_cut_by_a_new_term_fails_and_leaves_the_new_term_alone(
+    clock: FakeClock,
+) -> None:
+    """A term that ends and a new one that begins between two slices: the rest of the
+    write must not land in the new term's state (its store never saw the first slices,
+    so a 200 would acknowledge what is not stored): the write fails with NoLeader."""
+    dispatcher = make(clock)
+    slices = Slices(dispatcher)
+    first = asyncio.Event()
+    slices.on_slice = lambda count: first.set()
+
+    put = asyncio.create_task(dispatcher.replace_source(CI, checks("c", 5 * SLICE)))
+    await first.wait()
+    dispatcher.end_term()
+    dispatcher.begin_term(state=dispatcher.new_state(), epoch=2)
+
+    with pytest.raises(NoLeader):
+        await put
+    assert len(slices.applied) == 1
+    assert dispatcher.state.configs == {}, "nothing of the cut write in the new term"
 
 
 async def test_a_small_write_is_one_step(clock: FakeClock) -> None:
