@@ -12,9 +12,17 @@ aiohttp's ``TCPSite``):
   connection; else ``408`` (or a silent close when nothing at all was sent);
 - a body timeout: a request body must be complete within ``body_timeout_s`` of its head;
   else ``408``, and the handler waiting for it is cancelled;
-- an idle timeout (aiohttp's ``keepalive_timeout``): a kept-alive connection with no
-  request in progress is closed after ``idle_timeout_s``. No timeout runs while a
+- an idle timeout (in place of aiohttp's keep-alive timer): a kept-alive connection with
+  no request in progress is closed after ``idle_timeout_s``. No timeout runs while a
   handler runs, so a long poll waits as long as it asked to;
+- a write-stall timeout: while the transport has paused writing (its buffer is above the
+  high-water mark: the client does not read its replies), the connection is aborted
+  once ``body_timeout_s`` pass without a byte of the buffer sent. Without it a handler
+  waits in ``drain`` for ever and its connection stays busy, never timed out nor
+  evicted. A slow but steady reader is never cut: any progress restarts the bound;
+- closing for a timeout, an eviction or the idle timeout aborts the transport: asyncio's
+  ``close()`` waits for the write buffer to empty, so a client that never reads would
+  keep the socket (and its file descriptor) open after the guard forgot it;
 - a connection cap: at ``max_connections``, a new connection closes the connection that
   has been idle the longest (kept-alive, or still waiting for a head); when every
   connection is in a request, the new one is answered ``503`` and closed at once, so the
@@ -28,17 +36,21 @@ aiohttp's ``TCPSite``):
 The handler reads a few of aiohttp's ``RequestHandler`` attributes (``_messages``,
 ``_request_count``, ``_request_in_progress``, ``_current_request``, ``_task_handler``);
 aiohttp is pinned below 4 and ``tests/common/test_httpserver.py`` exercises each path
-with raw sockets.
+with raw sockets. Every timer runs on the injected ``Clock`` (``call_later``), so those
+tests move time by hand.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import itertools
 import resource
 import secrets
 import ssl
+import struct
+import termios
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -49,7 +61,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 
 from dispatcher import errors
-from dispatcher.common.clock import Clock
+from dispatcher.common.clock import Clock, Timer
 from dispatcher.common.httperrors import STATUS, error_body
 
 log = structlog.get_logger("dispatcher.http")
@@ -74,7 +86,7 @@ REQUEST_ID = "X-Request-Id"
 _ID_PREFIX = "conn-" + secrets.token_hex(4)
 _ID_COUNTER = itertools.count(1)
 
-Phase = Literal["head", "body"]
+Phase = Literal["head", "body", "idle"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +253,18 @@ def one_line(reason: str) -> str:
     return text[:200] or "unreadable"
 
 
+def unsent_in_kernel(transport: asyncio.BaseTransport) -> int:
+    """The bytes in the socket's send queue (``SIOCOUTQ``), or 0 where unknown."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or not hasattr(termios, "TIOCOUTQ"):
+        return 0
+    try:
+        packed = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4)
+    except OSError:
+        return 0
+    return int(struct.unpack("i", packed)[0])
+
+
 # ----------------------------------------------------------------- the guard
 
 
@@ -250,6 +274,7 @@ class ConnectionGuard:
 
     def __init__(self, limits: ConnectionLimits, *, clock: Clock, log_interval_s: float):
         self.limits = limits
+        self.clock = clock
         self._open: set[GuardedRequestHandler] = set()
         self._idle: dict[GuardedRequestHandler, None] = {}
         self._at_limit = EveryInterval(clock, log_interval_s)
@@ -280,6 +305,10 @@ class ConnectionGuard:
         self._open.add(conn)
         self._idle[conn] = None
         return True
+
+    def connections(self) -> list[GuardedRequestHandler]:
+        """The open connections (for tests and probes)."""
+        return list(self._open)
 
     def busy(self, conn: GuardedRequestHandler) -> None:
         self._idle.pop(conn, None)
@@ -312,8 +341,9 @@ class GuardedRequestHandler(web.RequestHandler):
 
     Per connection: ``_busy`` from a complete head until its response is written (a
     request in progress: no timeout, never evicted); ``_phase`` names the one timer
-    armed, if any: ``head`` (waiting for a complete head) or ``body`` (for the rest of
-    the body of the last head)."""
+    armed, if any: ``head`` (waiting for a complete head), ``body`` (for the rest of
+    the body of the last head) or ``idle`` (kept alive between requests).
+    ``_write_timer`` runs apart, while the transport has paused writing."""
 
     __slots__ = (
         "_admitted",
@@ -325,6 +355,8 @@ class GuardedRequestHandler(web.RequestHandler):
         "_phase",
         "_responses",
         "_timer",
+        "_write_pending",
+        "_write_timer",
     )
 
     def __init__(
@@ -339,10 +371,17 @@ class GuardedRequestHandler(web.RequestHandler):
         self._busy = False
         self._head_started = False
         self._phase: Phase | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Timer | None = None
+        self._write_timer: Timer | None = None
+        self._write_pending = 0
         self._body: Any = None
         self._body_message = 0
         self._responses = 0
+
+    @property
+    def receiving_head(self) -> bool:
+        """True once a byte of a request head has arrived and the head is not complete."""
+        return self._head_started
 
     # ----------------------------------------------------------- lifecycle
 
@@ -358,7 +397,9 @@ class GuardedRequestHandler(web.RequestHandler):
                     {"Retry-After": "1"},
                 )
             )
-            transport.close()
+            # The 503 is in the kernel's buffer already (a fresh socket); abort rather than
+            # close so that a client that reads nothing cannot keep the socket open.
+            transport.abort()
             return
         self._admitted = True
         super().connection_made(transport)
@@ -366,6 +407,7 @@ class GuardedRequestHandler(web.RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm()
+        self._disarm_write()
         self._guard.closed(self)
         super().connection_lost(exc)
 
@@ -376,7 +418,74 @@ class GuardedRequestHandler(web.RequestHandler):
         self._disarm()
         if self._task_handler is not None:
             self._task_handler.cancel()
+        self._close_now()
+
+    def _close_now(self) -> None:
+        """Aborts the transport: unsent bytes are dropped and the socket is closed at
+        once (``force_close`` alone waits for the write buffer to empty, for ever with a
+        client that does not read)."""
+        self._disarm()
+        self._disarm_write()
+        if self.transport is not None:
+            self.transport.abort()
         self.force_close()
+
+    def _process_keepalive(self) -> None:
+        """aiohttp's keep-alive timer (on the loop's clock, closing without abort) does
+        nothing: the ``idle`` timer of this class replaces it."""
+
+    # -------------------------------------------------------------- output
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._admitted and self._write_timer is None:
+            self._arm_write()
+
+    def _arm_write(self) -> None:
+        self._write_pending = self._pending_bytes()
+        self._write_timer = self._clock().call_later(
+            self._guard.limits.body_timeout_s, self._write_expired
+        )
+
+    def _pending_bytes(self) -> int:
+        """Bytes not yet taken by the client: the transport's buffer and, on Linux, the
+        socket's send queue (which can hold megabytes: a reader draining it shows no
+        progress in the transport's buffer for a long time)."""
+        transport = self.transport
+        if transport is None:
+            return 0
+        return transport.get_write_buffer_size() + unsent_in_kernel(transport)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._disarm_write()
+
+    def _disarm_write(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+        self._write_timer = None
+
+    def _write_expired(self) -> None:
+        self._write_timer = None
+        if self._pending_bytes() < self._write_pending:
+            self._arm_write()  # it reads, slowly: a new bound from now
+            return
+        log.info(
+            "write_stalled",
+            reason=(
+                "the client read nothing of its replies for "
+                f"{self._guard.limits.body_timeout_s:g} s"
+            ),
+            pending_bytes=self._pending_bytes(),
+            peer=self.peername,
+        )
+        # The handler waits in drain: stop it, then drop what it could not send.
+        if self._task_handler is not None:
+            self._task_handler.cancel()
+        self._close_now()
+
+    def _clock(self) -> Clock:
+        return self._guard.clock
 
     # --------------------------------------------------------------- input
 
@@ -385,7 +494,7 @@ class GuardedRequestHandler(web.RequestHandler):
             return
         if data and not self._busy and self._body is None and not self._head_started:
             self._head_started = True
-            if self._phase is None:  # a kept-alive connection: its next request begins
+            if self._phase in (None, "idle"):  # kept alive: its next request begins
                 self._arm("head", self._guard.limits.header_timeout_s)
         heads_before = self._request_count
         pending_body = self._body
@@ -430,6 +539,8 @@ class GuardedRequestHandler(web.RequestHandler):
         if not self._messages:  # nothing pipelined: idle until the next head begins
             self._busy = False
             self._guard.idle(self)
+            if self._phase is None and not self._head_started:
+                self._arm("idle", self._guard.limits.idle_timeout_s)
         return result
 
     # -------------------------------------------------------------- timers
@@ -437,7 +548,7 @@ class GuardedRequestHandler(web.RequestHandler):
     def _arm(self, phase: Phase, seconds: float) -> None:
         self._disarm()
         self._phase = phase
-        self._timer = self._loop.call_later(seconds, self._expired)
+        self._timer = self._clock().call_later(seconds, self._expired)
 
     def _disarm(self) -> None:
         if self._timer is not None:
@@ -448,9 +559,11 @@ class GuardedRequestHandler(web.RequestHandler):
     def _expired(self) -> None:
         phase, self._phase, self._timer = self._phase, None, None
         limits = self._guard.limits
-        if phase == "head" and not self._busy:
+        if phase == "idle" and not self._busy and not self._head_started:
+            self._close_now()  # quietly: no request to answer
+        elif phase == "head" and not self._busy:
             if not self._head_started:
-                self.force_close()  # never sent a byte: nobody to answer
+                self._close_now()  # never sent a byte: nobody to answer
                 return
             self._abort(
                 STATUS[errors.RequestTimeout],
@@ -477,8 +590,9 @@ class GuardedRequestHandler(web.RequestHandler):
         # it needs the body first) rather than let it fail on a closed connection.
         if self._task_handler is not None:
             self._task_handler.cancel()
-        self._disarm()
-        self.force_close()
+        # The error went to the kernel's buffer if the transport's was empty; if the
+        # client does not read, it is dropped with the rest.
+        self._close_now()
 
     def _body_answered(self) -> bool:
         """True once a response to the request whose body is awaited has begun: its

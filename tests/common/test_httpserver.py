@@ -1,9 +1,10 @@
 """The connection layer (``dispatcher.common.httpserver``) with raw sockets against a
 real listener serving a small app: timeouts, the cap, JSON errors for malformed HTTP.
 
-Timeouts are a fraction of a second so the tests are quick; no test asserts how long
-anything took, only what came back and in which order (a slow machine makes a timeout
-fire later, never sooner). ``SAFETY_S`` only stops a test that would otherwise hang.
+Every timer of the layer runs on the listener's ``FakeClock``: a test moves the clock
+past a timeout to see it fire, and only then, so a busy machine cannot fire one early
+or late. A test first waits for the server to have seen what it sent (the guard's
+state), then moves time. ``SAFETY_S`` only stops a test that would otherwise hang.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 import errno
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -33,9 +35,10 @@ from dispatcher.common.httpserver import (
 )
 
 SAFETY_S = 10.0
-SHORT_S = 0.3
-LONG_S = 30.0
-"""A timeout no test waits for: if it fired, the test would time out instead."""
+SHORT_S = 5.0
+"""A timeout a test moves the fake clock past."""
+LONG_S = 300.0
+"""A timeout no test moves the clock past."""
 
 
 # ----------------------------------------------------------------- the app
@@ -44,6 +47,8 @@ LONG_S = 30.0
 @dataclass
 class Events:
     seen: list[str] = field(default_factory=list)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    """``/wait`` answers once this is set (a long poll the test ends)."""
 
 
 def small_app(events: Events) -> web.Application:
@@ -62,14 +67,19 @@ def small_app(events: Events) -> web.Application:
 
     async def wait(request: web.Request) -> web.Response:
         events.seen.append("wait_started")
-        await asyncio.sleep(float(request.query["s"]))
+        await events.release.wait()
         events.seen.append("wait_done")
         return web.json_response({"waited": True})
 
     app = web.Application()
     app.router.add_get("/ok", ok)
     app.router.add_post("/echo", echo)
+
+    async def big(request: web.Request) -> web.Response:
+        return web.Response(body=b"x" * int(request.query["n"]))
+
     app.router.add_get("/wait", wait)
+    app.router.add_get("/big", big)
     return app
 
 
@@ -77,6 +87,7 @@ def small_app(events: Events) -> web.Application:
 class Served:
     listener: Listener
     events: Events
+    clock: FakeClock
     conns: list[Conn] = field(default_factory=list)
 
     async def connect(self) -> Conn:
@@ -91,6 +102,13 @@ class Served:
                 return
             await asyncio.sleep(0.01)
         raise AssertionError(f"not within {SAFETY_S:g} s: {what}")
+
+    def receiving_head(self) -> bool:
+        return any(c.receiving_head for c in self.listener.guard.connections())
+
+    async def past(self, seconds: float) -> None:
+        """Moves the fake clock on by ``seconds`` (and lets what fired run)."""
+        await self.clock.run_for(seconds)
 
 
 @dataclass
@@ -167,9 +185,10 @@ async def serve() -> AsyncIterator[Serve]:
             idle_timeout_s=idle_timeout_s,
             max_connections=max_connections,
         )
-        listener = Listener(runner, limits, host="127.0.0.1", port=0, clock=FakeClock())
+        clock = FakeClock()
+        listener = Listener(runner, limits, host="127.0.0.1", port=0, clock=clock)
         await listener.start()
-        served = Served(listener, events)
+        served = Served(listener, events, clock)
         runners.append((runner, served))
         return served
 
@@ -266,6 +285,10 @@ async def test_a_head_that_does_not_complete_in_time_is_answered_408(serve: Serv
     served = await serve(header_timeout_s=SHORT_S)
     conn = await served.connect()
     await conn.send(b"GET /ok HTTP/1.1\r\nHo")
+    await served.until(served.receiving_head, "the server reads the first bytes")
+    await served.past(SHORT_S - 0.1)
+    assert served.listener.guard.open_count == 1, "not before the timeout"
+    await served.past(0.1)
     reply = await conn.reply()
     assert (reply.status, reply.code) == (408, "request_timeout"), reply
     assert "head" in reply.body["error"]["message"]
@@ -275,6 +298,8 @@ async def test_a_head_that_does_not_complete_in_time_is_answered_408(serve: Serv
 async def test_a_connection_that_sends_nothing_is_closed_without_a_reply(serve: Serve) -> None:
     served = await serve(header_timeout_s=SHORT_S)
     conn = await served.connect()
+    await served.until(lambda: served.listener.guard.open_count == 1, "accepted")
+    await served.past(SHORT_S)
     assert await conn.closed()
     await served.until(lambda: served.listener.guard.open_count == 0, "forgotten")
 
@@ -285,6 +310,8 @@ async def test_a_body_that_does_not_complete_in_time_is_408_and_its_handler_stop
     served = await serve(body_timeout_s=SHORT_S)
     conn = await served.connect()
     await conn.send(post_head("/echo", "Content-Length: 100") + b"{")
+    await served.until(lambda: "echo_started" in served.events.seen, "the handler reads")
+    await served.past(SHORT_S)
     reply = await conn.reply()
     assert (reply.status, reply.code) == (408, "request_timeout"), reply
     assert "body" in reply.body["error"]["message"]
@@ -296,9 +323,14 @@ async def test_a_body_that_does_not_complete_in_time_is_408_and_its_handler_stop
 async def test_a_kept_alive_connection_is_closed_quietly_once_idle(serve: Serve) -> None:
     """The idle timeout, not the head's: the head timeout is too long to be what fires."""
     served = await serve(idle_timeout_s=SHORT_S)
+    guard = served.listener.guard
     conn = await served.connect()
     await conn.send(get("/ok"))
     assert (await conn.reply()).status == 200
+    await served.until(lambda: guard.idle_count == 1, "idle after its response")
+    await served.past(SHORT_S - 0.1)
+    assert guard.open_count == 1, "not before the idle timeout"
+    await served.past(0.1)
     assert await conn.closed()
 
 
@@ -309,7 +341,10 @@ async def test_the_next_request_on_a_kept_alive_connection_has_its_own_head_time
     conn = await served.connect()
     await conn.send(get("/ok"))
     assert (await conn.reply()).status == 200
+    await served.past(SHORT_S)  # idle: no head timeout runs between requests
     await conn.send(b"GET /ok HT")
+    await served.until(served.receiving_head, "the server reads the next head")
+    await served.past(SHORT_S)
     reply = await conn.reply()
     assert (reply.status, reply.code) == (408, "request_timeout"), reply
 
@@ -317,9 +352,12 @@ async def test_the_next_request_on_a_kept_alive_connection_has_its_own_head_time
 async def test_a_request_in_progress_outlives_every_timeout(serve: Serve) -> None:
     """A long poll: the handler waits longer than the head, body and idle timeouts
     together; none of them applies while it runs."""
-    served = await serve(header_timeout_s=0.1, body_timeout_s=0.1, idle_timeout_s=0.1)
+    served = await serve(header_timeout_s=SHORT_S, body_timeout_s=SHORT_S, idle_timeout_s=SHORT_S)
     conn = await served.connect()
-    await conn.send(get("/wait?s=1.0"))
+    await conn.send(get("/wait"))
+    await served.until(lambda: "wait_started" in served.events.seen, "the handler waits")
+    await served.past(10 * SHORT_S)
+    served.events.release.set()
     reply = await conn.reply()
     assert (reply.status, reply.body) == (200, {"waited": True})
     assert served.events.seen == ["wait_started", "wait_done"]
@@ -328,9 +366,92 @@ async def test_a_request_in_progress_outlives_every_timeout(serve: Serve) -> Non
 async def test_pipelined_requests_are_all_answered(serve: Serve) -> None:
     served = await serve(header_timeout_s=SHORT_S, idle_timeout_s=SHORT_S)
     conn = await served.connect()
-    await conn.send(get("/ok") + get("/wait?s=0.5") + get("/ok"))
+    await conn.send(get("/ok") + get("/wait") + get("/ok"))
+    await served.until(lambda: "wait_started" in served.events.seen, "the second runs")
+    await served.past(10 * SHORT_S)
+    served.events.release.set()
     assert [(await conn.reply()).status for _ in range(3)] == [200, 200, 200]
+    await served.until(lambda: served.listener.guard.idle_count == 1, "idle at last")
+    await served.past(SHORT_S)
     assert await conn.closed()
+
+
+# ------------------------------------------------------ clients that do not read
+
+
+BIG_BODY = 4_000_000
+"""Far above the transport's high-water mark and the sockets' buffers: writing pauses."""
+
+
+async def raw_non_reader(served: Served) -> socket.socket:
+    """A client with a tiny receive buffer that asks for a big reply and reads nothing."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", served.listener.port))
+    await loop.sock_sendall(sock, get(f"/big?n={BIG_BODY}"))
+    return sock
+
+
+def writing_paused(served: Served) -> bool:
+    return any(c.writing_paused for c in served.listener.guard.connections())
+
+
+def read_available(sock: socket.socket, limit: int = 1 << 30) -> int | None:
+    """Bytes read without waiting (up to about ``limit``); None at EOF or reset."""
+    got = 0
+    try:
+        while got < limit:
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                return None
+            got += len(chunk)
+        return got
+    except BlockingIOError:
+        return got
+    except ConnectionError:
+        return None
+
+
+async def test_a_reply_nobody_reads_is_aborted_after_the_write_stall(serve: Serve) -> None:
+    """Before: the handler waited in drain for ever, busy (never timed out or evicted),
+    and closing would have waited for the buffer to empty: the socket stayed open."""
+    served = await serve(body_timeout_s=SHORT_S)
+    guard = served.listener.guard
+    with await raw_non_reader(served) as sock:
+        await served.until(lambda: writing_paused(served), "the server's writing paused")
+        assert guard.idle_count == 0, "busy: the cap could not evict it"
+        with capture_logs() as logs:
+            await served.past(SHORT_S - 0.1)
+            assert guard.open_count == 1, "not before the bound"
+            await served.past(0.1)
+            await served.until(lambda: guard.open_count == 0, "aborted")
+        await served.until(lambda: read_available(sock) is None, "the socket closed")
+    assert [e["event"] for e in logs if e["event"] == "write_stalled"] == ["write_stalled"]
+
+
+async def test_a_slow_but_steady_reader_is_never_cut(serve: Serve) -> None:
+    """Each bound sees some bytes sent: it restarts, however long the whole reply takes
+    (here about 20 bounds; writing stays paused nearly throughout, so a bound that did
+    not restart on progress would cut it)."""
+    served = await serve(body_timeout_s=SHORT_S)
+    guard = served.listener.guard
+    step = BIG_BODY // 20
+    with await raw_non_reader(served) as sock:
+        await served.until(lambda: writing_paused(served), "the server's writing paused")
+        received = 0
+        async with asyncio.timeout(SAFETY_S):
+            while received < BIG_BODY:
+                got = read_available(sock, limit=step)
+                assert got is not None, f"cut after {received} bytes"
+                received += got
+                if got < step:
+                    await asyncio.sleep(0.001)  # real time for the sockets to move bytes
+                    continue
+                await served.past(SHORT_S * 0.9)
+        assert guard.open_count == 1
+    assert served.clock.monotonic() - 1000.0 > 10 * SHORT_S
 
 
 # ------------------------------------------------------------------ the cap
@@ -371,7 +492,7 @@ async def test_at_the_cap_with_every_connection_in_a_request_a_new_one_gets_503(
     served = await serve(max_connections=2)
     polls = [await served.connect() for _ in range(2)]
     for poll in polls:
-        await poll.send(get("/wait?s=1.0"))
+        await poll.send(get("/wait"))
     await served.until(lambda: served.events.seen.count("wait_started") == 2, "both waiting")
 
     refused = await served.connect()
@@ -379,6 +500,7 @@ async def test_at_the_cap_with_every_connection_in_a_request_a_new_one_gets_503(
     assert (reply.status, reply.code) == (503, "unavailable"), reply
     assert reply.headers["retry-after"] == "1"
     assert await refused.closed()
+    served.events.release.set()
     for poll in polls:
         assert (await poll.reply()).status == 200, "the requests in progress are not hurt"
     assert served.listener.guard.refused == 1

@@ -384,3 +384,120 @@ def test_malformed_http_is_answered_with_the_json_error_body(short: DispatcherPr
             sock.sendall(request)
             got_status, body = read_response(sock, timeout_s=SLACK_S)
         assert (got_status, body["error"]["code"]) == (status, code), body
+
+
+# ------------------------------------------------------- clients that never read
+
+
+def open_fds(d: DispatcherProcess) -> int:
+    return len(list(Path(f"/proc/{d.proc.pid}/fd").iterdir()))
+
+
+def settled_fds(d: DispatcherProcess) -> int:
+    """The open fds once the count holds still (a probe's connection just closed by the
+    client may not be closed by the server yet)."""
+
+    def same_twice() -> int | None:
+        first = open_fds(d)
+        time.sleep(0.2)
+        return first if open_fds(d) == first else None
+
+    return wait_until(same_twice, timeout_s=SLACK_S, what="a settled fd count")[0]
+
+
+def non_reader(port: int, path: str, count: int) -> socket.socket:
+    """A client with a tiny receive buffer that pipelines ``count`` GETs of ``path`` and
+    never reads a reply: the replies fill its buffer, the server's socket buffer, then
+    the server's transport buffer (past its high-water mark writing pauses)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+    sock.settimeout(SLACK_S)
+    sock.connect(("127.0.0.1", port))
+    request = f"GET {path} HTTP/1.1\r\nHost: dispatcher\r\n\r\n".encode()
+    sock.setblocking(False)
+    data = request * count
+    # Sends what the server takes without blocking: once it stops reading (its replies
+    # are stuck), the rest does not matter.
+    deadline = time.monotonic() + SLACK_S
+    while data and time.monotonic() < deadline:
+        try:
+            data = data[sock.send(data) :]
+        except BlockingIOError:
+            time.sleep(0.01)
+    return sock
+
+
+def reset_or_eof(sock: socket.socket) -> bool:
+    """True once the server's end is gone: a peek past the unread replies meets EOF or a
+    reset (an aborted transport)."""
+    try:
+        sock.setblocking(False)
+        while chunk := sock.recv(1 << 20):
+            del chunk
+        return True
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/healthz"])
+def test_a_client_that_never_reads_its_replies_is_aborted_and_its_fd_released(
+    start: Start, path: str
+) -> None:
+    """Before: the handler waited for the write buffer to drain for ever (the connection
+    stayed busy: never timed out nor evicted), and its socket stayed open. The bound is
+    the write stall (the body timeout), plus the room of a busy machine."""
+    d = start("--body-timeout", str(BODY_S), "--idle-timeout", "300")
+    assert healthz(d) == 200
+    before = settled_fds(d)
+    socks = [non_reader(d.port, path, 20_000) for _ in range(3)]
+    try:
+        during, _ = wait_until(
+            lambda: open_fds(d) >= before + len(socks) and open_fds(d),
+            timeout_s=SLACK_S,
+            what="the clients accepted",
+            context=d.tail,
+        )
+        started = time.monotonic()
+        wait_until(
+            lambda: open_fds(d) <= before or None,
+            timeout_s=BODY_S + 2 * SLACK_S,
+            what=f"the fds of clients that never read released (before {before})",
+            context=d.tail,
+            interval_s=0.2,
+        )
+        took = time.monotonic() - started
+        assert took <= BODY_S + 2 * SLACK_S, (before, during, took)
+        assert all(reset_or_eof(s) for s in socks)
+    finally:
+        close_all(socks)
+    assert [e["reason"] for e in log_events(d, "write_stalled")] != []
+    assert healthz(d) == 200
+    assert d.proc.alive()
+
+
+def test_clients_that_never_read_do_not_keep_healthz_from_answering(start: Start) -> None:
+    """At a small cap, connections stuck writing replies are busy (never evicted): each
+    new connection would get 503 until they are aborted after the write stall."""
+    cap = 4
+    d = start("--max-connections", str(cap), "--body-timeout", str(BODY_S))
+    before = settled_fds(d)
+    socks = [non_reader(d.port, "/metrics", 20_000) for _ in range(cap)]
+    try:
+        wait_until(
+            lambda: open_fds(d) >= before + cap or None,
+            timeout_s=SLACK_S,
+            what="the clients accepted",
+            context=d.tail,
+        )
+        wait_until(
+            lambda: healthz(d) == 200 or None,
+            timeout_s=BODY_S + 2 * SLACK_S,
+            what="/healthz answers beside clients that never read",
+            context=d.tail,
+            interval_s=0.2,
+        )
+    finally:
+        close_all(socks)
+    assert d.proc.alive()
