@@ -23,16 +23,15 @@ from kubernetes_asyncio.client import ApiClient
 
 from dispatcher.api.app import create_app
 from dispatcher.common.clock import Clock, SystemClock
-from dispatcher.common.health import HealthRegistry, Probe, ProbeResult, Status
-from dispatcher.common.httpserver import (
+from dispatcher.common.fdlimits import (
     FD_RESERVE,
     AcceptErrorLog,
-    ConnectionLimits,
-    Listener,
     max_connections_for,
     open_file_limit,
     raise_fd_limit,
 )
+from dispatcher.common.health import HealthRegistry, Probe, ProbeResult, Status
+from dispatcher.common.httpserver import ConnectionLimits, Listener
 from dispatcher.common.kubeclient import kube_client
 from dispatcher.election.base import Leadership, LeaseBackend
 from dispatcher.election.elector import Elector

@@ -24,13 +24,9 @@ import structlog
 from aiohttp import web
 
 from dispatcher.common.clock import Clock, SystemClock
+from dispatcher.common.fdlimits import AcceptErrorLog, raise_fd_limit
 from dispatcher.common.health import HealthRegistry, Status
-from dispatcher.common.httpserver import (
-    AcceptErrorLog,
-    ConnectionLimits,
-    Listener,
-    raise_fd_limit,
-)
+from dispatcher.common.httpserver import ConnectionLimits, Listener
 from node_agent.checks import CheckKind
 from node_agent.checks.dns import DnsCheck
 from node_agent.checks.exec import ExecCheck

@@ -25,14 +25,13 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from dispatcher.common.clock import FakeClock
-from dispatcher.common.httpserver import (
+from dispatcher.common.fdlimits import (
     DEFAULT_MAX_CONNECTIONS,
     FD_RESERVE,
     AcceptErrorLog,
-    ConnectionLimits,
-    Listener,
     max_connections_for,
 )
+from dispatcher.common.httpserver import ConnectionLimits, Listener
 
 SAFETY_S = 10.0
 SHORT_S = 5.0
@@ -561,7 +560,7 @@ def test_the_file_descriptor_soft_limit_is_raised_to_the_hard_one() -> None:
     """In a child whose soft limit is lowered (the test process's own is left alone)."""
     script = (
         "import resource\n"
-        "from dispatcher.common.httpserver import raise_fd_limit\n"
+        "from dispatcher.common.fdlimits import raise_fd_limit\n"
         "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))\n"
         "got = raise_fd_limit()\n"

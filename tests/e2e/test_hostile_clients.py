@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from dispatcher.common.httpserver import LISTEN_BACKLOG
+from dispatcher.common.fdlimits import LISTEN_BACKLOG
 from tests.e2e.harness import API, DispatcherProcess, call, wait_until
 from tests.processes import Proc, dispatcher_argv, free_port, wait_http_ok
 
