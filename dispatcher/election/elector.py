@@ -61,6 +61,8 @@ class Elector:
         self._backend_problem: str | None = None
         self._rng = rng or random.Random()
         self._record: LeaseRecord | None = None
+        self._read_at = float("-inf")
+        """When the backend last answered (monotonic, at the start of that attempt)."""
         self._leading = False
         self._leading_epoch = 0
         self._resigned = False
@@ -77,10 +79,16 @@ class Elector:
         return self._leading and self._clock.monotonic() < self._deadline
 
     def leader(self) -> LeaderInfo | None:
+        """The holder of the last lease read, while that lease may still stand by this
+        replica's own clock: once the backend has not answered for a lease duration, the
+        leader it named may be gone, and forwarding to it (or a loop between two
+        followers) is worse than a plain ``503 no_leader``."""
         if self._record is None:
             return None
         if self._record.holder == self._identity and not self.is_leader():
             return None  # our own lease, but we may no longer act on it
+        if self._clock.monotonic() >= self._read_at + self._settings.lease_duration_s:
+            return None  # the last lease read has expired by our clock
         return self._record.info()
 
     @property
@@ -129,6 +137,7 @@ class Elector:
             self._check_deadline()
             return
         self._report_backend(None)
+        self._read_at = started
         self._observe(record)
         if self._resigned:
             return  # resigned while this attempt was under way: release first

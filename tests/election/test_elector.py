@@ -194,3 +194,29 @@ async def test_a_resigned_leader_stops_at_once_releases_and_campaigns_again() ->
         await running
     # The loop released the lease, then won it back as a new term, with a new epoch.
     assert rec.events == ["started:1", "started:2", "stopped"]
+
+
+async def test_a_follower_that_cannot_read_the_lease_forgets_the_leader_when_it_expires() -> None:
+    """The backend down: the follower keeps the leader it last read only while that lease
+    may still stand by its own clock (lease duration from the last answer), then knows
+    no leader (the API then answers 503 no_leader, never a stale forward or 508)."""
+    clock = FakeClock()
+    backend = MemoryLeaseBackend(clock)
+    rec_a, rec_b = Recorder(), Recorder()
+    a, b = elector(backend, clock, "a", rec_a), elector(backend, clock, "b", rec_b)
+    await a.step()
+    await b.step()
+    read_at = clock.monotonic()
+    assert b.leader() == LeaderInfo("a", "http://a:5005", 1)
+
+    backend.down = True
+    clock.advance(SETTINGS.retry_period_s)
+    await b.step()  # fails: the backend is down
+    clock.advance(read_at + SETTINGS.lease_duration_s - 0.01 - clock.monotonic())
+    assert b.leader() == LeaderInfo("a", "http://a:5005", 1), "the lease may still stand"
+    clock.advance(0.01)
+    assert b.leader() is None, "expired by the follower's own clock"
+
+    backend.down = False
+    await b.step()  # the backend answers again: the lease expired there too, b takes it
+    assert b.leader() == LeaderInfo("b", "http://b:5005", 2)
