@@ -79,16 +79,17 @@ class Elector:
         return self._leading and self._clock.monotonic() < self._deadline
 
     def leader(self) -> LeaderInfo | None:
-        """The holder of the last lease read, while that lease may still stand by this
-        replica's own clock: once the backend has not answered for a lease duration, the
-        leader it named may be gone, and forwarding to it (or a loop between two
-        followers) is worse than a plain ``503 no_leader``."""
+        """The holder of the last lease read, while it may still act on it by this
+        replica's own clock. A holder that cannot renew stops acting at its renew
+        deadline, so once the backend has not answered this replica for
+        ``renew_deadline_s``, the leader it named may have stopped: forwarding to it
+        would meet a non-leader (``508``), and a plain ``503 no_leader`` is the answer."""
         if self._record is None:
             return None
         if self._record.holder == self._identity and not self.is_leader():
             return None  # our own lease, but we may no longer act on it
-        if self._clock.monotonic() >= self._read_at + self._settings.lease_duration_s:
-            return None  # the last lease read has expired by our clock
+        if self._clock.monotonic() >= self._read_at + self._settings.renew_deadline_s:
+            return None  # by our clock, the holder may have stopped acting
         return self._record.info()
 
     @property

@@ -299,6 +299,21 @@ def test_redis_restart_the_leader_steps_down_and_a_leader_returns(
         assert reply.headers.get("Retry-After"), reply.headers
     assert c.leaders() == [], f"a replica leads without Redis\n{c.logs()}"
 
+    def every_replica_says_no_leader() -> list[Reply] | None:
+        replies = [r.state(timeout_s=1.0) for r in c.replicas]
+        if all(x is not None and x.status == 503 for x in replies):
+            return [x for x in replies if x is not None]
+        return None
+
+    # Followers forget the leader they last read once it may have stopped (a renew
+    # deadline after Redis last answered): 503 no_leader, not a forward that meets 508.
+    replies, _ = c.wait("every replica 503", every_replica_says_no_leader, timeout_s=8)
+    took = time.monotonic() - started
+    measured("Redis down: stop to every replica answering 503 no_leader", took)
+    bound = RENEW_DEADLINE_S + 1
+    assert took <= bound, f"every replica 503 after {took:.2f} s (bound {bound} s)\n{c.logs()}"
+    assert [x.error_code() for x in replies] == ["no_leader"] * len(replies), replies
+
     time.sleep(0.5)
     c.redis_server.start()
     restarted = time.monotonic()

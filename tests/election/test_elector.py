@@ -196,10 +196,11 @@ async def test_a_resigned_leader_stops_at_once_releases_and_campaigns_again() ->
     assert rec.events == ["started:1", "started:2", "stopped"]
 
 
-async def test_a_follower_that_cannot_read_the_lease_forgets_the_leader_when_it_expires() -> None:
-    """The backend down: the follower keeps the leader it last read only while that lease
-    may still stand by its own clock (lease duration from the last answer), then knows
-    no leader (the API then answers 503 no_leader, never a stale forward or 508)."""
+async def test_a_follower_that_cannot_read_the_lease_forgets_the_leader_in_time() -> None:
+    """The backend down: the follower keeps the leader it last read only while that
+    leader may still act by the follower's own clock (a renew deadline from the last
+    answer; the leader stops by then), then knows no leader (the API then answers 503
+    no_leader, never a stale forward that meets a non-leader's 508)."""
     clock = FakeClock()
     backend = MemoryLeaseBackend(clock)
     rec_a, rec_b = Recorder(), Recorder()
@@ -212,11 +213,12 @@ async def test_a_follower_that_cannot_read_the_lease_forgets_the_leader_when_it_
     backend.down = True
     clock.advance(SETTINGS.retry_period_s)
     await b.step()  # fails: the backend is down
-    clock.advance(read_at + SETTINGS.lease_duration_s - 0.01 - clock.monotonic())
-    assert b.leader() == LeaderInfo("a", "http://a:5005", 1), "the lease may still stand"
+    clock.advance(read_at + SETTINGS.renew_deadline_s - 0.01 - clock.monotonic())
+    assert b.leader() == LeaderInfo("a", "http://a:5005", 1), "a may still act"
     clock.advance(0.01)
-    assert b.leader() is None, "expired by the follower's own clock"
+    assert b.leader() is None, "a has stopped by now, by the follower's own clock"
 
     backend.down = False
+    clock.advance(SETTINGS.lease_duration_s - SETTINGS.renew_deadline_s)
     await b.step()  # the backend answers again: the lease expired there too, b takes it
     assert b.leader() == LeaderInfo("b", "http://b:5005", 2)
