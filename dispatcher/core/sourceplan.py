@@ -156,6 +156,16 @@ def plan_add(
     return SourcePlan({source: change}, [Hold(source, list(wanted.values()))] if wanted else [])
 
 
+def check_set_size(
+    source: SourceName, configs: Sequence[CheckConfig], *, max_checks_per_source: int | None
+) -> None:
+    """Raises TooManyChecks when ``configs`` hold more distinct checks than one source
+    may: what ``plan_replace`` refuses, for a source that checks each set on its own
+    before handing several to one write (a config file, a Kubernetes object)."""
+    size = len({c.digest for c in configs})
+    _refuse_beyond_limit(source, size, adding=None, limit=max_checks_per_source)
+
+
 def _refuse_beyond_limit(
     source: SourceName, size: int, *, adding: int | None, limit: int | None
 ) -> None:

@@ -30,8 +30,9 @@ from dispatcher.common.tasks import run_periodically
 from dispatcher.common.validation import field_problems
 from dispatcher.convert import config_in
 from dispatcher.core.model import CheckConfig, SourceName
+from dispatcher.core.sourceplan import check_set_size
 from dispatcher.engine import Dispatcher
-from dispatcher.errors import ConfigSourceError
+from dispatcher.errors import ConfigSourceError, TooManyChecks
 
 log = structlog.get_logger(__name__)
 
@@ -153,18 +154,6 @@ def validate_configs(raw: Sequence[tuple[str, Any]]) -> list[CheckConfig]:
             problems = "; ".join(str(p) for p in field_problems(exc, root="(config)"))
             raise ConfigSourceError(f"{where}: {problems}") from exc
     return configs
-
-
-def within_source_limit(configs: Sequence[CheckConfig], *, origin: str, limit: int) -> None:
-    """Raises ConfigSourceError when ``configs`` hold more distinct checks than one source
-    may (``--max-checks-per-source``): such a file or object is reported broken and keeps
-    its last good checks, instead of failing the whole step with the others in it."""
-    distinct = len({config.digest for config in configs})
-    if distinct > limit:
-        raise ConfigSourceError(
-            f"{origin}: {distinct} checks, over the limit of {limit} per source"
-            " (--max-checks-per-source); split it or raise the limit"
-        )
 
 
 def _read(path: Path) -> str:
@@ -294,12 +283,12 @@ class ConfigDirSource:
                 return None
             # Parsing a large file takes long enough to delay heartbeats: not on the loop.
             configs = await asyncio.to_thread(parse_configs, text, origin=path.name)
-            within_source_limit(
+            check_set_size(
+                source_name(path),
                 configs,
-                origin=path.name,
-                limit=self._dispatcher.settings.max_checks_per_source,
+                max_checks_per_source=self._dispatcher.settings.max_checks_per_source,
             )
-        except (OSError, ConfigSourceError) as exc:
+        except (OSError, ConfigSourceError, TooManyChecks) as exc:
             message = str(exc) if isinstance(exc, ConfigSourceError) else f"{path.name}: {exc}"
             if self._broken.get(path.name) != message:
                 log.error("config_file_invalid", file=path.name, error=message)

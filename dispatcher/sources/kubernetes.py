@@ -45,9 +45,10 @@ from kubernetes_asyncio.watch import Watch
 from dispatcher.common.clock import Clock
 from dispatcher.common.health import HealthRegistry, Status
 from dispatcher.core.model import CheckConfig, SourceName
+from dispatcher.core.sourceplan import check_set_size
 from dispatcher.engine import Dispatcher
-from dispatcher.errors import ConfigSourceError, NoLeader
-from dispatcher.sources.configdir import parse_configs, validate_configs, within_source_limit
+from dispatcher.errors import ConfigSourceError, NoLeader, TooManyChecks
+from dispatcher.sources.configdir import parse_configs, validate_configs
 
 log = structlog.get_logger(__name__)
 
@@ -365,13 +366,17 @@ class KubernetesSource:
                     configs = []  # no annotation (any more): no checks
             else:
                 configs = configmap_configs(obj)
-            within_source_limit(
-                configs, origin=source, limit=self._dispatcher.settings.max_checks_per_source
+            check_set_size(
+                source,
+                configs,
+                max_checks_per_source=self._dispatcher.settings.max_checks_per_source,
             )
         except Exception as exc:  # whatever an object holds, it must not stop the others
-            message = (str(exc) if isinstance(exc, ConfigSourceError) else f"{source}: {exc!r}")[
-                :1000
-            ]
+            message = (
+                str(exc)
+                if isinstance(exc, ConfigSourceError | TooManyChecks)
+                else f"{source}: {exc!r}"
+            )[:1000]
             if self._broken.get(source) != message:
                 self._broken[source] = message
                 log.error("kubernetes_checks_invalid", source=source, error=message)

@@ -312,7 +312,8 @@ async def test_an_object_over_the_per_source_limit_is_malformed_and_blocks_nothi
         h.api.put(SERVICES, "default", annotated("default", "shop", two))
         await h.until(lambda: h.component()[0] is Status.DEGRADED)
         _, message, metadata = h.component()
-        assert "2 checks, over the limit of 1" in message
+        assert message.startswith("Source 'k8s:service:default:shop' may hold at most 1 checks")
+        assert "this set has 2 distinct checks" in message
         assert metadata["broken"] == [SHOP]
         assert h.urls(SHOP) == before, "the last good checks stay"
         h.api.put(SERVICES, "web", annotated("web", "cart", HTTP_CHECK))
