@@ -22,11 +22,14 @@ _STATUS_TEXT = {
     401: "Missing or wrong token",
     403: "Token of the wrong role",
     404: "Unknown node, check or component",
+    408: "The request head or body did not arrive in time (request_timeout)",
     409: "Conflict",
     413: "Body larger than the limit (body_too_large), or a source over its check limit"
     " (too_many_checks)",
     415: "Body is not application/json",
-    503: "No leader known, the leader or the store does not answer, or unhealthy",
+    431: "Request line or header fields too large (headers_too_large)",
+    503: "No leader known, the leader or the store does not answer, unhealthy, or every"
+    " connection busy at the connection cap (unavailable)",
     508: "Forwarding loop",
 }
 _HEADERS: dict[str, Any] = {

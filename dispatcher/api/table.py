@@ -23,6 +23,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 JSON = "application/json"
 
 
+CONNECTION_STATUSES = frozenset({408, 431, 503})
+"""What the connection layer (``dispatcher.common.httpserver``) may answer on any route,
+before the route runs: a request head or body too slow (408), a request line or headers
+too large (431), every connection busy at the cap (503)."""
+
+
 @dataclass(frozen=True, slots=True)
 class QueryParam:
     name: str
@@ -101,7 +107,7 @@ class Route:
 
     def error_statuses(self) -> frozenset[int]:
         """Every error status the route can answer with the error body of API.md."""
-        codes = set(self.errors)
+        codes = set(self.errors) | CONNECTION_STATUSES
         codes |= {PATH_PARAMS[p].invalid_status for p in self.path_params}
         if self.query:
             codes.add(400)  # a query value out of range

@@ -290,36 +290,39 @@ def _ok_result(digest: str) -> dict[str, Any]:
     }
 
 
-# The statuses each operation may answer, written out from API.md (not read from the
-# table). Every route with a token: 401, 403; every leader-only route: 503 (no leader, or
-# the leader or the store does not answer) and 508; a body: 400, 413, 415; a node or
-# source name in the path: 400 when it is not a name.
+# The statuses each operation may answer, written out from API.md and README's "Limits
+# and timeouts" (not read from the table). Every route with a token: 401, 403; every
+# leader-only route: 503 (no leader, or the leader or the store does not answer) and 508;
+# a body: 400, 413, 415; a node or source name in the path: 400 when it is not a name.
 _LEADER = {401, 403, 503, 508}
+# Every route: what the connection layer answers before any route runs (a slow head or
+# body 408, too large headers 431, every connection busy 503).
+_CONN = {408, 431, 503}
 _BODY = {400, 413, 415}
 DOCUMENTED_STATUSES: dict[tuple[str, str], set[int]] = {
-    ("post", f"{API}/status/{{node}}"): {200, 400, *_LEADER, *_BODY},
-    ("get", f"{API}/configs/{{node}}"): {200, 400, 404, *_LEADER},
-    ("post", f"{API}/results/{{node}}"): {200, 400, *_LEADER, *_BODY},
-    ("put", f"{API}/sources/{{source}}"): {200, 400, 409, *_LEADER, *_BODY},
-    ("get", f"{API}/sources/{{source}}"): {200, 400, *_LEADER},
-    ("post", f"{API}/checks"): {200, 409, *_LEADER, *_BODY},
-    ("delete", f"{API}/checks/{{digest}}"): {200, 400, 404, 409, *_LEADER},
-    ("get", API): {200, *_LEADER},
-    ("get", f"{API}/checks"): {200, *_LEADER},
-    ("get", f"{API}/checks/{{digest}}"): {200, 404, *_LEADER},
-    ("post", f"{API}/rebalance"): {200, *_LEADER, *_BODY},
-    ("post", f"{API}/nodes/{{node}}/cordon"): {200, 400, 404, *_LEADER},
-    ("post", f"{API}/nodes/{{node}}/uncordon"): {200, 400, 404, *_LEADER},
-    ("post", f"{API}/nodes/{{node}}/drain"): {200, 400, 404, *_LEADER},
-    ("post", f"{API}/isolate/{{digest}}"): {200, 404, 409, *_LEADER},
-    ("get", f"{API}/results"): {200, *_LEADER},
-    ("get", f"{API}/replicas"): {200, *_LEADER},
-    ("get", "/healthz"): {200, 503},
-    ("get", "/readyz"): {200, 503},
-    ("get", "/v1/api/health/components"): {200},
-    ("get", "/v1/api/health/components/{name}"): {200, 404},
-    ("get", "/metrics"): {200},
-    ("get", "/v1/api/openapi.json"): {200},
+    ("post", f"{API}/status/{{node}}"): {200, 400, *_LEADER, *_BODY, *_CONN},
+    ("get", f"{API}/configs/{{node}}"): {200, 400, 404, *_LEADER, *_CONN},
+    ("post", f"{API}/results/{{node}}"): {200, 400, *_LEADER, *_BODY, *_CONN},
+    ("put", f"{API}/sources/{{source}}"): {200, 400, 409, *_LEADER, *_BODY, *_CONN},
+    ("get", f"{API}/sources/{{source}}"): {200, 400, *_LEADER, *_CONN},
+    ("post", f"{API}/checks"): {200, 409, *_LEADER, *_BODY, *_CONN},
+    ("delete", f"{API}/checks/{{digest}}"): {200, 400, 404, 409, *_LEADER, *_CONN},
+    ("get", API): {200, *_LEADER, *_CONN},
+    ("get", f"{API}/checks"): {200, *_LEADER, *_CONN},
+    ("get", f"{API}/checks/{{digest}}"): {200, 404, *_LEADER, *_CONN},
+    ("post", f"{API}/rebalance"): {200, *_LEADER, *_BODY, *_CONN},
+    ("post", f"{API}/nodes/{{node}}/cordon"): {200, 400, 404, *_LEADER, *_CONN},
+    ("post", f"{API}/nodes/{{node}}/uncordon"): {200, 400, 404, *_LEADER, *_CONN},
+    ("post", f"{API}/nodes/{{node}}/drain"): {200, 400, 404, *_LEADER, *_CONN},
+    ("post", f"{API}/isolate/{{digest}}"): {200, 404, 409, *_LEADER, *_CONN},
+    ("get", f"{API}/results"): {200, *_LEADER, *_CONN},
+    ("get", f"{API}/replicas"): {200, *_LEADER, *_CONN},
+    ("get", "/healthz"): {200, 503, *_CONN},
+    ("get", "/readyz"): {200, 503, *_CONN},
+    ("get", "/v1/api/health/components"): {200, *_CONN},
+    ("get", "/v1/api/health/components/{name}"): {200, 404, *_CONN},
+    ("get", "/metrics"): {200, *_CONN},
+    ("get", "/v1/api/openapi.json"): {200, *_CONN},
 }
 PATH_PATTERNS = {
     "node": wire.NAME_PATTERN,
