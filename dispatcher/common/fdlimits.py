@@ -22,15 +22,15 @@ log = structlog.get_logger("dispatcher.http")
 DEFAULT_MAX_CONNECTIONS = 10_000
 """The cap when none is configured (and the file-descriptor limit allows it)."""
 LISTEN_BACKLOG = 128
-FD_RESERVE = 576
+FD_RESERVE = 832
 """File descriptors kept for everything but the connections under the cap, when the cap
-is derived from the limit: two bursts of accepts (asyncio accepts up to the listen
-backlog, 128, in one go, and the sockets that make room under the cap are closed only on
-the loop's next turn, when the next burst may already be accepted: 256), the forwarding
-pool of a follower (256 connections) and the rest (the listening socket, logs, Redis,
-the Kubernetes client, the config directory: 64). Under a limit too low for that the cap
-is a quarter of the limit, and a burst may still meet EMFILE: it is survived and logged
-once per interval."""
+is derived from the limit: four bursts of accepts (asyncio accepts up to the listen
+backlog, 128, in one go; the protocol that may evict to make room is made one turn of
+the loop later and the evicted socket closed one turn after that, and a burst can be
+accepted on each of those turns: 512), the forwarding pool of a follower (256
+connections) and the rest (the listening socket, logs, Redis, the Kubernetes client, the
+config directory: 64). Under a limit too low for that the cap is a quarter of the limit,
+and a burst may still meet EMFILE: it is survived and logged once per interval."""
 RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 """What ``accept()`` fails with when the process or the system runs out of resources."""
 

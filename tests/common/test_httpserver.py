@@ -543,7 +543,8 @@ def test_accept_errors_are_logged_once_per_interval_with_their_count() -> None:
     [
         (None, 1_048_576, DEFAULT_MAX_CONNECTIONS),
         (None, 20_000, DEFAULT_MAX_CONNECTIONS),
-        (None, 1024, 1024 - FD_RESERVE),
+        (None, 4096, 4096 - FD_RESERVE),
+        (None, 1024, 256),
         (None, 256, 64),
         (None, 512, 128),
         (50_000, 1024, 50_000),
