@@ -2,10 +2,13 @@
 target they probe, and the example checks of examples/conf.d. Prints which agent runs
 which check and how it fares until Ctrl-C; process logs go to .run/.
 
-The agents start once the dispatcher answers ``/readyz``; the dispatcher holds the checks
-back for a short warm-up so that all three agents are registered when it places them,
-and the first table waits (a bounded time) for that, so it shows where the checks run
-rather than every check dangling or on one agent.
+The agents start once the dispatcher answers ``/readyz``. The dispatcher reads its
+checks from ``.run/conf.d``, a symbolic link that points at an empty directory until all
+three agents have registered and at the example checks from then on: the dispatcher
+places a new check on the least loaded agent, so the checks spread over all three
+however long the agents take to start (a busy machine can take seconds), where a fixed
+warm-up would let the first agent take every check. The first table waits (a bounded
+time) for that, so it shows where the checks run rather than every check dangling.
 
 The demo is there to be poked at: an agent that dies (``kill -9 $(cat .run/agent-a.pid)``)
 is reported, the dispatcher drops it once it has missed heartbeats for EXPIRY_S, and the
@@ -26,6 +29,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -53,22 +57,23 @@ EXPIRY_S = 6.0
 """Seconds without a heartbeat after which the dispatcher drops an agent and gives its
 checks to the others."""
 WARMUP_S = 5.0
-"""The dispatcher places no check for this long after it starts (its warm-up), so that
-the three agents, started once it is ready, have all registered when it does: it places
-dangling checks on its next tick after a node appears, so without this the first agent
-to register takes every check and the others start empty."""
+"""The dispatcher's warm-up (it places no check for this long after it starts with an
+empty store): shorter than its default, so that the first table comes soon. It is not
+what spreads the checks (the late link to the config directory is), so a slow start
+of the agents does not matter."""
 TABLE_EVERY_S = 5.0
 READY_TIMEOUT_S = 30.0
 """How long the dispatcher may take to answer /readyz with 200 after it starts."""
 REGISTER_TIMEOUT_S = 20.0
-"""How long the first table waits for every agent to register and the checks placed."""
+"""How long the first table waits for every agent to register and the checks placed.
+Past it, the checks are given to the agents registered by then."""
 STOP_GRACE_S = 10.0
 """How long each group of children (agents, then the dispatcher) may take to stop after
 SIGTERM before it is killed."""
-PLACE_WAIT_S = 3.0
+PLACE_WAIT_S = 5.0
 """How long the first table waits, once every agent registered and the warm-up is over,
-for the dispatcher to place the dangling checks (it does on its tick, at least once a
-second)."""
+for the dispatcher to read the checks (it scans its config directory every second) and
+place them (on its tick, at least once a second); checks that no agent can take dangle."""
 POLL_S = 0.5
 """How often the children are looked at between tables (a death is reported this soon)."""
 REQUEST_TIMEOUT_S = 2.0
@@ -120,7 +125,10 @@ def parse(argv: Sequence[str]) -> Options:
         "--config-dir whose checks probe this one",
     )
     parser.add_argument(
-        "--config-dir", type=Path, default=ROOT / "examples" / "conf.d", help="check configs"
+        "--config-dir",
+        type=Path,
+        default=ROOT / "examples" / "conf.d",
+        help="check configs (RUN_DIR/conf.d links to it once the agents have registered)",
     )
     parser.add_argument("--every", type=float, default=TABLE_EVERY_S, help="seconds between tables")
     parser.add_argument("--run-dir", type=Path, default=ROOT / ".run", help="logs, pid files")
@@ -133,6 +141,8 @@ def parse(argv: Sequence[str]) -> Options:
         parser.error(f"--agent-ports: give {len(AGENTS)} ports, one per agent")
     if args.every <= 0:
         parser.error("--every: give a positive number of seconds")
+    if not args.config_dir.is_dir():
+        parser.error(f"--config-dir: {args.config_dir} is not a directory")
     return Options(
         port=args.port,
         agent_ports=agent_ports,
@@ -235,6 +245,17 @@ async def stop_group(children: Sequence[Child], clock: Clock) -> None:
             print(f"{child.name} did not stop within {STOP_GRACE_S:g} s of SIGTERM: killed")
             child.popen.kill()
             child.popen.wait()
+
+
+def point(link: Path, target: Path) -> None:
+    """Makes ``link`` a symbolic link to ``target`` in one step (a rename over the old
+    link), as a ConfigMap's volume swaps its files: a scan sees the old set or the new."""
+    if link.is_dir() and not link.is_symlink():
+        shutil.rmtree(link)  # not a link: left by something else than this script
+    tmp = link.with_name(f".{link.name}.new")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target, target_is_directory=True)
+    tmp.replace(link)
 
 
 # ---------------------------------------------------------------------- target
@@ -436,32 +457,46 @@ class Demo:
         names = {n.name for n in state.nodes} if state is not None else set()
         return [a.name for a in self.agents if a.alive() and a.name not in names]
 
+    @property
+    def conf_link(self) -> Path:
+        """The dispatcher's config directory: a link to an empty one, then to the checks."""
+        return self.opts.run_dir / "conf.d"
+
     async def wait_placed(self, client: AdminClient) -> None:
-        """Until every running agent is registered and the dispatcher, its warm-up over,
-        has placed the checks, so that the first table shows where they run. Bounded:
-        REGISTER_TIMEOUT_S in all, PLACE_WAIT_S for checks that no agent can take."""
+        """Until every running agent is registered, then links the dispatcher's config
+        directory to the checks and waits until it has read and placed them, so that the
+        first table shows where they run. Bounded: REGISTER_TIMEOUT_S for the agents (then
+        the checks go to those registered), PLACE_WAIT_S for the placing."""
         deadline = self.clock.monotonic() + REGISTER_TIMEOUT_S
         state: wire.StateOut | None = None
-        placing_since: float | None = None
         while self.clock.monotonic() < deadline:
             with contextlib.suppress(AdminError):
                 state = (await client.state()).model
-            if state is not None and not self.unregistered(state) and not state.warmup:
-                if state.totals.dangling == 0:
-                    return
-                placing_since = placing_since or self.clock.monotonic()
-                if self.clock.monotonic() - placing_since > PLACE_WAIT_S:
-                    return
+            if state is not None and not self.unregistered(state):
+                break
             if await self.pause(0.2):
                 return
         missing = self.unregistered(state)
         if missing:
             print(f"not registered within {REGISTER_TIMEOUT_S:g}s: {', '.join(missing)}")
+        point(self.conf_link, self.opts.config_dir)
+        deadline = self.clock.monotonic() + PLACE_WAIT_S + WARMUP_S
+        while self.clock.monotonic() < deadline:
+            with contextlib.suppress(AdminError):
+                state = (await client.state()).model
+                totals = state.totals
+                if not state.warmup and totals.checks > 0 and totals.dangling == 0:
+                    return
+            if await self.pause(0.2):
+                return
 
     def start_dispatcher(self) -> None:
         opts = self.opts
+        empty = opts.run_dir / "conf.empty"
+        empty.mkdir(exist_ok=True)
+        point(self.conf_link, empty)
         self.dispatcher = start("dispatcher", [
-            str(BIN / "clusterchecks-dispatcher"), "--config-dir", str(opts.config_dir),
+            str(BIN / "clusterchecks-dispatcher"), "--config-dir", str(self.conf_link),
             "--port", str(opts.port), "--heartbeat-interval", f"{HEARTBEAT_S:g}",
             "--node-expiration-timeout", f"{EXPIRY_S:g}", "--identity", "demo",
             "--warmup-duration", f"{WARMUP_S:g}",

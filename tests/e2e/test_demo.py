@@ -14,6 +14,7 @@ margin for a busy machine.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import os
@@ -143,6 +144,12 @@ def alive(pid: int) -> bool:
 
 @pytest.fixture
 def demo(tmp_path: Path) -> Iterator[Running]:
+    with running_demo(tmp_path) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def running_demo(tmp_path: Path, extra_env: dict[str, str] | None = None) -> Iterator[Running]:
     port, target_port = free_port(), free_port()
     agent_ports = [free_port() for _ in range(3)]
     conf = tmp_path / "conf.d"
@@ -158,7 +165,8 @@ def demo(tmp_path: Path) -> Iterator[Running]:
     ]  # fmt: skip
     popen = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-        env={k: v for k, v in os.environ.items() if not k.startswith("CLUSTERCHECKS_")},
+        env={k: v for k, v in os.environ.items() if not k.startswith("CLUSTERCHECKS_")}
+        | (extra_env or {}),
     )  # fmt: skip
     out = Output()
     reader = threading.Thread(target=out.follow, args=(popen.stdout,), daemon=True)
@@ -191,11 +199,40 @@ def test_the_first_table_has_every_agent_and_no_check_dangling(demo: Running) ->
                      demo.out.lines[first]), demo.out.text()  # fmt: skip
     text = demo.out.text()
     assert "dangling" not in "\n".join(demo.out.lines[first + 1 : first + 16])
+    assert set(demo.placement().values()) == {"agent-a", "agent-b", "agent-c"}
     # The agents started after the dispatcher was ready: none logged a refused connection.
     for name in ("agent-a", "agent-b", "agent-c"):
         log = (demo.run_dir / f"{name}.log").read_text()
         assert "onnection refused" not in log, log[-2000:]
     assert "ready after" in text
+
+
+SLOW_START_S = {"agent-a": DEMO.WARMUP_S + 4, "agent-b": DEMO.WARMUP_S, "agent-c": 0}
+"""How long each agent sleeps before it starts in the slow-start test, as on a busy
+machine: one past the dispatcher's warm-up, and seconds apart (several of its ticks)."""
+
+
+@pytest.mark.timeout(120)
+def test_agents_slower_to_start_than_the_warm_up_still_all_get_checks(tmp_path: Path) -> None:
+    # A sitecustomize on PYTHONPATH delays every agent process before it runs (the
+    # dispatcher is started with the same environment, so it spares that one).
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import os, sys, time\n"
+        "if sys.argv and sys.argv[0].endswith('clusterchecks-agent'):\n"
+        f"    time.sleep({SLOW_START_S!r}[sys.argv[sys.argv.index('--name') + 1]])\n"
+        f"    open(os.path.join({str(site)!r}, f'slept-{{os.getpid()}}'), 'w').close()\n"
+    )
+    with running_demo(tmp_path, {"PYTHONPATH": str(site)}) as demo:
+        first = demo.table_start()
+        assert re.search(r"3 agents registered, 7 checks \(7 running, 0 dangling\)",
+                         demo.out.lines[first]), demo.out.text()  # fmt: skip
+        assert set(demo.placement().values()) == {"agent-a", "agent-b", "agent-c"}
+        # Not vacuous: each agent did sleep before it started.
+        slept = {int(p.name.removeprefix("slept-")) for p in site.glob("slept-*")}
+        agents = {pid for name, pid in demo.pids().items() if name.startswith("agent-")}
+        assert slept == agents
 
 
 def readme_demo_commands() -> list[str]:
@@ -297,18 +334,31 @@ def test_the_dispatcher_dying_ends_the_demo_with_a_message_and_status_1(demo: Ru
 
 @pytest.mark.timeout(60)
 def test_a_dispatcher_that_cannot_start_is_reported_with_its_log(tmp_path: Path) -> None:
-    not_a_dir = tmp_path / "conf.d"
-    not_a_dir.write_text("")
+    # The demo passes its environment on: a bad setting there stops the dispatcher.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLUSTERCHECKS_")}
     done = subprocess.run(
-        [*demo_argv(tmp_path), "--config-dir", str(not_a_dir)],
-        check=False, capture_output=True, text=True, cwd=ROOT,
-        timeout=DEMO.READY_TIMEOUT_S + MARGIN_S,
+        demo_argv(tmp_path), check=False, capture_output=True, text=True, cwd=ROOT,
+        env={**env, "CLUSTERCHECKS_LOG_LEVEL": "loud"}, timeout=DEMO.READY_TIMEOUT_S + MARGIN_S,
     )  # fmt: skip
     assert done.returncode == 1, done
     assert "error: the dispatcher exited with code 2" in done.stderr
     assert "dispatcher.log" in done.stderr
-    assert "config" in done.stderr.split("dispatcher.log", 1)[1]  # the log's own words
+    assert "--log-level" in done.stderr.split("dispatcher.log", 1)[1]  # the log's own words
     assert list((tmp_path / "run").glob("agent-*.log")) == []  # no agent was started
+
+
+def test_a_config_dir_that_is_not_a_directory_is_refused_before_anything_starts(
+    tmp_path: Path,
+) -> None:
+    not_a_dir = tmp_path / "conf.d"
+    not_a_dir.write_text("")
+    done = subprocess.run(
+        [*demo_argv(tmp_path), "--config-dir", str(not_a_dir)],
+        check=False, capture_output=True, text=True, cwd=ROOT, timeout=MARGIN_S,
+    )  # fmt: skip
+    assert done.returncode == 2, done
+    assert f"--config-dir: {not_a_dir} is not a directory" in done.stderr
+    assert not (tmp_path / "run" / "dispatcher.log").exists()
 
 
 def demo_argv(tmp_path: Path, port: int | None = None) -> list[str]:
