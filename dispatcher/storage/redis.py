@@ -20,9 +20,15 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from dispatcher.common.redisconn import redis_client
-from dispatcher.core.model import CheckConfig, Digest, NodeName
-from dispatcher.core.snapshot import NodeRecord, Snapshot, StateDelta
+from dispatcher.core.model import NodeName
+from dispatcher.core.snapshot import Snapshot, StateDelta
 from dispatcher.errors import Fenced, StoreError
+from dispatcher.storage.codec import DECODE_ERRORS, describe
+from dispatcher.storage.codec import config_in as _config_in
+from dispatcher.storage.codec import config_out as _config_out
+from dispatcher.storage.codec import node_in as _node_in
+from dispatcher.storage.codec import node_out as _node_out
+from dispatcher.storage.codec import source_in as _source_in
 
 _CLAIM = """
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -65,6 +71,8 @@ V = TypeVar("V")
 
 
 class RedisStateStore:
+    kind = "redis"
+
     def __init__(self, client: aioredis.Redis, *, name: str = "clusterchecks-dispatcher") -> None:
         self._client = client
         prefix = f"{name}:store"
@@ -157,92 +165,16 @@ def _encode(changes: Mapping[K, V | None], encode: Callable[[V], str | bytes]) -
     return [str(len(sets) // 2), str(len(dels)), *sets, *dels]
 
 
-class _Unreadable(ValueError):
-    pass
-
-
 def _decode(hash_key: str, raw: dict[bytes, bytes], decode: Callable[[bytes], V]) -> dict[Any, V]:
     """Every record of a hash, decoded; an unreadable one is a StoreError naming it."""
     decoded: dict[Any, V] = {}
     for key, value in raw.items():
         try:
             decoded[key.decode()] = decode(value)
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
-            why = str(exc) if isinstance(exc, _Unreadable) else f"{type(exc).__name__}: {exc}"
+        except DECODE_ERRORS as exc:
             raise StoreError(
                 f"redis: the stored state is not readable: record "
-                f"{key.decode(errors='replace')!r} of {hash_key} ({why}); fix or delete it"
+                f"{key.decode(errors='replace')!r} of {hash_key} ({describe(exc)}); "
+                "fix or delete it"
             ) from exc
     return decoded
-
-
-def _json_object(raw: bytes) -> dict[str, Any]:
-    data = orjson.loads(raw)
-    if not isinstance(data, dict):
-        raise _Unreadable(f"expected a JSON object, got {type(data).__name__}")
-    return data
-
-
-def _str_map(value: Any, field: str) -> dict[str, str]:
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
-        raise _Unreadable(f"{field} must be an object of strings")
-    return dict(value)
-
-
-def _source_in(raw: bytes) -> frozenset[Digest]:
-    data = orjson.loads(raw)
-    if not isinstance(data, list) or not all(isinstance(d, str) for d in data):
-        raise _Unreadable("a source must be a JSON list of digests")
-    return frozenset(Digest(d) for d in data)
-
-
-def _config_out(config: CheckConfig) -> bytes:
-    return orjson.dumps(
-        {
-            "name": config.name,
-            "instances": list(config.instances),
-            "init_config": config.init_config,
-            "interval_s": config.interval_s,
-            "timeout_s": config.timeout_s,
-            "node_selector": dict(config.node_selector),
-            "weight": config.weight,
-            "digest": config.digest,
-        }
-    )
-
-
-def _config_in(raw: bytes) -> CheckConfig:
-    data = _json_object(raw)
-    instances = data["instances"]
-    if not isinstance(instances, list) or not all(isinstance(i, dict) for i in instances):
-        raise _Unreadable("instances must be a list of objects")
-    if not isinstance(data["init_config"], dict):
-        raise _Unreadable("init_config must be an object")
-    # The stored digest is kept as is: it is the identity sources and placements use.
-    return CheckConfig(
-        name=str(data["name"]),
-        instances=tuple(dict(i) for i in instances),
-        init_config=dict(data["init_config"]),
-        interval_s=float(data["interval_s"]),
-        timeout_s=float(data["timeout_s"]),
-        node_selector=_str_map(data["node_selector"], "node_selector"),
-        weight=float(data["weight"]),
-        digest=Digest(str(data["digest"])),
-    )
-
-
-def _node_out(record: NodeRecord) -> bytes:
-    return orjson.dumps(
-        {"labels": dict(record.labels), "capacity": record.capacity, "cordoned": record.cordoned}
-    )
-
-
-def _node_in(raw: bytes) -> NodeRecord:
-    data = _json_object(raw)
-    return NodeRecord(
-        labels=_str_map(data["labels"], "labels"),
-        capacity=int(data["capacity"]),
-        cordoned=bool(data["cordoned"]),
-    )

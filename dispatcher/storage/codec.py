@@ -1,0 +1,113 @@
+"""The JSON form of the persisted records, shared by the stores that keep records as
+bytes (Redis hashes, SQLite rows).
+
+Decoding is strict: a record our own encoder could not have produced raises one of
+``DECODE_ERRORS``; the store turns that into a StoreError naming the record, since
+guessing would load a state that does not fit together.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from dispatcher.core.model import CheckConfig, Digest
+from dispatcher.core.snapshot import NodeRecord
+
+Raw = bytes | str
+
+
+class Unreadable(ValueError):
+    """A record that is valid JSON but not the shape the encoder writes."""
+
+
+DECODE_ERRORS: tuple[type[Exception], ...] = (
+    orjson.JSONDecodeError,
+    KeyError,
+    TypeError,
+    ValueError,
+    UnicodeDecodeError,
+)
+"""What decoding a record our encoder did not write may raise."""
+
+
+def describe(exc: Exception) -> str:
+    """Why a record was not readable, for the error that names it."""
+    return str(exc) if isinstance(exc, Unreadable) else f"{type(exc).__name__}: {exc}"
+
+
+def config_out(config: CheckConfig) -> bytes:
+    return orjson.dumps(
+        {
+            "name": config.name,
+            "instances": list(config.instances),
+            "init_config": config.init_config,
+            "interval_s": config.interval_s,
+            "timeout_s": config.timeout_s,
+            "node_selector": dict(config.node_selector),
+            "weight": config.weight,
+            "digest": config.digest,
+        }
+    )
+
+
+def config_in(raw: Raw) -> CheckConfig:
+    data = _json_object(raw)
+    instances = data["instances"]
+    if not isinstance(instances, list) or not all(isinstance(i, dict) for i in instances):
+        raise Unreadable("instances must be a list of objects")
+    if not isinstance(data["init_config"], dict):
+        raise Unreadable("init_config must be an object")
+    # The stored digest is kept as is: it is the identity sources and placements use.
+    return CheckConfig(
+        name=str(data["name"]),
+        instances=tuple(dict(i) for i in instances),
+        init_config=dict(data["init_config"]),
+        interval_s=float(data["interval_s"]),
+        timeout_s=float(data["timeout_s"]),
+        node_selector=_str_map(data["node_selector"], "node_selector"),
+        weight=float(data["weight"]),
+        digest=Digest(str(data["digest"])),
+    )
+
+
+def node_out(record: NodeRecord) -> bytes:
+    return orjson.dumps(
+        {"labels": dict(record.labels), "capacity": record.capacity, "cordoned": record.cordoned}
+    )
+
+
+def node_in(raw: Raw) -> NodeRecord:
+    data = _json_object(raw)
+    return NodeRecord(
+        labels=_str_map(data["labels"], "labels"),
+        capacity=int(data["capacity"]),
+        cordoned=bool(data["cordoned"]),
+    )
+
+
+def source_out(held: frozenset[Digest]) -> bytes:
+    return orjson.dumps(sorted(held))
+
+
+def source_in(raw: Raw) -> frozenset[Digest]:
+    data = orjson.loads(raw)
+    if not isinstance(data, list) or not all(isinstance(d, str) for d in data):
+        raise Unreadable("a source must be a JSON list of digests")
+    return frozenset(Digest(d) for d in data)
+
+
+def _json_object(raw: Raw) -> dict[str, Any]:
+    data = orjson.loads(raw)
+    if not isinstance(data, dict):
+        raise Unreadable(f"expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _str_map(value: Any, field: str) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise Unreadable(f"{field} must be an object of strings")
+    return dict(value)

@@ -1,0 +1,516 @@
+"""The durable embedded store: the leader's persisted state in one SQLite file under the
+data dir, for a standalone dispatcher (the default there), fenced by epoch like Redis.
+
+Layout of ``<data dir>``: ``clusterchecks.db`` (with SQLite's ``-wal`` and ``-shm``
+beside it while open) and ``clusterchecks.lock``, an ``flock`` held from ``open`` to
+``close`` with the holder's pid in it, so a second dispatcher on the same directory is
+refused instead of writing the same file.
+
+Tables (schema version in ``PRAGMA user_version``): ``meta`` (the claimant's epoch, the
+fencing token), ``configs`` (digest -> config JSON, the codec Redis uses), ``sources``
+and ``source_checks`` (a source and the digests it holds, one row each, so that adding
+one check to a big source writes one row), ``placement`` (digest -> node) and ``nodes``
+(node -> labels, capacity, cordon JSON).
+
+- claim: one transaction checks the token, sets it and loads the state.
+- write: one transaction per call checks the token and applies the whole delta, so a
+  StoreWriter group commit is one commit (one WAL sync with ``synchronous=FULL``), and
+  once ``write`` returns the change survives a ``kill -9`` or a power cut.
+
+Every sqlite3 call runs on the store's one thread, so the event loop never waits on the
+disk and the connection is never used by two threads at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import functools
+import os
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from dispatcher.core.model import CheckConfig, Digest, NodeName, SourceName
+from dispatcher.core.snapshot import NodeRecord, Snapshot, StateDelta
+from dispatcher.errors import Fenced, StoreError
+from dispatcher.storage.codec import (
+    DECODE_ERRORS,
+    Unreadable,
+    config_in,
+    config_out,
+    describe,
+    node_in,
+    node_out,
+)
+
+DB_NAME = "clusterchecks.db"
+LOCK_NAME = "clusterchecks.lock"
+
+Migration = Callable[[sqlite3.Connection], None]
+"""One step from schema version N to N + 1, run inside the migration's transaction."""
+
+
+def _statements(*sql: str) -> Migration:
+    def run(connection: sqlite3.Connection) -> None:
+        for statement in sql:
+            connection.execute(statement)
+
+    return run
+
+
+CURRENT_SCHEMA = 1
+"""The schema version this code reads and writes."""
+
+MIGRATIONS: dict[int, Migration] = {
+    # A new file is version 0: the first step creates the schema. Config and node
+    # bodies are larger than a few hundred bytes, so their tables keep a rowid; the
+    # small key-only tables do without.
+    0: _statements(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
+        "INSERT INTO meta (key, value) VALUES ('epoch', 0)",
+        "CREATE TABLE configs (digest TEXT PRIMARY KEY, body BLOB NOT NULL)",
+        "CREATE TABLE sources (name TEXT PRIMARY KEY) WITHOUT ROWID",
+        "CREATE TABLE source_checks (source TEXT NOT NULL, digest TEXT NOT NULL,"
+        " PRIMARY KEY (source, digest)) WITHOUT ROWID",
+        "CREATE TABLE placement (digest TEXT PRIMARY KEY, node TEXT NOT NULL) WITHOUT ROWID",
+        "CREATE TABLE nodes (name TEXT PRIMARY KEY, body BLOB NOT NULL)",
+    ),
+}
+"""Version N -> the step to N + 1. Steps run in order, all in one transaction with the
+new ``user_version``, so a failed migration leaves the file as it was."""
+
+JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024
+"""The WAL is cut back to this after a checkpoint (a first big load must not leave a
+WAL of its size behind)."""
+
+T = TypeVar("T")
+K = TypeVar("K", bound=str)
+V = TypeVar("V")
+
+Synchronous = Literal["FULL", "NORMAL"]
+
+
+class SqliteStateStore:
+    kind = "sqlite"
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        connection: sqlite3.Connection,
+        executor: ThreadPoolExecutor,
+        lock: DataDirLock,
+    ) -> None:
+        """Use ``open``."""
+        self.path = path
+        self._connection = connection
+        self._executor = executor
+        self._lock = lock
+        self._closed = False
+        self._held: dict[SourceName, frozenset[Digest]] | None = None
+        """What each source holds, as committed (this process alone writes the file
+        while it holds the lock): a write then touches only the rows that changed."""
+
+    @classmethod
+    def open(cls, data_dir: Path, *, synchronous: Synchronous = "FULL") -> SqliteStateStore:
+        """Locks ``data_dir`` (created if missing) and opens its database, creating or
+        migrating the schema. Raises StoreError, naming the directory or file and what
+        to do, when the directory is in use, or the file is not a database, is corrupt,
+        unreadable or of a newer schema."""
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
+        lock = DataDirLock.take(data_dir)
+        path = data_dir / DB_NAME
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clusterchecks-sqlite")
+        try:
+            connection = executor.submit(_connect, path, synchronous).result()
+        except BaseException:
+            executor.shutdown(wait=True)
+            lock.release()
+            raise
+        return cls(path, connection=connection, executor=executor, lock=lock)
+
+    async def claim(self, *, epoch: int) -> Snapshot:
+        return await self._run(self._claim, epoch)
+
+    async def write(self, delta: StateDelta, *, epoch: int) -> None:
+        await self._run(self._write, delta, epoch)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        try:
+            # Closing the last connection checkpoints the WAL into the file.
+            await loop.run_in_executor(self._executor, self._connection.close)
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite: {self.path}: closing failed: {exc}") from exc
+        finally:
+            # Waits for a write still running (its caller cancelled) before the lock
+            # goes: no other process may open the file while this one writes it.
+            self._executor.shutdown(wait=True)
+            self._lock.release()
+
+    # ------------------------------------------------------------ on the store thread
+
+    async def _run(self, call: Callable[..., T], *args: Any) -> T:
+        if self._closed:
+            raise StoreError(f"sqlite: {self.path} is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(call, *args))
+
+    def _claim(self, epoch: int) -> Snapshot:
+        with self._transaction():
+            stored = self._stored_epoch()
+            if epoch < stored:
+                raise Fenced(f"sqlite: the store is claimed by epoch {stored}, newer than {epoch}")
+            self._connection.execute("UPDATE meta SET value = ? WHERE key = 'epoch'", (epoch,))
+            snapshot = self._load()
+        self._held = dict(snapshot.sources)
+        return snapshot
+
+    def _write(self, delta: StateDelta, epoch: int) -> None:
+        with self._transaction():
+            stored = self._stored_epoch()
+            if epoch != stored:
+                raise Fenced(f"sqlite: the store is claimed by epoch {stored}, not {epoch}")
+            held = self._held if self._held is not None else self._load_sources()
+            _put(
+                self._connection,
+                delta.configs,
+                config_out,
+                table="configs",
+                key="digest",
+                column="body",
+            )
+            _put(
+                self._connection,
+                delta.placement,
+                str,
+                table="placement",
+                key="digest",
+                column="node",
+            )
+            _put(self._connection, delta.nodes, node_out, table="nodes", key="name", column="body")
+            _put_sources(self._connection, delta.sources, held)
+        # Committed: only now does the cache follow.
+        held = dict(held)
+        for source, digests in delta.sources.items():
+            if digests is None:
+                held.pop(source, None)
+            else:
+                held[source] = digests
+        self._held = held
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One IMMEDIATE transaction (the write lock from the start); rolled back on any
+        error, with sqlite3's errors turned into StoreError."""
+        connection = self._connection
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite: {self.path}: {exc}") from exc
+
+    def _stored_epoch(self) -> int:
+        row = self._connection.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+        if row is None or not isinstance(row[0], int):
+            raise self._unreadable(
+                "meta", "epoch", Unreadable("the epoch row is missing or not a number")
+            )
+        return row[0]
+
+    def _load(self) -> Snapshot:
+        connection = self._connection
+        configs: dict[Digest, CheckConfig] = self._decode(
+            "configs", connection.execute("SELECT digest, body FROM configs"), config_in
+        )
+        placement: dict[Digest, NodeName] = self._decode(
+            "placement",
+            connection.execute("SELECT digest, node FROM placement"),
+            lambda raw: NodeName(_text(raw)),
+        )
+        nodes: dict[NodeName, NodeRecord] = self._decode(
+            "nodes", connection.execute("SELECT name, body FROM nodes"), node_in
+        )
+        return Snapshot(
+            configs=configs, sources=self._load_sources(), placement=placement, nodes=nodes
+        )
+
+    def _load_sources(self) -> dict[SourceName, frozenset[Digest]]:
+        held: dict[SourceName, set[Digest]] = {}
+        for (name,) in self._connection.execute("SELECT name FROM sources"):
+            held[self._key("sources", name)] = set()
+        rows = self._connection.execute("SELECT source, digest FROM source_checks")
+        for source, digest in rows:
+            name = self._key("source_checks", source)
+            try:
+                held.setdefault(name, set()).add(Digest(_text(digest)))
+            except Unreadable as exc:
+                raise self._unreadable("source_checks", f"{source}/{digest!r}", exc) from exc
+        return {name: frozenset(digests) for name, digests in held.items()}
+
+    def _decode(
+        self, table: str, rows: Iterable[tuple[Any, Any]], decode: Callable[[Any], V]
+    ) -> dict[Any, V]:
+        """Every row of a table, decoded; an unreadable one is a StoreError naming it."""
+        decoded: dict[Any, V] = {}
+        for key, raw in rows:
+            try:
+                decoded[self._key(table, key)] = decode(raw)
+            except DECODE_ERRORS as exc:
+                raise self._unreadable(table, key, exc) from exc
+        return decoded
+
+    def _key(self, table: str, key: Any) -> Any:
+        if not isinstance(key, str):
+            raise self._unreadable(table, key, Unreadable("its key is not text"))
+        return key
+
+    def _unreadable(self, table: str, key: object, exc: Exception) -> StoreError:
+        return StoreError(
+            f"sqlite: the stored state is not readable: record {key!r} of table {table} in "
+            f"{self.path} ({describe(exc)}); fix or delete that row (sqlite3 {self.path}), "
+            "or restore a backup"
+        )
+
+
+def _text(raw: object) -> str:
+    if not isinstance(raw, str):
+        raise Unreadable(f"expected text, got {type(raw).__name__}")
+    return raw
+
+
+def _put(
+    connection: sqlite3.Connection,
+    changes: Mapping[K, V | None],
+    encode: Callable[[V], object],
+    *,
+    table: str,
+    key: str,
+    column: str,
+) -> None:
+    """Upserts and deletes the rows of ``table`` (key column ``key``, value ``column``)."""
+    deletes = [(name,) for name, value in changes.items() if value is None]
+    sets = [(name, encode(value)) for name, value in changes.items() if value is not None]
+    if deletes:
+        connection.executemany(f"DELETE FROM {table} WHERE {key} = ?", deletes)
+    if sets:
+        connection.executemany(
+            f"INSERT INTO {table} ({key}, {column}) VALUES (?, ?)"
+            f" ON CONFLICT ({key}) DO UPDATE SET {column} = excluded.{column}",
+            sets,
+        )
+
+
+def _put_sources(
+    connection: sqlite3.Connection,
+    changes: Mapping[SourceName, frozenset[Digest] | None],
+    held: Mapping[SourceName, frozenset[Digest]],
+) -> None:
+    """Writes each changed source as the rows that differ from what it held."""
+    dropped: list[tuple[str]] = []
+    kept: list[tuple[str]] = []
+    removed: list[tuple[str, str]] = []
+    added: list[tuple[str, str]] = []
+    for source, digests in changes.items():
+        before = held.get(source, frozenset())
+        if digests is None:
+            dropped.append((source,))
+            continue
+        kept.append((source,))
+        removed.extend((source, d) for d in before - digests)
+        added.extend((source, d) for d in digests - before)
+    if dropped:
+        connection.executemany("DELETE FROM source_checks WHERE source = ?", dropped)
+        connection.executemany("DELETE FROM sources WHERE name = ?", dropped)
+    if kept:
+        connection.executemany("INSERT OR IGNORE INTO sources (name) VALUES (?)", kept)
+    if removed:
+        connection.executemany("DELETE FROM source_checks WHERE source = ? AND digest = ?", removed)
+    if added:
+        connection.executemany(
+            "INSERT OR IGNORE INTO source_checks (source, digest) VALUES (?, ?)", added
+        )
+
+
+# ------------------------------------------------------------------------ opening
+
+
+class DataDirLock:
+    """An exclusive ``flock`` on ``<data dir>/clusterchecks.lock``, with the holder's pid
+    written in it for the message another process shows. The kernel drops it when the
+    process dies, so a ``kill -9`` leaves no stale lock."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._fd: int | None = fd
+
+    @classmethod
+    def take(cls, data_dir: Path) -> DataDirLock:
+        if data_dir.exists() and not data_dir.is_dir():
+            raise StoreError(
+                f"data dir {data_dir} is not a directory: give a directory as --data-dir"
+            )
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create data dir {data_dir} ({exc.strerror or exc}): "
+                "create it, or give another --data-dir"
+            ) from exc
+        path = data_dir / LOCK_NAME
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot open the lock file {path} ({exc.strerror or exc}): "
+                "check that the dispatcher's user may write to the data dir"
+            ) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = _read_pid(fd)
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise StoreError(
+                    f"data dir {data_dir} is in use by another dispatcher "
+                    f"(pid {holder or 'unknown'}, lock {path}); stop it or give another --data-dir"
+                ) from exc
+            raise StoreError(f"cannot lock {path} ({exc.strerror or exc})") from exc
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:
+            os.close(fd)
+            raise StoreError(f"cannot write the lock file {path} ({exc.strerror or exc})") from exc
+        return cls(path, fd)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)  # drops the flock; the file stays, empty of meaning
+
+
+def _read_pid(fd: int) -> str | None:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", errors="replace").strip()
+    except OSError:
+        return None
+    return text if text.isdigit() else None
+
+
+def _connect(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
+    """Opens and checks the database (on the store's thread)."""
+    if path.exists() and not path.is_file():
+        raise StoreError(f"{path} is not a regular file: move it away, or give another --data-dir")
+    try:
+        # isolation_level=None: no implicit transactions; ours are explicit.
+        connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise _unusable(path, exc) from exc
+    try:
+        _prepare(connection, path, synchronous)
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def _prepare(connection: sqlite3.Connection, path: Path, synchronous: Synchronous) -> None:
+    try:
+        # Reading the header first: a file that is not a database fails here, before
+        # the journal mode would be written into it.
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        problems = [row[0] for row in connection.execute("PRAGMA quick_check(5)")]
+        if problems != ["ok"]:
+            raise StoreError(
+                f"{path} is corrupt (quick_check: {'; '.join(map(str, problems))}): {_RESTORE}"
+            )
+        mode = connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(f"{path}: SQLite refused WAL mode (the journal stays {mode})")
+        connection.execute(f"PRAGMA synchronous={synchronous}")
+        connection.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
+        current = CURRENT_SCHEMA
+        if version > current:
+            raise StoreError(
+                f"{path} was written by a newer clusterchecks (schema version {version}; this "
+                f"one reads up to version {current}): run the newer version, or restore a "
+                "backup this version wrote"
+            )
+        if version == 0 and connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            raise StoreError(
+                f"{path} is not a clusterchecks database (it holds other tables and no schema "
+                "version): move it away, or give another --data-dir"
+            )
+        if version < current:
+            _migrate(connection, path, version, current)
+    except sqlite3.Error as exc:
+        raise _unusable(path, exc) from exc
+
+
+_RESTORE = (
+    "restore it from a backup, or move it (with its -wal file) away to start with an "
+    "empty store, whose checks are then rebuilt from the agents"
+)
+
+
+def _migrate(connection: sqlite3.Connection, path: Path, version: int, current: int) -> None:
+    step = version
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        for step in range(version, current):
+            migration = MIGRATIONS.get(step)
+            if migration is None:
+                raise StoreError(
+                    f"{path}: no migration from schema version {step} (to {current}); "
+                    "this file cannot be read by this version"
+                )
+            migration(connection)
+        # user_version is part of the transaction: a failed step leaves the old one.
+        connection.execute(f"PRAGMA user_version = {int(current)}")
+        connection.execute("COMMIT")
+    except sqlite3.Error as exc:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise StoreError(
+            f"{path}: migrating from schema version {version} to {current} failed at step "
+            f"{step} ({exc}); the file is unchanged"
+        ) from exc
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+
+
+def _unusable(path: Path, exc: sqlite3.Error) -> StoreError:
+    """What an operator is told when SQLite cannot use the file."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    if primary == sqlite3.SQLITE_NOTADB:
+        return StoreError(
+            f"{path} is not a SQLite database ({exc}): move it away, or restore it from a "
+            "backup; the dispatcher does not overwrite it"
+        )
+    if primary == sqlite3.SQLITE_CORRUPT:
+        return StoreError(f"{path} is corrupt ({exc}): {_RESTORE}")
+    if primary in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM, sqlite3.SQLITE_READONLY):
+        return StoreError(
+            f"cannot open {path} for reading and writing ({exc}): check that the "
+            "dispatcher's user may read and write it and its directory"
+        )
+    return StoreError(f"{path}: {exc}")
