@@ -10,7 +10,8 @@ change counter and the changed-record tracker move together (``_attach``/``_deta
 What does not need to move with them lives beside it: the records a store keeps
 (``snapshot``), what operations report (``outcomes``), which sources hold which checks
 (``holdings``), how a write to sources is planned (``sourceplan``), results
-(``results``), the explanation sentence (``explain``) and the planner (``rebalance``).
+(``results``), the explanation sentence (``explain``), the planner (``rebalance``) and
+what agents report of the checks they run when a leader rebuilds from them (``rebuild``).
 
 Each operation records what it decided (``Decision``) and which nodes' configs changed;
 the caller drains those with ``take_events()`` to log them and wake long polls.
@@ -52,6 +53,7 @@ from dispatcher.core.outcomes import (
 )
 from dispatcher.core.placement import LoadIndex, MeasuredCosts, Node
 from dispatcher.core.rebalance import Plan, plan_rebalance, planner_inputs
+from dispatcher.core.rebuild import RunningConfig
 from dispatcher.core.results import ResultBook
 from dispatcher.core.snapshot import ChangeTracker, NodeRecord, Snapshot, StateDelta, fit_together
 from dispatcher.core.sourceplan import Hold, SourceWork, plan_add, plan_replace
@@ -83,6 +85,7 @@ class ClusterState:
         self._index = LoadIndex()
         self._costs = MeasuredCosts()
         self._reported: dict[Digest, NodeName] = {}  # from agents' `running`
+        self._sent_running_configs: set[NodeName] = set()  # rebuild from the agents
         self._results = ResultBook()
         self._seq = 0
         self._now = NEVER
@@ -362,6 +365,41 @@ class ClusterState:
         if last_change == -1 or self.warming_up(now):
             return True
         return last_change == node.last_change
+
+    def wants_running_configs(self, name: NodeName, *, now: float) -> bool:
+        """Whether the node is asked for the full configs of what it runs (API.md,
+        status): while warming up, which only a term that started empty does, until it
+        has sent them (``adopt_running``)."""
+        return (
+            self.warming_up(now) and name in self._nodes and name not in self._sent_running_configs
+        )
+
+    def adopt_running(
+        self, name: NodeName, reports: Sequence[RunningConfig], *, now: float
+    ) -> None:
+        """Rebuild from the agents: while warming up, the checks the node reports running
+        stay there. An unknown check is added, held by the sources reported; a known one
+        keeps its holders and only gets its placement adopted, as with ``running``. A
+        check placed already (another node reported it first) stays, and one the node
+        may not run dangles until warm-up is over. Reports must be intact (``rebuild``)."""
+        now = self._advance(now)
+        node = self._nodes.get(name)
+        if node is None or not self.warming_up(now):
+            return  # past warm-up the state knows its checks: agents do not add any
+        self._sent_running_configs.add(name)
+        for report in reports:
+            digest = report.config.digest
+            if digest not in self._configs and report.sources:
+                self._upsert(report.config)
+                for source in sorted(report.sources):
+                    self._holdings.hold(source, digest)
+                    self._changes.source(source)
+            if digest not in self._configs or digest in self._placement:
+                continue
+            if self._eligible(node, self._configs[digest]):
+                self._attach(digest, node, reason="adopted", previous=None)
+            elif digest not in self._dangling:
+                self._place(digest, now=now, reason="adopted")
 
     def expire_nodes(self, *, now: float, timeout_s: float) -> list[NodeName]:
         """Removes nodes whose last heartbeat is older than ``timeout_s``.
