@@ -21,10 +21,12 @@ from dispatcher.core.model import (
     CheckResult,
     CheckStats,
     Digest,
+    SourceName,
     make_config,
 )
 from dispatcher.core.outcomes import Move, RebalanceOutcome
 from dispatcher.core.placement import Node
+from dispatcher.core.rebuild import RunningConfig
 from dispatcher.core.state import ClusterState
 
 ConfigsBody = TypeVar("ConfigsBody", wire.SourcePutIn, wire.ChecksPostIn)
@@ -90,6 +92,28 @@ def _shifted(problem: FieldProblem, start: int) -> FieldProblem:
     """A problem in a slice that starts at ``start``, with its path in the whole body."""
     index, dot, rest = problem.path.partition(".")
     return FieldProblem(f"configs.{start + int(index)}{dot}{rest}", problem.message)
+
+
+def running_configs_in(
+    configs: list[wire.RunningConfigIn] | None,
+) -> list[RunningConfig] | None:
+    """What an agent reports running, rebuilt from the content (the digest recomputed).
+
+    Sources the dispatcher feeds itself (``file:``, ``k8s:``) are left out: they send
+    their whole sets again at the start of every term, and a holder taken from an agent
+    would keep a check whose file is gone."""
+    if configs is None:
+        return None
+    return [
+        RunningConfig(
+            config=config_in(c),
+            sources=frozenset(
+                SourceName(s) for s in c.sources if not s.startswith(wire.INTERNAL_SOURCE_PREFIXES)
+            ),
+            reported_digest=Digest(c.digest),
+        )
+        for c in configs
+    ]
 
 
 def stats_in(stats: dict[str, wire.CheckStatsIn] | None) -> dict[Digest, CheckStats] | None:

@@ -34,6 +34,7 @@ from dispatcher.common.tasks import run_periodically, sleep_or_stop
 from dispatcher.core.model import CheckConfig, CheckResult, CheckStats, Digest, NodeName, SourceName
 from dispatcher.core.outcomes import Move, RebalanceOutcome, RejectedResult, SourceChange
 from dispatcher.core.placement import Node
+from dispatcher.core.rebuild import RunningConfig, split_intact
 from dispatcher.core.state import NEVER, ClusterState
 from dispatcher.errors import NoLeader, StoreError
 from dispatcher.metrics import DispatcherMetrics
@@ -79,11 +80,13 @@ class Dispatcher:
 
     # ------------------------------------------------------------------- terms
 
-    def new_state(self) -> ClusterState:
-        """An empty state, warming up for ``warmup_duration_s`` from now."""
+    def new_state(self, *, track_changes: bool = False) -> ClusterState:
+        """An empty state, warming up for ``warmup_duration_s`` from now; a store follows
+        a tracking one."""
         warmup = self.settings.warmup_duration_s
         return ClusterState(
             warmup_until=self._clock.monotonic() + warmup if warmup > 0 else NEVER,
+            track_changes=track_changes,
             max_checks_per_source=self.settings.max_checks_per_source,
             max_checks_per_node=self.settings.max_checks_per_node,
         )
@@ -146,12 +149,17 @@ class Dispatcher:
         running: Iterable[Digest] | None = None,
         stats: Mapping[Digest, CheckStats] | None = None,
         leaving: bool = False,
+        running_configs: Sequence[RunningConfig] | None = None,
     ) -> bool:
+        """A heartbeat; with ``running_configs``, a warming-up leader adopts them (rebuild
+        from the agents), stored before the reply as every change is."""
+        intact, mismatched = split_intact(running_configs or ())
         async with self.lock:
             self._guard()
+            now = self._clock.monotonic()
             up_to_date = self.state.node_status(
                 name,
-                now=self._clock.monotonic(),
+                now=now,
                 last_change=last_change,
                 labels=labels,
                 capacity=capacity,
@@ -159,11 +167,27 @@ class Dispatcher:
                 stats=stats,
                 leaving=leaving,
             )
+            if running_configs is not None:
+                self.state.adopt_running(name, intact, now=now)
             seq = self._publish()
+        for report in mismatched:
+            log.warning(
+                "running_config_dropped",
+                reason="digest does not match the content",
+                node=name,
+                digest=report.reported_digest,
+                content_digest=report.config.digest,
+                check=report.config.name,
+            )
         await self._stored(seq)
         if leaving:
             log.info("node_left", node=name)
         return up_to_date
+
+    def wants_running_configs(self, name: NodeName) -> bool:
+        """Whether the node's status reply asks for ``running_configs`` (see
+        ClusterState.wants_running_configs)."""
+        return self.active and self.state.wants_running_configs(name, now=self._clock.monotonic())
 
     async def node_configs(
         self, name: NodeName, *, since: int | None = None, wait_s: float = 0.0

@@ -228,6 +228,27 @@ class CheckStatsIn(WireIn):
     last_run_at: ReportedTime | None = None
 
 
+MAX_RUNNING_CONFIGS = 100_000
+"""The most configs one status may carry in ``running_configs`` (a 4 MiB body holds
+about 25,000 of the smallest; an agent with more sends them over several statuses)."""
+MAX_SOURCES_PER_CHECK = 10_000
+
+
+class RunningConfigIn(CheckConfigIn):
+    """A check an agent runs, in the output form it got it in (``CheckConfigOut``), sent
+    back to a leader that rebuilds from the agents."""
+
+    digest: DigestStr = Field(
+        description="The digest the agent got; a leader checks it against the content."
+    )
+    sources: Annotated[
+        list[SourceNameStr], Field(min_length=1, max_length=MAX_SOURCES_PER_CHECK)
+    ] = Field(description="The sources that held the check: they hold it again.")
+    node: Annotated[str, StringConstraints(max_length=253)] | None = Field(
+        default=None, description="Ignored: the check is adopted on the node reporting it."
+    )
+
+
 class StatusIn(WireIn):
     """A node agent's heartbeat."""
 
@@ -245,6 +266,15 @@ class StatusIn(WireIn):
         | None
     ) = None
     leaving: bool = False
+    running_configs: (
+        Annotated[list[RunningConfigIn], Field(max_length=MAX_RUNNING_CONFIGS)] | None
+    ) = Field(
+        default=None,
+        description="Sent after a reply with send_running_configs true: the full config "
+        "(output form) of every check the agent runs, so that a leader whose store is "
+        "empty or lost rebuilds from the agents. An agent with many checks may spread "
+        "them over several statuses.",
+    )
 
 
 class StatusOut(WireOut):
@@ -256,6 +286,11 @@ class StatusOut(WireOut):
     warmup: bool = Field(
         default=False,
         description="The leader is warming up: keep running what runs; configs may be partial.",
+    )
+    send_running_configs: bool = Field(
+        default=False,
+        description="The leader rebuilds from the agents (its store was empty or lost): "
+        "send running_configs in the next status.",
     )
 
 

@@ -173,6 +173,7 @@ async def post_status(request: web.Request) -> web.Response:
         running=[Digest(d) for d in body.running] if body.running is not None else None,
         stats=convert.stats_in(body.stats),
         leaving=body.leaving,
+        running_configs=convert.running_configs_in(body.running_configs),
     )
     return reply(
         wire.StatusOut(
@@ -182,6 +183,7 @@ async def post_status(request: web.Request) -> web.Response:
             heartbeat_interval_s=dispatcher.settings.heartbeat_interval_s,
             node_expiration_timeout_s=dispatcher.settings.node_expiration_timeout_s,
             warmup=dispatcher.warming_up(),
+            send_running_configs=not body.leaving and dispatcher.wants_running_configs(node),
         )
     )
 
