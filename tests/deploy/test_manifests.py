@@ -4,14 +4,17 @@ Every overlay is built with the ``kubectl`` on PATH (``kubectl kustomize``; the 
 not skips, without one: ``scripts/ensure-system-packages`` installs it) and validated
 offline by ``kubernetes-validate --strict`` against the schemas it bundles, oldest and
 newest, so an unknown or misspelt field fails. The tests then check what the schemas
-cannot: the dispatcher's mode per overlay, probes on the ports the processes serve,
-security contexts, resources, least-privilege RBAC, tokens from a Secret, selectors that
-select, and environment variables that the commands really read.
+cannot: the dispatcher's mode per overlay (run through its own command line, with the
+image's environment under the pod's), the standalone dispatcher's persistent volume and
+that it never runs twice, probes on the ports the processes serve, security contexts,
+resources, least-privilege RBAC, tokens from a Secret, selectors that select, and
+environment variables that the commands really read.
 """
 
 from __future__ import annotations
 
 import base64
+import copy
 import itertools
 import json
 import os
@@ -19,6 +22,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,8 +35,11 @@ import pytest
 import yaml
 
 from dispatcher.cli import serve as dispatcher_serve
+from dispatcher.cli import settings_from_flags
+from dispatcher.common.cli import ENV_PREFIX
 from dispatcher.settings import ElectionSettings
 from node_agent.cli import main as agent_main
+from tests.deploy.dockerfile import runtime_env, runtime_user
 
 Doc = dict[str, Any]
 
@@ -55,27 +62,41 @@ SOURCE_RULES = {
 }
 """The Kubernetes source, cluster-wide: it watches every namespace by default."""
 LEASE_RULES = {("coordination.k8s.io", "leases"): {"get", "create", "update", "watch"}}
+DATA_DIR = "/var/lib/clusterchecks"
 DISPATCHER_MODE: dict[str, dict[str, str | None]] = {
     "standalone": {
         "CLUSTERCHECKS_ELECTION": "standalone",
-        "CLUSTERCHECKS_STORE": "memory",
+        "CLUSTERCHECKS_STORE": "sqlite",
+        "CLUSTERCHECKS_DATA_DIR": DATA_DIR,
         "CLUSTERCHECKS_WARMUP_DURATION": None,
         "CLUSTERCHECKS_REDIS_URL": None,
     },
     "ha-lease": {
         "CLUSTERCHECKS_ELECTION": "kubernetes",
         "CLUSTERCHECKS_STORE": "memory",
+        "CLUSTERCHECKS_DATA_DIR": None,
         "CLUSTERCHECKS_WARMUP_DURATION": "30",
         "CLUSTERCHECKS_REDIS_URL": None,
     },
     "ha-redis": {
         "CLUSTERCHECKS_ELECTION": "redis",
         "CLUSTERCHECKS_STORE": "redis",
+        "CLUSTERCHECKS_DATA_DIR": None,
         "CLUSTERCHECKS_WARMUP_DURATION": None,
         "CLUSTERCHECKS_REDIS_URL": "redis://:$(REDIS_PASSWORD)@clusterchecks-redis:6379/0",
     },
 }
+MODE_ENV = {name for mode in DISPATCHER_MODE.values() for name in mode} | {"REDIS_PASSWORD"}
+"""What the dispatcher's pod templates may differ in, besides the standalone data volume."""
 REPLICAS = {"standalone": 1, "ha-lease": 3, "ha-redis": 3}
+DISPATCHER_KIND = {"standalone": "StatefulSet", "ha-lease": "Deployment", "ha-redis": "Deployment"}
+HA_OVERLAYS = ("ha-lease", "ha-redis")
+FIELD_VALUES = {
+    "metadata.name": "clusterchecks-dispatcher-0",
+    "metadata.namespace": NAMESPACE,
+    "status.podIP": "10.1.2.3",
+}
+"""Stand-ins for what the downward API gives the dispatcher."""
 VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
@@ -215,9 +236,15 @@ def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
 
 
 def _dispatcher(build: Build) -> tuple[Doc, Doc]:
-    deployment = build.one("Deployment", DISPATCHER)
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    return deployment, container
+    """The dispatcher's workload (a StatefulSet or a Deployment) and its container."""
+    workload = build.one(DISPATCHER_KIND[build.overlay], DISPATCHER)
+    (container,) = workload["spec"]["template"]["spec"]["containers"]
+    return workload, container
+
+
+def _workload(build: Build, name: str) -> Doc:
+    (found,) = [w for w in build.workloads() if w["metadata"]["name"] == name]
+    return found
 
 
 def _pod_security(workload: Doc) -> Doc:
@@ -255,13 +282,18 @@ def test_kinds_present(build: Build) -> None:
     }
     if build.overlay == "ha-lease":
         expected |= {"Role", "RoleBinding"}
-    if build.overlay == "ha-redis":
+    if build.overlay != "ha-lease":
         expected |= {"StatefulSet"}
     assert kinds == expected
-    assert {d["metadata"]["name"] for d in build.all("Deployment")} == {
-        DISPATCHER,
-        "clusterchecks-runner",
-    }
+    names = {kind: {d["metadata"]["name"] for d in build.all(kind)} for kind in WORKLOAD_KINDS}
+    if build.overlay == "standalone":
+        assert names["Deployment"] == {"clusterchecks-runner"}
+        assert names["StatefulSet"] == {DISPATCHER}
+    else:
+        assert names["Deployment"] == {DISPATCHER, "clusterchecks-runner"}
+        redis = {"clusterchecks-redis"} if build.overlay == "ha-redis" else set()
+        assert names["StatefulSet"] == redis
+    assert names["DaemonSet"] == {"clusterchecks-agent"}
 
 
 def test_everything_in_one_namespace_that_enforces_restricted(build: Build) -> None:
@@ -289,15 +321,14 @@ def test_names_of_one_kind_are_not_prefixes_of_each_other(build: Build) -> None:
 
 
 def test_dispatcher_replicas_strategy_and_mode(build: Build) -> None:
-    deployment, container = _dispatcher(build)
-    assert deployment["spec"]["replicas"] == REPLICAS[build.overlay]
-    strategy = deployment["spec"]["strategy"]
-    if build.overlay == "standalone":
-        # Never two standalone leaders at once.
-        assert strategy == {"type": "Recreate"}
-    else:
+    workload, container = _dispatcher(build)
+    assert workload["spec"]["replicas"] == REPLICAS[build.overlay]
+    if build.overlay != "standalone":  # its own tests follow
+        # A new follower is ready before an old replica stops.
+        strategy = workload["spec"]["strategy"]
         assert strategy["type"] == "RollingUpdate"
         assert strategy["rollingUpdate"]["maxUnavailable"] == 0
+        assert strategy["rollingUpdate"]["maxSurge"] == 1
     for name, value in DISPATCHER_MODE[build.overlay].items():
         assert _value(container, name) == value, name
     env = _env(container)
@@ -344,6 +375,200 @@ def test_ha_redis_reaches_its_redis_with_the_secret_password(builds: dict[str, B
     assert policy["spec"].get("egress", []) == []
 
 
+# --- the standalone dispatcher's data ---------------------------------------------
+
+
+def test_standalone_never_runs_two_dispatchers(builds: dict[str, Build]) -> None:
+    """A second dispatcher on the data dir is refused (and would be a second leader): a
+    StatefulSet of one never surges, and never starts a pod while its predecessor of the
+    same name exists, terminating included (pod names are unique). A Deployment, even
+    with ``Recreate``, replaces a deleted or evicted pod at once."""
+    build = builds["standalone"]
+    statefulset, _ = _dispatcher(build)
+    spec = statefulset["spec"]
+    assert statefulset["kind"] == "StatefulSet"
+    assert spec["replicas"] == 1
+    # Updated by the controller, one pod at a time (no partition that would skip it).
+    assert spec.get("updateStrategy", {"type": "RollingUpdate"}) == {"type": "RollingUpdate"}
+    assert "minReadySeconds" not in spec
+    # Nothing else runs dispatcher pods, and nothing scales this one.
+    service = build.one("Service", DISPATCHER)
+    behind = [
+        w["metadata"]["name"]
+        for w in build.workloads()
+        if _selects(service["spec"]["selector"], w["spec"]["template"]["metadata"]["labels"])
+    ]
+    assert behind == [DISPATCHER]
+    assert build.all("HorizontalPodAutoscaler") == []
+    # The StatefulSet's governing Service exists and selects its pod.
+    governing = build.one("Service", spec["serviceName"])
+    assert _selects(governing["spec"]["selector"], spec["template"]["metadata"]["labels"])
+
+
+def _data_mount(statefulset: Doc, container: Doc) -> tuple[Doc, Doc]:
+    """The container's mount of the data dir its environment names, and the claim."""
+    data_dir = PurePosixPath(_value(container, "CLUSTERCHECKS_DATA_DIR") or "")
+    assert data_dir.is_absolute(), data_dir
+    mounts = container["volumeMounts"]
+    (mount,) = [m for m in mounts if PurePosixPath(m["mountPath"]) == data_dir]
+    # Nothing mounted inside it or over a parent of it.
+    for other in mounts:
+        path = PurePosixPath(other["mountPath"])
+        assert other is mount or not (data_dir in path.parents or path in data_dir.parents)
+    claims = {c["metadata"]["name"]: c for c in statefulset["spec"]["volumeClaimTemplates"]}
+    return mount, claims[mount["name"]]
+
+
+def test_standalone_keeps_its_data_on_a_persistent_volume(builds: dict[str, Build]) -> None:
+    statefulset, container = _dispatcher(builds["standalone"])
+    assert _value(container, "CLUSTERCHECKS_DATA_DIR") == DATA_DIR
+    mount, claim = _data_mount(statefulset, container)
+    assert not mount.get("readOnly", False)
+    assert "subPath" not in mount
+    # From the claim, not from a pod volume of the same name.
+    pod_volumes = {v["name"] for v in statefulset["spec"]["template"]["spec"]["volumes"]}
+    assert mount["name"] not in pod_volumes
+    # One node at a time mounts it.
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert _bytes(claim["spec"]["resources"]["requests"]["storage"]) >= 1 << 30
+    assert _selects(
+        claim["metadata"]["labels"], statefulset["spec"]["template"]["metadata"]["labels"]
+    )
+    # Kept when the StatefulSet is deleted or scaled down.
+    retention = statefulset["spec"].get("persistentVolumeClaimRetentionPolicy", {})
+    assert retention.get("whenDeleted", "Retain") == "Retain"
+    assert retention.get("whenScaled", "Retain") == "Retain"
+
+
+def test_standalone_data_dir_is_writable_by_its_user(builds: dict[str, Build]) -> None:
+    """Kubernetes gives a volume that supports ownership management to the pod's
+    fsGroup, group-writable; the process runs as the image's user, in that group."""
+    statefulset, container = _dispatcher(builds["standalone"])
+    mount, _ = _data_mount(statefulset, container)
+    pod_sc = _pod_security(statefulset)
+    sc = container["securityContext"]
+    uid = sc.get("runAsUser", pod_sc["runAsUser"])
+    gid = sc.get("runAsGroup", pod_sc["runAsGroup"])
+    assert (uid, gid) == runtime_user()
+    assert pod_sc["fsGroup"] == gid
+    assert pod_sc.get("fsGroupChangePolicy", "Always") in ("Always", "OnRootMismatch")
+    assert not mount.get("readOnly", False)
+    # The root filesystem is read-only: the data dir is writable only as this mount.
+    assert sc["readOnlyRootFilesystem"] is True
+
+
+def test_ha_dispatchers_never_use_sqlite(builds: dict[str, Build]) -> None:
+    """sqlite is refused with an elected leader (its file is not shared): each HA
+    overlay names its store rather than inherit a default, and keeps no data volume."""
+    for overlay in HA_OVERLAYS:
+        deployment, container = _dispatcher(builds[overlay])
+        assert _value(container, "CLUSTERCHECKS_STORE") in ("memory", "redis"), overlay
+        assert "CLUSTERCHECKS_DATA_DIR" not in _env(container), overlay
+        assert "volumeClaimTemplates" not in deployment["spec"], overlay
+        volumes = deployment["spec"]["template"]["spec"]["volumes"]
+        assert not [v for v in volumes if "persistentVolumeClaim" in v], overlay
+
+
+def test_dispatcher_command_line_accepts_each_overlay(
+    build: Build, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dispatcher's own command line, given what its process would see: the image's
+    environment, then the container's, so a value the manifests leave to a default is
+    checked too (the store above all)."""
+    _, container = _dispatcher(build)
+    for name in [n for n in os.environ if n.startswith(ENV_PREFIX)]:
+        monkeypatch.delenv(name)
+    for name, value in _process_environment(build, container, tmp_path).items():
+        if name.startswith(ENV_PREFIX):
+            monkeypatch.setenv(name, value)
+    settings = settings_from_flags(dispatcher_serve.make_context("serve", []).params)
+    mode = DISPATCHER_MODE[build.overlay]
+    assert settings.election.backend == mode["CLUSTERCHECKS_ELECTION"]
+    assert settings.store.backend == mode["CLUSTERCHECKS_STORE"]
+    if settings.store.backend == "sqlite":
+        assert settings.store.data_dir == Path(DATA_DIR)
+    assert settings.server.identity == FIELD_VALUES["metadata.name"]
+    assert settings.server.url == f"http://{FIELD_VALUES['status.podIP']}:5005"
+    assert settings.election.lease_namespace == NAMESPACE
+    tokens = settings.auth
+    assert [tokens.node_token, tokens.source_token, tokens.admin_token] == [
+        "REPLACE-ME-node-token",
+        "REPLACE-ME-source-token",
+        "REPLACE-ME-admin-token",
+    ]
+    if build.overlay == "ha-redis":
+        assert settings.redis.url.startswith("redis://:REPLACE-ME-redis-password@")
+
+
+def _process_environment(build: Build, container: Doc, tmp_path: Path) -> dict[str, str]:
+    """The image's environment, then the container's entries in order: ``$(VAR)``
+    expanded from the entries before (as Kubernetes does), downward-API fields stood in
+    for, Secret keys read from the built Secrets, and token files (mounted from a Secret)
+    written under ``tmp_path`` with the Secret's value."""
+    secrets = {s["metadata"]["name"]: s for s in build.all("Secret")}
+    volumes = {
+        v["name"]: v for v in _workload(build, DISPATCHER)["spec"]["template"]["spec"]["volumes"]
+    }
+    defined: dict[str, str] = {}
+    for entry in container["env"]:
+        if "value" in entry:
+            value = VAR_REF.sub(lambda m: defined[m.group(1)], entry["value"])
+        elif "fieldRef" in entry["valueFrom"]:
+            value = FIELD_VALUES[entry["valueFrom"]["fieldRef"]["fieldPath"]]
+        else:
+            ref = entry["valueFrom"]["secretKeyRef"]
+            value = base64.b64decode(secrets[ref["name"]]["data"][ref["key"]]).decode()
+        if entry["name"].endswith("TOKEN_FILE"):
+            secret, key = _secret_key_of(value, container, volumes, secrets)
+            copy_of = tmp_path / key
+            copy_of.write_bytes(base64.b64decode(secrets[secret]["data"][key]))
+            value = str(copy_of)
+        defined[entry["name"]] = value
+    return {**runtime_env(), **defined}
+
+
+def _bytes(quantity: str) -> int:
+    match = re.fullmatch(r"(\d+)(Ki|Mi|Gi|Ti|k|M|G|T)?", quantity)
+    assert match, quantity
+    units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}
+    units |= {"k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+    return int(match.group(1)) * units.get(match.group(2) or "", 1)
+
+
+def _pod_template_but_mode(workload: Doc) -> Doc:
+    template: Doc = copy.deepcopy(workload["spec"]["template"])
+    claims = {c["metadata"]["name"] for c in workload["spec"].get("volumeClaimTemplates", [])}
+    for container in template["spec"]["containers"]:
+        container["env"] = [e for e in container["env"] if e["name"] not in MODE_ENV]
+        container["volumeMounts"] = [
+            m for m in container["volumeMounts"] if m["name"] not in claims
+        ]
+    return template
+
+
+def test_standalone_and_ha_dispatcher_pods_differ_only_in_mode_and_data(
+    builds: dict[str, Build],
+) -> None:
+    """The standalone StatefulSet's pod template is written apart from the HA
+    Deployment's (a kind cannot be patched into another): they must not drift."""
+    standalone, _ = _dispatcher(builds["standalone"])
+    for overlay in HA_OVERLAYS:
+        ha, _ = _dispatcher(builds[overlay])
+        assert _pod_template_but_mode(standalone) == _pod_template_but_mode(ha), overlay
+        assert standalone["metadata"] == ha["metadata"], overlay
+        for key in ("selector", "revisionHistoryLimit"):
+            assert standalone["spec"][key] == ha["spec"][key], (overlay, key)
+
+
+def test_our_containers_run_the_image_of_this_version(builds: dict[str, Build]) -> None:
+    """The image's tag is set in three kustomizations (base, ha-common, standalone): a
+    kustomization's images setting reaches only its own and its bases' workloads."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    image = f"clusterchecks:{pyproject['project']['version']}"
+    for overlay, build in builds.items():
+        assert {container["image"] for _, container in build.ours()} == {image}, overlay
+
+
 def test_dispatcher_service_and_disruption_budgets(build: Build) -> None:
     deployment, container = _dispatcher(build)
     service = build.one("Service", DISPATCHER)
@@ -356,7 +581,7 @@ def test_dispatcher_service_and_disruption_budgets(build: Build) -> None:
     budgets = {b["metadata"]["name"]: b["spec"] for b in build.all("PodDisruptionBudget")}
     assert set(budgets) == {DISPATCHER, "clusterchecks-runner"}
     for name, spec in budgets.items():
-        workload = build.one("Deployment", name)
+        workload = _workload(build, name)
         assert _selects(
             spec["selector"]["matchLabels"], workload["spec"]["template"]["metadata"]["labels"]
         )
@@ -587,7 +812,7 @@ def test_tokens_come_from_a_secret(build: Build) -> None:
                 ref = entry["valueFrom"]["secretKeyRef"]
                 assert ref["key"] in secrets[ref["name"]]["data"], (where, name)
             if name.endswith("_TOKEN_FILE") or name == "CLUSTERCHECKS_TOKEN_FILE":
-                keys.add(_secret_key_of(entry["value"], container, volumes, secrets))
+                keys.add(_secret_key_of(entry["value"], container, volumes, secrets)[1])
         files[where] = keys
     assert files[DISPATCHER] == {"node", "source", "admin"}
     assert files["clusterchecks-runner"] == {"node"}
@@ -597,8 +822,9 @@ def test_tokens_come_from_a_secret(build: Build) -> None:
 
 def _secret_key_of(
     path: str, container: Doc, volumes: dict[str, Doc], secrets: dict[str, Doc]
-) -> str:
-    """The Secret key a token file is, through the container's mount of a secret volume."""
+) -> tuple[str, str]:
+    """The Secret and the key a token file is, through the container's mount of a secret
+    volume."""
     file = PurePosixPath(path)
     (mount,) = [
         m for m in container["volumeMounts"] if file.parent == PurePosixPath(m["mountPath"])
@@ -611,16 +837,22 @@ def _secret_key_of(
     # An agent's volume carries the node token and nothing else.
     if container["args"][0] == "clusterchecks-agent":
         assert items == {"node": "node"}
-    return key
+    return source["secretName"], key
 
 
-def test_a_user_overlay_replaces_the_placeholders(tmp_path: Path) -> None:
+@pytest.mark.parametrize("base", ["standalone", "ha-redis"])
+def test_a_user_overlay_replaces_the_placeholders(base: str, tmp_path: Path) -> None:
     """The way README's "Deploy on Kubernetes" says to install: an overlay of one's own,
     outside the repository, with the image and the tokens (from files)."""
-    overlay = KUSTOMIZE_DIR / "overlays" / "ha-redis"
+    overlay = KUSTOMIZE_DIR / "overlays" / base
     for name in ("node.token", "source.token", "admin.token"):
         (tmp_path / name).write_text(f"{name}-0123456789abcdef0123456789abcdef\n")
     (tmp_path / "redis.password").write_text("0123456789abcdef")
+    redis_secret = """\
+- name: clusterchecks-redis
+  behavior: replace
+  files: [password=redis.password]
+"""
     (tmp_path / "kustomization.yaml").write_text(
         f"""\
 namespace: {NAMESPACE}
@@ -634,10 +866,7 @@ secretGenerator:
 - name: clusterchecks-tokens
   behavior: replace
   files: [node=node.token, source=source.token, admin=admin.token]
-- name: clusterchecks-redis
-  behavior: replace
-  files: [password=redis.password]
-generatorOptions:
+{redis_secret if base == "ha-redis" else ""}generatorOptions:
   disableNameSuffixHash: true
 """,
         encoding="utf-8",
@@ -652,7 +881,8 @@ generatorOptions:
     assert built.returncode == 0, built.stderr
     docs = [d for d in yaml.safe_load_all(built.stdout) if d]
     secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
-    assert set(secrets) == {"clusterchecks-tokens", "clusterchecks-redis"}
+    redis = {"clusterchecks-redis"} if base == "ha-redis" else set()
+    assert set(secrets) == {"clusterchecks-tokens", *redis}
     for secret in secrets.values():
         assert secret["metadata"]["namespace"] == NAMESPACE
         for key, encoded in secret["data"].items():
@@ -665,4 +895,5 @@ generatorOptions:
         if d["kind"] in WORKLOAD_KINDS
         for c in d["spec"]["template"]["spec"]["containers"]
     }
-    assert images == {"registry.example.com/clusterchecks:9.9.9", "redis:7.2"}
+    redis_image = {"redis:7.2"} if base == "ha-redis" else set()
+    assert images == {"registry.example.com/clusterchecks:9.9.9", *redis_image}
