@@ -36,6 +36,14 @@ from dispatcher.core.outcomes import Move, RebalanceOutcome, RejectedResult, Sou
 from dispatcher.core.placement import Node
 from dispatcher.core.rebuild import RunningConfig, split_intact
 from dispatcher.core.state import NEVER, ClusterState
+from dispatcher.core.transfer import (
+    ImportDocument,
+    ImportMode,
+    ImportOutcome,
+    ImportPlan,
+    plan_import,
+    preview,
+)
 from dispatcher.errors import NoLeader, StoreError
 from dispatcher.metrics import DispatcherMetrics
 from dispatcher.settings import DispatchSettings
@@ -412,6 +420,60 @@ class Dispatcher:
         else:
             woken.update(changed)
         return seq
+
+    # ----------------------------------------------------------- import (export: read)
+
+    async def import_state(
+        self,
+        document: ImportDocument,
+        *,
+        mode: ImportMode,
+        own_prefixes: tuple[str, ...],
+        dry_run: bool = False,
+    ) -> ImportOutcome:
+        """Imports a validated document (``core.transfer``): plans it and cordons its
+        nodes in one step (TooManyChecks there changes nothing), so that its checks are
+        not placed on those nodes, then writes its sources through the sources' write
+        path (in slices when big); returns once all of it is stored. With ``dry_run``,
+        the plan and the counts it would give, and nothing changes."""
+
+        def plan(state: ClusterState) -> ImportPlan:
+            return plan_import(
+                document,
+                mode=mode,
+                held=state.held_by_source,
+                nodes=state.nodes,
+                own_prefixes=own_prefixes,
+                max_checks_per_source=state.max_checks_per_source,
+            )
+
+        if dry_run:
+
+            def look(state: ClusterState) -> ImportOutcome:
+                planned = plan(state)
+                limit = state.max_checks_per_source
+                changes = preview(planned, held=state.held_by_source, max_checks_per_source=limit)
+                return ImportOutcome(planned, changes, dry_run=True)
+
+            return await self.read(look)
+
+        def cordon(now: float) -> ImportPlan:
+            planned = plan(self.state)
+            for name in planned.cordon:
+                self.state.cordon(name)
+            return planned
+
+        planned = await self._step(cordon)
+        changes = await self.replace_sources(planned.sets) if planned.sets else {}
+        log.info(
+            "state_imported",
+            mode=mode,
+            sources=len(planned.sets),
+            skipped_sources=len(planned.skipped_sources),
+            cordoned=len(planned.cordon),
+            skipped_cordons=len(planned.skipped_cordons),
+        )
+        return ImportOutcome(planned, changes, dry_run=False)
 
 
 def _always() -> bool:

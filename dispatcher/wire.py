@@ -528,3 +528,66 @@ class ErrorDetail(WireOut):
 
 class ErrorOut(WireOut):
     error: ErrorDetail
+
+
+# ------------------------------------------------------------ export and import
+
+EXPORT_FORMAT = "clusterchecks-export"
+EXPORT_VERSION = 1
+ImportModeName = Literal["replace", "merge"]
+NodeNameStr = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+
+
+class ExportOut(WireOut):
+    """The whole desired state (``GET /export``), and what ``POST /import`` takes."""
+
+    format: Literal["clusterchecks-export"]
+    version: Literal[1]
+    exported_at: UnixTime
+    sources: dict[str, list[CheckConfigIn]] = Field(
+        description="Every source's configs, sources sorted by name and configs by digest; "
+        "the dispatcher's own sources (file:, k8s:) for reference."
+    )
+    cordoned: list[str]
+
+
+class ImportIn(WireIn):
+    """An export document (``ExportOut``), validated as a whole before anything changes."""
+
+    format: Literal["clusterchecks-export"]
+    version: Literal[1]
+    exported_at: UnixTime | None = None
+    # Keys that are not source names are refused: say so (pydantic lists only the pattern).
+    sources: Annotated[
+        dict[SourceNameStr, list[CheckConfigIn]],
+        Field(json_schema_extra={"additionalProperties": False}),
+    ] = Field(
+        description="Each source's whole set; sources the dispatcher feeds itself (file:, "
+        "k8s:) are skipped."
+    )
+    cordoned: list[NodeNameStr] = Field(
+        default_factory=list,
+        description="Nodes to cordon; one that is not registered is skipped (and reported).",
+    )
+
+
+class ImportCountsOut(WireOut):
+    added: int
+    removed: int
+    unchanged: int
+
+
+class ImportOut(WireOut):
+    epoch: int
+    mode: ImportModeName
+    dry_run: bool
+    """True: nothing was changed; the counts are what the import would do now."""
+    sources: dict[str, ImportCountsOut]
+    """Every source written, with its counts against its own set (replace: a source the
+    document does not name is emptied: all removed)."""
+    skipped_sources: list[str]
+    """The document's sources that the dispatcher feeds itself (file:, k8s:)."""
+    cordoned: list[str]
+    """The document's cordoned nodes, cordoned here (registered nodes)."""
+    skipped_cordons: list[str]
+    """The document's cordoned nodes that are not registered here: not cordoned."""

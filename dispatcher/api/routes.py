@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
 from dispatcher import convert, wire
+from dispatcher.api import transfer
 from dispatcher.api.keys import (
     CLOCK,
     DISPATCHER,
@@ -34,6 +35,7 @@ from dispatcher.common.health import Verdict, component_body, verdict_body
 from dispatcher.common.validation import field_problems
 from dispatcher.core.model import CheckConfig, Digest, NodeName, SourceName
 from dispatcher.core.state import ClusterState
+from dispatcher.core.transfer import export_state
 from dispatcher.errors import (
     Conflict,
     Forbidden,
@@ -367,6 +369,24 @@ async def get_replicas(request: web.Request) -> web.Response:
     return reply(wire.ReplicasOut(replicas=[replica_out(r) for r in records]))
 
 
+async def get_export(request: web.Request) -> web.Response:
+    exported_at = request.app[CLOCK].time()
+    exported = await request.app[DISPATCHER].read(export_state)
+    body = transfer.export_json(exported, exported_at=exported_at)  # wire.ExportOut
+    return web.Response(body=body, content_type="application/json")
+
+
+async def post_import(request: web.Request) -> web.Response:
+    mode, dry_run = transfer.import_query(request.query)
+    dispatcher = request.app[DISPATCHER]
+    slice_checks = dispatcher.settings.apply_slice_checks
+    document = await transfer.document_in(await read_json(request), slice_checks=slice_checks)
+    outcome = await dispatcher.import_state(
+        document, mode=mode, dry_run=dry_run, own_prefixes=wire.INTERNAL_SOURCE_PREFIXES
+    )
+    return reply(transfer.import_out(outcome, epoch=epoch(request)))
+
+
 # ------------------------------------------------------ local, no token
 
 
@@ -467,6 +487,11 @@ ROUTES: tuple[Route, ...] = (
           "The status page: every check's last result.", None, wire.ResultsPageOut),
     Route("replicas", "GET", API + "/replicas", get_replicas, Role.ADMIN,
           "Every dispatcher replica known through the shared store.", None, wire.ReplicasOut),
+    Route("state_export", "GET", API + "/export", get_export, Role.ADMIN,
+          "The whole desired state: every source's configs, and cordons.", None, wire.ExportOut),
+    Route("state_import", "POST", API + "/import", post_import, Role.ADMIN,
+          "Make an export document the desired state (replace) or add it (merge).",
+          wire.ImportIn, wire.ImportOut, query=(transfer.MODE, transfer.DRY_RUN), errors=(413,)),
     Route("healthz", "GET", "/healthz", get_healthz, None,
           "Liveness.", None, wire.HealthOut, reply_statuses=(200, 503), leader_only=False),
     Route("readyz", "GET", "/readyz", get_readyz, None,
