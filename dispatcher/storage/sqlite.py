@@ -415,8 +415,14 @@ def _read_pid(fd: int) -> str | None:
 
 def _connect(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
     """Opens and checks the database (on the store's thread)."""
-    if path.exists() and not path.is_file():
+    if not path.exists():
+        _create(path, synchronous)
+    elif not path.is_file():
         raise StoreError(f"{path} is not a regular file: move it away, or give another --data-dir")
+    elif path.stat().st_size == 0:
+        # SQLite would take an empty file for a new database; but ours is created whole
+        # (see _create), so an empty one was emptied by something else.
+        raise StoreError(f"{path} is empty (0 bytes), not the database it was: {_RESTORE}")
     try:
         # isolation_level=None: no implicit transactions; ours are explicit.
         connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -428,6 +434,33 @@ def _connect(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
         connection.close()
         raise
     return connection
+
+
+def _create(path: Path, synchronous: Synchronous) -> None:
+    """Creates the database with its schema beside ``path`` and renames it into place,
+    so that ``path`` is never a file cut short by a crash during the first start."""
+    fresh = path.with_name(f"{path.name}.new")
+    try:
+        for leftover in (fresh, *(fresh.with_name(f"{fresh.name}{x}") for x in ("-wal", "-shm"))):
+            leftover.unlink(missing_ok=True)  # a creation cut short: it held nothing
+        connection = sqlite3.connect(fresh, isolation_level=None)
+        try:
+            _prepare(connection, fresh, synchronous)
+        finally:
+            connection.close()  # folds the WAL into the file and syncs it
+        os.rename(fresh, path)
+        directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except sqlite3.Error as exc:
+        raise _unusable(fresh, exc) from exc
+    except OSError as exc:
+        raise StoreError(
+            f"cannot create {path} ({exc.strerror or exc}): check that the dispatcher's user "
+            "may write to the data dir"
+        ) from exc
 
 
 def _prepare(connection: sqlite3.Connection, path: Path, synchronous: Synchronous) -> None:
