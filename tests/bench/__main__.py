@@ -11,7 +11,10 @@ benchmark (the event loop while a large file is parsed; ``--skip-configdir``; mi
 goal also exits 1) and about 25 s for the agent scheduler benchmark (run lateness, a flood
 of new checks, SIGTERM; ``--skip-runner``; missing a goal also exits 1) and about 20 s
 for the big-change benchmark (one PUT of 100,000 checks against a real dispatcher process:
-the longest event loop stall; ``--skip-bigput``; missing its hard goal also exits 1).
+the longest event loop stall; ``--skip-bigput``; missing its hard goal also exits 1) and
+about a minute for the store benchmark (a real dispatcher per store, sqlite, memory and
+redis: PUT and burst latency, restart with 100,000 checks, data size per check;
+``--skip-stores``).
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from tests.bench.failover import DISTURBED_PCT as FAILOVER_DISTURBED_PCT
 from tests.bench.rebalance import MAX_OVER_MEAN, RebalanceResults, run_rebalance
 from tests.bench.runner import run_runner, runner_report
 from tests.bench.stats import median
+from tests.bench.stores import report as stores_report
+from tests.bench.stores import run_stores
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -733,6 +738,7 @@ def main() -> None:
     parser.add_argument("--skip-configdir", action="store_true")
     parser.add_argument("--skip-runner", action="store_true")
     parser.add_argument("--skip-bigput", action="store_true")
+    parser.add_argument("--skip-stores", action="store_true")
     parser.add_argument("--duration", type=float, default=5.0, help="API: measured seconds")
     parser.add_argument("--warmup", type=float, default=1.0, help="API: warm-up seconds")
     parser.add_argument("--rounds", type=int, default=2, help="API: rounds over the servers")
@@ -837,6 +843,12 @@ def main() -> None:
         goals += [Goal(g.name, g.ok, g.detail) for g in bigput_goals]
         hard_goals += [Goal(g.name, g.ok, g.detail) for g in bigput_goals if g.hard]
         document["bigput"] = dataclasses.asdict(bigput)
+    if not args.skip_stores:
+        stores = run_stores(log_dir=args.out / "logs", work_dir=args.out, progress=progress)
+        text, stores_goals = stores_report(stores)
+        reports.append(text)
+        goals += [Goal(*goal) for goal in stores_goals]
+        document["stores"] = stores.to_json()
     document["goals"] = [dataclasses.asdict(g) for g in goals]
     document["total_s"] = time.perf_counter() - started
 
