@@ -50,6 +50,8 @@ CONTRACT_ROUTES = (
     ("post", f"{API}/isolate/{{digest}}"),
     ("get", f"{API}/results"),
     ("get", f"{API}/replicas"),
+    ("get", f"{API}/export"),
+    ("post", f"{API}/import"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/v1/api/health/components"),
@@ -59,7 +61,14 @@ CONTRACT_ROUTES = (
 )
 PUBLIC_PATHS = {"/healthz", "/readyz", "/metrics", "/v1/api/openapi.json"}
 
-REQUEST_MODELS = ("StatusIn", "ResultsIn", "SourcePutIn", "ChecksPostIn", "RebalanceIn")
+REQUEST_MODELS = (
+    "StatusIn",
+    "ResultsIn",
+    "SourcePutIn",
+    "ChecksPostIn",
+    "RebalanceIn",
+    "ImportIn",
+)
 REPLY_MODELS = (
     "StatusOut",
     "NodeConfigsOut",
@@ -76,6 +85,8 @@ REPLY_MODELS = (
     "IsolateOut",
     "ResultsPageOut",
     "ReplicasOut",
+    "ExportOut",
+    "ImportOut",
     "HealthOut",
     "ComponentOut",
     "ErrorOut",
@@ -317,6 +328,9 @@ DOCUMENTED_STATUSES: dict[tuple[str, str], set[int]] = {
     ("post", f"{API}/isolate/{{digest}}"): {200, 404, 409, *_LEADER, *_CONN},
     ("get", f"{API}/results"): {200, *_LEADER, *_CONN},
     ("get", f"{API}/replicas"): {200, *_LEADER, *_CONN},
+    ("get", f"{API}/export"): {200, *_LEADER, *_CONN},
+    # 400 for a bad ?mode= or ?dry_run= too; 413 also too_many_checks.
+    ("post", f"{API}/import"): {200, 400, *_LEADER, *_BODY, *_CONN},
     ("get", "/healthz"): {200, 503, *_CONN},
     ("get", "/readyz"): {200, 503, *_CONN},
     ("get", "/v1/api/health/components"): {200, *_CONN},

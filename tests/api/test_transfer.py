@@ -433,3 +433,18 @@ async def test_a_follower_forwards_export_and_import_to_the_leader(
     imported = await follower.post(IMPORT + "?mode=merge", document({"api:x": [check(2)]}))
     assert imported.status == 200, imported.text
     assert await held(api) == {"api:x": [digest_of(check(2))], "ci": [digest_of(check(1))]}
+
+
+async def test_the_openapi_document_describes_the_query_and_the_models(api: Api) -> None:
+    doc = (await api.get("/v1/api/openapi.json")).json
+    operation = doc["paths"][IMPORT]["post"]
+    query = {p["name"]: p["schema"] for p in operation["parameters"] if p["in"] == "query"}
+    assert query["mode"]["enum"] == ["replace", "merge"]
+    assert query["dry_run"]["type"] == "boolean"
+    body = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    assert body.endswith("/ImportIn")
+    assert "413" in operation["responses"]
+    schemas = doc["components"]["schemas"]
+    assert schemas["ImportIn"]["properties"]["sources"]["additionalProperties"] is False
+    reply = doc["paths"][EXPORT]["get"]["responses"]["200"]["content"]["application/json"]
+    assert reply["schema"]["$ref"].endswith("/ExportOut")
