@@ -415,6 +415,8 @@ main.add_command(admin.uncordon)
 main.add_command(admin.drain)
 main.add_command(admin.isolate)
 main.add_command(admin.replicas)
+main.add_command(admin.export)
+main.add_command(admin.import_)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import aiohttp
 from pydantic import ValidationError
@@ -158,6 +158,19 @@ class AdminClient:
     async def replicas(self) -> Reply[wire.ReplicasOut]:
         return await self._call("GET", API + "/replicas", wire.ReplicasOut)
 
+    async def export(self) -> Reply[wire.ExportOut]:
+        return await self._call("GET", API + "/export", wire.ExportOut)
+
+    async def import_document(
+        self, document: bytes, *, mode: str, dry_run: bool
+    ) -> Reply[wire.ImportOut]:
+        """Sends an export document as it is: the dispatcher validates it (and names
+        the bad entries), so this command needs no rules of its own."""
+        query = urlencode({"mode": mode, "dry_run": "true" if dry_run else "false"})
+        return await self._call(
+            "POST", f"{API}/import?{query}", wire.ImportOut, raw=document, action="import"
+        )
+
     async def _call(
         self,
         method: str,
@@ -165,13 +178,18 @@ class AdminClient:
         model: type[M],
         *,
         body: dict[str, Any] | None = None,
+        raw: bytes | None = None,
         subject: str | None = None,
         action: str | None = None,
     ) -> Reply[M]:
+        """``body`` goes as JSON; ``raw``, bytes that are JSON already, as they are."""
         base = self.target.url
+        sent: dict[str, Any] = {"json": body}
+        if raw is not None:
+            sent = {"data": raw, "headers": {"Content-Type": "application/json"}}
         try:
             async with self._session.request(
-                method, base + path, json=body, allow_redirects=False
+                method, base + path, allow_redirects=False, **sent
             ) as response:
                 raw = await response.read()
                 status, reason = response.status, response.reason or ""

@@ -18,10 +18,16 @@ Exit codes, for scripts::
     5    not found (404 unknown_node, unknown_check, not_found); a digest prefix that
          matches no check or several
     6    conflict (409: not_dispatched, no_other_node, ...)
-    7    any other 4xx (400 invalid_request, ...)
+    7    any other 4xx (400 invalid_request, 413 body_too_large, ...)
     130  interrupted (Ctrl-C)
 
-Errors are one line on stderr starting with ``error:``; never a traceback.
+Errors are one line on stderr starting with ``error:``; never a traceback. When the
+dispatcher names bad fields (``import`` of a bad file), one indented line per field
+follows.
+
+``export`` prints the whole desired state as a JSON document (``export > state.json``);
+``import FILE`` (``-`` for stdin) sends such a document back, as it is: the dispatcher
+validates all of it before changing anything.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, BinaryIO, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 import click
@@ -212,8 +218,10 @@ def _color() -> bool | None:
     return False if os.environ.get("NO_COLOR") else None
 
 
-def _fail(message: str, code: ExitCode) -> NoReturn:
+def _fail(message: str, code: ExitCode, fields: Sequence[str] = ()) -> NoReturn:
     click.echo(f"{click.style('error:', fg='red', bold=True)} {message}", err=True, color=_color())
+    for field in fields:
+        click.echo(f"  {field}", err=True)
     raise click.exceptions.Exit(int(code))
 
 
@@ -225,7 +233,7 @@ def _run(work: Callable[[AdminClient], Awaitable[T]], inv: Invocation) -> T:
     try:
         return asyncio.run(session())
     except AdminError as exc:
-        _fail(exc.message, exc.exit_code)
+        _fail(exc.message, exc.exit_code, exc.fields)
     except KeyboardInterrupt:
         _fail("interrupted", ExitCode.INTERRUPTED)
 
@@ -345,6 +353,39 @@ def replicas(inv: Invocation) -> None:
     _emit(inv, reply, lambda: render.replicas(reply.model))
 
 
+@click.command()
+@admin_command
+def export(inv: Invocation) -> None:
+    """Print the whole desired state as JSON: every source's checks (the config
+    directory's too, for reference) and the cordoned nodes. ``import`` takes it back:
+    ``export > state.json`` is a backup."""
+    reply = _run(lambda c: c.export(), inv)
+    # Indented, keys in the dispatcher's order: a backup people read and diff. Two
+    # exports of the same state differ only in exported_at.
+    click.echo(json.dumps(reply.raw, indent=2, ensure_ascii=False))
+
+
+@click.command(name="import")
+@click.argument("file", type=click.File("rb"))
+@click.option(
+    "--mode",
+    type=click.Choice(["replace", "merge"]),
+    default="replace",
+    show_default=True,
+    help="replace: the file's sources become the whole desired state (sources it does not "
+    "name are emptied); merge: only the file's sources are replaced, the others kept.",
+)
+@click.option("--dry-run", is_flag=True, help="Validate and show the counts; change nothing.")
+@admin_command
+def import_(inv: Invocation, file: BinaryIO, mode: str, dry_run: bool) -> None:
+    """Load FILE (an ``export`` document; - for stdin) as the desired state. The whole
+    file is validated first: a bad entry changes nothing and is named. Sources fed by
+    the dispatcher itself (file:, k8s:) are skipped; cordons apply to registered nodes."""
+    document = file.read()
+    reply = _run(lambda c: c.import_document(document, mode=mode, dry_run=dry_run), inv)
+    _emit(inv, reply, lambda: render.imported(reply.model))
+
+
 COMMANDS: tuple[click.Command, ...] = (
     state,
     checks,
@@ -355,4 +396,6 @@ COMMANDS: tuple[click.Command, ...] = (
     drain,
     isolate,
     replicas,
+    export,
+    import_,
 )

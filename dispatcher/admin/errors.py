@@ -60,13 +60,15 @@ EXIT_CODES: dict[ExitCode, str] = {
 
 
 class AdminError(ClusterchecksError):
-    """A failure reported as one line on stderr and an exit code."""
+    """A failure reported as one line on stderr and an exit code; ``fields``: the bad
+    fields the dispatcher listed (``path: message``), which a command may print below."""
 
     exit_code = ExitCode.UNAVAILABLE
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, fields: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.message = message
+        self.fields = fields
 
 
 class Unreachable(AdminError):
@@ -146,6 +148,28 @@ def parse_error_body(raw: bytes) -> tuple[str | None, str | None]:
     )
 
 
+def parse_error_fields(raw: bytes) -> tuple[str, ...]:
+    """The ``details.fields`` of an API.md error body as ``path: message`` lines (one
+    line each), with a last line saying so when the dispatcher listed only some."""
+    try:
+        body: Any = json.loads(raw)
+    except ValueError:
+        return ()
+    error = body.get("error") if isinstance(body, dict) else None
+    details = error.get("details") if isinstance(error, dict) else None
+    if not isinstance(details, dict) or not isinstance(details.get("fields"), list):
+        return ()
+    fields = details["fields"]
+    lines = tuple(
+        one_line(f"{field.get('path')}: {field.get('message')}")
+        for field in fields
+        if isinstance(field, dict)
+    )
+    if details.get("truncated") is True:
+        lines += ("(the dispatcher lists no more problems)",)
+    return lines
+
+
 def error_from_reply(
     status: int,
     raw: bytes,
@@ -195,4 +219,5 @@ def error_from_reply(
             detail += f" (retry after {retry_after} s)"
     else:
         lead = f"the dispatcher at {url} failed"
-    return _ERROR_CLASS.get(exit_code, BadReply)(f"{lead} ({label}): {detail}")
+    error_class = _ERROR_CLASS.get(exit_code, BadReply)
+    return error_class(f"{lead} ({label}): {detail}", fields=parse_error_fields(raw))

@@ -376,3 +376,45 @@ def replicas(reply: wire.ReplicasOut) -> str:
         ),
         right=(5, 6),
     )
+
+
+# ------------------------------------------------------------ export and import
+
+
+def imported(reply: wire.ImportOut) -> str:
+    """An import's counts per source (against each source's own set, as a PUT counts),
+    what was skipped and why, and the cordons."""
+    items = sorted(reply.sources.items())
+    totals = (
+        f"{sum(c.added for _, c in items)} added, {sum(c.removed for _, c in items)} removed, "
+        f"{sum(c.unchanged for _, c in items)} unchanged"
+    )
+    if reply.dry_run:
+        lead = f"dry run ({reply.mode}), nothing changed: would write {len(items)} sources"
+    else:
+        lead = f"imported ({reply.mode}): {len(items)} sources written"
+    parts = [f"{lead} ({totals}, counted per source)" if items else f"{lead}"]
+    if items:
+        parts.append(
+            table(
+                ["SOURCE", "ADDED", "REMOVED", "UNCHANGED"],
+                ([source, c.added, c.removed, c.unchanged] for source, c in items),
+                right=(1, 2, 3),
+            )
+        )
+    if reply.skipped_sources:
+        parts.append(
+            "skipped, fed by the dispatcher itself (its config directory or Kubernetes "
+            f"objects are their truth): {', '.join(reply.skipped_sources)}"
+        )
+    if reply.cordoned:
+        verb = "would cordon" if reply.dry_run else "cordoned"
+        parts.append(f"{verb}: {', '.join(reply.cordoned)}")
+    if reply.skipped_cordons:
+        parts.append(
+            warn(
+                f"not cordoned, not registered here: {', '.join(reply.skipped_cordons)} "
+                "(cordon them once their agents have registered)"
+            )
+        )
+    return "\n".join(parts)

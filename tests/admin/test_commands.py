@@ -167,6 +167,7 @@ def test_no_token_sends_no_authorization(server: Scripted) -> None:
         (["results"], "GET", "/results", None),
         (["replicas"], "GET", "/replicas", None),
         (["checks"], "GET", "/checks", None),
+        (["export"], "GET", "/export", None),
     ],
 )  # fmt: skip
 def test_each_command_calls_its_route(
@@ -363,6 +364,9 @@ def test_colour_on_a_terminal_unless_no_color(server: Scripted) -> None:
         (["checks", "xyz"], ["DIGEST", "not a digest or digest prefix"]),
         (["isolate"], ["Missing argument 'DIGEST'"]),
         (["rebalance", "--forse"], ["No such option '--forse'"]),
+        (["import"], ["Missing argument 'FILE'"]),
+        (["import", "/nonexistent/state.json"], ["FILE", "No such file"]),
+        (["import", "-", "--mode", "overwrite"], ["--mode", "'replace', 'merge'"]),
     ],
 )
 def test_usage_errors_exit_2_naming_the_flag(args: list[str], words: list[str]) -> None:
@@ -386,7 +390,7 @@ def test_help_lists_the_admin_commands() -> None:
     assert result.exit_code == 0
     for name in (
         "serve", "state", "checks", "results", "rebalance", "cordon", "uncordon", "drain",
-        "isolate", "replicas",
+        "isolate", "replicas", "export", "import",
     ):  # fmt: skip
         assert name in result.stdout
     state_help = run("state", "--help").stdout
@@ -464,3 +468,102 @@ def test_a_bad_value_before_the_subcommand_is_that_subcommand_s_usage_error() ->
     assert " state [OPTIONS]" in result.stderr.splitlines()[0]
     assert "--timeout" in result.stderr
     assert "not a valid float" in result.stderr
+
+
+# ---------------------------------------------------------- export, import
+
+EXPORTED = {
+    "format": "clusterchecks-export", "version": 1, "exported_at": 1_763_700_000.25,
+    "sources": {"api:é": [{"name": "http", "instances": [{"url": "http://x/"}],
+                           "init_config": {}, "interval_s": 15.0, "timeout_s": 10.0,
+                           "node_selector": {}, "weight": 1.0}]},
+    "cordoned": ["node-a"],
+}  # fmt: skip
+IMPORTED = {
+    "epoch": 3, "mode": "merge", "dry_run": True,
+    "sources": {"api:a": {"added": 1, "removed": 0, "unchanged": 2}},
+    "skipped_sources": [], "cordoned": [], "skipped_cordons": [],
+}  # fmt: skip
+
+
+def test_export_prints_the_document_indented(server: Scripted) -> None:
+    server.reply(200, EXPORTED)
+    result = run("export", "--url", server.url)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == json.dumps(EXPORTED, indent=2, ensure_ascii=False) + "\n"
+    assert result.stderr == ""
+
+
+@pytest.mark.parametrize(
+    ("flags", "query"),
+    [
+        ([], "mode=replace&dry_run=false"),
+        (["--mode", "merge", "--dry-run"], "mode=merge&dry_run=true"),
+    ],
+)
+def test_import_sends_the_file_as_it_is(
+    server: Scripted, tmp_path: Path, flags: list[str], query: str
+) -> None:
+    raw = b'{"format": "clusterchecks-export",\n "sources": {}}  '
+    state = tmp_path / "state.json"
+    state.write_bytes(raw)
+    server.reply(200, IMPORTED)
+
+    result = run("import", str(state), *flags, "--url", server.url)
+
+    assert result.exit_code == 0, result.stderr
+    method, path, headers, body = server.requests[0]
+    assert (method, path) == ("POST", f"{API}/import?{query}")
+    assert headers["Content-Type"] == "application/json"
+    assert body == raw
+    assert result.stdout.startswith("dry run (merge), nothing changed: would write 1 sources")
+
+
+def test_import_reads_stdin_and_prints_json(server: Scripted) -> None:
+    server.reply(200, IMPORTED)
+    result = CliRunner().invoke(
+        main,
+        ["import", "-", "--url", server.url, "--json"],
+        input=json.dumps(EXPORTED),
+        env=CLEAN_ENV,
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout) == IMPORTED
+    assert json.loads(server.requests[0][3]) == EXPORTED
+
+
+def test_a_bad_file_prints_each_entry_the_dispatcher_names_and_exits_7(
+    server: Scripted, tmp_path: Path
+) -> None:
+    state = tmp_path / "state.json"
+    state.write_text("{}", encoding="utf-8")
+    fields = [
+        {"path": "sources.api:team-a[3].interval_s", "message": "Input should be >= 1"},
+        {"path": "cordoned[0]", "message": "not a node name"},
+    ]
+    server.reply(
+        400,
+        {"error": {"code": "invalid_request", "message": "Invalid request: sources...",
+                   "details": {"fields": fields, "truncated": True}}},
+    )  # fmt: skip
+
+    result = run("import", str(state), "--url", server.url)
+
+    assert result.exit_code == 7
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "error: the dispatcher refused the request (400 invalid_request): Invalid request: "
+        "sources...",
+        "  sources.api:team-a[3].interval_s: Input should be >= 1",
+        "  cordoned[0]: not a node name",
+        "  (the dispatcher lists no more problems)",
+    ]
+
+
+def test_a_file_over_the_body_limit_exits_7(server: Scripted, tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    state.write_text("{}", encoding="utf-8")
+    server.reply(413, error("body_too_large", "The request body is larger than 4194304 bytes."))
+    result = run("import", str(state), "--url", server.url)
+    assert_one_error_line(result, 7, "(413 body_too_large)")

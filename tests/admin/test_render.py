@@ -361,3 +361,49 @@ def test_replicas() -> None:
     assert f"{YELLOW}degraded" in text
     assert f"{RED}unhealthy" in text
     assert render.replicas(wire.ReplicasOut(replicas=[])) == "no replicas reported"
+
+
+# ------------------------------------------------------------------- import
+
+
+def import_reply(**fields: Any) -> wire.ImportOut:
+    values: dict[str, Any] = {
+        "epoch": 3,
+        "mode": "replace",
+        "dry_run": False,
+        "sources": {
+            "ci": {"added": 0, "removed": 4, "unchanged": 0},
+            "api:team-a": {"added": 2, "removed": 1, "unchanged": 10},
+        },
+        "skipped_sources": ["file:web.yaml"],
+        "cordoned": ["node-a"],
+        "skipped_cordons": [],
+    }
+    return wire.ImportOut.model_validate(values | fields)
+
+
+def test_an_import_shows_its_counts_per_source_and_what_it_skipped() -> None:
+    text = render.imported(import_reply(skipped_cordons=["node-x", "node-y"]))
+    lines = plain(text)
+    assert lines[0] == (
+        "imported (replace): 2 sources written (2 added, 5 removed, 10 unchanged, "
+        "counted per source)"
+    )
+    assert lines[1].split() == ["SOURCE", "ADDED", "REMOVED", "UNCHANGED"]
+    assert lines[2].split() == ["api:team-a", "2", "1", "10"]
+    assert lines[3].split() == ["ci", "0", "4", "0"]
+    assert lines[1].rstrip().endswith("UNCHANGED")
+    assert len(lines[1].rstrip()) == len(lines[2].rstrip())  # counts right-aligned
+    assert lines[4].startswith("skipped, fed by the dispatcher itself")
+    assert lines[4].endswith(": file:web.yaml")
+    assert lines[5] == "cordoned: node-a"
+    assert lines[6].startswith("not cordoned, not registered here: node-x, node-y")
+    assert f"{YELLOW}not cordoned" in text
+
+
+def test_a_dry_run_says_nothing_changed() -> None:
+    reply = import_reply(dry_run=True, mode="merge", skipped_sources=[], sources={})
+    assert plain(render.imported(reply)) == [
+        "dry run (merge), nothing changed: would write 0 sources",
+        "would cordon: node-a",
+    ]
