@@ -5,7 +5,8 @@
   heartbeat that says "not up to date", or a new epoch, restarts the fetch at once.
 - Replies with an epoch below the highest seen are ignored (a deposed leader).
 - ``running`` is sent on first contact with each new epoch, so a new leader can adopt
-  the existing placement.
+  the existing placement; after a reply with ``send_running_configs`` (a leader that
+  rebuilds from the agents), the next status carries ``running_configs`` (``rebuild``).
 - ``404 unknown_node``: register again with a heartbeat.
 - No leader or no answer: keep running the checks, retry with backoff and jitter; with
   ``fence_on_disconnect``, stop them once this node would have been expired.
@@ -31,6 +32,7 @@ from node_agent.errors import (
     DispatcherUnavailable,
     UnknownNodeError,
 )
+from node_agent.rebuild import RunningConfigsOutbox
 from node_agent.runner import CheckSpec
 from node_agent.settings import AgentSettings
 
@@ -39,8 +41,8 @@ log = structlog.get_logger(__name__)
 COMPONENT = "dispatcher_link"
 STATUS_BODY_BYTES = 2 * 1024 * 1024
 """What a heartbeat's body may weigh: half the dispatcher's 4 MiB body limit. ``running``
-is sent whole (the dispatcher replaces its record with it); ``stats`` fill what is left,
-at least ``MIN_STATS_BYTES``."""
+is sent whole (the dispatcher replaces its record with it); ``running_configs`` take what
+they fit in, leaving ``MIN_STATS_BYTES``; ``stats`` fill what is left, at least that."""
 MIN_STATS_BYTES = 64 * 1024
 SPECS_ON_LOOP = 5_000
 """A configs reply with more checks has its specs built in a worker thread (about 4 us
@@ -99,7 +101,10 @@ class Poller:
         self._fetch_now = asyncio.Event()
         self._heartbeat_now = asyncio.Event()
         self._desired: dict[str, CheckSpec] = {}
+        self._running_configs = RunningConfigsOutbox()
         self.leader_warming_up = False
+        self._partial_set = False
+        """The last configs reply was a warm-up one (not applied)."""
         health.register(COMPONENT)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -116,22 +121,37 @@ class Poller:
         send_running = self._running_sent_epoch != self.epoch or self.epoch < 0
         running = self._running() if send_running else []
         running_bytes = sum(len(digest) + 3 for digest in running)
+        configs, configs_bytes = self._running_configs.take(
+            self._running,
+            budget_bytes=STATUS_BODY_BYTES - MIN_STATS_BYTES - running_bytes,
+            max_bytes=STATUS_BODY_BYTES - MIN_STATS_BYTES,
+        )
+        stats_budget = STATUS_BODY_BYTES - running_bytes - configs_bytes
         body: dict[str, Any] = {
             "last_change": self.last_change if self.last_change is not None else 0,
             "labels": self._settings.labels,
             "capacity": self._settings.capacity,
-            "stats": self._stats(max(MIN_STATS_BYTES, STATUS_BODY_BYTES - running_bytes)),
+            "stats": self._stats(max(MIN_STATS_BYTES, stats_budget)),
         }
         if send_running:
             body["running"] = running
+        if configs is not None:
+            body["running_configs"] = configs
         # A replica that hangs (frozen, partitioned) must not keep this node from reaching
         # another one before it expires: bound the heartbeat by a third of the expiry.
         timeout_s = min(self._settings.request_timeout_s, max(1.0, self.expiry_s / 3))
-        reply = await self._client.status(body, timeout_s=timeout_s)
+        try:
+            reply = await self._client.status(body, timeout_s=timeout_s)
+        except AgentError as exc:
+            self._running_configs.failed(refused=isinstance(exc, DispatcherProtocolError))
+            raise
         if reply.epoch < self.epoch:
             log.warning("stale_epoch_ignored", route="status", epoch=reply.epoch, seen=self.epoch)
             self._client.next_url()
+            self._running_configs.failed(refused=False)
             return None
+        if self._running_configs.answered(asked=reply.send_running_configs):
+            self._heartbeat_now.set()  # a leader rebuilding from the agents: at once
         new_epoch = reply.epoch > self.epoch
         if new_epoch:
             log.info("new_epoch", epoch=reply.epoch, leader=reply.leader, previous=self.epoch)
@@ -178,7 +198,12 @@ class Poller:
     # ----------------------------------------------------------------- configs
 
     async def fetch_once(self, *, wait_s: float) -> None:
-        since = self.last_change if self._configs_epoch == self.epoch else None
+        # Once warm-up is over, the whole set at once: the leader's counter need not
+        # change when warm-up ends (what it adopted was counted during the warm-up).
+        full = self._configs_epoch != self.epoch or (
+            self._partial_set and not self.leader_warming_up
+        )
+        since = None if full else self.last_change
         reply = await self._client.configs(since=since, wait_s=wait_s)
         if reply.epoch < self.epoch:
             log.warning("stale_epoch_ignored", route="configs", epoch=reply.epoch, seen=self.epoch)
@@ -189,6 +214,7 @@ class Poller:
             self._heartbeat_now.set()
         self.last_change = reply.last_change
         self._configs_epoch = reply.epoch
+        self._partial_set = reply.warmup
         self._health.report(COMPONENT, Status.HEALTHY, f"configs from {self._client.url}")
         if reply.warmup:
             # A warming-up leader knows only part of the placement: keep running what
@@ -204,6 +230,7 @@ class Poller:
             self._desired = await asyncio.to_thread(specs_from_wire, reply.configs)
         else:
             self._desired = specs_from_wire(reply.configs)
+        self._running_configs.desired(reply.configs)
         if not self.fenced:
             self._apply(self._desired)
 

@@ -61,8 +61,10 @@ async def test_first_heartbeat_registers_the_node_and_replies_with_the_contract(
         "heartbeat_interval_s",
         "node_expiration_timeout_s",
         "warmup",  # an extension of API.md: agents keep their checks while it is true
+        "send_running_configs",  # API.md, rebuild from the agents (extension)
     }
     assert body["warmup"] is False
+    assert body["send_running_configs"] is False  # not warming up: nothing to rebuild
     assert body["is_up_to_date"] is False  # a new node has configs to fetch
     assert isinstance(body["epoch"], int)
     assert body["epoch"] == api.service.dispatcher.epoch > 0

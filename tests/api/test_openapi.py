@@ -203,6 +203,7 @@ async def test_components_hold_the_request_and_reply_models(doc: dict[str, Any])
         "heartbeat_interval_s",
         "node_expiration_timeout_s",
         "warmup",
+        "send_running_configs",
     }
     error = schemas["ErrorDetail"]
     assert set(error["required"]) == {"code", "message"}

@@ -15,6 +15,7 @@ import contextlib
 import json
 import random
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -28,7 +29,7 @@ from dispatcher import wire
 from dispatcher.common.clock import Clock, FakeClock, SystemClock
 from dispatcher.common.health import HealthRegistry, Status
 from dispatcher.service import build
-from dispatcher.settings import DispatchSettings, Settings
+from dispatcher.settings import DispatchSettings, Settings, StoreSettings
 from node_agent.client import DispatcherApi, DispatcherClient
 from node_agent.errors import DispatcherProtocolError, DispatcherUnavailable, UnknownNodeError
 from node_agent.metrics import AgentMetrics
@@ -100,6 +101,9 @@ class FakeDispatcher:
         self.results: list[dict[str, Any]] = []
         self.results_down = False
         self.warmup = False
+        self.send_running_configs = False
+        """Asked in every status reply until a status carries running_configs, as a
+        leader rebuilding from the agents does."""
         self._wake = asyncio.Event()
         self.app = web.Application(client_max_size=4 * 1024 * 1024)  # as the dispatcher's
         self.app.router.add_post(f"{API}/status/{{node}}", self._status)
@@ -130,6 +134,9 @@ class FakeDispatcher:
     def running_sent(self) -> list[list[str]]:
         return [body["running"] for _, body in self.statuses if "running" in body]
 
+    def running_configs_sent(self) -> list[list[dict[str, Any]]]:
+        return [body["running_configs"] for _, body in self.statuses if "running_configs" in body]
+
     async def _status(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.statuses.append((self.clock.monotonic(), body))
@@ -137,6 +144,8 @@ class FakeDispatcher:
             return error(503, "no_leader")
         if self.status_replies:
             return self.status_replies.pop(0)()
+        if "running_configs" in body:
+            self.send_running_configs = False
         if body.get("leaving"):
             self.registered = False
         elif not self.registered:
@@ -151,6 +160,7 @@ class FakeDispatcher:
                 "heartbeat_interval_s": self.heartbeat_interval_s,
                 "node_expiration_timeout_s": self.expiry_s,
                 "warmup": self.warmup,
+                "send_running_configs": self.send_running_configs,
             }
         )
 
@@ -843,7 +853,10 @@ async def test_against_the_real_dispatcher(
     aiohttp_server: AiohttpServer, world: World, session: aiohttp.ClientSession
 ) -> None:
     service = build(
-        Settings(dispatch=DispatchSettings(node_expiration_timeout_s=5, heartbeat_interval_s=1))
+        Settings(
+            dispatch=DispatchSettings(node_expiration_timeout_s=5, heartbeat_interval_s=1),
+            store=StoreSettings(backend="memory"),
+        )
     )
     server = await aiohttp_server(service.app)
     base = url_of(server)
@@ -954,3 +967,164 @@ async def test_a_warming_up_leader_does_not_make_the_agent_stop_its_checks(world
     fake.last_change += 1
     await world.until(lambda: agent.desired() == sorted([D1, D2]))
     assert not agent.poller.leader_warming_up
+
+
+# ------------------------------------------------------- rebuild from the agents
+
+
+async def test_after_a_reply_that_asks_the_next_status_carries_what_runs_then_stops(
+    world: World,
+) -> None:
+    """A leader rebuilding from the agents asks; the next status, at once, carries the
+    full config (output form, with its sources) of every check the agent runs, and the
+    ones after it do not."""
+    fake, server = await world.serve()
+    fake.configs = [config(D1), config(D2), config(RUNNING)]
+    agent = world.agent((url_of(server),), long_poll_s=10.0)
+    agent.start()
+    await world.until(lambda: agent.desired() == sorted([D1, D2, RUNNING]))
+    agent.running = [D1, RUNNING]  # D2 is still starting: it does not run yet
+
+    fake.send_running_configs = True
+    await world.until(lambda: len(fake.statuses) >= 2)
+    asked_at, _ = fake.statuses[-1]
+    await world.quiesce()
+
+    assert fake.running_configs_sent() == [[config(D1), config(RUNNING)]]
+    sent_at, body = next((t, b) for t, b in fake.statuses if "running_configs" in b)
+    assert sent_at == asked_at, "sent at once, not at the next heartbeat"
+    assert body["running_configs"][0]["sources"] == ["test"]
+    statuses = len(fake.statuses)
+    await world.run_until(world.clock.monotonic() + 3 * fake.heartbeat_interval_s)
+    assert len(fake.statuses) == statuses + 3
+    assert len(fake.running_configs_sent()) == 1, "sent once, until asked again"
+    assert all("running" not in b for _, b in fake.statuses[statuses:])
+
+
+async def test_an_agent_that_runs_nothing_answers_with_an_empty_list(world: World) -> None:
+    fake, server = await world.serve()
+    agent = world.agent((url_of(server),))
+    agent.running = []
+    fake.send_running_configs = True
+    await agent.poller.heartbeat_once()
+    await agent.poller.heartbeat_once()
+    await agent.poller.heartbeat_once()
+    assert fake.running_configs_sent() == [[]]
+    assert not fake.send_running_configs
+
+
+async def test_running_configs_that_do_not_get_through_are_sent_again(world: World) -> None:
+    fake, server = await world.serve()
+    fake.configs = [config(D1)]
+    agent = world.agent((url_of(server),))
+    agent.running = [D1]
+    await agent.poller.heartbeat_once()
+    await agent.poller.fetch_once(wait_s=0)
+    assert agent.desired() == [D1]
+    fake.send_running_configs = True
+    await agent.poller.heartbeat_once()  # asked
+    fake.status_replies.append(lambda: error(503, "no_leader"))
+    with pytest.raises(DispatcherUnavailable):
+        await agent.poller.heartbeat_once()
+    await agent.poller.heartbeat_once()
+    sent = [b.get("running_configs") for _, b in fake.statuses]
+    assert sent == [None, None, [config(D1)], [config(D1)]]
+    assert not fake.send_running_configs
+
+
+async def test_running_configs_beyond_one_status_go_over_the_next_ones_at_once(
+    world: World,
+) -> None:
+    """The body limit holds: configs that do not fit one status follow in the next
+    ones, sent at once, and every one is sent exactly once."""
+    fake, server = await world.serve()
+    big = "x" * (STATUS_BODY_BYTES // 5)
+    fake.configs = [{**config(f"{n:016x}"), "init_config": {"pad": big}} for n in range(1, 9)]
+    digests = sorted(c["digest"] for c in fake.configs)
+    agent = world.agent((url_of(server),), long_poll_s=10.0)
+    agent.start()
+    await world.until(lambda: agent.desired() == digests)
+    agent.running = digests
+
+    fake.send_running_configs = True
+    await world.until(lambda: len(fake.running_configs_sent()) >= 1)
+    first_at = next(t for t, b in fake.statuses if "running_configs" in b)
+    await world.quiesce()
+
+    batches = fake.running_configs_sent()
+    assert len(batches) >= 2
+    assert sorted(c["digest"] for batch in batches for c in batch) == digests
+    times = [t for t, b in fake.statuses if "running_configs" in b]
+    assert times == [first_at] * len(batches), "the rest follows at once"
+    for _, body in fake.statuses:
+        assert len(json.dumps(body)) <= STATUS_BODY_BYTES
+
+
+async def test_a_warming_up_real_dispatcher_rebuilds_from_the_agent(
+    aiohttp_server: AiohttpServer, world: World, session: aiohttp.ClientSession
+) -> None:
+    """The agent runs a source's checks from one dispatcher; that one goes away and an
+    empty one, warming up, takes over: it ends up with the same checks, held by the same
+    source, on this node, and serves the agent exactly that set after its warm-up."""
+    memory = StoreSettings(backend="memory")
+    fast = DispatchSettings(node_expiration_timeout_s=5, heartbeat_interval_s=1)
+    first = build(Settings(dispatch=fast, store=memory))
+    # The new one's own clock: its epoch (start time in ms) is later, and its warm-up
+    # ends when the test says so.
+    second_clock = FakeClock(wall=SystemClock().time() + 60)
+    second = build(
+        Settings(dispatch=replace(fast, warmup_duration_s=30), store=memory), clock=second_clock
+    )
+    first_server = await aiohttp_server(first.app)
+    second_server = await aiohttp_server(second.app)
+    agent = world.agent(
+        (url_of(first_server), url_of(second_server)), long_poll_s=5.0, clock=SystemClock()
+    )
+    agent.running = []
+    agent.start()
+    await eventually(lambda: agent.poller.epoch >= 0)
+    source = {"configs": [{"name": "tcp", "instances": [{"host": "localhost", "port": p}]}
+                          for p in (1, 2, 3)]}  # fmt: skip
+    async with session.put(f"{url_of(first_server)}{API}/sources/ci", json=source) as response:
+        assert response.status == 200, await response.text()
+        digests = sorted((await response.json())["digests"])
+    await eventually(lambda: agent.desired() == digests)
+    agent.running = list(digests)
+    specs = agent.applied[-1]
+
+    await first_server.close()
+    state = second.dispatcher.state
+    await eventually(lambda: sorted(state.placement) == digests)
+    assert set(state.placement.values()) == {NODE}
+    assert {d: state.sources_of(d) for d in digests} == {d: ["ci"] for d in digests}
+    assert second.dispatcher.warming_up()
+    applied = len(agent.applied)
+
+    second_clock.advance(30)  # the warm-up is over: the agent fetches its set
+    await eventually(lambda: len(agent.applied) > applied)
+    assert agent.applied[-1] == specs, "served exactly what it runs: nothing restarts"
+
+
+async def test_the_set_is_fetched_at_once_when_warm_up_ends_even_unchanged(
+    world: World,
+) -> None:
+    """A leader that adopted during its warm-up changed the node's counter then, not at
+    the end of it: the agent must not wait a long poll to apply the set."""
+    fake, server = await world.serve()
+    fake.configs = [config(D1)]
+    agent = world.agent((url_of(server),), long_poll_s=30.0)
+    agent.start()
+    await world.until(lambda: agent.desired() == [D1] and fake.polls_waiting == 1)
+
+    fake.epoch = 2
+    fake.warmup = True
+    fake.configs = [config(D1), config(D2)]  # adopted: the counter moves during warm-up
+    fake.last_change += 1
+    fake.wake()
+    await world.until(lambda: agent.poller.leader_warming_up and fake.polls_waiting == 1)
+    assert agent.desired() == [D1]
+
+    fake.warmup = False  # the counter stays as it is
+    ended_at = world.clock.monotonic() + fake.heartbeat_interval_s
+    await world.until(lambda: agent.desired() == sorted([D1, D2]))
+    assert world.clock.monotonic() == ended_at, "applied at the first heartbeat after it"

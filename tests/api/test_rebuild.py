@@ -1,0 +1,174 @@
+"""Rebuild from the agents over the status route (API.md, status, extension): a leader
+that warms up asks with ``send_running_configs`` and adopts the ``running_configs`` of
+the next status; bad ones are refused as any bad body is."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from dispatcher.common.clock import FakeClock
+from dispatcher.settings import DispatchSettings, Settings
+from tests.api.conftest import API, Api, ApiFactory, check
+
+WARMUP_S = 30.0
+STATUS = f"{API}/status/node-a"
+
+
+@pytest.fixture
+async def warming(make_api: ApiFactory) -> Api:
+    """A leader that started empty and warms up for ``WARMUP_S`` (fake clock)."""
+    return await make_api(Settings(dispatch=DispatchSettings(warmup_duration_s=WARMUP_S)))
+
+
+async def running_form(api: Api, *configs: dict[str, Any], source: str = "ci") -> list[Any]:
+    """The output form an agent got its checks in, from a leader that is not warming up."""
+    await api.heartbeat("node-a", 0)
+    await api.put_source(source, list(configs))
+    served = (await api.configs("node-a"))["configs"]
+    assert len(served) == len(configs)
+    return list(served)
+
+
+async def test_a_warming_up_leader_asks_and_adopts_what_the_agent_runs(
+    api: Api, warming: Api
+) -> None:
+    running = await running_form(api, check(0), check(1))
+    digests = sorted(c["digest"] for c in running)
+
+    first = await warming.heartbeat("node-a", 0)
+    assert first["warmup"] is True
+    assert first["send_running_configs"] is True
+    assert (await warming.state())["totals"]["checks"] == 0
+
+    reply = await warming.heartbeat("node-a", 0, running=digests, running_configs=running)
+
+    assert reply["send_running_configs"] is False, "asked until the node answered"
+    assert reply["is_up_to_date"] is True  # while warming up
+    assert await warming.placement() == {d: "node-a" for d in digests}
+    checks = (await warming.ok("GET", f"{API}/checks"))["checks"]
+    assert [c["sources"] for c in checks] == [["ci"], ["ci"]]
+    source = await warming.ok("GET", f"{API}/sources/ci")
+    assert sorted(c["digest"] for c in source["configs"]) == digests
+    again = await warming.heartbeat("node-a", 0)
+    assert again["send_running_configs"] is False
+
+
+async def test_after_the_warm_up_the_agent_is_served_exactly_what_it_runs(
+    api: Api, warming: Api, clock: FakeClock
+) -> None:
+    running = await running_form(api, check(0), check(1), check(2))
+    await warming.heartbeat("node-a", 0)
+    await warming.heartbeat("node-a", 0, running_configs=running)
+
+    clock.advance(WARMUP_S)
+    reply = await warming.heartbeat("node-a", 0)
+    assert reply["warmup"] is False
+    assert reply["is_up_to_date"] is False, "the adoption changed the node's counter"
+    served = await warming.configs("node-a")
+    assert served["configs"] == running
+
+
+async def test_a_leader_that_does_not_warm_up_never_asks_and_ignores_running_configs(
+    api: Api, make_api: ApiFactory
+) -> None:
+    running = await running_form(api, check(0))
+    other = await make_api()
+
+    first = await other.heartbeat("node-a", 0)
+    reply = await other.heartbeat("node-a", 0, running_configs=running)
+
+    assert first["send_running_configs"] is False
+    assert reply["send_running_configs"] is False
+    assert (await other.state())["totals"]["checks"] == 0
+
+
+async def test_a_leader_past_its_warm_up_stops_asking(warming: Api, clock: FakeClock) -> None:
+    assert (await warming.heartbeat("node-a", 0))["send_running_configs"] is True
+    clock.advance(WARMUP_S)
+    assert (await warming.heartbeat("node-a", 0))["send_running_configs"] is False
+
+
+async def test_a_mismatched_digest_is_dropped_and_the_heartbeat_succeeds(
+    api: Api, warming: Api
+) -> None:
+    [good, other] = await running_form(api, check(0), check(1))
+    forged = {**other, "digest": good["digest"][::-1]}
+
+    await warming.heartbeat("node-a", 0)
+    reply = await warming.heartbeat("node-a", 0, running_configs=[forged, good])
+
+    assert reply["send_running_configs"] is False
+    assert await warming.placement() == {good["digest"]: "node-a"}
+
+
+async def test_a_leaving_node_is_not_asked(warming: Api) -> None:
+    await warming.heartbeat("node-a", 0)
+    reply = await warming.heartbeat("node-a", -1, leaving=True)
+    assert reply["send_running_configs"] is False
+
+
+def output_form(**fields: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "name": "http",
+        "instances": [{"url": "http://svc/healthz"}],
+        "init_config": {},
+        "interval_s": 15.0,
+        "timeout_s": 10.0,
+        "node_selector": {},
+        "weight": 1.0,
+        "digest": "0123456789abcdef",
+        "sources": ["ci"],
+        "node": "node-a",
+    }
+    config.update(fields)
+    return {k: v for k, v in config.items() if v is not ...}
+
+
+BAD_RUNNING_CONFIGS = [
+    pytest.param({"x": 1}, "running_configs", id="not-a-list"),
+    pytest.param([5], "running_configs.0", id="not-an-object"),
+    pytest.param([output_form(digest=...)], "running_configs.0.digest", id="no-digest"),
+    pytest.param([output_form(digest="XYZ")], "running_configs.0.digest", id="bad-digest"),
+    pytest.param([output_form(sources=...)], "running_configs.0.sources", id="no-sources"),
+    pytest.param([output_form(sources=[])], "running_configs.0.sources", id="empty-sources"),
+    pytest.param([output_form(sources=["a/b"])], "running_configs.0.sources.0", id="bad-source"),
+    pytest.param([output_form(name="Bad Name")], "running_configs.0.name", id="bad-name"),
+    pytest.param([output_form(instances=[])], "running_configs.0.instances", id="no-instances"),
+    pytest.param([output_form(interval_s="15")], "running_configs.0.interval_s", id="str-num"),
+    pytest.param([output_form(timeout_s=20.0)], "running_configs.0", id="timeout>interval"),
+    pytest.param([output_form(node=7)], "running_configs.0.node", id="bad-node"),
+    pytest.param([output_form(extra=1)], "running_configs.0.extra", id="unknown-field"),
+]
+
+
+@pytest.mark.parametrize(("running_configs", "path"), BAD_RUNNING_CONFIGS)
+async def test_bad_running_configs_are_refused_with_invalid_request(
+    warming: Api, running_configs: Any, path: str
+) -> None:
+    await warming.heartbeat("node-a", 0)
+
+    reply = await warming.post(STATUS, {"last_change": 0, "running_configs": running_configs})
+
+    assert reply.status == 400, reply.text
+    assert reply.code() == "invalid_request"
+    assert path in reply.field_paths(), reply.text
+    assert (await warming.state())["totals"]["checks"] == 0
+
+
+async def test_the_openapi_document_describes_the_extension(api: Api) -> None:
+    schemas = (await api.ok("GET", "/v1/api/openapi.json"))["components"]["schemas"]
+    status_in = schemas["StatusIn"]["properties"]["running_configs"]
+    assert status_in["description"]
+    [listed] = [s for s in status_in["anyOf"] if s.get("type") == "array"]
+    assert listed["items"] == {"$ref": "#/components/schemas/RunningConfigIn"}
+    assert listed["maxItems"] == 100_000
+    running = schemas["RunningConfigIn"]
+    assert running["additionalProperties"] is False
+    assert set(running["required"]) == {"name", "instances", "digest", "sources"}
+    assert set(running["properties"]) == set(schemas["CheckConfigOut"]["properties"])
+    assert running["properties"]["sources"]["minItems"] == 1
+    send = schemas["StatusOut"]["properties"]["send_running_configs"]
+    assert send["type"] == "boolean"
+    assert send["description"]
