@@ -46,7 +46,7 @@ async def test_a_warming_up_leader_asks_and_adopts_what_the_agent_runs(
 
     assert reply["send_running_configs"] is False, "asked until the node answered"
     assert reply["is_up_to_date"] is True  # while warming up
-    assert await warming.placement() == {d: "node-a" for d in digests}
+    assert await warming.placement() == dict.fromkeys(digests, "node-a")
     checks = (await warming.ok("GET", f"{API}/checks"))["checks"]
     assert [c["sources"] for c in checks] == [["ci"], ["ci"]]
     source = await warming.ok("GET", f"{API}/sources/ci")
