@@ -140,7 +140,21 @@ class Restart:
     checks: int
     placed: int  # checks on a node after the restart
     moved: int  # checks whose node differs from before the stop
+    cpu_s: float | None  # CPU seconds of the new process when it listed every check
+    takeover_ms: float | None  # its own log: won the term to leading (claim + restore)
     files: dict[str, int] = field(default_factory=dict)  # sqlite: data dir after the stop
+
+
+@dataclass
+class Breakdown:
+    """Where a restart's loading goes, measured in this process on the same data (the
+    dispatcher stopped): the store's claim (read and decode the snapshot) and building
+    the state from it. Wall and CPU seconds (CPU of every thread of this process)."""
+
+    claim_s: float
+    claim_cpu_s: float
+    restore_s: float
+    restore_cpu_s: float
 
 
 @dataclass
@@ -159,6 +173,7 @@ class StoreResults:
     checks_get_s: float | None = None  # GET /checks after the restart: time, bytes
     checks_get_bytes: int | None = None
     checkpointed_files: dict[str, int] = field(default_factory=dict)
+    breakdown: Breakdown | None = None
     redis_used_memory: int | None = None  # bytes the load added to redis-server
     filesystem: str | None = None  # of the sqlite data dir
 
@@ -315,6 +330,61 @@ def _await_checks(server: _Server, started: float, expect: int) -> tuple[float, 
     raise RuntimeError(
         f"{server.proc.name}: no 200 with {expect:,} checks after {START_TIMEOUT_S:g} s"
         f":\n{server.proc.output()[-4000:]}"
+    )
+
+
+def _takeover_ms(log_path: Path) -> float | None:
+    """The ``takeover_ms`` of the last ``leading`` line of a dispatcher's log."""
+    found: float | None = None
+    with log_path.open("rb") as log:
+        for line in log:
+            if b'"leading"' not in line:
+                continue
+            with contextlib.suppress(orjson.JSONDecodeError):
+                event = orjson.loads(line)
+                if event.get("event") == "leading":
+                    found = event.get("takeover_ms")
+    return found
+
+
+async def _breakdown(setup: _Setup) -> Breakdown:
+    """Claims the store as a new leader would and restores the state from the snapshot,
+    each timed (sqlite: on a copy of the data dir; redis: the dispatcher is stopped)."""
+    from dispatcher.core.state import ClusterState
+    from dispatcher.settings import ElectionSettings, RedisSettings
+    from dispatcher.storage.base import StateStore
+
+    store: StateStore
+    if setup.data_dir is not None:
+        from dispatcher.storage.sqlite import SqliteStateStore
+
+        copy = setup.work / "breakdown"
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(setup.data_dir, copy)
+        store = SqliteStateStore.open(copy)
+    else:
+        from dispatcher.storage.redis import RedisStateStore
+
+        assert setup.redis_server is not None
+        store = RedisStateStore.from_url(
+            setup.redis_server.url,
+            name=ElectionSettings().lease_name,
+            timeout_s=RedisSettings().timeout_s,
+        )
+    try:
+        wall, cpu = time.perf_counter(), time.process_time()
+        # A standalone leader's epoch is its start time in ms: above every stored one.
+        snapshot = await store.claim(epoch=int(time.time() * 1000))
+        claimed, claimed_cpu = time.perf_counter(), time.process_time()
+        ClusterState.restore(snapshot, now=0.0)
+        restored, restored_cpu = time.perf_counter(), time.process_time()
+    finally:
+        await store.close()
+    return Breakdown(
+        claim_s=claimed - wall,
+        claim_cpu_s=claimed_cpu - cpu,
+        restore_s=restored - claimed,
+        restore_cpu_s=restored_cpu - claimed_cpu,
     )
 
 
@@ -600,6 +670,7 @@ def _restart_part(
                     result.checkpointed_files = _checkpointed(setup.data_dir, setup.work)
                 started = server.start()
                 first, all_s, body = _await_checks(server, started, checks)
+                cpu_s = process_cpu_s(server.proc.pid) if server.proc else None
                 after = _placements(body)
                 moved = sum(1 for d, node in placed.items() if after.get(d) != node)
                 result.restarts.append(
@@ -612,6 +683,8 @@ def _restart_part(
                         checks=checks,
                         placed=len(after),
                         moved=moved,
+                        cpu_s=cpu_s,
+                        takeover_ms=_takeover_ms(log_path),
                         files=files,
                     )
                 )
@@ -629,6 +702,8 @@ def _restart_part(
                     result.state_get_s, result.state_get_bytes = took, size
         finally:
             _stop(server)
+        progress(f"stores: {store}: claim and restore in this process, timed")
+        result.breakdown = asyncio.run(_breakdown(setup))
 
 
 def run_stores(
@@ -818,9 +893,17 @@ def report(results: StoresResults) -> tuple[str, list[tuple[str, bool, str]]]:
             out.append(
                 f"  {r.store} {restart.signal}: exit {restart.exit_code} after"
                 f" {_s(restart.stop_s)} s; new process: first reply {_s(restart.first_answer_s)} s,"
-                f" all {n} checks {_s(restart.all_checks_s)} s; {restart.placed:,} placed,"
-                f" {restart.moved} moved"
+                f" all {n} checks {_s(restart.all_checks_s)} s ({_s(restart.cpu_s)} s of CPU,"
+                f" takeover_ms {_ms(restart.takeover_ms)} in its log); {restart.placed:,}"
+                f" placed, {restart.moved} moved"
                 + (f"; data dir after the stop: {_sizes(restart.files)}" if restart.files else "")
+            )
+        if r.breakdown is not None:
+            b = r.breakdown
+            out.append(
+                f"  {r.store}: the same load in this process: claim (read + decode)"
+                f" {b.claim_s:.2f} s ({b.claim_cpu_s:.2f} s CPU), ClusterState.restore"
+                f" {b.restore_s:.2f} s ({b.restore_cpu_s:.2f} s CPU)"
             )
         if r.load_s is not None:
             out.append(f"  {r.store}: loading {n} checks took {r.load_s:.2f} s ({LOAD_PUTS} PUTs)")
