@@ -26,7 +26,7 @@ from dispatcher.errors import Fenced, StoreError
 from dispatcher.storage import sqlite as sqlite_store
 from dispatcher.storage.sqlite import DB_NAME, LOCK_NAME, SqliteStateStore
 from tests.processes import ROOT
-from tests.storage.records import as_snapshot, big_delta, full_delta, view
+from tests.storage.records import S1, as_snapshot, big_delta, full_delta, plain, view
 
 
 async def written(data_dir: Path, delta: StateDelta, *, epoch: int = 1) -> None:
@@ -124,6 +124,40 @@ async def test_a_database_path_that_is_a_directory_is_refused(tmp_path: Path) ->
     (data_dir / DB_NAME).mkdir(parents=True)
     message = refusal(data_dir)
     assert f"{data_dir / DB_NAME} is not a regular file" in message
+    await assert_not_locked(data_dir)
+
+
+async def test_a_database_sqlite_cannot_open_for_writing_is_refused(tmp_path: Path) -> None:
+    """(As root, file modes do not stop the tests' own process: a directory where the
+    WAL must go fails the same way as a file the dispatcher's user may not write.)"""
+    data_dir = tmp_path / "data"
+    await written(data_dir, StateDelta())
+    (data_dir / f"{DB_NAME}-wal").mkdir()
+    message = refusal(data_dir)
+    assert message.startswith(f"cannot open {data_dir / DB_NAME} for reading and writing"), message
+    assert "may read and write it and its directory" in message
+    await assert_not_locked(data_dir)
+
+
+def test_a_lock_file_that_cannot_be_opened_is_refused(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    (data_dir / LOCK_NAME).mkdir(parents=True)
+    message = refusal(data_dir)
+    assert message.startswith(f"cannot open the lock file {data_dir / LOCK_NAME}"), message
+
+
+async def test_synchronous_normal_is_accepted_and_anything_else_is_not(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    delta, _ = full_delta()
+    store = SqliteStateStore.open(data_dir, synchronous="NORMAL")
+    try:
+        await store.claim(epoch=1)
+        await store.write(delta, epoch=1)
+    finally:
+        await store.close()
+    assert view(await loaded(data_dir)) == view(as_snapshot(delta))
+    with pytest.raises(ValueError, match="FULL or NORMAL"):
+        SqliteStateStore.open(data_dir, synchronous="OFF")  # type: ignore[arg-type]
     await assert_not_locked(data_dir)
 
 
@@ -479,6 +513,32 @@ async def test_a_claim_that_cannot_load_leaves_the_epoch_as_it_was(tmp_path: Pat
             await store.write(StateDelta(nodes={NodeName("n"): None}), epoch=4)
     finally:
         await store.close()
+
+
+# ------------------------------------------------------------------ writing
+
+
+async def test_a_source_written_without_a_claim_in_this_process_is_diffed_against_the_file(
+    tmp_path: Path,
+) -> None:
+    """The store remembers what each source holds from its claim; without one (a write
+    by the epoch that holds the file, right after open) it reads it from the file."""
+    data_dir = tmp_path / "data"
+    a, b, c = plain("a"), plain("b"), plain("c")
+    await written(
+        data_dir,
+        StateDelta(
+            configs={x.digest: x for x in (a, b, c)}, sources={S1: frozenset({a.digest, b.digest})}
+        ),
+        epoch=5,
+    )
+    store = SqliteStateStore.open(data_dir)
+    try:
+        await store.write(StateDelta(sources={S1: frozenset({b.digest, c.digest})}), epoch=5)
+        await store.write(StateDelta(sources={S1: frozenset({c.digest})}), epoch=5)
+    finally:
+        await store.close()
+    assert dict((await loaded(data_dir)).sources) == {S1: frozenset({c.digest})}
 
 
 # ----------------------------------------------------------------- closing

@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 
 from dispatcher.core.model import Digest, NodeName, SourceName
 from dispatcher.core.snapshot import NodeRecord, Snapshot, StateDelta
-from dispatcher.errors import Fenced, StoreError
+from dispatcher.errors import Fenced, StoreError, StoreLost
 from dispatcher.storage.base import StateStore
 from dispatcher.storage.memory import MemoryStateStore
 from dispatcher.storage.redis import RedisStateStore
@@ -277,6 +277,14 @@ async def test_a_refused_write_changes_no_record_of_any_kind(subject: Subject) -
     loaded = await (await subject.reopen()).claim(epoch=4)
 
     assert view(loaded) == view(as_snapshot(delta))
+
+
+async def test_a_write_to_a_store_that_holds_no_claim_is_store_lost(subject: Subject) -> None:
+    """No claim at all (Redis restarted empty, a new file): not Fenced, since no newer
+    term holds it; the leader must claim it again and write its whole state."""
+    with pytest.raises(StoreLost):
+        await subject.store.write(StateDelta(nodes={N1: None}), epoch=3)
+    assert await subject.peek() == (0, set())
 
 
 async def test_fenced_is_a_store_error_that_says_which_epoch_holds_the_store(
