@@ -3,8 +3,9 @@
 It turns the elector's callbacks into terms of the dispatcher:
 
 - started leading (epoch): claim and load the shared store (or start empty, warming
-  up, with the memory store), then begin the term and run what only a leader runs:
-  the dispatch tick, the store writer, the config sources;
+  up, with the memory store or a store found empty), then begin the term and run what
+  only a leader runs: the dispatch tick, the store writer, the config sources; a store
+  that loses its data during the term is written again whole by the writer;
 - stopped leading (lease lost, deadline passed, store fenced, shutdown): end the term
   first, synchronously, so that nothing more is decided or answered, then cancel the
   term's tasks; the state is dropped.
@@ -25,6 +26,7 @@ import structlog
 
 from dispatcher.common.clock import Clock
 from dispatcher.common.health import HealthRegistry, Status
+from dispatcher.core.snapshot import Snapshot
 from dispatcher.core.state import ClusterState
 from dispatcher.election.base import LeaderInfo
 from dispatcher.election.standalone import StandaloneLeadership
@@ -111,7 +113,7 @@ class LeadershipHandler:
         dispatcher.end_term()
         health.set_standby(True)
         health.report("election", Status.HEALTHY, "campaigning")
-        kind = "memory" if store is None else "redis"
+        kind = "memory" if store is None else store.kind
         health.report("store", Status.HEALTHY, f"{kind}: standby until this replica leads")
 
     # ----------------------------------------------------------------- Leadership
@@ -172,8 +174,10 @@ class LeadershipHandler:
 
     def _fenced(self) -> None:
         self._step_down("a newer leader has claimed the shared store")
-        # Our lease may still be valid (a store that lost its data, a stray writer): a
-        # term that cannot write must not keep the lease, or no replica would lead.
+        # Our lease may still be valid (a store claimed by a stray writer, say a
+        # standalone dispatcher on the same Redis): a term that cannot write must not
+        # keep the lease, or no replica would lead. (A store that lost its data is not
+        # fenced: the writer claims it again and writes the state whole.)
         self._campaign.resign()
 
     def _step_down(self, reason: str) -> None:
@@ -226,7 +230,7 @@ class LeadershipHandler:
             epoch=epoch,
             nodes=len(state.nodes),
             checks=len(state.configs),
-            warmup_s=self._dispatcher.settings.warmup_duration_s if writer is None else 0,
+            warmup_s=max(0.0, state.warmup_until() - self._clock.monotonic()),
             takeover_ms=round((self._clock.monotonic() - started) * 1000, 1),
         )
         term_stop = asyncio.Event()  # the term ends by cancellation; this never fires
@@ -259,25 +263,44 @@ class LeadershipHandler:
                 self._health.report("store", Status.UNHEALTHY, message)
                 await self._clock.sleep(self._election.retry_period_s)
                 continue
-            self._health.report("store", Status.HEALTHY, f"redis, claimed by epoch {epoch}")
-            state = ClusterState.restore(snapshot, now=self._clock.monotonic())
+            kind = self._store.kind
+            if snapshot.configs or snapshot.nodes:
+                self._health.report("store", Status.HEALTHY, f"{kind}, claimed by epoch {epoch}")
+                state = ClusterState.restore(snapshot, now=self._clock.monotonic())
+            else:
+                # A fresh data dir, or a Redis that lost its data: warm up and rebuild from
+                # what the agents run, as with the memory store, rather than tell every
+                # agent it holds nothing. (A store emptied on purpose costs one warm-up.)
+                self._health.report(
+                    "store", Status.HEALTHY, f"{kind}, claimed by epoch {epoch}; found empty"
+                )
+                state = self._dispatcher.new_state(track_changes=True)
             writer = StoreWriter(
                 self._store,
                 epoch=epoch,
+                snapshot=self._term_snapshot,
                 on_fenced=self._fenced,
                 clock=self._clock,
                 on_health=self._store_health,
                 retry_s=min(0.5, self._election.retry_period_s),
                 wait_timeout_s=self._election.renew_deadline_s,
+                # A store that loses its data while nothing changes is found (and written
+                # again) within a retry period, as a lost lease is.
+                verify_s=self._election.retry_period_s,
             )
             return state, writer
         return None
 
-    def _store_health(self, problem: str | None) -> None:
-        if problem is None:
-            self._health.report("store", Status.HEALTHY, "redis: writes confirmed")
-        else:
-            self._health.report("store", Status.UNHEALTHY, f"writes failing: {problem}")
+    def _term_snapshot(self) -> Snapshot:
+        """The persisted part of the state the dispatcher serves now, for a writer that
+        must write it whole again. The dispatcher's state, not the one loaded: whatever
+        the term serves when the store needs it. The writer is closed when the term
+        ends, before the dispatcher drops the state, and then asks for it no more."""
+        return self._dispatcher.state.snapshot()
+
+    def _store_health(self, status: Status, message: str) -> None:
+        kind = self._store.kind if self._store is not None else "memory"
+        self._health.report("store", status, f"{kind}: {message}")
 
 
 class StandaloneCampaign:

@@ -13,8 +13,11 @@
 - ``resign()`` stops leading at once (no callback: the caller knows) and releases the
   lease on the next step, after which the elector campaigns again: the way out for a
   leader whose term cannot go on (its store was claimed by a newer epoch).
-- A holder whose record comes back with another epoch (the backend lost its data and
-  handed the lease out again) ends its term and starts a new one with that epoch.
+- A leader renews with the epoch of its term: a backend that lost the record (Redis
+  restarted empty, or flushed) gives it back with that same epoch, so the term goes on
+  and its state is kept (the store writer then re-writes what the store lost). A holder
+  whose record still comes back with another epoch ends its term and starts a new one
+  with that epoch.
 """
 
 from __future__ import annotations
@@ -124,12 +127,16 @@ class Elector:
         """One attempt to acquire or renew, bounded by a timeout."""
         started = self._clock.monotonic()
         timeout = min(self._settings.renew_deadline_s, self._settings.retry_period_s)
+        # Only a term that may still act asks for its epoch back: past its deadline the
+        # term is over (another replica may have led meanwhile) and the next is new.
+        held_epoch = self._leading_epoch if self.is_leader() else 0
         try:
             async with self._clock.timeout(timeout):
                 record = await self._backend.acquire_or_renew(
                     identity=self._identity,
                     url=self._url,
                     lease_duration_s=self._settings.lease_duration_s,
+                    held_epoch=held_epoch,
                 )
         except (TimeoutError, LeaseBackendError) as exc:
             problem = str(exc) or f"no answer within {timeout:g} s"

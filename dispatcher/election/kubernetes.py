@@ -15,6 +15,10 @@ release on cancel, writes local time marked as UTC and fails on float durations.
   wall clock in milliseconds, so that a deleted and recreated Lease (or a move from the
   standalone election, whose epoch is its start time in ms) never gives an epoch lower
   than one agents have seen; they would ignore that leader.
+- The held epoch a leader passes when renewing is not needed here: the API server keeps
+  its objects (etcd does not forget them the way a Redis without persistence does), and
+  a Lease deleted by hand is created again as a new term, with a new epoch (the elector
+  then starts a new term: a shared store is loaded again, a memory store warms up).
 """
 
 from __future__ import annotations
@@ -132,8 +136,9 @@ class KubernetesLeaseBackend:
     # ------------------------------------------------------------------ protocol
 
     async def acquire_or_renew(
-        self, *, identity: str, url: str, lease_duration_s: float
+        self, *, identity: str, url: str, lease_duration_s: float, held_epoch: int = 0
     ) -> LeaseRecord | None:
+        del held_epoch  # see the module docstring: a Lease is not lost
         duration_s = max(1, math.ceil(lease_duration_s))  # the API takes whole seconds
         started = self._clock.monotonic()
         try:

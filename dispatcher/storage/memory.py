@@ -1,5 +1,6 @@
 """An in-memory StateStore with the same fencing rules as Redis: for tests, and for
-several replicas in one process."""
+several replicas in one process. ``lose()`` forgets everything, as a Redis restarted
+without persistence does: the next write finds no claim and raises StoreLost."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ from typing import TypeVar
 
 from dispatcher.core.model import CheckConfig, Digest, NodeName, SourceName
 from dispatcher.core.snapshot import NodeRecord, Snapshot, StateDelta
-from dispatcher.errors import Fenced, StoreError
+from dispatcher.errors import Fenced, StoreError, StoreLost
 
 K = TypeVar("K")
 V = TypeVar("V")
 
 
 class MemoryStateStore:
+    kind = "memory"
+
     def __init__(self) -> None:
         self.epoch = 0
         self.configs: dict[Digest, CheckConfig] = {}
@@ -22,7 +25,16 @@ class MemoryStateStore:
         self.placement: dict[Digest, NodeName] = {}
         self.nodes: dict[NodeName, NodeRecord] = {}
         self.writes = 0
+        """Writes that changed something (an empty one only checks the claim)."""
         self.down = False
+
+    def lose(self) -> None:
+        """Forgets every record and the claim (a Redis restarted empty, or flushed)."""
+        self.epoch = 0
+        self.configs.clear()
+        self.sources.clear()
+        self.placement.clear()
+        self.nodes.clear()
 
     async def claim(self, *, epoch: int) -> Snapshot:
         self._gate()
@@ -38,9 +50,12 @@ class MemoryStateStore:
 
     async def write(self, delta: StateDelta, *, epoch: int) -> None:
         self._gate()
+        if self.epoch == 0:
+            raise StoreLost("the store holds no claim: it lost its data")
         if epoch != self.epoch:
             raise Fenced(f"the store is claimed by epoch {self.epoch}, not {epoch}")
-        self.writes += 1
+        if delta:
+            self.writes += 1
         _apply(self.configs, delta.configs)
         _apply(self.sources, delta.sources)
         _apply(self.placement, delta.placement)

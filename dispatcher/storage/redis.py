@@ -7,7 +7,10 @@ Layout under ``<name>:store``: ``:epoch`` (the claimant's epoch, the fencing tok
 - claim: one Lua script sets the fencing token to the new epoch unless a higher one
   holds it; only then is the state loaded, so no older leader can write in between.
 - write: one Lua script per chunk first compares the token with the writer's epoch and
-  refuses the whole chunk on a mismatch ("FENCED"); then HSET / HDEL.
+  refuses the whole chunk when another epoch holds it ("FENCED") or when there is no
+  token at all ("LOST": Redis restarted empty or was flushed; the leader claims it
+  again and re-writes its whole state); then HSET / HDEL. An empty delta still sends
+  one call, that only checks the token: the writer's way to find a loss while idle.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from redis.exceptions import RedisError, ResponseError
 from dispatcher.common.redisconn import redis_client
 from dispatcher.core.model import NodeName
 from dispatcher.core.snapshot import Snapshot, StateDelta
-from dispatcher.errors import Fenced, StoreError
+from dispatcher.errors import Fenced, StoreError, StoreLost
 from dispatcher.storage.codec import DECODE_ERRORS, describe
 from dispatcher.storage.codec import config_in as _config_in
 from dispatcher.storage.codec import config_out as _config_out
@@ -43,8 +46,11 @@ return current
 # the field/value pairs, the fields to delete.
 _WRITE = """
 local current = redis.call('GET', KEYS[1])
+if not current then
+  return redis.error_reply('LOST the store holds no epoch: its data is gone')
+end
 if current ~= ARGV[1] then
-  return redis.error_reply('FENCED claimed by epoch ' .. tostring(current))
+  return redis.error_reply('FENCED claimed by epoch ' .. current)
 end
 local i = 2
 for h = 2, #KEYS do
@@ -111,7 +117,10 @@ class RedisStateStore:
         )
 
     async def write(self, delta: StateDelta, *, epoch: int) -> None:
-        for chunk in _chunks(delta):
+        """Writes ``delta`` in chunks; raises Fenced (another epoch holds the store),
+        StoreLost (no epoch does: Redis lost its data) or StoreError. An empty delta
+        costs one call that only checks the token."""
+        for chunk in _chunks(delta) if delta else [delta]:
             args: list[str | bytes] = [str(epoch)]
             args.extend(_encode(chunk.configs, _config_out))
             args.extend(_encode(chunk.sources, lambda held: orjson.dumps(sorted(held))))
@@ -138,6 +147,8 @@ class RedisStateStore:
 def _translate(exc: RedisError) -> StoreError:
     if isinstance(exc, ResponseError) and "FENCED" in str(exc):
         return Fenced(f"redis: {exc}")
+    if isinstance(exc, ResponseError) and str(exc).startswith("LOST"):
+        return StoreLost(f"redis: {exc}")
     return StoreError(f"redis: {exc}")
 
 

@@ -5,23 +5,34 @@ gets a sequence number; one writer task sends everything pending in one call (gr
 commit), so steps reach the store in the order they happened and a burst of steps
 costs one round trip. A reply waits until its step is stored, so nothing that is
 answered can be lost by a failover. A refused write (Fenced) ends the term at once; a
-failed one is retried, and the waiting replies give up after ``wait_timeout_s``. Both
-waits are on the injected clock, so that tests of retries and timeouts run on fake time.
+failed one is retried, and the waiting replies give up after ``wait_timeout_s``.
+
+A store that lost its data (StoreLost: Redis restarted empty, or was flushed) is
+repaired, not abandoned: the writer claims it again with its epoch and writes the
+leader's whole state (``snapshot``), which holds every change the store missed. So
+that a loss is found even when nothing changes, an idle writer checks the store's claim
+every ``verify_s`` with an empty write. Every wait is on the injected clock, so that
+tests of retries, checks and timeouts run on fake time.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 import structlog
 
 from dispatcher.common.clock import Clock
-from dispatcher.core.snapshot import StateDelta
-from dispatcher.errors import Fenced, StoreError
+from dispatcher.common.health import Status
+from dispatcher.core.snapshot import Snapshot, StateDelta
+from dispatcher.errors import Fenced, StoreError, StoreLost
 from dispatcher.storage.base import StateStore
 
 log = structlog.get_logger(__name__)
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 class StoreWriter:
@@ -32,25 +43,39 @@ class StoreWriter:
         epoch: int,
         on_fenced: Callable[[], None],
         clock: Clock,
-        on_health: Callable[[str | None], None] | None = None,
+        on_health: Callable[[Status, str], None] | None = None,
         retry_s: float = 0.5,
         wait_timeout_s: float = 5.0,
+        verify_s: float | None = None,
+        snapshot: Callable[[], Snapshot] | None = None,
     ) -> None:
+        """``snapshot`` returns the leader's persisted state as it is now, for the repair
+        to write (None: a lost store cannot be repaired, and ends the term as a fence
+        does); ``verify_s`` is how long the writer may stay idle before it checks the
+        store's claim (None: never, for a store that cannot lose its data)."""
         self._store = store
         self._epoch = epoch
+        self._snapshot = snapshot
         self._on_fenced = on_fenced
         self._clock = clock
         self._on_health = on_health
         self._retry_s = retry_s
         self._wait_timeout_s = wait_timeout_s
+        self._verify_s = verify_s
         self._pending = StateDelta()
         self._submitted = 0
         self._flushed = 0
         self._fenced = False
         self._closed = False
         self._failing: str | None = None
+        self._rewrite: dict[str, int] | None = None
+        """What the repair under way writes (counts for its log line), until it is stored."""
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
+        self.checks = 0
+        """Idle checks of the store's claim so far."""
+        self.rewrites = 0
+        """Times the whole state was written again after the store lost its data."""
 
     @property
     def submitted(self) -> int:
@@ -96,44 +121,149 @@ class StoreWriter:
     async def run(self) -> None:
         """Writes until closed or cancelled (the end of the term), or fenced."""
         while not self._closed:
-            await self._wake.wait()
+            check = not await self._work_or_idle()
             self._wake.clear()
-            while self._pending and not self._closed:
+            if check:
+                self.checks += 1
+            # An idle check is an empty write: the store still checks its claim.
+            while (self._pending or check) and not self._closed:
+                check = False
                 delta, upto = self._pending, self._submitted
                 self._pending = StateDelta()
                 try:
                     await self._store.write(delta, epoch=self._epoch)
                     _raise_if_cancelling()
                 except Fenced as exc:
-                    log.error("store_write_fenced", epoch=self._epoch, error=str(exc))
-                    self._fenced = True
-                    self._notify()
-                    self._on_fenced()
+                    self._fence(exc)
                     return
+                except StoreLost as exc:
+                    _raise_if_cancelling()
+                    if self._snapshot is None:
+                        self._fence(exc)
+                        return
+                    if not await self._repair(exc, self._snapshot):
+                        return
+                    continue  # the whole state is pending now: write it
                 except StoreError as exc:
                     delta.merge(self._pending)  # keep the order: older first, newer wins
                     self._pending = delta
-                    if self._failing is None:
-                        log.warning("store_write_failed", error=str(exc))
-                    self._failing = str(exc)
-                    self._report(str(exc))
+                    self._failed(str(exc))
                     _raise_if_cancelling()
                     await self._clock.sleep(self._retry_s)
                     continue
-                if self._failing is not None:
-                    log.info("store_write_recovered")
-                    self._failing = None
-                    self._report(None)
-                self._flushed = upto
-                self._notify()
+                self._stored(upto)
+
+    async def _work_or_idle(self) -> bool:
+        """Waits for a step to write (True), or ``verify_s`` of idleness (False)."""
+        if self._verify_s is None:
+            await self._wake.wait()
+            return True
+        return await self._clock.wait(self._wake, timeout_s=self._verify_s)
+
+    async def _repair(self, lost: StoreLost, snapshot: Callable[[], Snapshot]) -> bool:
+        """Claims the lost store again and queues the whole state as the next write;
+        False when the term cannot go on (fenced, or closed meanwhile)."""
+        log.warning("store_lost", epoch=self._epoch, error=str(lost))
+        self._report(Status.DEGRADED, "lost its data; writing the whole state again")
+        while not self._closed:
+            try:
+                stored = await self._store.claim(epoch=self._epoch)
+                _raise_if_cancelling()
+            except Fenced as exc:
+                self._fence(exc)
+                return False
+            except StoreError as exc:
+                self._failed(f"claiming the lost store again: {exc}")
+                _raise_if_cancelling()
+                await self._clock.sleep(self._retry_s)
+                continue
+            if self._ended():
+                return False  # the term ended while claiming: its state is not to be written
+            # Why the failed write and every pending step may be dropped: a step changes
+            # the state and submits its delta with no await in between, so the state now
+            # holds every change submitted so far. Writing it whole stores them all, and
+            # the steps up to now count as stored once that write is confirmed (``run``
+            # takes their number with this delta, with no await in between either).
+            # Steps submitted after this are merged on top, newer values winning.
+            state = snapshot()
+            self._pending = _rewrite(state, stored)
+            self._rewrite = {
+                "configs": len(state.configs),
+                "sources": len(state.sources),
+                "placements": len(state.placement),
+                "nodes": len(state.nodes),
+                "deleted": _deletions(self._pending),
+            }
+            return True
+        return False
+
+    def _ended(self) -> bool:
+        """Whether the term has ended (a method: it may change across an await)."""
+        return self._closed
+
+    def _stored(self, upto: int) -> None:
+        if self._rewrite is not None:
+            self.rewrites += 1
+            log.warning("store_lost_rewritten", epoch=self._epoch, **self._rewrite)
+            rewritten = ", ".join(f"{n} {what}" for what, n in self._rewrite.items())
+            self._rewrite = None
+            self._failing = None
+            self._report(
+                Status.HEALTHY,
+                f"lost its data; written again by epoch {self._epoch} ({rewritten})",
+            )
+        elif self._failing is not None:
+            log.info("store_write_recovered")
+            self._failing = None
+            self._report(Status.HEALTHY, "writes confirmed")
+        self._flushed = max(self._flushed, upto)
+        self._notify()
+
+    def _failed(self, problem: str) -> None:
+        if self._failing is None:
+            log.warning("store_write_failed", error=problem)
+        self._failing = problem
+        self._report(Status.UNHEALTHY, f"writes failing: {problem}")
+
+    def _fence(self, exc: StoreError) -> None:
+        log.error("store_write_fenced", epoch=self._epoch, error=str(exc))
+        self._fenced = True
+        self._notify()
+        self._on_fenced()
 
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    def _report(self, problem: str | None) -> None:
+    def _report(self, status: Status, message: str) -> None:
         if self._on_health is not None:
-            self._on_health(problem)
+            self._on_health(status, message)
+
+
+def _rewrite(state: Snapshot, stored: Snapshot) -> StateDelta:
+    """The writes that make a store holding ``stored`` hold exactly ``state``: every
+    record of the state, and a deletion of each stored record the state lacks (a store
+    that lost only part of its data may keep records the leader has deleted since)."""
+    return StateDelta(
+        configs=_replace(state.configs, stored.configs),
+        sources=_replace(state.sources, stored.sources),
+        placement=_replace(state.placement, stored.placement),
+        nodes=_replace(state.nodes, stored.nodes),
+    )
+
+
+def _replace(records: Mapping[K, V], stored: Mapping[K, V]) -> dict[K, V | None]:
+    changes: dict[K, V | None] = {key: None for key in stored if key not in records}
+    changes.update(records)
+    return changes
+
+
+def _deletions(delta: StateDelta) -> int:
+    return sum(
+        value is None
+        for part in (delta.configs, delta.sources, delta.placement, delta.nodes)
+        for value in part.values()
+    )
 
 
 def _raise_if_cancelling() -> None:

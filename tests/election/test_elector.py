@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 
 from dispatcher.common.clock import FakeClock
-from dispatcher.election.base import LeaderInfo
+from dispatcher.election.base import LeaderInfo, LeaseRecord
 from dispatcher.election.elector import Elector
 from dispatcher.election.memory import MemoryLeaseBackend
 from dispatcher.settings import ElectionSettings
@@ -157,19 +157,137 @@ async def test_a_leader_releases_on_shutdown_so_the_next_need_not_wait() -> None
 
 
 async def test_a_leader_whose_lease_comes_back_with_another_epoch_starts_a_new_term() -> None:
-    """The backend lost its data and handed our own identity the lease again: the old
-    term must end, and the new one must carry the new epoch (agents fence on it)."""
+    """The record names us with an epoch that is not our term's (another process with
+    our identity, say): the old term must end, and the new one carry that epoch (agents
+    fence on it)."""
     clock = FakeClock()
     backend = MemoryLeaseBackend(clock)
     rec = Recorder()
     a = elector(backend, clock, "a", rec)
     await a.step()
-    backend._record = None  # the data is gone; the next acquisition is a new term
+    backend._record = LeaseRecord("a", "http://a:5005", 7)
     clock.advance(2)
     await a.step()
     assert a.is_leader()
-    assert a.epoch == 2
+    assert a.epoch == 7
+    assert rec.events == ["started:1", "stopped", "started:7"]
+
+
+# ------------------------------------------------- the backend loses the lease
+
+
+async def test_a_leader_whose_lease_the_backend_lost_gets_it_back_and_its_term_goes_on() -> None:
+    """Redis restarted empty: the leader's next renewal gives the record back with the
+    epoch of its term, so the term (and the state it holds) goes on; later terms still
+    get higher epochs."""
+    clock = FakeClock()
+    backend = MemoryLeaseBackend(clock)
+    rec_a, rec_b = Recorder(), Recorder()
+    a, b = elector(backend, clock, "a", rec_a), elector(backend, clock, "b", rec_b)
+    await a.step()
+    await b.step()
+    backend.lose()
+    clock.advance(SETTINGS.retry_period_s)
+    await a.step()
+    assert a.is_leader()
+    assert a.epoch == 1
+    assert a.leader() == LeaderInfo("a", "http://a:5005", 1)
+    assert rec_a.events == ["started:1"], "the term ended and began again"
+    await b.step()
+    assert b.leader() == LeaderInfo("a", "http://a:5005", 1)
+    assert rec_b.events == []
+    # The lease is renewed as usual from then on, and the next term is a higher one.
+    for _ in range(3):
+        clock.advance(SETTINGS.retry_period_s)
+        await a.step()
+    await backend.release(identity="a")
+    await b.step()
+    assert b.is_leader()
+    assert b.epoch == 2
+
+
+async def test_a_follower_leaves_a_lost_lease_to_its_holder_for_a_lease_duration() -> None:
+    """A follower that read the lease and finds it gone before it could have run out
+    does not take it at once (it would start a term with an empty store while the
+    leader still holds the state): it keeps that leader a lease duration, by which time
+    a leader that could not give the lease back has stopped (renew deadline < lease)."""
+    clock = FakeClock()
+    backend = MemoryLeaseBackend(clock)
+    rec_a, rec_b = Recorder(), Recorder()
+    a, b = elector(backend, clock, "a", rec_a), elector(backend, clock, "b", rec_b)
+    await a.step()
+    clock.advance(SETTINGS.retry_period_s)
+    await b.step()
+    backend.lose()
+    clock.advance(0.5)
+    await b.step()  # before a renews: the lease is gone
+    found_gone = clock.monotonic()
+    assert not b.is_leader(), "took a lease its holder may still give back"
+    assert b.leader() == LeaderInfo("a", "http://a:5005", 1), "forgot a leader still acting"
+    assert rec_b.events == []
+
+    # a never comes back (it was lost with Redis, say): b waits the lease duration out.
+    clock.advance(found_gone + SETTINGS.lease_duration_s - 0.01 - clock.monotonic())
+    assert not a.is_leader(), "a acts past its renew deadline"
+    await b.step()
+    assert not b.is_leader()
+    clock.advance(0.01)
+    await b.step()
+    assert b.is_leader()
+    assert b.epoch == 2
+    assert rec_b.events == ["started:2"]
+
+
+async def test_a_replica_that_takes_a_lost_lease_first_wins_and_the_old_leader_stops() -> None:
+    """A replica that never read the lease (it just started) takes a missing one at once:
+    the leader's renewal then finds it held and the leader stops, as for any takeover."""
+    clock = FakeClock()
+    backend = MemoryLeaseBackend(clock)
+    rec_a, rec_c = Recorder(), Recorder()
+    a, c = elector(backend, clock, "a", rec_a), elector(backend, clock, "c", rec_c)
+    await a.step()
+    backend.lose()
+    await c.step()
+    assert c.is_leader()
+    assert c.epoch == 2
+    clock.advance(SETTINGS.retry_period_s)
+    await a.step()
+    assert not a.is_leader()
+    assert a.leader() == LeaderInfo("c", "http://c:5005", 2)
+    assert rec_a.events == ["started:1", "stopped"]
+
+
+async def test_a_leader_past_its_deadline_does_not_get_its_old_epoch_back() -> None:
+    clock = FakeClock()
+    backend = MemoryLeaseBackend(clock)
+    rec = Recorder()
+    a = elector(backend, clock, "a", rec)
+    await a.step()
+    backend.down = True
+    clock.advance(SETTINGS.renew_deadline_s)
+    await a.step()
+    assert rec.events == ["started:1", "stopped"]
+    backend.lose()
+    backend.down = False
+    await a.step()
+    assert a.is_leader()
+    assert a.epoch == 2, "a term over is not given back"
     assert rec.events == ["started:1", "stopped", "started:2"]
+
+
+async def test_a_released_lease_is_taken_at_once_by_a_follower_that_read_it() -> None:
+    """A release is not a loss: the follower need not leave it to its holder."""
+    clock = FakeClock()  # never advanced
+    backend = MemoryLeaseBackend(clock)
+    rec_a, rec_b = Recorder(), Recorder()
+    a, b = elector(backend, clock, "a", rec_a), elector(backend, clock, "b", rec_b)
+    await a.step()
+    await b.step()
+    a.resign()
+    await backend.release(identity="a")
+    await b.step()
+    assert b.is_leader()
+    assert b.epoch == 2
 
 
 async def test_a_resigned_leader_stops_at_once_releases_and_campaigns_again() -> None:

@@ -1,7 +1,8 @@
 """The Redis lease backend against a real redis-server.
 
 No test waits for Redis's own clock: a TTL is read back (PTTL) and an expiry is brought
-forward by hand; the elector on top runs on a FakeClock."""
+forward by hand; each backend's own view of the lease (how long it leaves a lost lease
+to its holder) and the elector on top run on a FakeClock."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
+import orjson
 import pytest
 import redis.asyncio as aioredis
 
 from dispatcher.common.clock import FakeClock
+from dispatcher.election.base import LeaseRecord
 from dispatcher.election.elector import Elector
 from dispatcher.election.redis import RedisLeaseBackend
 from dispatcher.errors import LeaseBackendError
@@ -24,8 +27,27 @@ GUARD_S = 10.0
 
 
 @pytest.fixture
-async def backends(redis_server: RedisServer) -> AsyncIterator[list[RedisLeaseBackend]]:
-    made = [RedisLeaseBackend.from_url(redis_server.url, timeout_s=GUARD_S) for _ in range(2)]
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def redis_client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def backends(
+    redis_server: RedisServer, clock: FakeClock
+) -> AsyncIterator[list[RedisLeaseBackend]]:
+    made = [
+        RedisLeaseBackend.from_url(redis_server.url, timeout_s=GUARD_S, clock=clock)
+        for _ in range(3)
+    ]
     try:
         yield made
     finally:
@@ -34,7 +56,7 @@ async def backends(redis_server: RedisServer) -> AsyncIterator[list[RedisLeaseBa
 
 
 async def test_acquire_renew_and_exclusion(backends: list[RedisLeaseBackend]) -> None:
-    a, b = backends
+    a, b, _ = backends
     first = await a.acquire_or_renew(identity="a", url="http://a", lease_duration_s=5)
     assert first is not None
     assert (first.holder, first.url) == ("a", "http://a")
@@ -48,8 +70,9 @@ async def test_acquire_renew_and_exclusion(backends: list[RedisLeaseBackend]) ->
 async def test_only_the_holder_extends_or_releases(
     backends: list[RedisLeaseBackend],
     redis_server: RedisServer,
+    clock: FakeClock,
 ) -> None:
-    a, b = backends
+    a, b, _ = backends
     client = aioredis.Redis.from_url(redis_server.url)
     try:
         first = await a.acquire_or_renew(identity="a", url="http://a", lease_duration_s=5)
@@ -62,9 +85,11 @@ async def test_only_the_holder_extends_or_releases(
         await a.acquire_or_renew(identity="a", url="http://a", lease_duration_s=30)
         assert await client.pttl(a.lease_key) > 5000, "the holder's renewal extends it"
         # Its TTL runs out, brought forward: a TTL in the past ends the key at once (the
-        # TTL was read back above; how Redis expires a key is Redis's business).
+        # TTL was read back above; how Redis expires a key is Redis's business). b last
+        # read the lease with that TTL: by b's own clock too, it has run out.
         await client.pexpire(a.lease_key, 0)
         assert not await client.exists(a.lease_key)
+        clock.advance(30)
     finally:
         await client.aclose()
     taken = await b.acquire_or_renew(identity="b", url="http://b", lease_duration_s=5)
@@ -84,7 +109,7 @@ async def test_epochs_stay_above_any_seen_after_redis_loses_its_data(
 ) -> None:
     """Agents ignore epochs lower than the highest they saw: a Redis restarted without
     its data must not start counting terms from 1 again."""
-    a, _ = backends
+    a, _, _ = backends
     first = await a.acquire_or_renew(identity="a", url="http://a", lease_duration_s=5)
     assert first is not None
     redis_server.stop()
@@ -141,3 +166,140 @@ async def test_a_leader_steps_down_by_its_renew_deadline_when_redis_stops(
     finally:
         stop.set()
         await running
+
+
+# ------------------------------------------------------ Redis loses the lease
+
+
+async def take(
+    backend: RedisLeaseBackend, identity: str, *, held_epoch: int = 0, lease_s: float = 15
+) -> LeaseRecord | None:
+    return await backend.acquire_or_renew(
+        identity=identity, url=f"http://{identity}", lease_duration_s=lease_s,
+        held_epoch=held_epoch,
+    )  # fmt: skip
+
+
+async def test_a_leader_whose_lease_redis_lost_gets_it_back_with_its_epoch(
+    backends: list[RedisLeaseBackend], redis_client: aioredis.Redis
+) -> None:
+    a, b, c = backends
+    first = await take(a, "a")
+    assert first is not None
+    await take(b, "b")  # b reads a's lease
+    await redis_client.flushall()
+    back = await take(a, "a", held_epoch=first.epoch)
+    assert back == first, "the same holder and the same epoch"
+    assert 0 < await redis_client.pttl(a.lease_key) <= 15_000
+    counter = await redis_client.get(a.epoch_key)
+    assert counter is not None
+    assert int(counter) == first.epoch, "the counter was not raised to the held epoch"
+    # The next term, whoever takes it, is a higher one.
+    await a.release(identity="a")
+    taken = await take(c, "c")
+    assert taken is not None
+    assert taken.holder == "c"
+    assert taken.epoch > first.epoch
+
+
+async def test_a_follower_that_read_the_lease_leaves_a_lost_one_to_its_holder(
+    backends: list[RedisLeaseBackend], redis_client: aioredis.Redis, clock: FakeClock
+) -> None:
+    a, b, _ = backends
+    first = await take(a, "a")
+    assert first is not None
+    assert await take(b, "b") == first
+    await redis_client.flushall()
+    assert await take(b, "b") == first, "b took a lost lease, or forgot its holder"
+    assert not await redis_client.exists(b.lease_key), "b wrote a lease for itself"
+    # a gives it back on its next renewal; b reads it as before.
+    assert await take(a, "a", held_epoch=first.epoch) == first
+    assert await take(b, "b") == first
+
+    # Lost again, and a never comes back: b waits a lease duration from when it found
+    # the lease gone (its view of a's TTL ran out sooner), then takes a new term.
+    await redis_client.flushall()
+    clock.advance(1)
+    found_gone = clock.monotonic()
+    assert await take(b, "b") == first
+    clock.advance(found_gone + 15 - 0.01 - clock.monotonic())
+    assert await take(b, "b") == first
+    clock.advance(0.01)
+    taken = await take(b, "b")
+    assert taken is not None
+    assert taken.holder == "b"
+    assert taken.epoch > first.epoch
+
+
+async def test_a_replica_that_never_read_the_lease_takes_a_lost_one_and_the_leader_sees_it(
+    backends: list[RedisLeaseBackend], redis_client: aioredis.Redis
+) -> None:
+    a, _, c = backends
+    first = await take(a, "a")
+    assert first is not None
+    await redis_client.flushall()
+    taken = await take(c, "c")
+    assert taken is not None
+    assert taken.holder == "c"
+    assert taken.epoch > first.epoch, "floored at Redis's clock although the counter was lost"
+    assert await take(a, "a", held_epoch=first.epoch) == taken, "a took back a held lease"
+
+
+async def test_a_released_lease_is_taken_at_once_by_a_follower_that_read_it(
+    backends: list[RedisLeaseBackend], redis_client: aioredis.Redis
+) -> None:
+    a, b, _ = backends
+    first = await take(a, "a")
+    assert first is not None
+    assert await take(b, "b") == first
+    await a.release(identity="a")
+    # Released, not lost: a record without a holder, for the rest of the lease's TTL.
+    assert await redis_client.exists(a.lease_key)
+    taken = await take(b, "b")
+    assert taken is not None
+    assert taken.holder == "b"
+    assert taken.epoch > first.epoch
+
+
+async def test_a_lease_record_older_than_the_held_term_is_replaced_by_it(
+    backends: list[RedisLeaseBackend], redis_client: aioredis.Redis
+) -> None:
+    """Redis restarted from an old dump holding an older record of ours: the term we
+    lead goes on with its own epoch."""
+    a, _, _ = backends
+    first = await take(a, "a")
+    assert first is not None
+    old = orjson.dumps({"holder": "a", "url": "http://a", "epoch": str(first.epoch - 5)})
+    await redis_client.set(a.lease_key, old, px=10_000)
+    assert await take(a, "a", held_epoch=first.epoch) == first
+    assert await take(a, "a", held_epoch=first.epoch) == first
+
+
+async def test_an_elector_keeps_its_term_across_a_flushall(
+    backends: list[RedisLeaseBackend], redis_client: aioredis.Redis, clock: FakeClock
+) -> None:
+    """The elector on fake time over a real Redis: a FLUSHALL between two renewals
+    costs the leader nothing, and a follower never leads."""
+    settings = ElectionSettings(lease_duration_s=15, renew_deadline_s=10, retry_period_s=2)
+    events: list[str] = []
+    a = Elector(
+        backend=backends[0], identity="a", url="http://a", settings=settings, clock=clock,
+        on_started_leading=lambda epoch: events.append(f"a started {epoch}"),
+        on_stopped_leading=lambda: events.append("a stopped"),
+    )  # fmt: skip
+    b = Elector(
+        backend=backends[1], identity="b", url="http://b", settings=settings, clock=clock,
+        on_started_leading=lambda epoch: events.append(f"b started {epoch}"),
+    )  # fmt: skip
+    await a.step()
+    epoch = a.epoch
+    await b.step()
+    for _ in range(3):
+        await redis_client.flushall()
+        clock.advance(settings.retry_period_s)
+        await b.step()  # the follower tries first
+        await a.step()
+        assert a.is_leader()
+        assert not b.is_leader()
+    assert events == [f"a started {epoch}"]
+    assert a.epoch == b.epoch == epoch

@@ -23,6 +23,7 @@ from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
 from dispatcher.common.clock import Clock, FakeClock
+from dispatcher.common.health import Status
 from dispatcher.core.model import (
     CheckConfig,
     CheckResult,
@@ -393,7 +394,10 @@ async def test_a_new_leader_loads_the_store_keeps_every_placement_and_serves_at_
     cluster.add("a")
     cluster.add("b")
     first = await cluster.leader()
-    assert not first.dispatcher.warming_up(), "an empty shared store needs no warm-up either"
+    # An empty store: the first leader warms up (to rebuild from the agents), then places.
+    assert first.dispatcher.warming_up()
+    await fake_clock.run_for(30.0)
+    assert not first.dispatcher.warming_up()
     old = first.dispatcher
     await old.node_status(N1, last_change=-1, labels={"zone": "a"}, capacity=2)
     await old.node_status(N2, last_change=-1, labels={"zone": "b"})
@@ -523,31 +527,84 @@ async def test_a_fenced_write_makes_the_leader_step_down(make_cluster: MakeClust
     assert store.writes == 1
 
 
-async def test_leadership_recovers_after_a_fenced_step_down(make_cluster: MakeCluster) -> None:
-    """The store loses its data and its claim (a Redis restart without persistence,
-    with the lease elsewhere, e.g. a Kubernetes Lease): the leader's next write is
-    refused and it steps down. Some replica must lead again, with a new term that
-    claims the store, within a few lease durations."""
+async def test_a_store_that_loses_its_data_is_written_again_and_the_term_goes_on(
+    make_cluster: MakeCluster, fake_clock: FakeClock
+) -> None:
+    """Redis restarted empty under the leader (lease and store both gone): its next
+    write finds the store lost; it claims it again with the same epoch, writes its
+    whole state, and answers. No new term, no warm-up, and a later failover finds
+    every check in the store."""
     store = MemoryStateStore()
     cluster = make_cluster(store=store)
     cluster.add("a")
     cluster.add("b")
     leader = await cluster.leader()
-    await leader.dispatcher.node_status(N1, last_change=-1)
-    first_epoch = leader.dispatcher.epoch
+    await fake_clock.run_for(30.0)  # past the first leader's warm-up (empty store)
+    dispatcher = leader.dispatcher
+    await dispatcher.node_status(N1, last_change=-1)
+    await dispatcher.node_status(N2, last_change=-1)
+    configs = [check(f"c{i}") for i in range(4)]
+    await dispatcher.replace_source(SOURCE, configs)
+    placement = dict(dispatcher.state.placement)
+    assert set(placement) == {c.digest for c in configs}
+    epoch = dispatcher.epoch
 
-    store.epoch = 0  # the store restarted empty
-    store.nodes.clear()
-    with pytest.raises(NoLeader):
-        await leader.dispatcher.node_status(N2, last_change=-1)
-    await until(lambda: not leader.handler.is_leader())
+    cluster.backend.lose()
+    store.lose()
+    started = fake_clock.monotonic()
+    assert await dispatcher.node_status(N3, last_change=-1) is True, "refused after the loss"
+    assert fake_clock.monotonic() == started, "the repair waited on the clock"
+    assert store.epoch == epoch, "claimed again by the same term"
+    assert dict(store.placement) == placement
+    assert set(store.configs) == set(placement)
+    assert set(store.nodes) == {N1, N2, N3}
+    assert dict(store.sources) == {SOURCE: frozenset(placement)}
 
-    # The resigned leader releases on its next step: a new term within a few retry
-    # periods, far sooner than the lease would have run out.
-    again = await cluster.leader(within_s=3 * FAKE_TIME.retry_period_s)
-    assert again.dispatcher.epoch > first_epoch
-    assert store.epoch == again.dispatcher.epoch
-    assert await again.dispatcher.node_status(N2, last_change=-1) is True
+    await renewed(cluster)  # the lease is given back to the same term
+    assert cluster.leaders() == [leader]
+    assert leader.handler.terms == 1
+    assert dispatcher.epoch == epoch
+    assert not dispatcher.warming_up()
+    assert all(r.handler.terms == 0 for r in cluster.replicas if r is not leader)
+
+    await leader.shutdown()
+    second = await cluster.leader()
+    assert second is not leader
+    assert second.dispatcher.epoch > epoch
+    assert dict(second.dispatcher.state.placement) == placement, "a check was lost"
+    assert not second.dispatcher.warming_up()
+
+
+async def test_an_idle_leader_finds_a_lost_store_within_a_retry_period_and_writes_it_again(
+    make_cluster: MakeCluster, fake_clock: FakeClock
+) -> None:
+    store = MemoryStateStore()
+    cluster = make_cluster(store=store)
+    cluster.add("a")
+    cluster.add("b")
+    leader = await cluster.leader()
+    dispatcher = leader.dispatcher
+    await dispatcher.node_status(N1, last_change=-1)
+    await dispatcher.replace_source(SOURCE, [check("one"), check("two")])
+    await fake_clock.settle()
+    written = store.writes
+    epoch = dispatcher.epoch
+    await fake_clock.run_for(3 * FAKE_TIME.retry_period_s)
+    assert store.writes == written, "an idle leader wrote to the store"
+
+    store.lose()
+    cluster.backend.lose()
+    lost_at = fake_clock.monotonic()
+    await fake_clock.run_for(FAKE_TIME.retry_period_s)
+    assert store.epoch == epoch, f"not claimed again within {FAKE_TIME.retry_period_s} s"
+    assert dict(store.placement) == dict(dispatcher.state.placement)
+    assert len(store.configs) == 2
+    assert fake_clock.monotonic() - lost_at == FAKE_TIME.retry_period_s
+    component = leader.service.health.components()["store"]
+    assert component.status is Status.HEALTHY
+    assert f"written again by epoch {epoch}" in component.message, component
+    assert cluster.leaders() == [leader]
+    assert leader.handler.terms == 1
 
 
 # ----------------------------------------------------------------- shutdown

@@ -17,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from dispatcher.core.snapshot import NodeRecord, Snapshot, StateDelta
-from dispatcher.errors import Fenced, StoreError
+from dispatcher.errors import Fenced, StoreError, StoreLost
 from dispatcher.storage.redis import CHUNK_RECORDS, RedisStateStore
 from tests.processes import free_port
 from tests.redis_server import RedisServer
@@ -85,12 +85,45 @@ async def test_what_one_store_writes_another_loads_with_every_field_and_the_stor
     assert loaded.nodes[N2] == NodeRecord(labels={}, capacity=1, cordoned=True)
 
 
-async def test_an_empty_delta_costs_no_round_trip(redis_stores: list[RedisStateStore]) -> None:
-    store, _ = redis_stores
+async def test_an_empty_delta_costs_one_round_trip_that_only_checks_the_claim(
+    redis_stores: list[RedisStateStore],
+) -> None:
+    """The writer's idle check: it changes nothing, and finds a lost or fenced store."""
+    store, other = redis_stores
     await store.claim(epoch=1)
+    delta, _ = full_delta()
+    await store.write(delta, epoch=1)
     before = store.round_trips
     await store.write(StateDelta(), epoch=1)
-    assert store.round_trips == before
+    assert store.round_trips == before + 1
+    assert view(await other.claim(epoch=1)) == view(as_snapshot(delta))
+    await other.claim(epoch=2)
+    with pytest.raises(Fenced):
+        await store.write(StateDelta(), epoch=1)
+
+
+async def test_a_flushed_store_is_lost_not_fenced_and_a_claim_takes_it_back(
+    redis_stores: list[RedisStateStore], redis_server: RedisServer
+) -> None:
+    """No fencing token at all (Redis restarted empty, or flushed) is StoreLost: the
+    leader claims the store again and writes it whole; another epoch stays Fenced."""
+    store, _ = redis_stores
+    delta, _ = full_delta()
+    await store.claim(epoch=5)
+    await store.write(delta, epoch=5)
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        await client.flushall()
+    finally:
+        await client.aclose()
+    for attempt in (StateDelta(), delta):
+        with pytest.raises(StoreLost, match="LOST") as lost:
+            await store.write(attempt, epoch=5)
+        assert not isinstance(lost.value, Fenced)
+    assert await store.stored_epoch() == 0, "a refused write set the token"
+    assert view(await store.claim(epoch=5)) == view(Snapshot())
+    await store.write(delta, epoch=5)
+    assert view(await store.claim(epoch=5)) == view(as_snapshot(delta))
 
 
 async def test_a_delta_bigger_than_a_chunk_is_written_in_several_calls_and_fully_loaded(

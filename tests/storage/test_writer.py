@@ -1,4 +1,5 @@
-"""The store writer: ordered group-commit write-through, retries, fencing, health.
+"""The store writer: ordered group-commit write-through, retries, fencing, health, and
+the repair of a store that lost its data (found by a write or by an idle check).
 
 A small recording store lets each test hold a write in flight (a gate), fail writes on
 demand and see exactly which deltas reached the store in which order. The writer's retry
@@ -11,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import pytest
+from structlog.testing import capture_logs
 
 from dispatcher.common.clock import FakeClock
+from dispatcher.common.health import Status
 from dispatcher.core.model import Digest, NodeName
 from dispatcher.core.snapshot import NodeRecord, Snapshot, StateDelta
 from dispatcher.errors import Fenced, StoreError
@@ -41,6 +44,8 @@ def place(**where: str | None) -> StateDelta:
 
 class RecordingStore:
     """A StateStore that records every write; writes can be held or made to fail."""
+
+    kind = "memory"
 
     def __init__(self) -> None:
         self.inner = MemoryStateStore()
@@ -79,12 +84,22 @@ class Recorder:
     def __init__(self) -> None:
         self.fenced = 0
         self.health: list[str | None] = []
+        """Each report: None when healthy, else its message."""
+        self.statuses: list[tuple[Status, str]] = []
 
     def on_fenced(self) -> None:
         self.fenced += 1
 
-    def on_health(self, problem: str | None) -> None:
-        self.health.append(problem)
+    def on_health(self, status: Status, message: str) -> None:
+        self.statuses.append((status, message))
+        self.health.append(None if status is Status.HEALTHY else message)
+
+    def last_status(self) -> Status:
+        return self.statuses[-1][0]
+
+
+def no_snapshot() -> Snapshot:
+    raise AssertionError("the writer asked for the whole state, but no store lost its data")
 
 
 @pytest.fixture
@@ -105,16 +120,23 @@ def clock() -> FakeClock:
 
 
 def make_writer(
-    store: RecordingStore | MemoryStateStore, recorder: Recorder, clock: FakeClock
+    store: RecordingStore | MemoryStateStore,
+    recorder: Recorder,
+    clock: FakeClock,
+    *,
+    snapshot: Callable[[], Snapshot] = no_snapshot,
+    verify_s: float | None = None,
 ) -> StoreWriter:
     return StoreWriter(
         store,
         epoch=EPOCH,
+        snapshot=snapshot,
         on_fenced=recorder.on_fenced,
         clock=clock,
         on_health=recorder.on_health,
         retry_s=RETRY_S,
         wait_timeout_s=WAIT_TIMEOUT_S,
+        verify_s=verify_s,
     )
 
 
@@ -409,7 +431,9 @@ async def test_a_cancellation_swallowed_by_the_store_client_still_ends_the_write
 ) -> None:
     store = SwallowingStore()
     await store.claim(epoch=EPOCH)
-    writer = StoreWriter(store, epoch=EPOCH, on_fenced=lambda: None, clock=clock)
+    writer = StoreWriter(
+        store, epoch=EPOCH, snapshot=no_snapshot, on_fenced=lambda: None, clock=clock
+    )
     task = asyncio.create_task(writer.run(), name="writer")
     writer.submit(place(a="n1"))
     async with asyncio.timeout(GUARD_S):
@@ -423,10 +447,306 @@ async def test_a_cancellation_swallowed_by_the_store_client_still_ends_the_write
 async def test_close_ends_the_writer_loop_without_a_cancellation(clock: FakeClock) -> None:
     store = MemoryStateStore()
     await store.claim(epoch=EPOCH)
-    writer = StoreWriter(store, epoch=EPOCH, on_fenced=lambda: None, clock=clock)
+    writer = StoreWriter(
+        store, epoch=EPOCH, snapshot=no_snapshot, on_fenced=lambda: None, clock=clock
+    )
     task = asyncio.create_task(writer.run(), name="writer")
     await asyncio.sleep(0)
     writer.close()
     await clock.settle()
     assert task.done()
     assert not task.cancelled()
+
+
+# ------------------------------------------------------ a store that lost its data
+
+VERIFY_S = 2.0
+RECORD = NodeRecord(labels={}, capacity=1, cordoned=False)
+
+
+class Leader:
+    """The leader's side of the writer: its persisted state, which each step changes and
+    then submits (as the dispatcher's steps do, with no await in between)."""
+
+    def __init__(self) -> None:
+        self.held = MemoryStateStore()  # only a container of records here, never lost
+
+    def step(self, writer: StoreWriter, delta: StateDelta) -> int:
+        _apply_now(self.held, delta)
+        return writer.submit(delta)
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(
+            configs=dict(self.held.configs),
+            sources=dict(self.held.sources),
+            placement=dict(self.held.placement),
+            nodes=dict(self.held.nodes),
+        )
+
+
+def _apply_now(target: MemoryStateStore, delta: StateDelta) -> None:
+    for name in ("configs", "sources", "placement", "nodes"):
+        records = getattr(target, name)
+        for key, value in getattr(delta, name).items():
+            if value is None:
+                records.pop(key, None)
+            else:
+                records[key] = value
+
+
+def held(store: MemoryStateStore) -> Snapshot:
+    return Snapshot(
+        configs=dict(store.configs),
+        sources=dict(store.sources),
+        placement=dict(store.placement),
+        nodes=dict(store.nodes),
+    )
+
+
+class ClaimHookStore(MemoryStateStore):
+    """The in-memory store, whose claims can fail, be held in flight, or let another
+    term in first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.claims: list[float] = []
+        self.claim_failure: StoreError | None = None
+        self.claim_gate = asyncio.Event()
+        self.claim_gate.set()
+        self.claim_entered = asyncio.Event()
+        self.newer_claims_first: int | None = None
+        self.clock: FakeClock | None = None
+
+    async def claim(self, *, epoch: int) -> Snapshot:
+        self.claims.append(self.clock.monotonic() if self.clock else 0.0)
+        self.claim_entered.set()
+        await self.claim_gate.wait()
+        if self.claim_failure is not None:
+            raise self.claim_failure
+        if self.newer_claims_first is not None:
+            await super().claim(epoch=self.newer_claims_first)
+        return await super().claim(epoch=epoch)
+
+
+async def lost_and_leader(
+    recorder: Recorder, clock: FakeClock, *, verify_s: float | None = None
+) -> tuple[ClaimHookStore, Leader, StoreWriter]:
+    """A claimed store, a leader with two nodes and two placed checks written through."""
+    store = ClaimHookStore()
+    store.clock = clock
+    await store.claim(epoch=EPOCH)
+    store.claims.clear()
+    leader = Leader()
+    writer = make_writer(store, recorder, clock, snapshot=leader.snapshot, verify_s=verify_s)
+    return store, leader, writer
+
+
+async def test_a_write_that_finds_the_store_lost_claims_it_again_and_writes_the_whole_state(
+    recorder: Recorder, clock: FakeClock
+) -> None:
+    store, leader, writer = await lost_and_leader(recorder, clock)
+    async with running(writer) as task:
+        leader.step(writer, StateDelta(nodes={N1: RECORD, N2: RECORD}))
+        await flushed(writer, leader.step(writer, place(a="n1", b="n2")))
+        assert held(store) == leader.snapshot()
+
+        store.lose()  # Redis restarted empty: no records, no claim
+        started = clock.monotonic()
+        with capture_logs() as logs:
+            seq = leader.step(writer, place(c="n1", a=None))
+            waiters = [asyncio.create_task(writer.wait_flushed(seq)) for _ in range(2)]
+            outcomes = await ended_at_once(clock, waiters)
+        assert outcomes == [None, None], "the change was answered as stored"
+        assert clock.monotonic() == started
+        assert not task.done(), "the writer stopped: the term would have ended"
+
+    assert store.epoch == EPOCH, "claimed again with the same epoch"
+    assert store.claims == [started], "one claim, at once"
+    assert held(store) == leader.snapshot(), "the store holds the whole state again"
+    assert held(store).placement == {B: N2, C: N1}
+    assert writer.flushed == seq
+    assert writer.rewrites == 1
+    assert recorder.fenced == 0
+    [rewritten] = [e for e in logs if e["event"] == "store_lost_rewritten"]
+    assert rewritten["epoch"] == EPOCH
+    assert (rewritten["nodes"], rewritten["placements"], rewritten["deleted"]) == (2, 2, 0)
+    assert [e["event"] for e in logs].index("store_lost") < [e["event"] for e in logs].index(
+        "store_lost_rewritten"
+    )
+    # Health says what happened: degraded while writing it again, then healthy saying so.
+    assert [status for status, _ in recorder.statuses] == [Status.DEGRADED, Status.HEALTHY]
+    assert "lost its data" in recorder.statuses[0][1]
+    assert "written again by epoch 4" in recorder.statuses[1][1]
+    assert "2 placements" in recorder.statuses[1][1]
+
+
+async def test_an_idle_writer_finds_a_lost_store_within_verify_s_and_writes_it_whole(
+    recorder: Recorder, clock: FakeClock
+) -> None:
+    store, leader, writer = await lost_and_leader(recorder, clock, verify_s=VERIFY_S)
+    async with running(writer):
+        leader.step(writer, StateDelta(nodes={N1: RECORD}))
+        await flushed(writer, leader.step(writer, place(a="n1", b="n1")))
+        writes = store.writes
+        # Idle: one check of the claim every verify_s, which writes nothing.
+        await clock.run_for(3 * VERIFY_S)
+        assert writer.checks == 3
+        assert store.writes == writes, "an idle check changed the store"
+        assert recorder.statuses == []
+
+        store.lose()
+        lost_at = clock.monotonic()
+        await clock.run_for(VERIFY_S - 0.01)
+        assert held(store) == Snapshot(), "found before the next check was due"
+        await clock.run_for(0.01)
+        assert held(store) == leader.snapshot(), "not written again by the next check"
+        assert store.epoch == EPOCH
+        assert store.claims == [lost_at + VERIFY_S]
+        assert writer.rewrites == 1
+        # Checking goes on afterwards, and finds nothing more to do.
+        await clock.run_for(2 * VERIFY_S)
+        assert writer.rewrites == 1
+        assert writer.checks == 6
+    assert recorder.fenced == 0
+
+
+async def test_a_failing_claim_during_the_repair_is_retried_and_waiters_still_get_their_answer(
+    recorder: Recorder, clock: FakeClock
+) -> None:
+    store, leader, writer = await lost_and_leader(recorder, clock)
+    async with running(writer) as task:
+        await flushed(writer, leader.step(writer, StateDelta(nodes={N1: RECORD})))
+        store.lose()
+        store.claim_failure = StoreError("redis: Connection refused")
+        started = clock.monotonic()
+        seq = leader.step(writer, place(a="n1"))
+        waiting = asyncio.create_task(writer.wait_flushed(seq))
+        await clock.run_for(3 * RETRY_S - 0.01)
+        # One claim at once, then one every retry_s: at 0, 0.5 and 1.0 s.
+        assert store.claims == [started, started + RETRY_S, started + 2 * RETRY_S]
+        assert not waiting.done()
+        assert recorder.health[-1] is not None
+        assert "Connection refused" in recorder.health[-1]
+        assert recorder.last_status() is Status.UNHEALTHY
+
+        store.claim_failure = None
+        await clock.run_for(0.01)  # the fourth claim succeeds
+        async with asyncio.timeout(GUARD_S):
+            await waiting
+        assert len(store.claims) == 4
+        assert not task.done()
+    assert held(store) == leader.snapshot()
+    assert store.epoch == EPOCH
+    assert recorder.last_status() is Status.HEALTHY, "the repair is reported"
+    assert writer.rewrites == 1
+    assert recorder.fenced == 0
+
+
+async def test_a_newer_term_claiming_the_lost_store_first_fences_the_writer(
+    recorder: Recorder, clock: FakeClock
+) -> None:
+    store, leader, writer = await lost_and_leader(recorder, clock)
+    async with running(writer) as task:
+        await flushed(writer, leader.step(writer, StateDelta(nodes={N1: RECORD})))
+        store.lose()
+        store.newer_claims_first = EPOCH + 1  # a new leader took the lease meanwhile
+        seq = leader.step(writer, place(a="n1"))
+        [outcome] = await ended_at_once(clock, [asyncio.create_task(writer.wait_flushed(seq))])
+        assert isinstance(outcome, Fenced), outcome
+        assert task.done(), "the writer did not stop by itself"
+    assert recorder.fenced == 1
+    assert store.epoch == EPOCH + 1
+    assert held(store) == Snapshot(), "the fenced writer wrote its state over the new term's"
+    assert writer.rewrites == 0
+
+
+async def test_steps_during_the_repair_are_written_after_it_and_newer_values_win(
+    recorder: Recorder, clock: FakeClock
+) -> None:
+    store, leader, writer = await lost_and_leader(recorder, clock)
+    async with running(writer):
+        leader.step(writer, StateDelta(nodes={N1: RECORD, N2: RECORD}))
+        await flushed(writer, leader.step(writer, place(a="n1", b="n1")))
+        store.lose()
+        store.claim_gate.clear()
+        first = leader.step(writer, place(a="n2"))
+        async with asyncio.timeout(GUARD_S):
+            await store.claim_entered.wait()  # the repair's claim is in flight
+        later = [leader.step(writer, place(b=None)), leader.step(writer, place(c="n2"))]
+        store.claim_gate.set()
+        await flushed(writer, later[-1])
+        await flushed(writer, first)
+    assert held(store) == leader.snapshot()
+    assert held(store).placement == {A: N2, C: N2}
+    assert writer.rewrites == 1
+
+
+async def test_a_store_that_kept_part_of_its_records_holds_exactly_the_state_after_the_repair(
+    recorder: Recorder, clock: FakeClock
+) -> None:
+    """A loss of the claim alone (an evicted key): records the leader has deleted since
+    must not survive the repair."""
+    store, leader, writer = await lost_and_leader(recorder, clock)
+    async with running(writer):
+        leader.step(writer, StateDelta(nodes={N1: RECORD}))
+        await flushed(writer, leader.step(writer, place(a="n1", b="n1")))
+        store.epoch = 0  # only the claim is gone
+        store.placement[C] = N3  # and a record the leader never had
+        with capture_logs() as logs:
+            await flushed(writer, leader.step(writer, place(b=None)))
+    assert held(store) == leader.snapshot()
+    assert held(store).placement == {A: N1}
+    [rewritten] = [e for e in logs if e["event"] == "store_lost_rewritten"]
+    assert rewritten["deleted"] == 2  # b (deleted by the leader) and c (unknown to it)
+
+
+async def test_a_term_that_ends_during_the_repair_writes_nothing_more(
+    recorder: Recorder, clock: FakeClock
+) -> None:
+    """The dispatcher drops its state when a term ends: a repair must not take a
+    snapshot then (it would write an empty state over the store)."""
+    asked: list[float] = []
+    store, leader, writer = await lost_and_leader(recorder, clock)
+
+    def snapshot() -> Snapshot:
+        asked.append(clock.monotonic())
+        return leader.snapshot()
+
+    writer = make_writer(store, recorder, clock, snapshot=snapshot)
+    async with running(writer) as task:
+        await flushed(writer, leader.step(writer, StateDelta(nodes={N1: RECORD})))
+        store.lose()
+        store.claim_gate.clear()
+        seq = leader.step(writer, place(a="n1"))
+        waiting = asyncio.create_task(writer.wait_flushed(seq))
+        async with asyncio.timeout(GUARD_S):
+            await store.claim_entered.wait()
+        writer.close()
+        store.claim_gate.set()
+        [outcome] = await ended_at_once(clock, [waiting])
+        assert type(outcome) is StoreError, outcome
+        await clock.settle()
+        assert task.done()
+    assert asked == [], "a snapshot was taken after the term ended"
+    assert held(store).nodes == {}, "written after the term ended"
+    assert writer.rewrites == 0
+
+
+async def test_a_writer_without_the_state_to_write_ends_the_term_on_a_lost_store(
+    recorder: Recorder, clock: FakeClock
+) -> None:
+    """No snapshot to write (a writer made without one): a loss cannot be repaired, so
+    it ends the term as a fence does; the next term finds the store empty."""
+    store = MemoryStateStore()
+    await store.claim(epoch=EPOCH)
+    writer = StoreWriter(
+        store, epoch=EPOCH, on_fenced=recorder.on_fenced, clock=clock, on_health=recorder.on_health
+    )
+    async with running(writer) as task:
+        store.lose()
+        seq = writer.submit(place(a="n1"))
+        [outcome] = await ended_at_once(clock, [asyncio.create_task(writer.wait_flushed(seq))])
+        assert isinstance(outcome, Fenced), outcome
+        assert task.done()
+    assert recorder.fenced == 1
+    assert store.epoch == 0, "claimed by a writer that cannot write the state"
