@@ -6,6 +6,12 @@ beside it while open) and ``clusterchecks.lock``, an ``flock`` held from ``open`
 ``close`` with the holder's pid in it, so a second dispatcher on the same directory is
 refused instead of writing the same file.
 
+A new database is built as ``clusterchecks.db.new`` and renamed into place, so an
+empty or partial ``clusterchecks.db`` is never mistaken for a new store: a file that is
+not a database, is corrupt (``PRAGMA quick_check`` at open), of a newer schema or cannot
+be opened stops the start with a message naming it. An older schema is migrated in one
+transaction, after a copy of the file is kept as ``clusterchecks.db.v<N>.bak``.
+
 Tables (schema version in ``PRAGMA user_version``): ``meta`` (the claimant's epoch, the
 fencing token), ``configs`` (digest -> config JSON, the codec Redis uses), ``sources``
 and ``source_checks`` (a source and the digests it holds, one row each, so that adding
@@ -424,6 +430,16 @@ def _read_pid(fd: int) -> str | None:
 
 def _connect(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
     """Opens and checks the database (on the store's thread)."""
+    try:
+        return _connect_checked(path, synchronous)
+    except OSError as exc:
+        raise StoreError(
+            f"cannot open {path} ({exc.strerror or exc}): check that the dispatcher's user "
+            "may read and write it and its directory"
+        ) from exc
+
+
+def _connect_checked(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
     if not path.exists():
         _create(path, synchronous)
     elif not path.is_file():
@@ -500,6 +516,8 @@ def _prepare(connection: sqlite3.Connection, path: Path, synchronous: Synchronou
                 "version): move it away, or give another --data-dir"
             )
         if version < current:
+            if version > 0:
+                _keep_copy(connection, path, version)
             _migrate(connection, path, version, current)
     except sqlite3.Error as exc:
         raise _unusable(path, exc) from exc
@@ -509,6 +527,20 @@ _RESTORE = (
     "restore it from a backup, or move it (with its -wal file) away to start with an "
     "empty store, whose checks are then rebuilt from the agents"
 )
+
+
+def _keep_copy(connection: sqlite3.Connection, path: Path, version: int) -> None:
+    """Copies the file as it is to ``<name>.v<version>.bak`` before migrating it, so
+    that going back to the older dispatcher has a file it can read."""
+    target = sqlite3.connect(backup_path(path, version))
+    try:
+        connection.backup(target)
+    finally:
+        target.close()
+
+
+def backup_path(path: Path, version: int) -> Path:
+    return path.with_name(f"{path.name}.v{version}.bak")
 
 
 def _migrate(connection: sqlite3.Connection, path: Path, version: int, current: int) -> None:

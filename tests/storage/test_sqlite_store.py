@@ -377,6 +377,14 @@ async def test_an_older_file_is_migrated_step_by_step_and_keeps_its_data(
 
     assert steps == [base, base + 1], "each step once, in order"
     assert user_version(data_dir / DB_NAME) == base + 2
+    # The file as it was is kept for going back to the older version.
+    kept = sqlite_store.backup_path(data_dir / DB_NAME, base)
+    assert user_version(kept) == base
+    reader = sqlite3.connect(kept)
+    try:
+        assert reader.execute("SELECT count(*) FROM configs").fetchone()[0] == len(delta.configs)
+    finally:
+        reader.close()
     assert view(snapshot) == view(as_snapshot(delta))
     # Migrated once: a second open runs no step.
     await loaded(data_dir, epoch=11)
