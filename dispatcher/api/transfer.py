@@ -37,7 +37,7 @@ from dispatcher.core.transfer import (
 from dispatcher.errors import InvalidRequest
 
 _CONFIGS: TypeAdapter[list[wire.CheckConfigIn]] = TypeAdapter(list[wire.CheckConfigIn])
-_BOOLEANS = {"true": True, "false": False, "1": True, "0": False}
+_BOOLEANS = {"true": True, "false": False}
 
 MODE = QueryParam(
     "mode",
@@ -73,7 +73,7 @@ def import_query(query: Mapping[str, str]) -> tuple[ImportMode, bool]:
             f"Query parameter mode={mode[:40]!r} must be replace or merge.",
             details={"fields": [{"path": "query.mode", "message": "must be replace or merge"}]},
         )
-    dry_run = _BOOLEANS.get(query.get("dry_run", "false").lower())
+    dry_run = _BOOLEANS.get(query.get("dry_run", "false"))
     if dry_run is None:
         raise InvalidRequest(
             f"Query parameter dry_run={query['dry_run'][:40]!r} must be true or false.",

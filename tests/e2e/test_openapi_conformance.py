@@ -5,7 +5,7 @@ Schemathesis reads ``/v1/api/openapi.json`` from the process and sends generated
 requests to every operation (valid ones, invalid ones, without the token, with methods
 the path does not take), then a few call sequences. Every built-in check runs: no server
 error, statuses, content types, headers and bodies as documented, invalid input refused,
-the token required; ``tests/e2e/schemathesis.toml`` turns one check off for four
+the token required; ``tests/e2e/schemathesis.toml`` turns one check off for five
 operations, with its reasons. The seed and the number of examples are fixed, so a
 run is the same every time and its length is bounded.
 """
