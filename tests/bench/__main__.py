@@ -12,7 +12,7 @@ goal also exits 1) and about 25 s for the agent scheduler benchmark (run latenes
 of new checks, SIGTERM; ``--skip-runner``; missing a goal also exits 1) and about 20 s
 for the big-change benchmark (one PUT of 100,000 checks against a real dispatcher process:
 the longest event loop stall; ``--skip-bigput``; missing its hard goal also exits 1) and
-about a minute for the store benchmark (a real dispatcher per store, sqlite, memory and
+about 75 s for the store benchmark (a real dispatcher per store, sqlite, memory and
 redis: PUT and burst latency, restart with 100,000 checks, data size per check;
 ``--skip-stores``).
 """
