@@ -357,7 +357,9 @@ def test_memory_store_new_leader_warms_up_and_adopts_what_agents_run(
     assert took <= LEASE_S + RETRY_S + 1, f"new leader after {took:.2f} s\n{c.logs()}"
     assert body["epoch"] > state["epoch"], (body["epoch"], state["epoch"])
     assert body["warmup"] is True, f"a new leader with an empty store: {body}"
-    assert body["totals"]["checks"] == 0, body
+    # Its store is empty; what the agents report may be adopted already (rebuild from the
+    # agents, tests/e2e/test_rebuild.py), and a source that re-sends changes nothing of it.
+    assert body["totals"]["checks"] <= len(PATHS), body
 
     # The source re-sends its set through the other survivor (a follower). Until that
     # follower has seen the new lease (within a retry period) it answers 503 no_leader
