@@ -21,7 +21,7 @@ import click
 from dispatcher.admin import commands as admin
 from dispatcher.common import logs
 from dispatcher.common.cli import option, read_token
-from dispatcher.errors import ConfigurationError
+from dispatcher.errors import ConfigurationError, StoreError
 from dispatcher.settings import (
     DEFAULT_WARMUP_S,
     ELECTION_BACKENDS,
@@ -108,9 +108,16 @@ def main() -> None:
 @option(
     "store",
     type=click.Choice(STORE_BACKENDS),
-    default=_STORE.backend,
+    default=None,
+    help=f"Where the state lives [default: {_STORE.backend} with --election standalone, "
+    "else memory; sqlite is for standalone only].",
+)
+@option(
+    "data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=_STORE.data_dir,
     show_default=True,
-    help="Where the state lives.",
+    help="Directory of the sqlite store's file (created when missing).",
 )
 @option(
     "node-expiration-timeout",
@@ -320,6 +327,11 @@ def serve(**flags: Any) -> None:
         )
     except ConfigurationError as exc:
         _fail(str(exc))
+    except StoreError as exc:
+        # A data dir held by another dispatcher, a corrupt or newer data file: not a
+        # usage error, and never a fresh start that would drop what the file holds.
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         pass
 
@@ -338,12 +350,16 @@ def settings_from_flags(flags: dict[str, Any]) -> Settings:
         ),
         admin_token=read_token(flags["admin_token"], flags["admin_token_file"], flag="admin-token"),
     )
+    store = flags["store"]
+    if store is None:
+        store = _STORE.backend if flags["election"] == "standalone" else "memory"
     warmup = flags["warmup_duration"]
     if warmup is None:
-        # Only an elected leader with the memory store starts empty while agents still
-        # run what the previous leader gave them.
-        elected_memory = flags["election"] != "standalone" and flags["store"] == "memory"
-        warmup = DEFAULT_WARMUP_S if elected_memory else 0.0
+        # A leader warms up only when it finds its store empty (a fresh data dir, a Redis
+        # that lost its data, the memory store of an elected leader), to rebuild from the
+        # agents. A standalone memory store is throwaway: it starts placing at once.
+        throwaway = flags["election"] == "standalone" and store == "memory"
+        warmup = 0.0 if throwaway else DEFAULT_WARMUP_S
     settings = Settings(
         server=ServerSettings(
             host=flags["host"],
@@ -378,7 +394,7 @@ def settings_from_flags(flags: dict[str, Any]) -> Settings:
             lease_name=flags["lease_name"],
             lease_namespace=flags["lease_namespace"],
         ),
-        store=StoreSettings(backend=flags["store"]),
+        store=StoreSettings(backend=store, data_dir=flags["data_dir"]),
         redis=RedisSettings(url=flags["redis_url"]),
         log=LogSettings(
             format=flags["log_format"] or logs.default_format(), level=flags["log_level"]

@@ -6,8 +6,9 @@
     ├── ConfigurationError          bad flags, environment or files at start
     ├── ConfigSourceError           a config source (file, object) that cannot be read
     ├── LeaseBackendError           the lease store (Redis, Kubernetes API) failed or timed out
-    ├── StoreError                  the shared state store failed or timed out; retry
-    │   └── Fenced                  a newer leader has claimed the store: stop acting
+    ├── StoreError                  the state store failed or timed out; retry
+    │   ├── Fenced                  a newer leader has claimed the store: stop acting
+    │   └── StoreLost               the store forgot what it held (Redis restarted empty)
     └── RequestError                what a caller did wrong; the API maps each to one status
         ├── InvalidJson             400 invalid_json
         ├── InvalidRequest          400 invalid_request (details list the bad fields)
@@ -85,6 +86,12 @@ class StoreError(ClusterchecksError):
 class Fenced(StoreError):
     """The store has been claimed by a newer leadership term: this leader's writes are
     refused, and it must stop acting at once."""
+
+
+class StoreLost(StoreError):
+    """The store no longer holds what was written to it (its fencing mark is gone: Redis
+    restarted without persistence, or was flushed): the leader claims it again and writes
+    its whole state."""
 
 
 class RequestError(ClusterchecksError):

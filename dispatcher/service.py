@@ -117,6 +117,14 @@ def build(
             )
             closers.append(redis_store.close)
             store = redis_store
+        elif store is None and settings.store.backend == "sqlite":
+            from dispatcher.storage.sqlite import SqliteStateStore
+
+            # Opened here, before anything serves: a data dir another dispatcher holds,
+            # or a file that cannot be read, stops the start with the file's name.
+            sqlite_store = SqliteStateStore.open(settings.store.data_dir)
+            closers.append(sqlite_store.close)
+            store = sqlite_store
 
         def campaign(callbacks: Callbacks) -> Campaign:
             if backend is None:

@@ -16,10 +16,10 @@ from typing import Literal
 from dispatcher.errors import ConfigurationError
 
 ElectionBackend = Literal["standalone", "redis", "kubernetes"]
-StoreBackend = Literal["memory", "redis"]
+StoreBackend = Literal["sqlite", "memory", "redis"]
 
 ELECTION_BACKENDS: tuple[str, ...] = ("standalone", "redis", "kubernetes")
-STORE_BACKENDS: tuple[str, ...] = ("memory", "redis")
+STORE_BACKENDS: tuple[str, ...] = ("sqlite", "memory", "redis")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 _LEASE_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
 _NAMESPACE = re.compile(r"(?=.{1,63}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?")
@@ -165,7 +165,18 @@ class ElectionSettings:
 
 @dataclass(frozen=True, slots=True)
 class StoreSettings:
-    backend: StoreBackend = "memory"
+    backend: StoreBackend = "sqlite"
+    """sqlite: a file in ``data_dir`` (standalone only); redis: shared (HA); memory:
+    nothing kept (tests, throwaway runs; a restart rebuilds from the agents)."""
+    data_dir: Path = Path("data")
+    """The sqlite store's directory (created when missing), relative to the working one."""
+
+    def validate(self, *, election: str) -> None:
+        if self.backend == "sqlite" and election != "standalone":
+            raise ConfigurationError(
+                f"--store sqlite cannot be used with --election {election}: its file is not "
+                "shared between replicas; use --store redis (or memory)."
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +259,7 @@ class Settings:
                 f"greater than --retry-period (got {e.lease_duration_s:g} > "
                 f"{e.renew_deadline_s:g} > {e.retry_period_s:g})."
             )
+        self.store.validate(election=e.backend)
         uses_redis = e.backend == "redis" or self.store.backend == "redis"
         if uses_redis and not self.redis.url.startswith(REDIS_SCHEMES):
             raise ConfigurationError(

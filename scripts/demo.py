@@ -1,14 +1,21 @@
-"""`make run`: a standalone dispatcher (in-memory state), three local agents, a small
-target they probe, and the example checks of examples/conf.d. Prints which agent runs
-which check and how it fares until Ctrl-C; process logs go to .run/.
+"""`make run`: a standalone dispatcher on the durable default store (sqlite, its data
+dir .run/data), three local agents, a small target they probe, and the example checks
+of examples/conf.d. Prints which agent runs which check and how it fares until Ctrl-C;
+process logs go to .run/.
 
-The agents start once the dispatcher answers ``/readyz``. The dispatcher reads its
-checks from ``.run/conf.d``, a symbolic link that points at an empty directory until all
-three agents have registered and at the example checks from then on: the dispatcher
-places a new check on the least loaded agent, so the checks spread over all three
-however long the agents take to start (a busy machine can take seconds), where a fixed
-warm-up would let the first agent take every check. The first table waits (a bounded
-time) for that, so it shows where the checks run rather than every check dangling.
+The agents start once the dispatcher answers ``/readyz``. On a fresh data dir the
+dispatcher reads its checks from ``.run/conf.d``, a symbolic link that points at an
+empty directory until all three agents have registered and at the example checks from
+then on: the dispatcher places a new check on the least loaded agent, so the checks
+spread over all three however long the agents take to start (a busy machine can take
+seconds), where a fixed warm-up would let the first agent take every check. Started
+again on the same data dir, the dispatcher has every check and its agent at once (the
+link points at the checks from the start: an empty directory would remove them). The
+first table waits (a bounded time) until the checks are placed, so it shows where they
+run rather than every check dangling.
+
+Ctrl-C stops the dispatcher first and the agents then, so that the data dir keeps every
+agent with its checks: the next run gives each agent back what it ran.
 
 The demo is there to be poked at: an agent that dies (``kill -9 $(cat .run/agent-a.pid)``)
 is reported, the dispatcher drops it once it has missed heartbeats for EXPIRY_S, and the
@@ -57,10 +64,12 @@ EXPIRY_S = 6.0
 """Seconds without a heartbeat after which the dispatcher drops an agent and gives its
 checks to the others."""
 WARMUP_S = 5.0
-"""The dispatcher's warm-up (it places no check for this long after it starts with an
-empty store): shorter than its default, so that the first table comes soon. It is not
+"""The dispatcher's warm-up (it places no check for this long after it starts on an
+empty data dir): shorter than its default, so that the first table comes soon. It is not
 what spreads the checks (the late link to the config directory is), so a slow start
 of the agents does not matter."""
+DATA_FILE = "clusterchecks.db"
+"""The sqlite store's file in the data dir: there, the data dir holds a state."""
 TABLE_EVERY_S = 5.0
 READY_TIMEOUT_S = 30.0
 """How long the dispatcher may take to answer /readyz with 200 after it starts."""
@@ -131,7 +140,9 @@ def parse(argv: Sequence[str]) -> Options:
         help="check configs (RUN_DIR/conf.d links to it once the agents have registered)",
     )
     parser.add_argument("--every", type=float, default=TABLE_EVERY_S, help="seconds between tables")
-    parser.add_argument("--run-dir", type=Path, default=ROOT / ".run", help="logs, pid files")
+    parser.add_argument(
+        "--run-dir", type=Path, default=ROOT / ".run", help="logs, pid files, the data dir"
+    )
     args = parser.parse_args(argv)
     try:
         agent_ports = tuple(int(p) for p in args.agent_ports.split(","))
@@ -459,14 +470,25 @@ class Demo:
 
     @property
     def conf_link(self) -> Path:
-        """The dispatcher's config directory: a link to an empty one, then to the checks."""
+        """The dispatcher's config directory: a link to the checks (on a fresh data dir,
+        to an empty directory until the agents have registered)."""
         return self.opts.run_dir / "conf.d"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.opts.run_dir / "data"
+
+    @property
+    def fresh(self) -> bool:
+        """Whether the dispatcher starts on a data dir with no state in it."""
+        return not (self.data_dir / DATA_FILE).exists()
 
     async def wait_placed(self, client: AdminClient) -> None:
         """Until every running agent is registered, then links the dispatcher's config
-        directory to the checks and waits until it has read and placed them, so that the
-        first table shows where they run. Bounded: REGISTER_TIMEOUT_S for the agents (then
-        the checks go to those registered), PLACE_WAIT_S for the placing."""
+        directory to the checks (when it pointed at an empty one) and waits until it has
+        read and placed them, so that the first table shows where they run. Bounded:
+        REGISTER_TIMEOUT_S for the agents (then the checks go to those registered),
+        PLACE_WAIT_S for the placing."""
         deadline = self.clock.monotonic() + REGISTER_TIMEOUT_S
         state: wire.StateOut | None = None
         while self.clock.monotonic() < deadline:
@@ -492,11 +514,15 @@ class Demo:
 
     def start_dispatcher(self) -> None:
         opts = self.opts
-        empty = opts.run_dir / "conf.empty"
-        empty.mkdir(exist_ok=True)
-        point(self.conf_link, empty)
+        if self.fresh:
+            empty = opts.run_dir / "conf.empty"
+            empty.mkdir(exist_ok=True)
+            point(self.conf_link, empty)
+        else:
+            point(self.conf_link, opts.config_dir)
         self.dispatcher = start("dispatcher", [
             str(BIN / "clusterchecks-dispatcher"), "--config-dir", str(self.conf_link),
+            "--store", "sqlite", "--data-dir", str(self.data_dir),
             "--port", str(opts.port), "--heartbeat-interval", f"{HEARTBEAT_S:g}",
             "--node-expiration-timeout", f"{EXPIRY_S:g}", "--identity", "demo",
             "--warmup-duration", f"{WARMUP_S:g}",
@@ -572,10 +598,12 @@ class Demo:
                     break
 
     async def shutdown(self) -> None:
-        # Agents first, so that they can deregister from a dispatcher still running.
-        await stop_group(self.agents, self.clock)
+        # The dispatcher first: agents that left it would take their checks off its
+        # store, and the next run would start with every check dangling rather than on
+        # the agent that ran it. Each agent's final status then finds no dispatcher.
         if self.dispatcher is not None:
             await stop_group([self.dispatcher], self.clock)
+        await stop_group(self.agents, self.clock)
         for child in [*self.agents, *([self.dispatcher] if self.dispatcher else [])]:
             child.pid_file.unlink(missing_ok=True)
 

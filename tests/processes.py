@@ -102,6 +102,9 @@ def dispatcher_argv(port: int, *extra: str) -> list[str]:
         "--port", str(port),
         "--identity", f"dispatcher-{port}",
         "--log-format", "json",
+        # The memory store unless a test names another (a later flag wins): the default,
+        # sqlite, would keep its file in the working directory, shared by every test.
+        "--store", "memory",
         *extra,
     ]  # fmt: skip
 

@@ -13,6 +13,9 @@ from dispatcher.core.snapshot import Snapshot, StateDelta
 
 
 class StateStore(Protocol):
+    kind: str
+    """What it is, for logs and health: ``sqlite``, ``redis`` or ``memory``."""
+
     async def claim(self, *, epoch: int) -> Snapshot:
         """Claims the store for ``epoch`` and returns what it holds.
 

@@ -20,7 +20,7 @@ from pytest_aiohttp import AiohttpClient
 from dispatcher.common.clock import Clock, FakeClock
 from dispatcher.common.health import Status
 from dispatcher.service import DispatcherService, build
-from dispatcher.settings import AuthSettings, Settings
+from dispatcher.settings import AuthSettings, Settings, StoreSettings
 
 API = "/v1/api/clusterchecks"
 NODE_TOKEN = "node-token-0123456789"
@@ -252,6 +252,10 @@ def make_api(aiohttp_client: AiohttpClient, clock: FakeClock) -> ApiFactory:
         clock: Clock | None = None,
     ) -> Api:
         settings = settings or Settings()
+        if settings.store.backend == "sqlite":
+            # The API tests run on the memory store (the default, sqlite, would keep its
+            # file in the working directory); the sqlite store has tests of its own.
+            settings = replace(settings, store=StoreSettings(backend="memory"))
         settings = replace(settings, server=replace(settings.server, identity=IDENTITY))
         service = build(settings, clock=clock or fake_clock)
         # What ``serve`` reports once its port is open; the test client opens it here.

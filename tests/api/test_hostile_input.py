@@ -24,7 +24,7 @@ from dispatcher.common import validation
 from dispatcher.common.clock import FakeClock
 from dispatcher.common.httpserver import ConnectionLimits, Listener
 from dispatcher.service import build
-from dispatcher.settings import Settings
+from dispatcher.settings import Settings, StoreSettings
 from tests.api.conftest import ADMIN_TOKEN, API, Api, prepare, result
 
 # ------------------------------------------------------------------ helpers
@@ -278,7 +278,8 @@ async def test_a_body_that_decompresses_is_read(api: Api) -> None:
 async def test_a_client_that_leaves_mid_body_is_logged_without_a_traceback() -> None:
     """As ``serve`` runs the app (aiohttp's test server would cancel the handler when the
     client leaves; the production runner lets it run and fail on the read)."""
-    runner = web.AppRunner(build(Settings(), clock=FakeClock()).app, access_log=None)
+    settings = Settings(store=StoreSettings(backend="memory"))
+    runner = web.AppRunner(build(settings, clock=FakeClock()).app, access_log=None)
     await runner.setup()
     limits = ConnectionLimits(
         header_timeout_s=30.0, body_timeout_s=30.0, idle_timeout_s=30.0, max_connections=10

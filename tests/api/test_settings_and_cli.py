@@ -170,7 +170,9 @@ def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
             ["--election", "CLUSTERCHECKS_ELECTION", "bogus", "standalone"],
             id="election-env",
         ),
-        pytest.param(["--store", "bogus"], {}, ["--store", "memory", "redis"], id="store"),
+        pytest.param(
+            ["--store", "bogus"], {}, ["--store", "sqlite", "memory", "redis"], id="store"
+        ),
         pytest.param(
             ["--election", "etcd"], {}, ["--election", "standalone", "redis", "kubernetes"], id="ee"
         ),
@@ -254,14 +256,16 @@ def test_an_empty_token_file_is_refused(runner: CliRunner, tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("args", "warmup_s"),
     [
-        pytest.param([], 0.0, id="standalone-memory"),
+        pytest.param([], 30.0, id="standalone-sqlite"),
+        pytest.param(["--store", "memory"], 0.0, id="standalone-memory"),
         pytest.param(["--election", "redis"], 30.0, id="elected-memory"),
         pytest.param(["--election", "kubernetes"], 30.0, id="kubernetes-memory"),
-        pytest.param(["--election", "redis", "--store", "redis"], 0.0, id="redis-store"),
+        pytest.param(["--election", "redis", "--store", "redis"], 30.0, id="redis-store"),
         pytest.param(["--election", "redis", "--warmup-duration", "5"], 5.0, id="given"),
+        pytest.param(["--store", "memory", "--warmup-duration", "5"], 5.0, id="given-memory"),
     ],
 )
-def test_warm_up_defaults_to_30_s_only_for_an_elected_leader_with_the_memory_store(
+def test_warm_up_defaults_to_30_s_but_for_a_throwaway_standalone_memory_store(
     runner: CliRunner, monkeypatch: pytest.MonkeyPatch, args: list[str], warmup_s: float
 ) -> None:
     seen: list[Settings] = []

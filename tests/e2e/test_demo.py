@@ -150,13 +150,18 @@ def demo(tmp_path: Path) -> Iterator[Running]:
 
 @contextlib.contextmanager
 def running_demo(tmp_path: Path, extra_env: dict[str, str] | None = None) -> Iterator[Running]:
-    port, target_port = free_port(), free_port()
-    agent_ports = [free_port() for _ in range(3)]
+    port, agent_ports = free_port(), [free_port() for _ in range(3)]
     conf = tmp_path / "conf.d"
-    conf.mkdir()
-    for example in (ROOT / "examples" / "conf.d").glob("*.yaml"):
-        text = example.read_text().replace("127.0.0.1:8099", f"127.0.0.1:{target_port}")
-        (conf / example.name).write_text(text.replace("port: 8099", f"port: {target_port}"))
+    saved = tmp_path / "target-port"
+    if saved.exists():  # a second run on the same directory: the same checks
+        target_port = int(saved.read_text())
+    else:
+        target_port = free_port()
+        saved.write_text(str(target_port))
+        conf.mkdir()
+        for example in (ROOT / "examples" / "conf.d").glob("*.yaml"):
+            text = example.read_text().replace("127.0.0.1:8099", f"127.0.0.1:{target_port}")
+            (conf / example.name).write_text(text.replace("port: 8099", f"port: {target_port}"))
     run_dir = tmp_path / "run"
     argv = [
         sys.executable, str(SCRIPT), "--port", str(port),
@@ -314,9 +319,40 @@ def test_an_agent_killed_is_reported_its_checks_move_and_ctrl_c_stops_everything
     assert [name for name, pid in pids.items() if alive(pid)] == []
     assert list(demo.run_dir.glob("*.pid")) == []
     assert "Traceback" not in demo.out.text()
-    # The agents still running left the dispatcher before it stopped.
-    for name in ("agent-b", "agent-c"):
-        assert '"deregistered":true' in (demo.run_dir / f"{name}.log").read_text()
+
+
+@pytest.mark.timeout(180)
+def test_stopped_and_started_again_it_has_every_check_where_it_ran(tmp_path: Path) -> None:
+    # What the README shows: a check pushed through the API (no file holds it) is still
+    # there after Ctrl-C and a new `make run`, and every check is on the agent it was on.
+    check = {"name": "tcp", "instances": [{"host": "127.0.0.1", "port": 9}], "interval_s": 5}
+    with running_demo(tmp_path) as demo:
+        demo.table_start()
+        reply = urllib.request.urlopen(urllib.request.Request(
+            f"{demo.url}/v1/api/clusterchecks/sources/api:readme",
+            data=json.dumps({"configs": [check]}).encode(), method="PUT",
+            headers={"Content-Type": "application/json"},
+        ), timeout=5)  # fmt: skip
+        assert reply.status == 200
+        placed = demo.out.wait_for(
+            lambda line: "agents registered, 8 checks (8 running, 0 dangling)" in line,
+            timeout_s=MOVE_BOUND_S,
+        )
+        before = demo.placement()
+        demo.popen.send_signal(signal.SIGINT)
+        assert demo.popen.wait(timeout=STOP_BOUND_S) == 0, demo.out.text()[-3000:]
+        assert placed
+    assert (tmp_path / "run" / "data" / DEMO.DATA_FILE).exists()
+    with running_demo(tmp_path) as again:
+        first = again.table_start()
+        assert "8 checks (8 running, 0 dangling)" in again.out.lines[first], again.out.text()
+        assert again.placement() == before
+        # It loaded its data dir: a term with no warm-up (an empty store would have one).
+        log = (again.run_dir / "dispatcher.log").read_text().splitlines()
+        records = [json.loads(line) for line in log if line.startswith("{")]
+        leading = [record for record in records if record.get("event") == "leading"]
+        assert [record["warmup_s"] for record in leading] == [0], log[-20:]
+        assert leading[0]["checks"] == 8, leading
 
 
 @pytest.mark.timeout(120)

@@ -492,6 +492,13 @@ BAD_START = [
                  id="config_dir_missing"),
     pytest.param(["--node-token", "n0de"], {}, ["--admin-token", "required"],
                  id="token_without_admin_token"),
+    pytest.param(["--election", "redis", "--store", "sqlite"], {},
+                 ["--store sqlite", "--election redis", "not shared", "--store redis"],
+                 id="sqlite_with_an_elected_leader"),
+    pytest.param(["--election", "kubernetes"], {"CLUSTERCHECKS_STORE": "sqlite"},
+                 ["--store sqlite", "--election kubernetes"], id="sqlite_env_elected"),
+    pytest.param(["--store", "sqlite", "--data-dir", "{tmp}/file"], {},
+                 ["{tmp}/file"], id="data_dir_is_a_file"),
 ]  # fmt: skip
 
 
@@ -500,6 +507,8 @@ def test_bad_flag_or_environment_value_stops_the_process_with_a_clear_message(
     tmp_path: Path, args: list[str], env: dict[str, str], words: list[str]
 ) -> None:
     args = [arg.replace("{tmp}", str(tmp_path)) for arg in args]
+    words = [word.replace("{tmp}", str(tmp_path)) for word in words]
+    (tmp_path / "file").write_text("")  # for the data dir that is a file
     code, output = run_to_exit(tmp_path, args, env)
     assert code > 0, f"exit code {code}:\n{output}"
     assert "Traceback" not in output, output

@@ -18,6 +18,7 @@ from dispatcher.settings import (
     KubernetesSourceSettings,
     ServerSettings,
     Settings,
+    StoreSettings,
 )
 from tests.k8s_api import (
     LEASES,
@@ -49,6 +50,7 @@ async def test_liveness_passes_during_the_start_up_grace_and_fails_after_it() ->
     port = free_port()
     settings = Settings(
         server=ServerSettings(port=port),
+        store=StoreSettings(backend="memory"),
         health=HealthSettings(liveness_grace_s=20.0, replica_status_period_s=60.0),
     )
     service = build(settings, clock=clock)
@@ -106,6 +108,7 @@ async def test_connect_leads_through_a_kubernetes_lease_and_serves_checks_from_s
     port = free_port()
     settings = Settings(
         server=ServerSettings(port=port, identity="replica-0"),
+        store=StoreSettings(backend="memory"),
         election=ElectionSettings(
             backend="kubernetes", lease_duration_s=3, renew_deadline_s=2, retry_period_s=0.5,
             lease_namespace="ops",

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 import dispatcher.cli
 from dispatcher.common import logs
 from dispatcher.errors import ConfigurationError
-from dispatcher.settings import ServerSettings, Settings
+from dispatcher.settings import DEFAULT_WARMUP_S, ServerSettings, Settings
 
 
 @pytest.fixture
@@ -117,6 +117,9 @@ def test_without_flags_every_setting_is_its_dataclass_default(seen: list[Setting
         assert getattr(settings, concern) == getattr(default, concern), concern
     server = dataclasses.replace(settings.server, identity="", advertise_url="")
     assert server == dataclasses.replace(default.server, identity="", advertise_url="")
-    assert settings.dispatch == default.dispatch
+    # The warm-up's default depends on the election and the store: 30 s for a leader
+    # that may find its store empty, none for a throwaway standalone memory store.
+    assert dataclasses.replace(settings.dispatch, warmup_duration_s=0.0) == default.dispatch
+    assert settings.dispatch.warmup_duration_s == DEFAULT_WARMUP_S
     assert settings.log.level == default.log.level
     assert (settings.config_dir, settings.kubeconfig) == (None, None)
