@@ -8,6 +8,7 @@ failure comes out as an :class:`~dispatcher.admin.errors.AdminError`.
 from __future__ import annotations
 
 import errno
+import io
 import json
 import re
 from collections.abc import AsyncIterator, Iterable
@@ -186,7 +187,8 @@ class AdminClient:
         base = self.target.url
         sent: dict[str, Any] = {"json": body}
         if raw is not None:
-            sent = {"data": raw, "headers": {"Content-Type": "application/json"}}
+            # A stream: aiohttp warns that big bytes would hold the loop while sent.
+            sent = {"data": io.BytesIO(raw), "headers": {"Content-Type": "application/json"}}
         try:
             async with self._session.request(
                 method, base + path, allow_redirects=False, **sent

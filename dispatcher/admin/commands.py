@@ -61,6 +61,7 @@ from dispatcher.common.cli import env_name, option, read_token
 
 T = TypeVar("T")
 
+MIB = 1024 * 1024
 _PREFIX = re.compile(r"^[0-9a-f]{1,64}$")
 _NAME = re.compile(wire.NAME_PATTERN)
 
@@ -381,9 +382,34 @@ def import_(inv: Invocation, file: BinaryIO, mode: str, dry_run: bool) -> None:
     """Load FILE (an ``export`` document; - for stdin) as the desired state. The whole
     file is validated first: a bad entry changes nothing and is named. Sources fed by
     the dispatcher itself (file:, k8s:) are skipped; cordons apply to registered nodes."""
-    document = file.read()
-    reply = _run(lambda c: c.import_document(document, mode=mode, dry_run=dry_run), inv)
+    document = compact(file.read())
+
+    async def work(client: AdminClient) -> Reply[wire.ImportOut]:
+        try:
+            return await client.import_document(document, mode=mode, dry_run=dry_run)
+        except AdminError as exc:
+            if exc.code != "body_too_large":
+                raise
+            size = len(document) / MIB
+            raise type(exc)(
+                f"{exc.message} This document is {size:.1f} MiB: split its sources over "
+                "several files and import each with --mode merge.",
+                code=exc.code,
+            ) from exc
+
+    reply = _run(work, inv)
     _emit(inv, reply, lambda: render.imported(reply.model))
+
+
+def compact(raw: bytes) -> bytes:
+    """The document without the indentation ``export`` writes (it halves the size; the
+    dispatcher takes at most 4 MiB in a request), or as it is when it is not JSON: the
+    dispatcher then says what is wrong, and where."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        return raw
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 COMMANDS: tuple[click.Command, ...] = (

@@ -61,14 +61,18 @@ EXIT_CODES: dict[ExitCode, str] = {
 
 class AdminError(ClusterchecksError):
     """A failure reported as one line on stderr and an exit code; ``fields``: the bad
-    fields the dispatcher listed (``path: message``), which a command may print below."""
+    fields the dispatcher listed (``path: message``), printed below that line; ``code``:
+    the dispatcher's error code, when it answered with one."""
 
     exit_code = ExitCode.UNAVAILABLE
 
-    def __init__(self, message: str, *, fields: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, message: str, *, fields: tuple[str, ...] = (), code: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.fields = fields
+        self.code = code
 
 
 class Unreachable(AdminError):
@@ -220,4 +224,4 @@ def error_from_reply(
     else:
         lead = f"the dispatcher at {url} failed"
     error_class = _ERROR_CLASS.get(exit_code, BadReply)
-    return error_class(f"{lead} ({label}): {detail}", fields=parse_error_fields(raw))
+    return error_class(f"{lead} ({label}): {detail}", fields=parse_error_fields(raw), code=code)

@@ -371,8 +371,11 @@ async def get_replicas(request: web.Request) -> web.Response:
 
 async def get_export(request: web.Request) -> web.Response:
     exported_at = request.app[CLOCK].time()
-    exported = await request.app[DISPATCHER].read(export_state)
-    body = transfer.export_json(exported, exported_at=exported_at)  # wire.ExportOut
+    dispatcher = request.app[DISPATCHER]
+    exported = await dispatcher.read(export_state)
+    body = await transfer.export_json(  # wire.ExportOut
+        exported, exported_at=exported_at, slice_checks=dispatcher.settings.apply_slice_checks
+    )
     return web.Response(body=body, content_type="application/json")
 
 

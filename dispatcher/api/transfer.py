@@ -1,6 +1,9 @@
 """The wire side of export and import (``core.transfer``): the export document's bytes,
 an import document validated as a whole, and the import reply.
 
+The export takes the state's configs under the dispatcher's lock (references, cheap)
+and makes their JSON afterwards, a slice at a time.
+
 An import document is checked entirely before anything changes: its envelope (format,
 version, the shape of ``sources`` and ``cordoned``) and every config of every source.
 Configs are validated and converted a slice at a time with the event loop free in
@@ -33,6 +36,7 @@ from dispatcher.core.transfer import (
     ImportDocument,
     ImportMode,
     ImportOutcome,
+    config_json,
 )
 from dispatcher.errors import InvalidRequest
 
@@ -52,14 +56,22 @@ DRY_RUN = QueryParam(
 )
 
 
-def export_json(exported: ExportedState, *, exported_at: float) -> bytes:
-    """A ``wire.ExportOut`` document, serialised straight from the exported values."""
+async def export_json(exported: ExportedState, *, exported_at: float, slice_checks: int) -> bytes:
+    """A ``wire.ExportOut`` document, serialised straight from the exported configs,
+    which are turned into JSON values a slice at a time with the event loop free in
+    between (100,000 configs take a quarter of a second)."""
+    sources: dict[str, list[dict[str, Any]]] = {}
+    for source, configs in exported.sources.items():
+        values = sources[source] = []
+        for start in range(0, len(configs), slice_checks):
+            values += [config_json(c) for c in configs[start : start + slice_checks]]
+            await asyncio.sleep(0)
     return orjson.dumps(
         {
             "format": wire.EXPORT_FORMAT,
             "version": wire.EXPORT_VERSION,
             "exported_at": exported_at,
-            "sources": exported.sources,
+            "sources": sources,
             "cordoned": exported.cordoned,
         }
     )

@@ -35,12 +35,17 @@ IMPORT_MODES: tuple[ImportMode, ...] = ("replace", "merge")
 
 @dataclass(frozen=True, slots=True)
 class ExportedState:
-    """The state part of an export document, as JSON values: each source's configs in
-    their input form (``CheckConfigIn`` with every default filled in), and the cordoned
-    nodes."""
+    """What an export holds: each source's configs (sources by name, configs by digest)
+    and the cordoned nodes. The configs are the state's own (immutable) values, so that
+    taking them under the dispatcher's lock is cheap; their JSON (``config_json``) is
+    made afterwards, with the lock free."""
 
-    sources: dict[str, list[dict[str, Any]]]
-    cordoned: list[str]
+    sources: dict[SourceName, list[CheckConfig]]
+    cordoned: list[NodeName]
+
+    def json_sources(self) -> dict[str, list[dict[str, Any]]]:
+        """The sources as the document writes them (in one go: small exports, tests)."""
+        return {s: [config_json(c) for c in configs] for s, configs in self.sources.items()}
 
 
 def config_json(config: CheckConfig) -> dict[str, Any]:
@@ -61,10 +66,7 @@ def export_state(state: ClusterState) -> ExportedState:
     """Every source with its configs (the dispatcher's own sources too, for reference)
     and every cordoned node, in an order the content alone decides."""
     return ExportedState(
-        sources={
-            source: [config_json(c) for c in state.source_configs(source)]
-            for source in state.source_names()  # sorted; configs sorted by digest
-        },
+        sources={s: state.source_configs(s) for s in state.source_names()},  # sorted both
         cordoned=sorted(name for name, node in state.nodes.items() if node.cordoned),
     )
 

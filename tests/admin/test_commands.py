@@ -501,10 +501,10 @@ def test_export_prints_the_document_indented(server: Scripted) -> None:
         (["--mode", "merge", "--dry-run"], "mode=merge&dry_run=true"),
     ],
 )
-def test_import_sends_the_file_as_it_is(
+def test_import_sends_the_document_without_its_indentation(
     server: Scripted, tmp_path: Path, flags: list[str], query: str
 ) -> None:
-    raw = b'{"format": "clusterchecks-export",\n "sources": {}}  '
+    raw = json.dumps(EXPORTED, indent=2, ensure_ascii=False).encode()
     state = tmp_path / "state.json"
     state.write_bytes(raw)
     server.reply(200, IMPORTED)
@@ -515,7 +515,7 @@ def test_import_sends_the_file_as_it_is(
     method, path, headers, body = server.requests[0]
     assert (method, path) == ("POST", f"{API}/import?{query}")
     assert headers["Content-Type"] == "application/json"
-    assert body == raw
+    assert body == json.dumps(EXPORTED, separators=(",", ":"), ensure_ascii=False).encode()
     assert result.stdout.startswith("dry run (merge), nothing changed: would write 1 sources")
 
 
@@ -561,9 +561,25 @@ def test_a_bad_file_prints_each_entry_the_dispatcher_names_and_exits_7(
     ]
 
 
-def test_a_file_over_the_body_limit_exits_7(server: Scripted, tmp_path: Path) -> None:
+@pytest.mark.parametrize("raw", [b"not json {", b"[" * 100_000, b'"\xff"'])
+def test_a_file_that_is_not_json_goes_as_it_is_for_the_dispatcher_to_explain(
+    server: Scripted, tmp_path: Path, raw: bytes
+) -> None:
     state = tmp_path / "state.json"
-    state.write_text("{}", encoding="utf-8")
+    state.write_bytes(raw)
+    server.reply(400, error("invalid_json", "The request body is not valid JSON: line 1."))
+    result = run("import", str(state), "--url", server.url)
+    assert_one_error_line(result, 7, "(400 invalid_json): The request body is not valid JSON")
+    assert server.requests[0][3] == raw
+
+
+def test_a_file_over_the_body_limit_exits_7_saying_how_to_split_it(
+    server: Scripted, tmp_path: Path
+) -> None:
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"pad": "x" * (5 * 1024 * 1024)}), encoding="utf-8")
     server.reply(413, error("body_too_large", "The request body is larger than 4194304 bytes."))
     result = run("import", str(state), "--url", server.url)
-    assert_one_error_line(result, 7, "(413 body_too_large)")
+    assert_one_error_line(
+        result, 7, "(413 body_too_large)", "This document is 5.0 MiB", "--mode merge"
+    )
