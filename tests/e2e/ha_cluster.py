@@ -43,6 +43,8 @@ PREFIX = "clusterchecks-dispatcher"
 LEASE_KEY = f"{PREFIX}:lease"
 STORE_EPOCH_KEY = f"{PREFIX}:store:epoch"
 PLACEMENT_KEY = f"{PREFIX}:store:placement"
+CONFIGS_KEY = f"{PREFIX}:store:configs"
+SOURCES_KEY = f"{PREFIX}:store:sources"
 
 SOURCE = "ha"
 PATHS = tuple(f"/c{i}" for i in range(6))
@@ -331,6 +333,37 @@ class HaCluster:
         with self.redis() as client:
             placed: dict[str, str] = client.hgetall(PLACEMENT_KEY)
             return placed
+
+    def stored_checks(self) -> dict[str, Any]:
+        """What the Redis store holds of the checks: digests of the configs, the source's
+        digests (sorted), the placement; all three read in one transaction."""
+        with self.redis() as client:
+            pipe = client.pipeline(transaction=True)
+            pipe.hkeys(CONFIGS_KEY)
+            pipe.hget(SOURCES_KEY, SOURCE)
+            pipe.hgetall(PLACEMENT_KEY)
+            configs, source, placement = pipe.execute()
+        return {
+            "configs": sorted(configs),
+            "source": sorted(json.loads(source)) if source is not None else [],
+            "placement": dict(placement),
+        }
+
+    def restart_redis_empty(self) -> float:
+        """Stops redis-server and starts it again without its data (no persistence);
+        returns when it answers again, with the seconds it was away."""
+        assert not self.redis_server.persistent, "a persistent Redis keeps its data"
+        started = time.monotonic()
+        self.redis_server.stop()
+        self.redis_server.start()
+        with self.redis() as client:
+            assert client.dbsize() == 0, "redis-server came back with data"
+        return time.monotonic() - started
+
+    def flushall(self) -> None:
+        with self.redis() as client:
+            client.flushall()
+            assert client.dbsize() == 0
 
     def stored_epoch(self) -> int:
         """The store's fencing token."""
