@@ -37,7 +37,7 @@ IMPORT = f"{API}/import"
 
 
 def document(
-    sources: dict[str, list[dict[str, Any]]], cordoned: list[str] | None = None, **extra: Any
+    sources: dict[str, Any], cordoned: list[str] | None = None, **extra: Any
 ) -> dict[str, Any]:
     return {
         "format": "clusterchecks-export",

@@ -63,14 +63,11 @@ async def term() -> AsyncIterator[Term]:
     dispatcher = Dispatcher(settings=DispatchSettings(apply_slice_checks=SLICE), clock=clock)
     store = GatedStore()
     await store.claim(epoch=1)
+    state = dispatcher.new_state(track_changes=True)
     writer = StoreWriter(
-        store,
-        epoch=1,
-        on_fenced=lambda: None,
-        clock=clock,
-        snapshot=lambda: dispatcher.state.snapshot(),
+        store, epoch=1, on_fenced=lambda: None, clock=clock, snapshot=state.snapshot
     )
-    dispatcher.begin_term(state=dispatcher.new_state(track_changes=True), epoch=1, writer=writer)
+    dispatcher.begin_term(state=state, epoch=1, writer=writer)
     task = asyncio.create_task(writer.run(), name="store_writer")
     try:
         yield Term(dispatcher, store)
