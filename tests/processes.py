@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -18,10 +19,32 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
+PORTS = range(10_000, 32_000)
+"""Where test servers listen: below the kernel's ephemeral range (32768 and up by
+default), so that no outgoing connection (an agent's, a client's) takes a port between
+the moment it is chosen and the moment the server binds it. A port the kernel hands out
+for ``bind(0)`` comes from that range: once, a dispatcher found its port taken that way
+and its agents talked to another test's server."""
+_given: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nothing listens on, never the same twice in this process."""
+    rng = random.SystemRandom()
+    for _ in range(1000):
+        port = rng.choice(PORTS)
+        if port in _given:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            # As the servers bind: a port in TIME_WAIT is free for them.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _given.add(port)
+        return port
+    raise AssertionError(f"no free loopback port in {PORTS.start}-{PORTS.stop - 1}")
 
 
 @dataclass

@@ -29,7 +29,8 @@ from node_agent.checks.tcp import TcpCheck
 from node_agent.metrics import AgentMetrics
 from node_agent.reports import Report, RunRegistry
 from node_agent.server import create_app
-from tests.node_agent.helpers import GUARD_S, eventually, free_port
+from tests.node_agent.helpers import GUARD_S, eventually
+from tests.processes import free_port
 
 DIGEST = "0123456789abcdef"
 

@@ -44,7 +44,8 @@ from node_agent.poller import (
 from node_agent.results import ResultBatcher
 from node_agent.runner import CheckSpec
 from node_agent.settings import AgentSettings
-from tests.node_agent.helpers import GUARD_S, eventually, free_port
+from tests.node_agent.helpers import GUARD_S, eventually
+from tests.processes import free_port
 
 API = "/v1/api/clusterchecks"
 NODE = "node-a"
