@@ -362,7 +362,11 @@ def test_ha_redis_reaches_its_redis_with_the_secret_password(builds: dict[str, B
     assert "--requirepass" in server["args"]
     assert "$(REDIS_PASSWORD)" in server["args"]
     assert _env(server)["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == password
-    assert "--appendonly" in server["args"]
+    args = server["args"]
+    # Durable before it answers, and never an eviction of stored checks.
+    assert args[args.index("--appendonly") + 1] == "yes"
+    assert args[args.index("--appendfsync") + 1] == "always"
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
     assert [v["metadata"]["name"] for v in redis["spec"]["volumeClaimTemplates"]] == ["data"]
     assert {"name": "data", "mountPath": "/data"} in server["volumeMounts"]
     # Only the dispatchers reach Redis.
