@@ -302,6 +302,13 @@ def main() -> None:
     help="Seconds a kept-alive connection may wait between requests.",
 )
 @option(
+    "max-import-bytes",
+    type=click.IntRange(1),
+    default=_SERVER.max_import_bytes,
+    show_default=True,
+    help="Body limit of POST /import (a whole export in one request); other routes take 4 MiB.",
+)
+@option(
     "max-connections",
     type=click.IntRange(1),
     default=_SERVER.max_connections,
@@ -372,6 +379,7 @@ def settings_from_flags(flags: dict[str, Any]) -> Settings:
             body_timeout_s=flags["body_timeout"],
             idle_timeout_s=flags["idle_timeout"],
             max_connections=flags["max_connections"],
+            max_import_bytes=flags["max_import_bytes"],
             accept_error_log_interval_s=flags["accept_error_log_interval"],
         ),
         dispatch=DispatchSettings(

@@ -39,6 +39,9 @@ class ServerSettings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     max_body_bytes: int = 4 * 1024 * 1024
+    max_import_bytes: int = 64 * 1024 * 1024
+    """The body limit of ``POST /import`` alone: a whole export (about 160 bytes per
+    check without indentation: some 400,000 checks) in one request."""
     header_timeout_s: float = 10.0
     """A request head (request line and headers) must be complete this long after the
     connection opens, or after the first byte of the next request on a kept-alive one;
@@ -71,6 +74,11 @@ class ServerSettings:
                     f"{flag} {value:g}: must be more than 0 and at most "
                     f"{MAX_SERVER_TIMEOUT_S:g} seconds."
                 )
+        if self.max_import_bytes < self.max_body_bytes:
+            raise ConfigurationError(
+                f"--max-import-bytes {self.max_import_bytes}: must be at least the body "
+                f"limit of every other route ({self.max_body_bytes} bytes)."
+            )
         if self.max_connections is not None and self.max_connections < 1:
             raise ConfigurationError(
                 f"--max-connections {self.max_connections}: must be at least 1 (or unset for "

@@ -42,6 +42,7 @@ from dispatcher.common.httpserver import one_line
 from dispatcher.election.base import Leadership
 from dispatcher.engine import Dispatcher
 from dispatcher.errors import (
+    BodyTooLarge,
     Forbidden,
     InvalidRequest,
     LoopDetected,
@@ -152,7 +153,23 @@ async def _auth_and_leadership(request: web.Request, handler: Handler) -> web.St
     route = ROUTES_BY_NAME.get(request.match_info.route.name or "")
     if route is None:
         return await handler(request)  # aiohttp answers 404 / 405 for unmatched routes
-    request[ROLE] = authorize(request.app[SETTINGS].auth, route, request)
+    settings = request.app[SETTINGS]
+    if not route.large_body:
+        request[ROLE] = authorize(settings.auth, route, request)
+        return await _lead_or_forward(request, route, handler)
+    # Its own limit before forwarding too: a follower reads the body to send it on.
+    limit = settings.server.max_import_bytes
+    request = request.clone(client_max_size=limit)
+    request[ROLE] = authorize(settings.auth, route, request)
+    try:
+        return await _lead_or_forward(request, route, handler)
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise BodyTooLarge(f"The request body is larger than {limit:,} bytes.") from exc
+
+
+async def _lead_or_forward(
+    request: web.Request, route: Route, handler: Handler
+) -> web.StreamResponse:
     if route.leader_only:
         leadership = request.app[LEADERSHIP]
         if not leadership.is_leader():

@@ -95,6 +95,9 @@ class Route:
     errors: tuple[int, ...] = ()
     """Statuses of the route's own errors (404 unknown_node, 409 conflict...), beside
     those the table implies (see ``error_statuses``)."""
+    large_body: bool = False
+    """The body may be as large as ``--max-import-bytes`` (a whole export), not the
+    app's limit for every other route."""
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.path_params if p not in PATH_PARAMS]

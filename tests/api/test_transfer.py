@@ -359,11 +359,33 @@ async def test_a_source_beyond_its_limit_changes_nothing_not_even_cordons(
     assert await api.snapshot() == before
 
 
-async def test_a_body_over_the_limit_is_413(make_api: ApiFactory) -> None:
+def limits(*, body: int, import_: int) -> Settings:
     settings = Settings()
-    api = await make_api(replace(settings, server=replace(settings.server, max_body_bytes=2048)))
+    server = replace(settings.server, max_body_bytes=body, max_import_bytes=import_)
+    return replace(settings, server=server)
+
+
+async def test_an_import_takes_a_body_beyond_every_other_route_s_limit(
+    make_api: ApiFactory,
+) -> None:
+    api = await make_api(limits(body=2048, import_=64 * 1024))
+    configs = [check(i) for i in range(40)]
+    body = document({"ci": configs})
+    assert 2048 < len(json.dumps(body)) < 64 * 1024
+
+    put = await api.request("PUT", f"{API}/sources/ci", body={"configs": configs})
+    imported = await api.post(IMPORT, body)
+
+    assert (put.status, put.code()) == (413, "body_too_large")
+    assert imported.status == 200, imported.text
+    assert await held(api) == {"ci": sorted(digest_of(c) for c in configs)}
+
+
+async def test_a_body_over_the_import_limit_is_413_naming_it(make_api: ApiFactory) -> None:
+    api = await make_api(limits(body=1024, import_=2048))
     reply = await api.post(IMPORT, document({"ci": [check(i) for i in range(40)]}))
     assert (reply.status, reply.code()) == (413, "body_too_large")
+    assert "2,048 bytes" in reply.error()["message"]
     assert await held(api) == {}
 
 
@@ -433,6 +455,34 @@ async def test_a_follower_forwards_export_and_import_to_the_leader(
     imported = await follower.post(IMPORT + "?mode=merge", document({"api:x": [check(2)]}))
     assert imported.status == 200, imported.text
     assert await held(api) == {"api:x": [digest_of(check(2))], "ci": [digest_of(check(1))]}
+
+
+async def test_a_follower_forwards_an_import_beyond_every_other_route_s_limit(
+    make_api: ApiFactory, aiohttp_client: AiohttpClient
+) -> None:
+    settings = limits(body=2048, import_=64 * 1024)
+    api = await make_api(settings)
+    leader_url = str(api.client.make_url("")).rstrip("/")
+    clock = FakeClock()
+    health = HealthRegistry(clock=clock)
+    health.register("store")
+    health.report("store", Status.HEALTHY, "following")
+    follower_settings = replace(settings, server=replace(settings.server, identity="follower-1"))
+    app = create_app(
+        settings=follower_settings,
+        dispatcher=Dispatcher(settings=settings.dispatch, clock=clock),
+        leadership=Follower(LeaderInfo(IDENTITY, leader_url, 1)),
+        health=health,
+        metrics=DispatcherMetrics(),
+        clock=clock,
+    )
+    follower = Client(await aiohttp_client(app))
+    configs = [check(i) for i in range(40)]
+
+    imported = await follower.post(IMPORT, document({"ci": configs}))
+
+    assert imported.status == 200, imported.text
+    assert await held(api) == {"ci": sorted(digest_of(c) for c in configs)}
 
 
 async def test_the_openapi_document_describes_the_query_and_the_models(api: Api) -> None:
