@@ -315,9 +315,10 @@ class StandaloneCampaign:
         started_at_s: float,
         on_started_leading: Callable[[int], None],
         on_stopped_leading: Callable[[], None],
+        epoch_floor: int = 0,
     ) -> None:
         self._info = StandaloneLeadership(
-            identity=identity, url=url, started_at_s=started_at_s
+            identity=identity, url=url, started_at_s=started_at_s, epoch_floor=epoch_floor
         ).leader()
         self._on_started = on_started_leading
         self._on_stopped = on_stopped_leading

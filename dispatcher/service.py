@@ -107,6 +107,7 @@ def build(
         leadership = standalone
     else:
         backend = lease_backend or _lease_backend(settings, closers)
+        epoch_floor = 0
         if store is None and settings.store.backend == "redis":
             from dispatcher.storage.redis import RedisStateStore
 
@@ -125,6 +126,9 @@ def build(
             sqlite_store = SqliteStateStore.open(settings.store.data_dir)
             closers.append(sqlite_store.close)
             store = sqlite_store
+            # Above the last run's epoch even when the clock was set back since: agents
+            # ignore a lower one, and the file refuses it.
+            epoch_floor = sqlite_store.last_epoch + 1
 
         def campaign(callbacks: Callbacks) -> Campaign:
             if backend is None:
@@ -134,6 +138,7 @@ def build(
                     started_at_s=clock.time(),
                     on_started_leading=callbacks.started,
                     on_stopped_leading=callbacks.stopped,
+                    epoch_floor=epoch_floor,
                 )
             return Elector(
                 backend=backend,

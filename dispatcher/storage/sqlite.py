@@ -118,6 +118,9 @@ class SqliteStateStore:
         self._executor = executor
         self._lock = lock
         self._closed = False
+        self.last_epoch = 0
+        """The epoch that held the file when it was opened (0: a new file): a
+        standalone dispatcher starts above it, whatever its clock says."""
         self._held: dict[SourceName, frozenset[Digest]] | None = None
         """What each source holds, as committed (this process alone writes the file
         while it holds the lock): a write then touches only the rows that changed."""
@@ -135,11 +138,13 @@ class SqliteStateStore:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clusterchecks-sqlite")
         try:
             connection = executor.submit(_connect, path, synchronous).result()
+            store = cls(path, connection=connection, executor=executor, lock=lock)
+            store.last_epoch = executor.submit(store._stored_epoch).result()
         except BaseException:
             executor.shutdown(wait=True)
             lock.release()
             raise
-        return cls(path, connection=connection, executor=executor, lock=lock)
+        return store
 
     async def claim(self, *, epoch: int) -> Snapshot:
         return await self._run(self._claim, epoch)
