@@ -10,7 +10,7 @@ what does and says what to write so the store agrees.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Set
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass, field
 
 from dispatcher.core.model import CheckConfig, Digest, NodeName, SourceName
@@ -127,10 +127,6 @@ class ChangeTracker:
             self._sources.update(delta.sources)
             self._placement.update(delta.placement)
             self._nodes.update(delta.nodes)
-
-    def forget_placements(self, digests: Iterable[Digest]) -> None:
-        """Drops placements the store already holds as they are (a restored state)."""
-        self._placement.difference_update(digests)
 
     def take(
         self,

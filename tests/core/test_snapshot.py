@@ -61,14 +61,6 @@ def test_a_disabled_tracker_records_nothing() -> None:
     assert take(tracker) == StateDelta()
 
 
-def test_forgotten_placements_are_not_written() -> None:
-    tracker = ChangeTracker()
-    tracker.placement(D1)
-    tracker.placement(D2)
-    tracker.forget_placements([D1])
-    assert take(tracker).placement == {D2: None}
-
-
 def test_a_later_delta_wins_when_merged() -> None:
     earlier = StateDelta(placement={D1: N1}, nodes={N1: RECORD})
     earlier.merge(StateDelta(placement={D1: None}, sources={S1: None}))
