@@ -403,7 +403,7 @@ def import_(inv: Invocation, file: BinaryIO, mode: str, dry_run: bool) -> None:
 
 def compact(raw: bytes) -> bytes:
     """The document without the indentation ``export`` writes (it halves the size; the
-    dispatcher takes at most ``--max-import-bytes``, 64 MiB, in an import), or as it is
+    dispatcher takes at most ``--max-import-bytes``, 16 MiB, in an import), or as it is
     when it is not JSON: the
     dispatcher then says what is wrong, and where."""
     try:
