@@ -279,6 +279,7 @@ class LeadershipHandler:
                 self._store,
                 epoch=epoch,
                 snapshot=self._term_snapshot,
+                may_act=self._campaign.is_leader,
                 on_fenced=self._fenced,
                 clock=self._clock,
                 on_health=self._store_health,

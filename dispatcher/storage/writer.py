@@ -48,12 +48,16 @@ class StoreWriter:
         wait_timeout_s: float = 5.0,
         verify_s: float | None = None,
         snapshot: Callable[[], Snapshot] | None = None,
+        may_act: Callable[[], bool] | None = None,
     ) -> None:
         """``snapshot`` returns the leader's persisted state as it is now, for the repair
         to write (None: a lost store cannot be repaired, and ends the term as a fence
         does); ``verify_s`` is how long the writer may stay idle before it checks the
-        store's claim (None: never, for a store that cannot lose its data)."""
+        store's claim (None: never, for a store that cannot lose its data); ``may_act``
+        says whether this leader may still act (its lease's local deadline): a repair
+        claims the store, so a leader past its deadline must not start one."""
         self._store = store
+        self._may_act = may_act or (lambda: True)
         self._epoch = epoch
         self._snapshot = snapshot
         self._on_fenced = on_fenced
@@ -166,6 +170,12 @@ class StoreWriter:
         log.warning("store_lost", epoch=self._epoch, error=str(lost))
         self._report(Status.DEGRADED, "lost its data; writing the whole state again")
         while not self._closed:
+            if not self._may_act():
+                # Past its deadline another replica may lead already: claiming the
+                # store with this older epoch would fence it and write a stale state.
+                log.warning("store_lost_not_repaired", epoch=self._epoch)
+                self.close()
+                return False
             try:
                 stored = await self._store.claim(epoch=self._epoch)
                 _raise_if_cancelling()
@@ -179,6 +189,9 @@ class StoreWriter:
                 continue
             if self._ended():
                 return False  # the term ended while claiming: its state is not to be written
+            if not self._may_act():
+                self.close()  # the deadline passed while claiming: a newer epoch fences it
+                return False
             # Why the failed write and every pending step may be dropped: a step changes
             # the state and submits its delta with no await in between, so the state now
             # holds every change submitted so far. Writing it whole stores them all, and

@@ -580,6 +580,35 @@ async def test_a_write_that_finds_the_store_lost_claims_it_again_and_writes_the_
     assert "2 placements" in recorder.statuses[1][1]
 
 
+async def test_a_leader_past_its_deadline_does_not_claim_a_lost_store(
+    recorder: Recorder, clock: FakeClock
+) -> None:
+    store = ClaimHookStore()
+    store.clock = clock
+    await store.claim(epoch=EPOCH)
+    store.claims.clear()
+    leader = Leader()
+    acting = [True]
+    writer = StoreWriter(
+        store, epoch=EPOCH, snapshot=leader.snapshot, may_act=lambda: acting[0],
+        on_fenced=recorder.on_fenced, clock=clock, on_health=recorder.on_health,
+        retry_s=RETRY_S, wait_timeout_s=WAIT_TIMEOUT_S,
+    )  # fmt: skip
+    async with running(writer) as task:
+        await flushed(writer, leader.step(writer, StateDelta(nodes={N1: RECORD})))
+        store.lose()
+        acting[0] = False  # its lease's local deadline has passed; the term ends soon
+        seq = leader.step(writer, place(a="n1"))
+        [outcome] = await ended_at_once(clock, [asyncio.create_task(writer.wait_flushed(seq))])
+        assert isinstance(outcome, StoreError), "a change answered as stored"
+        await ended_at_once(clock, [task])
+
+    assert store.claims == [], "claimed the store past its deadline"
+    assert store.epoch == 0, "the lost store was claimed (a newer leader would be fenced)"
+    assert held(store) == Snapshot()
+    assert recorder.fenced == 0
+
+
 async def test_an_idle_writer_finds_a_lost_store_within_verify_s_and_writes_it_whole(
     recorder: Recorder, clock: FakeClock
 ) -> None:
