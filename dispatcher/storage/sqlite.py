@@ -8,9 +8,12 @@ refused instead of writing the same file.
 
 A new database is built as ``clusterchecks.db.new`` and renamed into place, so an
 empty or partial ``clusterchecks.db`` is never mistaken for a new store: a file that is
-not a database, is corrupt (``PRAGMA quick_check`` at open), of a newer schema or cannot
-be opened stops the start with a message naming it. An older schema is migrated in one
-transaction, after a copy of the file is kept as ``clusterchecks.db.v<N>.bak``.
+not a database, is corrupt (``PRAGMA quick_check`` at open), of a newer schema, lacks
+the tables of its schema, holds a row that does not decode, or cannot be opened stops
+the start with a message naming it (and the row). So does a ``-wal`` or ``-shm`` left
+without its database, which SQLite would replay onto a new one. An older schema is
+migrated in one transaction, after a copy of the file is kept as
+``clusterchecks.db.v<N>.bak``.
 
 Tables (schema version in ``PRAGMA user_version``): ``meta`` (the claimant's epoch, the
 fencing token), ``configs`` (digest -> config JSON, the codec Redis uses), ``sources``
@@ -18,7 +21,10 @@ and ``source_checks`` (a source and the digests it holds, one row each, so that 
 one check to a big source writes one row), ``placement`` (digest -> node) and ``nodes``
 (node -> labels, capacity, cordon JSON).
 
-- claim: one transaction checks the token, sets it and loads the state.
+- open: reads the epoch and the whole state, every row decoded, so that a bad row
+  stops the start rather than fail each claim of a dispatcher already serving.
+- claim: one transaction checks the token, sets it and loads the state; the first
+  claim returns what open read instead (one load per start, not two).
 - write: one transaction per call checks the token and applies the whole delta, so a
   StoreWriter group commit is one commit (one WAL sync with ``synchronous=FULL``), and
   once ``write`` returns the change survives a ``kill -9`` or a power cut.
@@ -30,6 +36,7 @@ disk and the connection is never used by two threads at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
 import functools
@@ -124,24 +131,34 @@ class SqliteStateStore:
         self._held: dict[SourceName, frozenset[Digest]] | None = None
         """What each source holds, as committed (this process alone writes the file
         while it holds the lock): a write then touches only the rows that changed."""
+        self._opened: Snapshot | None = None
+        """The state as open read it, until the first claim returns it (or a write
+        makes it stale): then dropped, since the claimer holds the state from there."""
 
     @classmethod
     def open(cls, data_dir: Path, *, synchronous: Synchronous = "FULL") -> SqliteStateStore:
         """Locks ``data_dir`` (created if missing) and opens its database, creating or
-        migrating the schema. Raises StoreError, naming the directory or file and what
-        to do, when the directory is in use, or the file is not a database, is corrupt,
-        unreadable or of a newer schema."""
+        migrating the schema, then reads the epoch and the whole state (kept for the
+        first claim). Raises StoreError, naming the directory or file and what to do,
+        when the directory is in use, a ``-wal`` or ``-shm`` is left without the file,
+        or the file is not a database, is corrupt, unreadable (a row named), or of a
+        newer schema. A refused open leaves nothing open or locked."""
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
         lock = DataDirLock.take(data_dir)
         path = data_dir / DB_NAME
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clusterchecks-sqlite")
+        connecting = executor.submit(_connect, path, synchronous)
         try:
-            connection = executor.submit(_connect, path, synchronous).result()
-            store = cls(path, connection=connection, executor=executor, lock=lock)
-            store.last_epoch = executor.submit(store._stored_epoch).result()
+            store = cls(path, connection=connecting.result(), executor=executor, lock=lock)
+            executor.submit(store._read_at_open).result()
         except BaseException:
+            # Lets a connect still running (this thread interrupted) finish, so that the
+            # connection it makes is closed too, before the lock goes.
             executor.shutdown(wait=True)
+            if not connecting.cancelled() and connecting.exception() is None:
+                with contextlib.suppress(sqlite3.Error):
+                    connecting.result().close()
             lock.release()
             raise
         return store
@@ -176,17 +193,40 @@ class SqliteStateStore:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(call, *args))
 
+    def _read_at_open(self) -> None:
+        """Reads the epoch and the whole state, in one read transaction."""
+        connection = self._connection
+        try:
+            connection.execute("BEGIN")
+            try:
+                self.last_epoch = self._stored_epoch()
+                snapshot = self._load()
+            finally:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")  # read only: nothing to keep
+        except sqlite3.Error as exc:
+            # e.g. a file that says it is of this schema but lacks one of its tables.
+            raise _unreadable_file(self.path, exc) from exc
+        self._opened = snapshot
+        self._held = dict(snapshot.sources)
+
     def _claim(self, epoch: int) -> Snapshot:
+        # Taken whatever happens to this claim: a retry reads the file, and the state
+        # is never held twice (here and by the claimer) longer than this call.
+        opened, self._opened = self._opened, None
         with self._transaction():
             stored = self._stored_epoch()
             if epoch < stored:
                 raise Fenced(f"sqlite: the store is claimed by epoch {stored}, newer than {epoch}")
             self._connection.execute("UPDATE meta SET value = ? WHERE key = 'epoch'", (epoch,))
-            snapshot = self._load()
+            # What open read is what the file holds: only this store writes it while it
+            # holds the data dir, and a write drops ``opened``.
+            snapshot = opened if opened is not None else self._load()
         self._held = dict(snapshot.sources)
         return snapshot
 
     def _write(self, delta: StateDelta, epoch: int) -> None:
+        self._opened = None  # the file is about to differ from it
         with self._transaction():
             stored = self._stored_epoch()
             if stored == 0:
@@ -437,6 +477,8 @@ def _connect(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
     """Opens and checks the database (on the store's thread)."""
     try:
         return _connect_checked(path, synchronous)
+    except sqlite3.Error as exc:  # each step names its own; this is a last resort
+        raise _unusable(path, exc) from exc
     except OSError as exc:
         raise StoreError(
             f"cannot open {path} ({exc.strerror or exc}): check that the dispatcher's user "
@@ -446,6 +488,7 @@ def _connect(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
 
 def _connect_checked(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
     if not path.exists():
+        _refuse_orphans(path)
         _create(path, synchronous)
     elif not path.is_file():
         raise StoreError(f"{path} is not a regular file: move it away, or give another --data-dir")
@@ -464,6 +507,24 @@ def _connect_checked(path: Path, synchronous: Synchronous) -> sqlite3.Connection
         connection.close()
         raise
     return connection
+
+
+def _refuse_orphans(path: Path) -> None:
+    """A ``-wal`` or ``-shm`` without its database (deleted after a crash, the WAL with
+    commits never folded in): SQLite would take them for the new database's and replay
+    the old pages onto it, a mix of two files. Neither is ours to delete."""
+    orphans = [
+        sidecar
+        for sidecar in (path.with_name(f"{path.name}{x}") for x in ("-wal", "-shm"))
+        if os.path.lexists(sidecar)
+    ]
+    if orphans:
+        names = ", ".join(str(orphan) for orphan in orphans)
+        raise StoreError(
+            f"{names} left without {path} (the database was deleted or moved, perhaps after "
+            "a crash): put the database back beside them, or delete them too to start with "
+            "an empty store, whose checks are then rebuilt from the agents"
+        )
 
 
 def _create(path: Path, synchronous: Synchronous) -> None:
@@ -529,8 +590,8 @@ def _prepare(connection: sqlite3.Connection, path: Path, synchronous: Synchronou
 
 
 _RESTORE = (
-    "restore it from a backup, or move it (with its -wal file) away to start with an "
-    "empty store, whose checks are then rebuilt from the agents"
+    "restore it from a backup, or move it (with its -wal and -shm files) away to start "
+    "with an empty store, whose checks are then rebuilt from the agents"
 )
 
 
@@ -576,8 +637,23 @@ def _migrate(connection: sqlite3.Connection, path: Path, version: int, current: 
         raise
 
 
+def _unreadable_file(path: Path, exc: sqlite3.Error) -> StoreError:
+    """A file SQLite opened and checked, whose tables cannot be read."""
+    known = _known_failure(path, exc)  # corrupt, not a database, no access
+    if known is not None:
+        return known
+    return StoreError(
+        f"{path} cannot be read as a clusterchecks database of schema version "
+        f"{CURRENT_SCHEMA}, as it says it is ({exc}): {_RESTORE}"
+    )
+
+
 def _unusable(path: Path, exc: sqlite3.Error) -> StoreError:
     """What an operator is told when SQLite cannot use the file."""
+    return _known_failure(path, exc) or StoreError(f"{path}: {exc}")
+
+
+def _known_failure(path: Path, exc: sqlite3.Error) -> StoreError | None:
     code = getattr(exc, "sqlite_errorcode", None)
     primary = code & 0xFF if isinstance(code, int) else None
     if primary == sqlite3.SQLITE_NOTADB:
@@ -592,4 +668,4 @@ def _unusable(path: Path, exc: sqlite3.Error) -> StoreError:
             f"cannot open {path} for reading and writing ({exc}): check that the "
             "dispatcher's user may read and write it and its directory"
         )
-    return StoreError(f"{path}: {exc}")
+    return None

@@ -5,24 +5,28 @@ What the durable default promises: a restart (SIGTERM) or a ``kill -9`` right af
 ``200`` keeps every check and its placement, serves them at once (no warm-up), and the
 agents never stop running them (the target's hits show no gap longer than a check's
 interval plus a margin); a second dispatcher on the same data dir is refused; a corrupt
-data file stops the dispatcher with a message naming it and is left as it was.
+data file, one row that cannot be read, or a ``-wal`` left without its database stops
+the dispatcher with a message naming it, and is left as it was.
 
 Bounds are seconds derived from the settings below, plus a margin for a busy machine.
 """
 
 from __future__ import annotations
 
+import asyncio
 import signal
+import sqlite3
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from dispatcher.storage.sqlite import SqliteStateStore
 from tests.e2e.harness import API, Reply, Target, call, wait_until
 from tests.processes import Proc, agent_argv, dispatcher_argv, free_port, wait_http_ok
 
@@ -243,3 +247,58 @@ def test_a_corrupt_data_file_stops_the_dispatcher_with_a_message_naming_it(
     # Nothing served: no fresh start that would tell the agents they hold nothing.
     with pytest.raises(urllib.error.URLError, match="refused"):
         urllib.request.urlopen(c.url + "/healthz", timeout=2)
+
+
+def _bad_row(data_dir: Path) -> tuple[str, ...]:
+    """A data file whose pages are sound (quick_check passes) but one row is not a
+    config: found by reading the rows, which only open does before anything serves."""
+    db = _empty_store(data_dir)
+    connection = sqlite3.connect(db, isolation_level=None)
+    try:
+        connection.execute("INSERT INTO configs VALUES ('bad-record', '{not json')")
+    finally:
+        connection.close()
+    return str(db), "record 'bad-record' of table configs", "fix or delete that row"
+
+
+def _wal_without_its_database(data_dir: Path) -> tuple[str, ...]:
+    """The database deleted, its WAL left: SQLite would replay it onto a new file."""
+    db = _empty_store(data_dir)
+    wal = data_dir / f"{DB}-wal"
+    db.unlink()
+    wal.write_bytes(b"what a killed dispatcher left")
+    return str(wal), f"left without {db}", "delete them too"
+
+
+def _empty_store(data_dir: Path) -> Path:
+    asyncio.run(SqliteStateStore.open(data_dir).close())
+    return data_dir / DB
+
+
+@pytest.mark.parametrize(
+    "prepare", [_bad_row, _wal_without_its_database], ids=["bad_row", "wal_without_database"]
+)
+def test_a_data_dir_that_cannot_be_loaded_whole_stops_the_dispatcher_naming_the_file(
+    tmp_path: Path, prepare: Callable[[Path], tuple[str, ...]]
+) -> None:
+    data_dir = tmp_path / "data"
+    expected = prepare(data_dir)
+    files = {p.name: p.read_bytes() for p in data_dir.iterdir() if p.name != "clusterchecks.lock"}
+    port = free_port()
+    proc = Proc(
+        "dispatcher",
+        dispatcher_argv(port, "--store", "sqlite", "--data-dir", str(data_dir)),
+        tmp_path / "dispatcher.log",
+    ).start()
+    try:
+        code = proc.wait(timeout_s=START_S)
+    finally:
+        proc.stop()
+    output = proc.output()
+    assert code == 1, output
+    assert "Error: " in output, output
+    assert "Traceback" not in output, output
+    for text in expected:
+        assert text in output, output
+    after = {p.name: p.read_bytes() for p in data_dir.iterdir() if p.name != "clusterchecks.lock"}
+    assert after == files, "the data dir was changed"

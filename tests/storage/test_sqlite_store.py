@@ -17,6 +17,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -485,42 +486,178 @@ UNREADABLE: list[tuple[str, str, str, str]] = [
 @pytest.mark.parametrize(
     ("table", "named", "statement"), [u[1:] for u in UNREADABLE], ids=[u[0] for u in UNREADABLE]
 )
-async def test_an_unreadable_record_is_refused_naming_it_and_the_file(
+async def test_an_unreadable_record_is_refused_at_open_naming_it_and_the_file(
     tmp_path: Path, table: str, named: str, statement: str
 ) -> None:
+    """Every row is read at open, before anything serves: a bad one stops the start (a
+    claim that failed on it would only be retried, forever, by a dispatcher serving 503)."""
     data_dir = tmp_path / "data"
     delta, _ = full_delta()
     await written(data_dir, delta, epoch=3)
     sql(data_dir / DB_NAME, statement)
 
-    # The epoch is read at open (a standalone dispatcher starts above it): a bad one
-    # is refused there, before anything serves; any other record when it is loaded.
-    failed: pytest.ExceptionInfo[StoreError]
-    if table == "meta":
-        with pytest.raises(StoreError) as failed:
-            SqliteStateStore.open(data_dir)
-    else:
-        store = SqliteStateStore.open(data_dir)
-        try:
-            with pytest.raises(StoreError) as failed:
-                await store.claim(epoch=4)
-        finally:
-            await store.close()
+    with pytest.raises(StoreError) as failed:
+        SqliteStateStore.open(data_dir)
 
     message = str(failed.value)
     assert not isinstance(failed.value, Fenced)
     assert message.startswith("sqlite: the stored state is not readable: record "), message
     assert f"record {named} of table {table} in {data_dir / DB_NAME} (" in message, message
     assert "fix or delete that row" in message
+    await assert_not_locked(data_dir)
+
+
+def _no_meta_table(path: Path) -> None:
+    path.unlink()
+    sql(path, f"PRAGMA user_version = {sqlite_store.CURRENT_SCHEMA}")
+
+
+def _no_configs_table(path: Path) -> None:
+    sql(path, "DROP TABLE configs")
+
+
+def _no_body_column(path: Path) -> None:
+    sql(path, "ALTER TABLE nodes DROP COLUMN body")
+
+
+@pytest.mark.parametrize(
+    ("damage", "missing"),
+    [
+        (_no_meta_table, "no such table: meta"),
+        (_no_configs_table, "no such table: configs"),
+        (_no_body_column, "no such column: body"),
+    ],
+    ids=["no_meta_table", "no_configs_table", "no_body_column"],
+)
+async def test_a_file_of_the_current_version_without_its_tables_is_refused_at_open(
+    tmp_path: Path, damage: Callable[[Path], None], missing: str
+) -> None:
+    """A file that says it is of the current schema (``user_version``) but lacks what
+    that schema has: a StoreError naming the file, not SQLite's own error."""
+    data_dir = tmp_path / "data"
+    delta, _ = full_delta()
+    await written(data_dir, delta, epoch=3)
+    path = data_dir / DB_NAME
+    damage(path)
+    size = path.stat().st_size
+
+    message = refusal(data_dir)
+
+    assert message.startswith(f"{path} cannot be read as a clusterchecks database"), message
+    assert missing in message, message
+    assert "restore it from a backup" in message
+    assert path.stat().st_size == size, "the file is left for the operator"
+    await assert_not_locked(data_dir)
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE meta SET value = 'soon' WHERE key = 'epoch'",
+        "INSERT INTO configs VALUES ('bad-record', '{x')",
+        "DROP TABLE meta",
+    ],
+    ids=["bad_epoch", "bad_config", "no_meta_table"],
+)
+async def test_a_refused_open_closes_the_connection_it_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, statement: str
+) -> None:
+    data_dir = tmp_path / "data"
+    await written(data_dir, StateDelta(), epoch=3)
+    sql(data_dir / DB_NAME, statement)
+    made: list[sqlite3.Connection] = []
+    connect = sqlite_store._connect
+
+    def recording(*args: Any) -> sqlite3.Connection:
+        made.append(connect(*args))
+        return made[-1]
+
+    monkeypatch.setattr(sqlite_store, "_connect", recording)
+
+    refusal(data_dir)
+
+    assert len(made) == 1
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        made[0].execute("SELECT 1")
+    await assert_not_locked(data_dir)
+
+
+async def test_the_first_claim_returns_what_open_read_and_later_claims_read_the_file(
+    tmp_path: Path,
+) -> None:
+    """Open has read the whole state: the first claim sets the epoch and returns that,
+    without reading the file a second time (a restart pays for one load, not two). Rows
+    added behind the store's back (nothing does that while it holds the data dir) show
+    which read a claim returns."""
+    data_dir = tmp_path / "data"
+    delta, _ = full_delta()
+    await written(data_dir, delta, epoch=3)
+    behind = NodeName("added-behind-its-back")
+    store = SqliteStateStore.open(data_dir)
+    try:
+        sql(
+            data_dir / DB_NAME,
+            f"INSERT INTO nodes VALUES ('{behind}', '{_GOOD_NODE}')",
+        )
+        first = await store.claim(epoch=4)
+        assert view(first) == view(as_snapshot(delta)), "the state open read"
+        assert stored_epoch(data_dir / DB_NAME) == 4
+        with pytest.raises(Fenced):
+            await store.claim(epoch=2)  # the first claim's epoch check was made
+        assert stored_epoch(data_dir / DB_NAME) == 4
+        second = await store.claim(epoch=5)
+        assert behind in second.nodes, "a later claim reads the file"
+        assert stored_epoch(data_dir / DB_NAME) == 5
+    finally:
+        await store.close()
+
+
+async def test_a_first_claim_refused_leaves_the_next_one_to_read_the_file(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    delta, _ = full_delta()
+    await written(data_dir, delta, epoch=3)
+    store = SqliteStateStore.open(data_dir)
+    try:
+        with pytest.raises(Fenced):
+            await store.claim(epoch=2)
+        assert view(await store.claim(epoch=4)) == view(as_snapshot(delta))
+    finally:
+        await store.close()
+
+
+async def test_a_write_before_the_first_claim_is_in_what_that_claim_returns(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "data"
+    await written(data_dir, StateDelta(), epoch=3)
+    record = NodeRecord(labels={"a": "b"}, capacity=2, cordoned=False)
+    store = SqliteStateStore.open(data_dir)
+    try:
+        await store.write(StateDelta(nodes={NodeName("n"): record}), epoch=3)
+        claimed = await store.claim(epoch=4)
+    finally:
+        await store.close()
+    assert dict(claimed.nodes) == {NodeName("n"): record}
+
+
+def stored_epoch(path: Path) -> int:
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        epoch: int = connection.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0]
+    finally:
+        connection.close()
+    return epoch
 
 
 async def test_a_claim_that_cannot_load_leaves_the_epoch_as_it_was(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     await written(data_dir, StateDelta(), epoch=3)
-    sql(data_dir / DB_NAME, "INSERT INTO configs VALUES ('bad-record', '{x')")
     store = SqliteStateStore.open(data_dir)
     try:
-        with pytest.raises(StoreError):
+        await store.claim(epoch=3)
+        # A bad row after open (which would have refused it): the next claim reads it.
+        sql(data_dir / DB_NAME, "INSERT INTO configs VALUES ('bad-record', '{x')")
+        with pytest.raises(StoreError, match="record 'bad-record' of table configs"):
             await store.claim(epoch=4)
         # Still epoch 3's store: the failed claim was rolled back with its load.
         await store.write(StateDelta(nodes={NodeName("n"): None}), epoch=3)
@@ -528,6 +665,39 @@ async def test_a_claim_that_cannot_load_leaves_the_epoch_as_it_was(tmp_path: Pat
             await store.write(StateDelta(nodes={NodeName("n"): None}), epoch=4)
     finally:
         await store.close()
+
+
+# ------------------------------------------------- a WAL left without its file
+
+
+async def _wal_left_by_a_kill_9(data_dir: Path) -> None:
+    died = run_python(_WRITE_THEN_DIE, str(data_dir))
+    assert died.returncode == -signal.SIGKILL, died.stderr
+    assert (data_dir / f"{DB_NAME}-wal").stat().st_size > 0
+
+
+@pytest.mark.parametrize("kept", [("-wal", "-shm"), ("-wal",), ("-shm",)], ids="+".join)
+async def test_a_wal_or_shm_left_without_the_database_is_refused(
+    tmp_path: Path, kept: tuple[str, ...]
+) -> None:
+    """The database deleted after a ``kill -9``, its ``-wal`` left: SQLite would replay
+    that onto the new file created in its place, pages of another database."""
+    data_dir = tmp_path / "data"
+    await _wal_left_by_a_kill_9(data_dir)
+    (data_dir / DB_NAME).unlink()
+    for suffix in ("-wal", "-shm"):
+        if suffix not in kept:
+            (data_dir / f"{DB_NAME}{suffix}").unlink()
+    left = {p.name: p.read_bytes() for p in data_dir.iterdir() if p.name != LOCK_NAME}
+
+    message = refusal(data_dir)
+
+    names = ", ".join(str(data_dir / f"{DB_NAME}{suffix}") for suffix in kept)
+    assert message.startswith(f"{names} left without {data_dir / DB_NAME}"), message
+    assert "delete" in message, message
+    after = {p.name: p.read_bytes() for p in data_dir.iterdir() if p.name != LOCK_NAME}
+    assert after == left, "nothing created, nothing changed"
+    await assert_not_locked(data_dir)
 
 
 # ------------------------------------------------------------------ writing
