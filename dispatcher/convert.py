@@ -15,6 +15,7 @@ from dispatcher.common.validation import (
     FieldProblem,
     field_problems,
     invalid_request,
+    summary,
 )
 from dispatcher.core.model import (
     CheckConfig,
@@ -26,7 +27,7 @@ from dispatcher.core.model import (
 )
 from dispatcher.core.outcomes import Move, RebalanceOutcome
 from dispatcher.core.placement import Node
-from dispatcher.core.rebuild import RunningConfig
+from dispatcher.core.rebuild import RunningConfig, UnreadableReport
 from dispatcher.core.state import ClusterState
 
 ConfigsBody = TypeVar("ConfigsBody", wire.SourcePutIn, wire.ChecksPostIn)
@@ -95,25 +96,46 @@ def _shifted(problem: FieldProblem, start: int) -> FieldProblem:
 
 
 def running_configs_in(
-    configs: list[wire.RunningConfigIn] | None,
-) -> list[RunningConfig] | None:
-    """What an agent reports running, rebuilt from the content (the digest recomputed).
+    entries: list[dict[str, Any]] | None,
+) -> tuple[list[RunningConfig] | None, list[UnreadableReport]]:
+    """What an agent reports running, rebuilt from the content (the digest recomputed),
+    and the entries that could not be read, each on its own: a bad entry (a field this
+    dispatcher refuses) is dropped, not the whole status, which would keep every other
+    check of that agent from being rebuilt.
 
-    Sources the dispatcher feeds itself (``file:``, ``k8s:``) are left out: they send
-    their whole sets again at the start of every term, and a holder taken from an agent
-    would keep a check whose file is gone."""
-    if configs is None:
-        return None
-    return [
-        RunningConfig(
-            config=config_in(c),
-            sources=frozenset(
-                SourceName(s) for s in c.sources if not s.startswith(wire.INTERNAL_SOURCE_PREFIXES)
-            ),
-            reported_digest=Digest(c.digest),
+    Sources the dispatcher feeds itself (``file:``, ``k8s:``) are left out first, by the
+    model (``wire.RunningConfigIn``): they send their whole sets again at the start of
+    every term, and a holder taken from an agent would keep a check whose file is gone."""
+    if entries is None:
+        return None, []
+    reports: list[RunningConfig] = []
+    unreadable: list[UnreadableReport] = []
+    for index, entry in enumerate(entries):
+        try:
+            c = wire.RunningConfigIn.model_validate(entry)
+        except ValidationError as exc:
+            unreadable.append(_unreadable(index, entry, field_problems(exc)))
+            continue
+        reports.append(
+            RunningConfig(
+                config=config_in(c),
+                sources=frozenset(SourceName(s) for s in c.sources),
+                reported_digest=Digest(c.digest),
+            )
         )
-        for c in configs
-    ]
+    return reports, unreadable
+
+
+def _unreadable(
+    index: int, entry: dict[str, Any], problems: list[FieldProblem]
+) -> UnreadableReport:
+    digest, name = entry.get("digest"), entry.get("name")
+    return UnreadableReport(
+        index=index,
+        digest=digest[:64] if isinstance(digest, str) else None,
+        check=name[:64] if isinstance(name, str) else None,
+        problems=summary(problems),
+    )
 
 
 def stats_in(stats: dict[str, wire.CheckStatsIn] | None) -> dict[Digest, CheckStats] | None:

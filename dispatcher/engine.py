@@ -34,7 +34,7 @@ from dispatcher.common.tasks import run_periodically, sleep_or_stop
 from dispatcher.core.model import CheckConfig, CheckResult, CheckStats, Digest, NodeName, SourceName
 from dispatcher.core.outcomes import Move, RebalanceOutcome, RejectedResult, SourceChange
 from dispatcher.core.placement import Node
-from dispatcher.core.rebuild import RunningConfig, split_intact
+from dispatcher.core.rebuild import RunningConfig, UnreadableReport, split_intact
 from dispatcher.core.state import NEVER, ClusterState
 from dispatcher.core.transfer import (
     ImportDocument,
@@ -158,9 +158,12 @@ class Dispatcher:
         stats: Mapping[Digest, CheckStats] | None = None,
         leaving: bool = False,
         running_configs: Sequence[RunningConfig] | None = None,
+        unreadable: Sequence[UnreadableReport] = (),
     ) -> bool:
         """A heartbeat; with ``running_configs``, a warming-up leader adopts them (rebuild
-        from the agents), stored before the reply as every change is."""
+        from the agents), stored before the reply as every change is. Reports that do not
+        hold (a digest that does not match the content; ``unreadable`` ones) are dropped
+        with a warning each, the rest adopted: the heartbeat succeeds all the same."""
         intact, mismatched = split_intact(running_configs or ())
         async with self.lock:
             self._guard()
@@ -178,15 +181,7 @@ class Dispatcher:
             if running_configs is not None:
                 self.state.adopt_running(name, intact, now=now)
             seq = self._publish()
-        for report in mismatched:
-            log.warning(
-                "running_config_dropped",
-                reason="digest does not match the content",
-                node=name,
-                digest=report.reported_digest,
-                content_digest=report.config.digest,
-                check=report.config.name,
-            )
+        _log_dropped_reports(name, mismatched, unreadable)
         await self._stored(seq)
         if leaving:
             log.info("node_left", node=name)
@@ -478,3 +473,42 @@ class Dispatcher:
 
 def _always() -> bool:
     return True
+
+
+DROPS_LOGGED = 20
+"""Dropped reports logged one by one per status; the rest are counted in one line (a
+rule tightened by an upgrade can make every report of every agent unreadable)."""
+
+
+def _log_dropped_reports(
+    node: NodeName, mismatched: Sequence[RunningConfig], unreadable: Sequence[UnreadableReport]
+) -> None:
+    for report in mismatched[:DROPS_LOGGED]:
+        log.warning(
+            "running_config_dropped",
+            reason="digest does not match the content",
+            node=node,
+            digest=report.reported_digest,
+            content_digest=report.config.digest,
+            check=report.config.name,
+        )
+    for entry in unreadable[: max(0, DROPS_LOGGED - len(mismatched))]:
+        log.warning(
+            "running_config_dropped",
+            reason="not a check config this dispatcher accepts",
+            node=node,
+            index=entry.index,
+            digest=entry.digest,
+            check=entry.check,
+            problems=entry.problems,
+        )
+    dropped = len(mismatched) + len(unreadable)
+    if dropped > DROPS_LOGGED:
+        log.warning(
+            "running_configs_dropped",
+            node=node,
+            dropped=dropped,
+            mismatched=len(mismatched),
+            unreadable=len(unreadable),
+            logged=DROPS_LOGGED,
+        )

@@ -77,7 +77,8 @@ class SourceWrites:
                     sets,
                     held=state.held_by_source,
                     max_checks_per_source=state.max_checks_per_source,
-                )
+                ),
+                replacing=sets,
             )
         return plan.changes
 
@@ -94,15 +95,20 @@ class SourceWrites:
             )
         return list(plan.changes[source].digests)
 
-    async def _write(self, make_plan: Callable[[ClusterState], SourcePlan]) -> SourcePlan:
+    async def _write(
+        self,
+        make_plan: Callable[[ClusterState], SourcePlan],
+        *,
+        replacing: Collection[SourceName] = (),
+    ) -> SourcePlan:
         """Plans a write and does its work, whole or in slices; returns once every slice
         is stored. The caller holds the sources' locks. A term that ends in between
         (NoLeader) leaves the slices applied so far: every piece is idempotent, and a
-        source re-sends its set."""
+        source re-sends its set. ``replacing``: the sources whose whole sets it writes."""
         woken: set[NodeName] = set()
         try:
             (plan, pieces, term), seq = await self._step(
-                lambda now: self._plan(make_plan, now), woken
+                lambda now: self._plan(make_plan, now, replacing), woken
             )
             for piece in pieces:
                 # Releasing the lock is not enough: re-taking a lock nobody waits for does
@@ -115,12 +121,18 @@ class SourceWrites:
         return plan
 
     def _plan(
-        self, make_plan: Callable[[ClusterState], SourcePlan], now: float
+        self,
+        make_plan: Callable[[ClusterState], SourcePlan],
+        now: float,
+        replacing: Collection[SourceName],
     ) -> tuple[SourcePlan, list[list[SourceWork]], ClusterState]:
         """The planning step: the plan, done at once when small, else cut in slices; and
         the state of the term it was planned in."""
         state = self._state()
         plan = make_plan(state)  # TooManyChecks here: nothing changed
+        # Before any slice, and even when there is no work (a source that now holds
+        # nothing): a warming-up state must not let an agent's report undo this write.
+        state.note_replaced(replacing, now=now)
         if plan.size <= self._slice_checks:
             state.apply_work(plan.work, now=now)
             return plan, [], state

@@ -17,11 +17,14 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     StringConstraints,
     ValidationInfo,
+    ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 API_PREFIX = "/v1/api/clusterchecks"
 """Where the leader-only routes of API.md live; node agents and admin commands build
@@ -236,17 +239,56 @@ MAX_SOURCES_PER_CHECK = 10_000
 
 class RunningConfigIn(CheckConfigIn):
     """A check an agent runs, in the output form it got it in (``CheckConfigOut``), sent
-    back to a leader that rebuilds from the agents."""
+    back to a leader that rebuilds from the agents.
+
+    Validated one entry at a time (``StatusIn.running_configs`` takes any objects): an
+    entry this leader cannot read is dropped, not the whole status, or one agent's bad
+    entry would keep all of its checks from being rebuilt."""
 
     digest: DigestStr = Field(
         description="The digest the agent got; a leader checks it against the content."
     )
     sources: Annotated[
         list[SourceNameStr], Field(min_length=1, max_length=MAX_SOURCES_PER_CHECK)
-    ] = Field(description="The sources that held the check: they hold it again.")
+    ] = Field(
+        description="The sources that held the check: they hold it again. The dispatcher's "
+        "own (file:, k8s:) are left out before any check of their names."
+    )
     node: Annotated[str, StringConstraints(max_length=253)] | None = Field(
         default=None, description="Ignored: the check is adopted on the node reporting it."
     )
+
+    @field_validator("sources", mode="wrap")
+    @classmethod
+    def _own_sources_left_out(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """The dispatcher's own sources are never adopted (they send their whole sets at
+        the start of every term), and their names need not be valid source names: the
+        config-dir source names its sources after any ``*.yaml`` file (``file:my
+        checks.yaml``). So they go before the names are checked; a check held by them
+        alone is kept with no source (its placement may still be adopted)."""
+        if isinstance(value, list) and 0 < len(value) <= MAX_SOURCES_PER_CHECK:
+            own = [s for s in value if not (isinstance(s, str) and _internal(s))]
+            if not own:
+                return []
+            value = own
+        return handler(value)
+
+
+def _internal(source: str) -> bool:
+    return source.startswith(INTERNAL_SOURCE_PREFIXES)
+
+
+def _an_object(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise PydanticCustomError("dict_type", "must be a JSON object (a check config)")
+    return value
+
+
+RunningConfigEntry = Annotated[
+    dict[str, Any], PlainValidator(_an_object, json_schema_input_type=RunningConfigIn)
+]
+"""One entry of ``running_configs``: any object here (the document shows the form it
+must have), read as a ``RunningConfigIn`` on its own, so that a bad one is dropped alone."""
 
 
 class StatusIn(WireIn):
@@ -267,13 +309,15 @@ class StatusIn(WireIn):
     ) = None
     leaving: bool = False
     running_configs: (
-        Annotated[list[RunningConfigIn], Field(max_length=MAX_RUNNING_CONFIGS)] | None
+        Annotated[list[RunningConfigEntry], Field(max_length=MAX_RUNNING_CONFIGS)] | None
     ) = Field(
         default=None,
         description="Sent after a reply with send_running_configs true: the full config "
         "(output form) of every check the agent runs, so that a leader whose store is "
         "empty or lost rebuilds from the agents. An agent with many checks may spread "
-        "them over several statuses.",
+        "them over several statuses. Each entry is read on its own: one the leader cannot "
+        "read (a field it refuses, a digest that does not match the content) is dropped "
+        "and logged, and the others are adopted.",
     )
 
 

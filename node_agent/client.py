@@ -139,7 +139,9 @@ class DispatcherClient:
         if status >= 500:  # no leader, a loop, a broken replica: try the next URL
             self.next_url()
             raise DispatcherUnavailable(f"{url}: {status} {code or ''}".strip())
-        raise DispatcherProtocolError(f"{url}: {status} {code or ''}: {raw[:300]!r}")
+        raise DispatcherProtocolError(
+            f"{url}: {status} {code or ''}: {raw[:300]!r}", fields=_field_paths(raw)
+        )
 
 
 def _error_code(raw: bytes) -> str | None:
@@ -149,3 +151,16 @@ def _error_code(raw: bytes) -> str | None:
     except (orjson.JSONDecodeError, KeyError, TypeError):
         return None
     return code if isinstance(code, str) else None
+
+
+def _field_paths(raw: bytes) -> tuple[str, ...]:
+    """The paths of a 400 invalid_request's ``details.fields`` (API.md), if any."""
+    try:
+        fields = orjson.loads(raw)["error"]["details"]["fields"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return ()
+    if not isinstance(fields, list):
+        return ()
+    return tuple(
+        f["path"] for f in fields if isinstance(f, dict) and isinstance(f.get("path"), str)
+    )

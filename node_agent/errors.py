@@ -31,7 +31,11 @@ class UnknownNodeError(AgentError):
 
 
 class DispatcherProtocolError(AgentError):
-    pass
+    def __init__(self, message: str, *, fields: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.fields = fields
+        """The bad field paths a 400 invalid_request named (``running_configs.3.name``):
+        what of the request to leave out before sending it again."""
 
 
 class InstanceError(AgentError):

@@ -142,8 +142,12 @@ class Poller:
         timeout_s = min(self._settings.request_timeout_s, max(1.0, self.expiry_s / 3))
         try:
             reply = await self._client.status(body, timeout_s=timeout_s)
-        except AgentError as exc:
-            self._running_configs.failed(refused=isinstance(exc, DispatcherProtocolError))
+        except DispatcherProtocolError as exc:
+            if self._running_configs.failed(refused=True, fields=exc.fields):
+                self._heartbeat_now.set()  # the entries it named are left out: again, now
+            raise
+        except AgentError:
+            self._running_configs.failed(refused=False)
             raise
         if reply.epoch < self.epoch:
             log.warning("stale_epoch_ignored", route="status", epoch=reply.epoch, seen=self.epoch)
@@ -220,6 +224,7 @@ class Poller:
             # A warming-up leader knows only part of the placement: keep running what
             # runs; the set is applied once a heartbeat says warm-up is over.
             self.leader_warming_up = True
+            self._running_configs.refresh(reply.configs)  # current sources, for a rebuild
             log.info("leader_warming_up", configs=len(reply.configs))
             return
         # A full set from a leader past its warm-up: whatever a heartbeat said before.

@@ -7,11 +7,17 @@ config of every check an agent runs, in the output form the agent got it in (wit
 of every check the dispatcher last asked it to run, and after a reply that asked, sends
 those of the checks it runs in the next status; more than one status's share (the body
 limit) goes over the next statuses, sent at once.
+
+A status the dispatcher refuses does not cost the whole set: the entries its 400 names
+(``running_configs.<i>``; a leader of another build may refuse one, where a current one
+drops it alone) are left out and the rest sent again at once; a refusal that names no
+entry drops that status's share only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import re
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -20,6 +26,11 @@ import structlog
 from dispatcher import wire
 
 log = structlog.get_logger(__name__)
+
+_ENTRY_PATH = re.compile(r"running_configs\.(\d{1,9})(?:\.|$)")
+"""A 400's field path inside one entry of ``running_configs`` (API.md's error body)."""
+DROPS_LOGGED = 20
+"""Digests named in the warning of one refusal, at most."""
 
 
 class RunningConfigsOutbox:
@@ -32,6 +43,14 @@ class RunningConfigsOutbox:
     def desired(self, configs: Iterable[wire.CheckConfigOut]) -> None:
         """The set the dispatcher asks this agent to run, as it sent it."""
         self._configs = {c.digest: c for c in configs}
+
+    def refresh(self, configs: Iterable[wire.CheckConfigOut]) -> None:
+        """A warming-up leader's (partial) set: not applied, but for the checks kept here
+        it is the current form (their ``sources`` may have changed since: another source
+        came to hold one), and a leader that rebuilds later must get that one."""
+        for config in configs:
+            if config.digest in self._configs:
+                self._configs[config.digest] = config
 
     def take(
         self, running: Callable[[], list[str]], *, budget_bytes: int, max_bytes: int
@@ -76,14 +95,35 @@ class RunningConfigsOutbox:
             self._asked = True  # a sending under way goes on: it holds all that runs
         return self._asked or self._queue is not None
 
-    def failed(self, *, refused: bool) -> None:
+    def failed(self, *, refused: bool, fields: Sequence[str] = ()) -> bool:
         """The status did not get through: send the same again, unless the dispatcher
-        refused it (a leader that cannot read them would refuse them again)."""
+        refused it (it would refuse it again). Then the entries it named (``fields``, the
+        400's paths) are left out and the rest of the share goes again; a refusal that
+        names none of them drops the share only. Returns whether to send again at once
+        (entries were left out: the status may get through now, and until one does the
+        node's heartbeat is not counted)."""
         if self._queue is None:
-            return
-        if refused:
-            log.warning("running_configs_refused", dropped=len(self._in_flight))
+            return False
+        in_flight, self._in_flight = self._in_flight, []
+        if not refused:
+            self._queue = in_flight + self._queue
+            return False
+        named = {
+            index
+            for path in fields
+            if (m := _ENTRY_PATH.match(path)) and (index := int(m.group(1))) < len(in_flight)
+        }
+        if named:
+            left_out = [in_flight[i] for i in sorted(named)]
+            log.warning(
+                "running_configs_refused",
+                dropped=len(left_out),
+                digests=left_out[:DROPS_LOGGED],
+                resent=len(in_flight) - len(left_out),
+            )
+            self._queue = [d for i, d in enumerate(in_flight) if i not in named] + self._queue
+            return True
+        log.warning("running_configs_refused", dropped=len(in_flight), left=len(self._queue))
+        if not self._queue:
             self._queue = None
-        else:
-            self._queue = self._in_flight + self._queue
-        self._in_flight = []
+        return False

@@ -167,6 +167,8 @@ async def post_status(request: web.Request) -> web.Response:
     node = NodeName(path_name(request, "node"))
     body = await read_body(request, wire.StatusIn)
     dispatcher = request.app[DISPATCHER]
+    # Each entry on its own: a bad one is dropped (and logged), not the whole status.
+    running_configs, unreadable = convert.running_configs_in(body.running_configs)
     up_to_date = await dispatcher.node_status(
         node,
         last_change=body.last_change,
@@ -175,7 +177,8 @@ async def post_status(request: web.Request) -> web.Response:
         running=[Digest(d) for d in body.running] if body.running is not None else None,
         stats=convert.stats_in(body.stats),
         leaving=body.leaving,
-        running_configs=convert.running_configs_in(body.running_configs),
+        running_configs=running_configs,
+        unreadable=unreadable,
     )
     return reply(
         wire.StatusOut(

@@ -5,8 +5,10 @@ A leader that starts a term with an empty or lost store asks each agent, while i
 up, for the full config of every check it runs (API.md, status: ``running_configs``),
 so that a lost store loses no check an agent was running. The content is what counts:
 a report whose digest is not the one its content hashes to (another build, a mangled
-body) is dropped rather than adopted under an identity it does not have. Adopting the
-rest (placement, holders, the change tracker) is the state's: ``ClusterState.adopt_running``.
+body) is dropped rather than adopted under an identity it does not have, as is a report
+that cannot be read as a check config at all (``UnreadableReport``: a field this
+dispatcher refuses), each on its own, the others adopted. Adopting the rest (placement,
+holders, the change tracker) is the state's: ``ClusterState.adopt_running``.
 """
 
 from __future__ import annotations
@@ -41,3 +43,17 @@ def split_intact(
     for report in reports:
         (intact if report.intact else mismatched).append(report)
     return intact, mismatched
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadableReport:
+    """A report that is not a check config this dispatcher accepts (a field it refuses,
+    from another build or a broken agent): dropped alone, with a warning."""
+
+    index: int
+    """Its place in the status's ``running_configs``."""
+    digest: str | None
+    """The digest as reported, when it is a string (shortened)."""
+    check: str | None
+    problems: str
+    """What is wrong with it, as a 400 would say (the first few fields)."""

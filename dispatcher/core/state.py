@@ -86,6 +86,11 @@ class ClusterState:
         self._costs = MeasuredCosts()
         self._reported: dict[Digest, NodeName] = {}  # from agents' `running`
         self._sent_running_configs: set[NodeName] = set()  # rebuild from the agents
+        # What sources said while warming up, so that an agent's later report does not
+        # undo it (``adopt_running``); forgotten when the warm-up ends.
+        self._replaced_in_warmup: set[SourceName] = set()
+        self._released_in_warmup: set[tuple[SourceName, Digest]] = set()
+        self._deleted_in_warmup: set[Digest] = set()
         self._results = ResultBook()
         self._seq = 0
         self._now = NEVER
@@ -281,8 +286,18 @@ class ClusterState:
         plan = plan_replace(
             sets, held=self.held_by_source, max_checks_per_source=self._source_limit
         )
+        self.note_replaced(sets, now=now)
         self.apply_work(plan.work, now=now)
         return plan.changes
+
+    def note_replaced(self, sources: Iterable[SourceName], *, now: float) -> None:
+        """These sources' whole sets were just written (a PUT, an import): while warming
+        up, an agent's report that comes later must not make them hold a check again
+        (``adopt_running``). A write to sources calls this once it is planned, even when
+        its work is empty (a source that now holds nothing); an add (POST) does not: it
+        says nothing of the source's other checks."""
+        if self.warming_up(now):
+            self._replaced_in_warmup.update(sources)
 
     def add_to_source(
         self, source: SourceName, configs: Sequence[CheckConfig], *, now: float
@@ -303,21 +318,21 @@ class ClusterState:
             if isinstance(piece, Hold):
                 self._hold(piece.source, piece.configs, now=now)
             else:
-                self._release(piece.source, piece.digests)
+                self._release(piece.source, piece.digests, now=now)
 
     def remove_check(self, digest: Digest, *, source: SourceName | None, now: float) -> None:
         """Removes a check from one source, or from every source when ``source`` is None."""
-        self._advance(now)
+        now = self._advance(now)
         holders = self._holdings.holders(digest)
         if not holders or (source is not None and source not in holders):
             raise UnknownCheck(
                 f"No check with digest {digest!r} is held"
                 + (f" by source {source!r}." if source is not None else ".")
             )
+        if source is None and self.warming_up(now):
+            self._deleted_in_warmup.add(digest)  # from every source: none adopts it again
         for holder in sorted(holders) if source is None else [source]:
-            self._changes.source(holder)
-            if self._holdings.release(holder, digest):
-                self._drop(digest)
+            self._release(holder, [digest], now=now)
 
     # ------------------------------------------------------------------- nodes
 
@@ -388,7 +403,12 @@ class ClusterState:
         stay there. An unknown check is added, held by the sources reported; a known one
         keeps its holders and only gets its placement adopted, as with ``running``. A
         check placed already (another node reported it first) stays, and one the node
-        may not run dangles until warm-up is over. Reports must be intact (``rebuild``)."""
+        may not run dangles until warm-up is over. Reports must be intact (``rebuild``).
+
+        What a source said in this term wins over an agent's report, which may arrive
+        after it: a source that wrote its whole set (``note_replaced``) is not taken as a
+        holder, nor one that let go of that check, and a check deleted from every source
+        is not added again; a check left with no holder is not adopted."""
         now = self._advance(now)
         node = self._nodes.get(name)
         if node is None or not self.warming_up(now):
@@ -396,11 +416,18 @@ class ClusterState:
         self._sent_running_configs.add(name)
         for report in reports:
             digest = report.config.digest
-            if digest not in self._configs and report.sources:
-                self._upsert(report.config)
-                for source in sorted(report.sources):
-                    self._holdings.hold(source, digest)
-                    self._changes.source(source)
+            if digest not in self._configs and digest not in self._deleted_in_warmup:
+                holders = sorted(
+                    source
+                    for source in report.sources
+                    if source not in self._replaced_in_warmup
+                    and (source, digest) not in self._released_in_warmup
+                )
+                if holders:
+                    self._upsert(report.config)
+                    for source in holders:
+                        self._holdings.hold(source, digest)
+                        self._changes.source(source)
             if digest not in self._configs or digest in self._placement:
                 continue
             if self._eligible(node, self._configs[digest]):
@@ -430,6 +457,7 @@ class ClusterState:
         if not self._warm and not self.warming_up(now):
             self._warm = True
             self._placeable_changed = True
+            self._forget_warmup()
         if not self._placeable_changed or not self._dangling or self.warming_up(now):
             return 0
         self._placeable_changed = False
@@ -572,16 +600,37 @@ class ClusterState:
             self._upsert(config)
             if self._holdings.hold(source, config.digest):
                 self._changes.source(source)
+                self._holders_changed(config.digest)
                 self._place_if_new(config.digest, now=now)
 
-    def _release(self, source: SourceName, digests: Iterable[Digest]) -> None:
+    def _release(self, source: SourceName, digests: Iterable[Digest], *, now: float) -> None:
         held = self._holdings.held_by(source)
+        warming_up = self.warming_up(now)
         for digest in digests:
             if digest not in held:
                 continue  # let go of since the plan (a delete in between)
             self._changes.source(source)
+            if warming_up and source not in self._replaced_in_warmup:
+                self._released_in_warmup.add((source, digest))
             if self._holdings.release(source, digest):
                 self._drop(digest)
+            else:
+                self._holders_changed(digest)
+
+    def _holders_changed(self, digest: Digest) -> None:
+        """A placed check's holders changed: its node's agents refetch, so that the
+        ``sources`` they keep (and report to a leader that rebuilds from them) are the
+        current ones. The digest is the same: nothing restarts."""
+        name = self._placement.get(digest)
+        if name is not None:
+            self._touch(self._nodes[name])
+
+    def _forget_warmup(self) -> None:
+        """Past the warm-up nothing is adopted: what it needed goes (it would only grow)."""
+        self._sent_running_configs.clear()
+        self._replaced_in_warmup.clear()
+        self._released_in_warmup.clear()
+        self._deleted_in_warmup.clear()
 
     def _upsert(self, config: CheckConfig) -> None:
         current = self._configs.get(config.digest)

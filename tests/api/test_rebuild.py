@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from dispatcher.common.clock import FakeClock
 from dispatcher.settings import DispatchSettings, Settings
@@ -129,24 +130,17 @@ def output_form(**fields: Any) -> dict[str, Any]:
 BAD_RUNNING_CONFIGS = [
     pytest.param({"x": 1}, "running_configs", id="not-a-list"),
     pytest.param([5], "running_configs.0", id="not-an-object"),
-    pytest.param([output_form(digest=...)], "running_configs.0.digest", id="no-digest"),
-    pytest.param([output_form(digest="XYZ")], "running_configs.0.digest", id="bad-digest"),
-    pytest.param([output_form(sources=...)], "running_configs.0.sources", id="no-sources"),
-    pytest.param([output_form(sources=[])], "running_configs.0.sources", id="empty-sources"),
-    pytest.param([output_form(sources=["a/b"])], "running_configs.0.sources.0", id="bad-source"),
-    pytest.param([output_form(name="Bad Name")], "running_configs.0.name", id="bad-name"),
-    pytest.param([output_form(instances=[])], "running_configs.0.instances", id="no-instances"),
-    pytest.param([output_form(interval_s="15")], "running_configs.0.interval_s", id="str-num"),
-    pytest.param([output_form(timeout_s=20.0)], "running_configs.0", id="timeout>interval"),
-    pytest.param([output_form(node=7)], "running_configs.0.node", id="bad-node"),
-    pytest.param([output_form(extra=1)], "running_configs.0.extra", id="unknown-field"),
+    pytest.param([output_form(), "x"], "running_configs.1", id="a-string"),
+    pytest.param([{}] * 100_001, "running_configs", id="too-many"),
 ]
 
 
 @pytest.mark.parametrize(("running_configs", "path"), BAD_RUNNING_CONFIGS)
-async def test_bad_running_configs_are_refused_with_invalid_request(
+async def test_running_configs_that_are_not_a_list_of_objects_are_refused(
     warming: Api, running_configs: Any, path: str
 ) -> None:
+    """The field itself is read strictly: a list, of objects, not too long. What each
+    object holds is read entry by entry (below)."""
     await warming.heartbeat("node-a", 0)
 
     reply = await warming.post(STATUS, {"last_change": 0, "running_configs": running_configs})
@@ -155,6 +149,64 @@ async def test_bad_running_configs_are_refused_with_invalid_request(
     assert reply.code() == "invalid_request"
     assert path in reply.field_paths(), reply.text
     assert (await warming.state())["totals"]["checks"] == 0
+
+
+BAD_ENTRIES = [
+    pytest.param(output_form(digest=...), "digest", id="no-digest"),
+    pytest.param(output_form(digest="XYZ"), "digest", id="bad-digest"),
+    pytest.param(output_form(sources=...), "sources", id="no-sources"),
+    pytest.param(output_form(sources=[]), "sources", id="empty-sources"),
+    pytest.param(output_form(sources=["a/b"]), "sources.0", id="bad-source"),
+    pytest.param(output_form(sources=["ci", 5]), "sources.1", id="source-not-a-string"),
+    pytest.param(output_form(name="Bad Name"), "name", id="bad-name"),
+    pytest.param(output_form(instances=[]), "instances", id="no-instances"),
+    pytest.param(output_form(interval_s="15"), "interval_s", id="str-num"),
+    pytest.param(output_form(timeout_s=20.0), "timeout_s", id="timeout>interval"),
+    pytest.param(output_form(node=7), "node", id="bad-node"),
+    pytest.param(output_form(extra=1), "extra", id="unknown-field"),
+]
+
+
+@pytest.mark.parametrize(("bad", "field"), BAD_ENTRIES)
+async def test_a_bad_entry_is_dropped_with_a_warning_and_the_others_are_adopted(
+    api: Api, warming: Api, bad: dict[str, Any], field: str
+) -> None:
+    """One entry this leader cannot read (another build's, a rule tightened by an
+    upgrade) must not cost the agent every other check: the status succeeds, the entry
+    is dropped and logged, the rest adopted, and the node is not asked again."""
+    [good] = await running_form(api, check(0))
+    await warming.heartbeat("node-a", 0)
+
+    with capture_logs() as logs:
+        reply = await warming.heartbeat("node-a", 0, running_configs=[bad, good])
+
+    assert reply["send_running_configs"] is False, "the node answered"
+    assert await warming.placement() == {good["digest"]: "node-a"}
+    [warning] = [e for e in logs if e["event"] == "running_config_dropped"]
+    assert warning["log_level"] == "warning"
+    assert warning["node"] == "node-a"
+    assert warning["index"] == 0
+    assert field in warning["problems"], warning
+
+
+async def test_the_dispatchers_own_sources_are_left_out_before_their_names_are_checked(
+    api: Api, warming: Api
+) -> None:
+    """The config-dir source names its sources after any ``*.yaml`` file: ``file:my
+    checks.yaml`` is no valid source name, and an agent reports it. Such sources are
+    never adopted: they go before the names are checked, so the entry is not dropped."""
+    [x, y] = await running_form(api, check(0), check(1))
+    x = {**x, "sources": ["file:my checks.yaml", "ci"]}
+    y = {**y, "sources": ["file:my checks.yaml", "k8s:ns/a b"]}
+    await warming.heartbeat("node-a", 0)
+
+    with capture_logs() as logs:
+        await warming.heartbeat("node-a", 0, running_configs=[x, y])
+
+    assert [e for e in logs if e["event"] == "running_config_dropped"] == []
+    assert await warming.placement() == {x["digest"]: "node-a"}
+    checks = (await warming.ok("GET", f"{API}/checks"))["checks"]
+    assert [c["sources"] for c in checks] == [["ci"]], "held by the source the API wrote"
 
 
 async def test_the_openapi_document_describes_the_extension(api: Api) -> None:
@@ -172,3 +224,37 @@ async def test_the_openapi_document_describes_the_extension(api: Api) -> None:
     send = schemas["StatusOut"]["properties"]["send_running_configs"]
     assert send["type"] == "boolean"
     assert send["description"]
+
+
+async def test_a_source_that_comes_to_hold_a_placed_check_makes_its_agent_refetch(
+    api: Api,
+) -> None:
+    """Source a pushed x to node-a; source b POSTs x too (200). node-a's agent is told
+    (its counter moves) and gets both sources, or a leader that rebuilds from it would
+    adopt x held by a alone."""
+    [served] = await running_form(api, check(0), source="a")
+    counter = (await api.configs("node-a"))["last_change"]
+
+    await api.ok("POST", f"{API}/checks", {"source": "b", "configs": [check(0)]})
+
+    assert (await api.heartbeat("node-a", counter))["is_up_to_date"] is False
+    [again] = (await api.configs("node-a"))["configs"]
+    assert again == {**served, "sources": ["a", "b"]}, "the same check, with its holders"
+
+
+async def test_a_write_in_the_warm_up_is_not_undone_by_a_later_report(
+    api: Api, warming: Api
+) -> None:
+    """ci PUTs {y} and deletes z during the warm-up (200 each); node-a's report, made
+    from what it got before, arrives afterwards: ci holds y alone, z stays deleted."""
+    served = await running_form(api, check(0), check(1), check(2))
+    x, y, z = sorted(served, key=lambda c: str(c["instances"][0]["url"]))  # 0, 1, 2
+    await warming.heartbeat("node-a", 0)
+    await warming.put_source("ci", [check(1), check(2)])
+    await warming.ok("DELETE", f"{API}/checks/{z['digest']}")
+
+    await warming.heartbeat("node-a", 0, running_configs=[x, y, z])
+
+    source = await warming.ok("GET", f"{API}/sources/ci")
+    assert [c["digest"] for c in source["configs"]] == [y["digest"]]
+    assert await warming.placement() == {y["digest"]: "node-a"}

@@ -8,7 +8,7 @@ warning, the store write before the reply) runs on a fake clock.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import pytest
 from structlog.testing import capture_logs
@@ -227,6 +227,145 @@ def test_adoption_goes_through_the_change_tracker() -> None:
     assert not state.take_delta(), "every change was handed over once"
 
 
+# ------------------------------------------------- agents keep the current sources
+
+
+def test_a_placed_check_gaining_or_losing_a_holder_touches_its_node() -> None:
+    """Source A pushed x to n1; source B adds x (200). The holder set is {A, B}: n1's
+    agent must be told (it refetches; the digest is the same, nothing restarts), or a
+    leader that rebuilds from it would adopt x held by A alone, and A's next PUT without
+    x would remove a check B was told was stored."""
+    state = ClusterState()
+    register(state, N1)
+    x = check("x")
+    state.replace_source(S1, [x], now=1.0)
+    assert state.placement[x.digest] == N1
+    state.take_events()
+
+    writes: list[Callable[[float], object]] = [
+        lambda now: state.add_to_source(S2, [x], now=now),
+        lambda now: state.replace_source(S3, [x], now=now),
+        lambda now: state.remove_check(x.digest, source=S2, now=now),
+        lambda now: state.replace_source(S1, [], now=now),
+    ]
+    for step, write in enumerate(writes):
+        counter = state.node(N1).last_change
+        write(2.0 + step)
+        assert state.node(N1).last_change > counter, f"step {step}: the agent refetches"
+        assert state.take_events().changed_nodes == {N1}, f"step {step}: its long poll wakes"
+        assert state.placement[x.digest] == N1
+    assert state.sources_of(x.digest) == [S3]
+    _, served = state.node_configs(N1)
+    assert [c.digest for c in served] == [x.digest], "the same check: nothing restarts"
+
+
+def test_holding_what_is_held_touches_no_node() -> None:
+    state = ClusterState()
+    register(state, N1)
+    x = check("x")
+    state.replace_source(S1, [x], now=1.0)
+    state.add_to_source(S2, [x], now=1.0)
+    counter = state.node(N1).last_change
+
+    state.replace_source(S1, [x], now=2.0)
+    state.add_to_source(S2, [x], now=2.0)
+
+    assert state.node(N1).last_change == counter
+
+
+# ------------------------------------- what a source says in the warm-up wins
+
+
+def test_a_source_that_wrote_its_set_in_the_warm_up_is_not_a_holder_from_a_late_report() -> None:
+    """A PUTs {y} during the warm-up (200); n1's report of x, held by A when it got it,
+    arrives afterwards: A must not hold x again."""
+    state = warming()
+    register(state, N1)
+    x, y = check("x"), check("y")
+    state.replace_source(S1, [y], now=1.0)
+
+    state.adopt_running(N1, [report(x, S1), report(y, S1)], now=2.0)
+
+    assert set(state.configs) == {y.digest}
+    assert state.source_configs(S1) == [y]
+    assert dict(state.placement) == {y.digest: N1}, "y's placement is still adopted"
+
+
+def test_a_reported_check_keeps_the_holders_that_did_not_write_in_the_warm_up() -> None:
+    state = warming()
+    register(state, N1)
+    x = check("x")
+    state.replace_source(S1, [], now=1.0)  # a set written empty: no work, still written
+
+    state.adopt_running(N1, [report(x, S1, S2)], now=2.0)
+
+    assert state.sources_of(x.digest) == [S2]
+    assert state.placement[x.digest] == N1
+
+
+def test_a_check_deleted_from_every_source_in_the_warm_up_is_not_adopted_again() -> None:
+    state = warming()
+    register(state, N1, N2)
+    x, y = check("x"), check("y")
+    state.adopt_running(N1, [report(x, S1, S2)], now=1.0)
+
+    state.remove_check(x.digest, source=None, now=2.0)
+    state.adopt_running(N2, [report(x, S1, S2), report(y, S1)], now=3.0)
+
+    assert set(state.configs) == {y.digest}, "x stays deleted; S1's other checks come"
+    assert state.sources_of(y.digest) == [S1]
+
+
+def test_a_check_deleted_from_one_source_in_the_warm_up_is_not_held_by_it_again() -> None:
+    """A DELETE from one source says nothing of its other checks: those are adopted."""
+    state = warming()
+    register(state, N1, N2)
+    x, w = check("x"), check("w")
+    state.adopt_running(N1, [report(x, S1)], now=1.0)
+
+    state.remove_check(x.digest, source=S1, now=2.0)
+    state.adopt_running(N2, [report(x, S1), report(w, S1)], now=3.0)
+
+    assert set(state.configs) == {w.digest}
+    assert state.source_configs(S1) == [w]
+
+
+def test_an_add_in_the_warm_up_keeps_the_sources_other_checks_adoptable() -> None:
+    """A POST adds to a source's set and says nothing of the rest: a late report still
+    brings back the checks that source held (else they would be lost)."""
+    state = warming()
+    register(state, N1)
+    x, y = check("x"), check("y")
+    state.add_to_source(S1, [y], now=1.0)
+
+    state.adopt_running(N1, [report(x, S1)], now=2.0)
+
+    assert sorted(c.digest for c in state.source_configs(S1)) == sorted([x.digest, y.digest])
+
+
+def test_what_the_warm_up_remembered_is_forgotten_when_it_ends() -> None:
+    state = warming()
+    register(state, N1, N2)
+    x, y = check("x"), check("y")
+    state.adopt_running(N1, [report(x, S1), report(y, S2)], now=1.0)
+    state.replace_source(S3, [], now=2.0)
+    state.remove_check(x.digest, source=None, now=2.0)
+    state.remove_check(y.digest, source=S2, now=2.0)
+    assert state._replaced_in_warmup == {S3}
+    assert state._released_in_warmup == {(S1, x.digest), (S2, y.digest)}
+    assert state._deleted_in_warmup == {x.digest}
+    assert state._sent_running_configs == {N1}
+
+    state.dispatch_dangling(now=WARMUP_UNTIL)
+    state.replace_source(S1, [x], now=WARMUP_UNTIL + 1)  # past the warm-up: not noted
+    state.remove_check(x.digest, source=None, now=WARMUP_UNTIL + 2)
+
+    assert state._replaced_in_warmup == set()
+    assert state._released_in_warmup == set()
+    assert state._deleted_in_warmup == set()
+    assert state._sent_running_configs == set()
+
+
 # -------------------------------------------------------------------- the engine
 
 
@@ -296,3 +435,29 @@ async def test_the_status_reply_waits_until_the_store_holds_what_was_adopted(
         writer.close()
         async with asyncio.timeout(GUARD_S):
             await task
+
+
+async def test_a_write_through_the_dispatcher_in_the_warm_up_wins_over_a_late_report(
+    clock: FakeClock,
+) -> None:
+    """The dispatcher's write path (planned, then applied whole or in slices) notes the
+    sources it replaces, an empty set too (no work at all); an import goes through it."""
+    dispatcher = Dispatcher(
+        settings=DispatchSettings(warmup_duration_s=WARMUP_UNTIL, apply_slice_checks=1),
+        clock=clock,
+    )
+    x, y, z = check("x"), check("y"), check("z")
+    await dispatcher.node_status(N1, last_change=-1)
+    await dispatcher.replace_sources({S1: [], S2: [y, z]})  # S2's is applied in slices
+
+    await dispatcher.node_status(
+        N1, last_change=-1, running_configs=[report(x, S1, S3), report(y, S2), report(z, S1)]
+    )
+
+    state = dispatcher.state
+    assert {d: state.sources_of(d) for d in state.configs} == {
+        x.digest: [S3],
+        y.digest: [S2],
+        z.digest: [S2],
+    }
+    assert S1 not in state.source_names()

@@ -93,6 +93,7 @@ class FakeDispatcher:
         self.down = False  # every route answers 503 no_leader
         self.status_down = False  # only the status route answers 503 no_leader
         self.status_replies: list[Canned] = []  # canned replies, used first
+        self.running_configs_replies: list[Canned] = []  # for statuses that carry them
         self.configs_replies: list[Canned] = []
         self.statuses: list[tuple[float, dict[str, Any]]] = []
         self.answered: list[float] = []  # when a status got a 200 (clock time)
@@ -145,6 +146,8 @@ class FakeDispatcher:
             return error(503, "no_leader")
         if self.status_replies:
             return self.status_replies.pop(0)()
+        if "running_configs" in body and self.running_configs_replies:
+            return self.running_configs_replies.pop(0)()
         if "running_configs" in body:
             self.send_running_configs = False
         if body.get("leaving"):
@@ -1059,6 +1062,120 @@ async def test_running_configs_beyond_one_status_go_over_the_next_ones_at_once(
     assert times == [first_at] * len(batches), "the rest follows at once"
     for _, body in fake.statuses:
         assert len(json.dumps(body)) <= STATUS_BODY_BYTES
+
+
+def invalid_request(*paths: str) -> web.Response:
+    """A 400 invalid_request naming these fields, as API.md says (what a dispatcher of
+    another build answers to an entry it cannot read)."""
+    fields = [{"path": path, "message": "invalid"} for path in paths]
+    body = {"error": {"code": "invalid_request", "message": "bad.", "details": {"fields": fields}}}
+    return web.json_response(body, status=400)
+
+
+async def test_a_refused_status_leaves_out_the_entries_it_names_and_sends_the_rest_at_once(
+    world: World,
+) -> None:
+    """One entry a leader refuses (with the whole status, as a leader of another build
+    does) must not cost the agent every other check: it is left out, and the rest go
+    again at once."""
+    fake, server = await world.serve()
+    fake.configs = [config(D1), config(D2), config(RUNNING)]
+    agent = world.agent((url_of(server),), long_poll_s=10.0)
+    agent.start()
+    await world.until(lambda: agent.desired() == sorted([D1, D2, RUNNING]))
+    agent.running = [D1, D2, RUNNING]
+    fake.send_running_configs = True
+    fake.running_configs_replies.append(
+        lambda: invalid_request("running_configs.1.sources.0", "running_configs.1.name")
+    )
+
+    with structlog.testing.capture_logs() as logs:
+        await world.until(lambda: not fake.send_running_configs)
+
+    batches = fake.running_configs_sent()
+    assert [[c["digest"] for c in batch] for batch in batches] == [
+        [D1, D2, RUNNING],
+        [D1, RUNNING],
+    ]
+    times = [t for t, b in fake.statuses if "running_configs" in b]
+    assert times[1] == times[0], "sent again at once"
+    [refused] = [e for e in logs if e["event"] == "running_configs_refused"]
+    assert refused["digests"] == [D2]
+
+
+async def test_a_refusal_that_names_no_entry_drops_only_that_statuss_share(
+    world: World,
+) -> None:
+    fake, server = await world.serve()
+    big = "x" * (STATUS_BODY_BYTES // 5)
+    fake.configs = [{**config(f"{n:016x}"), "init_config": {"pad": big}} for n in range(1, 9)]
+    digests = sorted(c["digest"] for c in fake.configs)
+    agent = world.agent((url_of(server),))
+    agent.running = digests
+    await agent.poller.heartbeat_once()
+    await agent.poller.fetch_once(wait_s=0)
+    fake.send_running_configs = True
+    await agent.poller.heartbeat_once()  # asked
+    fake.status_replies.append(lambda: error(413, "body_too_large"))
+    with pytest.raises(DispatcherProtocolError):
+        await agent.poller.heartbeat_once()
+    while fake.send_running_configs or len(fake.running_configs_sent()) < 2:
+        await agent.poller.heartbeat_once()
+        assert len(fake.statuses) < 20
+
+    [refused, *rest] = fake.running_configs_sent()
+    refused_digests = [c["digest"] for c in refused]
+    assert refused_digests, "the first share was refused"
+    sent_after = sorted(c["digest"] for batch in rest for c in batch)
+    assert sent_after == [d for d in digests if d not in refused_digests]
+
+
+async def test_the_sources_of_a_refetched_check_are_the_ones_sent_in_a_rebuild(
+    world: World,
+) -> None:
+    """Another source came to hold a check this agent runs: the dispatcher moves the
+    node's counter, the agent refetches (same digest: nothing restarts) and keeps the
+    new form, so a leader that rebuilds from it gets every holder."""
+    fake, server = await world.serve()
+    fake.configs = [config(D1)]
+    agent = world.agent((url_of(server),), long_poll_s=10.0)
+    agent.start()
+    await world.until(lambda: agent.desired() == [D1])
+    agent.running = [D1]
+    specs = agent.applied[-1]
+
+    fake.change([{**config(D1), "sources": ["other", "test"]}])
+    await world.until(lambda: fake.configs_served >= 2 and fake.polls_waiting == 1)
+    assert agent.applied[-1] == specs, "the same check: nothing restarts"
+    fake.send_running_configs = True
+    await world.until(lambda: len(fake.running_configs_sent()) == 1)
+
+    [[sent]] = fake.running_configs_sent()
+    assert sent["sources"] == ["other", "test"]
+
+
+async def test_a_warming_up_leaders_set_updates_the_sources_of_the_checks_kept(
+    world: World,
+) -> None:
+    """A warm-up set is not applied, but it is the current form of the checks it holds:
+    a leader that rebuilds later (this one failing in its warm-up) gets those sources."""
+    fake, server = await world.serve()
+    fake.configs = [config(D1)]
+    agent = world.agent((url_of(server),), long_poll_s=10.0)
+    agent.start()
+    await world.until(lambda: agent.desired() == [D1])
+    agent.running = [D1]
+
+    fake.warmup = True
+    fake.change([{**config(D1), "sources": ["other", "test"]}, config(D2)])
+    await world.until(lambda: agent.poller.leader_warming_up and fake.polls_waiting == 1)
+    assert agent.desired() == [D1]
+    fake.send_running_configs = True
+    await world.until(lambda: len(fake.running_configs_sent()) == 1)
+
+    [[sent]] = fake.running_configs_sent()
+    assert sent["digest"] == D1, "only what runs here"
+    assert sent["sources"] == ["other", "test"]
 
 
 async def test_a_warming_up_real_dispatcher_rebuilds_from_the_agent(
