@@ -285,10 +285,13 @@ def _an_object(value: Any) -> dict[str, Any]:
 
 
 RunningConfigEntry = Annotated[
-    dict[str, Any], PlainValidator(_an_object, json_schema_input_type=RunningConfigIn)
+    dict[str, Any],
+    PlainValidator(_an_object, json_schema_input_type=RunningConfigIn | dict[str, Any]),
 ]
-"""One entry of ``running_configs``: any object here (the document shows the form it
-must have), read as a ``RunningConfigIn`` on its own, so that a bad one is dropped alone."""
+"""One entry of ``running_configs``: any object here, read as a ``RunningConfigIn`` on its
+own, so that a bad one is dropped alone. The document says just that: the form an entry
+should have, or any other object (dropped with a warning), so that what it declares is
+what the dispatcher accepts."""
 
 
 class StatusIn(WireIn):
