@@ -63,7 +63,7 @@ HEARTBEAT_S = 2.0
 EXPIRY_S = 6.0
 """Seconds without a heartbeat after which the dispatcher drops an agent and gives its
 checks to the others."""
-WARMUP_S = 5.0
+WARMUP_S = 1.0
 """The dispatcher's warm-up (it places no check for this long after it starts on an
 empty data dir): shorter than its default, so that the first table comes soon. It is not
 what spreads the checks (the late link to the config directory is), so a slow start
