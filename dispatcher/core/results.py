@@ -16,17 +16,24 @@ from __future__ import annotations
 
 from collections.abc import Container, Mapping, Sequence
 
+from dispatcher.core.history import CheckHistory
 from dispatcher.core.model import CheckResult, Digest, NodeName, ResultSummary
 from dispatcher.core.outcomes import RejectedResult
 
 
 class ResultBook:
-    """Each held check's ``ResultSummary``; the state forgets a check's when it goes."""
+    """Each held check's ``ResultSummary`` and its history; the state forgets a check's
+    when it goes."""
 
-    __slots__ = ("_summaries",)
+    __slots__ = ("_history", "_summaries")
 
-    def __init__(self) -> None:
+    def __init__(self, history: CheckHistory | None = None) -> None:
         self._summaries: dict[Digest, ResultSummary] = {}
+        self._history = history if history is not None else CheckHistory()
+
+    @property
+    def history(self) -> CheckHistory:
+        return self._history
 
     @property
     def summaries(self) -> Mapping[Digest, ResultSummary]:
@@ -39,6 +46,7 @@ class ResultBook:
 
     def forget(self, digest: Digest) -> None:
         self._summaries.pop(digest, None)
+        self._history.forget(digest)
 
     def record(
         self,
@@ -64,6 +72,7 @@ class ResultBook:
                 continue
             accepted += 1
             self._fold(name, result, now_wall=now_wall)
+            self._history.record(name, result, now_wall=now_wall)
         return accepted, rejected
 
     def _fold(self, name: NodeName, result: CheckResult, *, now_wall: float) -> None:

@@ -33,6 +33,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence, Set
 
 from dispatcher.core.explain import explain_check
+from dispatcher.core.history import CheckHistory, HistoryLimits
 from dispatcher.core.holdings import Holdings
 from dispatcher.core.model import (
     CheckConfig,
@@ -72,6 +73,7 @@ class ClusterState:
         track_changes: bool = False,
         max_checks_per_source: int | None = None,
         max_checks_per_node: int | None = None,
+        history_limits: HistoryLimits | None = None,
     ) -> None:
         self._source_limit = max_checks_per_source
         self._node_limit = max_checks_per_node
@@ -91,7 +93,7 @@ class ClusterState:
         self._replaced_in_warmup: set[SourceName] = set()
         self._released_in_warmup: set[tuple[SourceName, Digest]] = set()
         self._deleted_in_warmup: set[Digest] = set()
-        self._results = ResultBook()
+        self._results = ResultBook(CheckHistory(history_limits))
         self._seq = 0
         self._now = NEVER
         self._warmup_until = warmup_until
@@ -190,6 +192,11 @@ class ClusterState:
     @property
     def results(self) -> Mapping[Digest, ResultSummary]:
         return self._results.summaries
+
+    @property
+    def history(self) -> CheckHistory:
+        """Each held check's recent accepted results (bounded; dropped with the check)."""
+        return self._results.history
 
     @property
     def change_sequence(self) -> int:

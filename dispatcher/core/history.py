@@ -1,0 +1,240 @@
+"""Each check's recent accepted results: the history behind ``GET .../checks/{digest}/history``.
+
+Pure and synchronous like the rest of the core: the caller passes the wall time in
+(``now_wall``, Unix seconds) and nothing here reads a clock.
+
+A check's history is bounded twice (``HistoryLimits``): by count (the oldest result goes
+when one more arrives) and by age (results that ran more than ``max_age_s`` ago go when
+the check records or is read). Results are ordered by when they ran as far as the
+dispatcher can vouch for it, the same as ``ResultBook``: ``started_at`` capped at the wall
+time the result arrived, so a result dated in the future cannot stay "newest" forever.
+
+Uptime over a window is the share of ok runs among the runs in it (``None`` without a
+run): a running count of ok results kept beside each entry makes it two bisections, as
+``GET /checks`` asks for it for every check.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from dispatcher.core.model import CheckResult, Digest, NodeName
+
+HOUR_S = 3600.0
+DAY_S = 24 * HOUR_S
+UPTIME_WINDOWS_S: Mapping[str, float] = {"1h": HOUR_S, "24h": DAY_S, "7d": 7 * DAY_S}
+LIMIT_DEFAULT = 500
+LIMIT_MAX = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryLimits:
+    """How much history each check keeps (the settings ``history_max_results`` and
+    ``history_max_age_s``), and how much of each result's errors."""
+
+    max_results: int = 2000
+    max_age_s: float = 7 * DAY_S
+    max_errors: int = 5
+    """Errors kept per result: the first ones say what went wrong, the rest repeat it."""
+    max_error_chars: int = 500
+
+    def validate(self) -> None:
+        if self.max_results < 1:
+            raise ValueError("history max_results must be at least 1")
+        if not (self.max_age_s > 0 and math.isfinite(self.max_age_s)):
+            raise ValueError("history max_age_s must be a positive number of seconds")
+        if self.max_errors < 0 or self.max_error_chars < 1:
+            raise ValueError("history error bounds must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One accepted run of one check, as the history keeps it."""
+
+    run_id: str
+    node: NodeName
+    ok: bool
+    errors: tuple[str, ...]
+    started_at: float
+    duration_s: float
+    ordered_at: float
+    """``started_at`` capped at the wall time the result arrived (the sort key)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Percentiles:
+    p50: float | None
+    p95: float | None
+    p99: float | None
+
+
+class _Series:
+    """One check's entries, oldest first, with the ok count before each one."""
+
+    __slots__ = ("entries", "keys", "ok_before")
+
+    def __init__(self) -> None:
+        self.entries: list[HistoryEntry] = []
+        self.keys: list[float] = []
+        # ok_before[i]: ok results among the entries ever inserted before entry i. Only
+        # differences are read, so dropping old entries leaves the others right.
+        self.ok_before: list[int] = []
+
+    def insert(self, entry: HistoryEntry) -> None:
+        # bisect_right: a result with the same key as others goes after them (arrival order).
+        at = bisect.bisect_right(self.keys, entry.ordered_at)
+        if at:
+            before = self.ok_before[at - 1] + self.entries[at - 1].ok
+        else:
+            before = self.ok_before[0] if self.ok_before else 0
+        self.entries.insert(at, entry)
+        self.keys.insert(at, entry.ordered_at)
+        self.ok_before.insert(at, before)
+        if entry.ok:
+            # A late result (rare: agents send in order) shifts the counts after it.
+            for i in range(at + 1, len(self.ok_before)):
+                self.ok_before[i] += 1
+
+    def drop_oldest(self, count: int) -> None:
+        if count > 0:
+            del self.entries[:count]
+            del self.keys[:count]
+            del self.ok_before[:count]
+
+    def drop_before(self, cutoff: float) -> None:
+        self.drop_oldest(bisect.bisect_left(self.keys, cutoff))
+
+    def ok_from(self, at: int) -> tuple[int, int]:
+        """(runs, ok runs) among the entries from index ``at`` on."""
+        runs = len(self.entries) - at
+        if runs <= 0:
+            return 0, 0
+        total = self.ok_before[-1] + self.entries[-1].ok
+        return runs, total - self.ok_before[at]
+
+
+class CheckHistory:
+    """Every check's bounded history; the state forgets a check's when it goes."""
+
+    __slots__ = ("_limits", "_series")
+
+    def __init__(self, limits: HistoryLimits | None = None) -> None:
+        self._limits = limits or HistoryLimits()
+        self._limits.validate()
+        self._series: dict[Digest, _Series] = {}
+
+    @property
+    def limits(self) -> HistoryLimits:
+        return self._limits
+
+    def __contains__(self, digest: object) -> bool:
+        return digest in self._series
+
+    def __len__(self) -> int:
+        """How many results are kept, all checks together."""
+        return sum(len(series.entries) for series in self._series.values())
+
+    def digests(self) -> list[Digest]:
+        return list(self._series)
+
+    def entry_for(self, node: NodeName, result: CheckResult, *, now_wall: float) -> HistoryEntry:
+        """The entry ``result`` becomes, its errors cut to the limits."""
+        limits = self._limits
+        errors = tuple(
+            error[: limits.max_error_chars] for error in result.errors[: limits.max_errors]
+        )
+        return HistoryEntry(
+            run_id=result.run_id,
+            node=node,
+            ok=result.ok,
+            errors=errors,
+            started_at=result.started_at,
+            duration_s=result.duration_s,
+            ordered_at=min(result.started_at, now_wall),
+        )
+
+    def record(self, node: NodeName, result: CheckResult, *, now_wall: float) -> HistoryEntry:
+        """Keeps an accepted result; returns the entry kept (for a store to write)."""
+        entry = self.entry_for(node, result, now_wall=now_wall)
+        self.add(result.digest, entry, now_wall=now_wall)
+        return entry
+
+    def add(self, digest: Digest, entry: HistoryEntry, *, now_wall: float) -> None:
+        """Keeps ``entry`` (also how a store's saved history is loaded back)."""
+        if entry.ordered_at < now_wall - self._limits.max_age_s:
+            return  # already too old to keep: it would go at once
+        series = self._series.get(digest)
+        if series is None:
+            series = self._series[digest] = _Series()
+        series.insert(entry)
+        self._trim(series, now_wall)
+
+    def forget(self, digest: Digest) -> None:
+        self._series.pop(digest, None)
+
+    def results(
+        self,
+        digest: Digest,
+        *,
+        now_wall: float,
+        since: float | None = None,
+        limit: int = LIMIT_DEFAULT,
+    ) -> list[HistoryEntry]:
+        """The check's kept results, newest first: those that ran at or after ``since``
+        (all kept without it), at most ``limit``."""
+        if not 1 <= limit <= LIMIT_MAX:
+            raise ValueError(f"limit must be between 1 and {LIMIT_MAX}")
+        series = self._fresh(digest, now_wall)
+        if series is None:
+            return []
+        start = 0 if since is None else bisect.bisect_left(series.keys, since)
+        start = max(start, len(series.entries) - limit)
+        return series.entries[start:][::-1]
+
+    def uptime(self, digest: Digest, window_s: float, *, now_wall: float) -> float | None:
+        """Share of ok runs among those that ran in the last ``window_s``; None without one."""
+        series = self._fresh(digest, now_wall)
+        if series is None:
+            return None
+        # A run exactly window_s ago is in the window; one dated after now_wall cannot be
+        # (ordered_at is capped at arrival, and arrival is never after now).
+        runs, ok = series.ok_from(bisect.bisect_left(series.keys, now_wall - window_s))
+        return ok / runs if runs else None
+
+    def uptimes(self, digest: Digest, *, now_wall: float) -> dict[str, float | None]:
+        return {
+            name: self.uptime(digest, window_s, now_wall=now_wall)
+            for name, window_s in UPTIME_WINDOWS_S.items()
+        }
+
+    def duration_percentiles(self, digest: Digest, *, now_wall: float) -> Percentiles:
+        """p50/p95/p99 of the kept runs' durations (nearest rank); None without a run."""
+        series = self._fresh(digest, now_wall)
+        durations = sorted(entry.duration_s for entry in series.entries) if series else []
+        return Percentiles(
+            p50=percentile(durations, 50),
+            p95=percentile(durations, 95),
+            p99=percentile(durations, 99),
+        )
+
+    def _fresh(self, digest: Digest, now_wall: float) -> _Series | None:
+        series = self._series.get(digest)
+        if series is not None:
+            series.drop_before(now_wall - self._limits.max_age_s)
+        return series
+
+    def _trim(self, series: _Series, now_wall: float) -> None:
+        series.drop_before(now_wall - self._limits.max_age_s)
+        series.drop_oldest(len(series.entries) - self._limits.max_results)
+
+
+def percentile(ordered: Sequence[float], p: float) -> float | None:
+    """Nearest-rank percentile of ascending ``ordered`` (None when empty): the smallest
+    value with at least ``p`` % of the values at or below it, always an observed one."""
+    if not ordered:
+        return None
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]

@@ -1,0 +1,273 @@
+"""Table tests of a check's history: its count and age bounds, newest-first queries with
+``since`` and ``limit``, uptime over a window and duration percentiles.
+
+Time is the wall time passed in (``now_wall``); nothing here waits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from dispatcher.core.history import (
+    DAY_S,
+    HOUR_S,
+    CheckHistory,
+    HistoryLimits,
+    percentile,
+)
+from dispatcher.core.model import CheckResult, Digest, NodeName
+from dispatcher.core.results import ResultBook
+from dispatcher.core.state import ClusterState
+
+DIGEST = Digest("9f2c" * 8)
+OTHER = Digest("a1b2" * 8)
+NODE = NodeName("node-a")
+NOW = 1_800_000_000.0
+
+
+def result(run: str, *, ok: bool, started_at: float, duration_s: float = 0.5) -> CheckResult:
+    return CheckResult(
+        digest=DIGEST,
+        run_id=run,
+        ok=ok,
+        errors=() if ok else (f"{run} failed",),
+        started_at=started_at,
+        duration_s=duration_s,
+    )
+
+
+def feed(history: CheckHistory, runs: list[tuple[float, bool]], *, now: float = NOW) -> None:
+    """Records runs given as (seconds before ``now``, ok), each arriving at ``now``."""
+    for i, (ago, ok) in enumerate(runs):
+        history.record(NODE, result(f"r{i}", ok=ok, started_at=now - ago), now_wall=now)
+
+
+@dataclass(frozen=True)
+class UptimeCase:
+    name: str
+    runs: list[tuple[float, bool]]
+    expected: dict[str, float | None]
+
+
+UPTIME_CASES = [
+    UptimeCase("no run at all", [], {"1h": None, "24h": None, "7d": None}),
+    UptimeCase("one ok run just now", [(0, True)], {"1h": 1.0, "24h": 1.0, "7d": 1.0}),
+    UptimeCase("one failed run just now", [(0, False)], {"1h": 0.0, "24h": 0.0, "7d": 0.0}),
+    UptimeCase(
+        "3 of 4 ok in the last hour",
+        [(60, True), (120, False), (180, True), (240, True)],
+        {"1h": 0.75, "24h": 0.75, "7d": 0.75},
+    ),
+    UptimeCase(
+        "a failure 2 h ago counts in 24 h and 7 d only",
+        [(2 * HOUR_S, False), (60, True)],
+        {"1h": 1.0, "24h": 0.5, "7d": 0.5},
+    ),
+    UptimeCase(
+        "runs only 2 days ago: none in 1 h nor 24 h",
+        [(2 * DAY_S, True), (2 * DAY_S - 1, False)],
+        {"1h": None, "24h": None, "7d": 0.5},
+    ),
+    UptimeCase(
+        "a run exactly one window ago is in it",
+        [(HOUR_S, False), (30, True)],
+        {"1h": 0.5, "24h": 0.5, "7d": 0.5},
+    ),
+    UptimeCase(
+        "a run just over one window ago is not",
+        [(HOUR_S + 0.001, False), (30, True)],
+        {"1h": 1.0, "24h": 0.5, "7d": 0.5},
+    ),
+    UptimeCase(
+        "older than the 7 d age bound: dropped",
+        [(8 * DAY_S, False), (10, True)],
+        {"1h": 1.0, "24h": 1.0, "7d": 1.0},
+    ),
+    UptimeCase(
+        "a result dated in the future counts as run at arrival",
+        [(-600, False), (10, True)],
+        {"1h": 0.5, "24h": 0.5, "7d": 0.5},
+    ),
+    UptimeCase(
+        "a late result of an older run lands in its own window",
+        [(60, True), (3 * HOUR_S, False), (120, True)],
+        {"1h": 1.0, "24h": 2 / 3, "7d": 2 / 3},
+    ),
+]
+
+
+@pytest.mark.parametrize("case", UPTIME_CASES, ids=[c.name for c in UPTIME_CASES])
+def test_uptime_windows(case: UptimeCase) -> None:
+    history = CheckHistory()
+    feed(history, case.runs)
+    assert history.uptimes(DIGEST, now_wall=NOW) == pytest.approx(case.expected)
+
+
+def test_uptime_after_the_count_bound_drops_the_oldest_runs() -> None:
+    # 3 failures then 3 ok runs, bound 4: the two oldest failures go.
+    history = CheckHistory(HistoryLimits(max_results=4))
+    feed(history, [(60 - i, i >= 3) for i in range(6)])
+    assert history.uptime(DIGEST, HOUR_S, now_wall=NOW) == pytest.approx(0.75)
+    assert [e.run_id for e in history.results(DIGEST, now_wall=NOW)] == ["r5", "r4", "r3", "r2"]
+
+
+def test_uptime_of_a_late_ok_result_shifts_the_counts_after_it() -> None:
+    history = CheckHistory()
+    feed(history, [(100, False), (50, False), (10, False)])
+    feed(history, [(70, True)])  # arrives last, ran second
+    assert history.uptime(DIGEST, 60, now_wall=NOW) == 0.0
+    assert history.uptime(DIGEST, 80, now_wall=NOW) == pytest.approx(1 / 3)
+    assert history.uptime(DIGEST, HOUR_S, now_wall=NOW) == pytest.approx(0.25)
+
+
+def test_the_age_bound_applies_when_read_as_time_goes_on() -> None:
+    history = CheckHistory(HistoryLimits(max_age_s=HOUR_S))
+    feed(history, [(30 * 60, False), (60, True)])
+    assert len(history.results(DIGEST, now_wall=NOW)) == 2
+    later = NOW + 40 * 60
+    assert [e.run_id for e in history.results(DIGEST, now_wall=later)] == ["r1"]
+    assert history.uptime(DIGEST, DAY_S, now_wall=later) == 1.0
+    assert history.results(DIGEST, now_wall=NOW + 2 * HOUR_S) == []
+    assert history.uptime(DIGEST, DAY_S, now_wall=NOW + 2 * HOUR_S) is None
+
+
+def test_a_result_older_than_the_age_bound_is_not_kept() -> None:
+    history = CheckHistory(HistoryLimits(max_age_s=HOUR_S))
+    feed(history, [(2 * HOUR_S, True)])
+    assert DIGEST not in history
+    assert len(history) == 0
+
+
+@dataclass(frozen=True)
+class QueryCase:
+    name: str
+    since: float | None
+    limit: int
+    expected: list[str]
+
+
+# Runs r0..r9 ran 100, 90, ..., 10 s before NOW.
+QUERY_CASES = [
+    QueryCase("all, newest first", None, 500, [f"r{i}" for i in range(9, -1, -1)]),
+    QueryCase("limit keeps the newest", None, 3, ["r9", "r8", "r7"]),
+    QueryCase("limit 1", None, 1, ["r9"]),
+    QueryCase("since is inclusive", NOW - 30, 500, ["r9", "r8", "r7"]),
+    QueryCase("since and limit", NOW - 50, 2, ["r9", "r8"]),
+    QueryCase("since after the newest", NOW - 5, 500, []),
+    QueryCase("since before the oldest", NOW - 1000, 500, [f"r{i}" for i in range(9, -1, -1)]),
+]
+
+
+@pytest.mark.parametrize("case", QUERY_CASES, ids=[c.name for c in QUERY_CASES])
+def test_results_query(case: QueryCase) -> None:
+    history = CheckHistory()
+    feed(history, [(100 - 10 * i, i % 2 == 0) for i in range(10)])
+    got = history.results(DIGEST, now_wall=NOW, since=case.since, limit=case.limit)
+    assert [e.run_id for e in got] == case.expected
+
+
+@pytest.mark.parametrize("limit", [0, -1, 5001])
+def test_results_limit_out_of_bounds(limit: int) -> None:
+    with pytest.raises(ValueError, match="limit"):
+        CheckHistory().results(DIGEST, now_wall=NOW, limit=limit)
+
+
+@pytest.mark.parametrize("limit", [1, 5000])
+def test_results_limit_bounds_are_inclusive(limit: int) -> None:
+    history = CheckHistory()
+    feed(history, [(1, True)])
+    assert len(history.results(DIGEST, now_wall=NOW, limit=limit)) == 1
+
+
+def test_count_bound_per_check() -> None:
+    history = CheckHistory(HistoryLimits(max_results=3))
+    feed(history, [(50 - i, True) for i in range(5)])
+    history.record(NODE, CheckResult(OTHER, "o", True, (), NOW - 1, 0.1), now_wall=NOW)
+    assert [e.run_id for e in history.results(DIGEST, now_wall=NOW)] == ["r4", "r3", "r2"]
+    assert [e.run_id for e in history.results(OTHER, now_wall=NOW)] == ["o"]
+    assert len(history) == 4
+
+
+def test_default_limits() -> None:
+    limits = CheckHistory().limits
+    assert (limits.max_results, limits.max_age_s) == (2000, 7 * DAY_S)
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        HistoryLimits(max_results=0),
+        HistoryLimits(max_age_s=0),
+        HistoryLimits(max_age_s=float("inf")),
+        HistoryLimits(max_errors=-1),
+    ],
+)
+def test_bad_limits_are_refused(limits: HistoryLimits) -> None:
+    with pytest.raises(ValueError, match="history"):
+        CheckHistory(limits)
+
+
+def test_errors_are_bounded_in_count_and_length() -> None:
+    history = CheckHistory(HistoryLimits(max_errors=2, max_error_chars=4))
+    bad = CheckResult(DIGEST, "r", False, ("abcdefgh", "ij", "never kept"), NOW - 1, 2.0)
+    entry = history.record(NODE, bad, now_wall=NOW)
+    assert entry.errors == ("abcd", "ij")
+    (kept,) = history.results(DIGEST, now_wall=NOW)
+    assert (kept.run_id, kept.node, kept.ok, kept.errors) == ("r", NODE, False, ("abcd", "ij"))
+    assert (kept.started_at, kept.duration_s) == (NOW - 1, 2.0)
+
+
+@dataclass(frozen=True)
+class PercentileCase:
+    name: str
+    values: list[float]
+    expected: tuple[float | None, float | None, float | None]
+
+
+PERCENTILE_CASES = [
+    PercentileCase("empty", [], (None, None, None)),
+    PercentileCase("one value", [0.3], (0.3, 0.3, 0.3)),
+    PercentileCase("two values", [1.0, 2.0], (1.0, 2.0, 2.0)),
+    PercentileCase("1..100", [float(i) for i in range(1, 101)], (50.0, 95.0, 99.0)),
+    PercentileCase("1..10", [float(i) for i in range(1, 11)], (5.0, 10.0, 10.0)),
+    PercentileCase("one slow run in 200", [0.1] * 199 + [9.0], (0.1, 0.1, 0.1)),
+    PercentileCase("three slow runs in 200", [0.1] * 197 + [9.0] * 3, (0.1, 0.1, 9.0)),
+]
+
+
+@pytest.mark.parametrize("case", PERCENTILE_CASES, ids=[c.name for c in PERCENTILE_CASES])
+def test_duration_percentiles(case: PercentileCase) -> None:
+    history = CheckHistory()
+    for i, duration in enumerate(case.values):
+        run = result(f"r{i}", ok=True, started_at=NOW - 1000 + i, duration_s=duration)
+        history.record(NODE, run, now_wall=NOW)
+    got = history.duration_percentiles(DIGEST, now_wall=NOW)
+    assert (got.p50, got.p95, got.p99) == case.expected
+    ordered = sorted(case.values)
+    assert (percentile(ordered, 50), percentile(ordered, 99)) == (
+        case.expected[0],
+        case.expected[2],
+    )
+
+
+def test_result_book_records_accepted_results_only_and_forgets_with_the_check() -> None:
+    book = ResultBook()
+    results = [
+        result("kept", ok=True, started_at=NOW - 5),
+        CheckResult(OTHER, "x", True, (), NOW, 1),
+    ]
+    accepted, rejected = book.record(
+        NODE, results, held={DIGEST}, placement={DIGEST: NODE}, now_wall=NOW
+    )
+    assert (accepted, [r.digest for r in rejected]) == (1, [OTHER])
+    assert [e.run_id for e in book.history.results(DIGEST, now_wall=NOW)] == ["kept"]
+    assert OTHER not in book.history
+    book.forget(DIGEST)
+    assert DIGEST not in book.history
+
+
+def test_state_takes_history_limits() -> None:
+    state = ClusterState(history_limits=HistoryLimits(max_results=7))
+    assert state.history.limits.max_results == 7
