@@ -184,6 +184,20 @@ def main() -> None:
     help="A node holding this many checks is given no more (they go elsewhere, or dangle).",
 )
 @option(
+    "history-max-results",
+    type=click.IntRange(1, 1_000_000),
+    default=_DISPATCH.history_max_results,
+    show_default=True,
+    help="Results kept per check in its history (the oldest goes first).",
+)
+@option(
+    "history-max-age",
+    type=_seconds(60.0, 366 * 86400.0),
+    default=_DISPATCH.history_max_age_s,
+    show_default=True,
+    help="Seconds a result stays in its check's history.",
+)
+@option(
     "replica-status-period",
     type=_seconds(0.1, 3600.0),
     default=_HEALTH.replica_status_period_s,
@@ -392,6 +406,8 @@ def settings_from_flags(flags: dict[str, Any]) -> Settings:
             dangling_warning_s=flags["dangling_warning"],
             max_checks_per_source=flags["max_checks_per_source"],
             max_checks_per_node=flags["max_checks_per_node"],
+            history_max_results=flags["history_max_results"],
+            history_max_age_s=flags["history_max_age"],
         ),
         auth=auth,
         election=ElectionSettings(

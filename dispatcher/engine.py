@@ -31,6 +31,7 @@ import structlog
 
 from dispatcher.common.clock import Clock
 from dispatcher.common.tasks import run_periodically, sleep_or_stop
+from dispatcher.core.history import HistoryLimits
 from dispatcher.core.model import CheckConfig, CheckResult, CheckStats, Digest, NodeName, SourceName
 from dispatcher.core.outcomes import Move, RebalanceOutcome, RejectedResult, SourceChange
 from dispatcher.core.placement import Node
@@ -97,6 +98,14 @@ class Dispatcher:
             track_changes=track_changes,
             max_checks_per_source=self.settings.max_checks_per_source,
             max_checks_per_node=self.settings.max_checks_per_node,
+            history_limits=self.history_limits,
+        )
+
+    @property
+    def history_limits(self) -> HistoryLimits:
+        return HistoryLimits(
+            max_results=self.settings.history_max_results,
+            max_age_s=self.settings.history_max_age_s,
         )
 
     @property
@@ -122,6 +131,7 @@ class Dispatcher:
         state.set_limits(
             max_checks_per_source=self.settings.max_checks_per_source,
             max_checks_per_node=self.settings.max_checks_per_node,
+            history_limits=self.history_limits,
         )
         self.state = state
         self._epoch = epoch

@@ -7,6 +7,7 @@ cross-field rules are checked by ``validate()`` with a message naming the flags.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -128,6 +129,11 @@ class DispatchSettings:
     agent core runs in time (the agent benchmark: plan for 800 ``http`` runs a second per
     core), so one agent cannot be handed a whole large source; a cluster balanced over
     its agents stays far below it. A node's ``capacity`` stays the balancing weight."""
+    history_max_results: int = 2000
+    """Results kept per check (``GET .../checks/{digest}/history``); the oldest goes when
+    one more arrives. 2,000 runs are about 8 h at a 15 s interval, a week at 5 min."""
+    history_max_age_s: float = 7 * 24 * 3600.0
+    """Results older than this are dropped from a check's history (uptime over 7 d)."""
     apply_slice_checks: int = 500
     """A change to more checks than this (a big PUT or POST) is validated and applied in
     slices of this many, the lock released and the event loop free between slices, so
@@ -142,10 +148,15 @@ class DispatchSettings:
         for flag, value in (
             ("--max-checks-per-source", self.max_checks_per_source),
             ("--max-checks-per-node", self.max_checks_per_node),
+            ("--history-max-results", self.history_max_results),
             ("apply_slice_checks", self.apply_slice_checks),
         ):
             if value < 1:
                 raise ConfigurationError(f"{flag} ({value}) must be at least 1.")
+        if not (self.history_max_age_s > 0 and math.isfinite(self.history_max_age_s)):
+            raise ConfigurationError(
+                f"--history-max-age ({self.history_max_age_s:g} s) must be a positive number."
+            )
 
 
 @dataclass(frozen=True, slots=True)

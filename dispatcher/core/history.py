@@ -130,6 +130,14 @@ class CheckHistory:
     def limits(self) -> HistoryLimits:
         return self._limits
 
+    def set_limits(self, limits: HistoryLimits) -> None:
+        """New bounds (a state loaded from a store takes the settings'); a lowered count
+        bound drops the oldest results at once, a lowered age bound when next read."""
+        limits.validate()
+        self._limits = limits
+        for series in self._series.values():
+            series.drop_oldest(len(series.entries) - limits.max_results)
+
     def __contains__(self, digest: object) -> bool:
         return digest in self._series
 

@@ -152,11 +152,18 @@ class ClusterState:
         )
 
     def set_limits(
-        self, *, max_checks_per_source: int | None, max_checks_per_node: int | None
+        self,
+        *,
+        max_checks_per_source: int | None,
+        max_checks_per_node: int | None,
+        history_limits: HistoryLimits | None = None,
     ) -> None:
-        """The most checks a source may hold and a node may be given (None: no limit).
+        """The most checks a source may hold and a node may be given (None: no limit),
+        and how much history each check keeps (None: unchanged).
 
         Checks already held or placed stay; a node above a lowered limit takes no more."""
+        if history_limits is not None:
+            self._results.history.set_limits(history_limits)
         self._source_limit = max_checks_per_source
         if max_checks_per_node != self._node_limit:
             self._node_limit = max_checks_per_node
