@@ -38,6 +38,7 @@ FAIL_PATH = "/fail"
 SCRAPE_WAIT_S = 30.0
 
 INSTALL_HINT = "install Debian's prometheus package (scripts/ensure-system-packages)"
+ALERT_RULES = Path(__file__).resolve().parents[2] / "deploy/prometheus/clusterchecks-rules.yaml"
 
 
 def tool(name: str) -> str:
@@ -400,6 +401,8 @@ def prometheus(stack: Stack) -> Iterator[Prometheus]:
     root.mkdir()
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        # The alerting rules of deploy/prometheus, as a user loads them.
+        "rule_files": [str(ALERT_RULES)],
         "scrape_configs": [
             {
                 "job_name": job,
@@ -465,3 +468,47 @@ def test_prometheus_scrapes_both(stack: Stack, prometheus: Prometheus) -> None:
         "dispatcher": f"127.0.0.1:{stack.dispatcher_port}",
         "agent": f"127.0.0.1:{stack.agent_port}",
     }, f"{up}\n{context()}"
+
+
+def test_prometheus_alerts_on_the_failing_check_only(stack: Stack, prometheus: Prometheus) -> None:
+    """deploy/prometheus's rules, loaded by a real Prometheus: the check failing on
+    purpose fires ClusterchecksCheckFailing (3 runs in a row, 1 s apart), naming its check,
+    digest and node; the ok check does not, and no other alert fires."""
+    failing = stack.digests[FAIL_PATH]
+
+    def alerts() -> list[dict[str, Any]]:
+        body = prometheus.api("/api/v1/alerts")
+        found: list[dict[str, Any]] = body["data"]["alerts"] if "data" in body else []
+        return found
+
+    def check_failing() -> list[dict[str, Any]] | None:
+        firing = [
+            a
+            for a in alerts()
+            if a["labels"]["alertname"] == "ClusterchecksCheckFailing" and a["state"] == "firing"
+        ]
+        return firing or None
+
+    firing, _ = wait_until(
+        check_failing,
+        timeout_s=SCRAPE_WAIT_S,
+        what="Prometheus: ClusterchecksCheckFailing firing",
+        context=lambda: f"{prometheus.api('/api/v1/rules')}\n{stack.logs()}",
+        interval_s=0.2,
+    )
+    assert [a["labels"] for a in firing] == [
+        {
+            "alertname": "ClusterchecksCheckFailing",
+            "severity": "warning",
+            "job": "dispatcher",
+            "digest": failing,
+            "check": "http",
+            "node": AGENT,
+        }
+    ], firing
+    others = [
+        a
+        for a in alerts()
+        if a["state"] == "firing" and a["labels"]["alertname"] != "ClusterchecksCheckFailing"
+    ]
+    assert others == [], others
