@@ -17,6 +17,7 @@ from dispatcher.common.validation import (
     invalid_request,
     summary,
 )
+from dispatcher.core.history import DAY_S
 from dispatcher.core.model import (
     CheckConfig,
     CheckResult,
@@ -192,7 +193,11 @@ def node_configs_json(
 
 
 def check_detail_out(
-    config: CheckConfig, state: ClusterState, *, explain: str | None = None
+    config: CheckConfig,
+    state: ClusterState,
+    *,
+    now_wall: float,
+    explain: str | None = None,
 ) -> wire.CheckDetailOut:
     summary = state.results.get(config.digest)
     last = None
@@ -208,7 +213,10 @@ def check_detail_out(
             output=r.output,
         )
     return wire.CheckDetailOut.model_construct(
-        **_config_fields(config, state), last_result=last, explain=explain
+        **_config_fields(config, state),
+        last_result=last,
+        explain=explain,
+        uptime_24h=state.history.uptime(config.digest, DAY_S, now_wall=now_wall),
     )
 
 
@@ -267,7 +275,35 @@ def rebalance_out(outcome: RebalanceOutcome) -> wire.RebalanceOut:
     )
 
 
-def results_page(state: ClusterState) -> wire.ResultsPageOut:
+def history_out(
+    state: ClusterState, digest: Digest, *, now_wall: float, since: float | None, limit: int
+) -> wire.HistoryOut:
+    """``GET .../checks/{digest}/history``; UnknownCheck (404) for a check not held."""
+    state.config(digest)
+    history = state.history
+    entries = history.results(digest, now_wall=now_wall, since=since, limit=limit)
+    durations = history.duration_percentiles(digest, now_wall=now_wall)
+    return wire.HistoryOut(
+        digest=digest,
+        results=[
+            wire.HistoryResultOut(
+                run_id=e.run_id,
+                node=e.node,
+                ok=e.ok,
+                errors=list(e.errors),
+                started_at=e.started_at,
+                duration_s=e.duration_s,
+            )
+            for e in entries
+        ],
+        uptime=history.uptimes(digest, now_wall=now_wall),
+        duration_s=wire.DurationPercentilesOut(
+            p50=durations.p50, p95=durations.p95, p99=durations.p99
+        ),
+    )
+
+
+def results_page(state: ClusterState, *, now_wall: float) -> wire.ResultsPageOut:
     checks: dict[str, wire.CheckStatusOut] = {}
     errors: list[str] = []
     for digest in sorted(state.results):
@@ -285,6 +321,7 @@ def results_page(state: ClusterState) -> wire.ResultsPageOut:
             success_count=summary.success_count,
             failure_count=summary.failure_count,
             last_ok_at=summary.last_ok_at,
+            uptime_24h=state.history.uptime(digest, DAY_S, now_wall=now_wall),
         )
         if not r.ok:
             errors.extend(f"{config.name} {digest[:8]}: {e}" for e in r.errors)

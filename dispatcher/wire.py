@@ -214,6 +214,33 @@ class CheckConfigOut(WireOut):
 class CheckDetailOut(CheckConfigOut):
     last_result: LastResultOut | None = None
     explain: str | None = None
+    uptime_24h: float | None = None
+    """Share of ok runs over the last 24 h (null without a run in them)."""
+
+
+class HistoryResultOut(WireOut):
+    run_id: str
+    node: str
+    ok: bool
+    errors: list[str]
+    started_at: float
+    duration_s: float
+
+
+class DurationPercentilesOut(WireOut):
+    p50: float | None
+    p95: float | None
+    p99: float | None
+
+
+class HistoryOut(WireOut):
+    """A check's recent results, newest first, its uptime per window (``1h``, ``24h``,
+    ``7d``; null without a run in it) and its runs' duration percentiles."""
+
+    digest: str
+    results: list[HistoryResultOut]
+    uptime: dict[str, float | None]
+    duration_s: DurationPercentilesOut
 
 
 class ChecksOut(WireOut):
@@ -522,6 +549,8 @@ class CheckStatusOut(WireOut):
     success_count: int
     failure_count: int
     last_ok_at: float | None
+    uptime_24h: float | None = None
+    """Share of ok runs over the last 24 h (null without a run in them)."""
 
 
 class ResultsPageOut(WireOut):

@@ -33,6 +33,7 @@ from dispatcher.api.table import PATH_PARAMS, QueryParam, Route
 from dispatcher.common import slicedjson, validation
 from dispatcher.common.health import Verdict, component_body, verdict_body
 from dispatcher.common.validation import field_problems
+from dispatcher.core.history import LIMIT_DEFAULT, LIMIT_MAX
 from dispatcher.core.model import CheckConfig, Digest, NodeName, SourceName
 from dispatcher.core.state import ClusterState
 from dispatcher.core.transfer import export_state
@@ -301,9 +302,11 @@ async def get_state(request: web.Request) -> web.Response:
 
 
 async def list_checks(request: web.Request) -> web.Response:
+    now_wall = request.app[CLOCK].time()
     checks = await request.app[DISPATCHER].read(
         lambda state: [
-            convert.check_detail_out(state.configs[d], state) for d in sorted(state.configs)
+            convert.check_detail_out(state.configs[d], state, now_wall=now_wall)
+            for d in sorted(state.configs)
         ]
     )
     return reply(wire.ChecksOut(checks=checks))
@@ -311,13 +314,32 @@ async def list_checks(request: web.Request) -> web.Response:
 
 async def get_check(request: web.Request) -> web.Response:
     digest = Digest(request.match_info["digest"])
-    now = request.app[CLOCK].monotonic()
+    clock = request.app[CLOCK]
+    now, now_wall = clock.monotonic(), clock.time()
     detail = await request.app[DISPATCHER].read(
         lambda state: convert.check_detail_out(
-            state.config(digest), state, explain=state.explain(digest, now=now)
+            state.config(digest), state, now_wall=now_wall, explain=state.explain(digest, now=now)
         )
     )
     return reply(detail)
+
+
+async def get_history(request: web.Request) -> web.Response:
+    digest = Digest(request.match_info["digest"])
+    # Validated before the check is looked up: a bad query is 400 whatever the digest.
+    since = query_number(request, "since", kind=float, low=0, high=wire.MAX_INT64)
+    limit = query_number(request, "limit", kind=int, low=1, high=LIMIT_MAX)
+    now_wall = request.app[CLOCK].time()
+    body = await request.app[DISPATCHER].read(
+        lambda state: convert.history_out(
+            state,
+            digest,
+            now_wall=now_wall,
+            since=since,
+            limit=int(limit) if limit is not None else LIMIT_DEFAULT,
+        )
+    )
+    return reply(body)
 
 
 async def post_rebalance(request: web.Request) -> web.Response:
@@ -361,7 +383,11 @@ async def post_isolate(request: web.Request) -> web.Response:
 
 
 async def get_results(request: web.Request) -> web.Response:
-    return reply(await request.app[DISPATCHER].read(convert.results_page))
+    now_wall = request.app[CLOCK].time()
+    page = await request.app[DISPATCHER].read(
+        lambda state: convert.results_page(state, now_wall=now_wall)
+    )
+    return reply(page)
 
 
 async def get_replicas(request: web.Request) -> web.Response:
@@ -447,6 +473,16 @@ _WAIT = QueryParam(
     {"type": "number", "minimum": 0, "maximum": wire.MAX_WAIT_S},
     "Long poll: the longest wait in seconds (default 0).",
 )
+_HISTORY_SINCE = QueryParam(
+    "since",
+    {"type": "number", "minimum": 0, "maximum": wire.MAX_INT64},
+    "Only the results that ran at or after this time (Unix seconds).",
+)
+_HISTORY_LIMIT = QueryParam(
+    "limit",
+    {"type": "integer", "minimum": 1, "maximum": LIMIT_MAX, "default": LIMIT_DEFAULT},
+    "At most this many results, the newest.",
+)
 _SOURCE = QueryParam(
     "source",
     {"type": "string", "pattern": wire.SOURCE_NAME_PATTERN},
@@ -478,6 +514,9 @@ ROUTES: tuple[Route, ...] = (
           "Every check with its node and last result.", None, wire.ChecksOut),
     Route("check_get", "GET", API + "/checks/{digest}", get_check, Role.ADMIN,
           "One check, with why it is where it is.", None, wire.CheckDetailOut, errors=(404,)),
+    Route("check_history", "GET", API + "/checks/{digest}/history", get_history, Role.ADMIN,
+          "A check's recent results, uptime and duration percentiles.", None, wire.HistoryOut,
+          query=(_HISTORY_SINCE, _HISTORY_LIMIT), errors=(404,)),
     Route("rebalance", "POST", API + "/rebalance", post_rebalance, Role.ADMIN,
           "Rebalance checks over nodes.", wire.RebalanceIn, wire.RebalanceOut,
           body_optional=True),

@@ -304,6 +304,7 @@ CALLS: tuple[Call, ...] = (
     Call("state", "GET", API, "admin"),
     Call("checks_list", "GET", f"{API}/checks", "admin"),
     Call("check_get", "GET", f"{API}/checks/{{digest}}", "admin"),
+    Call("check_history", "GET", f"{API}/checks/{{digest}}/history?limit=10", "admin"),
     Call("check_delete_all", "DELETE", f"{API}/checks/{{digest}}", "admin"),
     Call("rebalance", "POST", f"{API}/rebalance", "admin", {"force": False, "dry_run": False}),
     Call("cordon", "POST", f"{API}/nodes/node-a/cordon", "admin"),
