@@ -30,6 +30,15 @@ RULES_DIR = ROOT / "deploy" / "prometheus"
 RULES = RULES_DIR / "clusterchecks-rules.yaml"
 RULE_TESTS = RULES_DIR / "clusterchecks-rules.test.yaml"
 OPERATOR_DIR = RULES_DIR / "operator"
+KUSTOMIZE_DIR = ROOT / "deploy" / "kubernetes"
+OVERLAYS = ("standalone", "ha-lease", "ha-redis")
+NAMESPACE = "clusterchecks"
+SCRAPED = {
+    "clusterchecks-dispatcher": 5005,
+    "clusterchecks-agent": 5006,
+    "clusterchecks-runner": 5006,
+}
+"""The workloads of every overlay whose pods serve /metrics, and on which port."""
 INSTALL_HINT = "`make sysdeps` (scripts/ensure-system-packages) installs Debian's prometheus"
 
 DESCRIPTION_LABELS = {
@@ -164,18 +173,76 @@ def test_the_rules_read_only_metrics_the_processes_export() -> None:
         assert used <= exported, f"{rule['alert']}: not exported: {sorted(used - exported)}"
 
 
+def _kustomize(path: Path) -> list[dict[str, Any]]:
+    built = _run([_tool("kubectl"), "kustomize", str(path)])
+    assert built.returncode == 0, f"kubectl kustomize {path}:\n{built.stderr}"
+    return list(yaml.safe_load_all(built.stdout))
+
+
+def _operator(kind: str) -> dict[str, Any]:
+    found = [d for d in _kustomize(OPERATOR_DIR) if d["kind"] == kind]
+    assert len(found) == 1, f"{OPERATOR_DIR}: {len(found)} {kind}"
+    doc = found[0]
+    assert doc["apiVersion"] == "monitoring.coreos.com/v1"
+    assert doc["metadata"]["namespace"] == NAMESPACE
+    return doc
+
+
+def test_the_operator_directory_holds_a_rule_and_a_pod_monitor() -> None:
+    kinds = sorted(d["kind"] for d in _kustomize(OPERATOR_DIR))
+    assert kinds == ["PodMonitor", "PrometheusRule"]
+
+
 def test_the_operator_rule_holds_the_same_groups(tmp_path: Path) -> None:
-    built = _run([_tool("kubectl"), "kustomize", str(OPERATOR_DIR)])
-    assert built.returncode == 0, f"kubectl kustomize {OPERATOR_DIR}:\n{built.stderr}"
-    docs = list(yaml.safe_load_all(built.stdout))
-    assert len(docs) == 1
-    (rule,) = docs
-    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
-    assert rule["kind"] == "PrometheusRule"
-    assert rule["metadata"]["namespace"] == "clusterchecks"
+    rule = _operator("PrometheusRule")
     assert rule["spec"]["groups"] == _load(RULES)["groups"]
     # And what the Operator hands to Prometheus passes promtool as it stands.
     extracted = tmp_path / "operator-rules.yaml"
     extracted.write_text(yaml.safe_dump(rule["spec"]), encoding="utf-8")
     done = _run([_tool("promtool"), "check", "rules", str(extracted)])
     assert done.returncode == 0, f"promtool check rules (operator):\n{done.stdout}{done.stderr}"
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A label selector's verdict on a pod's labels (matchLabels and the ``In``
+    expressions, all the PodMonitor uses)."""
+    assert set(selector) <= {"matchLabels", "matchExpressions"}, selector
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expression in selector.get("matchExpressions", []):
+        assert expression["operator"] == "In", expression
+        if labels.get(expression["key"]) not in expression["values"]:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_pod_monitor_scrapes_every_pod_of_an_overlay_on_its_metrics_port(
+    overlay: str,
+) -> None:
+    """Every pod template (dispatcher, agents, runners) is selected, each pod on its
+    own, on a named container port that serves /metrics."""
+    monitor = _operator("PodMonitor")
+    selector = monitor["spec"]["selector"]
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["path"] == "/metrics"
+    workloads = [
+        d
+        for d in _kustomize(KUSTOMIZE_DIR / "overlays" / overlay)
+        if d["kind"] in ("Deployment", "DaemonSet", "StatefulSet")
+    ]
+    assert {w["metadata"]["name"] for w in workloads} >= SCRAPED.keys(), overlay
+    for workload in workloads:
+        name = workload["metadata"]["name"]
+        template = workload["spec"]["template"]
+        selected = _selects(selector, template["metadata"]["labels"])
+        assert selected == (name in SCRAPED), f"{overlay}: {name} selected: {selected}"
+        if not selected:
+            continue
+        assert workload["metadata"].get("namespace") == NAMESPACE, name
+        ports = {
+            p["name"]: p["containerPort"]
+            for c in template["spec"]["containers"]
+            for p in c.get("ports", [])
+        }
+        assert ports.get(endpoint["port"]) == SCRAPED[name], f"{name}: ports {ports}"
