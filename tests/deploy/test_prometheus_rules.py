@@ -246,3 +246,10 @@ def test_the_pod_monitor_scrapes_every_pod_of_an_overlay_on_its_metrics_port(
             for p in c.get("ports", [])
         }
         assert ports.get(endpoint["port"]) == SCRAPED[name], f"{name}: ports {ports}"
+
+
+def test_the_readme_lists_every_alert() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Prometheus alerts", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"^\| `(Clusterchecks\w+)` \|", section, flags=re.M))
+    assert listed == set(DESCRIPTION_LABELS)
