@@ -234,7 +234,12 @@ class Dispatcher:
     ) -> tuple[int, list[RejectedResult]]:
         async with self.lock:
             self._guard()
-            return self.state.record_results(name, results, now_wall=self._clock.time())
+            recorded = self.state.record_results(name, results, now_wall=self._clock.time())
+            if self._writer is not None:
+                # The history goes to the store with the next group commit; the reply
+                # does not wait for it (a result lost in a crash is one run of many).
+                self._writer.submit(self.state.take_delta())
+            return recorded
 
     # ---------------------------------------------------------- config sources
 

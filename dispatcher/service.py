@@ -123,7 +123,11 @@ def build(
 
             # Opened here, before anything serves: a data dir another dispatcher holds,
             # or a file that cannot be read, stops the start with the file's name.
-            sqlite_store = SqliteStateStore.open(settings.store.data_dir)
+            sqlite_store = SqliteStateStore.open(
+                settings.store.data_dir,
+                history_max_results=settings.dispatch.history_max_results,
+                history_max_age_s=settings.dispatch.history_max_age_s,
+            )
             closers.append(sqlite_store.close)
             store = sqlite_store
             # Above the last run's epoch even when the clock was set back since: agents

@@ -327,7 +327,7 @@ async def get_check(request: web.Request) -> web.Response:
 async def get_history(request: web.Request) -> web.Response:
     digest = Digest(request.match_info["digest"])
     # Validated before the check is looked up: a bad query is 400 whatever the digest.
-    since = query_number(request, "since", kind=float, low=0, high=wire.MAX_INT64)
+    since = query_number(request, "since", kind=float, low=0, high=_HISTORY_SINCE_MAX)
     limit = query_number(request, "limit", kind=int, low=1, high=LIMIT_MAX)
     now_wall = request.app[CLOCK].time()
     body = await request.app[DISPATCHER].read(
@@ -473,9 +473,12 @@ _WAIT = QueryParam(
     {"type": "number", "minimum": 0, "maximum": wire.MAX_WAIT_S},
     "Long poll: the longest wait in seconds (default 0).",
 )
+_HISTORY_SINCE_MAX = 10**12
+"""Unix seconds far beyond any result, small enough to be exact as a float (MAX_INT64
+is not: its float is above it, and refused)."""
 _HISTORY_SINCE = QueryParam(
     "since",
-    {"type": "number", "minimum": 0, "maximum": wire.MAX_INT64},
+    {"type": "number", "minimum": 0, "maximum": _HISTORY_SINCE_MAX},
     "Only the results that ran at or after this time (Unix seconds).",
 )
 _HISTORY_LIMIT = QueryParam(

@@ -119,12 +119,36 @@ class _Series:
 class CheckHistory:
     """Every check's bounded history; the state forgets a check's when it goes."""
 
-    __slots__ = ("_limits", "_series")
+    __slots__ = ("_limits", "_pending", "_series")
 
-    def __init__(self, limits: HistoryLimits | None = None) -> None:
+    def __init__(self, limits: HistoryLimits | None = None, *, track: bool = False) -> None:
+        """``track``: keep the entries recorded since the last ``take_pending`` for a
+        store to write (a state no store follows keeps none, so nothing grows)."""
         self._limits = limits or HistoryLimits()
         self._limits.validate()
         self._series: dict[Digest, _Series] = {}
+        self._pending: dict[Digest, list[HistoryEntry]] | None = {} if track else None
+
+    def take_pending(self) -> dict[Digest, list[HistoryEntry]]:
+        """The entries recorded since the last call, per check, oldest recorded first."""
+        if not self._pending:
+            return {}
+        pending, self._pending = self._pending, {}
+        return pending
+
+    def load(self, digest: Digest, entries: Sequence[HistoryEntry]) -> None:
+        """Puts back what a store kept (no age check: the store has no clock; reads
+        drop what is too old). Not pending: the store holds it already."""
+        series = self._series.get(digest)
+        if series is None:
+            series = self._series[digest] = _Series()
+        for entry in entries:
+            series.insert(entry)
+        series.drop_oldest(len(series.entries) - self._limits.max_results)
+
+    def snapshot(self) -> dict[Digest, list[HistoryEntry]]:
+        """Every kept entry per check, oldest first (a store's whole rewrite)."""
+        return {digest: list(s.entries) for digest, s in self._series.items() if s.entries}
 
     @property
     def limits(self) -> HistoryLimits:
@@ -179,9 +203,14 @@ class CheckHistory:
             series = self._series[digest] = _Series()
         series.insert(entry)
         self._trim(series, now_wall)
+        if self._pending is not None:
+            self._pending.setdefault(digest, []).append(entry)
 
     def forget(self, digest: Digest) -> None:
         self._series.pop(digest, None)
+        if self._pending is not None:
+            # Not written at all: the store drops the check's history with its config.
+            self._pending.pop(digest, None)
 
     def results(
         self,

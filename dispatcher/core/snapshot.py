@@ -10,9 +10,10 @@ what does and says what to write so the store agrees.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Set
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 
+from dispatcher.core.history import HistoryEntry
 from dispatcher.core.model import CheckConfig, Digest, NodeName, SourceName
 
 
@@ -33,6 +34,8 @@ class Snapshot:
     sources: Mapping[SourceName, frozenset[Digest]] = field(default_factory=dict)
     placement: Mapping[Digest, NodeName] = field(default_factory=dict)
     nodes: Mapping[NodeName, NodeRecord] = field(default_factory=dict)
+    history: Mapping[Digest, Sequence[HistoryEntry]] = field(default_factory=dict)
+    """Each check's kept results, oldest first (stores that keep history)."""
 
 
 @dataclass(slots=True)
@@ -43,9 +46,12 @@ class StateDelta:
     sources: dict[SourceName, frozenset[Digest] | None] = field(default_factory=dict)
     placement: dict[Digest, NodeName | None] = field(default_factory=dict)
     nodes: dict[NodeName, NodeRecord | None] = field(default_factory=dict)
+    history: dict[Digest, list[HistoryEntry]] = field(default_factory=dict)
+    """Results to append to each check's history (a store applies the configs' deletions
+    first, which drop a check's history, then these)."""
 
     def __bool__(self) -> bool:
-        return bool(self.configs or self.sources or self.placement or self.nodes)
+        return bool(self.configs or self.sources or self.placement or self.nodes or self.history)
 
     def __len__(self) -> int:
         return len(self.configs) + len(self.sources) + len(self.placement) + len(self.nodes)
@@ -56,6 +62,13 @@ class StateDelta:
         self.sources.update(later.sources)
         self.placement.update(later.placement)
         self.nodes.update(later.nodes)
+        for digest, config in later.configs.items():
+            if config is None:
+                # Deleted after these results: they go with it (a store applies the
+                # deletion before the appends, which would bring them back).
+                self.history.pop(digest, None)
+        for digest, entries in later.history.items():
+            self.history.setdefault(digest, []).extend(entries)
 
 
 def fit_together(snapshot: Snapshot) -> tuple[Snapshot, StateDelta]:
@@ -80,7 +93,13 @@ def fit_together(snapshot: Snapshot) -> tuple[Snapshot, StateDelta]:
             placement[digest] = name
         else:
             fixes.placement[digest] = None
-    fitting = Snapshot(configs=configs, sources=sources, placement=placement, nodes=snapshot.nodes)
+    fitting = Snapshot(
+        configs=configs,
+        sources=sources,
+        placement=placement,
+        nodes=snapshot.nodes,
+        history={d: e for d, e in snapshot.history.items() if d in configs},
+    )
     return fitting, fixes
 
 

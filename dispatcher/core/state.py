@@ -93,7 +93,7 @@ class ClusterState:
         self._replaced_in_warmup: set[SourceName] = set()
         self._released_in_warmup: set[tuple[SourceName, Digest]] = set()
         self._deleted_in_warmup: set[Digest] = set()
-        self._results = ResultBook(CheckHistory(history_limits))
+        self._results = ResultBook(CheckHistory(history_limits, track=track_changes))
         self._seq = 0
         self._now = NEVER
         self._warmup_until = warmup_until
@@ -139,6 +139,8 @@ class ClusterState:
                 state._dangling[digest] = now
         state._placeable_changed = True
         state._events = Events()
+        for digest, entries in fitting.history.items():
+            state._results.history.load(digest, entries)
         state._changes.mark(fixes)  # the store's records that did not fit
         return state
 
@@ -149,6 +151,7 @@ class ClusterState:
             sources={s: frozenset(d) for s, d in self._holdings.by_source.items()},
             placement=dict(self._placement),
             nodes={name: node.record() for name, node in self._nodes.items()},
+            history=self._results.history.snapshot(),
         )
 
     def set_limits(
@@ -171,12 +174,14 @@ class ClusterState:
 
     def take_delta(self) -> StateDelta:
         """The persisted records changed since the last call (tracking states only)."""
-        return self._changes.take(
+        delta = self._changes.take(
             configs=self._configs,
             sources=self._holdings.by_source,
             placement=self._placement,
             node_record=self._node_record_of,
         )
+        delta.history = self._results.history.take_pending()
+        return delta
 
     # ----------------------------------------------------------------- reading
 

@@ -12,7 +12,8 @@ from typing import Any
 
 import orjson
 
-from dispatcher.core.model import CheckConfig, Digest
+from dispatcher.core.history import HistoryEntry
+from dispatcher.core.model import CheckConfig, Digest, NodeName
 from dispatcher.core.snapshot import NodeRecord
 
 Raw = bytes | str
@@ -96,6 +97,36 @@ def source_in(raw: Raw) -> frozenset[Digest]:
     if not isinstance(data, list) or not all(isinstance(d, str) for d in data):
         raise Unreadable("a source must be a JSON list of digests")
     return frozenset(Digest(d) for d in data)
+
+
+def history_out(entry: HistoryEntry) -> bytes:
+    return orjson.dumps(
+        {
+            "run_id": entry.run_id,
+            "node": entry.node,
+            "ok": entry.ok,
+            "errors": list(entry.errors),
+            "started_at": entry.started_at,
+            "duration_s": entry.duration_s,
+            "ordered_at": entry.ordered_at,
+        }
+    )
+
+
+def history_in(raw: Raw) -> HistoryEntry:
+    data = _json_object(raw)
+    errors = data["errors"]
+    if not isinstance(errors, list) or not all(isinstance(e, str) for e in errors):
+        raise Unreadable("errors must be a list of strings")
+    return HistoryEntry(
+        run_id=str(data["run_id"]),
+        node=NodeName(str(data["node"])),
+        ok=bool(data["ok"]),
+        errors=tuple(errors),
+        started_at=float(data["started_at"]),
+        duration_s=float(data["duration_s"]),
+        ordered_at=float(data["ordered_at"]),
+    )
 
 
 def _json_object(raw: Raw) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TypeVar
 
+from dispatcher.core.history import HistoryEntry
 from dispatcher.core.model import CheckConfig, Digest, NodeName, SourceName
 from dispatcher.core.snapshot import NodeRecord, Snapshot, StateDelta
 from dispatcher.errors import Fenced, StoreError, StoreLost
@@ -24,6 +25,9 @@ class MemoryStateStore:
         self.sources: dict[SourceName, frozenset[Digest]] = {}
         self.placement: dict[Digest, NodeName] = {}
         self.nodes: dict[NodeName, NodeRecord] = {}
+        self.history: dict[Digest, list[HistoryEntry]] = {}
+        """Each check's results as written (unbounded here: the state bounds its own,
+        and a restore keeps the newest up to its bound)."""
         self.writes = 0
         """Writes that changed something (an empty one only checks the claim)."""
         self.down = False
@@ -35,6 +39,7 @@ class MemoryStateStore:
         self.sources.clear()
         self.placement.clear()
         self.nodes.clear()
+        self.history.clear()
 
     async def claim(self, *, epoch: int) -> Snapshot:
         self._gate()
@@ -46,6 +51,7 @@ class MemoryStateStore:
             sources=dict(self.sources),
             placement=dict(self.placement),
             nodes=dict(self.nodes),
+            history={d: list(e) for d, e in self.history.items()},
         )
 
     async def write(self, delta: StateDelta, *, epoch: int) -> None:
@@ -60,6 +66,11 @@ class MemoryStateStore:
         _apply(self.sources, delta.sources)
         _apply(self.placement, delta.placement)
         _apply(self.nodes, delta.nodes)
+        for digest, config in delta.configs.items():
+            if config is None:
+                self.history.pop(digest, None)
+        for digest, entries in delta.history.items():
+            self.history.setdefault(digest, []).extend(entries)
 
     async def close(self) -> None:
         return None

@@ -19,7 +19,9 @@ Tables (schema version in ``PRAGMA user_version``): ``meta`` (the claimant's epo
 fencing token), ``configs`` (digest -> config JSON, the codec Redis uses), ``sources``
 and ``source_checks`` (a source and the digests it holds, one row each, so that adding
 one check to a big source writes one row), ``placement`` (digest -> node) and ``nodes``
-(node -> labels, capacity, cordon JSON).
+(node -> labels, capacity, cordon JSON); since schema 2, ``history`` (one row per
+accepted result: digest, when it ran, the entry's JSON), trimmed per check to the
+history bounds as it is written, and dropped with the check's config.
 
 - open: reads the epoch and the whole state, every row decoded, so that a bad row
   stops the start rather than fail each claim of a dispatcher already serving.
@@ -48,6 +50,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from dispatcher.core.history import HistoryEntry
 from dispatcher.core.model import CheckConfig, Digest, NodeName, SourceName
 from dispatcher.core.snapshot import NodeRecord, Snapshot, StateDelta
 from dispatcher.errors import Fenced, StoreError, StoreLost
@@ -57,6 +60,8 @@ from dispatcher.storage.codec import (
     config_in,
     config_out,
     describe,
+    history_in,
+    history_out,
     node_in,
     node_out,
 )
@@ -76,7 +81,7 @@ def _statements(*sql: str) -> Migration:
     return run
 
 
-CURRENT_SCHEMA = 1
+CURRENT_SCHEMA = 2
 """The schema version this code reads and writes."""
 
 MIGRATIONS: dict[int, Migration] = {
@@ -92,6 +97,13 @@ MIGRATIONS: dict[int, Migration] = {
         " PRIMARY KEY (source, digest)) WITHOUT ROWID",
         "CREATE TABLE placement (digest TEXT PRIMARY KEY, node TEXT NOT NULL) WITHOUT ROWID",
         "CREATE TABLE nodes (name TEXT PRIMARY KEY, body BLOB NOT NULL)",
+    ),
+    # 2: each check's history, one row per result; the index serves a check's trim by
+    # count and age and the ordered load.
+    1: _statements(
+        "CREATE TABLE history (id INTEGER PRIMARY KEY, digest TEXT NOT NULL,"
+        " ordered_at REAL NOT NULL, body BLOB NOT NULL)",
+        "CREATE INDEX history_by_check ON history (digest, ordered_at)",
     ),
 }
 """Version N -> the step to N + 1. Steps run in order, all in one transaction with the
@@ -118,9 +130,16 @@ class SqliteStateStore:
         connection: sqlite3.Connection,
         executor: ThreadPoolExecutor,
         lock: DataDirLock,
+        history_max_results: int = 2000,
+        history_max_age_s: float = 7 * 24 * 3600.0,
     ) -> None:
         """Use ``open``."""
         self.path = path
+        self._history_max_results = history_max_results
+        self._history_max_age_s = history_max_age_s
+        self._history_counts: dict[Digest, int] = {}
+        """Rows per check in ``history`` (read at open): a write trims a check only once
+        it is past its bound by a margin, so the trim is one DELETE per many results."""
         self._connection = connection
         self._executor = executor
         self._lock = lock
@@ -136,7 +155,14 @@ class SqliteStateStore:
         makes it stale): then dropped, since the claimer holds the state from there."""
 
     @classmethod
-    def open(cls, data_dir: Path, *, synchronous: Synchronous = "FULL") -> SqliteStateStore:
+    def open(
+        cls,
+        data_dir: Path,
+        *,
+        synchronous: Synchronous = "FULL",
+        history_max_results: int = 2000,
+        history_max_age_s: float = 7 * 24 * 3600.0,
+    ) -> SqliteStateStore:
         """Locks ``data_dir`` (created if missing) and opens its database, creating or
         migrating the schema, then reads the epoch and the whole state (kept for the
         first claim). Raises StoreError, naming the directory or file and what to do,
@@ -150,7 +176,14 @@ class SqliteStateStore:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clusterchecks-sqlite")
         connecting = executor.submit(_connect, path, synchronous)
         try:
-            store = cls(path, connection=connecting.result(), executor=executor, lock=lock)
+            store = cls(
+                path,
+                connection=connecting.result(),
+                executor=executor,
+                lock=lock,
+                history_max_results=history_max_results,
+                history_max_age_s=history_max_age_s,
+            )
             executor.submit(store._read_at_open).result()
         except BaseException:
             # Lets a connect still running (this thread interrupted) finish, so that the
@@ -254,7 +287,9 @@ class SqliteStateStore:
             )
             _put(self._connection, delta.nodes, node_out, table="nodes", key="name", column="body")
             _put_sources(self._connection, delta.sources, held)
-        # Committed: only now does the cache follow.
+            counts = self._put_history(delta)
+        self._history_counts = counts
+        # Committed: only now do the caches follow.
         held = dict(held)
         for source, digests in delta.sources.items():
             if digests is None:
@@ -262,6 +297,47 @@ class SqliteStateStore:
             else:
                 held[source] = digests
         self._held = held
+
+    def _put_history(self, delta: StateDelta) -> dict[Digest, int]:
+        """Drops the history of deleted checks, appends the new results (one
+        ``executemany`` for the whole group commit) and trims the checks written to;
+        returns the row counts as they will be once committed."""
+        connection = self._connection
+        counts = dict(self._history_counts)
+        dropped = [(d,) for d, config in delta.configs.items() if config is None]
+        if dropped:
+            connection.executemany("DELETE FROM history WHERE digest = ?", dropped)
+            for (digest,) in dropped:
+                counts.pop(digest, None)
+        if not delta.history:
+            return counts
+        connection.executemany(
+            "INSERT INTO history (digest, ordered_at, body) VALUES (?, ?, ?)",
+            [
+                (digest, entry.ordered_at, history_out(entry))
+                for digest, entries in delta.history.items()
+                for entry in entries
+            ],
+        )
+        bound = self._history_max_results
+        margin = max(1, bound // 10)
+        for digest, entries in delta.history.items():
+            count = counts.get(digest, 0) + len(entries)
+            newest = max(entry.ordered_at for entry in entries)
+            if count > bound + margin:
+                connection.execute(
+                    "DELETE FROM history WHERE id IN (SELECT id FROM history WHERE digest = ?"
+                    " ORDER BY ordered_at, id LIMIT ?)",
+                    (digest, count - bound),
+                )
+                count = bound
+            # Rows past the age bound, as of the newest result (the store has no clock).
+            aged = connection.execute(
+                "DELETE FROM history WHERE digest = ? AND ordered_at < ?",
+                (digest, newest - self._history_max_age_s),
+            ).rowcount
+            counts[digest] = max(0, count - aged)
+        return counts
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -301,9 +377,28 @@ class SqliteStateStore:
         nodes: dict[NodeName, NodeRecord] = self._decode(
             "nodes", connection.execute("SELECT name, body FROM nodes"), node_in
         )
+        history = self._load_history()
+        self._history_counts = {digest: len(entries) for digest, entries in history.items()}
         return Snapshot(
-            configs=configs, sources=self._load_sources(), placement=placement, nodes=nodes
+            configs=configs,
+            sources=self._load_sources(),
+            placement=placement,
+            nodes=nodes,
+            history=history,
         )
+
+    def _load_history(self) -> dict[Digest, list[HistoryEntry]]:
+        history: dict[Digest, list[HistoryEntry]] = {}
+        rows = self._connection.execute(
+            "SELECT id, digest, body FROM history ORDER BY digest, ordered_at, id"
+        )
+        for row_id, digest, body in rows:
+            try:
+                entry = history_in(body)
+            except DECODE_ERRORS as exc:
+                raise self._unreadable("history", row_id, exc) from exc
+            history.setdefault(Digest(self._key("history", digest)), []).append(entry)
+        return history
 
     def _load_sources(self) -> dict[SourceName, frozenset[Digest]]:
         held: dict[SourceName, set[Digest]] = {}

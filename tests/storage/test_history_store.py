@@ -1,0 +1,309 @@
+"""Each check's history in the stores: kept with the state (memory), persisted so that
+it survives a restart (SQLite, schema 2 and its migration from 1), dropped with the
+check, trimmed to its bounds; and how a state hands it to a store and takes it back."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from dispatcher.core.history import CheckHistory, HistoryEntry, HistoryLimits
+from dispatcher.core.model import CheckConfig, CheckResult, Digest, NodeName
+from dispatcher.core.snapshot import Snapshot, StateDelta
+from dispatcher.core.state import ClusterState
+from dispatcher.errors import Fenced, StoreError
+from dispatcher.storage import sqlite as sqlite_store
+from dispatcher.storage.base import StateStore
+from dispatcher.storage.codec import config_out
+from dispatcher.storage.memory import MemoryStateStore
+from dispatcher.storage.sqlite import DB_NAME, SqliteStateStore
+from tests.storage.records import N1, S1, plain
+
+NOW = 1_800_000_000.0
+A, B = plain("a"), plain("b")
+
+
+def entry(run: str, at: float, *, ok: bool = True, node: NodeName = N1) -> HistoryEntry:
+    return HistoryEntry(
+        run_id=run,
+        node=node,
+        ok=ok,
+        errors=() if ok else (f"{run}: connection refused", "é ünïcode"),
+        started_at=at,
+        duration_s=0.25,
+        ordered_at=at,
+    )
+
+
+def with_checks(*configs: CheckConfig, **history: list[HistoryEntry]) -> StateDelta:
+    return StateDelta(
+        configs={c.digest: c for c in configs},
+        sources={S1: frozenset(c.digest for c in configs)},
+        history={Digest(d): e for d, e in history.items()},
+    )
+
+
+Reopen = Callable[[], Awaitable[StateStore]]
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def stores(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[StateStore, Reopen]]:
+    """A store and a way to get it again (SQLite: closed and opened, as a restart)."""
+    if request.param == "memory":
+        memory = MemoryStateStore()
+
+        async def same() -> StateStore:
+            return memory
+
+        yield memory, same
+        return
+    opened = [SqliteStateStore.open(tmp_path / "data")]
+
+    async def reopen() -> StateStore:
+        await opened[-1].close()
+        opened.append(SqliteStateStore.open(tmp_path / "data"))
+        return opened[-1]
+
+    try:
+        yield opened[0], reopen
+    finally:
+        await opened[-1].close()
+
+
+async def test_history_written_in_batches_is_loaded_after_a_restart_oldest_first(
+    stores: tuple[StateStore, Reopen],
+) -> None:
+    store, reopen = stores
+    await store.claim(epoch=1)
+    first = [entry("a1", NOW - 30, ok=False), entry("a2", NOW - 20)]
+    await store.write(with_checks(A, B, **{A.digest: first}), epoch=1)
+    # A later group commit, with a late result of an older run among them.
+    await store.write(
+        StateDelta(history={A.digest: [entry("a3", NOW - 10), entry("a0", NOW - 40)]}), epoch=1
+    )
+
+    snapshot = await (await reopen()).claim(epoch=2)
+
+    runs = [e.run_id for e in snapshot.history[A.digest]]
+    # Loaded oldest first by when they ran (the memory store keeps write order; the
+    # state sorts on load either way).
+    assert sorted(runs) == ["a0", "a1", "a2", "a3"]
+    assert B.digest not in snapshot.history
+    kept = {e.run_id: e for e in snapshot.history[A.digest]}
+    assert kept["a1"] == first[0]
+
+
+async def test_history_is_dropped_with_its_check(stores: tuple[StateStore, Reopen]) -> None:
+    store, reopen = stores
+    await store.claim(epoch=1)
+    await store.write(
+        with_checks(A, B, **{A.digest: [entry("a", NOW)], B.digest: [entry("b", NOW)]}), epoch=1
+    )
+    await store.write(
+        StateDelta(configs={A.digest: None}, sources={S1: frozenset({B.digest})}), epoch=1
+    )
+
+    snapshot = await (await reopen()).claim(epoch=2)
+
+    assert set(snapshot.history) == {B.digest}
+
+
+def run(digest: Digest, run_id: str, at: float, *, ok: bool = True) -> CheckResult:
+    return CheckResult(digest, run_id, ok, () if ok else ("boom",), at, 0.5)
+
+
+async def test_a_restored_state_answers_from_the_stored_history(
+    stores: tuple[StateStore, Reopen],
+) -> None:
+    store, reopen = stores
+    await store.claim(epoch=1)
+    state = ClusterState(track_changes=True)
+    state.node_status(N1, now=1.0, last_change=-1)
+    state.replace_source(S1, [A], now=1.0)
+    assert state.placement[A.digest] == N1
+    state.record_results(N1, [run(A.digest, "r1", NOW - 60, ok=False)], now_wall=NOW)
+    state.record_results(N1, [run(A.digest, "r2", NOW - 30)], now_wall=NOW)
+    await store.write(state.take_delta(), epoch=1)
+
+    restored = ClusterState.restore(await (await reopen()).claim(epoch=2), now=5.0)
+
+    got = restored.history.results(A.digest, now_wall=NOW)
+    assert [e.run_id for e in got] == ["r2", "r1"]
+    assert restored.history.uptime(A.digest, 3600, now_wall=NOW) == 0.5
+    assert restored.take_delta().history == {}, "what the store holds is not written again"
+    assert restored.snapshot().history[A.digest] == got[::-1]
+
+
+def test_a_tracking_state_hands_each_recorded_result_to_the_store_once() -> None:
+    state = ClusterState(track_changes=True)
+    state.node_status(N1, now=1.0, last_change=-1)
+    state.replace_source(S1, [A, B], now=1.0)
+    state.take_delta()
+    state.record_results(N1, [run(A.digest, "r1", NOW), run(B.digest, "b1", NOW)], now_wall=NOW)
+    state.record_results(N1, [run(A.digest, "r2", NOW)], now_wall=NOW)
+
+    delta = state.take_delta()
+
+    assert {d: [e.run_id for e in es] for d, es in delta.history.items()} == {
+        A.digest: ["r1", "r2"],
+        B.digest: ["b1"],
+    }
+    assert delta, "a delta of history alone is written"
+    assert state.take_delta().history == {}
+
+
+def test_a_check_removed_before_its_results_are_written_takes_them_along() -> None:
+    state = ClusterState(track_changes=True)
+    state.node_status(N1, now=1.0, last_change=-1)
+    state.replace_source(S1, [A, B], now=1.0)
+    state.record_results(N1, [run(A.digest, "r1", NOW), run(B.digest, "b1", NOW)], now_wall=NOW)
+    state.replace_source(S1, [B], now=2.0)
+
+    delta = state.take_delta()
+
+    assert set(delta.history) == {B.digest}
+    assert delta.configs[A.digest] is None
+
+
+def test_a_state_no_store_follows_keeps_no_pending_results() -> None:
+    state = ClusterState()
+    state.node_status(N1, now=1.0, last_change=-1)
+    state.replace_source(S1, [A], now=1.0)
+    state.record_results(N1, [run(A.digest, "r1", NOW)], now_wall=NOW)
+    assert state.take_delta().history == {}
+    assert [e.run_id for e in state.history.results(A.digest, now_wall=NOW)] == ["r1"]
+
+
+def test_merging_deltas_drops_results_of_a_check_deleted_after_them() -> None:
+    pending = StateDelta(history={A.digest: [entry("old", NOW)], B.digest: [entry("b", NOW)]})
+    pending.merge(StateDelta(configs={A.digest: None}))
+    pending.merge(StateDelta(configs={A.digest: A}, history={A.digest: [entry("new", NOW + 1)]}))
+    assert {d: [e.run_id for e in es] for d, es in pending.history.items()} == {
+        A.digest: ["new"],
+        B.digest: ["b"],
+    }
+
+
+def test_loading_keeps_the_newest_up_to_the_count_bound() -> None:
+    history = CheckHistory(HistoryLimits(max_results=2))
+    history.load(A.digest, [entry(f"r{i}", NOW - 10 + i) for i in range(5)])
+    assert [e.run_id for e in history.results(A.digest, now_wall=NOW)] == ["r4", "r3"]
+    assert history.take_pending() == {}
+
+
+# ----------------------------------------------------------------- sqlite only
+
+
+def rows(path: Path, digest: Digest) -> int:
+    reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        (count,) = reader.execute(
+            "SELECT count(*) FROM history WHERE digest = ?", (digest,)
+        ).fetchone()
+    finally:
+        reader.close()
+    assert isinstance(count, int)
+    return count
+
+
+async def test_sqlite_trims_each_check_to_its_count_and_age_bounds(tmp_path: Path) -> None:
+    store = SqliteStateStore.open(tmp_path / "data", history_max_results=10, history_max_age_s=3600)
+    try:
+        await store.claim(epoch=1)
+        await store.write(with_checks(A, B, **{B.digest: [entry("b-old", NOW - 7200)]}), epoch=1)
+        for batch in range(5):  # 5 group commits of 10 results
+            results = [entry(f"a{batch}-{i}", NOW - 100 + 10 * batch + i) for i in range(10)]
+            await store.write(StateDelta(history={A.digest: results}), epoch=1)
+            # At most the bound and its 10 % margin between two trims.
+            assert rows(store.path, A.digest) <= 11
+        await store.write(StateDelta(history={B.digest: [entry("b-new", NOW)]}), epoch=1)
+        assert rows(store.path, B.digest) == 1, "the 2 h old result went (bound 1 h)"
+        snapshot = await store.claim(epoch=2)
+    finally:
+        await store.close()
+    runs = [e.run_id for e in snapshot.history[A.digest]]
+    assert runs[-10:] == [f"a4-{i}" for i in range(10)], "the newest are kept"
+
+
+async def test_sqlite_writes_one_transaction_per_group_commit(tmp_path: Path) -> None:
+    store = SqliteStateStore.open(tmp_path / "data")
+    try:
+        await store.claim(epoch=1)
+        await store.write(with_checks(A), epoch=1)
+        before = store._connection.total_changes
+        many = [entry(f"r{i}", NOW - 1000 + i) for i in range(500)]
+        await store.write(StateDelta(history={A.digest: many}), epoch=1)
+        assert store._connection.total_changes - before == 500
+    finally:
+        await store.close()
+    snapshot = await _claim_again(tmp_path / "data")
+    assert len(snapshot.history[A.digest]) == 500
+
+
+async def _claim_again(data_dir: Path) -> Snapshot:
+    store = SqliteStateStore.open(data_dir)
+    try:
+        return await store.claim(epoch=9)
+    finally:
+        await store.close()
+
+
+async def test_a_schema_1_file_is_migrated_to_2_and_keeps_its_state(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    # A file as schema 1 wrote it: its tables, its epoch and one check.
+    maker = sqlite3.connect(data_dir / DB_NAME, isolation_level=None)
+    try:
+        sqlite_store.MIGRATIONS[0](maker)
+        maker.execute("UPDATE meta SET value = 3 WHERE key = 'epoch'")
+        maker.execute("INSERT INTO configs VALUES (?, ?)", (A.digest, config_out(A)))
+        maker.execute("INSERT INTO sources VALUES (?)", (S1,))
+        maker.execute("INSERT INTO source_checks VALUES (?, ?)", (S1, A.digest))
+        maker.execute("PRAGMA user_version = 1")
+    finally:
+        maker.close()
+    reader = sqlite3.connect(data_dir / DB_NAME)
+    try:
+        assert reader.execute("PRAGMA user_version").fetchone()[0] == 1
+        tables = {n for (n,) in reader.execute("SELECT name FROM sqlite_master")}
+        assert "history" not in tables
+    finally:
+        reader.close()
+
+    store = SqliteStateStore.open(data_dir)
+    try:
+        with pytest.raises(Fenced):
+            await store.claim(epoch=2)  # the epoch survived the migration
+        migrated = await store.claim(epoch=4)
+        await store.write(StateDelta(history={A.digest: [entry("r", NOW)]}), epoch=4)
+    finally:
+        await store.close()
+
+    assert set(migrated.configs) == {A.digest}
+    assert migrated.history == {}
+    assert sqlite_store.backup_path(data_dir / DB_NAME, 1).exists()
+    again = await _claim_again(data_dir)
+    assert [e.run_id for e in again.history[A.digest]] == ["r"]
+
+
+async def test_an_unreadable_history_row_is_refused_at_open_naming_it(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    store = SqliteStateStore.open(data_dir)
+    try:
+        await store.claim(epoch=1)
+        await store.write(with_checks(A, **{A.digest: [entry("r", NOW)]}), epoch=1)
+    finally:
+        await store.close()
+    writer = sqlite3.connect(data_dir / DB_NAME)
+    try:
+        writer.execute("UPDATE history SET body = '[1]'")
+        writer.commit()
+    finally:
+        writer.close()
+    with pytest.raises(StoreError, match="table history"):
+        SqliteStateStore.open(data_dir)
