@@ -115,6 +115,8 @@ def build(
                 settings.redis.url,
                 name=settings.election.lease_name,
                 timeout_s=settings.redis.timeout_s,
+                history_max_results=settings.dispatch.history_max_results,
+                history_max_age_s=settings.dispatch.history_max_age_s,
             )
             closers.append(redis_store.close)
             store = redis_store

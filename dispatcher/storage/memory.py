@@ -19,15 +19,16 @@ V = TypeVar("V")
 class MemoryStateStore:
     kind = "memory"
 
-    def __init__(self) -> None:
+    def __init__(self, *, history_max_results: int = 2000) -> None:
         self.epoch = 0
+        self._history_max_results = history_max_results
         self.configs: dict[Digest, CheckConfig] = {}
         self.sources: dict[SourceName, frozenset[Digest]] = {}
         self.placement: dict[Digest, NodeName] = {}
         self.nodes: dict[NodeName, NodeRecord] = {}
         self.history: dict[Digest, list[HistoryEntry]] = {}
-        """Each check's results as written (unbounded here: the state bounds its own,
-        and a restore keeps the newest up to its bound)."""
+        """Each check's results as written, the newest ``history_max_results`` (a
+        restore sorts them and applies its own bounds)."""
         self.writes = 0
         """Writes that changed something (an empty one only checks the claim)."""
         self.down = False
@@ -70,7 +71,9 @@ class MemoryStateStore:
             if config is None:
                 self.history.pop(digest, None)
         for digest, entries in delta.history.items():
-            self.history.setdefault(digest, []).extend(entries)
+            kept = self.history.setdefault(digest, [])
+            kept.extend(entries)
+            del kept[: -self._history_max_results]
 
     async def close(self) -> None:
         return None

@@ -2,7 +2,8 @@
 
 Layout under ``<name>:store``: ``:epoch`` (the claimant's epoch, the fencing token),
 ``:configs`` (digest -> config JSON), ``:sources`` (source -> JSON list of digests),
-``:placement`` (digest -> node) and ``:nodes`` (node -> labels, capacity, cordon).
+``:placement`` (digest -> node) and ``:nodes`` (node -> labels, capacity, cordon);
+``:history:<digest>``, each check's history as a capped stream.
 
 - claim: one Lua script sets the fencing token to the new epoch unless a higher one
   holds it; only then is the state loaded, so no older leader can write in between.
@@ -23,12 +24,15 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from dispatcher.common.redisconn import redis_client
-from dispatcher.core.model import NodeName
+from dispatcher.core.history import HistoryEntry
+from dispatcher.core.model import Digest, NodeName
 from dispatcher.core.snapshot import Snapshot, StateDelta
 from dispatcher.errors import Fenced, StoreError, StoreLost
 from dispatcher.storage.codec import DECODE_ERRORS, describe
 from dispatcher.storage.codec import config_in as _config_in
 from dispatcher.storage.codec import config_out as _config_out
+from dispatcher.storage.codec import history_in as _history_in
+from dispatcher.storage.codec import history_out as _history_out
 from dispatcher.storage.codec import node_in as _node_in
 from dispatcher.storage.codec import node_out as _node_out
 from dispatcher.storage.codec import source_in as _source_in
@@ -69,6 +73,36 @@ end
 return 1
 """
 
+# KEYS: the epoch, then the history streams of deleted checks, then those appended to.
+# ARGV: epoch, max entries per stream, max age in ms, number of deleted streams, then
+# for each appended stream: its number of entries and the entries.
+_HISTORY = """
+local current = redis.call('GET', KEYS[1])
+if not current then
+  return redis.error_reply('LOST the store holds no epoch: its data is gone')
+end
+if current ~= ARGV[1] then
+  return redis.error_reply('FENCED claimed by epoch ' .. current)
+end
+local dropped = tonumber(ARGV[4])
+for k = 2, dropped + 1 do
+  redis.call('DEL', KEYS[k])
+end
+local t = redis.call('TIME')
+local oldest = tonumber(t[1]) * 1000 - tonumber(ARGV[3])
+local i = 5
+for k = dropped + 2, #KEYS do
+  local n = tonumber(ARGV[i])
+  i = i + 1
+  for _ = 1, n do
+    redis.call('XADD', KEYS[k], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[i])
+    i = i + 1
+  end
+  redis.call('XTRIM', KEYS[k], 'MINID', '~', string.format('%d', oldest))
+end
+return 1
+"""
+
 CHUNK_RECORDS = 2000
 """Records per script call: a big first load must not stall Redis in one long script."""
 
@@ -79,23 +113,51 @@ V = TypeVar("V")
 class RedisStateStore:
     kind = "redis"
 
-    def __init__(self, client: aioredis.Redis, *, name: str = "clusterchecks-dispatcher") -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        name: str = "clusterchecks-dispatcher",
+        history_max_results: int = 2000,
+        history_max_age_s: float = 7 * 24 * 3600.0,
+    ) -> None:
         self._client = client
+        self._history_max_results = history_max_results
+        self._history_max_age_s = history_max_age_s
         prefix = f"{name}:store"
+        self.history_prefix = f"{prefix}:history:"
+        """Each check's history is a capped stream ``<prefix>:history:<digest>`` (one
+        entry per result, field ``e``: the entry's JSON), trimmed to about the count
+        bound as it is written (``MAXLEN ~``) and by age against Redis' clock."""
         self.epoch_key = f"{prefix}:epoch"
         self.hash_keys = tuple(
             f"{prefix}:{part}" for part in ("configs", "sources", "placement", "nodes")
         )
         self._claim = client.register_script(_CLAIM)
         self._write = client.register_script(_WRITE)
+        self._history = client.register_script(_HISTORY)
+        self._streams: set[str] = set()
+        """Digests with a history stream, as this store object last claimed and wrote
+        (only the claimant writes): a deleted check costs a call only when it has one."""
         self.round_trips = 0
         """Calls to Redis so far (benchmarks count them per operation)."""
 
     @classmethod
     def from_url(
-        cls, url: str, *, name: str = "clusterchecks-dispatcher", timeout_s: float = 2.0
+        cls,
+        url: str,
+        *,
+        name: str = "clusterchecks-dispatcher",
+        timeout_s: float = 2.0,
+        history_max_results: int = 2000,
+        history_max_age_s: float = 7 * 24 * 3600.0,
     ) -> RedisStateStore:
-        return cls(redis_client(url, timeout_s=timeout_s), name=name)
+        return cls(
+            redis_client(url, timeout_s=timeout_s),
+            name=name,
+            history_max_results=history_max_results,
+            history_max_age_s=history_max_age_s,
+        )
 
     async def claim(self, *, epoch: int) -> Snapshot:
         try:
@@ -106,14 +168,34 @@ class RedisStateStore:
                     pipe.hgetall(key)
                 self.round_trips += 1
                 configs, sources, placement, nodes = await pipe.execute()
+            configs_key, sources_key, placement_key, nodes_key = self.hash_keys
+            decoded = _decode(configs_key, configs, _config_in)
+            # Every held check's stream in one pipeline (one round trip).
+            digests = sorted(decoded)
+            streams: list[Any] = []
+            if digests:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for digest in digests:
+                        pipe.xrange(self.history_prefix + digest)
+                    self.round_trips += 1
+                    streams = await pipe.execute()
         except RedisError as exc:
             raise _translate(exc) from exc
-        configs_key, sources_key, placement_key, nodes_key = self.hash_keys
+        history: dict[Digest, list[HistoryEntry]] = {}
+        for digest, stream in zip(digests, streams, strict=True):
+            entries = [
+                _decode_entry(self.history_prefix + digest, entry_id, fields)
+                for entry_id, fields in stream
+            ]
+            if entries:
+                history[Digest(digest)] = entries
+        self._streams = set(history)
         return Snapshot(
-            configs=_decode(configs_key, configs, _config_in),
+            configs=decoded,
             sources=_decode(sources_key, sources, _source_in),
             placement=_decode(placement_key, placement, lambda raw: NodeName(raw.decode())),
             nodes=_decode(nodes_key, nodes, _node_in),
+            history=history,
         )
 
     async def write(self, delta: StateDelta, *, epoch: int) -> None:
@@ -131,6 +213,44 @@ class RedisStateStore:
                 await self._write(keys=[self.epoch_key, *self.hash_keys], args=args)
             except RedisError as exc:
                 raise _translate(exc) from exc
+        await self._write_history(delta, epoch=epoch)
+
+    async def _write_history(self, delta: StateDelta, *, epoch: int) -> None:
+        """Drops the streams of deleted checks, then appends the new results: one fenced
+        script call per ``CHUNK_RECORDS`` results, never one round trip per result."""
+        gone = [d for d, c in delta.configs.items() if c is None and d in self._streams]
+        dropped = [self.history_prefix + d for d in gone]
+        if not dropped and not delta.history:
+            return
+        chunks: list[tuple[list[str], list[str | bytes]]] = [([], [])]
+        size = 0
+        for digest, entries in delta.history.items():
+            for start in range(0, len(entries), CHUNK_RECORDS):
+                part = entries[start : start + CHUNK_RECORDS]
+                if size + len(part) > CHUNK_RECORDS:
+                    chunks.append(([], []))
+                    size = 0
+                keys, values = chunks[-1]
+                keys.append(self.history_prefix + digest)
+                values.append(str(len(part)))
+                values.extend(_history_out(e) for e in part)
+                size += len(part)
+        for index, (keys, values) in enumerate(chunks):
+            deleted = dropped if index == 0 else []
+            args: list[str | bytes] = [
+                str(epoch),
+                str(self._history_max_results),
+                str(int(self._history_max_age_s * 1000)),
+                str(len(deleted)),
+                *values,
+            ]
+            try:
+                self.round_trips += 1
+                await self._history(keys=[self.epoch_key, *deleted, *keys], args=args)
+            except RedisError as exc:
+                raise _translate(exc) from exc
+        self._streams.difference_update(gone)
+        self._streams.update(delta.history)
 
     async def stored_epoch(self) -> int:
         """The epoch that holds the store (0: never claimed)."""
@@ -163,6 +283,16 @@ def _chunks(delta: StateDelta) -> Iterator[StateDelta]:
                 chunk = StateDelta()
     if chunk:
         yield chunk
+
+
+def _decode_entry(stream: str, entry_id: bytes, fields: dict[bytes, bytes]) -> HistoryEntry:
+    try:
+        return _history_in(fields[b"e"])
+    except DECODE_ERRORS as exc:
+        raise StoreError(
+            f"redis: the stored state is not readable: entry {entry_id!r} of {stream} "
+            f"({describe(exc)}); fix or delete it"
+        ) from exc
 
 
 def _encode(changes: Mapping[K, V | None], encode: Callable[[V], str | bytes]) -> list[str | bytes]:

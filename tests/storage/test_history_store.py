@@ -19,7 +19,9 @@ from dispatcher.storage import sqlite as sqlite_store
 from dispatcher.storage.base import StateStore
 from dispatcher.storage.codec import config_out
 from dispatcher.storage.memory import MemoryStateStore
+from dispatcher.storage.redis import RedisStateStore
 from dispatcher.storage.sqlite import DB_NAME, SqliteStateStore
+from tests.redis_server import RedisServer
 from tests.storage.records import N1, S1, plain
 
 NOW = 1_800_000_000.0
@@ -49,11 +51,12 @@ def with_checks(*configs: CheckConfig, **history: list[HistoryEntry]) -> StateDe
 Reopen = Callable[[], Awaitable[StateStore]]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "redis", "sqlite"])
 async def stores(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[tuple[StateStore, Reopen]]:
-    """A store and a way to get it again (SQLite: closed and opened, as a restart)."""
+    """A store and a way to get it again (SQLite: closed and opened, as a restart;
+    Redis: another client, as the next leader)."""
     if request.param == "memory":
         memory = MemoryStateStore()
 
@@ -61,6 +64,20 @@ async def stores(
             return memory
 
         yield memory, same
+        return
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        clients = [RedisStateStore.from_url(server.url, timeout_s=1.0)]
+
+        async def another() -> StateStore:
+            clients.append(RedisStateStore.from_url(server.url, timeout_s=1.0))
+            return clients[-1]
+
+        try:
+            yield clients[0], another
+        finally:
+            for client in clients:
+                await client.close()
         return
     opened = [SqliteStateStore.open(tmp_path / "data")]
 
@@ -307,3 +324,34 @@ async def test_an_unreadable_history_row_is_refused_at_open_naming_it(tmp_path: 
         writer.close()
     with pytest.raises(StoreError, match="table history"):
         SqliteStateStore.open(data_dir)
+
+
+# ------------------------------------------------------------------ redis only
+
+
+async def test_redis_writes_a_group_commit_of_results_in_one_call_and_caps_the_stream(
+    redis_server: RedisServer,
+) -> None:
+    store = RedisStateStore.from_url(redis_server.url, timeout_s=1.0, history_max_results=100)
+    try:
+        await store.claim(epoch=1)
+        await store.write(with_checks(A, B), epoch=1)
+        before = store.round_trips
+        batch = {
+            A.digest: [entry(f"a{i}", NOW - 1000 + i) for i in range(300)],
+            B.digest: [entry("b", NOW)],
+        }
+        await store.write(StateDelta(history=batch), epoch=1)
+        # One fenced script call for all 301 results (no record changed: no hash call).
+        assert store.round_trips - before == 1
+        raw = store._client
+        length = await raw.xlen(store.history_prefix + A.digest)
+        # MAXLEN ~ trims whole macro nodes: about the bound, never all 300.
+        assert 100 <= length < 300
+        with pytest.raises(Fenced):
+            await store.write(StateDelta(history={B.digest: [entry("late", NOW)]}), epoch=0)
+        assert await raw.xlen(store.history_prefix + B.digest) == 1
+        await store.write(StateDelta(configs={A.digest: None}), epoch=1)
+        assert await raw.exists(store.history_prefix + A.digest) == 0
+    finally:
+        await store.close()
