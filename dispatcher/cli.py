@@ -1,6 +1,6 @@
 """``clusterchecks-dispatcher``: serve (the default) and the admin commands.
 
-``serve`` runs the dispatcher. ``state``, ``checks``, ``results``, ``rebalance``,
+``serve`` runs the dispatcher. ``state``, ``checks``, ``history``, ``results``, ``rebalance``,
 ``cordon``, ``uncordon``, ``drain``, ``isolate`` and ``replicas`` talk to a running one
 over HTTP (``dispatcher.admin``; its ``commands`` module lists their exit codes).
 
@@ -448,6 +448,7 @@ def _fail(message: str) -> NoReturn:
 
 main.add_command(admin.state)
 main.add_command(admin.checks)
+main.add_command(admin.history)
 main.add_command(admin.results)
 main.add_command(admin.rebalance)
 main.add_command(admin.cordon)

@@ -127,6 +127,14 @@ class AdminClient:
         listing = await self.checks()
         return await self.check(match_digest(prefix, (c.digest for c in listing.model.checks)))
 
+    async def history(self, digest: str, *, limit: int) -> Reply[wire.HistoryOut]:
+        return await self._call(
+            "GET",
+            f"{API}/checks/{quote(digest, safe='')}/history?limit={limit}",
+            wire.HistoryOut,
+            subject=f"check {digest!r}",
+        )
+
     async def results(self) -> Reply[wire.ResultsPageOut]:
         return await self._call("GET", API + "/results", wire.ResultsPageOut)
 

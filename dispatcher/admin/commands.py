@@ -301,6 +301,29 @@ def results(inv: Invocation) -> None:
 
 
 @click.command()
+@click.argument("digest", callback=_check_prefix)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 5000),
+    default=20,
+    show_default=True,
+    help="How many of the newest runs to show.",
+)
+@admin_command
+def history(inv: Invocation, digest: str, limit: int) -> None:
+    """A check's recent runs (by digest or unique digest prefix): uptime over 1 h, 24 h
+    and 7 d, duration percentiles, a sparkline and a table, newest first."""
+
+    async def work(client: AdminClient) -> tuple[Reply[wire.HistoryOut], str]:
+        found = await client.find_check(digest)
+        return await client.history(found.model.digest, limit=limit), found.model.name
+
+    reply, name = _run(work, inv)
+    now = time.time()
+    _emit(inv, reply, lambda: render.history(reply.model, name=name, now=now))
+
+
+@click.command()
 @click.option("--force", is_flag=True, help="Move checks even when the gain is small.")
 @click.option("--dry-run", is_flag=True, help="Show the moves without making them.")
 @admin_command
@@ -416,6 +439,7 @@ def compact(raw: bytes) -> bytes:
 COMMANDS: tuple[click.Command, ...] = (
     state,
     checks,
+    history,
     results,
     rebalance,
     cordon,

@@ -258,6 +258,76 @@ def results(page: wire.ResultsPageOut, *, now: float) -> str:
     return "\n".join(parts)
 
 
+HISTORY_HEADERS = ("STARTED", "NODE", "RESULT", "DURATION", "RUN", "ERROR")
+SPARK = "▁▂▃▄▅▆▇█"
+"""Duration levels, shortest to longest, of a run that succeeded."""
+SPARK_FAILED = "x"
+"""A failed run in the sparkline: a letter, so it reads without colour too."""
+
+
+def sparkline(results: Sequence[wire.HistoryResultOut]) -> str:
+    """One character per run, oldest first: its duration as a bar scaled between the
+    shortest and the longest shown, or ``x`` when it failed."""
+    ordered = list(reversed(results))  # the reply is newest first
+    durations = [r.duration_s for r in ordered]
+    if not durations:
+        return ""
+    low, high = min(durations), max(durations)
+    span = high - low
+    chars = []
+    for r in ordered:
+        if not r.ok:
+            chars.append(click.style(SPARK_FAILED, fg="red"))
+            continue
+        level = 0 if span <= 0 else round((r.duration_s - low) / span * (len(SPARK) - 1))
+        chars.append(SPARK[level])
+    return "".join(chars)
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}s"
+
+
+def history(reply: wire.HistoryOut, *, name: str, now: float) -> str:
+    """A check's recent runs: uptime and percentiles, a sparkline, then a table of
+    runs, newest first."""
+    uptime = "  ".join(
+        f"{window} {_share(reply.uptime.get(window))}" for window in ("1h", "24h", "7d")
+    )
+    p = reply.duration_s
+    parts = [
+        f"{bold(name)} {short(reply.digest)}",
+        f"uptime:   {uptime}",
+        f"duration: p50 {_seconds(p.p50)}  p95 {_seconds(p.p95)}  p99 {_seconds(p.p99)}",
+    ]
+    if not reply.results:
+        parts.append("no results yet")
+        return "\n".join(parts)
+    parts.append(f"runs:     {sparkline(reply.results)}  (oldest to newest, x failed)")
+    parts.append(
+        table(
+            HISTORY_HEADERS,
+            (
+                [
+                    f"{duration(now - r.started_at)} ago",
+                    r.node,
+                    status("ok" if r.ok else "FAIL"),
+                    f"{r.duration_s:.3f}s",
+                    r.run_id,
+                    one_line(r.errors[0], ERROR_WIDTH) if r.errors else "-",
+                ]
+                for r in reply.results
+            ),
+            right=(0, 3),
+        )
+    )
+    return "\n".join(parts)
+
+
 # -------------------------------------------------------------------- steering
 
 

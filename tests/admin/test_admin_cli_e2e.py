@@ -273,6 +273,30 @@ def test_results_exit_0_when_all_ok_and_1_when_one_fails(cluster: Cluster) -> No
     assert cli(cluster, "results").exit_code == 0
 
 
+def test_history_by_prefix(cluster: Cluster) -> None:
+    digest = cluster.digests[3]
+    cluster.post_result(digest, ok=False, error="GET http://db.example/: 502")
+    cluster.post_result(digest, ok=True)
+    prefix = cluster.unique_prefix(digest)
+
+    lines = ok(cli(cluster, "history", prefix))
+
+    assert lines[0] == f"http {digest[:12]}"
+    assert lines[1].startswith("uptime:   1h ")
+    assert lines[3].split()[1].endswith("x▁"), "the failure, then the last run"
+    assert lines[4].split() == ["STARTED", "NODE", "RESULT", "DURATION", "RUN", "ERROR"]
+    assert lines[5].split()[3:5] == ["ok", "0.100s"]
+    assert lines[6].split()[3] == "FAIL"
+    assert lines[6].endswith("GET http://db.example/: 502")
+
+    direct = cluster.admin("GET", f"/checks/{digest}/history")
+    parsed = json_like(cli(cluster, "history", prefix, "--json"), direct, wire.HistoryOut)
+    assert parsed["results"][0]["ok"] is True
+    assert parsed["results"][1]["errors"] == ["GET http://db.example/: 502"]
+    line = one_error(cli(cluster, "history", cluster.shared_prefix), 5)
+    assert "the prefix matches" in line
+
+
 def test_replicas(cluster: Cluster) -> None:
     lines = ok(cli(cluster, "replicas"))
     assert lines[0].split() == ["IDENTITY", "ROLE", "URL", "STATUS", "READY", "EPOCH", "REPORTED"]

@@ -583,3 +583,88 @@ def test_a_file_over_the_body_limit_exits_7_saying_how_to_split_it(
     assert_one_error_line(
         result, 7, "(413 body_too_large)", "This document is 5.0 MiB", "--mode merge"
     )
+
+
+# ------------------------------------------------------------------ history
+
+
+def history_reply(digest: str) -> dict[str, Any]:
+    return {
+        "digest": digest,
+        "results": [
+            {"run_id": "r3", "node": "n-b", "ok": True, "errors": [], "started_at": 1e9 + 30,
+             "duration_s": 0.4},
+            {"run_id": "r2", "node": "n-b", "ok": False, "errors": ["GET http://x/: 503"],
+             "started_at": 1e9 + 20, "duration_s": 2.0},
+            {"run_id": "r1", "node": "n-a", "ok": True, "errors": [], "started_at": 1e9 + 10,
+             "duration_s": 0.1},
+        ],
+        "uptime": {"1h": 0.6667, "24h": 0.6667, "7d": None},
+        "duration_s": {"p50": 0.4, "p95": 2.0, "p99": 2.0},
+    }  # fmt: skip
+
+
+def one_check(server: Scripted) -> None:
+    """The listing (to match a prefix) and the check's detail."""
+    server.by_path[API + "/checks"] = (200, listing(weight=1.0))
+    detail = json.loads(listing(weight=1.0))["checks"][0]
+    server.by_path[f"{API}/checks/{D1}"] = (200, json.dumps(detail).encode())
+
+
+def test_history_finds_the_check_by_prefix_and_shows_uptime_sparkline_and_runs(
+    server: Scripted,
+) -> None:
+    one_check(server)
+    path = f"{API}/checks/{D1}/history?limit=20"
+    server.by_path[path] = (200, json.dumps(history_reply(D1)).encode())
+
+    result = run("history", D1[:6], "--url", server.url)
+
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"http {D1[:12]}"
+    assert lines[1].split() == ["uptime:", "1h", "66.7%", "24h", "66.7%", "7d", "-"]
+    assert lines[2].split() == ["duration:", "p50", "0.400s", "p95", "2.000s", "p99", "2.000s"]
+    # Oldest first: the shortest run, a failure, a run between.
+    assert lines[3].split()[:2] == ["runs:", "▁x▂"]
+    assert lines[4].split() == ["STARTED", "NODE", "RESULT", "DURATION", "RUN", "ERROR"]
+    assert lines[5].split()[2:] == ["n-b", "ok", "0.400s", "r3", "-"]
+    assert lines[6].split()[2:] == ["n-b", "FAIL", "2.000s", "r2", "GET", "http://x/:", "503"]
+    assert [p for _, p, _, _ in server.requests] == [API + "/checks", f"{API}/checks/{D1}", path]
+
+
+def test_history_json_prints_the_reply_alone(server: Scripted) -> None:
+    server.by_path[f"{API}/checks/{D1}"] = (
+        200,
+        json.dumps(json.loads(listing(1.0))["checks"][0]).encode(),
+    )
+    server.by_path[f"{API}/checks/{D1}/history?limit=5"] = (
+        200,
+        json.dumps(history_reply(D1)).encode(),
+    )
+    result = run("history", D1, "--limit", "5", "--url", server.url, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == history_reply(D1)
+
+
+def test_history_of_a_check_without_runs_says_so(server: Scripted) -> None:
+    one_check(server)
+    empty = {"digest": D1, "results": [], "uptime": {"1h": None, "24h": None, "7d": None},
+             "duration_s": {"p50": None, "p95": None, "p99": None}}  # fmt: skip
+    server.by_path[f"{API}/checks/{D1}/history?limit=20"] = (200, json.dumps(empty).encode())
+    result = run("history", "a1", "--url", server.url)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1] == "no results yet"
+
+
+def test_history_of_no_matching_check_is_exit_5(server: Scripted) -> None:
+    server.by_path[API + "/checks"] = (200, listing(weight=1.0))
+    result = run("history", "ffff", "--url", server.url)
+    assert_one_error_line(result, 5, "ffff")
+
+
+@pytest.mark.parametrize(
+    "args", [["history"], ["history", "XYZ"], ["history", "a1", "--limit", "0"]]
+)
+def test_history_usage_errors_are_exit_2(args: list[str]) -> None:
+    assert run(*args).exit_code == 2
