@@ -267,11 +267,10 @@ SPARK_FAILED = "x"
 
 def sparkline(results: Sequence[wire.HistoryResultOut]) -> str:
     """One character per run, oldest first: its duration as a bar scaled between the
-    shortest and the longest shown, or ``x`` when it failed."""
+    shortest and the longest ok run shown (a failure, often a timeout, would flatten
+    the others), or ``x`` when it failed."""
     ordered = list(reversed(results))  # the reply is newest first
-    durations = [r.duration_s for r in ordered]
-    if not durations:
-        return ""
+    durations = [r.duration_s for r in ordered if r.ok] or [0.0]
     low, high = min(durations), max(durations)
     span = high - low
     chars = []

@@ -625,8 +625,8 @@ def test_history_finds_the_check_by_prefix_and_shows_uptime_sparkline_and_runs(
     assert lines[0] == f"http {D1[:12]}"
     assert lines[1].split() == ["uptime:", "1h", "66.7%", "24h", "66.7%", "7d", "-"]
     assert lines[2].split() == ["duration:", "p50", "0.400s", "p95", "2.000s", "p99", "2.000s"]
-    # Oldest first: the shortest run, a failure, a run between.
-    assert lines[3].split()[:2] == ["runs:", "▁x▂"]
+    # Oldest first: the shortest ok run, a failure, the longest ok run.
+    assert lines[3].split()[:2] == ["runs:", "▁x█"]
     assert lines[4].split() == ["STARTED", "NODE", "RESULT", "DURATION", "RUN", "ERROR"]
     assert lines[5].split()[2:] == ["n-b", "ok", "0.400s", "r3", "-"]
     assert lines[6].split()[2:] == ["n-b", "FAIL", "2.000s", "r2", "GET", "http://x/:", "503"]

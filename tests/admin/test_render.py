@@ -407,3 +407,31 @@ def test_a_dry_run_says_nothing_changed() -> None:
         "dry run (merge), nothing changed: would write 0 sources",
         "would cordon: node-a",
     ]
+
+
+def _runs(*runs: tuple[bool, float]) -> list[wire.HistoryResultOut]:
+    """Runs given oldest first, returned newest first as the reply holds them."""
+    return [
+        wire.HistoryResultOut(
+            run_id=f"r{i}", node="n", ok=ok, errors=[], started_at=float(i), duration_s=d
+        )
+        for i, (ok, d) in reversed(list(enumerate(runs)))
+    ]
+
+
+@pytest.mark.parametrize(
+    ("runs", "line"),
+    [
+        ((), ""),
+        (((True, 0.5),), "▁"),
+        (((True, 0.1), (True, 0.8)), "▁█"),
+        (((True, 0.0), (True, 0.5), (True, 1.0)), "▁▅█"),
+        (((False, 9.0), (True, 0.2), (True, 0.2)), "x▁▁"),
+        (((True, 0.1), (False, 30.0), (True, 0.3)), "▁x█"),
+        (((False, 1.0), (False, 2.0)), "xx"),
+    ],
+)
+def test_sparkline_scales_ok_runs_and_marks_failures(
+    runs: tuple[tuple[bool, float], ...], line: str
+) -> None:
+    assert click.unstyle(render.sparkline(_runs(*runs))) == line
