@@ -25,6 +25,8 @@ import structlog
 
 from dispatcher.common.clock import Clock
 from dispatcher.common.health import Status
+from dispatcher.core.history import HistoryEntry
+from dispatcher.core.model import Digest
 from dispatcher.core.snapshot import Snapshot, StateDelta
 from dispatcher.errors import Fenced, StoreError, StoreLost
 from dispatcher.storage.base import StateStore
@@ -262,7 +264,20 @@ def _rewrite(state: Snapshot, stored: Snapshot) -> StateDelta:
         sources=_replace(state.sources, stored.sources),
         placement=_replace(state.placement, stored.placement),
         nodes=_replace(state.nodes, stored.nodes),
+        history=_missing_history(state, stored),
     )
+
+
+def _missing_history(state: Snapshot, stored: Snapshot) -> dict[Digest, list[HistoryEntry]]:
+    """The results the leader keeps that the store lacks (what a partial loss kept is
+    not appended twice)."""
+    missing: dict[Digest, list[HistoryEntry]] = {}
+    for digest, entries in state.history.items():
+        kept = set(stored.history.get(digest, ()))
+        new = [entry for entry in entries if entry not in kept]
+        if new:
+            missing[digest] = new
+    return missing
 
 
 def _replace(records: Mapping[K, V], stored: Mapping[K, V]) -> dict[K, V | None]:

@@ -21,6 +21,7 @@ from dispatcher.storage.codec import config_out
 from dispatcher.storage.memory import MemoryStateStore
 from dispatcher.storage.redis import RedisStateStore
 from dispatcher.storage.sqlite import DB_NAME, SqliteStateStore
+from dispatcher.storage.writer import _rewrite as writer_rewrite
 from tests.redis_server import RedisServer
 from tests.storage.records import N1, S1, plain
 
@@ -355,3 +356,16 @@ async def test_redis_writes_a_group_commit_of_results_in_one_call_and_caps_the_s
         assert await raw.exists(store.history_prefix + A.digest) == 0
     finally:
         await store.close()
+
+
+def test_a_lost_store_s_rewrite_appends_only_the_results_it_lacks() -> None:
+    e1, e2, e3 = entry("1", NOW - 3), entry("2", NOW - 2), entry("3", NOW - 1)
+    leader = Snapshot(
+        configs={A.digest: A, B.digest: B}, history={A.digest: [e1, e2], B.digest: [e3]}
+    )
+    partly_kept = Snapshot(configs={A.digest: A}, history={A.digest: [e1]})
+
+    delta = writer_rewrite(leader, partly_kept)
+
+    assert delta.history == {A.digest: [e2], B.digest: [e3]}
+    assert writer_rewrite(leader, leader).history == {}
