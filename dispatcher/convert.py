@@ -222,13 +222,7 @@ def check_detail_out(
 
 def _config_fields(config: CheckConfig, state: ClusterState) -> dict[str, Any]:
     return {
-        "name": config.name,
-        "instances": list(config.instances),
-        "init_config": config.init_config,
-        "interval_s": config.interval_s,
-        "timeout_s": config.timeout_s,
-        "node_selector": dict(config.node_selector),
-        "weight": config.weight,
+        **config.content(),
         "digest": config.digest,
         "sources": state.sources_of(config.digest),
         "node": state.placement.get(config.digest),

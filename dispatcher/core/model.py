@@ -40,6 +40,19 @@ class CheckConfig:
         """Whether a node with these labels may run this check."""
         return all(labels.get(key) == value for key, value in self.node_selector.items())
 
+    def content(self) -> JsonObject:
+        """The config as a source sends it, defaults written out (without its digest):
+        what the store, the export and the API's output form all start from."""
+        return {
+            "name": self.name,
+            "instances": list(self.instances),
+            "init_config": self.init_config,
+            "interval_s": self.interval_s,
+            "timeout_s": self.timeout_s,
+            "node_selector": dict(self.node_selector),
+            "weight": self.weight,
+        }
+
 
 def compute_digest(
     *,

@@ -51,15 +51,7 @@ class ExportedState:
 def config_json(config: CheckConfig) -> dict[str, Any]:
     """A config as a source would send it, with its defaults written out (an import
     then gives it the same digest and weight)."""
-    return {
-        "name": config.name,
-        "instances": list(config.instances),
-        "init_config": config.init_config,
-        "interval_s": config.interval_s,
-        "timeout_s": config.timeout_s,
-        "node_selector": dict(config.node_selector),
-        "weight": config.weight,
-    }
+    return config.content()
 
 
 def export_state(state: ClusterState) -> ExportedState:

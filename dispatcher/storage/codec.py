@@ -39,18 +39,7 @@ def describe(exc: Exception) -> str:
 
 
 def config_out(config: CheckConfig) -> bytes:
-    return orjson.dumps(
-        {
-            "name": config.name,
-            "instances": list(config.instances),
-            "init_config": config.init_config,
-            "interval_s": config.interval_s,
-            "timeout_s": config.timeout_s,
-            "node_selector": dict(config.node_selector),
-            "weight": config.weight,
-            "digest": config.digest,
-        }
-    )
+    return orjson.dumps({**config.content(), "digest": config.digest})
 
 
 def config_in(raw: Raw) -> CheckConfig:

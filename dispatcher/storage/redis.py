@@ -46,9 +46,8 @@ redis.call('SET', KEYS[1], ARGV[1])
 return current
 """
 
-# ARGV: epoch, then for each hash in KEYS[2..]: number of sets, number of deletes,
-# the field/value pairs, the fields to delete.
-_WRITE = """
+# Every write script starts so: KEYS[1] is the store's epoch, ARGV[1] the writer's.
+_FENCE = """
 local current = redis.call('GET', KEYS[1])
 if not current then
   return redis.error_reply('LOST the store holds no epoch: its data is gone')
@@ -56,6 +55,13 @@ end
 if current ~= ARGV[1] then
   return redis.error_reply('FENCED claimed by epoch ' .. current)
 end
+"""
+
+# ARGV: epoch, then for each hash in KEYS[2..]: number of sets, number of deletes,
+# the field/value pairs, the fields to delete.
+_WRITE = (
+    _FENCE
+    + """
 local i = 2
 for h = 2, #KEYS do
   local sets = tonumber(ARGV[i])
@@ -72,18 +78,14 @@ for h = 2, #KEYS do
 end
 return 1
 """
+)
 
 # KEYS: the epoch, then the history streams of deleted checks, then those appended to.
 # ARGV: epoch, max entries per stream, max age in ms, number of deleted streams, then
 # for each appended stream: its number of entries and the entries.
-_HISTORY = """
-local current = redis.call('GET', KEYS[1])
-if not current then
-  return redis.error_reply('LOST the store holds no epoch: its data is gone')
-end
-if current ~= ARGV[1] then
-  return redis.error_reply('FENCED claimed by epoch ' .. current)
-end
+_HISTORY = (
+    _FENCE
+    + """
 local dropped = tonumber(ARGV[4])
 for k = 2, dropped + 1 do
   redis.call('DEL', KEYS[k])
@@ -102,6 +104,7 @@ for k = dropped + 2, #KEYS do
 end
 return 1
 """
+)
 
 CHUNK_RECORDS = 2000
 """Records per script call: a big first load must not stall Redis in one long script."""
@@ -112,6 +115,7 @@ V = TypeVar("V")
 
 class RedisStateStore:
     kind = "redis"
+    may_lose_data = True
 
     def __init__(
         self,
