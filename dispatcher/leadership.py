@@ -286,8 +286,9 @@ class LeadershipHandler:
                 retry_s=min(0.5, self._election.retry_period_s),
                 wait_timeout_s=self._election.renew_deadline_s,
                 # A store that loses its data while nothing changes is found (and written
-                # again) within a retry period, as a lost lease is.
-                verify_s=self._election.retry_period_s,
+                # again) within a retry period, as a lost lease is; a file under this
+                # process's lock cannot, and is left alone when idle.
+                verify_s=self._election.retry_period_s if self._store.may_lose_data else None,
             )
             return state, writer
         return None

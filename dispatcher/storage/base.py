@@ -15,6 +15,9 @@ from dispatcher.core.snapshot import Snapshot, StateDelta
 class StateStore(Protocol):
     kind: str
     """What it is, for logs and health: ``sqlite``, ``redis`` or ``memory``."""
+    may_lose_data: bool
+    """Whether it can forget what was written while its claimant writes on (Redis
+    restarted empty, or flushed): then the writer checks its claim when idle."""
 
     async def claim(self, *, epoch: int) -> Snapshot:
         """Claims the store for ``epoch`` and returns what it holds.

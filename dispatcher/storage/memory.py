@@ -18,6 +18,7 @@ V = TypeVar("V")
 
 class MemoryStateStore:
     kind = "memory"
+    may_lose_data = True  # lose(), as a Redis restarted empty
 
     def __init__(self, *, history_max_results: int = 2000) -> None:
         self.epoch = 0

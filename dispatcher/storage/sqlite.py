@@ -122,6 +122,7 @@ Synchronous = Literal["FULL", "NORMAL"]
 
 class SqliteStateStore:
     kind = "sqlite"
+    may_lose_data = False  # only this process writes the file, under its lock
 
     def __init__(
         self,

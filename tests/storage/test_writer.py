@@ -46,6 +46,7 @@ class RecordingStore:
     """A StateStore that records every write; writes can be held or made to fail."""
 
     kind = "memory"
+    may_lose_data = True
 
     def __init__(self) -> None:
         self.inner = MemoryStateStore()
