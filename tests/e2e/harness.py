@@ -291,3 +291,27 @@ class Target:
 
 
 # ------------------------------------------------------------------------- processes
+
+
+@dataclass
+class Timings:
+    """Seconds a module's tests measured, printed after the run (where pytest's summary
+    shows them, captured output or not): ``report`` from a module-scoped fixture."""
+
+    label: str
+    taken: list[tuple[str, float]] = field(default_factory=list)
+
+    def measured(self, what: str, seconds: float) -> float:
+        self.taken.append((what, round(seconds, 2)))
+        print(f"{what}: {seconds:.2f} s")
+        return seconds
+
+    def report(self, config: Any) -> None:
+        reporter = config.pluginmanager.getplugin("terminalreporter")
+        capture = config.pluginmanager.getplugin("capturemanager")
+        if reporter is None or capture is None or not self.taken:
+            return
+        with capture.global_and_fixture_disabled():
+            reporter.write_line("")
+            for what, seconds in self.taken:
+                reporter.write_line(f"{self.label} timing: {what}: {seconds:.2f} s")

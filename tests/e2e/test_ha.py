@@ -31,31 +31,18 @@ from tests.e2e.ha_cluster import (
     Replica,
     ha_cluster,
 )
-from tests.e2e.harness import API, Reply
+from tests.e2e.harness import API, Reply, Timings
 
 pytestmark = pytest.mark.e2e
 
-TIMINGS: list[tuple[str, float]] = []
-"""(what, seconds) measured by the tests, reported when the module ends."""
-
-
-def measured(what: str, seconds: float) -> float:
-    TIMINGS.append((what, round(seconds, 2)))
-    print(f"{what}: {seconds:.2f} s")
-    return seconds
+TIMINGS = Timings("test_ha")
+measured = TIMINGS.measured
 
 
 @pytest.fixture(scope="module", autouse=True)
 def report_timings(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
-    reporter = request.config.pluginmanager.getplugin("terminalreporter")
-    capture = request.config.pluginmanager.getplugin("capturemanager")
-    if reporter is None or capture is None or not TIMINGS:
-        return
-    with capture.global_and_fixture_disabled():
-        reporter.write_line("")
-        for what, seconds in TIMINGS:
-            reporter.write_line(f"test_ha timing: {what}: {seconds:.2f} s")
+    TIMINGS.report(request.config)
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.ha_cluster import LEASE_S, PATHS, RETRY_S, HaCluster, ha_cluster
+from tests.e2e.harness import Timings
 from tests.e2e.test_ha import (
     agents_on_epoch,
     hit_throughout,
@@ -32,8 +33,8 @@ from tests.e2e.test_ha import (
 
 pytestmark = pytest.mark.e2e
 
-TIMINGS: list[tuple[str, float]] = []
-"""(what, seconds) measured by the tests, reported when the module ends."""
+TIMINGS = Timings("test_redis_loss")
+measured = TIMINGS.measured
 
 WRITER_PAUSE_S = min(0.5, RETRY_S)
 """The store writer's pause after a failed write or check (leadership.py)."""
@@ -43,23 +44,10 @@ every retry period (a check that failed while Redis was away is followed by the
 writer's pause first), then one claim and one write; 1 s of margin for the processes."""
 
 
-def measured(what: str, seconds: float) -> float:
-    TIMINGS.append((what, round(seconds, 2)))
-    print(f"{what}: {seconds:.2f} s")
-    return seconds
-
-
 @pytest.fixture(scope="module", autouse=True)
 def report_timings(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
-    reporter = request.config.pluginmanager.getplugin("terminalreporter")
-    capture = request.config.pluginmanager.getplugin("capturemanager")
-    if reporter is None or capture is None or not TIMINGS:
-        return
-    with capture.global_and_fixture_disabled():
-        reporter.write_line("")
-        for what, seconds in TIMINGS:
-            reporter.write_line(f"test_redis_loss timing: {what}: {seconds:.2f} s")
+    TIMINGS.report(request.config)
 
 
 @pytest.fixture
