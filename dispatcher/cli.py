@@ -27,6 +27,8 @@ from dispatcher.settings import (
     ELECTION_BACKENDS,
     MAX_SERVER_TIMEOUT_S,
     STORE_BACKENDS,
+    UI_REFRESH_MAX_S,
+    UI_REFRESH_MIN_S,
     AuthSettings,
     DispatchSettings,
     ElectionSettings,
@@ -185,10 +187,11 @@ def main() -> None:
 )
 @option(
     "history-max-results",
-    type=click.IntRange(1, 1_000_000),
+    type=click.IntRange(0, 1_000_000),
     default=_DISPATCH.history_max_results,
     show_default=True,
-    help="Results kept per check in its history (the oldest goes first).",
+    help="Results kept per check in its history (the oldest goes first); 0 turns the "
+    "history off (no uptime, nothing stored per result).",
 )
 @option(
     "history-max-age",
@@ -316,6 +319,13 @@ def main() -> None:
     help="Seconds a kept-alive connection may wait between requests.",
 )
 @option(
+    "ui-refresh",
+    type=_seconds(UI_REFRESH_MIN_S, UI_REFRESH_MAX_S),
+    default=_SERVER.ui_refresh_s,
+    show_default=True,
+    help="Seconds between the dashboard's updates (/ui/).",
+)
+@option(
     "max-import-bytes",
     type=click.IntRange(1),
     default=_SERVER.max_import_bytes,
@@ -394,6 +404,7 @@ def settings_from_flags(flags: dict[str, Any]) -> Settings:
             idle_timeout_s=flags["idle_timeout"],
             max_connections=flags["max_connections"],
             max_import_bytes=flags["max_import_bytes"],
+            ui_refresh_s=flags["ui_refresh"],
             accept_error_log_interval_s=flags["accept_error_log_interval"],
         ),
         dispatch=DispatchSettings(

@@ -30,6 +30,10 @@ MAX_SERVER_TIMEOUT_S = 3600.0
 """The server's timeouts are seconds to minutes; more than an hour is surely a typo."""
 
 
+UI_REFRESH_MIN_S = 0.5
+UI_REFRESH_MAX_S = 300.0
+
+
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
     host: str = "127.0.0.1"
@@ -65,6 +69,8 @@ class ServerSettings:
     accept_error_log_interval_s: float = 10.0
     """Running out of file descriptors fails every accept: logged at most once per
     interval, with the count."""
+    ui_refresh_s: float = 3.0
+    """How often the dashboard (``/ui/``) asks for the overview again."""
 
     def validate(self) -> None:
         for flag, value in (
@@ -78,6 +84,11 @@ class ServerSettings:
                     f"{flag} {value:g}: must be more than 0 and at most "
                     f"{MAX_SERVER_TIMEOUT_S:g} seconds."
                 )
+        if not UI_REFRESH_MIN_S <= self.ui_refresh_s <= UI_REFRESH_MAX_S:
+            raise ConfigurationError(
+                f"--ui-refresh {self.ui_refresh_s:g}: must be from {UI_REFRESH_MIN_S:g} to "
+                f"{UI_REFRESH_MAX_S:g} seconds."
+            )
         if self.max_import_bytes < self.max_body_bytes:
             raise ConfigurationError(
                 f"--max-import-bytes {self.max_import_bytes}: must be at least the body "
@@ -131,7 +142,8 @@ class DispatchSettings:
     its agents stays far below it. A node's ``capacity`` stays the balancing weight."""
     history_max_results: int = 2000
     """Results kept per check (``GET .../checks/{digest}/history``); the oldest goes when
-    one more arrives. 2,000 runs are about 8 h at a 15 s interval, a week at 5 min."""
+    one more arrives. 2,000 runs are about 8 h at a 15 s interval, a week at 5 min.
+    0 keeps no history (no uptime, nothing written to the store for a result)."""
     history_max_age_s: float = 7 * 24 * 3600.0
     """Results older than this are dropped from a check's history (uptime over 7 d)."""
     apply_slice_checks: int = 500
@@ -148,11 +160,15 @@ class DispatchSettings:
         for flag, value in (
             ("--max-checks-per-source", self.max_checks_per_source),
             ("--max-checks-per-node", self.max_checks_per_node),
-            ("--history-max-results", self.history_max_results),
             ("apply_slice_checks", self.apply_slice_checks),
         ):
             if value < 1:
                 raise ConfigurationError(f"{flag} ({value}) must be at least 1.")
+        if self.history_max_results < 0:
+            raise ConfigurationError(
+                f"--history-max-results ({self.history_max_results}) must be 0 (no history)"
+                " or more."
+            )
         if not (self.history_max_age_s > 0 and math.isfinite(self.history_max_age_s)):
             raise ConfigurationError(
                 f"--history-max-age ({self.history_max_age_s:g} s) must be a positive number."

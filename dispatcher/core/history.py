@@ -36,14 +36,15 @@ class HistoryLimits:
     ``history_max_age_s``), and how much of each result's errors."""
 
     max_results: int = 2000
+    """0 keeps no history at all: nothing is kept, so nothing goes to a store either."""
     max_age_s: float = 7 * DAY_S
     max_errors: int = 5
     """Errors kept per result: the first ones say what went wrong, the rest repeat it."""
     max_error_chars: int = 500
 
     def validate(self) -> None:
-        if self.max_results < 1:
-            raise ValueError("history max_results must be at least 1")
+        if self.max_results < 0:
+            raise ValueError("history max_results must be 0 (no history) or more")
         if not (self.max_age_s > 0 and math.isfinite(self.max_age_s)):
             raise ValueError("history max_age_s must be a positive number of seconds")
         if self.max_errors < 0 or self.max_error_chars < 1:
@@ -139,6 +140,8 @@ class CheckHistory:
     def load(self, digest: Digest, entries: Sequence[HistoryEntry]) -> None:
         """Puts back what a store kept (no age check: the store has no clock; reads
         drop what is too old). Not pending: the store holds it already."""
+        if not self._limits.max_results:
+            return  # history off: what a store kept from an earlier run is not shown
         series = self._series.get(digest)
         if series is None:
             series = self._series[digest] = _Series()
@@ -159,6 +162,12 @@ class CheckHistory:
         bound drops the oldest results at once, a lowered age bound when next read."""
         limits.validate()
         self._limits = limits
+        if not limits.max_results:
+            # History turned off: none kept, and none left for a store to write.
+            self._series.clear()
+            if self._pending is not None:
+                self._pending.clear()
+            return
         for series in self._series.values():
             series.drop_oldest(len(series.entries) - limits.max_results)
 
@@ -196,6 +205,10 @@ class CheckHistory:
 
     def add(self, digest: Digest, entry: HistoryEntry, *, now_wall: float) -> None:
         """Keeps ``entry`` (also how a store's saved history is loaded back)."""
+        if not self._limits.max_results:
+            # History off: returning before anything is kept also leaves nothing pending,
+            # so a results post gives the store writer no work at all.
+            return
         if entry.ordered_at < now_wall - self._limits.max_age_s:
             return  # already too old to keep: it would go at once
         series = self._series.get(digest)

@@ -271,6 +271,25 @@ async def test_a_follower_forwards_the_history_to_the_leader(
     assert body == (await api.ok("GET", history_path(digest, "?limit=1")))
 
 
+async def test_history_max_results_0_keeps_no_history(
+    make_api: ApiFactory, clock: FakeClock
+) -> None:
+    api = await make_api(Settings(dispatch=DispatchSettings(history_max_results=0)))
+    digest = await one_check(api)
+    await report(api, digest, [(120, False, 0.1), (60, True, 0.2)], clock)
+
+    assert await api.ok("GET", history_path(digest)) == {
+        "digest": digest,
+        "results": [],
+        "uptime": {"1h": None, "24h": None, "7d": None},
+        "duration_s": {"p50": None, "p95": None, "p99": None},
+    }
+    assert (await api.check(digest))["uptime_24h"] is None
+    page = await api.ok("GET", f"{API}/results")
+    # The last result is still the status page's: only the history is off.
+    assert (page["checks"][digest]["ok"], page["checks"][digest]["uptime_24h"]) == (True, None)
+
+
 def test_settings_bounds_reach_the_state() -> None:
     dispatch = replace(DispatchSettings(), history_max_results=9, history_max_age_s=120.0)
     dispatcher = Dispatcher(settings=dispatch, clock=FakeClock())

@@ -101,6 +101,11 @@ ADMIN_ONLY = AuthSettings(admin_token="a")
             ["--tls-cert", "--tls-key"],
             id="cert-without-key",
         ),
+        pytest.param(
+            Settings(dispatch=DispatchSettings(history_max_results=-1)),
+            ["--history-max-results", "(-1)", "0 (no history)"],
+            id="history-max-results-negative",
+        ),
     ],
 )
 def test_validate_refuses_with_a_message_naming_the_flags(
@@ -136,6 +141,7 @@ def test_validate_refuses_with_a_message_naming_the_flags(
             ),
             id="heartbeat-just-below-expiry",
         ),
+        pytest.param(Settings(dispatch=DispatchSettings(history_max_results=0)), id="history-off"),
     ],
 )
 def test_validate_accepts_sound_settings(settings: Settings) -> None:
@@ -231,6 +237,9 @@ def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
             ["--lease-duration", "5", "--renew-deadline", "10"], {}, ["--lease-duration"], id="l"
         ),
         pytest.param(["--admin-token-file", "/nonexistent/t"], {}, ["--admin-token-file"], id="f"),
+        pytest.param(
+            ["--history-max-results", "-1"], {}, ["--history-max-results", "-1"], id="history-neg"
+        ),
     ],
 )
 def test_a_bad_flag_or_environment_value_stops_the_command(
@@ -307,6 +316,22 @@ def test_the_ha_flags_reach_the_settings(
     )
     assert settings.store.backend == "redis"
     assert settings.redis.url == "rediss://redis.example:6380/2"
+
+
+def test_history_max_results_0_turns_the_history_off(
+    runner: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[Settings] = []
+
+    async def capture(settings: Settings) -> None:
+        seen.append(settings)
+
+    monkeypatch.setattr(dispatcher.cli, "_serve", capture)
+    result = runner.invoke(dispatcher.cli.main, ["--history-max-results", "0"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert [s.dispatch.history_max_results for s in seen] == [0]
+    help_text = runner.invoke(dispatcher.cli.main, ["serve", "--help"]).output
+    assert "0 turns the history off" in " ".join(help_text.split())
 
 
 def test_sound_flags_get_past_validation(runner: CliRunner) -> None:

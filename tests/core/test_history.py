@@ -17,7 +17,7 @@ from dispatcher.core.history import (
     HistoryLimits,
     percentile,
 )
-from dispatcher.core.model import CheckResult, Digest, NodeName
+from dispatcher.core.model import CheckResult, Digest, NodeName, SourceName, make_config
 from dispatcher.core.results import ResultBook
 from dispatcher.core.state import ClusterState
 
@@ -198,7 +198,7 @@ def test_default_limits() -> None:
 @pytest.mark.parametrize(
     "limits",
     [
-        HistoryLimits(max_results=0),
+        HistoryLimits(max_results=-1),
         HistoryLimits(max_age_s=0),
         HistoryLimits(max_age_s=float("inf")),
         HistoryLimits(max_errors=-1),
@@ -271,3 +271,65 @@ def test_result_book_records_accepted_results_only_and_forgets_with_the_check() 
 def test_state_takes_history_limits() -> None:
     state = ClusterState(history_limits=HistoryLimits(max_results=7))
     assert state.history.limits.max_results == 7
+
+
+# ------------------------------------------------------------ history off (max_results 0)
+
+OFF = HistoryLimits(max_results=0)
+
+
+def test_history_off_keeps_nothing_and_leaves_nothing_pending() -> None:
+    history = CheckHistory(OFF, track=True)
+    feed(history, [(30, False), (20, True), (10, True)])
+
+    assert len(history) == 0
+    assert DIGEST not in history
+    assert history.results(DIGEST, now_wall=NOW) == []
+    assert history.uptimes(DIGEST, now_wall=NOW) == {"1h": None, "24h": None, "7d": None}
+    got = history.duration_percentiles(DIGEST, now_wall=NOW)
+    assert (got.p50, got.p95, got.p99) == (None, None, None)
+    assert history.take_pending() == {}
+    assert history.snapshot() == {}
+
+
+def test_history_off_loads_nothing_a_store_kept() -> None:
+    kept = CheckHistory()
+    feed(kept, [(20, True), (10, False)])
+    entries = kept.snapshot()[DIGEST]
+    assert len(entries) == 2
+
+    history = CheckHistory(OFF, track=True)
+    history.load(DIGEST, entries)
+
+    assert DIGEST not in history
+    assert history.snapshot() == {}
+
+
+def test_turning_history_off_drops_what_is_kept_and_pending() -> None:
+    history = CheckHistory(track=True)
+    feed(history, [(20, True), (10, False)])
+    assert len(history) == 2
+
+    history.set_limits(OFF)
+
+    assert len(history) == 0
+    assert history.take_pending() == {}
+    feed(history, [(5, True)])
+    assert len(history) == 0
+
+
+def test_a_tracking_state_with_history_off_gives_the_store_no_history() -> None:
+    """A results post then hands the store writer an empty delta (nothing to write)."""
+    state = ClusterState(track_changes=True, history_limits=OFF)
+    state.node_status(NODE, now=0.0, last_change=0)
+    config = make_config(name="http", instances=[{"url": "http://svc/healthz"}])
+    state.replace_source(SourceName("ci"), [config], now=0.0)
+    state.take_delta()  # the config and its placement, written once
+
+    ran = CheckResult(config.digest, "r1", True, (), NOW - 1, 0.2)
+    assert state.record_results(NODE, [ran], now_wall=NOW) == (1, [])
+
+    delta = state.take_delta()
+    assert delta.history == {}
+    assert not delta
+    assert state.results[config.digest].last.run_id == "r1"  # the last result still kept
