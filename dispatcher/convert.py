@@ -27,6 +27,14 @@ from dispatcher.core.model import (
     make_config,
 )
 from dispatcher.core.outcomes import Move, RebalanceOutcome
+from dispatcher.core.overview import (
+    RECENT_RUNS,
+    CheckFilter,
+    CheckStatus,
+    check_page,
+    status_of,
+    target_of,
+)
 from dispatcher.core.placement import Node
 from dispatcher.core.rebuild import RunningConfig, UnreadableReport
 from dispatcher.core.state import ClusterState
@@ -320,3 +328,82 @@ def results_page(state: ClusterState, *, now_wall: float) -> wire.ResultsPageOut
         if not r.ok:
             errors.extend(f"{config.name} {digest[:8]}: {e}" for e in r.errors)
     return wire.ResultsPageOut(ok=not errors, errors=errors, checks=checks)
+
+
+def overview_fields(
+    state: ClusterState,
+    check_filter: CheckFilter,
+    *,
+    offset: int,
+    limit: int,
+    now: float,
+    now_wall: float,
+) -> dict[str, Any]:
+    """The state's part of a ``wire.OverviewOut``, as plain JSON values: ``totals``,
+    ``nodes``, ``sources`` and ``page`` (the dashboard asks every few seconds; no model
+    per row, as for an agent's configs)."""
+    page = check_page(state, check_filter, offset=offset, limit=limit)
+    mean_cost = state.mean_measured_cost()
+    nodes = [
+        {
+            "name": node.name,
+            "labels": dict(node.labels),
+            "heartbeat_age_s": round(max(0.0, now - node.heartbeat_at), 3),
+            "cordoned": node.cordoned,
+            "drained": node.cordoned and not node.digests,
+            "busyness": round(node.relative_load(mean_cost), 6),
+            "capacity": node.capacity,
+            "checks": len(node.digests),
+            "failing": page.failing_by_node.get(node.name, 0),
+        }
+        for node in sorted(state.nodes.values(), key=lambda n: n.name)
+    ]
+    statuses = page.statuses
+    return {
+        "totals": {
+            "nodes": len(state.nodes),
+            "cordoned_nodes": sum(1 for node in state.nodes.values() if node.cordoned),
+            "checks": len(state.configs),
+            "dispatched": len(state.placement),
+            "dangling": len(state.dangling),
+            "failing": statuses[CheckStatus.FAILING],
+            "pending": statuses[CheckStatus.PENDING],
+            "ok": statuses[CheckStatus.OK],
+        },
+        "nodes": nodes,
+        "sources": [
+            {"name": name, "checks": state.held_count(name)}
+            for name in sorted(state.source_names())
+        ],
+        "page": {
+            "matching": page.matching,
+            "offset": offset,
+            "limit": limit,
+            "checks": [_overview_check(state, d, now_wall=now_wall) for d in page.digests],
+        },
+    }
+
+
+def _overview_check(state: ClusterState, digest: Digest, *, now_wall: float) -> dict[str, Any]:
+    config = state.configs[digest]
+    summary = state.results.get(digest)
+    last = summary.last if summary is not None else None
+    recent = state.history.results(digest, now_wall=now_wall, limit=RECENT_RUNS)
+    return {
+        "digest": digest,
+        "name": config.name,
+        "target": target_of(config),
+        "status": status_of(state, digest).value,
+        "node": state.placement.get(digest),
+        "sources": state.sources_of(digest),
+        "interval_s": config.interval_s,
+        "last_run_at": last.started_at if last is not None else None,
+        "duration_s": last.duration_s if last is not None else None,
+        "consecutive_failures": summary.consecutive_failures if summary is not None else 0,
+        "last_error": last.errors[0] if last is not None and last.errors else None,
+        "uptime_24h": state.history.uptime(digest, DAY_S, now_wall=now_wall),
+        "recent": [
+            {"started_at": e.started_at, "duration_s": e.duration_s, "ok": e.ok}
+            for e in reversed(recent)
+        ],
+    }

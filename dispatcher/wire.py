@@ -667,3 +667,95 @@ class ImportOut(WireOut):
     """The document's cordoned nodes, cordoned here (registered nodes)."""
     skipped_cordons: list[str]
     """The document's cordoned nodes that are not registered here: not cordoned."""
+
+
+# -------------------------------------------------------------- the dashboard
+
+CheckStatusName = Literal["failing", "dangling", "pending", "ok"]
+
+
+class RecentRunOut(WireOut):
+    started_at: float
+    duration_s: float
+    ok: bool
+
+
+class OverviewCheckOut(WireOut):
+    digest: str
+    name: str
+    target: str
+    """What the check looks at, from its first instance (a URL, host:port, a name...)."""
+    status: CheckStatusName
+    node: str | None
+    sources: list[str]
+    interval_s: float
+    last_run_at: float | None
+    duration_s: float | None
+    consecutive_failures: int
+    last_error: str | None
+    """The first error of the last result, when it failed."""
+    uptime_24h: float | None
+    recent: list[RecentRunOut]
+    """The last runs, oldest first (a sparkline's points)."""
+
+
+class OverviewNodeOut(WireOut):
+    name: str
+    labels: dict[str, str]
+    heartbeat_age_s: float
+    cordoned: bool
+    drained: bool
+    """Cordoned and holding no check (what a finished drain leaves)."""
+    busyness: float
+    """Load per unit of capacity (what placement compares)."""
+    capacity: int
+    checks: int
+    failing: int
+
+
+class OverviewTotalsOut(WireOut):
+    nodes: int
+    cordoned_nodes: int
+    checks: int
+    dispatched: int
+    dangling: int
+    failing: int
+    pending: int
+    ok: int
+
+
+class SourceCountOut(WireOut):
+    name: str
+    checks: int
+
+
+class OverviewPageOut(WireOut):
+    matching: int
+    """Checks that pass the filter; ``checks`` is the slice from ``offset``."""
+    offset: int
+    limit: int
+    checks: list[OverviewCheckOut]
+
+
+class OverviewOut(WireOut):
+    """What the dashboard shows, in one reply: the leader and its health, the replicas,
+    totals, every node, the sources, and one page of checks (failing first)."""
+
+    generated_at: UnixTime
+    leader: str | None
+    is_leader: bool
+    epoch: int
+    warmup: bool
+    auth: bool
+    """Whether the dispatcher asks for tokens (the dashboard then asks for one)."""
+    refresh_s: float
+    """How often the dashboard asks again (``--ui-refresh``)."""
+    health: HealthOut
+    """The readiness of the replica that answered (the leader)."""
+    replicas: list[ReplicaOut] | None
+    replicas_error: str | None = None
+    """Why ``replicas`` is null: the replica directory could not be read."""
+    totals: OverviewTotalsOut
+    nodes: list[OverviewNodeOut]
+    sources: list[SourceCountOut]
+    page: OverviewPageOut

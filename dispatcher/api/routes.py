@@ -27,6 +27,7 @@ from dispatcher.api.keys import (
     OPENAPI,
     REPLICAS,
     ROLE,
+    SETTINGS,
     Role,
 )
 from dispatcher.api.table import PATH_PARAMS, QueryParam, Route
@@ -35,6 +36,13 @@ from dispatcher.common.health import Verdict, component_body, verdict_body
 from dispatcher.common.validation import field_problems
 from dispatcher.core.history import LIMIT_DEFAULT, LIMIT_MAX
 from dispatcher.core.model import CheckConfig, Digest, NodeName, SourceName
+from dispatcher.core.overview import (
+    PAGE_DEFAULT,
+    PAGE_MAX,
+    QUERY_MAX_CHARS,
+    CheckFilter,
+    CheckStatus,
+)
 from dispatcher.core.state import ClusterState
 from dispatcher.core.transfer import export_state
 from dispatcher.errors import (
@@ -48,6 +56,7 @@ from dispatcher.errors import (
     UnsupportedMediaType,
 )
 from dispatcher.replicas import replica_out
+from dispatcher.ui import CONTENT_SECURITY_POLICY, INDEX, MEDIA_TYPES, asset
 
 M = TypeVar("M", bound=BaseModel)
 B = TypeVar("B", wire.SourcePutIn, wire.ChecksPostIn)
@@ -419,6 +428,89 @@ async def post_import(request: web.Request) -> web.Response:
     return reply(transfer.import_out(outcome, epoch=epoch(request)))
 
 
+async def get_overview(request: web.Request) -> web.Response:
+    """The dashboard's one call per refresh (``wire.OverviewOut``)."""
+    check_filter = _check_filter(request.query)
+    offset = int(query_number(request, "offset", kind=int, low=0, high=wire.MAX_INT64) or 0)
+    limit = query_number(request, "limit", kind=int, low=1, high=PAGE_MAX)
+    clock = request.app[CLOCK]
+    now, now_wall = clock.monotonic(), clock.time()
+    leadership = request.app[LEADERSHIP]
+    info = leadership.leader()
+    dispatcher = request.app[DISPATCHER]
+    fields = await dispatcher.read(
+        lambda state: convert.overview_fields(
+            state,
+            check_filter,
+            offset=offset,
+            limit=int(limit) if limit is not None else PAGE_DEFAULT,
+            now=now,
+            now_wall=now_wall,
+        )
+    )
+    replicas: list[dict[str, Any]] | None = None
+    replicas_error = None
+    try:
+        # The directory as last reported (no write per refresh of every open dashboard).
+        records = await request.app[REPLICAS].directory.list()
+        replicas = [replica_out(r).model_dump() for r in records]
+    except StoreError as exc:
+        replicas_error = f"The replica directory cannot be read: {exc}."
+    settings = request.app[SETTINGS]
+    body = {
+        "generated_at": now_wall,
+        "leader": info.identity if info else None,
+        "is_leader": leadership.is_leader(),
+        "epoch": epoch(request),
+        "warmup": dispatcher.warming_up(),
+        "auth": settings.auth.enabled,
+        "refresh_s": settings.server.ui_refresh_s,
+        "health": verdict_body(request.app[HEALTH].readiness()).model_dump(),
+        "replicas": replicas,
+        "replicas_error": replicas_error,
+        **fields,
+    }
+    response = web.Response(body=orjson.dumps(body), content_type="application/json")
+    # A large page compresses about tenfold; the dashboard asks every few seconds.
+    response.enable_compression()
+    return response
+
+
+_STATUS_NAMES = ", ".join(status.value for status in CheckStatus)
+
+
+def _check_filter(query: Mapping[str, str]) -> CheckFilter:
+    def text(key: str, pattern: re.Pattern[str] | None = None) -> str | None:
+        raw = query.get(key)
+        if raw is None or raw == "":
+            return None
+        if len(raw) > QUERY_MAX_CHARS or (pattern is not None and not pattern.fullmatch(raw)):
+            raise InvalidRequest(
+                f"Query parameter {key}={raw[:40]!r} is not a valid {key}.",
+                details={"fields": [{"path": f"query.{key}", "message": "invalid value"}]},
+            )
+        return raw
+
+    status_raw = text("status")
+    status = None
+    if status_raw is not None:
+        try:
+            status = CheckStatus(status_raw)
+        except ValueError:
+            raise InvalidRequest(
+                f"Query parameter status={status_raw[:40]!r} must be one of {_STATUS_NAMES}.",
+                details={"fields": [{"path": "query.status", "message": "unknown status"}]},
+            ) from None
+    node = text("node", _PATH_PATTERNS["node"])
+    source = text("source", _SOURCE_NAME)
+    return CheckFilter(
+        query=text("q"),
+        status=status,
+        node=NodeName(node) if node is not None else None,
+        source=SourceName(source) if source is not None else None,
+    )
+
+
 # ------------------------------------------------------ local, no token
 
 
@@ -460,6 +552,45 @@ async def get_openapi(request: web.Request) -> web.Response:
     return web.Response(body=request.app[OPENAPI], content_type="application/json")
 
 
+# -------------------------------------------------------------- the dashboard
+
+UI_PREFIX = "/ui/"
+
+
+async def get_ui_file(request: web.Request) -> web.Response:
+    """One of the dashboard's files. The page needs no token: the API calls it makes
+    carry the one the user enters."""
+    name = request.path.removeprefix(UI_PREFIX) or INDEX
+    file = asset(name)
+    response = web.Response(body=file.body, content_type=file.media_type)
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+async def get_ui_redirect(request: web.Request) -> web.Response:
+    return web.Response(
+        status=302, text=f"The dashboard is at {UI_PREFIX}\n", headers={"Location": UI_PREFIX}
+    )
+
+
+def _ui_routes() -> tuple[Route, ...]:
+    files = [
+        Route(f"ui_{name.replace('.', '_')}", "GET", UI_PREFIX + (name if name != INDEX else ""),
+              get_ui_file, None, f"The dashboard's {name}.", media_type=media_type,
+              leader_only=False)
+        for name, media_type in MEDIA_TYPES.items()
+    ]  # fmt: skip
+    redirects = [
+        Route(name, "GET", path, get_ui_redirect, None, "Redirects to the dashboard (/ui/).",
+              media_type="text/plain", reply_statuses=(302,), leader_only=False)
+        for name, path in (("ui_root", "/"), ("ui_bare", "/ui"))
+    ]  # fmt: skip
+    return (*files, *redirects)
+
+
 # -------------------------------------------------------------------- table
 
 API = wire.API_PREFIX
@@ -486,6 +617,21 @@ _HISTORY_LIMIT = QueryParam(
     {"type": "integer", "minimum": 1, "maximum": LIMIT_MAX, "default": LIMIT_DEFAULT},
     "At most this many results, the newest.",
 )
+_OVERVIEW_QUERY = (
+    QueryParam("q", {"type": "string", "maxLength": QUERY_MAX_CHARS},
+               "Only checks whose name, target, digest, node or a source contains this"
+               " (case-insensitive)."),
+    QueryParam("status", {"type": "string", "enum": [s.value for s in CheckStatus]},
+               "Only checks with this status."),
+    QueryParam("node", {"type": "string", "pattern": wire.NAME_PATTERN},
+               "Only checks on this node."),
+    QueryParam("source", {"type": "string", "pattern": wire.SOURCE_NAME_PATTERN},
+               "Only checks this source holds."),
+    QueryParam("offset", {"type": "integer", "minimum": 0, "maximum": wire.MAX_INT64,
+                          "default": 0}, "The page starts after this many checks."),
+    QueryParam("limit", {"type": "integer", "minimum": 1, "maximum": PAGE_MAX,
+                         "default": PAGE_DEFAULT}, "Checks per page."),
+)  # fmt: skip
 _SOURCE = QueryParam(
     "source",
     {"type": "string", "pattern": wire.SOURCE_NAME_PATTERN},
@@ -535,6 +681,9 @@ ROUTES: tuple[Route, ...] = (
           "The status page: every check's last result.", None, wire.ResultsPageOut),
     Route("replicas", "GET", API + "/replicas", get_replicas, Role.ADMIN,
           "Every dispatcher replica known through the shared store.", None, wire.ReplicasOut),
+    Route("overview", "GET", API + "/overview", get_overview, Role.ADMIN,
+          "The dashboard's view: leader, replicas, totals, nodes and a page of checks.",
+          None, wire.OverviewOut, query=_OVERVIEW_QUERY),
     Route("state_export", "GET", API + "/export", get_export, Role.ADMIN,
           "The whole desired state: every source's configs, and cordons.", None, wire.ExportOut),
     Route("state_import", "POST", API + "/import", post_import, Role.ADMIN,
@@ -554,6 +703,7 @@ ROUTES: tuple[Route, ...] = (
           leader_only=False),
     Route("openapi", "GET", "/v1/api/openapi.json", get_openapi, None,
           "This document.", leader_only=False),
+    *_ui_routes(),
 )  # fmt: skip
 
 ROUTES_BY_NAME: dict[str, Route] = {route.name: route for route in ROUTES}
