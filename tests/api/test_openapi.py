@@ -53,14 +53,24 @@ CONTRACT_ROUTES = (
     ("get", f"{API}/replicas"),
     ("get", f"{API}/export"),
     ("post", f"{API}/import"),
+    ("get", f"{API}/overview"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/v1/api/health/components"),
     ("get", "/v1/api/health/components/{name}"),
     ("get", "/metrics"),
     ("get", "/v1/api/openapi.json"),
+    # The dashboard: its page and each file it loads, and the redirects to it.
+    ("get", "/ui/"),
+    ("get", "/ui/app.js"),
+    ("get", "/ui/app.css"),
+    ("get", "/ui/icon.svg"),
+    ("get", "/"),
+    ("get", "/ui"),
 )
-PUBLIC_PATHS = {"/healthz", "/readyz", "/metrics", "/v1/api/openapi.json"}
+UI_FILES = {"/ui/", "/ui/app.js", "/ui/app.css", "/ui/icon.svg"}
+REDIRECTS = {"/", "/ui"}
+PUBLIC_PATHS = {"/healthz", "/readyz", "/metrics", "/v1/api/openapi.json", *UI_FILES, *REDIRECTS}
 
 REQUEST_MODELS = (
     "StatusIn",
@@ -89,6 +99,7 @@ REPLY_MODELS = (
     "ReplicasOut",
     "ExportOut",
     "ImportOut",
+    "OverviewOut",
     "HealthOut",
     "ComponentOut",
     "ErrorOut",
@@ -164,7 +175,7 @@ async def test_it_is_an_openapi_3_document(doc: dict[str, Any]) -> None:
 async def test_every_route_is_described(doc: dict[str, Any], method: str, path: str) -> None:
     operation = doc["paths"][path][method]
     assert operation["summary"]
-    assert "200" in operation["responses"]
+    assert ("302" if path in REDIRECTS else "200") in operation["responses"]
     if path in PUBLIC_PATHS or path.startswith("/v1/api/health/"):
         assert "security" not in operation
     else:
@@ -342,6 +353,10 @@ DOCUMENTED_STATUSES: dict[tuple[str, str], set[int]] = {
     ("get", "/v1/api/health/components/{name}"): {200, 404, *_CONN},
     ("get", "/metrics"): {200, *_CONN},
     ("get", "/v1/api/openapi.json"): {200, *_CONN},
+    # 400 for a bad ?q=, ?status=, ?node=, ?source=, ?offset= or ?limit=.
+    ("get", f"{API}/overview"): {200, 400, *_LEADER, *_CONN},
+    **{("get", path): {200, *_CONN} for path in UI_FILES},
+    **{("get", path): {302, *_CONN} for path in REDIRECTS},
 }
 PATH_PATTERNS = {
     "node": wire.NAME_PATTERN,
@@ -504,7 +519,13 @@ def test_a_route_whose_path_names_an_undeclared_parameter_cannot_be_built() -> N
 def test_the_table_has_no_route_special_cased_by_name() -> None:
     """Non-JSON replies say their content type in the table (the document reads it)."""
     assert {r.name: r.media_type for r in ROUTES if r.media_type != "application/json"} == {
-        "metrics": "text/plain"
+        "metrics": "text/plain",
+        "ui_index_html": "text/html",
+        "ui_app_js": "text/javascript",
+        "ui_app_css": "text/css",
+        "ui_icon_svg": "image/svg+xml",
+        "ui_root": "text/plain",
+        "ui_bare": "text/plain",
     }
 
 
