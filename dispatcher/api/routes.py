@@ -482,8 +482,11 @@ _STATUS_NAMES = ", ".join(status.value for status in CheckStatus)
 def _check_filter(query: Mapping[str, str]) -> CheckFilter:
     def text(key: str, pattern: re.Pattern[str] | None = None) -> str | None:
         raw = query.get(key)
-        if raw is None or raw == "":
+        if raw is None:
             return None
+        # An empty value is checked as any other: the document's enum and name patterns
+        # refuse it (schemathesis sends ?source=); only an empty q, which it admits, is
+        # no filter (below).
         if len(raw) > QUERY_MAX_CHARS or (pattern is not None and not pattern.fullmatch(raw)):
             raise InvalidRequest(
                 f"Query parameter {key}={raw[:40]!r} is not a valid {key}.",
@@ -504,7 +507,7 @@ def _check_filter(query: Mapping[str, str]) -> CheckFilter:
     node = text("node", _PATH_PATTERNS["node"])
     source = text("source", _SOURCE_NAME)
     return CheckFilter(
-        query=text("q"),
+        query=text("q") or None,
         status=status,
         node=NodeName(node) if node is not None else None,
         source=SourceName(source) if source is not None else None,
@@ -560,8 +563,7 @@ UI_PREFIX = "/ui/"
 async def get_ui_file(request: web.Request) -> web.Response:
     """One of the dashboard's files. The page needs no token: the API calls it makes
     carry the one the user enters."""
-    name = request.path.removeprefix(UI_PREFIX) or INDEX
-    file = asset(name)
+    file = asset(_UI_FILES[request.path])
     response = web.Response(body=file.body, content_type=file.media_type)
     response.headers["Cache-Control"] = "no-cache"
     response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
@@ -576,12 +578,24 @@ async def get_ui_redirect(request: web.Request) -> web.Response:
     )
 
 
+_UI_FILES = {
+    **{UI_PREFIX + (name if name != INDEX else ""): name for name in MEDIA_TYPES},
+    # What a browser asks for on a page without an icon of its own (the API's JSON).
+    "/favicon.ico": "icon.svg",
+}
+"""Each path of the dashboard's files, and the file it serves."""
+
+
+def _route_name(path: str, name: str) -> str:
+    file = path.rsplit("/", 1)[-1] or name
+    return "ui_" + re.sub(r"\W", "_", file)
+
+
 def _ui_routes() -> tuple[Route, ...]:
     files = [
-        Route(f"ui_{name.replace('.', '_')}", "GET", UI_PREFIX + (name if name != INDEX else ""),
-              get_ui_file, None, f"The dashboard's {name}.", media_type=media_type,
-              leader_only=False)
-        for name, media_type in MEDIA_TYPES.items()
+        Route(_route_name(path, name), "GET", path, get_ui_file, None,
+              f"The dashboard's {name}.", media_type=MEDIA_TYPES[name], leader_only=False)
+        for path, name in _UI_FILES.items()
     ]  # fmt: skip
     redirects = [
         Route(name, "GET", path, get_ui_redirect, None, "Redirects to the dashboard (/ui/).",

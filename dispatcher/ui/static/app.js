@@ -154,21 +154,25 @@
     return exc.message;
   }
 
-  // --------------------------------------------------------------------- banner
+  // ---------------------------------------------------- banner and notice
+  // The banner says why the data is not current (it goes when a refresh succeeds); the
+  // notice says how an action ended. Two places, so neither hides the other.
 
-  let bannerTimer = null;
-  function notify(kind, text, origin) {
+  function showBanner(text) {
     const banner = $("banner");
-    clearTimeout(bannerTimer);
     banner.textContent = text;
-    banner.className = `banner ${kind}`;
-    banner.dataset.origin = origin || "action";
     banner.hidden = false;
-    if (kind === "info") bannerTimer = setTimeout(() => { banner.hidden = true; }, 10000);
   }
-  function clearRefreshError() {
-    const banner = $("banner");
-    if (!banner.hidden && banner.dataset.origin === "refresh") banner.hidden = true;
+
+  let noticeTimer = null;
+  function notify(kind, text) {
+    const notice = $("notice");
+    clearTimeout(noticeTimer);
+    notice.textContent = text;
+    notice.className = `banner ${kind}`;
+    notice.setAttribute("role", kind === "error" ? "alert" : "status");
+    notice.hidden = false;
+    if (kind === "info") noticeTimer = setTimeout(() => { notice.hidden = true; }, 10000);
   }
 
   // -------------------------------------------------------------------- routing
@@ -227,12 +231,12 @@
       ui.error = null;
       ui.updatedAt = new Date();
       ui.refreshS = overview.refresh_s;
-      clearRefreshError();
+      $("banner").hidden = true;
       render(where);
     } catch (exc) {
       if (generation !== ui.generation) return;
       ui.error = exc;
-      notify("error", explainError(exc), "refresh");
+      showBanner(explainError(exc));
       if (!ui.data) render(where);
     } finally {
       if (generation === ui.generation) {
@@ -658,7 +662,8 @@
         h("dl", {}, h("dt", { text: "p50" }), h("dd", { text: duration(p.p50) }),
           h("dt", { text: "p95" }), h("dd", { text: duration(p.p95) }),
           h("dt", { text: "p99" }), h("dd", { text: duration(p.p99) }))));
-    $("check-chart").replaceChildren(historyChart(history.results.slice().reverse()),
+    const chartWidth = Math.max(320, Math.min(1200, $("check-chart").clientWidth || 800));
+    $("check-chart").replaceChildren(historyChart(history.results.slice().reverse(), chartWidth),
       h("div", { class: "legend" },
         h("span", {}, "● ok run"), h("span", {}, "▲ failed run (red)"),
         h("span", { text: `${history.results.length} runs shown, newest on the right` })));
@@ -680,9 +685,9 @@
     return JSON.stringify(first);
   }
 
-  function historyChart(runs) {
-    const width = 800;
-    const height = 220;
+  // Drawn at the width it is shown at, so its labels stay legible on a phone.
+  function historyChart(runs, width) {
+    const height = width < 500 ? 180 : 220;
     const left = 56;
     const bottom = 24;
     const failed = runs.filter((r) => !r.ok).length;
