@@ -548,6 +548,7 @@ class Demo:
         print(
             f"dispatcher  {url}  ready after {ready_after:.1f}s   (state: {url}{wire.API_PREFIX})"
         )
+        print(f"dashboard   {url}/ui/   (open it in a browser: live, no token on loopback)")
         print(f"agents      {agents}")
         print(f"status page {url}{wire.API_PREFIX}/results")
         print(f"metrics     {url}/metrics   agents: 127.0.0.1:{ports}/metrics")

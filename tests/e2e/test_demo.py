@@ -212,6 +212,19 @@ def test_the_first_table_has_every_agent_and_no_check_dangling(demo: Running) ->
     assert "ready after" in text
 
 
+def test_the_banner_points_at_the_dashboard_which_answers(demo: Running) -> None:
+    demo.table_start()
+    assert f"dashboard   {demo.url}/ui/" in demo.out.text()
+    with urllib.request.urlopen(f"{demo.url}/", timeout=5) as response:  # follows the 302
+        assert response.url == f"{demo.url}/ui/"
+        assert response.headers["Content-Type"].startswith("text/html")
+        assert b"clusterchecks" in response.read()
+    with urllib.request.urlopen(f"{demo.url}/v1/api/clusterchecks/overview", timeout=5) as r:
+        overview = json.load(r)
+    assert overview["auth"] is False  # loopback without tokens: the page asks for none
+    assert {n["name"] for n in overview["nodes"]} == {"agent-a", "agent-b", "agent-c"}
+
+
 SLOW_START_S = {"agent-a": DEMO.WARMUP_S + 4, "agent-b": DEMO.WARMUP_S, "agent-c": 0}
 """How long each agent sleeps before it starts in the slow-start test, as on a busy
 machine: one past the dispatcher's warm-up, and seconds apart (several of its ticks)."""
