@@ -287,7 +287,13 @@
       main.replaceChildren(...SHELLS[where.view](where));
       ui.shell = where.key;
     }
-    if (ui.data) FILLS[where.view](where);
+    if (ui.data) {
+      FILLS[where.view](where);
+      // For measurements (make bench): when the first data was on the page.
+      if (!performance.getEntriesByName("clusterchecks:first-render").length) {
+        performance.mark("clusterchecks:first-render");
+      }
+    }
     main.dataset.view = where.view;
   }
 
