@@ -20,11 +20,12 @@ from structlog.testing import capture_logs
 
 from dispatcher.common.clock import FakeClock
 from dispatcher.common.health import Status
+from dispatcher.core.history import HistoryEntry
 from dispatcher.core.model import Digest, NodeName
 from dispatcher.core.snapshot import NodeRecord, Snapshot, StateDelta
 from dispatcher.errors import Fenced, StoreError
 from dispatcher.storage.memory import MemoryStateStore
-from dispatcher.storage.writer import StoreWriter
+from dispatcher.storage.writer import HISTORY_FLUSH_S, StoreWriter
 
 EPOCH = 4
 A, B, C = Digest("a" * 32), Digest("b" * 32), Digest("c" * 32)
@@ -264,6 +265,80 @@ async def test_a_waiter_for_an_early_step_does_not_wait_for_later_ones(
         await flushed(writer, first)  # already stored: returns while the next is held
         store.gate.set()
         await flushed(writer, second)
+
+
+# ----------------------------------------------------------------- history
+
+
+def ran(digest: Digest, run_id: str) -> StateDelta:
+    """A results post's step: history only."""
+    entry = HistoryEntry(run_id, N1, True, (), 1_763_700_000.0, 0.1, 1_763_700_000.0)
+    return StateDelta(history={digest: [entry]})
+
+
+def run_ids(delta: StateDelta) -> dict[Digest, list[str]]:
+    return {d: [e.run_id for e in entries] for d, entries in delta.history.items()}
+
+
+async def test_history_only_steps_wait_for_the_flush_period_and_go_in_one_write(
+    store: RecordingStore, recorder: Recorder, clock: FakeClock
+) -> None:
+    writer = make_writer(store, recorder, clock)
+    async with running(writer):
+        seqs = [writer.submit(ran(A, "r1")), writer.submit(ran(B, "b1"))]
+        await clock.run_for(HISTORY_FLUSH_S / 2)
+        seqs.append(writer.submit(ran(A, "r2")))
+        await clock.run_for(HISTORY_FLUSH_S / 2 - 0.001)
+        assert store.attempts == [], "a results post woke the writer"
+        await clock.run_for(0.001)
+        await flushed(writer, seqs[-1])
+        assert seqs == [1, 2, 3]
+        assert [run_ids(d) for d in store.stored] == [{A: ["r1", "r2"], B: ["b1"]}]
+        assert clock.pending_timers() == 0
+
+
+async def test_a_waiter_has_the_waiting_history_written_at_once(
+    store: RecordingStore, recorder: Recorder, clock: FakeClock
+) -> None:
+    writer = make_writer(store, recorder, clock)
+    async with running(writer):
+        seq = writer.submit(ran(A, "r1"))
+        waiting = asyncio.create_task(writer.wait_flushed(seq))
+        (outcome,) = await ended_at_once(clock, [waiting])
+        assert outcome is None
+        assert [run_ids(d) for d in store.stored] == [{A: ["r1"]}]
+        assert clock.pending_timers() == 0, "the flush timer outlived the write"
+
+
+async def test_another_change_takes_the_waiting_history_with_it_at_once(
+    store: RecordingStore, recorder: Recorder, clock: FakeClock
+) -> None:
+    writer = make_writer(store, recorder, clock)
+    async with running(writer):
+        writer.submit(ran(A, "r1"))
+        await clock.settle()
+        seq = writer.submit(place(a="n1"))
+        started = clock.monotonic()
+        await flushed(writer, seq)
+        assert clock.monotonic() == started
+        assert len(store.stored) == 1
+        assert (run_ids(store.stored[0]), dict(store.stored[0].placement)) == (
+            {A: ["r1"]},
+            {A: N1},
+        )
+
+
+async def test_closing_drops_the_flush_timer(
+    store: RecordingStore, recorder: Recorder, clock: FakeClock
+) -> None:
+    writer = make_writer(store, recorder, clock)
+    async with running(writer):
+        writer.submit(ran(A, "r1"))
+        assert clock.pending_timers() == 1
+        writer.close()
+        assert clock.pending_timers() == 0
+        await clock.run_for(HISTORY_FLUSH_S)
+    assert store.attempts == []
 
 
 # ---------------------------------------------------------------- failures
