@@ -103,9 +103,19 @@ def test_the_leader_lists_both_replicas_of_a_redis_pair(pair: list[tuple[Proc, s
     assert via_b is not None
     assert {r["identity"] for r in via_b} == set(names.values())
 
-    # SIGTERM: the stopped replica removes its own record on the way out.
     leader_url = next(u for u, r in by_url.items() if r["role"] == "leader")
     follower_url = url_b if leader_url == url_a else url_a
+    # The dashboard on the follower: its page is served there, its API calls forwarded.
+    page = call("GET", f"{follower_url}/ui/")
+    assert page.status == 200
+    assert page.headers["Content-Type"].startswith("text/html")
+    overview = call("GET", f"{follower_url}{API}/overview", token=TOKEN, timeout_s=3)
+    assert overview.status == 200, overview
+    assert overview.body["leader"] == by_url[leader_url]["identity"]
+    assert overview.body["is_leader"] is True  # answered by the leader, through the follower
+    assert {r["identity"] for r in overview.body["replicas"]} == set(names.values())
+
+    # SIGTERM: the stopped replica removes its own record on the way out.
     follower_proc = proc_b if follower_url == url_b else proc_a
     follower_proc.signal(signal.SIGTERM)
     assert follower_proc.wait(timeout_s=8) == 0
