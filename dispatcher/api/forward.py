@@ -38,6 +38,9 @@ async def session_context(app: web.Application) -> AsyncIterator[None]:
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=30),
         auto_decompress=False,
+        # The reply's bytes go to the caller as they came, without Content-Encoding: the
+        # leader must not compress them (the overview would), so no Accept-Encoding.
+        skip_auto_headers=("Accept-Encoding",),
     )
     app[FORWARD_SESSION] = session
     try:
