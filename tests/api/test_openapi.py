@@ -65,10 +65,11 @@ CONTRACT_ROUTES = (
     ("get", "/ui/app.js"),
     ("get", "/ui/app.css"),
     ("get", "/ui/icon.svg"),
+    ("get", "/favicon.ico"),  # the icon, where a browser looks for one
     ("get", "/"),
     ("get", "/ui"),
 )
-UI_FILES = {"/ui/", "/ui/app.js", "/ui/app.css", "/ui/icon.svg"}
+UI_FILES = {"/ui/", "/ui/app.js", "/ui/app.css", "/ui/icon.svg", "/favicon.ico"}
 REDIRECTS = {"/", "/ui"}
 PUBLIC_PATHS = {"/healthz", "/readyz", "/metrics", "/v1/api/openapi.json", *UI_FILES, *REDIRECTS}
 
@@ -524,6 +525,7 @@ def test_the_table_has_no_route_special_cased_by_name() -> None:
         "ui_app_js": "text/javascript",
         "ui_app_css": "text/css",
         "ui_icon_svg": "image/svg+xml",
+        "ui_favicon_ico": "image/svg+xml",
         "ui_root": "text/plain",
         "ui_bare": "text/plain",
     }
