@@ -376,9 +376,14 @@
             ` (${src.checks})`)))),
     );
     const attention = data.page.checks.filter((c) => c.status !== "ok" && c.status !== "pending");
+    const needing = t.failing + t.dangling;
     $("ov-attention").replaceChildren(attention.length
       ? checksTable(attention, "Failing and dangling checks, failing first")
-      : h("p", { class: "muted" }, "✓ No check is failing or dangling."));
+      : h("p", { class: "muted" }, "✓ No check is failing or dangling."),
+    needing > attention.length
+      ? h("p", {}, h("a", { href: "#/checks?status=failing" }, `All ${t.failing} failing checks`),
+        t.dangling ? [" · ", h("a", { href: "#/checks?status=dangling" }, `all ${t.dangling} dangling`)] : null)
+      : null);
     $("ov-replicas").replaceChildren(replicasTable(data));
     const components = Object.entries(health.components);
     $("ov-health").replaceChildren(components.length ? h("table", { class: "cards-on-narrow" },
