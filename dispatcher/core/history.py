@@ -20,6 +20,7 @@ import bisect
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from dispatcher.core.model import CheckResult, Digest, NodeName
 
@@ -51,9 +52,12 @@ class HistoryLimits:
             raise ValueError("history error bounds must be positive")
 
 
-@dataclass(frozen=True, slots=True)
-class HistoryEntry:
-    """One accepted run of one check, as the history keeps it."""
+class HistoryEntry(NamedTuple):
+    """One accepted run of one check, as the history keeps it.
+
+    A named tuple, not a frozen dataclass: one is made for every accepted result, and a
+    frozen dataclass's ``__init__`` (a ``object.__setattr__`` per field) cost about as
+    much as all the rest of keeping it (the history benchmark)."""
 
     run_id: str
     node: NodeName
@@ -85,8 +89,18 @@ class _Series:
         self.ok_before: list[int] = []
 
     def insert(self, entry: HistoryEntry) -> None:
+        keys = self.keys
+        if not keys or entry.ordered_at >= keys[-1]:
+            # The usual case (agents send in order): appended, nothing after it to shift.
+            if keys:
+                self.ok_before.append(self.ok_before[-1] + self.entries[-1].ok)
+            else:
+                self.ok_before.append(0)
+            self.entries.append(entry)
+            keys.append(entry.ordered_at)
+            return
         # bisect_right: a result with the same key as others goes after them (arrival order).
-        at = bisect.bisect_right(self.keys, entry.ordered_at)
+        at = bisect.bisect_right(keys, entry.ordered_at)
         if at:
             before = self.ok_before[at - 1] + self.entries[at - 1].ok
         else:
@@ -184,21 +198,30 @@ class CheckHistory:
     def entry_for(self, node: NodeName, result: CheckResult, *, now_wall: float) -> HistoryEntry:
         """The entry ``result`` becomes, its errors cut to the limits."""
         limits = self._limits
-        errors = tuple(
-            error[: limits.max_error_chars] for error in result.errors[: limits.max_errors]
+        errors = (
+            tuple(error[: limits.max_error_chars] for error in result.errors[: limits.max_errors])
+            if result.errors
+            else ()
         )
+        started_at = result.started_at
+        # Positional: a named tuple made from keywords costs twice as much.
         return HistoryEntry(
-            run_id=result.run_id,
-            node=node,
-            ok=result.ok,
-            errors=errors,
-            started_at=result.started_at,
-            duration_s=result.duration_s,
-            ordered_at=min(result.started_at, now_wall),
+            result.run_id,
+            node,
+            result.ok,
+            errors,
+            started_at,
+            result.duration_s,
+            started_at if started_at < now_wall else now_wall,
         )
 
-    def record(self, node: NodeName, result: CheckResult, *, now_wall: float) -> HistoryEntry:
-        """Keeps an accepted result; returns the entry kept (for a store to write)."""
+    def record(
+        self, node: NodeName, result: CheckResult, *, now_wall: float
+    ) -> HistoryEntry | None:
+        """Keeps an accepted result; returns the entry kept (for a store to write), or
+        None with the history off."""
+        if not self._limits.max_results:
+            return None  # history off: not even the entry is made
         entry = self.entry_for(node, result, now_wall=now_wall)
         self.add(result.digest, entry, now_wall=now_wall)
         return entry
@@ -209,13 +232,20 @@ class CheckHistory:
             # History off: returning before anything is kept also leaves nothing pending,
             # so a results post gives the store writer no work at all.
             return
-        if entry.ordered_at < now_wall - self._limits.max_age_s:
+        limits = self._limits
+        cutoff = now_wall - limits.max_age_s
+        if entry.ordered_at < cutoff:
             return  # already too old to keep: it would go at once
         series = self._series.get(digest)
         if series is None:
             series = self._series[digest] = _Series()
         series.insert(entry)
-        self._trim(series, now_wall)
+        # The bounds, checked inline: this runs for every accepted result.
+        if series.keys[0] < cutoff:
+            series.drop_before(cutoff)
+        excess = len(series.entries) - limits.max_results
+        if excess > 0:
+            series.drop_oldest(excess)
         if self._pending is not None:
             self._pending.setdefault(digest, []).append(entry)
 
@@ -275,10 +305,6 @@ class CheckHistory:
         if series is not None:
             series.drop_before(now_wall - self._limits.max_age_s)
         return series
-
-    def _trim(self, series: _Series, now_wall: float) -> None:
-        series.drop_before(now_wall - self._limits.max_age_s)
-        series.drop_oldest(len(series.entries) - self._limits.max_results)
 
 
 def percentile(ordered: Sequence[float], p: float) -> float | None:

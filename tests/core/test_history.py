@@ -213,6 +213,7 @@ def test_errors_are_bounded_in_count_and_length() -> None:
     history = CheckHistory(HistoryLimits(max_errors=2, max_error_chars=4))
     bad = CheckResult(DIGEST, "r", False, ("abcdefgh", "ij", "never kept"), NOW - 1, 2.0)
     entry = history.record(NODE, bad, now_wall=NOW)
+    assert entry is not None
     assert entry.errors == ("abcd", "ij")
     (kept,) = history.results(DIGEST, now_wall=NOW)
     assert (kept.run_id, kept.node, kept.ok, kept.errors) == ("r", NODE, False, ("abcd", "ij"))
@@ -280,6 +281,7 @@ OFF = HistoryLimits(max_results=0)
 
 def test_history_off_keeps_nothing_and_leaves_nothing_pending() -> None:
     history = CheckHistory(OFF, track=True)
+    assert history.record(NODE, result("r", ok=True, started_at=NOW - 1), now_wall=NOW) is None
     feed(history, [(30, False), (20, True), (10, True)])
 
     assert len(history) == 0
@@ -333,3 +335,17 @@ def test_a_tracking_state_with_history_off_gives_the_store_no_history() -> None:
     assert delta.history == {}
     assert not delta
     assert state.results[config.digest].last.run_id == "r1"  # the last result still kept
+
+
+def test_in_order_and_late_results_keep_order_and_counts() -> None:
+    """Appended in order (the usual case), then a late one and one tied with the newest:
+    ties stay in arrival order, and the ok counts stay right on both paths."""
+    history = CheckHistory()
+    feed(history, [(50, True), (40, False), (30, True), (10, True)])
+    history.record(NODE, result("late", ok=True, started_at=NOW - 35), now_wall=NOW)
+    history.record(NODE, result("tie", ok=False, started_at=NOW - 10), now_wall=NOW)
+
+    got = [e.run_id for e in history.results(DIGEST, now_wall=NOW)]
+    assert got == ["tie", "r3", "r2", "late", "r1", "r0"]
+    assert history.uptime(DIGEST, 45, now_wall=NOW) == 3 / 5  # r1 late r2 r3 tie
+    assert history.uptime(DIGEST, 20, now_wall=NOW) == 1 / 2  # r3 tie
