@@ -248,6 +248,43 @@ async def test_sqlite_trims_each_check_to_its_count_and_age_bounds(tmp_path: Pat
     assert runs[-10:] == [f"a4-{i}" for i in range(10)], "the newest are kept"
 
 
+async def test_sqlite_deletes_by_age_only_when_a_row_may_be_too_old(tmp_path: Path) -> None:
+    """The age DELETE runs for a check only once its oldest row (known from the writes,
+    and read at open) may be past the bound; such rows still go, after a reopen too."""
+    data_dir = tmp_path / "data"
+    deletes: list[str] = []
+
+    def traced(statement: str) -> None:
+        if statement.startswith("DELETE FROM history"):
+            deletes.append(statement)
+
+    store = SqliteStateStore.open(data_dir, history_max_results=100, history_max_age_s=3600)
+    try:
+        await store.claim(epoch=1)
+        await store.write(with_checks(A, **{A.digest: [entry("a0", NOW - 3000)]}), epoch=1)
+        store._connection.set_trace_callback(traced)
+        await store.write(StateDelta(history={A.digest: [entry("a1", NOW - 100)]}), epoch=1)
+        assert deletes == [], "no row can be past the bound yet"
+    finally:
+        await store.close()
+
+    store = SqliteStateStore.open(data_dir, history_max_results=100, history_max_age_s=3600)
+    try:
+        await store.claim(epoch=2)
+        store._connection.set_trace_callback(traced)
+        # An hour after a0: it goes.
+        await store.write(StateDelta(history={A.digest: [entry("a2", NOW + 700)]}), epoch=2)
+        assert len(deletes) == 1
+        assert rows(store.path, A.digest) == 2
+        # The oldest is a1 now: an hour after it is not reached, nothing to delete.
+        await store.write(StateDelta(history={A.digest: [entry("a3", NOW + 800)]}), epoch=2)
+        assert len(deletes) == 1
+        snapshot = await store.claim(epoch=3)
+    finally:
+        await store.close()
+    assert [e.run_id for e in snapshot.history[A.digest]] == ["a1", "a2", "a3"]
+
+
 async def test_sqlite_writes_one_transaction_per_group_commit(tmp_path: Path) -> None:
     store = SqliteStateStore.open(tmp_path / "data")
     try:
