@@ -14,7 +14,10 @@ for the big-change benchmark (one PUT of 100,000 checks against a real dispatche
 the longest event loop stall; ``--skip-bigput``; missing its hard goal also exits 1) and
 about 75 s for the store benchmark (a real dispatcher per store, sqlite, memory and
 redis: PUT and burst latency, restart with 100,000 checks, data size per check;
-``--skip-stores``).
+``--skip-stores``) and about three minutes for the history benchmark (results ingestion
+at 1,000 results/s by a real dispatcher per store with the check history on and off:
+leader CPU, memory per 1,000 results held, the rate sustained with history on;
+``--skip-history``).
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from tests.bench.configdir import configdir_report, run_configdir
 from tests.bench.core import EXPIRY_MAX_GROWTH, SCHEDULE_BUDGET_S, CoreResults, run_core
 from tests.bench.failover import CHUNK_RECORDS, FailoverResults, run_failover
 from tests.bench.failover import DISTURBED_PCT as FAILOVER_DISTURBED_PCT
+from tests.bench.history import report as history_report
+from tests.bench.history import run_history
 from tests.bench.rebalance import MAX_OVER_MEAN, RebalanceResults, run_rebalance
 from tests.bench.runner import run_runner, runner_report
 from tests.bench.stats import median
@@ -739,6 +744,7 @@ def main() -> None:
     parser.add_argument("--skip-runner", action="store_true")
     parser.add_argument("--skip-bigput", action="store_true")
     parser.add_argument("--skip-stores", action="store_true")
+    parser.add_argument("--skip-history", action="store_true")
     parser.add_argument("--duration", type=float, default=5.0, help="API: measured seconds")
     parser.add_argument("--warmup", type=float, default=1.0, help="API: warm-up seconds")
     parser.add_argument("--rounds", type=int, default=2, help="API: rounds over the servers")
@@ -849,6 +855,12 @@ def main() -> None:
         reports.append(text)
         goals += [Goal(*goal) for goal in stores_goals]
         document["stores"] = stores.to_json()
+    if not args.skip_history:
+        history = run_history(log_dir=args.out / "logs", work_dir=args.out, progress=progress)
+        text, history_goals = history_report(history)
+        reports.append(text)
+        goals += [Goal(*goal) for goal in history_goals]
+        document["history"] = history.to_json()
     document["goals"] = [dataclasses.asdict(g) for g in goals]
     document["total_s"] = time.perf_counter() - started
 
