@@ -194,6 +194,14 @@ def main() -> None:
     "history off (no uptime, nothing stored per result).",
 )
 @option(
+    "history-max-total",
+    type=click.IntRange(1),
+    default=_DISPATCH.history_max_total,
+    show_default=True,
+    help="Results kept in the history of all checks together (each keeps an equal share, at "
+    "most --history-max-results); about 0.3 KiB of memory each.",
+)
+@option(
     "history-max-age",
     type=_seconds(60.0, 366 * 86400.0),
     default=_DISPATCH.history_max_age_s,
@@ -418,6 +426,7 @@ def settings_from_flags(flags: dict[str, Any]) -> Settings:
             max_checks_per_source=flags["max_checks_per_source"],
             max_checks_per_node=flags["max_checks_per_node"],
             history_max_results=flags["history_max_results"],
+            history_max_total=flags["history_max_total"],
             history_max_age_s=flags["history_max_age"],
         ),
         auth=auth,

@@ -105,6 +105,7 @@ class Dispatcher:
     def history_limits(self) -> HistoryLimits:
         return HistoryLimits(
             max_results=self.settings.history_max_results,
+            max_total=self.settings.history_max_total,
             max_age_s=self.settings.history_max_age_s,
         )
 

@@ -144,6 +144,11 @@ class DispatchSettings:
     """Results kept per check (``GET .../checks/{digest}/history``); the oldest goes when
     one more arrives. 2,000 runs are about 8 h at a 15 s interval, a week at 5 min.
     0 keeps no history (no uptime, nothing written to the store for a result)."""
+    history_max_total: int = 500_000
+    """Results kept for all checks together: each check keeps an equal share, at most
+    ``history_max_results``. A result kept costs the leader about 0.3 KiB (the history
+    benchmark), so the default holds the history within about 150 MiB whatever the
+    cluster's size: 2,000 results each for up to 250 checks, 50 each at 10,000."""
     history_max_age_s: float = 7 * 24 * 3600.0
     """Results older than this are dropped from a check's history (uptime over 7 d)."""
     apply_slice_checks: int = 500
@@ -160,6 +165,7 @@ class DispatchSettings:
         for flag, value in (
             ("--max-checks-per-source", self.max_checks_per_source),
             ("--max-checks-per-node", self.max_checks_per_node),
+            ("--history-max-total", self.history_max_total),
             ("apply_slice_checks", self.apply_slice_checks),
         ):
             if value < 1:

@@ -38,6 +38,10 @@ class HistoryLimits:
 
     max_results: int = 2000
     """0 keeps no history at all: nothing is kept, so nothing goes to a store either."""
+    max_total: int | None = None
+    """Results kept for all checks together (None: no overall bound). Each check keeps
+    an equal share, ``max_total`` over the checks that have history, at most
+    ``max_results`` and at least one (``CheckHistory.per_check``)."""
     max_age_s: float = 7 * DAY_S
     max_errors: int = 5
     """Errors kept per result: the first ones say what went wrong, the rest repeat it."""
@@ -46,6 +50,8 @@ class HistoryLimits:
     def validate(self) -> None:
         if self.max_results < 0:
             raise ValueError("history max_results must be 0 (no history) or more")
+        if self.max_total is not None and self.max_total < 1:
+            raise ValueError("history max_total must be at least 1")
         if not (self.max_age_s > 0 and math.isfinite(self.max_age_s)):
             raise ValueError("history max_age_s must be a positive number of seconds")
         if self.max_errors < 0 or self.max_error_chars < 1:
@@ -161,7 +167,7 @@ class CheckHistory:
             series = self._series[digest] = _Series()
         for entry in entries:
             series.insert(entry)
-        series.drop_oldest(len(series.entries) - self._limits.max_results)
+        series.drop_oldest(len(series.entries) - self.per_check())
 
     def snapshot(self) -> dict[Digest, list[HistoryEntry]]:
         """Every kept entry per check, oldest first (a store's whole rewrite)."""
@@ -182,8 +188,20 @@ class CheckHistory:
             if self._pending is not None:
                 self._pending.clear()
             return
+        bound = self.per_check()
         for series in self._series.values():
-            series.drop_oldest(len(series.entries) - limits.max_results)
+            series.drop_oldest(len(series.entries) - bound)
+
+    def per_check(self) -> int:
+        """How many results each check keeps now: ``max_results``, or less when the
+        overall bound shares ``max_total`` among more checks. A check holding more than
+        its share (more checks got history since) gives the excess up when it next
+        records, so the whole stays within about ``max_total`` one interval later."""
+        limits = self._limits
+        if limits.max_total is None:
+            return limits.max_results
+        share = limits.max_total // max(1, len(self._series))
+        return max(1, min(limits.max_results, share))
 
     def __contains__(self, digest: object) -> bool:
         return digest in self._series
@@ -243,7 +261,10 @@ class CheckHistory:
         # The bounds, checked inline: this runs for every accepted result.
         if series.keys[0] < cutoff:
             series.drop_before(cutoff)
-        excess = len(series.entries) - limits.max_results
+        bound = limits.max_results
+        if limits.max_total is not None:
+            bound = max(1, min(bound, limits.max_total // len(self._series)))
+        excess = len(series.entries) - bound
         if excess > 0:
             series.drop_oldest(excess)
         if self._pending is not None:

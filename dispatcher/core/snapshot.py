@@ -49,9 +49,20 @@ class StateDelta:
     history: dict[Digest, list[HistoryEntry]] = field(default_factory=dict)
     """Results to append to each check's history (a store applies the configs' deletions
     first, which drop a check's history, then these)."""
+    history_bound: int | None = None
+    """How many results each check keeps now (``CheckHistory.per_check``), when the
+    overall bound makes it fewer than the store's own: a store keeps no more, so its
+    history stays within the leader's and a restart loads no more than that."""
 
     def __bool__(self) -> bool:
         return bool(self.configs or self.sources or self.placement or self.nodes or self.history)
+
+    def history_keep(self, configured: int) -> int:
+        """Results a store keeps per check: its own bound, or the leader's share when the
+        overall bound (``--history-max-total``) makes that smaller."""
+        if self.history_bound is None:
+            return configured
+        return max(1, min(configured, self.history_bound))
 
     def __len__(self) -> int:
         return len(self.configs) + len(self.sources) + len(self.placement) + len(self.nodes)
@@ -69,6 +80,8 @@ class StateDelta:
                 self.history.pop(digest, None)
         for digest, entries in later.history.items():
             self.history.setdefault(digest, []).extend(entries)
+        if later.history_bound is not None:
+            self.history_bound = later.history_bound
 
 
 def fit_together(snapshot: Snapshot) -> tuple[Snapshot, StateDelta]:

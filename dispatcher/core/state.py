@@ -180,7 +180,10 @@ class ClusterState:
             placement=self._placement,
             node_record=self._node_record_of,
         )
-        delta.history = self._results.history.take_pending()
+        history = self._results.history
+        delta.history = history.take_pending()
+        if delta.history:
+            delta.history_bound = history.per_check()
         return delta
 
     # ----------------------------------------------------------------- reading

@@ -71,10 +71,11 @@ class MemoryStateStore:
         for digest, config in delta.configs.items():
             if config is None:
                 self.history.pop(digest, None)
+        keep = delta.history_keep(self._history_max_results)
         for digest, entries in delta.history.items():
             kept = self.history.setdefault(digest, [])
             kept.extend(entries)
-            del kept[: -self._history_max_results]
+            del kept[:-keep]
 
     async def close(self) -> None:
         return None

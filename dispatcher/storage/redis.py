@@ -97,9 +97,10 @@ for k = dropped + 2, #KEYS do
   local n = tonumber(ARGV[i])
   i = i + 1
   for _ = 1, n do
-    redis.call('XADD', KEYS[k], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[i])
+    redis.call('XADD', KEYS[k], '*', 'e', ARGV[i])
     i = i + 1
   end
+  redis.call('XTRIM', KEYS[k], 'MAXLEN', ARGV[2])
   redis.call('XTRIM', KEYS[k], 'MINID', '~', string.format('%d', oldest))
 end
 return 1
@@ -131,8 +132,10 @@ class RedisStateStore:
         prefix = f"{name}:store"
         self.history_prefix = f"{prefix}:history:"
         """Each check's history is a capped stream ``<prefix>:history:<digest>`` (one
-        entry per result, field ``e``: the entry's JSON), trimmed to about the count
-        bound as it is written (``MAXLEN ~``) and by age against Redis' clock."""
+        entry per result, field ``e``: the entry's JSON), trimmed to the count bound
+        exactly after each batch (``XTRIM MAXLEN``: an approximate trim frees only whole
+        nodes of about 100 entries, which would keep some 100 results of each check
+        whatever its share of ``--history-max-total``) and by age against Redis' clock."""
         self.epoch_key = f"{prefix}:epoch"
         self.hash_keys = tuple(
             f"{prefix}:{part}" for part in ("configs", "sources", "placement", "nodes")
@@ -243,7 +246,7 @@ class RedisStateStore:
             deleted = dropped if index == 0 else []
             args: list[str | bytes] = [
                 str(epoch),
-                str(self._history_max_results),
+                str(delta.history_keep(self._history_max_results)),
                 str(int(self._history_max_age_s * 1000)),
                 str(len(deleted)),
                 *values,

@@ -326,7 +326,7 @@ class SqliteStateStore:
                 for entry in entries
             ],
         )
-        bound = self._history_max_results
+        bound = delta.history_keep(self._history_max_results)
         margin = max(1, bound // 10)
         for digest, entries in delta.history.items():
             count = counts.get(digest, 0) + len(entries)

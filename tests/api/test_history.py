@@ -291,7 +291,9 @@ async def test_history_max_results_0_keeps_no_history(
 
 
 def test_settings_bounds_reach_the_state() -> None:
-    dispatch = replace(DispatchSettings(), history_max_results=9, history_max_age_s=120.0)
+    dispatch = replace(
+        DispatchSettings(), history_max_results=9, history_max_total=77, history_max_age_s=120.0
+    )
     dispatcher = Dispatcher(settings=dispatch, clock=FakeClock())
     limits = dispatcher.new_state().history.limits
-    assert (limits.max_results, limits.max_age_s) == (9, 120.0)
+    assert (limits.max_results, limits.max_total, limits.max_age_s) == (9, 77, 120.0)

@@ -106,6 +106,11 @@ ADMIN_ONLY = AuthSettings(admin_token="a")
             ["--history-max-results", "(-1)", "0 (no history)"],
             id="history-max-results-negative",
         ),
+        pytest.param(
+            Settings(dispatch=DispatchSettings(history_max_total=0)),
+            ["--history-max-total", "(0)", "at least 1"],
+            id="history-max-total-zero",
+        ),
     ],
 )
 def test_validate_refuses_with_a_message_naming_the_flags(
@@ -240,6 +245,9 @@ def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
         pytest.param(
             ["--history-max-results", "-1"], {}, ["--history-max-results", "-1"], id="history-neg"
         ),
+        pytest.param(
+            ["--history-max-total", "0"], {}, ["--history-max-total", "0"], id="history-total"
+        ),
     ],
 )
 def test_a_bad_flag_or_environment_value_stops_the_command(
@@ -332,6 +340,21 @@ def test_history_max_results_0_turns_the_history_off(
     assert [s.dispatch.history_max_results for s in seen] == [0]
     help_text = runner.invoke(dispatcher.cli.main, ["serve", "--help"]).output
     assert "0 turns the history off" in " ".join(help_text.split())
+
+
+def test_history_max_total_reaches_the_dispatcher_s_history_limits(
+    runner: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[Settings] = []
+
+    async def capture(settings: Settings) -> None:
+        seen.append(settings)
+
+    monkeypatch.setattr(dispatcher.cli, "_serve", capture)
+    result = runner.invoke(dispatcher.cli.main, ["--history-max-total", "12345"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert [s.dispatch.history_max_total for s in seen] == [12345]
+    assert DispatchSettings().history_max_total == 500_000
 
 
 def test_sound_flags_get_past_validation(runner: CliRunner) -> None:

@@ -190,6 +190,65 @@ def test_count_bound_per_check() -> None:
     assert len(history) == 4
 
 
+def digest(i: int) -> Digest:
+    return Digest(f"{i:032x}")
+
+
+def record_each(history: CheckHistory, checks: int, runs: int, *, start: float) -> None:
+    """``runs`` rounds of one result for each of ``checks`` checks, a second apart."""
+    for r in range(runs):
+        at = start + r
+        for i in range(checks):
+            result = CheckResult(digest(i), f"c{i}r{r}", True, (), at, 0.1)
+            history.record(NODE, result, now_wall=at)
+
+
+def test_the_overall_bound_shares_max_total_among_the_checks() -> None:
+    history = CheckHistory(HistoryLimits(max_results=100, max_total=30))
+    record_each(history, checks=3, runs=50, start=NOW)
+    assert history.per_check() == 10
+    assert len(history) == 30
+    # Each keeps its newest ten.
+    kept = [e.run_id for e in history.results(digest(0), now_wall=NOW + 50)]
+    assert kept == [f"c0r{r}" for r in range(49, 39, -1)]
+
+
+def test_more_checks_shrink_each_share_once_each_records_again() -> None:
+    history = CheckHistory(HistoryLimits(max_results=100, max_total=30))
+    record_each(history, checks=1, runs=40, start=NOW)
+    assert len(history) == 30  # one check alone: the overall bound, below max_results
+    record_each(history, checks=6, runs=1, start=NOW + 40)
+    # The first check recorded before the five new ones came: it still holds 30.
+    assert history.per_check() == 5
+    assert len(history) == 30 + 5 * 1
+    record_each(history, checks=6, runs=1, start=NOW + 41)
+    assert len(history) == 5 + 5 * 2  # it gave up its excess when it recorded again
+    record_each(history, checks=6, runs=10, start=NOW + 42)
+    assert len(history) == 30
+
+
+def test_the_share_is_at_least_one_and_at_most_max_results() -> None:
+    few = CheckHistory(HistoryLimits(max_results=4, max_total=1000))
+    record_each(few, checks=2, runs=10, start=NOW)
+    assert few.per_check() == 4
+    assert len(few) == 8
+    many = CheckHistory(HistoryLimits(max_results=4, max_total=3))
+    record_each(many, checks=5, runs=2, start=NOW)
+    assert many.per_check() == 1
+    assert len(many) == 5  # the newest result of each check stays
+
+
+def test_loading_a_store_s_history_keeps_each_check_s_share() -> None:
+    history = CheckHistory(HistoryLimits(max_results=100, max_total=20))
+    source = CheckHistory(HistoryLimits(max_results=100))
+    record_each(source, checks=2, runs=30, start=NOW)
+    for d, entries in source.snapshot().items():
+        history.load(d, entries)
+    assert len(history) <= 20 + 10  # the first loaded kept its share of one check's
+    history.set_limits(HistoryLimits(max_results=100, max_total=20))
+    assert len(history) == 20
+
+
 def test_default_limits() -> None:
     limits = CheckHistory().limits
     assert (limits.max_results, limits.max_age_s) == (2000, 7 * DAY_S)
@@ -202,6 +261,7 @@ def test_default_limits() -> None:
         HistoryLimits(max_age_s=0),
         HistoryLimits(max_age_s=float("inf")),
         HistoryLimits(max_errors=-1),
+        HistoryLimits(max_total=0),
     ],
 )
 def test_bad_limits_are_refused(limits: HistoryLimits) -> None:

@@ -406,3 +406,60 @@ def test_a_lost_store_s_rewrite_appends_only_the_results_it_lacks() -> None:
 
     assert delta.history == {A.digest: [e2], B.digest: [e3]}
     assert writer_rewrite(leader, leader).history == {}
+
+
+# ------------------------------------------------------- the overall bound (max_total)
+
+
+async def test_a_store_keeps_no_more_per_check_than_the_leader_s_share(
+    stores: tuple[StateStore, Reopen],
+) -> None:
+    """``--history-max-total`` shares one bound among the checks; the stores keep each
+    check's history within the share the delta carries, not their own larger bound."""
+    store, reopen = stores
+    await store.claim(epoch=1)
+    await store.write(with_checks(A, B), epoch=1)
+    for i in range(6):
+        await store.write(
+            StateDelta(
+                history={
+                    A.digest: [entry(f"a{i}", NOW - 60 + i)],
+                    B.digest: [entry(f"b{i}", NOW - 60 + i)],
+                },
+                history_bound=3,
+            ),
+            epoch=1,
+        )
+
+    snapshot = await (await reopen()).claim(epoch=2)
+
+    # SQLite trims once a check is past its bound by a margin (a tenth, at least one);
+    # Redis caps each stream exactly; every store keeps the newest.
+    for digest, prefix in ((A.digest, "a"), (B.digest, "b")):
+        runs = sorted(e.run_id for e in snapshot.history[digest])
+        assert 3 <= len(runs) <= 4, runs
+        assert runs[-3:] == [f"{prefix}3", f"{prefix}4", f"{prefix}5"]
+
+
+def test_a_delta_s_history_bound_is_the_smaller_of_the_two() -> None:
+    assert StateDelta().history_keep(2000) == 2000
+    assert StateDelta(history_bound=50).history_keep(2000) == 50
+    assert StateDelta(history_bound=5000).history_keep(2000) == 2000
+    later = StateDelta(history_bound=40)
+    merged = StateDelta(history_bound=50)
+    merged.merge(later)
+    assert merged.history_keep(2000) == 40
+
+
+def test_a_tracking_state_hands_the_store_each_check_s_share() -> None:
+    limits = HistoryLimits(max_results=100, max_total=10)
+    state = ClusterState(track_changes=True, history_limits=limits)
+    state.node_status(N1, now=1.0, last_change=-1)
+    state.replace_source(S1, [A, B], now=1.0)
+    state.take_delta()
+    state.record_results(N1, [run(A.digest, "a1", NOW), run(B.digest, "b1", NOW)], now_wall=NOW)
+
+    assert state.take_delta().history_bound == 5
+    # A delta with no results says nothing about the bound.
+    state.cordon(N1)
+    assert state.take_delta().history_bound is None
