@@ -17,7 +17,8 @@ redis: PUT and burst latency, restart with 100,000 checks, data size per check;
 ``--skip-stores``) and about three minutes for the history benchmark (results ingestion
 at 1,000 results/s by a real dispatcher per store with the check history on and off:
 leader CPU, memory per 1,000 results held, the rate sustained with history on;
-``--skip-history``).
+``--skip-history``) and about 15 s for the dashboard benchmark (``GET .../overview``
+and the page's first render in Chromium at 10,000 checks; ``--skip-dashboard``).
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -40,6 +43,8 @@ from tests.bench.bigput import report as bigput_report
 from tests.bench.bigput import run_bigput
 from tests.bench.configdir import configdir_report, run_configdir
 from tests.bench.core import EXPIRY_MAX_GROWTH, SCHEDULE_BUDGET_S, CoreResults, run_core
+from tests.bench.dashboard import report as dashboard_report
+from tests.bench.dashboard import run_dashboard
 from tests.bench.failover import CHUNK_RECORDS, FailoverResults, run_failover
 from tests.bench.failover import DISTURBED_PCT as FAILOVER_DISTURBED_PCT
 from tests.bench.history import report as history_report
@@ -745,6 +750,7 @@ def main() -> None:
     parser.add_argument("--skip-bigput", action="store_true")
     parser.add_argument("--skip-stores", action="store_true")
     parser.add_argument("--skip-history", action="store_true")
+    parser.add_argument("--skip-dashboard", action="store_true")
     parser.add_argument("--duration", type=float, default=5.0, help="API: measured seconds")
     parser.add_argument("--warmup", type=float, default=1.0, help="API: warm-up seconds")
     parser.add_argument("--rounds", type=int, default=2, help="API: rounds over the servers")
@@ -849,18 +855,20 @@ def main() -> None:
         goals += [Goal(g.name, g.ok, g.detail) for g in bigput_goals]
         hard_goals += [Goal(g.name, g.ok, g.detail) for g in bigput_goals if g.hard]
         document["bigput"] = dataclasses.asdict(bigput)
-    if not args.skip_stores:
-        stores = run_stores(log_dir=args.out / "logs", work_dir=args.out, progress=progress)
-        text, stores_goals = stores_report(stores)
+    # Sections that run real processes of their own and report (text, goals, JSON).
+    sections: list[tuple[str, Callable[..., Any], Callable[[Any], tuple[str, list[Any]]]]] = [
+        ("stores", run_stores, stores_report),
+        ("history", run_history, history_report),
+        ("dashboard", run_dashboard, dashboard_report),
+    ]
+    for name, run, report in sections:
+        if getattr(args, f"skip_{name}"):
+            continue
+        results = run(log_dir=args.out / "logs", work_dir=args.out, progress=progress)
+        text, section_goals = report(results)
         reports.append(text)
-        goals += [Goal(*goal) for goal in stores_goals]
-        document["stores"] = stores.to_json()
-    if not args.skip_history:
-        history = run_history(log_dir=args.out / "logs", work_dir=args.out, progress=progress)
-        text, history_goals = history_report(history)
-        reports.append(text)
-        goals += [Goal(*goal) for goal in history_goals]
-        document["history"] = history.to_json()
+        goals += [Goal(*goal) for goal in section_goals]
+        document[name] = results.to_json()
     document["goals"] = [dataclasses.asdict(g) for g in goals]
     document["total_s"] = time.perf_counter() - started
 
