@@ -19,12 +19,29 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
-PORTS = range(10_000, 32_000)
+ALL_PORTS = range(10_000, 32_000)
 """Where test servers listen: below the kernel's ephemeral range (32768 and up by
 default), so that no outgoing connection (an agent's, a client's) takes a port between
 the moment it is chosen and the moment the server binds it. A port the kernel hands out
 for ``bind(0)`` comes from that range: once, a dispatcher found its port taken that way
 and its agents talked to another test's server."""
+
+
+def _worker_ports(ports: range, worker: str, count: str) -> range:
+    """This pytest-xdist worker's own slice of ``ports`` (all of it without xdist), so
+    that two workers never choose the same port between the choice and the bind."""
+    if not worker.startswith("gw") or not count.isdigit() or int(count) < 2:
+        return ports
+    index, workers = int(worker[2:]), int(count)
+    size = len(ports) // workers
+    return range(ports.start + index * size, ports.start + (index + 1) * size)
+
+
+PORTS = _worker_ports(
+    ALL_PORTS,
+    os.environ.get("PYTEST_XDIST_WORKER", ""),
+    os.environ.get("PYTEST_XDIST_WORKER_COUNT", ""),
+)
 _given: set[int] = set()
 
 

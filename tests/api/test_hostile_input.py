@@ -240,6 +240,9 @@ async def test_non_finite_numbers_in_a_result_are_refused(api: Api, literal: byt
         ("last_run_at", 1e308),
         ("last_run_at", time.time() + 3600),
     ],
+    # Names that do not change from one collection to the next (pytest-xdist's workers
+    # each collect, and must agree).
+    ids=["avg-huge", "avg-negative", "last-run-huge", "last-run-an-hour-ahead"],
 )
 async def test_absurd_numbers_in_heartbeat_stats_are_refused(
     api: Api, field: str, value: float
