@@ -471,12 +471,5 @@ def test_the_flag_refuses_a_refresh_out_of_range(runner: CliRunner, value: str) 
 
 
 def test_the_flag_reaches_the_settings(runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[Settings] = []
-
-    async def capture(settings: Settings) -> None:
-        seen.append(settings)
-
-    monkeypatch.setattr(dispatcher.cli, "_serve", capture)
-    result = runner.invoke(dispatcher.cli.main, ["--ui-refresh", "0.5"])
-    assert result.exit_code == 0, (result.output, result.exception)
-    assert [s.server.ui_refresh_s for s in seen] == [0.5]
+    settings = test_settings_and_cli.served_settings(runner, monkeypatch, "--ui-refresh", "0.5")
+    assert settings.server.ui_refresh_s == 0.5

@@ -326,18 +326,25 @@ def test_the_ha_flags_reach_the_settings(
     assert settings.redis.url == "rediss://redis.example:6380/2"
 
 
-def test_history_max_results_0_turns_the_history_off(
-    runner: CliRunner, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def served_settings(runner: CliRunner, monkeypatch: pytest.MonkeyPatch, *args: str) -> Settings:
+    """The settings the command would serve with, given ``args`` (nothing is served)."""
     seen: list[Settings] = []
 
     async def capture(settings: Settings) -> None:
         seen.append(settings)
 
     monkeypatch.setattr(dispatcher.cli, "_serve", capture)
-    result = runner.invoke(dispatcher.cli.main, ["--history-max-results", "0"])
+    result = runner.invoke(dispatcher.cli.main, list(args))
     assert result.exit_code == 0, (result.output, result.exception)
-    assert [s.dispatch.history_max_results for s in seen] == [0]
+    assert len(seen) == 1
+    return seen[0]
+
+
+def test_history_max_results_0_turns_the_history_off(
+    runner: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = served_settings(runner, monkeypatch, "--history-max-results", "0")
+    assert settings.dispatch.history_max_results == 0
     help_text = runner.invoke(dispatcher.cli.main, ["serve", "--help"]).output
     assert "0 turns the history off" in " ".join(help_text.split())
 
@@ -345,15 +352,8 @@ def test_history_max_results_0_turns_the_history_off(
 def test_history_max_total_reaches_the_dispatcher_s_history_limits(
     runner: CliRunner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    seen: list[Settings] = []
-
-    async def capture(settings: Settings) -> None:
-        seen.append(settings)
-
-    monkeypatch.setattr(dispatcher.cli, "_serve", capture)
-    result = runner.invoke(dispatcher.cli.main, ["--history-max-total", "12345"])
-    assert result.exit_code == 0, (result.output, result.exception)
-    assert [s.dispatch.history_max_total for s in seen] == [12345]
+    settings = served_settings(runner, monkeypatch, "--history-max-total", "12345")
+    assert settings.dispatch.history_max_total == 12345
     assert DispatchSettings().history_max_total == 500_000
 
 
