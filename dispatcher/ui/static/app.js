@@ -30,6 +30,7 @@
     refreshS: 3,
     updatedAt: null,
     searchTimer: null,
+    statusSince: new Map(),
   };
 
   // ------------------------------------------------------------------ DOM helpers
@@ -599,7 +600,8 @@
       h("caption", { class: "visually-hidden", text: caption }),
       h("thead", {}, h("tr", {}, ["Status", "Check", "Target", "Node", "Last run", "Uptime 24 h", "Duration"]
         .map((name) => h("th", { scope: "col", class: name.startsWith("Uptime") ? "num" : null, text: name })))),
-      h("tbody", {}, checks.map((c) => h("tr", { class: c.status, "data-digest": c.digest },
+      h("tbody", {}, checks.map((c) => h("tr", { class: c.status, "data-digest": c.digest,
+        "data-status-since": statusSince(c) },
         cell("Status", {}, statusBadge(c.status)),
         cell("Check", {},
           h("a", { href: `#/checks/${c.digest}`, class: "check-name" }, c.name),
@@ -610,6 +612,16 @@
         cell("Last run", {}, since(c.last_run_at)),
         cell("Uptime 24 h", { class: "num" }, percent(c.uptime_24h)),
         cell("Duration", {}, sparkline(c), ` ${duration(c.duration_s)}`)))));
+  }
+
+  // The refresh (its number, as in body[data-refreshes]) that first showed a check with
+  // its current status: how soon a change reached the page, for the browser test.
+  function statusSince(check) {
+    const known = ui.statusSince.get(check.digest);
+    if (known && known.status === check.status) return known.refresh;
+    const refresh = ui.refreshes + 1; // this render's refresh (counted once it ends)
+    ui.statusSince.set(check.digest, { status: check.status, refresh });
+    return refresh;
   }
 
   function sparkline(check) {
