@@ -377,3 +377,20 @@ def test_failing_by_node_counts_only_failing_checks_on_their_node() -> None:
 
     assert page.failing_by_node == {"node-a": 3}
     assert (page.matching, page.digests) == (2, [])
+
+
+@pytest.mark.parametrize(("offset", "limit"), [(0, 5), (5, 5), (0, 200), (190, 50)])
+def test_a_first_page_of_many_checks_is_the_start_of_the_whole_order(
+    offset: int, limit: int
+) -> None:
+    """The first pages come from a partial selection (``heapq.nsmallest``), the others
+    from a whole sort: both the same slice of one order."""
+    state = two_nodes()
+    checks = [config("http", {"url": f"http://svc-{i % 37}/{i}"}) for i in range(200)]
+    add(state, *checks, now=1.0)
+    for check in checks[::3]:
+        report(state, check, False)
+    whole = check_page(state, CheckFilter(), offset=0, limit=1000).digests
+    page = check_page(state, CheckFilter(), offset=offset, limit=limit)
+    assert page.digests == whole[offset : offset + limit]
+    assert page.matching == 200
