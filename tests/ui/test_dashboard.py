@@ -481,6 +481,13 @@ def test_labels_names_and_words_for_assistive_technology(
             problems.push("a badge with colour and no word");
         }
         if (!document.querySelector("th[scope=col]")) problems.push("no column headers");
+        // Changes are announced politely; the clock line that moves every refresh is not.
+        if (document.getElementById("live").getAttribute("aria-live"))
+          problems.push("the refresh clock is a live region");
+        const announce = document.getElementById("announce");
+        const polite = announce.getAttribute("aria-live") === "polite";
+        if (!polite || !/failing/.test(announce.textContent))
+          problems.push("no polite announcement of the failing checks");
         return problems;
         """
     )

@@ -233,6 +233,7 @@
       ui.updatedAt = new Date();
       ui.refreshS = overview.refresh_s;
       $("banner").hidden = true;
+      announce(overview.totals);
       render(where);
     } catch (exc) {
       if (generation !== ui.generation) return;
@@ -247,6 +248,14 @@
         ui.timer = setTimeout(refresh, ui.refreshS * 1000);
       }
     }
+  }
+
+  // Screen readers hear what changed (the failing and dangling counts), not every
+  // refresh: the header's "updated at" line is not a live region.
+  function announce(totals) {
+    const text = `${totals.failing} failing, ${totals.dangling} dangling of ${totals.checks} checks`;
+    const region = $("announce");
+    if (region.textContent !== text) region.textContent = text;
   }
 
   function showLive() {
