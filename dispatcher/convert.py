@@ -365,7 +365,9 @@ def overview_fields(
             "cordoned_nodes": sum(1 for node in state.nodes.values() if node.cordoned),
             "checks": len(state.configs),
             "dispatched": len(state.placement),
-            "dangling": len(state.dangling),
+            # By status, as the filter counts them: a failed check that lost its node is
+            # failing, not dangling (state.dangling counts every check without a node).
+            "dangling": statuses[CheckStatus.DANGLING],
             "failing": statuses[CheckStatus.FAILING],
             "pending": statuses[CheckStatus.PENDING],
             "ok": statuses[CheckStatus.OK],

@@ -714,6 +714,10 @@ class OverviewNodeOut(WireOut):
 
 
 class OverviewTotalsOut(WireOut):
+    """``dispatched`` counts the checks with a node; ``failing``, ``dangling``,
+    ``pending`` and ``ok`` count the checks by status (they add up to ``checks``: a
+    failed check that lost its node is failing)."""
+
     nodes: int
     cordoned_nodes: int
     checks: int

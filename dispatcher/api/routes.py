@@ -633,8 +633,8 @@ _HISTORY_LIMIT = QueryParam(
 )
 _OVERVIEW_QUERY = (
     QueryParam("q", {"type": "string", "maxLength": QUERY_MAX_CHARS},
-               "Only checks whose name, target, digest, node or a source contains this"
-               " (case-insensitive)."),
+               "Only checks whose name, target, node or a source contains this (any case),"
+               " or whose digest starts with it."),
     QueryParam("status", {"type": "string", "enum": [s.value for s in CheckStatus]},
                "Only checks with this status."),
     QueryParam("node", {"type": "string", "pattern": wire.NAME_PATTERN},

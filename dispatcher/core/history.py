@@ -140,7 +140,7 @@ class _Series:
 class CheckHistory:
     """Every check's bounded history; the state forgets a check's when it goes."""
 
-    __slots__ = ("_limits", "_pending", "_series")
+    __slots__ = ("_limits", "_pending", "_series", "_swept_share")
 
     def __init__(self, limits: HistoryLimits | None = None, *, track: bool = False) -> None:
         """``track``: keep the entries recorded since the last ``take_pending`` for a
@@ -149,6 +149,8 @@ class CheckHistory:
         self._limits.validate()
         self._series: dict[Digest, _Series] = {}
         self._pending: dict[Digest, list[HistoryEntry]] | None = {} if track else None
+        self._swept_share = self._limits.max_results
+        """The share every check was last trimmed to (``_sweep``)."""
 
     def take_pending(self) -> dict[Digest, list[HistoryEntry]]:
         """The entries recorded since the last call, per check, oldest recorded first."""
@@ -188,20 +190,27 @@ class CheckHistory:
             if self._pending is not None:
                 self._pending.clear()
             return
-        bound = self.per_check()
-        for series in self._series.values():
-            series.drop_oldest(len(series.entries) - bound)
+        self._sweep(self.per_check())
 
     def per_check(self) -> int:
         """How many results each check keeps now: ``max_results``, or less when the
         overall bound shares ``max_total`` among more checks. A check holding more than
-        its share (more checks got history since) gives the excess up when it next
-        records, so the whole stays within about ``max_total`` one interval later."""
+        its share gives the excess up when it next records; every check is trimmed at
+        once when the share falls by a tenth (``_sweep``), so a check that records no
+        more (dangling, or on a node gone) cannot keep a larger, older share: the whole
+        stays within ``max_total / 0.9`` (and one result per check)."""
         limits = self._limits
         if limits.max_total is None:
             return limits.max_results
         share = limits.max_total // max(1, len(self._series))
         return max(1, min(limits.max_results, share))
+
+    def _sweep(self, bound: int) -> None:
+        """Trims every check to ``bound`` results (the share fell: checks came)."""
+        if bound < self._swept_share:
+            for series in self._series.values():
+                series.drop_oldest(len(series.entries) - bound)
+        self._swept_share = bound
 
     def __contains__(self, digest: object) -> bool:
         return digest in self._series
@@ -264,6 +273,8 @@ class CheckHistory:
         bound = limits.max_results
         if limits.max_total is not None:
             bound = max(1, min(bound, limits.max_total // len(self._series)))
+            if bound * 10 < self._swept_share * 9 or bound > self._swept_share:
+                self._sweep(bound)  # amortised: the share must fall by a tenth each time
         excess = len(series.entries) - bound
         if excess > 0:
             series.drop_oldest(excess)

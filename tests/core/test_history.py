@@ -213,18 +213,30 @@ def test_the_overall_bound_shares_max_total_among_the_checks() -> None:
     assert kept == [f"c0r{r}" for r in range(49, 39, -1)]
 
 
-def test_more_checks_shrink_each_share_once_each_records_again() -> None:
+def test_more_checks_shrink_every_share_at_once() -> None:
     history = CheckHistory(HistoryLimits(max_results=100, max_total=30))
     record_each(history, checks=1, runs=40, start=NOW)
     assert len(history) == 30  # one check alone: the overall bound, below max_results
     record_each(history, checks=6, runs=1, start=NOW + 40)
-    # The first check recorded before the five new ones came: it still holds 30.
+    # The first check recorded before the five new ones came; their coming trimmed it.
     assert history.per_check() == 5
-    assert len(history) == 30 + 5 * 1
-    record_each(history, checks=6, runs=1, start=NOW + 41)
-    assert len(history) == 5 + 5 * 2  # it gave up its excess when it recorded again
-    record_each(history, checks=6, runs=10, start=NOW + 42)
+    assert len(history) == 5 + 5 * 1
+    record_each(history, checks=6, runs=10, start=NOW + 41)
     assert len(history) == 30
+
+
+def test_checks_that_stop_recording_give_up_their_share_when_more_checks_come() -> None:
+    """Each check records its fill, then stops (it dangles, its node died): without a
+    sweep of every check the early ones would keep their large early shares."""
+    history = CheckHistory(HistoryLimits(max_results=2000, max_total=10_000))
+    for i in range(200):
+        for r in range(60):
+            at = NOW + i * 60 + r
+            history.record(NODE, CheckResult(digest(i), f"c{i}r{r}", True, (), at, 0.1),
+                           now_wall=at)  # fmt: skip
+        assert len(history) <= 10_000 / 0.9 + 200, (i, len(history))
+    assert history.per_check() == 50
+    assert len(history) <= 10_000 / 0.9
 
 
 def test_the_share_is_at_least_one_and_at_most_max_results() -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from dispatcher import convert
 from dispatcher.core.model import CheckConfig, Digest, NodeName, SourceName, make_config
 from dispatcher.core.overview import (
     TARGET_MAX_CHARS,
@@ -394,3 +395,16 @@ def test_a_first_page_of_many_checks_is_the_start_of_the_whole_order(
     page = check_page(state, CheckFilter(), offset=offset, limit=limit)
     assert page.digests == whole[offset : offset + limit]
     assert page.matching == 200
+
+
+def test_the_overview_s_status_totals_add_up_to_the_checks(cluster: Cluster) -> None:
+    """A failed check that lost its node counts once, as failing (as the filter lists
+    it), not also as dangling."""
+    fields = convert.overview_fields(
+        cluster.state, CheckFilter(), offset=0, limit=100, now=1.0, now_wall=WALL
+    )
+    totals = fields["totals"]
+    by_status = {s.value: totals[s.value] for s in CheckStatus}
+    assert sum(by_status.values()) == totals["checks"] == len(cluster.checks)
+    assert by_status == {"failing": 3, "dangling": 1, "pending": 1, "ok": 2}
+    assert totals["dispatched"] == len(cluster.state.placement)

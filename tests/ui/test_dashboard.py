@@ -80,7 +80,13 @@ def wait_for(what: str, probe: Callable[[], T | None], *, timeout_s: float, logs
     while time.monotonic() < deadline:
         try:
             value = probe()
-        except (StaleElementReferenceException, OSError, KeyError, StopIteration) as exc:
+        except (
+            StaleElementReferenceException,
+            OSError,
+            KeyError,
+            IndexError,
+            StopIteration,
+        ) as exc:
             value, last = None, repr(exc)  # the page redrew, or the API is not there yet
         if value:
             return value
@@ -384,13 +390,14 @@ def test_cordon_and_uncordon_from_the_page_change_the_node_in_the_api(
     assert not cluster.node("agent-b")["cordoned"]
     click_action(browser, "Cordon agent-b")
     confirm(browser)
+    # The notice comes with the reply (and goes again after 10 s).
+    wait_for("the notice", lambda: "agent-b is now cordoned" in notice(browser), timeout_s=10)
     wait_for("agent-b cordoned in the API", lambda: cluster.node("agent-b")["cordoned"],
              timeout_s=10)  # fmt: skip
     state = 'tr[data-node="agent-b"] .node-state'
     wait_for("agent-b shown cordoned (or drained)",
              lambda: texts(browser, state)[0].split()[-1] in ("cordoned", "drained"),
              timeout_s=10 * REFRESH_S)  # fmt: skip
-    assert "agent-b is now cordoned" in notice(browser)
     click_action(browser, "Uncordon agent-b")
     confirm(browser)
     wait_for("agent-b uncordoned in the API", lambda: not cluster.node("agent-b")["cordoned"],
@@ -407,6 +414,32 @@ def test_a_cancelled_action_changes_nothing(cluster: Cluster, browser: webdriver
     wait_for("the dialog closed", lambda: dialog.get_attribute("open") is None, timeout_s=10)
     go(browser, "#/nodes")
     assert not cluster.node("agent-a")["cordoned"]
+
+
+def test_the_keyboard_focus_survives_the_refreshes(
+    cluster: Cluster, browser: webdriver.Chrome
+) -> None:
+    open_page(browser, cluster.base + "/ui/#/nodes", token=ADMIN)
+    go(browser, "#/nodes")
+    browser.execute_script(
+        "document.querySelector('button[aria-label=\"Cordon agent-a\"]').focus()"
+    )
+    before = refreshes(browser)
+    wait_for("two refreshes", lambda: refreshes(browser) >= before + 2, timeout_s=10 * REFRESH_S)
+    focused = browser.execute_script(
+        "return document.activeElement && document.activeElement.getAttribute('aria-label')"
+    )
+    assert focused == "Cordon agent-a"
+
+
+def test_a_mangled_address_shows_an_unknown_check_and_keeps_refreshing(
+    cluster: Cluster, browser: webdriver.Chrome
+) -> None:
+    open_page(browser, cluster.base + "/ui/#/checks/%E0%A4", token=ADMIN)
+    wait_for("the unknown check", lambda: "Unknown check" in browser.find_element(
+        By.ID, "main").text, timeout_s=10 * REFRESH_S)  # fmt: skip
+    before = refreshes(browser)
+    wait_for("more refreshes", lambda: refreshes(browser) >= before + 2, timeout_s=10 * REFRESH_S)
 
 
 def test_rebalance_shows_its_dry_run_first(cluster: Cluster, browser: webdriver.Chrome) -> None:

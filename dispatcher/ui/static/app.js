@@ -161,7 +161,8 @@
 
   function showBanner(text) {
     const banner = $("banner");
-    banner.textContent = text;
+    // An alert is spoken when its text changes: not again at every failed refresh.
+    if (banner.hidden || banner.textContent !== text) banner.textContent = text;
     banner.hidden = false;
   }
 
@@ -183,7 +184,13 @@
     const [path, query] = hash.split("?");
     const params = new URLSearchParams(query || "");
     if (path.startsWith("/checks/")) {
-      return { view: "check", key: path, digest: decodeURIComponent(path.slice(8)), params };
+      let digest = path.slice(8);
+      try {
+        digest = decodeURIComponent(digest);
+      } catch (exc) {
+        // A hand-typed hash that is not valid percent-encoding: asked for as it is (404).
+      }
+      return { view: "check", key: path, digest, params };
     }
     if (path === "/checks") return { view: "checks", key: "checks", params };
     if (path === "/nodes") return { view: "nodes", key: "nodes", params };
@@ -298,13 +305,38 @@
       ui.shell = where.key;
     }
     if (ui.data) {
+      const focused = focusKey(document.activeElement);
       FILLS[where.view](where);
+      if (focused) refocus(focused);
       // For measurements (make bench): when the first data was on the page.
       if (!performance.getEntriesByName("clusterchecks:first-render").length) {
         performance.mark("clusterchecks:first-render");
       }
     }
     main.dataset.view = where.view;
+  }
+
+  // Redrawing replaces the tables' buttons and links every refresh: the one that had the
+  // keyboard focus gets it back (found again by its accessible name), so a keyboard or
+  // screen-reader user on "Cordon node-a" or "Next" is not thrown back to the top.
+  // A link by where it goes (many checks share a name), a button by its name.
+  const nameOf = (el) => (el.tagName === "A" ? el.getAttribute("href")
+    : (el.getAttribute("aria-label") || el.textContent).trim());
+
+  function focusKey(el) {
+    if (!el || el === document.body || !$("main").contains(el)) return null;
+    if (!el.matches("button, a")) return null;
+    return { tag: el.tagName, name: nameOf(el) };
+  }
+
+  function refocus(key) {
+    if (!key) return;
+    for (const el of $("main").querySelectorAll(key.tag)) {
+      if (nameOf(el) === key.name) {
+        if (document.activeElement !== el && !el.disabled) el.focus();
+        return;
+      }
+    }
   }
 
   const SHELLS = {
@@ -525,11 +557,13 @@
     ok.textContent = confirmLabel || "";
     $("confirm-cancel").textContent = confirmLabel ? "Cancel" : "Close";
     dialog.returnValue = "";
+    const opener = focusKey(document.activeElement);
     const answer = await new Promise((resolve) => {
       dialog.addEventListener("close", () => resolve(dialog.returnValue), { once: true });
       dialog.showModal();
       (confirmLabel ? $("confirm-cancel") : ok).focus();
     });
+    refocus(opener); // its button may have been redrawn while the dialog was open
     if (answer !== "ok") return;
     try {
       notify("info", await run());
@@ -589,8 +623,8 @@
     $("checks-table").replaceChildren(page.checks.length
       ? checksTable(page.checks, "Checks, failing first")
       : h("p", { class: "muted", text: data.totals.checks ? "No check matches the filter." : "No check is configured." }));
-    const from = page.matching ? page.offset + 1 : 0;
-    const to = page.offset + page.checks.length;
+    const from = page.checks.length ? page.offset + 1 : 0;
+    const to = page.checks.length ? page.offset + page.checks.length : 0;
     const go = (offset) => () => {
       const next = new URLSearchParams(where.params);
       if (offset > 0) next.set("offset", String(offset));
@@ -601,7 +635,8 @@
     $("pager").replaceChildren(
       h("span", { text: `${from}–${to} of ${page.matching}` }),
       h("button", { type: "button", disabled: page.offset === 0, onclick: go(Math.max(0, page.offset - PAGE)) }, "Previous"),
-      h("button", { type: "button", disabled: to >= page.matching, onclick: go(page.offset + PAGE) }, "Next"));
+      h("button", { type: "button", disabled: page.offset + PAGE >= page.matching,
+        onclick: go(page.offset + PAGE) }, "Next"));
   }
 
   function checksTable(checks, caption) {
@@ -670,7 +705,12 @@
     }
     const { check, history } = detail;
     const last = check.last_result;
-    const status = last ? (last.ok ? "ok" : "failing") : (check.node ? "pending" : "dangling");
+    // The dispatcher's rule (core/overview.py): failing, else dangling without a node,
+    // else ok or pending.
+    let status = "ok";
+    if (last && !last.ok) status = "failing";
+    else if (!check.node) status = "dangling";
+    else if (!last) status = "pending";
     const sources = check.sources.length ? check.sources.join(", ") : "none";
     $("check-head").replaceChildren(
       h("div", { class: "panel-head" },
