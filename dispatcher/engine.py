@@ -55,6 +55,9 @@ from dispatcher.wakeups import WakeUps
 
 log = structlog.get_logger(__name__)
 
+FINAL_WRITE_S = 2.0
+"""How long a planned stop waits for the results that wait for their write."""
+
 T = TypeVar("T")
 
 
@@ -142,6 +145,20 @@ class Dispatcher:
         self._closing = False
         self._active = True
         self.last_tick_at = self._clock.monotonic()
+
+    async def flush(self) -> None:
+        """Before a planned stop: writes the results that wait for their timer (they wait
+        up to a second to share a write). Only those, and for ``FINAL_WRITE_S`` at most:
+        a write already under way is the store's to finish, and a stop never waits on a
+        store that does not answer. A failure is logged; the term ends either way."""
+        writer = self._writer
+        if writer is None or not self._active or not writer.history_waiting:
+            return
+        try:
+            async with self._clock.timeout(FINAL_WRITE_S):
+                await writer.wait_flushed(writer.submitted)
+        except (StoreError, TimeoutError) as exc:
+            log.warning("final_write_failed", error=str(exc) or "timed out")
 
     def end_term(self) -> None:
         """Stops serving at once: nothing else is decided, pending long polls end, and

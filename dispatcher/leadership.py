@@ -141,10 +141,18 @@ class LeadershipHandler:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Campaigns until ``stop``; a held lease is given up on the way out, after the
-        term has ended."""
+        term has ended, and the term ends after what waits to be stored is written (the
+        last second's results: ``Dispatcher.flush``)."""
+        elector_stop = asyncio.Event()
         async with asyncio.TaskGroup() as tasks:
             self._tasks = tasks
-            tasks.create_task(self._campaign.run(stop), name="elector")
+            elector = tasks.create_task(self._campaign.run(elector_stop), name="elector")
+            stopping = tasks.create_task(stop.wait(), name="leadership_stop")
+            await asyncio.wait({elector, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if stop.is_set() and self._role is Role.LEADER:
+                await self._dispatcher.flush()
+            elector_stop.set()
+            stopping.cancel()
         self._tasks = None
 
     # -------------------------------------------------------------- callbacks

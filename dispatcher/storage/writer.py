@@ -120,6 +120,12 @@ class StoreWriter:
                 self._wake.set()
         return self._submitted
 
+    @property
+    def history_waiting(self) -> bool:
+        """Whether results wait for their timer to be written (no write is under way
+        for them yet)."""
+        return self._history_timer is not None
+
     async def wait_flushed(self, seq: int) -> None:
         """Returns once every step up to ``seq`` is stored.
 

@@ -649,6 +649,30 @@ async def test_shutdown_ends_the_term_then_releases_the_lease_so_another_takes_o
     assert N1 in second.dispatcher.state.nodes
 
 
+async def test_a_planned_stop_writes_the_results_that_wait_for_their_write_first(
+    make_cluster: MakeCluster, fake_clock: FakeClock
+) -> None:
+    """Results wait up to a second to share a write; a stop does not drop them: the next
+    leader (or a restart) finds the last run in the history."""
+    store = MemoryStateStore()
+    cluster = make_cluster(store=store, dispatch=DispatchSettings(node_expiration_timeout_s=30.0))
+    cluster.add("a")
+    first = await cluster.leader()
+    dispatcher = first.dispatcher
+    await dispatcher.node_status(N1, last_change=-1)
+    config = check("last")
+    await dispatcher.replace_source(SOURCE, [config])
+    result = CheckResult(config.digest, "last-run", True, (), fake_clock.time(), 0.1)
+    assert await dispatcher.record_results(N1, [result]) == (1, [])
+    assert config.digest not in store.history, "it waits for its timer (no time passed)"
+
+    started = fake_clock.monotonic()
+    await first.shutdown()
+
+    assert [e.run_id for e in store.history[config.digest]] == ["last-run"]
+    assert fake_clock.monotonic() == started  # written at once, not after the timer
+
+
 async def test_a_reply_waiting_for_the_store_ends_with_no_leader_when_the_term_ends(
     make_cluster: MakeCluster, fake_clock: FakeClock
 ) -> None:

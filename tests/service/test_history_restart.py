@@ -66,3 +66,25 @@ async def test_the_history_survives_a_restart_on_the_sqlite_store(tmp_path: Path
 
 def history_of(state: ClusterState) -> list[str]:
     return [e.run_id for e in state.history.results(CONFIG.digest, now_wall=1_763_700_000.0)]
+
+
+async def test_results_waiting_for_their_write_are_written_before_a_planned_stop(
+    tmp_path: Path,
+) -> None:
+    """No read after the results: they wait for their timer (no fake time passes), and
+    the stop writes them before the term ends."""
+    settings = Settings(store=StoreSettings(backend="sqlite", data_dir=tmp_path))
+    clock = FakeClock()
+    now = clock.time()
+
+    async def record(service: DispatcherService) -> None:
+        dispatcher = service.dispatcher
+        await dispatcher.node_status(NODE, last_change=-1)
+        await dispatcher.replace_source(SourceName("ci"), [CONFIG])
+        result = CheckResult(CONFIG.digest, "last-run", True, (), now - 1, 0.2)
+        assert (await dispatcher.record_results(NODE, [result]))[0] == 1
+
+    await serving(settings, clock, record)
+    after = await serving(settings, clock, lambda service: service.dispatcher.read(history_of))
+
+    assert after == ["last-run"]
