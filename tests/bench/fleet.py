@@ -54,6 +54,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -665,51 +666,72 @@ def _probe_samples(path: Path) -> list[tuple[float, float, int]]:
 
 
 def _py_spy(pid: int, seconds: float, work: Path) -> str:
-    """py-spy's view of the dispatcher for ``seconds``: the top functions by own time and
-    by total time, from a raw (collapsed stacks) recording."""
+    """py-spy's view of the dispatcher's event-loop thread for ``seconds``: where its busy
+    time goes, and where the time of its stalls goes (runs of consecutive samples outside
+    ``select()`` of at least ``STALL_S``: the loop could answer nothing else meanwhile)."""
     binary = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(binary).exists():
         return "py-spy not installed (pip install py-spy)"
-    raw = work / "profile.txt"
+    out = work / "profile.json"
     done = subprocess.run(
-        [binary, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "200",
-         "-f", "raw", "-o", str(raw), "--nonblocking"],
+        [binary, "record", "-p", str(pid), "-d", str(round(seconds)), "-r", str(SPY_RATE),
+         "--idle", "-f", "speedscope", "-o", str(out), "--nonblocking"],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
-    if done.returncode != 0 or not raw.exists():
+    if done.returncode != 0 or not out.exists():
         return f"py-spy failed: {done.stderr[-2000:]}"
-    return summarize_collapsed(raw.read_text(encoding="utf-8"))
+    return summarize_speedscope(orjson.loads(out.read_bytes()))
 
 
-def summarize_collapsed(text: str, top: int = 25) -> str:
-    """Own and total shares of each function in collapsed stacks (``a;b;c count``)."""
-    own: dict[str, int] = {}
-    total: dict[str, int] = {}
-    samples = 0
-    idle = 0
-    for line in text.splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not count_text.isdigit():
-            continue
-        count = int(count_text)
-        samples += count
-        frames = stack.split(";")
-        leaf = frames[-1]
-        own[leaf] = own.get(leaf, 0) + count
-        if "select (selectors.py" in leaf:
-            idle += count
-        for frame in set(frames):
-            total[frame] = total.get(frame, 0) + count
-    if not samples:
-        return "py-spy: no samples"
-    out = [f"py-spy: {samples} samples; in select() (idle loop): {100 * idle / samples:.1f} %"]
-    out.append("  own time:")
-    for name, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
-        out.append(f"    {100 * n / samples:5.1f} %  {name[:150]}")
-    out.append("  total time (function and what it calls):")
-    for name, n in sorted(total.items(), key=lambda kv: -kv[1])[: top + 10]:
-        out.append(f"    {100 * n / samples:5.1f} %  {name[:150]}")
-    return "\n".join(out)
+SPY_RATE = 200  # samples a second
+STALL_S = 0.05
+
+
+def summarize_speedscope(document: dict[str, Any], top: int = 18) -> str:
+    """Own and total shares of each function over the busy samples of the thread that
+    runs the event loop, and the same over its stalls."""
+    frames = [f"{f['name']} ({Path(f.get('file') or '?').name}:{f.get('line')})"
+              for f in document["shared"]["frames"]]  # fmt: skip
+    profiles = document["profiles"]
+    main = max(profiles, key=lambda p: len(p["samples"]))
+    stacks = [[frames[i] for i in sample] for sample in main["samples"]]
+    idle = [any(name.startswith("select (selectors.py") for name in stack) for stack in stacks]
+    busy = [stack for stack, quiet in zip(stacks, idle, strict=True) if not quiet]
+    runs: list[list[list[str]]] = []
+    current: list[list[str]] = []
+    for stack, quiet in zip(stacks, idle, strict=True):
+        if quiet:
+            if len(current) >= STALL_S * SPY_RATE:
+                runs.append(current)
+            current = []
+        else:
+            current.append(stack)
+    if len(current) >= STALL_S * SPY_RATE:
+        runs.append(current)
+    longest = sorted((len(r) / SPY_RATE * 1e3 for r in runs), reverse=True)
+    lines = [
+        f"py-spy, {len(stacks)} samples at {SPY_RATE}/s of the event loop's thread: busy"
+        f" {100 * len(busy) / max(1, len(stacks)):.1f} % of the time; {len(runs)} stalls"
+        f" >= {STALL_S * 1e3:g} ms, longest " + ", ".join(f"{ms:.0f}" for ms in longest[:8]) + " ms"
+    ]
+    lines += _shares("busy samples", busy, top)
+    lines += _shares("stall samples", [s for run in runs for s in run], top)
+    return "\n".join(lines)
+
+
+def _shares(title: str, stacks: list[list[str]], top: int) -> list[str]:
+    if not stacks:
+        return [f"  {title}: none"]
+    own: Counter[str] = Counter(stack[-1] for stack in stacks)
+    total: Counter[str] = Counter(name for stack in stacks for name in set(stack))
+    lines = [f"  {title} ({len(stacks)}), own time:"]
+    lines += [
+        f"    {100 * n / len(stacks):5.1f} %  {name[:140]}" for name, n in own.most_common(top)
+    ]
+    lines.append(f"  {title}, total time (with what it calls), below the loop's own frames:")
+    deep = [(name, n) for name, n in total.most_common() if n < 0.97 * len(stacks)]
+    lines += [f"    {100 * n / len(stacks):5.1f} %  {name[:140]}" for name, n in deep[: top + 8]]
+    return lines
 
 
 @dataclass
