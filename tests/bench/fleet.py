@@ -478,6 +478,36 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+# ------------------------------------------------------------------ the dispatcher
+
+
+def serve_main(argv: list[str]) -> None:
+    """``python -m tests.bench.fleet serve --gc-out F -- <dispatcher flags>``: the real
+    dispatcher command, with every collection of the oldest generation (a full one: the
+    whole state scanned, the loop stopped meanwhile) written to ``F`` as it ends
+    (monotonic start, seconds)."""
+    import gc
+
+    split = argv.index("--")
+    out = Path(argv[split - 1]).open("w", encoding="ascii")  # noqa: SIM115 (for the process)
+    started = [0.0]
+
+    def timed(phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            started[0] = time.monotonic()
+        else:
+            out.write(f"{started[0]:.6f} {time.monotonic() - started[0]:.6f}\n")
+            out.flush()
+
+    gc.callbacks.append(timed)
+    from dispatcher.cli import main as dispatcher_main
+
+    sys.argv = ["clusterchecks-dispatcher", *argv[split + 1 :]]
+    dispatcher_main()
+
+
 # ------------------------------------------------------------------ the probe
 
 
@@ -586,6 +616,8 @@ class FleetResults:
     left: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     profile: str | None = None  # py-spy output (text)
+    full_gc: dict[str, tuple[int, float]] = field(default_factory=dict)
+    """By phase: the dispatcher's full collections (generation 2) and the longest, s."""
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -665,14 +697,13 @@ def _probe_samples(path: Path) -> list[tuple[float, float, int]]:
     return samples
 
 
-def _py_spy(pid: int, seconds: float, work: Path) -> str:
+def _py_spy(pid: int, seconds: float, out: Path) -> str:
     """py-spy's view of the dispatcher's event-loop thread for ``seconds``: where its busy
     time goes, and where the time of its stalls goes (runs of consecutive samples outside
     ``select()`` of at least ``STALL_S``: the loop could answer nothing else meanwhile)."""
     binary = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(binary).exists():
         return "py-spy not installed (pip install py-spy)"
-    out = work / "profile.json"
     done = subprocess.run(
         [binary, "record", "-p", str(pid), "-d", str(round(seconds)), "-r", str(SPY_RATE),
          "--idle", "-f", "speedscope", "-o", str(out), "--nonblocking"],
@@ -695,7 +726,11 @@ def summarize_speedscope(document: dict[str, Any], top: int = 18) -> str:
     profiles = document["profiles"]
     main = max(profiles, key=lambda p: len(p["samples"]))
     stacks = [[frames[i] for i in sample] for sample in main["samples"]]
-    idle = [any(name.startswith("select (selectors.py") for name in stack) for stack in stacks]
+    # An empty stack: the thread outside Python code (idle as well, for the loop).
+    idle = [
+        not stack or any("Selector.select (selectors.py" in name for name in stack)
+        for stack in stacks
+    ]
     busy = [stack for stack, quiet in zip(stacks, idle, strict=True) if not quiet]
     runs: list[list[list[str]]] = []
     current: list[list[str]] = []
@@ -746,6 +781,8 @@ class _Run:
     work: Path
     redis_server: Any
     progress: Callable[[str], None]
+    log_dir: Path
+    gc_path: Path
     phases: list[tuple[str, float, float]] = field(default_factory=list)
     rss_max: int = 0
 
@@ -838,7 +875,10 @@ class _Run:
 
     def profile(self, seconds: float) -> None:
         self.progress(f"fleet: py-spy on the dispatcher for {seconds:g} s")
-        self.results.profile = _py_spy(self.dispatcher.pid, seconds, self.work)
+        r = self.results
+        out = self.log_dir / f"fleet-{r.agents}-{r.store}.speedscope.json"
+        r.profile = _py_spy(self.dispatcher.pid, seconds, out)
+        self.progress(f"fleet: the profile: {out} (speedscope.app)")
 
     def change(self, check_interval_s: int) -> None:
         """One PUT of NEW_CHECKS new checks; per affected agent, the time from the PUT's
@@ -910,8 +950,16 @@ class _Run:
             for key in ("heartbeat_errors", "fetch_errors", "result_errors", "reregistrations")
         }
         r.leader_rss_max_bytes = self.rss_max
+        pauses = []
+        if self.gc_path.exists():
+            pauses = [
+                (float(a), float(b))
+                for a, b in (line.split() for line in self.gc_path.read_text().splitlines())
+            ]
         for name, start, end in self.phases:
             r.probe[name] = self.probe_latencies(start, end)
+            inside = [d for t, d in pauses if start <= t < end]
+            r.full_gc[name] = (len(inside), max(inside, default=0.0))
 
     def probe_latencies(self, start: float, end: float) -> Latencies:
         inside = [s for s in _probe_samples(self.probe_path) if start <= s[0] < end]
@@ -975,6 +1023,10 @@ def run_fleet(
             "--heartbeat-interval", f"{heartbeat_interval_s:g}",
             "--node-expiration-timeout", f"{expiry_s:g}",
         )  # fmt: skip
+        # The real command's flags, run through ``serve`` for the collector's timings.
+        gc_path = work / "gc.txt"
+        argv = [sys.executable, "-m", "tests.bench.fleet", "serve", "--gc-out", str(gc_path),
+                "--", *argv[1:]]  # fmt: skip
         log_path = log_dir / f"fleet-{agents}-{store}.log"
         log_path.unlink(missing_ok=True)
         dispatcher = Proc("dispatcher", argv, log_path).start()
@@ -1004,7 +1056,16 @@ def run_fleet(
                 log_dir=log_dir,
             )
             run = _Run(
-                results, url, dispatcher, generators, probe_path, work, redis_server, progress
+                results,
+                url,
+                dispatcher,
+                generators,
+                probe_path,
+                work,
+                redis_server,
+                progress,
+                log_dir,
+                gc_path,
             )
             run.register_and_load(check_interval_s)
             # Settle: second heartbeats spread over an interval, result schedules started.
@@ -1234,6 +1295,10 @@ def report_many(runs: list[FleetResults]) -> tuple[str, list[tuple[str, bool, st
             f" {r.results_rejected} results rejected; left {r.left:,}; errors {r.errors}"
             + (f"; redis-server {r.redis_cpu_pct:.0f}% CPU" if r.redis_cpu_pct is not None else "")
         )
+        out.append(
+            "    dispatcher's full garbage collections (count, longest ms) by phase: "
+            + ", ".join(f"{k} {n} ({p * 1e3:.0f})" for k, (n, p) in r.full_gc.items())
+        )
         if r.other_cpu_pct is not None and r.other_cpu_pct > DISTURBED_PCT:
             out.append(
                 f"  NOTE: other processes used {r.other_cpu_pct:.0f}% of a CPU during the window"
@@ -1280,6 +1345,9 @@ def report(results: FleetRuns) -> tuple[str, list[tuple[str, bool, str]]]:
 def main() -> None:
     if sys.argv[1:2] == ["agents"]:
         agents_main(sys.argv[2:])
+        return
+    if sys.argv[1:2] == ["serve"]:
+        serve_main(sys.argv[2:])
         return
     if sys.argv[1:2] == ["probe"]:
         probe_main(sys.argv[2:])
