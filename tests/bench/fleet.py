@@ -489,7 +489,11 @@ def serve_main(argv: list[str]) -> None:
     import gc
 
     split = argv.index("--")
-    out = Path(argv[split - 1]).open("w", encoding="ascii")  # noqa: SIM115 (for the process)
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.fleet serve")
+    parser.add_argument("--lag-out", type=Path, required=True)
+    parser.add_argument("--gc-out", type=Path, required=True)
+    args = parser.parse_args(argv[:split])
+    out = args.gc_out.open("w", encoding="ascii")  # open for the process's life
     started = [0.0]
 
     def timed(phase: str, info: dict[str, int]) -> None:
@@ -502,10 +506,42 @@ def serve_main(argv: list[str]) -> None:
             out.flush()
 
     gc.callbacks.append(timed)
+    lag_out = args.lag_out.open("w", encoding="ascii")  # open for the process's life
+    from dispatcher import service
     from dispatcher.cli import main as dispatcher_main
+
+    serve = service.serve
+
+    async def serve_with_probe(*args: Any, **kwargs: Any) -> None:
+        probe = asyncio.create_task(_lag_probe(lag_out), name="fleet_lag_probe")
+        try:
+            await serve(*args, **kwargs)
+        finally:
+            probe.cancel()
+
+    # ``run`` looks ``serve`` up in its module when called: the real server, plus the probe.
+    service.serve = serve_with_probe
 
     sys.argv = ["clusterchecks-dispatcher", *argv[split + 1 :]]
     dispatcher_main()
+
+
+async def _lag_probe(out: Any) -> None:
+    """Sleeps ``LAG_PERIOD_S`` again and again; every wake-up later than ``LAG_WRITE_S``
+    is written (monotonic start, lag s, CPU s of the loop's thread meanwhile): a lag with
+    little CPU is the process waiting for a CPU, not the loop working."""
+    while True:
+        started = time.monotonic()
+        cpu = time.thread_time()
+        await asyncio.sleep(LAG_PERIOD_S)
+        lag = time.monotonic() - started - LAG_PERIOD_S
+        if lag > LAG_WRITE_S:
+            out.write(f"{started:.6f} {lag:.6f} {time.thread_time() - cpu:.6f}\n")
+            out.flush()
+
+
+LAG_PERIOD_S = 0.005
+LAG_WRITE_S = 0.02
 
 
 # ------------------------------------------------------------------ the probe
@@ -616,6 +652,10 @@ class FleetResults:
     left: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     profile: str | None = None  # py-spy output (text)
+    loop_stalls: dict[str, dict[str, float]] = field(default_factory=dict)
+    """By phase, from a lag probe inside the dispatcher (a 5 ms sleep again and again):
+    wake-ups late by over 50 ms, the longest, and the share of their time the loop's
+    thread was on a CPU (low: the process waited for a CPU)."""
     full_gc: dict[str, tuple[int, float]] = field(default_factory=dict)
     """By phase: the dispatcher's full collections (generation 2) and the longest, s."""
 
@@ -783,6 +823,7 @@ class _Run:
     progress: Callable[[str], None]
     log_dir: Path
     gc_path: Path
+    lag_path: Path
     phases: list[tuple[str, float, float]] = field(default_factory=list)
     rss_max: int = 0
 
@@ -960,6 +1001,8 @@ class _Run:
             r.probe[name] = self.probe_latencies(start, end)
             inside = [d for t, d in pauses if start <= t < end]
             r.full_gc[name] = (len(inside), max(inside, default=0.0))
+            lags = [(lag, cpu) for t, lag, cpu in _lags(self.lag_path) if start <= t < end]
+            r.loop_stalls[name] = _stall_summary(lags)
 
     def probe_latencies(self, start: float, end: float) -> Latencies:
         inside = [s for s in _probe_samples(self.probe_path) if start <= s[0] < end]
@@ -1025,8 +1068,9 @@ def run_fleet(
         )  # fmt: skip
         # The real command's flags, run through ``serve`` for the collector's timings.
         gc_path = work / "gc.txt"
-        argv = [sys.executable, "-m", "tests.bench.fleet", "serve", "--gc-out", str(gc_path),
-                "--", *argv[1:]]  # fmt: skip
+        lag_path = work / "lag.txt"
+        argv = [sys.executable, "-m", "tests.bench.fleet", "serve", "--lag-out", str(lag_path),
+                "--gc-out", str(gc_path), "--", *argv[1:]]  # fmt: skip
         log_path = log_dir / f"fleet-{agents}-{store}.log"
         log_path.unlink(missing_ok=True)
         dispatcher = Proc("dispatcher", argv, log_path).start()
@@ -1066,6 +1110,7 @@ def run_fleet(
                 progress,
                 log_dir,
                 gc_path,
+                lag_path,
             )
             run.register_and_load(check_interval_s)
             # Settle: second heartbeats spread over an interval, result schedules started.
@@ -1118,6 +1163,23 @@ def _start_generators(
                 )
             )
     return Generators(popens)
+
+
+def _lags(path: Path) -> list[tuple[float, float, float]]:
+    if not path.exists():
+        return []
+    rows = [line.split() for line in path.read_text(encoding="ascii").splitlines()]
+    return [(float(a), float(b), float(c)) for a, b, c in rows if c]
+
+
+def _stall_summary(lags: list[tuple[float, float]]) -> dict[str, float]:
+    over = [(lag, cpu) for lag, cpu in lags if lag > STALL_S]
+    total = sum(lag for lag, _ in over)
+    return {
+        "stalls_over_50ms": len(over),
+        "longest_ms": max((lag for lag, _ in over), default=0.0) * 1e3,
+        "on_cpu_share": sum(cpu for _, cpu in over) / total if total else math.nan,
+    }
 
 
 def _redis_cpu(redis_server: object) -> float | None:
@@ -1294,6 +1356,13 @@ def report_many(runs: list[FleetResults]) -> tuple[str, list[tuple[str, bool, st
             f" {r.fetches_per_s:.0f} config fetches/s, {r.result_posts_per_s:.0f} result posts/s,"
             f" {r.results_rejected} results rejected; left {r.left:,}; errors {r.errors}"
             + (f"; redis-server {r.redis_cpu_pct:.0f}% CPU" if r.redis_cpu_pct is not None else "")
+        )
+        out.append(
+            "    dispatcher's loop stalls > 50 ms (count, longest ms, share on a CPU) by phase: "
+            + ", ".join(
+                f"{k} {v['stalls_over_50ms']:.0f} ({v['longest_ms']:.0f}, {v['on_cpu_share']:.2f})"
+                for k, v in r.loop_stalls.items()
+            )
         )
         out.append(
             "    dispatcher's full garbage collections (count, longest ms) by phase: "
