@@ -64,7 +64,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from tests.bench.machine import machine_busy_s, process_cpu_s
+from tests.bench.machine import machine_busy_s, process_cpu_s, process_cpu_split_s
 from tests.bench.stats import percentile
 from tests.processes import ROOT, Proc, dispatcher_argv, free_port, wait_http_ok
 
@@ -532,11 +532,15 @@ async def _lag_probe(out: Any) -> None:
     little CPU is the process waiting for a CPU, not the loop working."""
     while True:
         started = time.monotonic()
-        cpu = time.thread_time()
+        before = resource.getrusage(resource.RUSAGE_THREAD)
         await asyncio.sleep(LAG_PERIOD_S)
         lag = time.monotonic() - started - LAG_PERIOD_S
         if lag > LAG_WRITE_S:
-            out.write(f"{started:.6f} {lag:.6f} {time.thread_time() - cpu:.6f}\n")
+            after = resource.getrusage(resource.RUSAGE_THREAD)
+            user = after.ru_utime - before.ru_utime
+            system = after.ru_stime - before.ru_stime
+            faults = after.ru_minflt - before.ru_minflt + after.ru_majflt - before.ru_majflt
+            out.write(f"{started:.6f} {lag:.6f} {user + system:.6f} {system:.6f} {faults}\n")
             out.flush()
 
 
@@ -634,6 +638,7 @@ class FleetResults:
     results_rejected: int = 0
     leader_cpu_pct: float = math.nan
     leader_cpu_us_per_heartbeat: float = math.nan
+    leader_system_cpu_pct: float = math.nan  # of leader_cpu_pct, in the kernel
     loadgen_cpu_pct: float = math.nan
     other_cpu_pct: float | None = None
     redis_cpu_pct: float | None = None
@@ -870,6 +875,7 @@ class _Run:
         pid = self.dispatcher.pid
         self.ask_all({"cmd": "measure", "on": True})
         before = self.ask_all({"cmd": "stats"})
+        split0 = process_cpu_split_s(pid)
         cpu0, redis0, busy0 = process_cpu_s(pid), _redis_cpu(self.redis_server), machine_busy_s()
         t0 = time.monotonic()
         while time.monotonic() < t0 + window_s:
@@ -877,6 +883,7 @@ class _Run:
             self.sample_rss()
         t1 = time.monotonic()
         cpu1, redis1, busy1 = process_cpu_s(pid), _redis_cpu(self.redis_server), machine_busy_s()
+        split1 = process_cpu_split_s(pid)
         after = self.ask_all({"cmd": "stats"})
         own = [
             x for reply in self.ask_all({"cmd": "measure", "on": False}) for x in reply["latencies"]
@@ -906,6 +913,8 @@ class _Run:
             if busy0 is not None and busy1 is not None:
                 ours = (cpu1 - cpu0) + loadgen_cpu + (redis_cpu or 0.0)
                 r.other_cpu_pct = 100 * max(0.0, busy1 - busy0 - ours) / wall
+        if split0 is not None and split1 is not None:
+            r.leader_system_cpu_pct = 100 * (split1[1] - split0[1]) / wall
         r.leader_rss_bytes = _rss(pid)
         r.leader_fds = _fds(pid)
         self.progress(
@@ -1001,7 +1010,7 @@ class _Run:
             r.probe[name] = self.probe_latencies(start, end)
             inside = [d for t, d in pauses if start <= t < end]
             r.full_gc[name] = (len(inside), max(inside, default=0.0))
-            lags = [(lag, cpu) for t, lag, cpu in _lags(self.lag_path) if start <= t < end]
+            lags = [row[1:] for row in _lags(self.lag_path) if start <= row[0] < end]
             r.loop_stalls[name] = _stall_summary(lags)
 
     def probe_latencies(self, start: float, end: float) -> Latencies:
@@ -1165,20 +1174,26 @@ def _start_generators(
     return Generators(popens)
 
 
-def _lags(path: Path) -> list[tuple[float, float, float]]:
+def _lags(path: Path) -> list[tuple[float, float, float, float, int]]:
+    """(start, lag, CPU s, of it in the kernel, page faults) of each late wake-up."""
     if not path.exists():
         return []
     rows = [line.split() for line in path.read_text(encoding="ascii").splitlines()]
-    return [(float(a), float(b), float(c)) for a, b, c in rows if c]
+    return [
+        (float(a), float(b), float(c), float(d), int(e)) for a, b, c, d, e in rows if e.isdigit()
+    ]
 
 
-def _stall_summary(lags: list[tuple[float, float]]) -> dict[str, float]:
-    over = [(lag, cpu) for lag, cpu in lags if lag > STALL_S]
-    total = sum(lag for lag, _ in over)
+def _stall_summary(lags: list[tuple[float, float, float, int]]) -> dict[str, float]:
+    over = [row for row in lags if row[0] > STALL_S]
+    total = sum(row[0] for row in over)
+    cpu = sum(row[1] for row in over)
     return {
         "stalls_over_50ms": len(over),
-        "longest_ms": max((lag for lag, _ in over), default=0.0) * 1e3,
-        "on_cpu_share": sum(cpu for _, cpu in over) / total if total else math.nan,
+        "longest_ms": max((row[0] for row in over), default=0.0) * 1e3,
+        "on_cpu_share": cpu / total if total else math.nan,
+        "kernel_share_of_cpu": sum(row[2] for row in over) / cpu if cpu else math.nan,
+        "page_faults": sum(row[3] for row in over),
     }
 
 
@@ -1354,13 +1369,16 @@ def report_many(runs: list[FleetResults]) -> tuple[str, list[tuple[str, bool, st
             f"  {r.agents:,} agents: registered in {r.register_s:.1f} s; checks PUT in"
             f" {r.load_s:.1f} s, all held after {r.all_held_s:.1f} s; steady {r.window_s:.0f} s:"
             f" {r.fetches_per_s:.0f} config fetches/s, {r.result_posts_per_s:.0f} result posts/s,"
-            f" {r.results_rejected} results rejected; left {r.left:,}; errors {r.errors}"
+            f" {r.results_rejected} results rejected; leader CPU in the kernel"
+            f" {r.leader_system_cpu_pct:.1f}%; left {r.left:,}; errors {r.errors}"
             + (f"; redis-server {r.redis_cpu_pct:.0f}% CPU" if r.redis_cpu_pct is not None else "")
         )
         out.append(
-            "    dispatcher's loop stalls > 50 ms (count, longest ms, share on a CPU) by phase: "
+            "    dispatcher's loop stalls > 50 ms (count, longest ms, share on a CPU, of that the"
+            " kernel's share, page faults) by phase: "
             + ", ".join(
-                f"{k} {v['stalls_over_50ms']:.0f} ({v['longest_ms']:.0f}, {v['on_cpu_share']:.2f})"
+                f"{k} {v['stalls_over_50ms']:.0f} ({v['longest_ms']:.0f}, {v['on_cpu_share']:.2f},"
+                f" kernel {v['kernel_share_of_cpu']:.2f}, faults {v['page_faults']:.0f})"
                 for k, v in r.loop_stalls.items()
             )
         )
