@@ -18,7 +18,11 @@ redis: PUT and burst latency, restart with 100,000 checks, data size per check;
 at 1,000 results/s by a real dispatcher per store with the check history on and off:
 leader CPU, memory per 1,000 results held, the rate sustained with history on;
 ``--skip-history``) and about 15 s for the dashboard benchmark (``GET .../overview``
-and the page's first render in Chromium at 10,000 checks; ``--skip-dashboard``).
+and the page's first render in Chromium at 10,000 checks; ``--skip-dashboard``) and about
+80 s for the fleet benchmark (1,000 simulated agents over HTTP against a real dispatcher:
+heartbeat latency from a probe, leader CPU, RSS and fds, a change of 1,000 checks reaching
+its agents, a zone outage; ``--skip-fleet``; bigger fleets with ``python -m
+tests.bench.fleet --agents 1000 2000 5000``).
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ from tests.bench.dashboard import report as dashboard_report
 from tests.bench.dashboard import run_dashboard
 from tests.bench.failover import CHUNK_RECORDS, FailoverResults, run_failover
 from tests.bench.failover import DISTURBED_PCT as FAILOVER_DISTURBED_PCT
+from tests.bench.fleet import report as fleet_report
+from tests.bench.fleet import run_fleets
 from tests.bench.history import report as history_report
 from tests.bench.history import run_history
 from tests.bench.rebalance import MAX_OVER_MEAN, RebalanceResults, run_rebalance
@@ -751,6 +757,7 @@ def main() -> None:
     parser.add_argument("--skip-stores", action="store_true")
     parser.add_argument("--skip-history", action="store_true")
     parser.add_argument("--skip-dashboard", action="store_true")
+    parser.add_argument("--skip-fleet", action="store_true")
     parser.add_argument("--duration", type=float, default=5.0, help="API: measured seconds")
     parser.add_argument("--warmup", type=float, default=1.0, help="API: warm-up seconds")
     parser.add_argument("--rounds", type=int, default=2, help="API: rounds over the servers")
@@ -860,6 +867,7 @@ def main() -> None:
         ("stores", run_stores, stores_report),
         ("history", run_history, history_report),
         ("dashboard", run_dashboard, dashboard_report),
+        ("fleet", run_fleets, fleet_report),
     ]
     for name, run, report in sections:
         if getattr(args, f"skip_{name}"):
