@@ -17,8 +17,12 @@ from aiohttp.test_utils import TestClient
 from multidict import CIMultiDictProxy
 from pytest_aiohttp import AiohttpClient
 
+from dispatcher.api.app import create_app
 from dispatcher.common.clock import Clock, FakeClock
-from dispatcher.common.health import Status
+from dispatcher.common.health import HealthRegistry, Status
+from dispatcher.election.base import LeaderInfo
+from dispatcher.engine import Dispatcher
+from dispatcher.metrics import DispatcherMetrics
 from dispatcher.service import DispatcherService, build
 from dispatcher.settings import AuthSettings, Settings, StoreSettings
 
@@ -347,3 +351,49 @@ async def send(client: Client, call: Call, digest: str = "0" * 32, **kwargs: Any
 
 def call_id(call: Call) -> str:
     return call.name
+
+
+# -------------------------------------------------------------- followers
+
+
+class Follower:
+    """A replica that is not the leader and knows ``known`` as the leader (or none)."""
+
+    def __init__(self, known: LeaderInfo | None = None) -> None:
+        self.known = known
+
+    @property
+    def identity(self) -> str:
+        return "follower-1"
+
+    def is_leader(self) -> bool:
+        return False
+
+    def leader(self) -> LeaderInfo | None:
+        return self.known
+
+
+async def follower_client(
+    aiohttp_client: AiohttpClient,
+    known: LeaderInfo | None = None,
+    *,
+    settings: Settings | None = None,
+) -> Client:
+    """The API of a follower replica that knows ``known`` as the leader (with the
+    tokens of ``AUTH`` unless ``settings`` say otherwise): what it does not answer
+    itself, it forwards there."""
+    settings = settings if settings is not None else Settings(auth=AUTH)
+    clock = FakeClock()
+    health = HealthRegistry(clock=clock)
+    for component in ("election", "store"):
+        health.register(component)
+        health.report(component, Status.HEALTHY, "following")
+    app = create_app(
+        settings=settings,
+        dispatcher=Dispatcher(settings=settings.dispatch, clock=clock),
+        leadership=Follower(known),
+        health=health,
+        metrics=DispatcherMetrics(),
+        clock=clock,
+    )
+    return Client(await aiohttp_client(app))

@@ -10,12 +10,7 @@ from typing import Any
 import pytest
 from pytest_aiohttp import AiohttpClient
 
-from dispatcher.api.app import create_app
-from dispatcher.common.clock import FakeClock
-from dispatcher.common.health import HealthRegistry, Status
 from dispatcher.election.base import LeaderInfo
-from dispatcher.engine import Dispatcher
-from dispatcher.metrics import DispatcherMetrics
 from dispatcher.settings import AuthSettings, Settings
 from tests.api.conftest import (
     ADMIN_TOKEN,
@@ -33,9 +28,9 @@ from tests.api.conftest import (
     Api,
     ApiFactory,
     Call,
-    Client,
     call_id,
     check,
+    follower_client,
     prepare,
     send,
 )
@@ -498,43 +493,6 @@ async def test_an_empty_token_never_authenticates(make_api: ApiFactory) -> None:
 # ------------------------------------------------------------- leadership
 
 
-class Follower:
-    """A replica that is not the leader and knows ``known`` as the leader (or none)."""
-
-    def __init__(self, known: LeaderInfo | None = None) -> None:
-        self.known = known
-
-    @property
-    def identity(self) -> str:
-        return "follower-1"
-
-    def is_leader(self) -> bool:
-        return False
-
-    def leader(self) -> LeaderInfo | None:
-        return self.known
-
-
-async def follower_client(
-    aiohttp_client: AiohttpClient, known: LeaderInfo | None = None, auth: AuthSettings = AUTH
-) -> Client:
-    settings = Settings(auth=auth)
-    clock = FakeClock()
-    health = HealthRegistry(clock=clock)
-    for component in ("election", "store"):
-        health.register(component)
-        health.report(component, Status.HEALTHY, "following")
-    app = create_app(
-        settings=settings,
-        dispatcher=Dispatcher(settings=settings.dispatch, clock=clock),
-        leadership=Follower(known),
-        health=health,
-        metrics=DispatcherMetrics(),
-        clock=clock,
-    )
-    return Client(await aiohttp_client(app))
-
-
 LEADER_ONLY = PROTECTED
 
 
@@ -586,7 +544,7 @@ async def test_a_forwarded_request_that_reaches_a_non_leader_is_508(
 
 
 async def test_a_non_leader_without_tokens_answers_503(aiohttp_client: AiohttpClient) -> None:
-    client = await follower_client(aiohttp_client, auth=AuthSettings())
+    client = await follower_client(aiohttp_client, settings=Settings())
     reply = await client.get(API)
     assert reply.status == 503
     assert reply.code() == "no_leader"

@@ -10,12 +10,9 @@ from typing import Any
 import pytest
 from pytest_aiohttp import AiohttpClient
 
-from dispatcher.api.app import create_app
 from dispatcher.common.clock import FakeClock
-from dispatcher.common.health import HealthRegistry, Status
 from dispatcher.election.base import LeaderInfo
 from dispatcher.engine import Dispatcher
-from dispatcher.metrics import DispatcherMetrics
 from dispatcher.settings import DispatchSettings, ServerSettings, Settings
 from tests.api.conftest import (
     ADMIN_TOKEN,
@@ -25,8 +22,8 @@ from tests.api.conftest import (
     SOURCE_TOKEN,
     Api,
     ApiFactory,
-    Client,
     check,
+    follower_client,
     result,
 )
 
@@ -224,43 +221,17 @@ async def test_the_history_needs_the_admin_role(make_api: ApiFactory) -> None:
     assert (await api.get(history_path(digest))).status == 200
 
 
-class Follower:
-    """Leadership of a replica that follows ``known``."""
-
-    def __init__(self, known: LeaderInfo) -> None:
-        self.known = known
-
-    @property
-    def identity(self) -> str:
-        return "follower-1"
-
-    def is_leader(self) -> bool:
-        return False
-
-    def leader(self) -> LeaderInfo | None:
-        return self.known
-
-
 async def test_a_follower_forwards_the_history_to_the_leader(
     api: Api, clock: FakeClock, aiohttp_client: AiohttpClient
 ) -> None:
     digest = await one_check(api)
     await report(api, digest, [(30, True, 0.1)], clock)
     leader_url = str(api.client.make_url("")).rstrip("/")
-    settings = Settings(server=ServerSettings(identity="follower-1"))
-    follower_clock = FakeClock()
-    health = HealthRegistry(clock=follower_clock)
-    health.register("store")
-    health.report("store", Status.HEALTHY, "following")
-    app = create_app(
-        settings=settings,
-        dispatcher=Dispatcher(settings=settings.dispatch, clock=follower_clock),
-        leadership=Follower(LeaderInfo(IDENTITY, leader_url, 1)),
-        health=health,
-        metrics=DispatcherMetrics(),
-        clock=follower_clock,
+    follower = await follower_client(
+        aiohttp_client,
+        LeaderInfo(IDENTITY, leader_url, 1),
+        settings=Settings(server=ServerSettings(identity="follower-1")),
     )
-    follower = Client(await aiohttp_client(app))
 
     forwarded = await follower.get(history_path(digest, "?limit=1"))
 

@@ -43,9 +43,9 @@ from tests.api.conftest import (
     ApiFactory,
     Reply,
     check,
+    follower_client,
     result,
 )
-from tests.api.test_errors_and_auth import follower_client
 
 OVERVIEW = f"{API}/overview"
 

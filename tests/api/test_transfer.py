@@ -12,13 +12,9 @@ import pytest
 from pytest_aiohttp import AiohttpClient
 
 from dispatcher import wire
-from dispatcher.api.app import create_app
 from dispatcher.common.clock import FakeClock
-from dispatcher.common.health import HealthRegistry, Status
 from dispatcher.core.model import SourceName, make_config
 from dispatcher.election.base import LeaderInfo
-from dispatcher.engine import Dispatcher
-from dispatcher.metrics import DispatcherMetrics
 from dispatcher.settings import DispatchSettings, ServerSettings, Settings
 from tests.api.conftest import (
     ADMIN_TOKEN,
@@ -28,8 +24,8 @@ from tests.api.conftest import (
     SOURCE_TOKEN,
     Api,
     ApiFactory,
-    Client,
     check,
+    follower_client,
 )
 
 EXPORT = f"{API}/export"
@@ -410,42 +406,16 @@ async def test_export_and_import_need_the_admin_role(
 # -------------------------------------------------------------- followers
 
 
-class Follower:
-    """Leadership of a replica that follows ``known``."""
-
-    def __init__(self, known: LeaderInfo) -> None:
-        self.known = known
-
-    @property
-    def identity(self) -> str:
-        return "follower-1"
-
-    def is_leader(self) -> bool:
-        return False
-
-    def leader(self) -> LeaderInfo | None:
-        return self.known
-
-
 async def test_a_follower_forwards_export_and_import_to_the_leader(
     api: Api, aiohttp_client: AiohttpClient
 ) -> None:
     await api.put_source("ci", [check(1)])
     leader_url = str(api.client.make_url("")).rstrip("/")
-    settings = Settings(server=ServerSettings(identity="follower-1"))
-    clock = FakeClock()
-    health = HealthRegistry(clock=clock)
-    health.register("store")
-    health.report("store", Status.HEALTHY, "following")
-    app = create_app(
-        settings=settings,
-        dispatcher=Dispatcher(settings=settings.dispatch, clock=clock),
-        leadership=Follower(LeaderInfo(IDENTITY, leader_url, 1)),
-        health=health,
-        metrics=DispatcherMetrics(),
-        clock=clock,
+    follower = await follower_client(
+        aiohttp_client,
+        LeaderInfo(IDENTITY, leader_url, 1),
+        settings=Settings(server=ServerSettings(identity="follower-1")),
     )
-    follower = Client(await aiohttp_client(app))
 
     exported = await follower.get(EXPORT)
     assert exported.status == 200, exported.text
@@ -463,20 +433,10 @@ async def test_a_follower_forwards_an_import_beyond_every_other_route_s_limit(
     settings = limits(body=2048, import_=64 * 1024)
     api = await make_api(settings)
     leader_url = str(api.client.make_url("")).rstrip("/")
-    clock = FakeClock()
-    health = HealthRegistry(clock=clock)
-    health.register("store")
-    health.report("store", Status.HEALTHY, "following")
     follower_settings = replace(settings, server=replace(settings.server, identity="follower-1"))
-    app = create_app(
-        settings=follower_settings,
-        dispatcher=Dispatcher(settings=settings.dispatch, clock=clock),
-        leadership=Follower(LeaderInfo(IDENTITY, leader_url, 1)),
-        health=health,
-        metrics=DispatcherMetrics(),
-        clock=clock,
+    follower = await follower_client(
+        aiohttp_client, LeaderInfo(IDENTITY, leader_url, 1), settings=follower_settings
     )
-    follower = Client(await aiohttp_client(app))
     configs = [check(i) for i in range(40)]
 
     imported = await follower.post(IMPORT, document({"ci": configs}))
