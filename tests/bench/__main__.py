@@ -57,7 +57,7 @@ from tests.bench.history import report as history_report
 from tests.bench.history import run_history
 from tests.bench.rebalance import MAX_OVER_MEAN, RebalanceResults, run_rebalance
 from tests.bench.runner import run_runner, runner_report
-from tests.bench.stats import median
+from tests.bench.stats import median, table
 from tests.bench.stores import report as stores_report
 from tests.bench.stores import run_stores
 
@@ -75,14 +75,6 @@ def fmt(value: float | None, spec: str = ".1f") -> str:
     if value is None or math.isnan(value):
         return "-"
     return format(value, spec)
-
-
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(lines)
 
 
 def core_report(core: CoreResults) -> tuple[str, list[Goal]]:

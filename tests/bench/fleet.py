@@ -65,7 +65,7 @@ import orjson
 from yarl import URL
 
 from tests.bench.machine import machine_busy_s, process_cpu_s, process_cpu_split_s
-from tests.bench.stats import percentile
+from tests.bench.stats import percentile, table
 from tests.processes import ROOT, Proc, dispatcher_argv, free_port, wait_http_ok
 
 API = "/v1/api/clusterchecks"
@@ -1336,7 +1336,7 @@ def report_many(runs: list[FleetResults]) -> tuple[str, list[tuple[str, bool, st
                 _f(r.other_cpu_pct, ".0f"),
             ]
         )
-    out.append(_table(headers, rows))
+    out.append(table(headers, rows))
     out.append("")
     headers = [
         "agents", "change: PUT ms", "agents", "fetched p50 ms", "p99 ms", "max ms",
@@ -1363,7 +1363,7 @@ def report_many(runs: list[FleetResults]) -> tuple[str, list[tuple[str, bool, st
                 _f(r.leave_s, ".1f"),
             ]
         )
-    out.append(_table(headers, rows))
+    out.append(table(headers, rows))
     for r in runs:
         out.append(
             f"  {r.agents:,} agents: registered in {r.register_s:.1f} s; checks PUT in"
@@ -1394,14 +1394,6 @@ def report_many(runs: list[FleetResults]) -> tuple[str, list[tuple[str, bool, st
             out += [f"  profile of the dispatcher at {r.agents:,} agents:", r.profile]
     checked = [(g.name, g.ok, g.detail) for r in runs for g in goals(r)]
     return "\n".join(out), checked
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(lines)
 
 
 @dataclass

@@ -60,7 +60,7 @@ import aiohttp
 import orjson
 
 from tests.bench.machine import machine_busy_s, process_cpu_s
-from tests.bench.stats import percentile
+from tests.bench.stats import percentile, table
 from tests.bench.stores import (
     API,
     FLAGS,
@@ -528,14 +528,6 @@ def _f(value: float | None, spec: str = ".1f") -> str:
     return "-" if value is None or math.isnan(value) else format(value, spec)
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(lines)
-
-
 def _rate(windows: list[Window]) -> float | None:
     seconds = sum(w.seconds for w in windows)
     return sum(w.accepted for w in windows) / seconds if seconds else None
@@ -594,7 +586,7 @@ def report(results: HistoryResults) -> tuple[str, list[tuple[str, bool, str]]]:
             ]
         )
     out.append(
-        _table(
+        table(
             [
                 "store",
                 "accepted/s on",
@@ -632,7 +624,7 @@ def report(results: HistoryResults) -> tuple[str, list[tuple[str, bool, str]]]:
                 ]
             )
     out.append(
-        _table(
+        table(
             [
                 "history on: store",
                 "offered/s",

@@ -67,7 +67,7 @@ import aiohttp
 import orjson
 
 from tests.bench.machine import machine_busy_s, process_cpu_s
-from tests.bench.stats import median, percentile
+from tests.bench.stats import median, percentile, table
 from tests.processes import ROOT, Proc, dispatcher_argv, free_port
 from tests.redis_server import RedisServer
 
@@ -759,14 +759,6 @@ def _sizes(files: dict[str, int]) -> str:
     return ", ".join(f"{name} {size / 1e6:.2f} MB" for name, size in files.items()) or "none"
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(lines)
-
-
 def _restart_cell(result: StoreResults) -> str:
     if result.store == "memory":
         return MEMORY_NA
@@ -857,7 +849,7 @@ def report(results: StoresResults) -> tuple[str, list[tuple[str, bool, str]]]:
             ]
         )
     out.append(
-        _table(
+        table(
             [
                 "store",
                 "PUT 1 p50 ms",
