@@ -290,17 +290,7 @@ class Agent:
             body, send_running = self.status_body()
             sent = time.monotonic()
             delay = 1.0
-            try:
-                async with self.session.post(
-                    self.status_url,
-                    data=body,
-                    headers=HEADERS,
-                    timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
-                ) as r:
-                    raw = await r.read()
-                    status = r.status
-            except (aiohttp.ClientError, TimeoutError):
-                status, raw = 0, b""
+            status, raw = await self.post(self.status_url, body)
             if status == 200:
                 reply = orjson.loads(raw)
                 c.heartbeats += 1
@@ -397,17 +387,7 @@ class Agent:
                         "duration_s": 0.012,
                     }
                 )
-            try:
-                async with self.session.post(
-                    self.results_url,
-                    data=orjson.dumps({"results": items}),
-                    headers=HEADERS,
-                    timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
-                ) as r:
-                    raw = await r.read()
-                    status = r.status
-            except (aiohttp.ClientError, TimeoutError):
-                status, raw = 0, b""
+            status, raw = await self.post(self.results_url, orjson.dumps({"results": items}))
             if status == 200:
                 reply = orjson.loads(raw)
                 c.result_posts += 1
@@ -421,17 +401,24 @@ class Agent:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         self.alive = False
-        body = orjson.dumps({"last_change": -1, "leaving": True})
-        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+        status, _ = await self.post(
+            self.status_url, orjson.dumps({"last_change": -1, "leaving": True})
+        )
+        if status == 200:
+            self.fleet.counters.left += 1
+
+    async def post(self, url: URL, body: bytes) -> tuple[int, bytes]:
+        """(status, body) of a JSON POST; (0, b"") when it fails or times out."""
+        try:
             async with self.session.post(
-                self.status_url,
+                url,
                 data=body,
                 headers=HEADERS,
                 timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
             ) as r:
-                await r.read()
-                if r.status == 200:
-                    self.fleet.counters.left += 1
+                return r.status, await r.read()
+        except (aiohttp.ClientError, TimeoutError):
+            return 0, b""
 
 
 def agents_main(argv: list[str]) -> None:
