@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import redis
 
-from tests.e2e.harness import API, Reply, Target, call, wait_until
+from tests.e2e.harness import API, Reply, Target, call, log_events, wait_until
 from tests.processes import Proc, agent_argv, dispatcher_argv, free_port
 from tests.redis_server import RedisServer
 
@@ -134,17 +134,7 @@ class Agent:
 
     def events(self, event: str, *, since: int = 0) -> list[dict[str, Any]]:
         """The agent's JSON log records with that event, from character ``since`` on."""
-        found = []
-        for line in self.proc.output()[since:].splitlines():
-            if not line.startswith("{"):
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and record.get("event") == event:
-                found.append(record)
-        return found
+        return log_events(self.proc.output()[since:], event)
 
     def log_size(self) -> int:
         return len(self.proc.output())

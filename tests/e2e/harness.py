@@ -68,6 +68,21 @@ def _reply(status: int, headers: dict[str, str], raw: bytes) -> Reply:
     return Reply(status, headers, body)
 
 
+def log_events(text: str, event: str) -> list[dict[str, Any]]:
+    """The JSON log records of ``event`` in a process's output ``text``."""
+    found = []
+    for line in text.splitlines():
+        if not line.startswith("{"):
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("event") == event:
+            found.append(record)
+    return found
+
+
 def wait_until(
     probe: Callable[[], T | None],
     *,

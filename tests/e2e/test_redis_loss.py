@@ -12,7 +12,6 @@ the module.
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.ha_cluster import LEASE_S, PATHS, RETRY_S, HaCluster, ha_cluster
-from tests.e2e.harness import Timings
+from tests.e2e.harness import Timings, log_events
 from tests.e2e.test_ha import (
     agents_on_epoch,
     hit_throughout,
@@ -54,20 +53,6 @@ def report_timings(request: pytest.FixtureRequest) -> Iterator[None]:
 def cluster(tmp_path: Path) -> Iterator[HaCluster]:
     with ha_cluster(tmp_path, store="redis", persistent_redis=False) as made:
         yield made
-
-
-def log_events(text: str, event: str) -> list[dict[str, Any]]:
-    """The JSON log records of ``event`` in ``text``."""
-    found = []
-    for line in text.splitlines():
-        if line.startswith("{"):
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and record.get("event") == event:
-                found.append(record)
-    return found
 
 
 @pytest.mark.parametrize("loss", ["restart-empty", "flushall"])
