@@ -442,7 +442,14 @@ def test_a_mangled_address_shows_an_unknown_check_and_keeps_refreshing(
     wait_for("more refreshes", lambda: refreshes(browser) >= before + 2, timeout_s=10 * REFRESH_S)
 
 
+def placement(cluster: Cluster) -> dict[str, str | None]:
+    reply = cluster.api("GET", "/checks")
+    assert reply.status == 200, reply
+    return {c["digest"]: c["node"] for c in reply.body["checks"]}
+
+
 def test_rebalance_shows_its_dry_run_first(cluster: Cluster, browser: webdriver.Chrome) -> None:
+    before = placement(cluster)
     open_page(browser, cluster.base + "/ui/#/nodes", token=ADMIN)
     wait_for("the rebalance button", lambda: browser.find_element(By.ID, "rebalance"), timeout_s=10)
     browser.find_element(By.ID, "rebalance").click()
@@ -451,6 +458,57 @@ def test_rebalance_shows_its_dry_run_first(cluster: Cluster, browser: webdriver.
     text = dialog.text
     assert "dry run plans" in text or "Nothing to move" in text, text
     browser.find_element(By.ID, "confirm-cancel").click()
+    wait_for("the dialog closed", lambda: dialog.get_attribute("open") is None, timeout_s=10)
+    assert placement(cluster) == before, "a dry run (then Cancel) moved checks"
+
+
+def test_rebalance_applies_the_moves_its_dry_run_showed(
+    cluster: Cluster, browser: webdriver.Chrome
+) -> None:
+    """Every new check lands on agent-a while agent-b is cordoned; once both take checks,
+    the page's rebalance shows the moves, and Apply makes them. The new checks take 0.1 s
+    a run each (placement weighs what checks cost, not how many there are)."""
+    cluster.target.delays["/spread"] = 0.1
+    assert cluster.api("POST", "/nodes/agent-b/cordon").status == 200
+    configs = [
+        {"name": "http", "instances": [{"url": cluster.target.url(f"/spread?i={i}")}],
+         "interval_s": 1}
+        for i in range(8)
+    ]  # fmt: skip
+    reply = cluster.api("PUT", "/sources/spread", {"configs": configs})
+    assert reply.status == 200, reply
+    digests = reply.body["digests"]
+    try:
+        assert cluster.api("POST", "/nodes/agent-b/uncordon").status == 200
+
+        # A check moves only once it has passed, and its cost counts once the agent's
+        # heartbeats report it: two passes each, then two heartbeats.
+        def passed_twice() -> bool:
+            results = cluster.api("GET", "/results").body["checks"]
+            return all(d in results and results[d]["success_count"] >= 2 for d in digests)
+
+        wait_for("every new check passed twice", passed_twice, timeout_s=30, logs=cluster.logs())
+        time.sleep(2 * HEARTBEAT_S)
+        on_b = sum(1 for d in digests if placement(cluster)[d] == "agent-b")
+        open_page(browser, cluster.base + "/ui/#/nodes", token=ADMIN)
+        go(browser, "#/nodes")
+        browser.find_element(By.ID, "rebalance").click()
+        dialog = browser.find_element(By.ID, "confirm")
+        wait_for("the dry run shown", lambda: dialog.get_attribute("open") is not None,
+                 timeout_s=10)  # fmt: skip
+        planned = texts(browser, "#rebalance-moves li")
+        assert planned, dialog.text
+        assert all("agent-a → agent-b" in move for move in planned), planned
+        force = browser.find_elements(By.ID, "rebalance-force")
+        if force:  # the gain may be below --rebalance-min-gain: the page offers to force it
+            force[0].click()
+        browser.find_element(By.ID, "confirm-ok").click()
+        wait_for("the applied notice", lambda: "Rebalance applied" in notice(browser),
+                 timeout_s=10)  # fmt: skip
+        after = placement(cluster)
+        assert sum(1 for d in digests if after[d] == "agent-b") == on_b + len(planned)
+    finally:
+        cluster.api("PUT", "/sources/spread", {"configs": []})
 
 
 def test_a_wrong_token_is_refused_for_reads_and_actions(
