@@ -421,7 +421,9 @@ class Dispatcher:
             raise NoLeader("This replica has just stopped leading; retry shortly.")
 
     def _seq(self) -> int:
-        return self._writer.submitted if self._writer is not None else 0
+        """What a read waits for: every step that changed more than history (results
+        still waiting for their write are in the state, and go within a second)."""
+        return self._writer.needed if self._writer is not None else 0
 
     async def _stored(self, seq: int) -> None:
         """Waits until the shared store holds every step up to ``seq``."""

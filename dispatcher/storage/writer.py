@@ -19,8 +19,10 @@ wait up to ``history_flush_s`` to go with the others in one write. Agents post e
 second each, so a cluster's results would otherwise cost one commit (and its fsync, its
 thread hop, its Redis call) per post; the history benchmark measured that as most of
 the history's CPU. Nothing is answered later for it: a results reply does not wait for
-the store, and whoever waits for a step (a read, a change) has everything written at
-once.
+the store, and no other step waits for results (``submit`` returns the number of the
+last step that changed more), so a heartbeat or a read neither waits for their write nor
+brings it forward; a change of anything else takes them along at once, and a planned
+stop writes them before the term ends.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ class StoreWriter:
         """Set while steps that only add history wait to be written (``submit``)."""
         self._pending = StateDelta()
         self._submitted = 0
+        self._needed = 0
         self._flushed = 0
         self._fenced = False
         self._closed = False
@@ -106,8 +109,18 @@ class StoreWriter:
     def flushed(self) -> int:
         return self._flushed
 
+    @property
+    def needed(self) -> int:
+        """The number of the last step that changed more than history: what a caller
+        waits for (``wait_flushed``) to know its step is stored."""
+        return self._needed
+
     def submit(self, delta: StateDelta) -> int:
-        """Queues a step's changes (call under the dispatcher's lock); returns its number."""
+        """Queues a step's changes (call under the dispatcher's lock); returns the number
+        to wait for: the step's own, or, for a step with no change of its own or only
+        results, that of the last step before it that changed something else. Nobody
+        waits for results (their reply does not), so a heartbeat or a read right after
+        a results post neither waits for their write nor brings it forward."""
         if delta:
             self._pending.merge(delta)
             self._submitted += 1
@@ -117,8 +130,9 @@ class StoreWriter:
                         self._history_flush_s, self._wake.set
                     )
             else:
+                self._needed = self._submitted
                 self._wake.set()
-        return self._submitted
+        return self._needed
 
     @property
     def history_waiting(self) -> bool:

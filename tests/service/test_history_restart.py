@@ -54,7 +54,7 @@ async def test_the_history_survives_a_restart_on_the_sqlite_store(tmp_path: Path
             for i in range(3)
         ]
         assert (await dispatcher.record_results(NODE, results))[0] == 3
-        # A read waits until every step so far is stored, the history included.
+        # A read answers from the state (the results are there; the stop writes them).
         return await dispatcher.read(history_of)
 
     before = await serving(settings, clock, first_run)

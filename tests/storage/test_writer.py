@@ -291,23 +291,48 @@ async def test_history_only_steps_wait_for_the_flush_period_and_go_in_one_write(
         await clock.run_for(HISTORY_FLUSH_S / 2 - 0.001)
         assert store.attempts == [], "a results post woke the writer"
         await clock.run_for(0.001)
-        await flushed(writer, seqs[-1])
-        assert seqs == [1, 2, 3]
+        await flushed(writer, writer.submitted)
+        # Nothing to wait for: no step but results (their reply does not wait).
+        assert seqs == [0, 0, 0]
+        assert writer.flushed == writer.submitted == 3
         assert [run_ids(d) for d in store.stored] == [{A: ["r1", "r2"], B: ["b1"]}]
         assert clock.pending_timers() == 0
 
 
-async def test_a_waiter_has_the_waiting_history_written_at_once(
+async def test_a_waiter_for_the_results_has_them_written_at_once(
     store: RecordingStore, recorder: Recorder, clock: FakeClock
 ) -> None:
+    """Only a planned stop waits for the results themselves (Dispatcher.flush)."""
     writer = make_writer(store, recorder, clock)
     async with running(writer):
-        seq = writer.submit(ran(A, "r1"))
-        waiting = asyncio.create_task(writer.wait_flushed(seq))
+        writer.submit(ran(A, "r1"))
+        waiting = asyncio.create_task(writer.wait_flushed(writer.submitted))
         (outcome,) = await ended_at_once(clock, [waiting])
         assert outcome is None
         assert [run_ids(d) for d in store.stored] == [{A: ["r1"]}]
         assert clock.pending_timers() == 0, "the flush timer outlived the write"
+
+
+async def test_a_step_after_results_waits_for_the_changes_before_them_not_for_them(
+    store: RecordingStore, recorder: Recorder, clock: FakeClock
+) -> None:
+    """A heartbeat (no change of its own) or a read right after a results post: it waits
+    for the last real change only, which is stored, so it neither waits for the results'
+    write nor brings it forward."""
+    writer = make_writer(store, recorder, clock)
+    async with running(writer):
+        placed = writer.submit(place(a="n1"))
+        await flushed(writer, placed)
+        writer.submit(ran(A, "r1"))
+        heartbeat = writer.submit(StateDelta())
+        assert heartbeat == placed
+        started = clock.monotonic()
+        await flushed(writer, heartbeat)
+        await clock.settle()
+        assert clock.monotonic() == started
+        assert len(store.stored) == 1, "the results were written before their timer"
+        await clock.run_for(HISTORY_FLUSH_S)
+        assert [run_ids(d) for d in store.stored] == [{}, {A: ["r1"]}]
 
 
 async def test_another_change_takes_the_waiting_history_with_it_at_once(
