@@ -152,6 +152,8 @@ class HaCluster:
     """path of the target -> digest of its check"""
     hung: dict[str, str] = field(default_factory=dict)
     """processes that did not exit on SIGTERM (killed at teardown) -> their log tail"""
+    lease_s: float = LEASE_S
+    renew_deadline_s: float = RENEW_DEADLINE_S
 
     # ------------------------------------------------------------------ start, stop
 
@@ -185,8 +187,8 @@ class HaCluster:
             "--election", "redis",
             "--store", self.store,
             "--redis-url", self.redis_server.url,
-            "--lease-duration", str(LEASE_S),
-            "--renew-deadline", str(RENEW_DEADLINE_S),
+            "--lease-duration", str(self.lease_s),
+            "--renew-deadline", str(self.renew_deadline_s),
             "--retry-period", str(RETRY_S),
             "--node-expiration-timeout", str(EXPIRY_S),
             "--heartbeat-interval", str(HEARTBEAT_S),
@@ -398,12 +400,21 @@ class HaCluster:
 
 
 @contextlib.contextmanager
-def ha_cluster(root: Path, *, store: str, persistent_redis: bool = False) -> Iterator[HaCluster]:
+def ha_cluster(
+    root: Path,
+    *,
+    store: str,
+    persistent_redis: bool = False,
+    lease_s: float = LEASE_S,
+    renew_deadline_s: float = RENEW_DEADLINE_S,
+) -> Iterator[HaCluster]:
     """Starts the whole cluster, puts the checks through a follower, and waits until each
     runs on exactly one agent and reports to the leader; stops everything afterwards."""
     server = RedisServer(port=free_port(), workdir=root, persistent=persistent_redis)
     target = Target().start()
-    cluster = HaCluster(root, server, target, store)
+    cluster = HaCluster(
+        root, server, target, store, lease_s=lease_s, renew_deadline_s=renew_deadline_s
+    )
     try:
         server.start()
         cluster.start_processes()
