@@ -136,6 +136,13 @@ def main() -> None:
     help="Seconds between agents' heartbeats (told to them).",
 )
 @option(
+    "result-posts-per-s",
+    type=click.FloatRange(1.0, 1_000_000.0),
+    default=_DISPATCH.result_posts_per_s,
+    show_default=True,
+    help="Results posts per second the fleet is paced to (agents are told how often).",
+)
+@option(
     "warmup-duration",
     type=_seconds(0),
     default=None,
@@ -418,6 +425,7 @@ def settings_from_flags(flags: dict[str, Any]) -> Settings:
         dispatch=DispatchSettings(
             node_expiration_timeout_s=flags["node_expiration_timeout"],
             heartbeat_interval_s=flags["heartbeat_interval"],
+            result_posts_per_s=flags["result_posts_per_s"],
             warmup_duration_s=warmup,
             rebalance_period_s=flags["rebalance_period"],
             rebalance_margin=flags["rebalance_margin"],

@@ -115,6 +115,13 @@ class DispatchSettings:
     """A node whose last heartbeat is older than this is removed; its checks move."""
     heartbeat_interval_s: float = 10.0
     """Told to agents in every status reply."""
+    result_posts_per_s: float = 1000.0
+    """The rate of results posts the leader paces the fleet to: every status reply tells
+    the agent to post its results at most every ``results_interval_s`` (registered nodes
+    over this rate, at most one heartbeat interval). Up to 1,000 agents post every second
+    as before; at 10,000 every 10 s, batching ten times as many results a post. A post
+    costs the leader about as much as a heartbeat, whatever it holds, so this keeps what
+    results cost the leader bounded as the fleet grows (README, fleet benchmark)."""
     warmup_duration_s: float = 0.0
     """Only for a leader that starts with an empty store: by default 30 s for an elected
     leader with the memory store, 0 for the standalone one and with the Redis store."""
@@ -156,6 +163,12 @@ class DispatchSettings:
     slices of this many, the lock released and the event loop free between slices, so
     heartbeats and ``/healthz`` keep answering; the reply still waits for every slice."""
 
+    def results_interval_s(self, nodes: int) -> float:
+        """What a status reply tells an agent: post results at most this often. Rounded
+        up to a tenth of a second, so that the value changes rarely as nodes come and go."""
+        paced = math.ceil(nodes / self.result_posts_per_s * 10) / 10
+        return min(self.heartbeat_interval_s, paced)
+
     @property
     def tick_interval_s(self) -> float:
         """Expiry and dangling re-dispatch run at least every second."""
@@ -167,6 +180,7 @@ class DispatchSettings:
             ("--max-checks-per-node", self.max_checks_per_node),
             ("--history-max-total", self.history_max_total),
             ("apply_slice_checks", self.apply_slice_checks),
+            ("--result-posts-per-s", self.result_posts_per_s),
         ):
             if value < 1:
                 raise ConfigurationError(f"{flag} ({value}) must be at least 1.")

@@ -357,6 +357,14 @@ class StatusOut(WireOut):
     leader: str
     heartbeat_interval_s: Annotated[float, Field(gt=0)]
     node_expiration_timeout_s: Annotated[float, Field(gt=0)]
+    results_interval_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="Post results at most this often (seconds; an extension): the leader "
+        "paces the whole fleet's results posts to --result-posts-per-s (registered nodes "
+        "over that rate, at most the heartbeat interval). An agent whose own flush "
+        "interval is longer keeps it; 0 or absent: the agent's own.",
+    )
     warmup: bool = Field(
         default=False,
         description="The leader is warming up: keep running what runs; configs may be partial.",

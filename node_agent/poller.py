@@ -48,6 +48,8 @@ SPECS_ON_LOOP = 5_000
 """A configs reply with more checks has its specs built in a worker thread (about 4 us
 each on the loop)."""
 RETRY_BASE_S = 0.2
+JITTER = 0.1
+"""Heartbeat intervals and long-poll waits are shortened by up to this fraction, at random."""
 FAILOVER_DELAY_S = 0.05
 """Between two dispatcher URLs after one fails: a moment, not a backoff."""
 
@@ -79,8 +81,10 @@ class Poller:
         clock: Clock,
         health: HealthRegistry,
         rng: random.Random | None = None,
+        pace_results: Callable[[float], None] | None = None,
     ) -> None:
         self._settings = settings
+        self._pace_results = pace_results
         self._client = client
         self._apply = apply
         self._running = running
@@ -93,6 +97,9 @@ class Poller:
         self._configs_epoch = -1
         self._running_sent_epoch: int | None = None
         self.heartbeat_interval_s = settings.heartbeat_interval_s
+        self.next_heartbeat_s = self.heartbeat_interval_s
+        """How long after the last heartbeat the next one goes (without a reason to go
+        sooner): the interval, shortened at random by up to ``JITTER``."""
         self.expiry_s = settings.heartbeat_interval_s * 3
         self._last_ok: float | None = None
         self._started = clock.monotonic()
@@ -165,8 +172,7 @@ class Poller:
         elif new_epoch:
             self._heartbeat_now.set()  # tell the new leader what runs here, now
         self._last_ok = self._clock.monotonic()
-        self.heartbeat_interval_s = reply.heartbeat_interval_s
-        self.expiry_s = reply.node_expiration_timeout_s
+        self._adopt_timings(reply)
         self._registered.set()
         self._health.report(
             COMPONENT, Status.HEALTHY, f"leader {reply.leader} at {self._client.url}"
@@ -185,6 +191,13 @@ class Poller:
             self._fetch_now.set()
         return reply
 
+    def _adopt_timings(self, reply: wire.StatusOut) -> None:
+        """The leader's intervals: heartbeats, expiry, and how often to post results."""
+        self.heartbeat_interval_s = reply.heartbeat_interval_s
+        self.expiry_s = reply.node_expiration_timeout_s
+        if self._pace_results is not None:
+            self._pace_results(reply.results_interval_s)
+
     async def _heartbeat_loop(self, stop: asyncio.Event) -> None:
         failures = 0
         while not stop.is_set():
@@ -192,7 +205,10 @@ class Poller:
             try:
                 await self.heartbeat_once()
                 failures = 0
-                delay = self.heartbeat_interval_s
+                # A little early, by a random part: agents that started (or were told of
+                # a new leader) together drift apart instead of arriving together.
+                delay = self.heartbeat_interval_s * self._rng.uniform(1 - JITTER, 1.0)
+                self.next_heartbeat_s = delay
             except AgentError as exc:
                 failures += 1
                 delay = self.retry_delay(failures, exc)
@@ -246,7 +262,10 @@ class Poller:
                 await wait_any(self._registered, stop, timeout_s=1.0, clock=self._clock)
                 continue
             self._fetch_now.clear()
-            fetch = asyncio.ensure_future(self.fetch_once(wait_s=self._settings.long_poll_s))
+            # Shortened by a random part, for the same reason: a change wakes many agents'
+            # long polls at once, and their next ones would otherwise end together.
+            wait_s = round(self._settings.long_poll_s * self._rng.uniform(1 - JITTER, 1.0), 1)
+            fetch = asyncio.ensure_future(self.fetch_once(wait_s=wait_s))
             interrupt = asyncio.ensure_future(
                 wait_any(self._fetch_now, stop, timeout_s=3600, clock=self._clock)
             )

@@ -1,4 +1,5 @@
-"""Results are batched and sent at least every ``results_flush_s``; while the
+"""Results are batched and sent every ``results_flush_s``, or as seldom as the leader
+asks (``results_interval_s`` in its status replies, pacing a large fleet); while the
 dispatcher is unreachable they wait, up to a cap past which the oldest are dropped."""
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class ResultBatcher:
         self._clock = clock
         self._metrics = metrics
         self._flush_s = flush_s
+        self._interval_s = flush_s
         self._pending: deque[dict[str, Any]] = deque()
         self._max_pending = max_pending
         self.sent = 0
@@ -63,8 +65,17 @@ class ResultBatcher:
     def pending(self) -> int:
         return len(self._pending)
 
+    def pace(self, told_s: float) -> None:
+        """The leader's ``results_interval_s``: send at most that often (never more often
+        than ``flush_s``). It takes effect from the next wait."""
+        self._interval_s = max(self._flush_s, told_s)
+
+    @property
+    def interval_s(self) -> float:
+        return self._interval_s
+
     async def run(self, stop: asyncio.Event) -> None:
-        while not await sleep_or_stop(stop, self._flush_s, clock=self._clock):
+        while not await sleep_or_stop(stop, self._interval_s, clock=self._clock):
             await self.flush()
 
     async def flush(self) -> bool:

@@ -115,6 +115,7 @@ class NodeAgent:
             clock=self.clock,
             health=self.health,
             rng=self._rng,
+            pace_results=self.results.pace,
         )
         for component in ("runners", "report_server"):
             self.health.register(component)

@@ -120,7 +120,9 @@ async def _request_context(request: web.Request, handler: Handler) -> web.Stream
         elapsed = time.perf_counter() - started
         route_name = request.match_info.route.name or "unmatched"
         request.app[METRICS].observe_request(route_name, request.method, response.status, elapsed)
-        log.info(
+        route = ROUTES_BY_NAME.get(route_name)
+        quiet = route is not None and route.routine and response.status < 400
+        (log.debug if quiet else log.info)(
             "request",
             method=request.method,
             path=request.path,

@@ -197,6 +197,7 @@ async def post_status(request: web.Request) -> web.Response:
             leader=request.app[LEADERSHIP].identity,
             heartbeat_interval_s=dispatcher.settings.heartbeat_interval_s,
             node_expiration_timeout_s=dispatcher.settings.node_expiration_timeout_s,
+            results_interval_s=dispatcher.settings.results_interval_s(len(dispatcher.state.nodes)),
             warmup=dispatcher.warming_up(),
             send_running_configs=not body.leaving and dispatcher.wants_running_configs(node),
         )
@@ -654,12 +655,13 @@ _SOURCE = QueryParam(
 
 ROUTES: tuple[Route, ...] = (
     Route("node_status", "POST", API + "/status/{node}", post_status, Role.NODE,
-          "Heartbeat: register or refresh a node agent.", wire.StatusIn, wire.StatusOut),
+          "Heartbeat: register or refresh a node agent.", wire.StatusIn, wire.StatusOut,
+          routine=True),
     Route("node_configs", "GET", API + "/configs/{node}", get_configs, Role.NODE,
           "The node's check configs, optionally as a long poll.", None, wire.NodeConfigsOut,
-          query=(_SINCE, _WAIT), errors=(404,)),
+          query=(_SINCE, _WAIT), errors=(404,), routine=True),
     Route("node_results", "POST", API + "/results/{node}", post_results, Role.NODE,
-          "Report check results.", wire.ResultsIn, wire.ResultsOut),
+          "Report check results.", wire.ResultsIn, wire.ResultsOut, routine=True),
     Route("source_put", "PUT", API + "/sources/{source}", put_source, Role.SOURCE,
           "Replace a source's whole set of configs.", wire.SourcePutIn, wire.SourcePutOut,
           errors=(409, 413)),

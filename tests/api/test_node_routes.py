@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from dispatcher.common.clock import FakeClock
 from dispatcher.settings import DispatchSettings, Settings
@@ -62,6 +63,7 @@ async def test_first_heartbeat_registers_the_node_and_replies_with_the_contract(
         "node_expiration_timeout_s",
         "warmup",  # an extension of API.md: agents keep their checks while it is true
         "send_running_configs",  # API.md, rebuild from the agents (extension)
+        "results_interval_s",  # an extension: the fleet's results posts paced
     }
     assert body["warmup"] is False
     assert body["send_running_configs"] is False  # not warming up: nothing to rebuild
@@ -77,6 +79,48 @@ async def test_first_heartbeat_registers_the_node_and_replies_with_the_contract(
     assert node["capacity"] == 8
     assert node["cordoned"] is False
     assert node["last_change"] > 0
+
+
+@pytest.mark.parametrize(
+    ("posts_per_s", "nodes", "expected"),
+    [
+        (1000.0, 1, 0.1),  # a small fleet: the agents' own flush interval (1 s) applies
+        (2.0, 5, 2.5),  # 5 nodes at 2 posts a second: each posts every 2.5 s
+        (2.0, 7, 3.5),
+        (1.0, 30, 7.5),  # never beyond the heartbeat interval
+    ],
+)
+async def test_the_status_reply_paces_results_posts_to_the_fleets_size(
+    make_api: ApiFactory, posts_per_s: float, nodes: int, expected: float
+) -> None:
+    settings = Settings(
+        dispatch=DispatchSettings(
+            heartbeat_interval_s=7.5, node_expiration_timeout_s=21.0, result_posts_per_s=posts_per_s
+        )
+    )
+    api = await make_api(settings)
+    for n in range(nodes - 1):
+        await api.heartbeat(f"node-{n}", 0)  # asserts a 200
+    reply = await api.post(f"{API}/status/node-last", {"last_change": 0})
+    assert reply.status == 200, reply.text
+    assert reply.json["results_interval_s"] == expected
+
+
+async def test_routine_agent_requests_log_at_debug_and_their_failures_at_info(api: Api) -> None:
+    """At 10,000 agents a line per heartbeat is thousands a second: a routine request that
+    succeeds is logged at debug; one that fails, and every other route, at info."""
+    with capture_logs() as logs:
+        await api.heartbeat("node-a", 0)  # asserts a 200
+        assert (await api.get(f"{API}/configs/node-a")).status == 200
+        assert (await api.get(f"{API}/configs/node-gone")).status == 404
+        assert (await api.get(API)).status == 200
+    levels = {(e["route"], e["status"]): e["log_level"] for e in logs if e["event"] == "request"}
+    assert levels == {
+        ("node_status", 200): "debug",
+        ("node_configs", 200): "debug",
+        ("node_configs", 404): "info",
+        ("state", 200): "info",
+    }
 
 
 async def test_capacity_defaults_to_one(api: Api) -> None:

@@ -218,6 +218,7 @@ async def test_components_hold_the_request_and_reply_models(doc: dict[str, Any])
         "node_expiration_timeout_s",
         "warmup",
         "send_running_configs",
+        "results_interval_s",
     }
     error = schemas["ErrorDetail"]
     assert set(error["required"]) == {"code", "message"}

@@ -111,6 +111,11 @@ ADMIN_ONLY = AuthSettings(admin_token="a")
             ["--history-max-total", "(0)", "at least 1"],
             id="history-max-total-zero",
         ),
+        pytest.param(
+            Settings(dispatch=DispatchSettings(result_posts_per_s=0.5)),
+            ["--result-posts-per-s", "(0.5)", "at least 1"],
+            id="result-posts-per-s-below-one",
+        ),
     ],
 )
 def test_validate_refuses_with_a_message_naming_the_flags(
@@ -248,6 +253,9 @@ def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
         pytest.param(
             ["--history-max-total", "0"], {}, ["--history-max-total", "0"], id="history-total"
         ),
+        pytest.param(
+            ["--result-posts-per-s", "0"], {}, ["--result-posts-per-s", "0"], id="posts-zero"
+        ),
     ],
 )
 def test_a_bad_flag_or_environment_value_stops_the_command(
@@ -355,6 +363,15 @@ def test_history_max_total_reaches_the_dispatcher_s_history_limits(
     settings = served_settings(runner, monkeypatch, "--history-max-total", "12345")
     assert settings.dispatch.history_max_total == 12345
     assert DispatchSettings().history_max_total == 500_000
+
+
+def test_result_posts_per_s_reaches_the_dispatcher(
+    runner: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = served_settings(runner, monkeypatch, "--result-posts-per-s", "250")
+    assert settings.dispatch.result_posts_per_s == 250.0
+    assert settings.dispatch.results_interval_s(1000) == 4.0
+    assert DispatchSettings().result_posts_per_s == 1000.0
 
 
 def test_sound_flags_get_past_validation(runner: CliRunner) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import random
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -36,6 +37,7 @@ from node_agent.metrics import AgentMetrics
 from node_agent.poller import (
     COMPONENT,
     FAILOVER_DELAY_S,
+    JITTER,
     MIN_STATS_BYTES,
     RETRY_BASE_S,
     STATUS_BODY_BYTES,
@@ -103,6 +105,7 @@ class FakeDispatcher:
         self.results: list[dict[str, Any]] = []
         self.results_down = False
         self.warmup = False
+        self.results_interval_s: float | None = None  # None: not in the reply (older leaders)
         self.send_running_configs = False
         """Asked in every status reply until a status carries running_configs, as a
         leader rebuilding from the agents does."""
@@ -156,17 +159,18 @@ class FakeDispatcher:
             self.registered = True
             self.last_change += 1  # a fresh counter: a (re-)registered node refetches
         self.answered.append(self.clock.monotonic())
-        return web.json_response(
-            {
-                "is_up_to_date": body["last_change"] in (-1, self.last_change),
-                "epoch": self.epoch,
-                "leader": self.leader,
-                "heartbeat_interval_s": self.heartbeat_interval_s,
-                "node_expiration_timeout_s": self.expiry_s,
-                "warmup": self.warmup,
-                "send_running_configs": self.send_running_configs,
-            }
-        )
+        reply = {
+            "is_up_to_date": body["last_change"] in (-1, self.last_change),
+            "epoch": self.epoch,
+            "leader": self.leader,
+            "heartbeat_interval_s": self.heartbeat_interval_s,
+            "node_expiration_timeout_s": self.expiry_s,
+            "warmup": self.warmup,
+            "send_running_configs": self.send_running_configs,
+        }
+        if self.results_interval_s is not None:
+            reply["results_interval_s"] = self.results_interval_s
+        return web.json_response(reply)
 
     async def _configs(self, request: web.Request) -> web.Response:
         query = dict(request.query)
@@ -306,6 +310,7 @@ class Agent:
         self.applied: list[dict[str, CheckSpec]] = []
         self.running: list[str] = [RUNNING]
         self.stats_budgets: list[int] = []
+        self.paced: list[float] = []  # every results_interval_s the poller passed on
         client: DispatcherApi = self.client
         self.poller = Poller(
             settings=self.settings,
@@ -316,6 +321,7 @@ class Agent:
             clock=self.clock,
             health=self.health,
             rng=random.Random(3),
+            pace_results=self.paced.append,
         )
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -487,6 +493,36 @@ async def test_the_stats_of_a_heartbeat_fill_what_running_leaves_of_its_budget(
     assert agent.stats_budgets[-1] == MIN_STATS_BYTES
 
 
+async def test_the_leaders_results_interval_is_passed_on_and_absent_means_the_agents_own(
+    world: World,
+) -> None:
+    fake, server = await world.serve()
+    agent = world.agent((url_of(server),))
+    await agent.poller.heartbeat_once()  # an older leader: no field
+    fake.results_interval_s = 7.5
+    await agent.poller.heartbeat_once()
+    assert agent.paced == [0.0, 7.5]
+
+
+async def test_heartbeats_and_long_polls_are_shortened_at_random_within_the_jitter(
+    world: World,
+) -> None:
+    """Agents that start together (or are all woken by one change) drift apart: each
+    heartbeat comes a random part of JITTER early, and each long poll asks a random part
+    of JITTER less than ``long_poll_s``; never later or longer than configured."""
+    fake, server = await world.serve()
+    agent = world.agent((url_of(server),), long_poll_s=30.0)
+    agent.start()
+    await world.until(lambda: len(fake.statuses) >= 12, within_s=200)
+    times = [t for t, _ in fake.statuses]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert all(10.0 * (1 - JITTER) - 1e-9 <= g <= 10.0 + 1e-9 for g in gaps), gaps
+    assert len({round(g, 6) for g in gaps}) > 1, gaps  # not one fixed shortening
+    waits = [float(q["wait_s"]) for _, q in fake.config_queries if "since" in q]
+    assert waits
+    assert all(30.0 * (1 - JITTER) <= w <= 30.0 for w in waits), waits
+
+
 async def test_a_stale_epoch_on_status_is_ignored(world: World) -> None:
     fake, server = await world.serve()
     agent = world.agent((url_of(server),))
@@ -602,7 +638,8 @@ async def test_a_config_change_reaches_the_agent_through_the_long_poll(world: Wo
     assert world.clock.monotonic() == changed_at
     waits = [q for _, q in fake.config_queries if "since" in q]
     assert waits
-    assert all(q["wait_s"] == "10" for q in waits)
+    # The agent's long_poll_s, shortened at random by up to JITTER (a tenth of a second).
+    assert all(10 * (1 - JITTER) <= float(q["wait_s"]) <= 10 for q in waits)
     assert len(fake.statuses) == 1  # heartbeats at the dispatcher's interval (10 s)
 
 
@@ -1243,6 +1280,6 @@ async def test_the_set_is_fetched_at_once_when_warm_up_ends_even_unchanged(
     assert agent.desired() == [D1]
 
     fake.warmup = False  # the counter stays as it is
-    ended_at = world.clock.monotonic() + fake.heartbeat_interval_s
+    ended_at = fake.answered[-1] + agent.poller.next_heartbeat_s
     await world.until(lambda: agent.desired() == sorted([D1, D2]))
-    assert world.clock.monotonic() == ended_at, "applied at the first heartbeat after it"
+    assert world.clock.monotonic() == pytest.approx(ended_at), "at the next heartbeat"

@@ -141,3 +141,32 @@ async def test_batches_are_bounded_in_bytes() -> None:
     assert sent(api) == [f"run-{n}" for n in range(count)]
     for batch in api.received:
         assert len(batch) * 4000 <= MAX_BATCH_BYTES + 4200
+
+
+async def test_the_leader_paces_the_flushes_and_never_below_the_agents_own_interval() -> None:
+    """``results_interval_s`` from the leader (a large fleet): batches go that often; a
+    told interval below the agent's own flush interval (1 s here) changes nothing."""
+    api = FakeApi()
+    clock = FakeClock()
+    b = ResultBatcher(client=api, metrics=AgentMetrics(), flush_s=1.0, max_pending=100, clock=clock)
+    stop = asyncio.Event()
+    b.pace(5.0)
+    assert b.interval_s == 5.0
+    task = asyncio.create_task(b.run(stop), name="batcher-under-test")
+    try:
+        await clock.wait_for_timers(1)
+        b.add(result(0))
+        await clock.run_for(4.9)
+        assert api.received == []  # not at the agent's own 1 s
+        await clock.run_for(0.2)
+        assert sent(api) == ["run-0"]
+        b.pace(0.3)  # below the agent's own: its own 1 s again, from the next wait
+        assert b.interval_s == 1.0
+        await clock.run_for(5.0)  # the wait under way (5 s) ends first
+        b.add(result(1))
+        await clock.run_for(1.1)
+        assert sent(api) == ["run-0", "run-1"]
+    finally:
+        stop.set()
+        async with asyncio.timeout(5):
+            await task
