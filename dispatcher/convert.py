@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from typing import Any, TypeVar, cast
 
 import orjson
@@ -29,9 +29,11 @@ from dispatcher.core.model import (
 from dispatcher.core.outcomes import Move, RebalanceOutcome
 from dispatcher.core.overview import (
     RECENT_RUNS,
+    SLICE_CHECKS,
     CheckFilter,
     CheckStatus,
-    check_page,
+    check_page_steps,
+    run_steps,
     status_of,
     target_of,
 )
@@ -339,10 +341,30 @@ def overview_fields(
     now: float,
     now_wall: float,
 ) -> dict[str, Any]:
+    """``overview_steps`` in one go."""
+    return run_steps(
+        overview_steps(state, check_filter, offset=offset, limit=limit, now=now, now_wall=now_wall)
+    )
+
+
+def overview_steps(
+    state: ClusterState,
+    check_filter: CheckFilter,
+    *,
+    offset: int,
+    limit: int,
+    now: float,
+    now_wall: float,
+    slice_checks: int = SLICE_CHECKS,
+) -> Generator[None, None, dict[str, Any]]:
     """The state's part of a ``wire.OverviewOut``, as plain JSON values: ``totals``,
     ``nodes``, ``sources`` and ``page`` (the dashboard asks every few seconds; no model
-    per row, as for an agent's configs)."""
-    page = check_page(state, check_filter, offset=offset, limit=limit)
+    per row, as for an agent's configs). Yields between slices of the pass over the
+    checks (``check_page_steps``); the rest is built after the last, from the state as
+    it is then."""
+    page = yield from check_page_steps(
+        state, check_filter, offset=offset, limit=limit, slice_checks=slice_checks
+    )
     mean_cost = state.mean_measured_cost()
     nodes = [
         {
@@ -381,7 +403,11 @@ def overview_fields(
             "matching": page.matching,
             "offset": offset,
             "limit": limit,
-            "checks": [_overview_check(state, d, now_wall=now_wall) for d in page.digests],
+            "checks": [
+                _overview_check(state, d, now_wall=now_wall)
+                for d in page.digests
+                if d in state.configs  # not removed during the pass
+            ],
         },
     }
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from typing import TypeVar
 
 import structlog
@@ -315,6 +315,27 @@ class Dispatcher:
             self._guard()
             result = view(self.state)
             seq = self._seq()
+        await self._stored(seq)
+        return result
+
+    async def read_sliced(self, view: Callable[[ClusterState], Generator[None, None, T]]) -> T:
+        """Runs a read-only view too long for one turn of the loop (the dashboard's pass
+        over 100,000 checks): the view yields between slices, and each slice runs under
+        the lock with the loop free between them, so heartbeats go in between. Not a
+        snapshot: each slice sees the state as it is when it runs."""
+        steps: Generator[None, None, T] | None = None
+        while True:
+            async with self.lock:
+                self._guard()
+                if steps is None:
+                    steps = view(self.state)
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    result: T = done.value
+                    seq = self._seq()
+                    break
+            await asyncio.sleep(0)
         await self._stored(seq)
         return result
 

@@ -439,8 +439,8 @@ async def get_overview(request: web.Request) -> web.Response:
     leadership = request.app[LEADERSHIP]
     info = leadership.leader()
     dispatcher = request.app[DISPATCHER]
-    fields = await dispatcher.read(
-        lambda state: convert.overview_fields(
+    fields = await dispatcher.read_sliced(  # the pass over every check, in slices
+        lambda state: convert.overview_steps(
             state,
             check_filter,
             offset=offset,

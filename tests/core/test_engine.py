@@ -8,6 +8,7 @@ depends on how fast the machine is.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Generator
 from typing import Any
 
 import pytest
@@ -246,3 +247,36 @@ async def test_wake_all_ends_pending_polls_and_later_ones_at_once(
     later = asyncio.ensure_future(dispatcher.node_configs(A, since=since, wait_s=5.0))
     await answered_at_once(clock, later)
     assert later.result() == (since, [])
+
+
+# -------------------------------------------------------------- sliced reads
+
+
+async def test_a_sliced_read_lets_a_heartbeat_in_between_its_slices(
+    dispatcher: Dispatcher,
+) -> None:
+    """The dashboard's pass over 100,000 checks runs in slices: a heartbeat that arrives
+    meanwhile is handled between two slices, not after the whole pass."""
+    await two_nodes_four_checks(dispatcher)
+    order: list[str] = []
+    beat_sent = asyncio.Event()
+
+    def view(state: Any) -> Generator[None, None, int]:
+        order.append("slice 1")
+        beat_sent.set()
+        yield
+        order.append("slice 2")
+        yield
+        order.append("slice 3")
+        return len(state.configs)
+
+    async def heartbeat() -> None:
+        await beat_sent.wait()
+        await dispatcher.node_status(A, last_change=-1)
+        order.append("heartbeat")
+
+    beat = asyncio.create_task(heartbeat())
+    assert await dispatcher.read_sliced(view) == 4
+    await beat
+    assert order.index("heartbeat") < order.index("slice 3"), order
+    assert order[0] == "slice 1"

@@ -21,6 +21,8 @@ from dispatcher.core.overview import (
     CheckFilter,
     CheckStatus,
     check_page,
+    check_page_steps,
+    run_steps,
     status_of,
     target_of,
 )
@@ -408,3 +410,62 @@ def test_the_overview_s_status_totals_add_up_to_the_checks(cluster: Cluster) -> 
     assert sum(by_status.values()) == totals["checks"] == len(cluster.checks)
     assert by_status == {"failing": 3, "dangling": 1, "pending": 1, "ok": 2}
     assert totals["dispatched"] == len(cluster.state.placement)
+
+
+# ---------------------------------------------------------------------- slices
+
+
+def many(state: ClusterState, count: int) -> list[CheckConfig]:
+    checks = [config("http", {"url": f"http://svc-{n:02d}/"}, zone="a") for n in range(count)]
+    add(state, *checks, now=0.0)
+    return checks
+
+
+def test_the_pass_yields_between_slices_and_finds_what_one_pass_finds() -> None:
+    state = two_nodes()
+    many(state, 10)
+    steps = check_page_steps(state, CheckFilter(), offset=2, limit=5, slice_checks=3)
+    yields = 0
+    while True:
+        try:
+            next(steps)
+            yields += 1
+        except StopIteration as done:
+            sliced = done.value
+            break
+    assert yields == 3  # slices of 3, 3, 3 and 1: a yield between each two
+    assert sliced == check_page(state, CheckFilter(), offset=2, limit=5)
+    assert sliced.statuses[PENDING] == 10
+
+
+def test_a_check_removed_between_slices_is_skipped_and_one_added_is_not_seen() -> None:
+    """The state may change while the dashboard's pass waits between slices (a PUT goes
+    in between): the pass must neither fail nor count a check that is gone."""
+    state = two_nodes()
+    checks = many(state, 6)
+    steps = check_page_steps(state, CheckFilter(), offset=0, limit=100, slice_checks=2)
+    next(steps)  # the first slice (two checks) is counted
+    later = [c for c in checks if c.digest in list(state.configs)[2:]]
+    gone = later[0]
+    state.replace_source(SourceName("api"), [c for c in checks if c is not gone], now=1.0)
+    newcomer = config("http", {"url": "http://newcomer/"}, zone="a")
+    add(state, newcomer, now=1.0, source="other")
+    page = run_steps(steps)
+    assert gone.digest not in page.digests
+    assert newcomer.digest not in page.digests
+    assert page.matching == page.statuses[PENDING] == 5
+
+
+def test_the_overview_leaves_out_a_page_row_whose_check_went_during_the_pass() -> None:
+    state = two_nodes()
+    checks = many(state, 4)
+    steps = convert.overview_steps(
+        state, CheckFilter(), offset=0, limit=100, now=0.0, now_wall=WALL, slice_checks=2
+    )
+    next(steps)  # the first slice is counted, and its checks are on the page
+    first = next(iter(state.configs))
+    state.replace_source(SourceName("api"), [c for c in checks if c.digest != first], now=1.0)
+    fields = run_steps(steps)
+    rows = {row["digest"] for row in fields["page"]["checks"]}
+    assert first not in rows  # no row (and no KeyError) for a check that is gone
+    assert len(rows) == fields["totals"]["checks"] == 3
