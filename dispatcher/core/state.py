@@ -618,12 +618,29 @@ class ClusterState:
         )
 
     def _hold(self, source: SourceName, configs: Iterable[CheckConfig], *, now: float) -> None:
+        # The loop of a large write (100,000 new checks): _upsert and _holders_changed
+        # with their common cases inline, and a new check (not placed, not dangling)
+        # placed.
+        known = self._configs
+        placement = self._placement
+        dangling = self._dangling
+        hold = self._holdings.hold
+        changes = self._changes
         for config in configs:
-            self._upsert(config)
-            if self._holdings.hold(source, config.digest):
-                self._changes.source(source)
-                self._holders_changed(config.digest)
-                self._place_if_new(config.digest, now=now)
+            digest = config.digest
+            current = known.get(digest)
+            if current is None:
+                known[digest] = config
+                changes.config(digest)
+            elif current.weight != config.weight:
+                self._upsert(config)
+            if hold(source, digest):
+                changes.source(source)
+                name = placement.get(digest)
+                if name is not None:
+                    self._touch(self._nodes[name])  # _holders_changed
+                elif digest not in dangling:
+                    self._place(digest, now=now, reason="new_check")
 
     def _release(self, source: SourceName, digests: Iterable[Digest], *, now: float) -> None:
         held = self._holdings.held_by(source)
@@ -670,10 +687,6 @@ class ClusterState:
             self._configs[config.digest] = config
             self._changes.config(config.digest)
 
-    def _place_if_new(self, digest: Digest, *, now: float) -> None:
-        if digest not in self._placement and digest not in self._dangling:
-            self._place(digest, now=now, reason="new_check")
-
     def _drop(self, digest: Digest) -> None:
         """The check is held no more: off its node and out of every index."""
         name = self._placement.get(digest)
@@ -709,9 +722,19 @@ class ClusterState:
                 self._attach(digest, node, reason="adopted", previous=previous)
                 return node.name
         if not self.warming_up(now):
-            for name in self._index.ascending(self._nodes):
-                node = self._nodes[name]
-                if name != exclude and self._eligible(node, config):
+            # _eligible inline: this runs once per check placed, and usually accepts
+            # the first (least loaded) node.
+            nodes = self._nodes
+            limit = self._node_limit
+            selector = config.node_selector
+            for name in self._index.ascending(nodes):
+                node = nodes[name]
+                if (
+                    name != exclude
+                    and not node.cordoned
+                    and (limit is None or len(node.digests) < limit)
+                    and (not selector or config.matches(node.labels))
+                ):
                     self._attach(digest, node, reason=reason, previous=previous)
                     return name
         if digest not in self._dangling:
@@ -742,18 +765,28 @@ class ClusterState:
     def _attach(
         self, digest: Digest, node: Node, *, reason: str, previous: NodeName | None
     ) -> None:
-        self._placement[digest] = node.name
+        # Once per check placed: Node.add_cost and _touch inline.
+        name = node.name
+        config = self._configs[digest]
+        self._placement[digest] = name
         self._changes.placement(digest)
         self._placed_because[digest] = reason
-        self._dangling.pop(digest, None)
-        self._reported.pop(digest, None)
+        if self._dangling:
+            self._dangling.pop(digest, None)
+        if self._reported:
+            self._reported.pop(digest, None)
         node.digests.add(digest)
-        node.add_cost(weight=self._configs[digest].weight, measured=self._costs.get(digest))
+        measured = self._costs.get(digest)
+        if measured is None:
+            node.unmeasured_weight += config.weight
+        else:
+            node.measured_cost += measured
         self._index.update(node)
-        self._touch(node)
-        self._events.decisions.append(
-            Decision(digest, self._configs[digest].name, node.name, previous, reason)
-        )
+        self._seq += 1
+        node.last_change = self._seq
+        events = self._events
+        events.changed_nodes.add(name)
+        events.decisions.append(Decision(digest, config.name, name, previous, reason))
 
     def _detach(self, digest: Digest, node: Node) -> None:
         """Takes a check off a node's books (the caller touches or removes the node)."""
