@@ -157,12 +157,16 @@ class LoadIndex:
         if self._stale:
             return  # the whole order is rebuilt before the next read
         name = node.name
-        key = (node.relative_load(self._mean_cost), name)
+        # Node.relative_load inline (the same arithmetic, so the same key): this runs
+        # once per check placed.
+        load = node.measured_cost + node.unmeasured_weight * self._mean_cost
+        key = (load / node.capacity, name)
         old = self._keys.get(name)
         if old == key:
             return  # same place in the order
         self._keys[name] = key
-        self._changed(name)
+        if self._sorted is not None:
+            self._changed(name)
         heap = self._heap
         if heap and heap[0] is old:
             heapq.heapreplace(heap, key)
@@ -173,25 +177,33 @@ class LoadIndex:
     def remove(self, name: NodeName) -> None:
         key = self._keys.pop(name, None)
         if key is not None and not self._stale:
-            self._changed(name)
+            if self._sorted is not None:
+                self._changed(name)
             self._compact_if_needed()
 
-    def ascending(self, nodes: dict[NodeName, Node]) -> Iterator[NodeName]:
-        """Node names from the least to the most loaded.
-
-        Callers must not change loads while iterating.
-        """
+    def least(self, nodes: dict[NodeName, Node]) -> NodeName | None:
+        """The least loaded node (the first of ``ascending``), None when there is none:
+        what placement asks first, without a generator to start and close."""
         if self._stale:
             self._rebuild(nodes)
         heap, keys = self._heap, self._keys
         while heap:
             top = heap[0]
             if keys.get(top[1]) is top:
-                break
+                return top[1]
             heapq.heappop(heap)  # left behind by a change: drop it
-        else:
+        return None
+
+    def ascending(self, nodes: dict[NodeName, Node]) -> Iterator[NodeName]:
+        """Node names from the least to the most loaded.
+
+        Callers must not change loads while iterating.
+        """
+        first = self.least(nodes)
+        if first is None:
             return
-        yield top[1]
+        yield first
+        heap, keys = self._heap, self._keys
         # The next few in order: a walk of the heap's tree, least key first (a parent's
         # key is no greater than its children's, so the frontier's least is next).
         size = len(heap)
@@ -216,8 +228,7 @@ class LoadIndex:
             yield name
 
     def _changed(self, name: NodeName) -> None:
-        if self._sorted is None:
-            return
+        """A node's key changed (or it left) while the sorted copy is kept."""
         self._dirty.add(name)
         if len(self._dirty) > len(self._keys) // 4 + 8:
             # Building the copy again costs less than this many single updates: stop

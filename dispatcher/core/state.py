@@ -614,7 +614,7 @@ class ClusterState:
         return (
             not node.cordoned
             and (self._node_limit is None or len(node.digests) < self._node_limit)
-            and config.matches(node.labels)
+            and (not config.node_selector or config.matches(node.labels))
         )
 
     def _hold(self, source: SourceName, configs: Iterable[CheckConfig], *, now: float) -> None:
@@ -626,6 +626,7 @@ class ClusterState:
         dangling = self._dangling
         hold = self._holdings.hold
         changes = self._changes
+        held_any = False
         for config in configs:
             digest = config.digest
             current = known.get(digest)
@@ -635,12 +636,14 @@ class ClusterState:
             elif current.weight != config.weight:
                 self._upsert(config)
             if hold(source, digest):
-                changes.source(source)
+                held_any = True
                 name = placement.get(digest)
                 if name is not None:
                     self._touch(self._nodes[name])  # _holders_changed
                 elif digest not in dangling:
                     self._place(digest, now=now, reason="new_check")
+        if held_any:
+            changes.source(source)  # the source's record: once for all it now holds
 
     def _release(self, source: SourceName, digests: Iterable[Digest], *, now: float) -> None:
         held = self._holdings.held_by(source)
@@ -721,20 +724,17 @@ class ClusterState:
             if node is not None and self._eligible(node, config):
                 self._attach(digest, node, reason="adopted", previous=previous)
                 return node.name
-        if not self.warming_up(now):
-            # _eligible inline: this runs once per check placed, and usually accepts
-            # the first (least loaded) node.
+        if not now < self._warmup_until:  # not warming up
             nodes = self._nodes
-            limit = self._node_limit
-            selector = config.node_selector
+            # The least loaded node first, on its own: it usually takes the check, and
+            # this runs once per check placed. Else the scan (which starts with it).
+            least = self._index.least(nodes)
+            if least is not None and least != exclude and self._eligible(nodes[least], config):
+                self._attach(digest, nodes[least], reason=reason, previous=previous)
+                return least
             for name in self._index.ascending(nodes):
                 node = nodes[name]
-                if (
-                    name != exclude
-                    and not node.cordoned
-                    and (limit is None or len(node.digests) < limit)
-                    and (not selector or config.matches(node.labels))
-                ):
+                if name != exclude and self._eligible(node, config):
                     self._attach(digest, node, reason=reason, previous=previous)
                     return name
         if digest not in self._dangling:
