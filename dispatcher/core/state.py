@@ -725,18 +725,10 @@ class ClusterState:
                 self._attach(digest, node, reason="adopted", previous=previous)
                 return node.name
         if not now < self._warmup_until:  # not warming up
-            nodes = self._nodes
-            # The least loaded node first, on its own: it usually takes the check, and
-            # this runs once per check placed. Else the scan (which starts with it).
-            least = self._index.least(nodes)
-            if least is not None and least != exclude and self._eligible(nodes[least], config):
-                self._attach(digest, nodes[least], reason=reason, previous=previous)
-                return least
-            for name in self._index.ascending(nodes):
-                node = nodes[name]
-                if name != exclude and self._eligible(node, config):
-                    self._attach(digest, node, reason=reason, previous=previous)
-                    return name
+            dest = self._least_eligible(config, exclude=exclude)
+            if dest is not None:
+                self._attach(digest, dest, reason=reason, previous=previous)
+                return dest.name
         if digest not in self._dangling:
             self._dangling[digest] = now
             self._events.decisions.append(Decision(digest, config.name, None, previous, reason))
@@ -744,12 +736,39 @@ class ClusterState:
 
     def _move(self, digest: Digest, *, now: float, reason: str) -> Move | None:
         """Moves a check to the best other eligible node; None when there is none."""
-        source = self._nodes[self._placement[digest]]
-        config = self._configs[digest]
-        for name in self._index.ascending(self._nodes):
-            dest = self._nodes[name]
-            if name != source.name and self._eligible(dest, config):
-                return self._relocate(digest, dest, reason=reason)
+        source = self._placement[digest]
+        dest = self._least_eligible(self._configs[digest], exclude=source)
+        return None if dest is None else self._relocate(digest, dest, reason=reason)
+
+    def _least_eligible(self, config: CheckConfig, *, exclude: NodeName | None) -> Node | None:
+        """The least loaded node that may run the check, other than ``exclude``.
+
+        Once per check placed or moved. The least loaded node is tried on its own
+        first: it usually takes the check. Else the scan goes on up the load order while
+        nodes refuse (a selector that matches few nodes, or one zone whose nodes are all
+        busier than the others), testing each node as ``_eligible`` does, inline: a
+        long scan costs that test per node."""
+        nodes = self._nodes
+        least = self._index.least(nodes)
+        if least is None:
+            return None
+        node = nodes[least]
+        if least != exclude and self._eligible(node, config):
+            return node
+        limit = self._node_limit
+        selector = tuple(config.node_selector.items())
+        for name in self._index.ascending(nodes):
+            node = nodes[name]
+            if name == exclude or node.cordoned:
+                continue
+            if limit is not None and len(node.digests) >= limit:
+                continue
+            labels = node.labels
+            for key, value in selector:
+                if labels.get(key) != value:
+                    break
+            else:
+                return node
         return None
 
     def _relocate(self, digest: Digest, dest: Node, *, reason: str) -> Move:
