@@ -614,16 +614,36 @@ class ClusterState:
         return (
             not node.cordoned
             and (self._node_limit is None or len(node.digests) < self._node_limit)
-            and config.matches(node.labels)
+            and (not config.node_selector or config.matches(node.labels))
         )
 
     def _hold(self, source: SourceName, configs: Iterable[CheckConfig], *, now: float) -> None:
+        # The loop of a large write (100,000 new checks): _upsert and _holders_changed
+        # with their common cases inline, and a new check (not placed, not dangling)
+        # placed.
+        known = self._configs
+        placement = self._placement
+        dangling = self._dangling
+        hold = self._holdings.hold
+        changes = self._changes
+        held_any = False
         for config in configs:
-            self._upsert(config)
-            if self._holdings.hold(source, config.digest):
-                self._changes.source(source)
-                self._holders_changed(config.digest)
-                self._place_if_new(config.digest, now=now)
+            digest = config.digest
+            current = known.get(digest)
+            if current is None:
+                known[digest] = config
+                changes.config(digest)
+            elif current.weight != config.weight:
+                self._upsert(config)
+            if hold(source, digest):
+                held_any = True
+                name = placement.get(digest)
+                if name is not None:
+                    self._touch(self._nodes[name])  # _holders_changed
+                elif digest not in dangling:
+                    self._place(digest, now=now, reason="new_check")
+        if held_any:
+            changes.source(source)  # the source's record: once for all it now holds
 
     def _release(self, source: SourceName, digests: Iterable[Digest], *, now: float) -> None:
         held = self._holdings.held_by(source)
@@ -670,10 +690,6 @@ class ClusterState:
             self._configs[config.digest] = config
             self._changes.config(config.digest)
 
-    def _place_if_new(self, digest: Digest, *, now: float) -> None:
-        if digest not in self._placement and digest not in self._dangling:
-            self._place(digest, now=now, reason="new_check")
-
     def _drop(self, digest: Digest) -> None:
         """The check is held no more: off its node and out of every index."""
         name = self._placement.get(digest)
@@ -708,12 +724,11 @@ class ClusterState:
             if node is not None and self._eligible(node, config):
                 self._attach(digest, node, reason="adopted", previous=previous)
                 return node.name
-        if not self.warming_up(now):
-            for name in self._index.ascending(self._nodes):
-                node = self._nodes[name]
-                if name != exclude and self._eligible(node, config):
-                    self._attach(digest, node, reason=reason, previous=previous)
-                    return name
+        if not now < self._warmup_until:  # not warming up
+            dest = self._least_eligible(config, exclude=exclude)
+            if dest is not None:
+                self._attach(digest, dest, reason=reason, previous=previous)
+                return dest.name
         if digest not in self._dangling:
             self._dangling[digest] = now
             self._events.decisions.append(Decision(digest, config.name, None, previous, reason))
@@ -721,12 +736,39 @@ class ClusterState:
 
     def _move(self, digest: Digest, *, now: float, reason: str) -> Move | None:
         """Moves a check to the best other eligible node; None when there is none."""
-        source = self._nodes[self._placement[digest]]
-        config = self._configs[digest]
-        for name in self._index.ascending(self._nodes):
-            dest = self._nodes[name]
-            if name != source.name and self._eligible(dest, config):
-                return self._relocate(digest, dest, reason=reason)
+        source = self._placement[digest]
+        dest = self._least_eligible(self._configs[digest], exclude=source)
+        return None if dest is None else self._relocate(digest, dest, reason=reason)
+
+    def _least_eligible(self, config: CheckConfig, *, exclude: NodeName | None) -> Node | None:
+        """The least loaded node that may run the check, other than ``exclude``.
+
+        Once per check placed or moved. The least loaded node is tried on its own
+        first: it usually takes the check. Else the scan goes on up the load order while
+        nodes refuse (a selector that matches few nodes, or one zone whose nodes are all
+        busier than the others), testing each node as ``_eligible`` does, inline: a
+        long scan costs that test per node."""
+        nodes = self._nodes
+        least = self._index.least(nodes)
+        if least is None:
+            return None
+        node = nodes[least]
+        if least != exclude and self._eligible(node, config):
+            return node
+        limit = self._node_limit
+        selector = tuple(config.node_selector.items())
+        for name in self._index.ascending(nodes):
+            node = nodes[name]
+            if name == exclude or node.cordoned:
+                continue
+            if limit is not None and len(node.digests) >= limit:
+                continue
+            labels = node.labels
+            for key, value in selector:
+                if labels.get(key) != value:
+                    break
+            else:
+                return node
         return None
 
     def _relocate(self, digest: Digest, dest: Node, *, reason: str) -> Move:
@@ -742,18 +784,28 @@ class ClusterState:
     def _attach(
         self, digest: Digest, node: Node, *, reason: str, previous: NodeName | None
     ) -> None:
-        self._placement[digest] = node.name
+        # Once per check placed: Node.add_cost and _touch inline.
+        name = node.name
+        config = self._configs[digest]
+        self._placement[digest] = name
         self._changes.placement(digest)
         self._placed_because[digest] = reason
-        self._dangling.pop(digest, None)
-        self._reported.pop(digest, None)
+        if self._dangling:
+            self._dangling.pop(digest, None)
+        if self._reported:
+            self._reported.pop(digest, None)
         node.digests.add(digest)
-        node.add_cost(weight=self._configs[digest].weight, measured=self._costs.get(digest))
+        measured = self._costs.get(digest)
+        if measured is None:
+            node.unmeasured_weight += config.weight
+        else:
+            node.measured_cost += measured
         self._index.update(node)
-        self._touch(node)
-        self._events.decisions.append(
-            Decision(digest, self._configs[digest].name, node.name, previous, reason)
-        )
+        self._seq += 1
+        node.last_change = self._seq
+        events = self._events
+        events.changed_nodes.add(name)
+        events.decisions.append(Decision(digest, config.name, name, previous, reason))
 
     def _detach(self, digest: Digest, node: Node) -> None:
         """Takes a check off a node's books (the caller touches or removes the node)."""
