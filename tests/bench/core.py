@@ -25,7 +25,7 @@ from dispatcher.core.state import ClusterState
 from tests.bench.machine import machine_busy_s
 from tests.bench.stats import median
 
-SCHEDULE_BUDGET_S = 2.0
+SCHEDULE_BUDGET_S = 1.0
 # Ten times the nodes may cost at most this much more to expire one node of equal size:
 # the geometric middle between a constant cost (1x) and one proportional to the cluster
 # (10x). Index operations (log n) and cache misses in a 10x bigger heap measure 1-2x.
