@@ -56,9 +56,12 @@ _NEAR = 1e-9
 planner sums the loads in another order, so its bound may differ in the last bits."""
 
 SLICE_WORK = 2_000
-"""Work between two yields of the sliced forms: an item read or indexed, a node indexed
-for a selector, or a destination looked at in a search (each some microseconds; found:
-about 2 ms a slice on the 2-core CI machine)."""
+"""Work between two yields of the sliced forms, in units of about a microsecond on the
+2-core CI machine: a node's load read, a node looked at for a selector group, a
+destination looked at in a search; an item read (``ITEM_WORK``) or a move planned
+(``MOVE_WORK``) count more. About 2 ms a slice there when it is quiet."""
+ITEM_WORK = 3
+MOVE_WORK = 20
 
 T = TypeVar("T")
 
@@ -174,24 +177,32 @@ def planner_input_steps(
     items: bool = True,
     slice_work: int = SLICE_WORK,
 ) -> Generator[None, None, tuple[list[NodeLoad], list[Item]]]:
-    """``planner_inputs`` in slices. The loads are read in the first slice, all at once
-    (a consistent view of them); the items then a node at a time, yielding between
-    nodes. ``nodes`` and ``configs`` are read live: when they change between slices (a
-    caller that frees its lock between them), a node gone is passed over and the items
-    are as each node's slice found them, so the plan's moves must be checked against
-    the state before they are made (``ClusterState.apply_rebalance`` does)."""
+    """``planner_inputs`` in slices: the loads, then the items a node at a time (a
+    node's items all in one slice), yielding between nodes. ``nodes`` and ``configs``
+    are read live: when they change between slices (a caller that frees its lock between
+    them), a node gone is passed over and each node is read as its slice finds it, so
+    the plan's moves must be checked against the state before they are made
+    (``ClusterState.apply_rebalance`` does)."""
     limit = max_checks_per_node
-    loads = [
-        NodeLoad(
-            name,
-            node.capacity,
-            node.load(mean_cost),
-            node.labels,
-            free=None if limit is None else max(0, limit - len(node.digests)),
+    loads: list[NodeLoad] = []
+    work = 0
+    for name in list(nodes):
+        node = nodes.get(name)
+        if node is None or node.cordoned:
+            continue  # gone since the slice that listed the nodes; cordoned: left alone
+        loads.append(
+            NodeLoad(
+                name,
+                node.capacity,
+                node.load(mean_cost),
+                node.labels,
+                free=None if limit is None else max(0, limit - len(node.digests)),
+            )
         )
-        for name, node in nodes.items()
-        if not node.cordoned
-    ]
+        work += 1
+        if work >= slice_work:
+            yield
+            work = 0
     capacity = sum(n.capacity for n in loads)
     bound = sum(n.load for n in loads) / capacity * (1 + margin) if capacity else 0.0
     # A superset of the nodes the planner finds above its bound: only they give checks.
@@ -199,14 +210,13 @@ def planner_input_steps(
     if not items or not givers:
         return loads, []
     on_nodes: list[Item] = []
-    work = len(loads)
     for name in givers:
         if work >= slice_work:
             yield
             work = 0
         node = nodes.get(name)
         if node is None:
-            continue  # gone since the loads were read
+            continue  # gone since its load was read
         for digest in node.digests:
             config = configs[digest]
             on_nodes.append(
@@ -220,7 +230,7 @@ def planner_input_steps(
                     group=tuple(sorted(config.node_selector.items())),
                 )
             )
-        work += 1 + len(node.digests)
+        work += 1 + ITEM_WORK * len(node.digests)
     return loads, on_nodes
 
 
@@ -271,7 +281,9 @@ def plan_steps(
     total_capacity = sum(n.capacity for n in ordered)
     mean = sum(n.load for n in ordered) / total_capacity if total_capacity > 0 else 0.0
     bound = mean * (1 + margin)
+    yield
     planner = _Planner(ordered, bound, min_gain=mean * min_move_gain, slice_work=slice_work)
+    yield from planner.start()
     before = spread(planner.relative, mean)
     if mean <= 0 or len(ordered) < 2:
         return Plan([], mean, bound, before, before, worthwhile=False)
@@ -301,17 +313,20 @@ class _Planner:
         """The least relative load a move takes off its source."""
         self.slice_work = slice_work
         self.work = 0
-        self.capacity: dict[NodeName, float] = {n.name: n.capacity for n in nodes}
-        self.free: dict[NodeName, int | None] = {n.name: n.free for n in nodes}
-        self.relative: dict[NodeName, float] = {n.name: n.load / n.capacity for n in nodes}
-        # Each node's movable checks by (cost, digest).
+        # Per node (filled by ``start``): capacity, room left under the check limit, and
+        # relative load.
+        self.capacity: dict[NodeName, float] = {}
+        self.free: dict[NodeName, int | None] = {}
+        self.relative: dict[NodeName, float] = {}
+        # Each node's movable checks by (cost, digest); a node with none has no entry
+        # until a check moves to it.
         self.movable: dict[NodeName, SortedList] = {}
         self.items: dict[Digest, Item] = {}
         # Per group: the nodes by (relative load, name) that its items may go to, and the
         # largest capacity among them.
         self.targets: dict[Hashable, SortedList] = {}
         self.largest: dict[Hashable, float] = {}
-        self.groups_of: dict[NodeName, list[Hashable]] = {n.name: [] for n in nodes}
+        self.groups_of: dict[NodeName, list[Hashable]] = {}
         self.moves: list[PlannedMove] = []
         self.room = 0
         """Grows whenever a source falls under the bound: it can take checks now."""
@@ -326,26 +341,52 @@ class _Planner:
         self.work = 0
         return True
 
+    def start(self) -> Generator[None, None, None]:
+        """The per-node tables."""
+        for n in self.nodes:
+            self.capacity[n.name] = n.capacity
+            self.free[n.name] = n.free
+            self.relative[n.name] = n.load / n.capacity
+            self.groups_of[n.name] = []
+            self.work += 1
+            if self._due():
+                yield
+
     def index(self, items: Sequence[Item]) -> Generator[None, None, None]:
         """Indexes the movable items by node, and each group's eligible nodes."""
-        on_node: dict[NodeName, list[tuple[float, Digest]]] = {n: [] for n in self.capacity}
+        on_node: dict[NodeName, list[tuple[float, Digest]]] = {}
         for item in items:
-            if item.movable and item.node in on_node and item.cost > 0:
-                on_node[item.node].append((item.cost, item.digest))
+            if item.movable and item.node in self.capacity and item.cost > 0:
+                on_node.setdefault(item.node, []).append((item.cost, item.digest))
                 self.items[item.digest] = item
                 key = _group(item)
                 self.work += 1
                 if key not in self.targets:
-                    eligible = [n.name for n in self.nodes if item.eligible(n.labels)]
-                    self.targets[key] = SortedList((self.relative[n], n) for n in eligible)
-                    self.largest[key] = max((self.capacity[n] for n in eligible), default=0.0)
-                    for name in eligible:
-                        self.groups_of[name].append(key)
-                    self.work += len(self.nodes)
+                    yield from self._add_group(key, item.eligible)
                 if self._due():
                     yield
         # Sorted once per node rather than one insertion at a time.
-        self.movable = {name: SortedList(checks) for name, checks in on_node.items()}
+        for name, checks in on_node.items():
+            self.movable[name] = SortedList(checks)
+            self.work += 1 + len(checks)
+            if self._due():
+                yield
+
+    def _add_group(
+        self, key: Hashable, eligible: Callable[[Mapping[str, str]], bool]
+    ) -> Generator[None, None, None]:
+        names: list[NodeName] = []
+        for n in self.nodes:
+            if eligible(n.labels):
+                names.append(n.name)
+            self.work += 1
+            if self._due():
+                yield
+        self.targets[key] = SortedList((self.relative[n], n) for n in names)
+        self.largest[key] = max((self.capacity[n] for n in names), default=0.0)
+        for name in names:
+            self.groups_of[name].append(key)
+        self.work += len(names)
 
     def run(self) -> Generator[None, None, None]:
         """Rounds until one moves nothing or no room appeared: a node stuck in one
@@ -374,6 +415,7 @@ class _Planner:
                 continue
             self._apply(move)
             moved = True
+            self.work += MOVE_WORK
             if self.relative[source] > bound:
                 heapq.heappush(heap, (-self.relative[source], source))
             else:
@@ -387,7 +429,9 @@ class _Planner:
         r_s = self.relative[source]
         cap_s = self.capacity[source]
         excess = (r_s - self.bound) * cap_s
-        candidates: SortedList = self.movable[source]
+        candidates = self.movable.get(source)
+        if candidates is None:
+            return None  # nothing on it may move
         floor = bisect.bisect_left(candidates, (self.min_gain * cap_s - _EPS, ""))
         enough = max(floor, bisect.bisect_left(candidates, (excess - _EPS, "")))
         # Every check that is enough alone, smallest first (a larger one may go where
@@ -465,7 +509,7 @@ class _Planner:
             if free is not None:
                 self.free[name] = free + change
         self.movable[move.source].remove((move.cost, move.digest))
-        self.movable[move.dest].add((move.cost, move.digest))
+        self.movable.setdefault(move.dest, SortedList()).add((move.cost, move.digest))
         self.moves.append(move)
 
 
