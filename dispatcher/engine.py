@@ -14,9 +14,10 @@ reply waits until they are stored.
 A big write to sources is applied in slices with the lock free in between, one writer
 of a source at a time (``sourcewrites``); its reply waits until every slice is applied
 and stored, and long polls wake once the whole write is applied (an agent then refetches
-its configs once, not once per slice). Long polls are woken, and answered, one per turn
-of the event loop (``wakeups``). What the steps decided is logged and counted by
-``steplog``.
+its configs once, not once per slice). A rebalance reads its inputs in slices under the
+lock, plans in slices with the lock free and makes its moves in one step (``rebalance``).
+Long polls are woken, and answered, one per turn of the event loop (``wakeups``). What
+the steps decided is logged and counted by ``steplog``.
 """
 
 from __future__ import annotations
@@ -449,11 +450,12 @@ class Dispatcher:
 
             outcome = await self._step(apply)
         if outcome.applied:
-            # A line per move, thousands at this size: a slice per turn of the loop.
+            # A line per move, thousands at this size: a slice per turn of the loop, the
+            # first not in the turn that made the moves.
             moves = outcome.moves
             for first in range(0, len(moves), MOVES_LOGGED_PER_TURN):
-                self._steplog.rebalance_moves(outcome, moves[first : first + MOVES_LOGGED_PER_TURN])
                 await asyncio.sleep(0)
+                self._steplog.rebalance_moves(outcome, moves[first : first + MOVES_LOGGED_PER_TURN])
         self._steplog.rebalance(
             outcome, trigger=trigger, force=force, dry_run=dry_run, started=started
         )

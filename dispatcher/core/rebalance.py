@@ -27,14 +27,15 @@ The spread is how far the busiest node is above the mean, as a fraction of the m
 A plan that does not narrow it by ``min_improvement`` of its value moves nothing
 unless forced.
 
-``planner_inputs`` reads the planner's inputs off the state's nodes and configs: the
+``planner_input_steps`` reads the planner's inputs off the state's nodes and configs: the
 items of the nodes above the bound only, since no other node ever gives a check (a
 destination ends within the bound), so the items of the others could not change the plan.
 
-Both come in slices too (``planner_input_steps``, ``plan_steps``: generators that yield
-after about ``SLICE_WORK`` units of work, and return what the plain functions return), so
-that a dispatcher can read the inputs under its lock a slice at a time and plan with its
-event loop free between slices; ``run_steps`` runs one whole.
+Reading the inputs and planning both come in slices (``planner_input_steps`` and
+``plan_steps`` are generators that yield after about ``SLICE_WORK`` units of work and
+return their result), so that a dispatcher can read the inputs under its lock a slice at
+a time and plan with its event loop free between slices; ``run_steps`` runs one whole
+(``plan_rebalance`` is ``plan_steps`` run whole).
 """
 
 from __future__ import annotations
@@ -137,34 +138,6 @@ def spread(relative: Mapping[NodeName, float], mean: float) -> float:
     return max(0.0, max(relative.values()) / mean - 1.0)
 
 
-def planner_inputs(
-    nodes: Mapping[NodeName, Node],
-    configs: Mapping[Digest, CheckConfig],
-    *,
-    mean_cost: float,
-    cost: Callable[[Digest], float],
-    movable: Callable[[Digest], bool],
-    max_checks_per_node: int | None,
-    margin: float,
-    items: bool = True,
-) -> tuple[list[NodeLoad], list[Item]]:
-    """The loads of the nodes that take checks (cordoned ones are left as they are) and
-    the items on the nodes above the bound. No items when ``items`` is false or every
-    node is within the bound (the common periodic run): then there is nothing to search."""
-    return run_steps(
-        planner_input_steps(
-            nodes,
-            configs,
-            mean_cost=mean_cost,
-            cost=cost,
-            movable=movable,
-            max_checks_per_node=max_checks_per_node,
-            margin=margin,
-            items=items,
-        )
-    )
-
-
 def planner_input_steps(
     nodes: Mapping[NodeName, Node],
     configs: Mapping[Digest, CheckConfig],
@@ -177,12 +150,16 @@ def planner_input_steps(
     items: bool = True,
     slice_work: int = SLICE_WORK,
 ) -> Generator[None, None, tuple[list[NodeLoad], list[Item]]]:
-    """``planner_inputs`` in slices: the loads, then the items a node at a time (a
-    node's items all in one slice), yielding between nodes. ``nodes`` and ``configs``
-    are read live: when they change between slices (a caller that frees its lock between
-    them), a node gone is passed over and each node is read as its slice finds it, so
-    the plan's moves must be checked against the state before they are made
-    (``ClusterState.apply_rebalance`` does)."""
+    """The loads of the nodes that take checks (cordoned ones are left as they are) and
+    the items on the nodes above the bound; no items when ``items`` is false or every
+    node is within the bound (the common periodic run: nothing to search).
+
+    In slices: the loads, then the items a node at a time (a node's items all in one
+    slice), yielding between nodes. ``nodes`` and ``configs`` are read live: when they
+    change between slices (a caller that frees its lock between them), a node gone is
+    passed over and each node is read as its slice finds it, so the plan's moves must
+    be checked against the state before they are made (``ClusterState.apply_rebalance``
+    does)."""
     limit = max_checks_per_node
     loads: list[NodeLoad] = []
     work = 0

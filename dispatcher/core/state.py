@@ -645,7 +645,7 @@ class ClusterState:
             return "node_cordoned"
         if self._node_limit is not None and len(dest.digests) >= self._node_limit:
             return "node_full"
-        if not config.matches(dest.labels):
+        if config.node_selector and not config.matches(dest.labels):
             return "node_not_eligible"
         return None
 
