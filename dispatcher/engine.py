@@ -14,9 +14,10 @@ reply waits until they are stored.
 A big write to sources is applied in slices with the lock free in between, one writer
 of a source at a time (``sourcewrites``); its reply waits until every slice is applied
 and stored, and long polls wake once the whole write is applied (an agent then refetches
-its configs once, not once per slice). Long polls are woken, and answered, one per turn
-of the event loop (``wakeups``). What the steps decided is logged and counted by
-``steplog``.
+its configs once, not once per slice). A rebalance reads its inputs in slices under the
+lock, plans in slices with the lock free and makes its moves in one step (``rebalance``).
+Long polls are woken, and answered, one per turn of the event loop (``wakeups``). What
+the steps decided is logged and counted by ``steplog``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 import structlog
@@ -35,6 +37,7 @@ from dispatcher.core.history import HistoryLimits
 from dispatcher.core.model import CheckConfig, CheckResult, CheckStats, Digest, NodeName, SourceName
 from dispatcher.core.outcomes import Move, RebalanceOutcome, RejectedResult, SourceChange
 from dispatcher.core.placement import Node
+from dispatcher.core.rebalance import SLICE_WORK, Item, NodeLoad, plan_steps
 from dispatcher.core.rebuild import RunningConfig, UnreadableReport, split_intact
 from dispatcher.core.state import NEVER, ClusterState
 from dispatcher.core.transfer import (
@@ -58,7 +61,22 @@ log = structlog.get_logger(__name__)
 FINAL_WRITE_S = 2.0
 """How long a planned stop waits for the results that wait for their write."""
 
+MOVES_LOGGED_PER_TURN = 200
+"""Rebalance moves logged in one turn of the event loop (a line each, 10 to 30
+microseconds: 0.05 to 0.1 s for the 4,600 moves of 100,000 checks on 10,000 nodes)."""
+
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class _RebalanceInputs:
+    """What a rebalance plans from, and the state and term it was read in."""
+
+    state: ClusterState
+    epoch: int
+    warming_up: bool
+    nodes: list[NodeLoad]
+    items: list[Item]
 
 
 class Dispatcher:
@@ -82,6 +100,9 @@ class Dispatcher:
             stored=self._stored,
             slice_checks=settings.apply_slice_checks,
         )
+        self._rebalancing = asyncio.Lock()
+        self.rebalance_slice_work = SLICE_WORK
+        """The planner's work per slice (``core.rebalance.SLICE_WORK``)."""
         self._closing = False
         self._active = True
         self._epoch = 0
@@ -391,23 +412,81 @@ class Dispatcher:
     async def rebalance(
         self, *, force: bool = False, dry_run: bool = False, trigger: str = "api"
     ) -> RebalanceOutcome:
-        """Plans a rebalance and applies it (see ClusterState.rebalance); logs each move
-        with its reason, and counts the run, its duration and its moves."""
+        """Plans a rebalance and applies it (see ClusterState.rebalance) with the event
+        loop free while it plans: at 100,000 checks on 10,000 nodes planning takes a
+        good part of a second, which in one step held back every heartbeat, long poll
+        and ``/healthz`` for as long.
+
+        The planner's inputs are read under the lock a slice at a time (``read_sliced``),
+        the pure planner then runs in slices with the lock free (``_run_sliced``), and
+        the moves that still hold are made in one step under the lock, stored as one
+        write (ClusterState.apply_rebalance: a move the state changed under meanwhile is
+        skipped and counted). On a state that does not change meanwhile, the same moves
+        as planning and applying in one step. One rebalance at a time: a second one
+        waits, and plans on what the first did. Logs each move with its reason, and
+        counts the run, its duration and its moves."""
         started = time.perf_counter()
         settings = self.settings
-        outcome = await self._step(
-            lambda now: self.state.rebalance(
-                now=now,
-                margin=settings.rebalance_margin,
-                min_improvement=settings.rebalance_min_gain,
-                force=force,
-                dry_run=dry_run,
+        async with self._rebalancing:
+            inputs = await self.read_sliced(
+                lambda state: self._rebalance_inputs(state, margin=settings.rebalance_margin)
             )
-        )
+            plan = await self._run_sliced(
+                plan_steps(
+                    inputs.nodes,
+                    inputs.items,
+                    margin=settings.rebalance_margin,
+                    min_improvement=settings.rebalance_min_gain,
+                    slice_work=self.rebalance_slice_work,
+                )
+            )
+
+            def apply(now: float) -> RebalanceOutcome:
+                if self.state is not inputs.state or self._epoch != inputs.epoch:
+                    raise NoLeader("The leadership term changed during the rebalance; retry.")
+                return self.state.apply_rebalance(
+                    plan, now=now, warming_up=inputs.warming_up, force=force, dry_run=dry_run
+                )
+
+            outcome = await self._step(apply)
+        if outcome.applied:
+            # A line per move, thousands at this size: a slice per turn of the loop, the
+            # first not in the turn that made the moves.
+            moves = outcome.moves
+            for first in range(0, len(moves), MOVES_LOGGED_PER_TURN):
+                await asyncio.sleep(0)
+                self._steplog.rebalance_moves(outcome, moves[first : first + MOVES_LOGGED_PER_TURN])
         self._steplog.rebalance(
             outcome, trigger=trigger, force=force, dry_run=dry_run, started=started
         )
         return outcome
+
+    def _rebalance_inputs(
+        self, state: ClusterState, *, margin: float
+    ) -> Generator[None, None, _RebalanceInputs]:
+        """The planner's inputs from ``state``, in slices (see ``read_sliced``), with the
+        state and term they were read in: the moves are made only in that same term."""
+        warming_up = state.warming_up(self._clock.monotonic())
+        epoch = self._epoch
+        nodes, items = yield from state.rebalance_inputs(
+            margin=margin, moves=not warming_up, slice_work=self.rebalance_slice_work
+        )
+        return _RebalanceInputs(state, epoch, warming_up, nodes, items)
+
+    async def _run_sliced(self, steps: Generator[None, None, T]) -> T:
+        """Runs pure work on values of its own (no state, no lock) to its end, a slice
+        per turn of the event loop (the last one too: what the caller does next is not
+        run in the same turn); stops (NoLeader) if the term ends meanwhile."""
+        while True:
+            self._guard()
+            try:
+                next(steps)
+            except StopIteration as done:
+                result: T = done.value
+                break
+            finally:
+                await asyncio.sleep(0)
+        return result
 
     def warming_up(self) -> bool:
         return self.state.warming_up(self._clock.monotonic())

@@ -101,6 +101,29 @@ class StepLog:
         """A new term: no check has been warned about in it."""
         self._flagged_dangling.clear()
 
+    def rebalance_moves(self, outcome: RebalanceOutcome, moves: Sequence[Move]) -> None:
+        """A line per move an applied rebalance made (some or all of ``outcome.moves``:
+        the engine logs thousands a slice at a time), with its reason."""
+        plan = outcome.plan
+        for move in moves:
+            assert move.loads is not None
+            s_before, s_after, d_before, d_after = move.loads
+            log.info(
+                "rebalance_move",
+                digest=move.digest,
+                check=move.check_name,
+                cost=round(move.cost, 6),
+                source=move.source_node,
+                dest=move.dest_node,
+                reason=(
+                    f"{move.source_node} at {s_before:.3g} is above the bound "
+                    f"{plan.bound:.3g} (mean {plan.mean:.3g}); {move.dest_node} at "
+                    f"{d_before:.3g} has room"
+                ),
+                source_load=[round(s_before, 6), round(s_after, 6)],
+                dest_load=[round(d_before, 6), round(d_after, 6)],
+            )
+
     def rebalance(
         self,
         outcome: RebalanceOutcome,
@@ -110,28 +133,10 @@ class StepLog:
         dry_run: bool,
         started: float,
     ) -> None:
-        """Each move made with its reason, the run's outcome, and the run counted with
-        its duration since ``started`` (``time.perf_counter``) and its moves."""
+        """The run's outcome (its moves are logged by ``rebalance_moves``), with the
+        planned moves it skipped, and the run counted with its duration since
+        ``started`` (``time.perf_counter``) and its moves."""
         plan = outcome.plan
-        if outcome.applied:
-            for move in outcome.moves:
-                assert move.loads is not None
-                s_before, s_after, d_before, d_after = move.loads
-                log.info(
-                    "rebalance_move",
-                    digest=move.digest,
-                    check=move.check_name,
-                    cost=round(move.cost, 6),
-                    source=move.source_node,
-                    dest=move.dest_node,
-                    reason=(
-                        f"{move.source_node} at {s_before:.3g} is above the bound "
-                        f"{plan.bound:.3g} (mean {plan.mean:.3g}); {move.dest_node} at "
-                        f"{d_before:.3g} has room"
-                    ),
-                    source_load=[round(s_before, 6), round(s_after, 6)],
-                    dest_load=[round(d_before, 6), round(d_after, 6)],
-                )
         log.info(
             "rebalanced" if outcome.applied else "rebalance_not_applied",
             trigger=trigger,
@@ -141,6 +146,7 @@ class StepLog:
             spread_after=round(plan.spread_after, 4),
             force=force,
             dry_run=dry_run,
+            **({"skipped": dict(outcome.skipped)} if outcome.skipped else {}),
         )
         if self._metrics is not None:
             self._metrics.rebalance_seconds.observe(time.perf_counter() - started)

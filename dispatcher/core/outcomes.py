@@ -8,6 +8,7 @@ from the plan and the caller's flags alone.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -53,6 +54,9 @@ class RebalanceOutcome:
     reason: str
     """Why: ``applied``, ``dry_run``, ``nothing_to_move``, ``gain_too_small``,
     ``warming_up``."""
+    skipped: Mapping[str, int] = field(default_factory=dict)
+    """Planned moves not made, by why (``ClusterState.apply_rebalance``): the state
+    changed between planning and applying (a plan made with the dispatcher's lock free)."""
 
     @classmethod
     def of(cls, plan: Plan, *, warming_up: bool, dry_run: bool, force: bool) -> RebalanceOutcome:

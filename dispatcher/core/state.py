@@ -29,8 +29,9 @@ a shared store to write through, and ``restore()`` builds a state back from a sn
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence, Set
+from collections import Counter, OrderedDict
+from collections.abc import Generator, Iterable, Mapping, Sequence, Set
+from dataclasses import replace
 
 from dispatcher.core.explain import explain_check
 from dispatcher.core.history import CheckHistory, HistoryLimits
@@ -53,7 +54,15 @@ from dispatcher.core.outcomes import (
     SourceChange,
 )
 from dispatcher.core.placement import LoadIndex, MeasuredCosts, Node
-from dispatcher.core.rebalance import Plan, plan_rebalance, planner_inputs
+from dispatcher.core.rebalance import (
+    SLICE_WORK,
+    Item,
+    NodeLoad,
+    Plan,
+    plan_rebalance,
+    planner_input_steps,
+    run_steps,
+)
 from dispatcher.core.rebuild import RunningConfig
 from dispatcher.core.results import ResultBook
 from dispatcher.core.snapshot import ChangeTracker, NodeRecord, Snapshot, StateDelta, fit_together
@@ -551,7 +560,16 @@ class ClusterState:
         """The load-aware plan for the nodes that take checks (cordoned ones are left
         as they are). A check that has not run yet, or whose last run failed, stays.
         With ``moves`` false, only the loads and the spread (no search for moves)."""
-        nodes, items = planner_inputs(
+        nodes, items = run_steps(self.rebalance_inputs(margin=margin, moves=moves))
+        return plan_rebalance(nodes, items, margin=margin, min_improvement=min_improvement)
+
+    def rebalance_inputs(
+        self, *, margin: float, moves: bool = True, slice_work: int = SLICE_WORK
+    ) -> Generator[None, None, tuple[list[NodeLoad], list[Item]]]:
+        """The planner's inputs, in slices (``planner_input_steps``): a caller may free
+        its lock between them, and must then check the plan's moves before making them
+        (``apply_rebalance``)."""
+        return planner_input_steps(
             self._nodes,
             self._configs,
             mean_cost=self.mean_measured_cost(),
@@ -560,8 +578,8 @@ class ClusterState:
             max_checks_per_node=self._node_limit,
             margin=margin,
             items=moves,
+            slice_work=slice_work,
         )
-        return plan_rebalance(nodes, items, margin=margin, min_improvement=min_improvement)
 
     def rebalance(
         self,
@@ -578,11 +596,58 @@ class ClusterState:
         plan = self.plan_rebalance(
             margin=margin, min_improvement=min_improvement, moves=not warming_up
         )
+        return self.apply_rebalance(
+            plan, now=now, warming_up=warming_up, force=force, dry_run=dry_run
+        )
+
+    def apply_rebalance(
+        self, plan: Plan, *, now: float, warming_up: bool, force: bool, dry_run: bool
+    ) -> RebalanceOutcome:
+        """Makes the plan's moves, unless ``dry_run`` or not worth it (and not ``force``)
+        or planned while ``warming_up``: each one that still holds on the state as it
+        is now. A plan made while the state could change (``rebalance_inputs`` and the
+        planner run with the lock free) may have moves that no longer hold: those are
+        skipped, counted by why in ``skipped``, and the outcome's ``moves`` are the
+        moves made. On a state that did not change since planning, every move holds."""
+        self._advance(now)
         outcome = RebalanceOutcome.of(plan, warming_up=warming_up, dry_run=dry_run, force=force)
-        if outcome.applied:
-            for move in outcome.moves:
-                self._relocate(move.digest, self._nodes[move.dest_node], reason="rebalanced")
-        return outcome
+        if not outcome.applied:
+            return outcome
+        made: list[Move] = []
+        skipped: Counter[str] = Counter()
+        for move in outcome.moves:
+            why = self._why_not_move(move)
+            if why is not None:
+                skipped[why] += 1
+                continue
+            self._relocate(move.digest, self._nodes[move.dest_node], reason="rebalanced")
+            made.append(move)
+        if not skipped:
+            return outcome
+        return replace(outcome, moves=made, skipped=dict(sorted(skipped.items())))
+
+    def _why_not_move(self, move: Move) -> str | None:
+        """Why a planned move no longer holds (None: it does): the check is no longer
+        held, or no longer on the move's source, or no longer movable (its last run
+        failed), or the destination went, was cordoned, is full or its labels no longer
+        match the check's selector."""
+        config = self._configs.get(move.digest)
+        if config is None:
+            return "check_gone"
+        if self._placement.get(move.digest) != move.source_node:
+            return "check_moved"
+        if not self._results.last_ok(move.digest):
+            return "check_not_movable"
+        dest = self._nodes.get(move.dest_node)
+        if dest is None:
+            return "node_gone"
+        if dest.cordoned:
+            return "node_cordoned"
+        if self._node_limit is not None and len(dest.digests) >= self._node_limit:
+            return "node_full"
+        if config.node_selector and not config.matches(dest.labels):
+            return "node_not_eligible"
+        return None
 
     # ----------------------------------------------------------------- results
 

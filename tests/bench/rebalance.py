@@ -19,6 +19,14 @@ state, then the pure planner; and the garbage collector's share of it), then
 planner inside it timed by wrapping them (apply time: the rest), then a second
 ``rebalance`` that must move nothing.
 
+Then, once per variant on a state built afresh, the loop stall: the dispatcher's own
+``Dispatcher.rebalance`` (inputs read in slices under its lock, the planner in slices with
+the lock free, the moves made in one step, a log line per move) on an event loop where a
+probe task sleeps 5 ms over and over; the stall is the longest a probe woke late. It runs
+with the service's garbage-collector thresholds (``settle_garbage_collector``; without
+them one full collection of the state, 0.2 to 0.4 s, can fall in any slice) and its JSON
+logs, written to /dev/null. Its moves must be those of the in-process rebalance.
+
 The lower bound on moves: for every node above the bound (mean x (1 + margin) x
 capacity), the fewest of its checks that must leave for it to fit, taking its largest
 first; no plan that leaves every node within the bound moves fewer checks in total.
@@ -26,8 +34,10 @@ first; no plan that leaves every node within the bound moves fewer checks in tot
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import hashlib
+import os
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -35,10 +45,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
+
+from dispatcher.common import logs
+from dispatcher.common.clock import SystemClock
 from dispatcher.core import state as state_module
 from dispatcher.core.model import CheckConfig, CheckResult, CheckStats, NodeName, SourceName
 from dispatcher.core.outcomes import RebalanceOutcome
 from dispatcher.core.state import ClusterState
+from dispatcher.engine import Dispatcher
+from dispatcher.settings import DispatchSettings
 from tests.bench.core import GcTimer, build_configs, node_labels, node_name
 from tests.bench.stats import median
 
@@ -51,6 +67,9 @@ MARGIN = 0.1
 MIN_IMPROVEMENT = 0.1
 MAX_OVER_MEAN = 1.0 + MARGIN  # the goal: the busiest node at most 10 % above the mean
 PLAN_BUDGET_S = 1.0
+PROBE_S = 0.005  # the loop-stall probe's sleep
+LOOP_STALL_GOAL_S = 0.1  # issue 16: no heartbeat waits behind a large change > 100 ms
+SERVICE_GC_THRESHOLDS = (10_000, 50, 100)  # dispatcher.service.settle_garbage_collector
 SEED = 6
 COST_SIGMA = 1.0  # lognormal sigma of the check costs
 COST_CAP_SHARE = 0.5  # no check above this share of the mean load of a capacity-1 node
@@ -94,6 +113,12 @@ class RebalanceResult:
     apply_runs_s: list[float] = field(default_factory=list)  # rebalance - its planning
     second_runs_s: list[float] = field(default_factory=list)  # the second rebalance
     build_runs_s: list[float] = field(default_factory=list)  # state + placement + stats
+    loop_stall_s: float = 0.0  # the longest a 5 ms probe woke late during Dispatcher.rebalance
+    loop_rebalance_s: float = 0.0  # Dispatcher.rebalance, start to end, on the loop
+    loop_apply_s: float = 0.0  # of which its one step that makes the moves
+    loop_probes: int = 0  # how many times the probe woke meanwhile
+    loop_moves: int = 0
+    loop_skipped: int = 0  # planned moves it skipped (the state did not change: 0)
     plan_median_s: float = 0.0
     planner_median_s: float = 0.0
     plan_gc_median_s: float = 0.0
@@ -313,6 +338,15 @@ def bench_variant(
         gc.collect()
     if result is None:
         raise ValueError("runs must be at least 1")
+    stall = measure_loop_stall(configs, factors, capacities)
+    gc.collect()
+    prints.append(stall.fingerprint)
+    result.loop_stall_s = stall.longest_s
+    result.loop_rebalance_s = stall.total_s
+    result.loop_apply_s = stall.apply_s
+    result.loop_probes = stall.probes
+    result.loop_moves = stall.moves
+    result.loop_skipped = stall.skipped
     result.deterministic = len(set(prints)) == 1
     result.plan_runs_s = plan_s
     result.planner_runs_s = planner_s
@@ -331,6 +365,81 @@ def bench_variant(
     result.stable = result.second_moves == 0
     result.fast = result.plan_median_s <= PLAN_BUDGET_S
     return result
+
+
+@dataclass
+class LoopStall:
+    longest_s: float
+    total_s: float
+    apply_s: float
+    probes: int
+    moves: int
+    skipped: int
+    fingerprint: str
+
+
+@contextmanager
+def service_like() -> Iterator[None]:
+    """The service's garbage-collector thresholds and JSON logs (to /dev/null, not
+    cached, so that nothing keeps writing there after the block)."""
+    thresholds = gc.get_threshold()
+    with open(os.devnull, "wb") as sink:
+        logs.configure(fmt="json", level="info")
+        structlog.configure(
+            logger_factory=structlog.BytesLoggerFactory(file=sink),
+            cache_logger_on_first_use=False,
+        )
+        gc.set_threshold(*SERVICE_GC_THRESHOLDS)
+        try:
+            yield
+        finally:
+            gc.set_threshold(*thresholds)
+            structlog.reset_defaults()
+
+
+def measure_loop_stall(
+    configs: Sequence[CheckConfig], factors: Sequence[float], capacities: Sequence[int]
+) -> LoopStall:
+    """``Dispatcher.rebalance`` on a fresh state, with a probe sleeping ``PROBE_S`` over
+    and over on the same loop: how late it woke at worst."""
+    with service_like():
+        state = build_state(configs, factors, capacities)
+        gc.collect()
+        return asyncio.run(_stall_run(state))
+
+
+async def _stall_run(state: ClusterState) -> LoopStall:
+    settings = DispatchSettings(rebalance_margin=MARGIN, rebalance_min_gain=MIN_IMPROVEMENT)
+    dispatcher = Dispatcher(settings=settings, clock=SystemClock())
+    dispatcher.begin_term(state=state, epoch=1)
+    late: list[float] = []
+    done = asyncio.Event()
+
+    async def probe() -> None:
+        while not done.is_set():
+            started = time.perf_counter()
+            await asyncio.sleep(PROBE_S)
+            late.append(time.perf_counter() - started - PROBE_S)
+
+    prober = asyncio.create_task(probe(), name="loop_stall_probe")
+    await asyncio.sleep(PROBE_S * 4)  # the probe running before the rebalance starts
+    late.clear()
+    applying: list[float] = []
+    with timed_calls(ClusterState, "apply_rebalance", applying):
+        started = time.perf_counter()
+        outcome = await dispatcher.rebalance(trigger="bench")
+        total = time.perf_counter() - started
+    done.set()
+    await prober
+    return LoopStall(
+        longest_s=max(late, default=total),
+        total_s=total,
+        apply_s=sum(applying),
+        probes=len(late),
+        moves=len(outcome.moves) if outcome.applied else 0,
+        skipped=sum(outcome.skipped.values()),
+        fingerprint=fingerprint(outcome),
+    )
 
 
 def run_rebalance(
