@@ -449,6 +449,8 @@ def test_log_lines_are_json_with_request_ids(start_dispatcher: Start) -> None:
     generated = health.headers["X-Request-Id"]
     missing = d.get("/no/such/route")
     assert missing.status == 404
+    unknown = d.call("GET", API + "/configs/nobody", headers={"X-Request-Id": "e2e-configs-1"})
+    assert unknown.status == 404, unknown
 
     d.proc.stop(timeout_s=10)
     lines = d.log_lines()
@@ -464,7 +466,11 @@ def test_log_lines_are_json_with_request_ids(start_dispatcher: Start) -> None:
     for record in requests:
         assert record.get("request_id"), record
     by_id = {r["request_id"]: r for r in requests}
-    assert by_id["e2e-status-1"]["path"] == API + "/status/n1"
+    # An agent's routine request that succeeds is logged at debug (not at the default
+    # info level); one that fails, at info.
+    assert "e2e-status-1" not in by_id
+    assert by_id["e2e-configs-1"]["path"] == API + "/configs/nobody"
+    assert by_id["e2e-configs-1"]["status"] == 404
     assert by_id["e2e-put-1"]["status"] == 200
     assert by_id[generated]["path"] == "/healthz"
     assert any(r["status"] == 404 for r in requests)
