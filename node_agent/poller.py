@@ -106,6 +106,11 @@ class Poller:
         self.fenced = False
         self._registered = asyncio.Event()
         self._fetch_now = asyncio.Event()
+        self._polling_since: int | None = None
+        """The counter of the long poll in flight (None: none is)."""
+        self._behind_at: int | None = None
+        """The counter this agent reported in a heartbeat answered "not up to date"
+        while a long poll was held (see ``_refetch``)."""
         self._heartbeat_now = asyncio.Event()
         self._desired: dict[str, CheckSpec] = {}
         self._running_configs = RunningConfigsOutbox()
@@ -180,16 +185,34 @@ class Poller:
         if self.fenced:
             self.fenced = False
             log.warning("unfenced", leader=reply.leader)
+        self._follow(reply, new_epoch=new_epoch, reported=body["last_change"])
+        return reply
+
+    def _follow(self, reply: wire.StatusOut, *, new_epoch: bool, reported: int) -> None:
+        """What a status reply asks of the config loop: a fetch at once for a new epoch
+        or the end of a warm-up, one for configs that changed (``_refetch``)."""
         warmup_ended = self.leader_warming_up and not reply.warmup
         self.leader_warming_up = reply.warmup
-        if (
-            not reply.is_up_to_date
-            or new_epoch
-            or warmup_ended
-            or self._configs_epoch != self.epoch
-        ):
+        if new_epoch or warmup_ended or self._configs_epoch != self.epoch:
             self._fetch_now.set()
-        return reply
+        elif not reply.is_up_to_date:
+            self._refetch(reported=reported)
+        else:
+            self._behind_at = None
+
+    def _refetch(self, *, reported: int) -> None:
+        """A heartbeat says this node's configs changed since ``reported``. A long poll
+        held meanwhile is woken by the change itself, and its answer may be on its way:
+        after a change to thousands of nodes the leader answers their polls one per turn
+        of its loop, so heartbeats find many agents behind for a while. Cutting such a
+        poll off to ask again would cost the leader a connection and a reply per agent,
+        all at once. So a held poll is cut off only when the next heartbeat finds the node
+        still behind at the same counter (that poll missed the change); without one in
+        flight (after a failure, say) the configs are fetched at once."""
+        held = self._polling_since is not None and self._polling_since == reported
+        if not held or self._behind_at == reported:
+            self._fetch_now.set()
+        self._behind_at = reported
 
     def _adopt_timings(self, reply: wire.StatusOut) -> None:
         """The leader's intervals: heartbeats, expiry, and how often to post results."""
@@ -224,7 +247,11 @@ class Poller:
             self._partial_set and not self.leader_warming_up
         )
         since = None if full else self.last_change
-        reply = await self._client.configs(since=since, wait_s=wait_s)
+        self._polling_since = since if wait_s > 0 else None
+        try:
+            reply = await self._client.configs(since=since, wait_s=wait_s)
+        finally:
+            self._polling_since = None
         if reply.epoch < self.epoch:
             log.warning("stale_epoch_ignored", route="configs", epoch=reply.epoch, seen=self.epoch)
             self._client.next_url()

@@ -624,6 +624,33 @@ async def test_unknown_node_on_configs_raises_for_re_registration(world: World) 
 # ------------------------------------------------------------------ the loops
 
 
+async def test_a_held_long_poll_is_cut_off_only_when_two_heartbeats_find_the_node_behind(
+    world: World,
+) -> None:
+    """After a change to thousands of nodes the leader answers their long polls one per
+    turn of its loop, so a heartbeat may find an agent behind while its poll's answer is
+    on its way: one such heartbeat leaves the held poll alone (cutting it off costs the
+    leader a connection and a reply); a second at the same counter means the poll missed
+    the change, and the configs are fetched again at once."""
+    fake, server = await world.serve()
+    fake.change([config(D1)])
+    agent = world.agent((url_of(server),), long_poll_s=30.0)
+    agent.start()
+    await world.until(lambda: agent.desired() == [D1] and fake.polls_waiting == 1)
+    queries = len(fake.config_queries)
+    # The change is made but the held poll is not woken (its answer still queued).
+    fake.configs = [config(D1), config(D2)]
+    fake.last_change += 1
+    statuses = len(fake.statuses)
+    await world.until(lambda: len(fake.statuses) == statuses + 1)
+    assert fake.statuses[-1][1]["last_change"] != fake.last_change  # behind
+    assert len(fake.config_queries) == queries, "one heartbeat behind: the poll is kept"
+    assert fake.polls_waiting == 1
+    await world.until(lambda: len(fake.statuses) == statuses + 2)
+    await world.until(lambda: agent.desired() == [D1, D2], within_s=1)
+    assert len(fake.config_queries) > queries, "behind twice at one counter: fetched again"
+
+
 async def test_a_config_change_reaches_the_agent_through_the_long_poll(world: World) -> None:
     fake, server = await world.serve()
     fake.change([config(D1)])
