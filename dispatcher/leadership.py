@@ -38,6 +38,10 @@ from dispatcher.storage.writer import StoreWriter
 
 log = structlog.get_logger("dispatcher.leadership")
 
+CLAIM_TIMEOUT_S = 60.0
+"""The longest a store's claim (the load of a term's state) may take: see
+``LeadershipHandler._claim_timeout_s``."""
+
 
 class Role(enum.Enum):
     UNKNOWN = "unknown"
@@ -258,7 +262,7 @@ class LeadershipHandler:
             return self._dispatcher.new_state(), None
         while self._campaign.is_leader():
             try:
-                async with self._clock.timeout(self._election.renew_deadline_s):
+                async with self._clock.timeout(self._claim_timeout_s()):
                     snapshot = await self._store.claim(epoch=epoch)
             except Fenced as exc:
                 log.error("store_claim_fenced", epoch=epoch, error=str(exc))
@@ -274,7 +278,12 @@ class LeadershipHandler:
             kind = self._store.kind
             if snapshot.configs or snapshot.nodes:
                 self._health.report("store", Status.HEALTHY, f"{kind}, claimed by epoch {epoch}")
-                state = ClusterState.restore(snapshot, now=self._clock.monotonic())
+                # In a worker thread: a new object no one else sees yet, and about a
+                # second of CPU at 100,000 checks, during which the event loop must stay
+                # free to renew the lease (and to answer, if only 503 while loading).
+                state = await asyncio.to_thread(
+                    ClusterState.restore, snapshot, now=self._clock.monotonic()
+                )
             else:
                 # A fresh data dir, or a Redis that lost its data: warm up and rebuild from
                 # what the agents run, as with the memory store, rather than tell every
@@ -300,6 +309,17 @@ class LeadershipHandler:
             )
             return state, writer
         return None
+
+    def _claim_timeout_s(self) -> float:
+        """How long a claim may take before it is abandoned and tried again.
+
+        Loading is not bounded by the renew deadline: at 100,000 checks a load takes
+        seconds (more on a busy machine), a load cut off at a 2 s deadline is cut off
+        again at every retry, and the leader never serves. The lease is renewed while
+        it loads (nothing holds the event loop), and a store that stops answering fails
+        each call by itself (Redis: ``--redis-timeout``); this only bounds a store that
+        answers too slowly to be of use."""
+        return max(self._election.renew_deadline_s, CLAIM_TIMEOUT_S)
 
     def _term_snapshot(self) -> Snapshot:
         """The persisted part of the state the dispatcher serves now, for a writer that
