@@ -87,6 +87,10 @@ SOURCE_CHECKS = 10_000
 """Checks per source PUT: 10,000 small configs are about 1.3 MB, under the 4 MiB limit."""
 NODE_EXPIRATION_S = 3600.0
 REGISTER_CONCURRENCY = 16
+RESULTS_PER_CHECK = 5
+"""Each check's history after the load: 5 results, what the default overall bound
+(``--history-max-total`` 500,000) leaves each of 100,000 checks; 0 posts none."""
+RESULTS_INTERVAL_S = 15.0
 GOAL_S = 5.0
 LEASE_S = 3.0
 RENEW_DEADLINE_S = 2.0
@@ -113,6 +117,7 @@ class Serve:
     first_reply_s: float | None = None  # to the first HTTP reply of any status
     configs_s: float | None = None  # to the first 200 of the node's configs, all of them
     all_s: float | None = None  # to the first 200 of the state holding every check
+    history_s: float | None = None  # to the first 200 of a check's history, all of it
     lease_expiry_s: float | None = None  # failover: to the lease's expiry (PTTL at the kill)
     acquired_s: float | None = None  # failover: to the new leader's started_leading line
     leading_s: float | None = None  # failover: to the new leader's leading line
@@ -154,12 +159,15 @@ class RestartResults:
     checks: int
     nodes: int
     source_checks: int
+    results_per_check: int
     node_expiration_s: float
     lease_s: float
     renew_deadline_s: float
     retry_s: float
     sqlite_load_s: float | None = None  # PUTting the checks: all the PUTs
     redis_load_s: float | None = None
+    sqlite_results_s: float | None = None  # posting the results: all the posts
+    redis_results_s: float | None = None
     sqlite_files: dict[str, int] = field(default_factory=dict)  # data dir after kill -9
     state_bytes: int | None = None  # the full state reply
     runs: list[Serve] = field(default_factory=list)
@@ -267,16 +275,23 @@ class _Expected:
     epoch: int
     node: str
     node_checks: frozenset[str]
+    history_check: str
+    history_runs: frozenset[str]  # the run ids its history holds (none: no history)
 
 
-def _expected(state_body: bytes) -> _Expected:
+def _expected(state_body: bytes, url: str) -> _Expected:
     state = orjson.loads(state_body)
     placement = _placement(state)
     by_node: dict[str, set[str]] = {}
     for digest, node in placement.items():
         by_node.setdefault(node, set()).add(digest)
     node = max(sorted(by_node), key=lambda n: len(by_node[n]))  # a node with checks
-    return _Expected(placement, int(state["epoch"]), node, frozenset(by_node[node]))
+    check = min(by_node[node])
+    status, body = _get(f"{url}{API}/checks/{check}/history")
+    if status != 200:
+        raise RuntimeError(f"GET the history of {check}: {status}")
+    runs = frozenset(r["run_id"] for r in orjson.loads(body)["results"])
+    return _Expected(placement, int(state["epoch"]), node, frozenset(by_node[node]), check, runs)
 
 
 def _await_serving(
@@ -290,8 +305,9 @@ def _await_serving(
     describe: Callable[[], str],
     result: Serve,
 ) -> bytes:
-    """Polls the node's configs, then the state, until each answers in full (see the
-    module's docstring); fills the times of ``result``; returns the full state."""
+    """Polls the node's configs, then the state, then a check's history, until each
+    answers in full (see the module's docstring); fills the times of ``result``;
+    returns the full state."""
     deadline = origin + START_TIMEOUT_S
 
     def check_alive() -> None:
@@ -341,6 +357,17 @@ def _await_serving(
                 result.moved = sum(
                     1 for d, node in expected.placement.items() if after.get(d) != node
                 )
+                break
+        time.sleep(POLL_S)
+    history_url = f"{url}{API}/checks/{expected.history_check}/history"
+    while True:
+        check_alive()
+        status, history = _get(history_url)
+        now = time.monotonic()
+        if status == 200:
+            runs = {r["run_id"] for r in orjson.loads(history)["results"]}
+            if runs >= expected.history_runs:
+                result.history_s = now - origin
                 return body
         time.sleep(POLL_S)
 
@@ -354,6 +381,45 @@ def _session(connections: int) -> aiohttp.ClientSession:
         connector=aiohttp.TCPConnector(limit=connections, keepalive_timeout=120.0),
         cookie_jar=aiohttp.DummyCookieJar(),
     )
+
+
+async def _post_results(url: str, state_body: bytes, *, per_check: int) -> float:
+    """Each node posts ``per_check`` results of each of its checks, in one request (as
+    an agent's batch); returns the seconds it took."""
+    by_node: dict[str, list[str]] = {}
+    for digest, node in _placement(orjson.loads(state_body)).items():
+        by_node.setdefault(node, []).append(digest)
+    nodes = iter(sorted(by_node.items()))
+    now = time.time()
+    started = time.perf_counter()
+    async with _session(REGISTER_CONCURRENCY) as session:
+
+        async def post() -> None:
+            for node, digests in nodes:  # one iterator shared by every worker
+                results = [
+                    {
+                        "digest": digest,
+                        "run_id": f"{digest[:8]}-{k}",
+                        "ok": k % 4 != 3,
+                        "errors": [] if k % 4 != 3 else ["GET /healthz: 503"],
+                        "started_at": now - (per_check - k) * RESULTS_INTERVAL_S,
+                        "duration_s": 0.05,
+                    }
+                    for digest in digests
+                    for k in range(per_check)
+                ]
+                body = orjson.dumps({"results": results})
+                async with session.post(
+                    f"{url}{API}/results/{node}", data=body, headers=HEADERS
+                ) as r:
+                    reply = orjson.loads(await r.read())
+                    if r.status != 200 or reply["accepted"] != len(results):
+                        raise RuntimeError(f"results of {node}: {r.status} {reply}")
+
+        async with asyncio.TaskGroup() as tasks:
+            for k in range(REGISTER_CONCURRENCY):
+                tasks.create_task(post(), name=f"results-{k}")
+    return time.perf_counter() - started
 
 
 async def _load(url: str, *, checks: int, nodes: int) -> float:
@@ -453,8 +519,14 @@ def _restart_sqlite(
         results.sqlite_load_s = asyncio.run(_load(url, checks=results.checks, nodes=results.nodes))
         body = _await_full(url, checks=results.checks, alive=proc.alive, describe=proc.output)
         results.state_bytes = len(body)
+        if results.results_per_check:
+            progress(f"restart: sqlite: {results.results_per_check} results per check")
+            results.sqlite_results_s = asyncio.run(
+                _post_results(url, body, per_check=results.results_per_check)
+            )
+            time.sleep(2.0)  # results reach the store within a second
         for sig in (signal.SIGKILL, signal.SIGTERM):
-            expected = _expected(body)
+            expected = _expected(body, url)
             run = Serve(kind="restart", store="sqlite", signal=sig.name, checks=results.checks)
             run.stop_s, run.exit_code = _wait_exit(proc, sig)
             if sig is signal.SIGKILL:
@@ -591,17 +663,22 @@ def _failover_redis(
         body = _await_full(
             leader.url, checks=results.checks, alive=leader.alive, describe=leader.output
         )
+        if results.results_per_check:
+            progress(f"restart: redis: {results.results_per_check} results per check")
+            results.redis_results_s = asyncio.run(
+                _post_results(leader.url, body, per_check=results.results_per_check)
+            )
+            time.sleep(2.0)  # results reach the store within a second
         for sig in (signal.SIGKILL, signal.SIGTERM):
-            expected = _expected(body)
+            expected = _expected(body, leader.url)
             victim = leader
             survivor = next(r for r in replicas if r is not victim)
             assert victim.proc is not None
             assert survivor.proc is not None
             run = Serve(kind="failover", store="redis", signal=sig.name, checks=results.checks)
             progress(f"restart: redis: {sig.name} the leader {victim.identity}")
-            meter = _Meter(
-                lambda s=survivor: [p.pid for p in (s.proc, redis.process) if p is not None]
-            )
+            watched = [p.pid for p in (survivor.proc, redis.process) if p is not None]
+            meter = _Meter(watched.copy)
             pttl = _pttl_ms(redis) if sig is signal.SIGKILL else None
             sent, sent_wall = time.monotonic(), time.time()
             victim.proc.signal(sig)
@@ -660,6 +737,7 @@ def run_restart(
     work_dir: Path,
     checks: int = CHECKS,
     nodes: int = NODES,
+    results_per_check: int = RESULTS_PER_CHECK,
     sqlite: bool = True,
     redis: bool = True,
     progress: Callable[[str], None] = print,
@@ -670,6 +748,7 @@ def run_restart(
         checks=checks,
         nodes=nodes,
         source_checks=SOURCE_CHECKS,
+        results_per_check=results_per_check,
         node_expiration_s=NODE_EXPIRATION_S,
         lease_s=LEASE_S,
         renew_deadline_s=RENEW_DEADLINE_S,
@@ -737,7 +816,8 @@ def report(results: RestartResults) -> tuple[str, list[tuple[str, bool, str]]]:
     n = f"{results.checks:,}"
     out = [
         f"Restart and failover with {n} checks on {results.nodes:,} nodes (sources of"
-        f" {results.source_checks:,}; nodes registered once, --node-expiration-timeout"
+        f" {results.source_checks:,}; {results.results_per_check} results per check in"
+        f" history; nodes registered once, --node-expiration-timeout"
         f" {results.node_expiration_s:g}); redis: 2 replicas, lease {results.lease_s:g} s,"
         f" renew deadline {results.renew_deadline_s:g} s, retry {results.retry_s:g} s."
         " Times from the new process's start (restart) or the signal (failover) to the first"
@@ -753,6 +833,7 @@ def report(results: RestartResults) -> tuple[str, list[tuple[str, bool, str]]]:
                 _s(run.first_reply_s),
                 _s(run.configs_s),
                 _s(run.all_s),
+                _s(run.history_s),
                 _s(run.lease_expiry_s),
                 _s(run.acquired_s),
                 _s(run.after_lease_s),
@@ -771,6 +852,7 @@ def report(results: RestartResults) -> tuple[str, list[tuple[str, bool, str]]]:
                 "first reply s",
                 "configs s",
                 "all s",
+                "history s",
                 "lease expiry s",
                 "won lease s",
                 "all - expiry s",
@@ -791,6 +873,12 @@ def report(results: RestartResults) -> tuple[str, list[tuple[str, bool, str]]]:
         )
     if results.redis_load_s is not None:
         out.append(f"  redis: loading {n} checks took {results.redis_load_s:.1f} s of PUTs")
+    for store, took in (("sqlite", results.sqlite_results_s), ("redis", results.redis_results_s)):
+        if took is not None:
+            out.append(
+                f"  {store}: {results.results_per_check} results per check posted in"
+                f" {took:.1f} s (history s: to the first 200 of a check's history holding them)"
+            )
     if results.state_bytes is not None:
         out.append(f"  the full state reply: {results.state_bytes / 1e6:.1f} MB")
     out.append(
@@ -812,6 +900,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.restart", description=__doc__)
     parser.add_argument("--checks", type=int, default=CHECKS)
     parser.add_argument("--nodes", type=int, default=NODES)
+    parser.add_argument(
+        "--results-per-check", type=int, default=RESULTS_PER_CHECK, help="history; 0: none"
+    )
     parser.add_argument("--skip-sqlite", action="store_true")
     parser.add_argument("--skip-redis", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
@@ -821,6 +912,7 @@ def main() -> None:
         work_dir=args.out,
         checks=args.checks,
         nodes=args.nodes,
+        results_per_check=args.results_per_check,
         sqlite=not args.skip_sqlite,
         redis=not args.skip_redis,
     )
