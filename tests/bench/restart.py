@@ -58,7 +58,9 @@ import asyncio
 import contextlib
 import math
 import os
+import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -169,6 +171,7 @@ class RestartResults:
     sqlite_results_s: float | None = None  # posting the results: all the posts
     redis_results_s: float | None = None
     sqlite_files: dict[str, int] = field(default_factory=dict)  # data dir after kill -9
+    sqlite_rows: dict[str, int] = field(default_factory=dict)  # rows per table then
     state_bytes: int | None = None  # the full state reply
     runs: list[Serve] = field(default_factory=list)
     loadavg_start: str = ""
@@ -475,6 +478,32 @@ def _await_full(
     raise RuntimeError(f"{url}: the {checks:,} checks were not all placed:\n{describe()[-4000:]}")
 
 
+def _settle(pids: list[int], *, timeout_s: float = 120.0) -> None:
+    """Waits until these processes are idle (under 5 % of a CPU over a second): the
+    store writer has written every result the load posted."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        before = sum(process_cpu_s(pid) or 0.0 for pid in pids)
+        time.sleep(1.0)
+        if sum(process_cpu_s(pid) or 0.0 for pid in pids) - before < 0.05:
+            return
+    raise RuntimeError(f"processes {pids} still busy {timeout_s:g} s after the load")
+
+
+def _rows(data_dir: Path, copy: Path) -> dict[str, int]:
+    """Rows per table of the sqlite store, read from a copy of the data dir (opening the
+    original would fold its write-ahead log in: not what the restart finds)."""
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(data_dir, copy)
+    db = sqlite3.connect(copy / "clusterchecks.db")
+    try:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        return {t: int(db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in tables}
+    finally:
+        db.close()
+        shutil.rmtree(copy, ignore_errors=True)
+
+
 def _wait_exit(proc: Proc, sig: signal.Signals) -> tuple[float, int | None]:
     sent = time.monotonic()
     proc.signal(sig)
@@ -524,7 +553,7 @@ def _restart_sqlite(
             results.sqlite_results_s = asyncio.run(
                 _post_results(url, body, per_check=results.results_per_check)
             )
-            time.sleep(2.0)  # results reach the store within a second
+            _settle([proc.pid])
         for sig in (signal.SIGKILL, signal.SIGTERM):
             expected = _expected(body, url)
             run = Serve(kind="restart", store="sqlite", signal=sig.name, checks=results.checks)
@@ -533,6 +562,7 @@ def _restart_sqlite(
                 results.sqlite_files = {
                     p.name: p.stat().st_size for p in sorted(data_dir.iterdir()) if p.is_file()
                 }
+                results.sqlite_rows = _rows(data_dir, work / "rows")
             progress(f"restart: sqlite: {sig.name}, then start again on the same data dir")
             meter = _Meter(lambda: [proc.pid] if proc.alive() else [])
             started = time.monotonic()
@@ -668,7 +698,9 @@ def _failover_redis(
             results.redis_results_s = asyncio.run(
                 _post_results(leader.url, body, per_check=results.results_per_check)
             )
-            time.sleep(2.0)  # results reach the store within a second
+            assert leader.proc is not None
+            assert redis.process is not None
+            _settle([leader.proc.pid, redis.process.pid])
         for sig in (signal.SIGKILL, signal.SIGTERM):
             expected = _expected(body, leader.url)
             victim = leader
@@ -869,7 +901,8 @@ def report(results: RestartResults) -> tuple[str, list[tuple[str, bool, str]]]:
         files = ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in results.sqlite_files.items())
         out.append(
             f"  sqlite: loading {n} checks took {results.sqlite_load_s:.1f} s of PUTs; after"
-            f" kill -9 the data dir held {files}"
+            f" kill -9 the data dir held {files}; rows: "
+            + ", ".join(f"{k} {v:,}" for k, v in results.sqlite_rows.items())
         )
     if results.redis_load_s is not None:
         out.append(f"  redis: loading {n} checks took {results.redis_load_s:.1f} s of PUTs")
