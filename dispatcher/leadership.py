@@ -26,12 +26,13 @@ import structlog
 
 from dispatcher.common.clock import Clock
 from dispatcher.common.health import HealthRegistry, Status
+from dispatcher.core.history import CheckHistory
 from dispatcher.core.snapshot import Snapshot
 from dispatcher.core.state import ClusterState
 from dispatcher.election.base import LeaderInfo
 from dispatcher.election.standalone import StandaloneLeadership
 from dispatcher.engine import Dispatcher
-from dispatcher.errors import Fenced, StoreError
+from dispatcher.errors import Fenced, NoLeader, StoreError
 from dispatcher.settings import ElectionSettings
 from dispatcher.storage.base import StateStore
 from dispatcher.storage.writer import StoreWriter
@@ -229,7 +230,7 @@ class LeadershipHandler:
         loaded = await self._load(epoch)
         if loaded is None or not self._campaign.is_leader():
             return
-        state, writer = loaded
+        state, writer, history_later = loaded
         self._dispatcher.begin_term(
             state=state, epoch=epoch, writer=writer, may_act=self._campaign.is_leader
         )
@@ -250,20 +251,24 @@ class LeadershipHandler:
             term.create_task(self._dispatcher.run(term_stop), name="dispatch_tick")
             if writer is not None:
                 term.create_task(writer.run(), name="store_writer")
+            if history_later:
+                term.create_task(self._load_history(epoch), name="history_load")
             for source in self._sources:
                 source.reset()
                 term.create_task(source.run(term_stop), name=f"source-{type(source).__name__}")
             await asyncio.Event().wait()  # until cancelled: the term lasts as long as the lease
 
-    async def _load(self, epoch: int) -> tuple[ClusterState, StoreWriter | None] | None:
-        """The term's state: loaded from the shared store, or empty and warming up."""
+    async def _load(self, epoch: int) -> tuple[ClusterState, StoreWriter | None, bool] | None:
+        """The term's state: loaded from the shared store, or empty and warming up; and
+        whether the store's history is still to load (``_load_history``)."""
         if self._store is None:
             self._health.report("store", Status.HEALTHY, "memory")
-            return self._dispatcher.new_state(), None
+            return self._dispatcher.new_state(), None, False
         while self._campaign.is_leader():
             try:
                 async with self._clock.timeout(self._claim_timeout_s()):
-                    snapshot = await self._store.claim(epoch=epoch)
+                    # Without the history: the checks are served first (see _load_history).
+                    snapshot = await self._store.claim(epoch=epoch, history=False)
             except Fenced as exc:
                 log.error("store_claim_fenced", epoch=epoch, error=str(exc))
                 self._health.report("store", Status.DEGRADED, str(exc))
@@ -276,7 +281,8 @@ class LeadershipHandler:
                 await self._clock.sleep(self._election.retry_period_s)
                 continue
             kind = self._store.kind
-            if snapshot.configs or snapshot.nodes:
+            history_later = bool(snapshot.configs or snapshot.nodes)
+            if history_later:
                 self._health.report("store", Status.HEALTHY, f"{kind}, claimed by epoch {epoch}")
                 # In a worker thread: a new object no one else sees yet, and about a
                 # second of CPU at 100,000 checks, during which the event loop must stay
@@ -284,6 +290,7 @@ class LeadershipHandler:
                 state = await asyncio.to_thread(
                     ClusterState.restore, snapshot, now=self._clock.monotonic()
                 )
+                state.history.expect_load()
             else:
                 # A fresh data dir, or a Redis that lost its data: warm up and rebuild from
                 # what the agents run, as with the memory store, rather than tell every
@@ -307,8 +314,50 @@ class LeadershipHandler:
                 # process's lock cannot, and is left alone when idle.
                 verify_s=self._election.retry_period_s if self._store.may_lose_data else None,
             )
-            return state, writer
+            return state, writer, history_later
         return None
+
+    async def _load_history(self, epoch: int) -> None:
+        """Reads the store's history and installs it, once the term serves.
+
+        The checks do not wait for their history: at 100,000 checks a store keeps some
+        500,000 results (the default overall bound), and reading and decoding them
+        before serving took seconds. Until it is installed a check's history shows only
+        the results recorded in this term; a check deleted meanwhile does not get its
+        old history back, and a result this term wrote is not counted twice. A failed
+        read is retried every retry period (the store's health says so meanwhile)."""
+        store = self._store
+        assert store is not None
+        started = self._clock.monotonic()
+        failed = False
+        while True:
+            try:
+                async with self._clock.timeout(self._claim_timeout_s()):
+                    stored = await store.load_history()
+                # Put in order in a worker thread, as the state was restored.
+                loaded = await asyncio.to_thread(CheckHistory.prepare, stored)
+                break
+            except (StoreError, TimeoutError) as exc:
+                message = str(exc) or "the shared store did not answer in time"
+                log.warning("history_load_failed", epoch=epoch, error=message)
+                self._health.report(
+                    "store", Status.DEGRADED, f"{store.kind}: the history is not loaded: {message}"
+                )
+                failed = True
+                await self._clock.sleep(self._election.retry_period_s)
+        try:
+            checks = await self._dispatcher.install_history(loaded)
+        except NoLeader:
+            return  # the term ended: its state, and this history, are gone
+        if failed:
+            self._health.report("store", Status.HEALTHY, f"{store.kind}, claimed by epoch {epoch}")
+        log.info(
+            "history_loaded",
+            epoch=epoch,
+            checks=checks,
+            results=loaded.results(),
+            load_ms=round((self._clock.monotonic() - started) * 1000, 1),
+        )
 
     def _claim_timeout_s(self) -> float:
         """How long a claim may take before it is abandoned and tried again.

@@ -168,6 +168,10 @@ class RedisStateStore:
         self._streams: set[str] = set()
         """Digests with a history stream, as this store object last claimed and wrote
         (only the claimant writes): a deleted check costs a call only when it has one."""
+        self._streams_known = True
+        """False from a claim without the history until ``load_history``: meanwhile
+        ``_streams`` holds only what this store wrote, and every deleted check's stream
+        is deleted, whether or not it has one."""
         self.round_trips = 0
         """Calls to Redis so far (benchmarks count them per operation)."""
 
@@ -188,7 +192,7 @@ class RedisStateStore:
             history_max_age_s=history_max_age_s,
         )
 
-    async def claim(self, *, epoch: int) -> Snapshot:
+    async def claim(self, *, epoch: int, history: bool = True) -> Snapshot:
         try:
             self.round_trips += 1
             await self._claim(keys=[self.epoch_key], args=[str(epoch)])
@@ -197,26 +201,50 @@ class RedisStateStore:
                     pipe.hgetall(key)
                 self.round_trips += 1
                 hashes: list[dict[bytes, bytes]] = await pipe.execute()
-            # Every held check's stream, in one pipeline (one round trip) of scripts.
             digests = sorted(key.decode(errors="replace") for key in hashes[0])
-            streams: list[Any] = []
-            if digests:
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for start in range(0, len(digests), HISTORY_LOAD_KEYS):
-                        part = digests[start : start + HISTORY_LOAD_KEYS]
-                        await self._history_load(
-                            keys=[self.history_prefix + d for d in part], client=pipe
-                        )
-                    self.round_trips += 1
-                    streams = [s for chunk in await pipe.execute() for s in chunk]
+            streams = await self._read_streams(digests) if history else []
         except RedisError as exc:
             raise _translate(exc) from exc
         # Decoded in a worker thread: at 100,000 checks this is about a second of CPU,
         # and on the event loop it would keep the elector from renewing the lease it
         # just won (a renew deadline of 2 s was missed, the term lost, over and over).
-        snapshot = await asyncio.to_thread(self._decode_snapshot, hashes, digests, streams)
+        snapshot = await asyncio.to_thread(
+            self._decode_snapshot, hashes, digests if history else [], streams
+        )
         self._streams = set(snapshot.history)
+        # Without the history, which checks have a stream is not known until it is
+        # loaded: a check deleted meanwhile has its stream deleted whether or not.
+        self._streams_known = history
         return snapshot
+
+    async def load_history(self) -> dict[Digest, list[HistoryEntry]]:
+        try:
+            self.round_trips += 1
+            keys = await self._client.hkeys(self.hash_keys[0])
+            digests = sorted(
+                key.decode(errors="replace") if isinstance(key, bytes) else key for key in keys
+            )
+            streams = await self._read_streams(digests)
+        except RedisError as exc:
+            raise _translate(exc) from exc
+        history = await asyncio.to_thread(self._decode_history, digests, streams)
+        # What was appended since the claim is in it too; a stream written after this
+        # read was noted by that write.
+        self._streams.update(history)
+        self._streams_known = True
+        return history
+
+    async def _read_streams(self, digests: list[str]) -> list[Any]:
+        """Each digest's history stream (empty when it has none), in one pipeline (one
+        round trip) of scripts."""
+        if not digests:
+            return []
+        async with self._client.pipeline(transaction=False) as pipe:
+            for start in range(0, len(digests), HISTORY_LOAD_KEYS):
+                part = digests[start : start + HISTORY_LOAD_KEYS]
+                await self._history_load(keys=[self.history_prefix + d for d in part], client=pipe)
+            self.round_trips += 1
+            return [stream for chunk in await pipe.execute() for stream in chunk]
 
     def _decode_snapshot(
         self, hashes: list[dict[bytes, bytes]], digests: list[str], streams: list[Any]
@@ -225,6 +253,17 @@ class RedisStateStore:
         stream), decoded; an unreadable one is a StoreError naming it."""
         configs, sources, placement, nodes = hashes
         configs_key, sources_key, placement_key, nodes_key = self.hash_keys
+        return Snapshot(
+            configs=_decode(configs_key, configs, _config_in),
+            sources=_decode(sources_key, sources, _source_in),
+            placement=_decode(placement_key, placement, lambda raw: NodeName(raw.decode())),
+            nodes=_decode(nodes_key, nodes, _node_in),
+            history=self._decode_history(digests, streams),
+        )
+
+    def _decode_history(
+        self, digests: list[str], streams: list[Any]
+    ) -> dict[Digest, list[HistoryEntry]]:
         history: dict[Digest, list[HistoryEntry]] = {}
         for digest, stream in zip(digests, streams, strict=True):
             if stream:
@@ -232,13 +271,7 @@ class RedisStateStore:
                     _decode_entry(self.history_prefix + digest, entry_id, fields)
                     for entry_id, fields in stream
                 ]
-        return Snapshot(
-            configs=_decode(configs_key, configs, _config_in),
-            sources=_decode(sources_key, sources, _source_in),
-            placement=_decode(placement_key, placement, lambda raw: NodeName(raw.decode())),
-            nodes=_decode(nodes_key, nodes, _node_in),
-            history=history,
-        )
+        return history
 
     async def write(self, delta: StateDelta, *, epoch: int) -> None:
         """Writes ``delta`` in chunks; raises Fenced (another epoch holds the store),
@@ -260,7 +293,11 @@ class RedisStateStore:
     async def _write_history(self, delta: StateDelta, *, epoch: int) -> None:
         """Drops the streams of deleted checks, then appends the new results: one fenced
         script call per ``CHUNK_RECORDS`` results, never one round trip per result."""
-        gone = [d for d, c in delta.configs.items() if c is None and d in self._streams]
+        gone = [
+            d
+            for d, c in delta.configs.items()
+            if c is None and (not self._streams_known or d in self._streams)
+        ]
         dropped = [self.history_prefix + d for d in gone]
         if not dropped and not delta.history:
             return

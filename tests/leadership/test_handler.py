@@ -24,6 +24,7 @@ from pytest_aiohttp import AiohttpServer
 
 from dispatcher.common.clock import Clock, FakeClock
 from dispatcher.common.health import Status
+from dispatcher.core.history import HistoryEntry
 from dispatcher.core.model import (
     CheckConfig,
     CheckResult,
@@ -47,6 +48,7 @@ from dispatcher.settings import (
     StoreSettings,
 )
 from dispatcher.storage.memory import MemoryStateStore
+from tests.node_agent.helpers import eventually
 from tests.processes import free_port
 
 API_PATH = "/v1/api/clusterchecks"
@@ -81,6 +83,28 @@ class GatedStore(MemoryStateStore):
         self.entered.set()
         await self.gate.wait()
         await super().write(delta, epoch=epoch)
+
+
+class HistoryGatedStore(MemoryStateStore):
+    """The in-memory store, whose ``load_history`` can be held (a big history being read
+    while the new leader already serves)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.history_gate = asyncio.Event()
+        self.history_gate.set()
+        self.history_reads = 0
+
+    async def load_history(self) -> dict[Digest, list[HistoryEntry]]:
+        await self.history_gate.wait()
+        self.history_reads += 1
+        return await super().load_history()
+
+
+async def history_installed(dispatcher: Dispatcher) -> None:
+    """Waits (no fake time passing) until the store's history is in the state: it is put
+    in order in a worker thread, so this polls on real time (``eventually``)."""
+    await eventually(lambda: not dispatcher.state.history.loading)
 
 
 class RecordingLeaseBackend(MemoryLeaseBackend):
@@ -671,6 +695,49 @@ async def test_a_planned_stop_writes_the_results_that_wait_for_their_write_first
 
     assert [e.run_id for e in store.history[config.digest]] == ["last-run"]
     assert fake_clock.monotonic() == started  # written at once, not after the timer
+
+
+async def test_a_new_leader_serves_its_checks_before_their_history_is_loaded(
+    make_cluster: MakeCluster, fake_clock: FakeClock
+) -> None:
+    """The history is read once the term serves (at 100,000 checks it is some 500,000
+    results): meanwhile the checks are served and results recorded; then the stored
+    history goes in before them, but not for a check deleted meanwhile."""
+    store = HistoryGatedStore()
+    cluster = make_cluster(store=store, dispatch=DispatchSettings(node_expiration_timeout_s=30.0))
+    cluster.add("a")
+    cluster.add("b")
+    first = await cluster.leader()
+    kept, dropped = check("kept"), check("dropped")
+    await first.dispatcher.node_status(N1, last_change=-1)
+    await first.dispatcher.replace_source(SOURCE, [kept, dropped])
+    now = fake_clock.time()
+    old_runs = [
+        CheckResult(c.digest, f"{c.digest[:4]}-old", True, (), now - 30, 0.1)
+        for c in (kept, dropped)
+    ]
+    assert await first.dispatcher.record_results(N1, old_runs) == (2, [])
+    store.history_gate.clear()
+    await first.shutdown()  # a planned stop writes the results
+    assert set(store.history) == {kept.digest, dropped.digest}
+
+    second = await cluster.leader()
+    new = second.dispatcher
+    assert new.state.history.loading
+    assert await configs_of(new, N1) == sorted([kept.digest, dropped.digest])
+    assert new.state.history.results(kept.digest, now_wall=now) == []
+    new_run = CheckResult(kept.digest, "new", True, (), now - 1, 0.1)
+    assert await new.record_results(N1, [new_run]) == (1, [])
+    await new.replace_source(SOURCE, [kept])  # "dropped" is deleted before the load
+
+    store.history_gate.set()
+    await history_installed(new)
+
+    assert store.history_reads == 1
+    got = new.state.history.results(kept.digest, now_wall=now)
+    assert [e.run_id for e in got] == ["new", f"{kept.digest[:4]}-old"]
+    assert dropped.digest not in new.state.history
+    assert second.handler.is_leader()
 
 
 async def test_a_reply_waiting_for_the_store_ends_with_no_leader_when_the_term_ends(
