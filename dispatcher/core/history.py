@@ -220,9 +220,7 @@ class CheckHistory:
                 prepared.append((digest, series))
         return LoadedHistory(prepared)
 
-    def install(
-        self, part: Sequence[tuple[Digest, _Series]], *, held: Container[Digest]
-    ) -> int:
+    def install(self, part: Sequence[tuple[Digest, _Series]], *, held: Container[Digest]) -> int:
         """Adds a slice of a prepared load (``LoadedHistory.slices``) to what this
         history holds: only for checks still ``held`` and not forgotten since
         ``expect_load``; entries recorded meanwhile stay, and an entry the store already

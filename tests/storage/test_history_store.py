@@ -141,9 +141,7 @@ async def test_a_claim_without_the_history_leaves_it_to_load_history_with_later_
     store, reopen = stores
     await store.claim(epoch=1)
     await store.write(
-        with_checks(
-            A, B, **{A.digest: [entry("a1", NOW - 20)], B.digest: [entry("b1", NOW - 20)]}
-        ),
+        with_checks(A, B, **{A.digest: [entry("a1", NOW - 20)], B.digest: [entry("b1", NOW - 20)]}),
         epoch=1,
     )
 
