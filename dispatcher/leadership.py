@@ -39,6 +39,9 @@ from dispatcher.storage.writer import StoreWriter
 
 log = structlog.get_logger("dispatcher.leadership")
 
+HISTORY_RETRY_MAX_S = 60.0
+"""The longest wait between two attempts to read the store's history."""
+
 CLAIM_TIMEOUT_S = 60.0
 """The longest a store's claim (the load of a term's state) may take: see
 ``LeadershipHandler._claim_timeout_s``."""
@@ -325,11 +328,13 @@ class LeadershipHandler:
         before serving took seconds. Until it is installed a check's history shows only
         the results recorded in this term; a check deleted meanwhile does not get its
         old history back, and a result this term wrote is not counted twice. A failed
-        read is retried every retry period (the store's health says so meanwhile)."""
+        read is retried after a retry period, then less and less often (at most a
+        minute apart); the store's health says so meanwhile."""
         store = self._store
         assert store is not None
         started = self._clock.monotonic()
         failed = False
+        delay_s = self._election.retry_period_s
         while True:
             try:
                 async with self._clock.timeout(self._claim_timeout_s()):
@@ -344,7 +349,10 @@ class LeadershipHandler:
                     "store", Status.DEGRADED, f"{store.kind}: the history is not loaded: {message}"
                 )
                 failed = True
-                await self._clock.sleep(self._election.retry_period_s)
+                await self._clock.sleep(delay_s)
+                # An unreadable stored result fails every read until an operator fixes
+                # it: the retries (and their log lines) thin out to one a minute.
+                delay_s = min(2 * delay_s, HISTORY_RETRY_MAX_S)
         try:
             checks = await self._dispatcher.install_history(loaded)
         except NoLeader:

@@ -37,7 +37,7 @@ from dispatcher.core.snapshot import StateDelta
 from dispatcher.election.base import LeaderInfo, LeaseRecord
 from dispatcher.election.memory import MemoryLeaseBackend
 from dispatcher.engine import Dispatcher
-from dispatcher.errors import NoLeader
+from dispatcher.errors import NoLeader, StoreError
 from dispatcher.leadership import LeadershipHandler, Role
 from dispatcher.service import DispatcherService, build
 from dispatcher.settings import (
@@ -94,10 +94,18 @@ class HistoryGatedStore(MemoryStateStore):
         self.history_gate = asyncio.Event()
         self.history_gate.set()
         self.history_reads = 0
+        self.history_failures = 0
+        """Reads that fail (StoreError) before one succeeds."""
+        self.history_read_at: list[float] = []
+        self.clock: FakeClock | None = None
 
     async def load_history(self) -> dict[Digest, list[HistoryEntry]]:
         await self.history_gate.wait()
         self.history_reads += 1
+        self.history_read_at.append(self.clock.monotonic() if self.clock else 0.0)
+        if self.history_failures:
+            self.history_failures -= 1
+            raise StoreError("history row 7 is not readable")
         return await super().load_history()
 
 
@@ -738,6 +746,44 @@ async def test_a_new_leader_serves_its_checks_before_their_history_is_loaded(
     assert [e.run_id for e in got] == ["new", f"{kept.digest[:4]}-old"]
     assert dropped.digest not in new.state.history
     assert second.handler.is_leader()
+
+
+async def test_a_failed_history_read_is_retried_less_and_less_often_while_the_leader_serves(
+    make_cluster: MakeCluster, fake_clock: FakeClock
+) -> None:
+    """An unreadable stored result fails every read until it is fixed: the leader serves
+    all the same, the store's health says why, and the reads thin out (a retry period,
+    then twice that, ...); once one succeeds the history is in and the health is back."""
+    store = HistoryGatedStore()
+    store.clock = fake_clock
+    cluster = make_cluster(store=store, dispatch=DispatchSettings(node_expiration_timeout_s=60.0))
+    cluster.add("a")
+    first = await cluster.leader()
+    config = check("kept")
+    await first.dispatcher.node_status(N1, last_change=-1)
+    await first.dispatcher.replace_source(SOURCE, [config])
+    run = CheckResult(config.digest, "old", True, (), fake_clock.time() - 30, 0.1)
+    assert await first.dispatcher.record_results(N1, [run]) == (1, [])
+    await first.shutdown()
+    store.history_failures = 2
+
+    cluster.add("b")
+    second = await cluster.leader(among=[cluster.replicas[1]])
+    await until(lambda: store.history_reads == 1)
+    started = store.history_read_at[0]
+    component = second.service.health.components()["store"]
+    assert component.status is Status.DEGRADED
+    assert "history row 7 is not readable" in component.message
+    assert await configs_of(second.dispatcher, N1) == [config.digest], "it serves meanwhile"
+
+    retry = FAKE_TIME.retry_period_s
+    await fake_clock.run_for(retry + 2 * retry)
+    await history_installed(second.dispatcher)
+
+    assert [t - started for t in store.history_read_at] == [0.0, retry, retry + 2 * retry]
+    got = second.dispatcher.state.history.results(config.digest, now_wall=fake_clock.time())
+    assert [e.run_id for e in got] == ["old"]
+    assert second.service.health.components()["store"].status is Status.HEALTHY
 
 
 async def test_a_reply_waiting_for_the_store_ends_with_no_leader_when_the_term_ends(
