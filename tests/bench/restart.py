@@ -9,7 +9,11 @@ first by one status ``POST`` each (an aiohttp client, ``REGISTER_CONCURRENCY`` a
 so that every check is placed and its placement stored, as in a real cluster. The nodes
 do not heartbeat again: the dispatchers run with ``--node-expiration-timeout``
 ``NODE_EXPIRATION_S`` (an hour), so no node expires while the benchmark runs (a restarted
-or new leader starts every node's expiry clock afresh anyway).
+or new leader starts every node's expiry clock afresh anyway). Then each node posts
+``--results-per-check`` results (default 5) of each of its checks in one results batch:
+each check's history as the default overall bound (``--history-max-total`` 500,000)
+leaves it at 100,000 checks, so the store holds 500,000 results besides the checks; the
+benchmark waits until the dispatcher (and redis-server) are idle, the store written.
 
 (a) Restart, the durable default store (``--store sqlite --data-dir DIR``, standalone;
     DIR next to the results, on the repository's disk). Loaded, then ``kill -9``, then
@@ -23,15 +27,18 @@ or new leader starts every node's expiry clock afresh anyway).
       not warming up, whose nodes hold every one of the checks, each on the node it had
       before the stop. Polled after the configs (the same loaded state answers both,
       and the state route is the heavier one: polling it meanwhile would slow the start
-      it measures).
+      it measures);
+    - history: then the first ``200`` of one check's ``GET /checks/{digest}/history``
+      holding every result it held before the stop (a new leader serves the checks
+      first and installs the stored history after: reported, no goal).
 
 (b) Failover, Redis (``--election redis --store redis``, two replicas, a real
     ``redis-server`` without persistence), lease ``LEASE_S`` s, renew deadline
     ``RENEW_DEADLINE_S`` s, retry ``RETRY_S`` s (the failover benchmark's settings; with
     the defaults, 15 / 10 / 2 s, a ``kill -9`` leaves the lease held for up to 15 s).
     Loaded through the leader, then the leader is killed (``kill -9``): timed from the
-    signal, on the surviving replica, the same two proofs (it answers as the leader, with
-    an epoch above the old one). The lease's remaining time-to-live is read from Redis
+    signal, on the surviving replica, the same three proofs (it answers as the leader,
+    with an epoch above the old one). The lease's remaining time-to-live is read from Redis
     (``PTTL``) just before the signal: "after the lease" is the time minus that expiry,
     what the takeover and the load cost. The killed replica is started again and
     follows; then the new leader is stopped with SIGTERM (it releases the lease: no
@@ -51,7 +58,7 @@ within ``GOAL_S`` of the signal; a ``kill -9`` failover within ``GOAL_S`` of the
 expiry (what it waits before that is the lease, a setting); no check moves.
 
 Run alone: ``python -m tests.bench.restart [--checks 100000] [--nodes 10000]
-[--skip-sqlite] [--skip-redis]``.
+[--results-per-check 5] [--skip-sqlite] [--skip-redis]``.
 """
 
 from __future__ import annotations
