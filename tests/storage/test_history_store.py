@@ -4,6 +4,7 @@ check, trimmed to its bounds; and how a state hands it to a store and takes it b
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -281,6 +282,43 @@ async def test_sqlite_trims_each_check_to_its_count_and_age_bounds(tmp_path: Pat
         await store.close()
     runs = [e.run_id for e in snapshot.history[A.digest]]
     assert runs[-10:] == [f"a4-{i}" for i in range(10)], "the newest are kept"
+
+
+async def test_sqlite_reads_the_history_in_digest_ranges_that_miss_no_check(
+    tmp_path: Path,
+) -> None:
+    """``load_history`` reads by digest range (a write waits behind one range, not the
+    whole history): digests at every edge, and text that is not hex, are all read; and
+    the counts it reads let the next writes trim to the bound."""
+    digests = ["", "0", "00" * 16, "00ff", "01", "7f" * 16, "fe" * 16, "ff", "ff" * 16]
+    digests += ["FF", "zz-not-hex", "é"]
+    configs = [dataclasses.replace(plain(f"c{i}"), digest=Digest(d)) for i, d in enumerate(digests)]
+    data_dir = tmp_path / "data"
+    store = SqliteStateStore.open(data_dir, history_max_results=3)
+    try:
+        await store.claim(epoch=1)
+        await store.write(
+            with_checks(
+                *configs, **{c.digest: [entry(f"{i}-0", NOW - 9)] for i, c in enumerate(configs)}
+            ),
+            epoch=1,
+        )
+    finally:
+        await store.close()
+
+    store = SqliteStateStore.open(data_dir, history_max_results=3)
+    try:
+        await store.claim(epoch=2, history=False)
+        history = await store.load_history()
+        assert {d: [e.run_id for e in es] for d, es in history.items()} == {
+            c.digest: [f"{i}-0"] for i, c in enumerate(configs)
+        }
+        first = configs[-1].digest
+        for k in range(1, 6):  # 5 more, one at a time: the bound (3) and margin (1) hold
+            await store.write(StateDelta(history={first: [entry(f"more-{k}", NOW + k)]}), epoch=2)
+            assert rows(store.path, first) <= 4, "the row read was not counted"
+    finally:
+        await store.close()
 
 
 async def test_sqlite_deletes_by_age_only_when_a_row_may_be_too_old(tmp_path: Path) -> None:
