@@ -34,11 +34,12 @@ from dispatcher.core.model import (
     make_config,
 )
 from dispatcher.core.snapshot import StateDelta
+from dispatcher.core.state import ClusterState
 from dispatcher.election.base import LeaderInfo, LeaseRecord
 from dispatcher.election.memory import MemoryLeaseBackend
 from dispatcher.engine import Dispatcher
 from dispatcher.errors import NoLeader, StoreError
-from dispatcher.leadership import LeadershipHandler, Role
+from dispatcher.leadership import THREAD_MIN_RECORDS, LeadershipHandler, Role
 from dispatcher.service import DispatcherService, build
 from dispatcher.settings import (
     DispatchSettings,
@@ -746,6 +747,44 @@ async def test_a_new_leader_serves_its_checks_before_their_history_is_loaded(
     assert [e.run_id for e in got] == ["new", f"{kept.digest[:4]}-old"]
     assert dropped.digest not in new.state.history
     assert second.handler.is_leader()
+
+
+async def test_a_big_store_is_rebuilt_in_a_worker_thread_and_served_whole(
+    make_cluster: MakeCluster, fake_clock: FakeClock
+) -> None:
+    """From THREAD_MIN_RECORDS records the state is rebuilt, and the loaded history put
+    in order, in a worker thread (the loop stays free to renew the lease): the same
+    checks, on the same nodes, with their history, as a small store gets on the loop."""
+    count = THREAD_MIN_RECORDS // 2 + 1  # configs and placements: over the threshold
+    old = ClusterState(track_changes=True)
+    old.node_status(N1, now=0.0, last_change=-1)
+    old.node_status(N2, now=0.0, last_change=-1)
+    configs = [check(f"big-{i}") for i in range(count)]
+    old.replace_source(SOURCE, configs, now=0.0)
+    now = fake_clock.time()
+    for node in (N1, N2):
+        runs = [
+            CheckResult(d, f"{d[:6]}-{k}", True, (), now - 30 + k, 0.1)
+            for d, on in old.placement.items()
+            if on == node
+            for k in range(2)
+        ]
+        old.record_results(node, runs, now_wall=now)
+    store = MemoryStateStore()
+    await store.claim(epoch=1)
+    await store.write(old.take_delta(), epoch=1)
+    assert sum(len(e) for e in store.history.values()) == 2 * count >= THREAD_MIN_RECORDS
+
+    cluster = make_cluster(store=store)
+    replica = cluster.add("a")
+    await eventually(replica.handler.is_leader)  # the rebuild ran on real time
+    new = replica.dispatcher
+    assert dict(new.state.placement) == dict(old.placement)
+    await history_installed(new)
+    sample = configs[count // 2].digest
+    got = new.state.history.results(sample, now_wall=now)
+    assert [e.run_id for e in got] == [f"{sample[:6]}-1", f"{sample[:6]}-0"]
+    assert len(new.state.history) == 2 * count
 
 
 async def test_a_failed_history_read_is_retried_less_and_less_often_while_the_leader_serves(
