@@ -298,8 +298,11 @@ async def test_every_check_s_history_is_read_in_one_round_trip_of_scripts(
     assert second.round_trips - before == 2  # the digests, then the streams
 
 
+@pytest.mark.parametrize(
+    "fields", [{"e": b"[1]"}, {"other": b"{}"}], ids=["not_an_entry", "no_e_field"]
+)
 async def test_an_unreadable_history_entry_names_its_stream_and_entry(
-    redis_stores: list[RedisStateStore], redis_server: RedisServer
+    redis_stores: list[RedisStateStore], redis_server: RedisServer, fields: dict[str, bytes]
 ) -> None:
     store, _ = redis_stores
     await store.claim(epoch=1)
@@ -311,7 +314,7 @@ async def test_an_unreadable_history_entry_names_its_stream_and_entry(
     stream = store.history_prefix + config.digest
     raw_client = aioredis.Redis.from_url(redis_server.url)
     try:
-        entry_id = await raw_client.xadd(stream, {"e": b"[1]"})
+        entry_id = await raw_client.xadd(stream, fields)  # type: ignore[arg-type]
     finally:
         await raw_client.aclose()
 
