@@ -128,10 +128,17 @@ class ClusterState:
         placement = state._placement
         placement.update(sorted(fitting.placement.items()))
         state._placed_because.update(dict.fromkeys(placement, "restored"))
+        by_node: dict[NodeName, list[Digest]] = {name: [] for name in nodes}
         for digest, name in placement.items():
-            node = nodes[name]
-            node.digests.add(digest)
-            node.add_cost(weight=configs[digest].weight, measured=None)
+            by_node[name].append(digest)
+        for name, digests in by_node.items():
+            if digests:
+                node = nodes[name]
+                node.digests.update(digests)
+                weight = 0.0  # each check's, added in order, as one add_cost each would
+                for digest in digests:
+                    weight += configs[digest].weight
+                node.add_cost(weight=weight, measured=None)
         for node in nodes.values():
             state._index.update(node)
             state._touch(node)
