@@ -135,6 +135,7 @@ class Serve:
     leading_s: float | None = None  # failover: to the new leader's leading line
     takeover_ms: float | None = None  # the new leader's own: claim + load + rebuild
     cpu_s: float | None = None  # the new leader's CPU seconds when it served all
+    history_cpu_s: float | None = None  # ... and when its history was back
     stop_s: float | None = None  # restart: the signal to the old process's exit
     exit_code: int | None = None
     placed: int = 0  # checks on a node in the first full answer
@@ -322,6 +323,7 @@ def _await_serving(
     expected: _Expected,
     checks: int,
     identity: str | None,
+    pid: int,
     alive: Callable[[], bool],
     describe: Callable[[], str],
     result: Serve,
@@ -373,6 +375,7 @@ def _await_serving(
                 and state["totals"]["dispatched"] == checks
             ):
                 after = _placement(state)
+                result.cpu_s = process_cpu_s(pid)
                 result.all_s = now - origin
                 result.placed = len(after)
                 result.moved = sum(
@@ -388,6 +391,7 @@ def _await_serving(
         if status == 200:
             runs = {r["run_id"] for r in orjson.loads(history)["results"]}
             if runs >= expected.history_runs:
+                result.history_cpu_s = process_cpu_s(pid)
                 result.history_s = now - origin
                 return body
         time.sleep(POLL_S)
@@ -591,11 +595,11 @@ def _restart_sqlite(
                 expected=expected,
                 checks=results.checks,
                 identity=None,
+                pid=proc.pid,
                 alive=proc.alive,
                 describe=proc.output,
                 result=run,
             )
-            run.cpu_s = process_cpu_s(proc.pid)
             run.other_cpu_pct = meter.other_pct()
             run.loadavg = _loadavg()
             run.takeover_ms = _takeover_ms(log_path)
@@ -742,11 +746,11 @@ def _failover_redis(
                 expected=expected,
                 checks=results.checks,
                 identity=survivor.identity,
+                pid=survivor.proc.pid,
                 alive=survivor.alive,
                 describe=survivor.output,
                 result=run,
             )
-            run.cpu_s = process_cpu_s(survivor.proc.pid)
             run.other_cpu_pct = meter.other_pct()
             run.loadavg = _loadavg()
             events = _log_events(survivor.log_path, {"started_leading", "leading"})
@@ -889,7 +893,7 @@ def report(results: RestartResults) -> tuple[str, list[tuple[str, bool, str]]]:
                 _s(run.acquired_s),
                 _s(run.after_lease_s),
                 _ms(run.takeover_ms),
-                _s(run.cpu_s),
+                f"{_s(run.cpu_s)} / {_s(run.history_cpu_s)}",
                 f"{run.moved}",
                 _s(run.other_cpu_pct).replace(".00", ""),
                 run.loadavg,
@@ -908,7 +912,7 @@ def report(results: RestartResults) -> tuple[str, list[tuple[str, bool, str]]]:
                 "won lease s",
                 "all - expiry s",
                 "takeover ms",
-                "leader cpu s",
+                "leader cpu s: all / history",
                 "moved",
                 "other cpu %",
                 "load avg",
