@@ -20,23 +20,37 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
 from dispatcher.common.clock import Clock
 from dispatcher.common.health import HealthRegistry, Status
+from dispatcher.core.history import CheckHistory
 from dispatcher.core.snapshot import Snapshot
 from dispatcher.core.state import ClusterState
 from dispatcher.election.base import LeaderInfo
 from dispatcher.election.standalone import StandaloneLeadership
 from dispatcher.engine import Dispatcher
-from dispatcher.errors import Fenced, StoreError
+from dispatcher.errors import Fenced, NoLeader, StoreError
 from dispatcher.settings import ElectionSettings
 from dispatcher.storage.base import StateStore
 from dispatcher.storage.writer import StoreWriter
 
 log = structlog.get_logger("dispatcher.leadership")
+
+T = TypeVar("T")
+
+THREAD_MIN_RECORDS = 10_000
+"""Records from which a new leader rebuilds its state, or orders its loaded history,
+in a worker thread (``_off_the_loop``): about 50 ms of CPU on the loop at that size."""
+
+HISTORY_RETRY_MAX_S = 60.0
+"""The longest wait between two attempts to read the store's history."""
+
+CLAIM_TIMEOUT_S = 60.0
+"""The longest a store's claim (the load of a term's state) may take: see
+``LeadershipHandler._claim_timeout_s``."""
 
 
 class Role(enum.Enum):
@@ -225,7 +239,7 @@ class LeadershipHandler:
         loaded = await self._load(epoch)
         if loaded is None or not self._campaign.is_leader():
             return
-        state, writer = loaded
+        state, writer, history_later = loaded
         self._dispatcher.begin_term(
             state=state, epoch=epoch, writer=writer, may_act=self._campaign.is_leader
         )
@@ -246,20 +260,24 @@ class LeadershipHandler:
             term.create_task(self._dispatcher.run(term_stop), name="dispatch_tick")
             if writer is not None:
                 term.create_task(writer.run(), name="store_writer")
+            if history_later:
+                term.create_task(self._load_history(epoch), name="history_load")
             for source in self._sources:
                 source.reset()
                 term.create_task(source.run(term_stop), name=f"source-{type(source).__name__}")
             await asyncio.Event().wait()  # until cancelled: the term lasts as long as the lease
 
-    async def _load(self, epoch: int) -> tuple[ClusterState, StoreWriter | None] | None:
-        """The term's state: loaded from the shared store, or empty and warming up."""
+    async def _load(self, epoch: int) -> tuple[ClusterState, StoreWriter | None, bool] | None:
+        """The term's state: loaded from the shared store, or empty and warming up; and
+        whether the store's history is still to load (``_load_history``)."""
         if self._store is None:
             self._health.report("store", Status.HEALTHY, "memory")
-            return self._dispatcher.new_state(), None
+            return self._dispatcher.new_state(), None, False
         while self._campaign.is_leader():
             try:
-                async with self._clock.timeout(self._election.renew_deadline_s):
-                    snapshot = await self._store.claim(epoch=epoch)
+                async with self._clock.timeout(self._claim_timeout_s()):
+                    # Without the history: the checks are served first (see _load_history).
+                    snapshot = await self._store.claim(epoch=epoch, history=False)
             except Fenced as exc:
                 log.error("store_claim_fenced", epoch=epoch, error=str(exc))
                 self._health.report("store", Status.DEGRADED, str(exc))
@@ -272,9 +290,19 @@ class LeadershipHandler:
                 await self._clock.sleep(self._election.retry_period_s)
                 continue
             kind = self._store.kind
-            if snapshot.configs or snapshot.nodes:
+            history_later = bool(snapshot.configs or snapshot.nodes)
+            if history_later:
                 self._health.report("store", Status.HEALTHY, f"{kind}, claimed by epoch {epoch}")
-                state = ClusterState.restore(snapshot, now=self._clock.monotonic())
+                # A big state in a worker thread: a new object no one else sees yet, and
+                # about half a second of CPU at 100,000 checks, during which the event
+                # loop must stay free to renew the lease (and to answer, if only 503).
+                state = await _off_the_loop(
+                    len(snapshot.configs) + len(snapshot.placement),
+                    ClusterState.restore,
+                    snapshot,
+                    now=self._clock.monotonic(),
+                )
+                state.history.expect_load()
             else:
                 # A fresh data dir, or a Redis that lost its data: warm up and rebuild from
                 # what the agents run, as with the memory store, rather than tell every
@@ -298,8 +326,70 @@ class LeadershipHandler:
                 # process's lock cannot, and is left alone when idle.
                 verify_s=self._election.retry_period_s if self._store.may_lose_data else None,
             )
-            return state, writer
+            return state, writer, history_later
         return None
+
+    async def _load_history(self, epoch: int) -> None:
+        """Reads the store's history and installs it, once the term serves.
+
+        The checks do not wait for their history: at 100,000 checks a store keeps some
+        500,000 results (the default overall bound), and reading and decoding them
+        before serving took seconds. Until it is installed a check's history shows only
+        the results recorded in this term; a check deleted meanwhile does not get its
+        old history back, and a result this term wrote is not counted twice. A failed
+        read is retried after a retry period, then less and less often (at most a
+        minute apart); the store's health says so meanwhile."""
+        store = self._store
+        assert store is not None
+        started = self._clock.monotonic()
+        failed = False
+        delay_s = self._election.retry_period_s
+        while True:
+            try:
+                async with self._clock.timeout(self._claim_timeout_s()):
+                    stored = await store.load_history()
+                # Put in order in a worker thread, as the state was restored.
+                loaded = await _off_the_loop(
+                    sum(len(entries) for entries in stored.values()),
+                    CheckHistory.prepare,
+                    stored,
+                )
+                break
+            except (StoreError, TimeoutError) as exc:
+                message = str(exc) or "the shared store did not answer in time"
+                log.warning("history_load_failed", epoch=epoch, error=message)
+                self._health.report(
+                    "store", Status.DEGRADED, f"{store.kind}: the history is not loaded: {message}"
+                )
+                failed = True
+                await self._clock.sleep(delay_s)
+                # An unreadable stored result fails every read until an operator fixes
+                # it: the retries (and their log lines) thin out to one a minute.
+                delay_s = min(2 * delay_s, HISTORY_RETRY_MAX_S)
+        try:
+            checks = await self._dispatcher.install_history(loaded)
+        except NoLeader:
+            return  # the term ended: its state, and this history, are gone
+        if failed:
+            self._health.report("store", Status.HEALTHY, f"{store.kind}, claimed by epoch {epoch}")
+        log.info(
+            "history_loaded",
+            epoch=epoch,
+            checks=checks,
+            results=loaded.results(),
+            load_ms=round((self._clock.monotonic() - started) * 1000, 1),
+        )
+
+    def _claim_timeout_s(self) -> float:
+        """How long a claim may take before it is abandoned and tried again.
+
+        Loading is not bounded by the renew deadline: at 100,000 checks a load takes
+        seconds (more on a busy machine), a load cut off at a 2 s deadline is cut off
+        again at every retry, and the leader never serves. The lease is renewed while
+        it loads (nothing holds the event loop), and a store that stops answering fails
+        each call by itself (Redis: ``--redis-timeout``); this only bounds a store that
+        answers too slowly to be of use."""
+        return max(self._election.renew_deadline_s, CLAIM_TIMEOUT_S)
 
     def _term_snapshot(self) -> Snapshot:
         """The persisted part of the state the dispatcher serves now, for a writer that
@@ -311,6 +401,15 @@ class LeadershipHandler:
     def _store_health(self, status: Status, message: str) -> None:
         kind = self._store.kind if self._store is not None else "memory"
         self._health.report("store", status, f"{kind}: {message}")
+
+
+async def _off_the_loop(records: int, work: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """``work(*args, **kwargs)``, in a worker thread when it handles at least
+    ``THREAD_MIN_RECORDS`` records; a small one runs at once, on the loop, where a few
+    milliseconds hold nothing up (and a term begins without waiting on a thread)."""
+    if records < THREAD_MIN_RECORDS:
+        return work(*args, **kwargs)
+    return await asyncio.to_thread(work, *args, **kwargs)
 
 
 class StandaloneCampaign:

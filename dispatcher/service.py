@@ -16,10 +16,10 @@ import signal
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
-from kubernetes_asyncio.client import ApiClient
 
 from dispatcher.api.app import create_app
 from dispatcher.common.clock import Clock, SystemClock
@@ -32,7 +32,6 @@ from dispatcher.common.fdlimits import (
 )
 from dispatcher.common.health import HealthRegistry, Probe, ProbeResult, Status
 from dispatcher.common.httpserver import ConnectionLimits, Listener
-from dispatcher.common.kubeclient import kube_client
 from dispatcher.election.base import Leadership, LeaseBackend
 from dispatcher.election.elector import Elector
 from dispatcher.election.standalone import StandaloneLeadership
@@ -52,6 +51,12 @@ from dispatcher.sources.configdir import COMPONENT as CONFIG_SOURCES
 from dispatcher.sources.configdir import ConfigDirSource
 from dispatcher.storage.base import StateStore
 from dispatcher.storage.replicas import LocalReplicaDirectory, ReplicaDirectory
+
+if TYPE_CHECKING:
+    # Imported where a Kubernetes client is made (connect): the client library takes
+    # about half a second to import, a third of every start, restarts included, of a
+    # dispatcher that never talks to Kubernetes.
+    from kubernetes_asyncio.client import ApiClient
 
 log = structlog.get_logger("dispatcher")
 
@@ -428,6 +433,8 @@ async def connect(settings: Settings) -> DispatcherService:
     backend and the Kubernetes config source (closed with the service)."""
     kube: ApiClient | None = None
     if settings.election.backend == "kubernetes" or settings.kubernetes_source.enabled:
+        from dispatcher.common.kubeclient import kube_client
+
         kubeconfig = str(settings.kubeconfig) if settings.kubeconfig is not None else None
         kube = await kube_client(kubeconfig=kubeconfig)
     lease_backend: LeaseBackend | None = None

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -137,10 +137,32 @@ class _Series:
         return runs, total - self.ok_before[at]
 
 
+class LoadedHistory:
+    """What a store kept of each check's history, put in order away from the state
+    (``CheckHistory.prepare``: pure, so it may run in a worker thread) and then handed
+    to the state in slices (``CheckHistory.install``)."""
+
+    __slots__ = ("_series",)
+
+    def __init__(self, series: list[tuple[Digest, _Series]]) -> None:
+        self._series = series
+
+    def __len__(self) -> int:
+        """Checks with a kept result."""
+        return len(self._series)
+
+    def results(self) -> int:
+        """Results kept, all checks together."""
+        return sum(len(series.entries) for _, series in self._series)
+
+    def slices(self, size: int) -> list[list[tuple[Digest, _Series]]]:
+        return [self._series[i : i + size] for i in range(0, len(self._series), size)]
+
+
 class CheckHistory:
     """Every check's bounded history; the state forgets a check's when it goes."""
 
-    __slots__ = ("_limits", "_pending", "_series", "_swept_share")
+    __slots__ = ("_forgotten", "_limits", "_pending", "_series", "_swept_share")
 
     def __init__(self, limits: HistoryLimits | None = None, *, track: bool = False) -> None:
         """``track``: keep the entries recorded since the last ``take_pending`` for a
@@ -151,6 +173,9 @@ class CheckHistory:
         self._pending: dict[Digest, list[HistoryEntry]] | None = {} if track else None
         self._swept_share = self._limits.max_results
         """The share every check was last trimmed to (``_sweep``)."""
+        self._forgotten: set[Digest] | None = None
+        """While a store's history is being loaded after the term began: the checks
+        forgotten since (deleted), whose stored history must not come back."""
 
     def take_pending(self) -> dict[Digest, list[HistoryEntry]]:
         """The entries recorded since the last call, per check, oldest recorded first."""
@@ -170,6 +195,66 @@ class CheckHistory:
         for entry in entries:
             series.insert(entry)
         series.drop_oldest(len(series.entries) - self.per_check())
+
+    def expect_load(self) -> None:
+        """A store's history will be installed later (``install``): from now on, the
+        checks forgotten are remembered until ``loaded``, so that a check deleted (and
+        perhaps added again) meanwhile does not get its old history back."""
+        self._forgotten = set()
+
+    @property
+    def loading(self) -> bool:
+        """Whether a store's history is still to be installed (``expect_load``)."""
+        return self._forgotten is not None
+
+    @staticmethod
+    def prepare(stored: Mapping[Digest, Sequence[HistoryEntry]]) -> LoadedHistory:
+        """Each check's stored entries put in order (pure: no state is read or changed,
+        so a worker thread may do it while the state serves)."""
+        prepared: list[tuple[Digest, _Series]] = []
+        for digest, entries in stored.items():
+            if entries:
+                series = _Series()
+                for entry in entries:
+                    series.insert(entry)
+                prepared.append((digest, series))
+        return LoadedHistory(prepared)
+
+    def install(self, part: Sequence[tuple[Digest, _Series]], *, held: Container[Digest]) -> int:
+        """Adds a slice of a prepared load (``LoadedHistory.slices``) to what this
+        history holds: only for checks still ``held`` and not forgotten since
+        ``expect_load``; entries recorded meanwhile stay, and an entry the store already
+        had when it was read (written by this term) is not added twice. Not pending:
+        the store holds it. Each check is then trimmed to its share. Returns the checks
+        given a stored history."""
+        if not self._limits.max_results:
+            return 0  # history off: what a store kept from an earlier run is not shown
+        forgotten = self._forgotten or set()
+        installed = 0
+        for digest, loaded in part:
+            if digest not in held or digest in forgotten:
+                continue
+            series = self._series.get(digest)
+            if series is None:
+                self._series[digest] = loaded
+            else:
+                present = set(series.entries)
+                for entry in loaded.entries:
+                    if entry not in present:
+                        series.insert(entry)
+            installed += 1
+        bound = self.per_check()
+        for digest, _ in part:
+            series = self._series.get(digest)
+            if series is not None:
+                series.drop_oldest(len(series.entries) - bound)
+        return installed
+
+    def loaded(self) -> None:
+        """The store's history is all installed: checks forgotten from now on are just
+        forgotten. Every check is trimmed to the share the loaded ones brought."""
+        self._forgotten = None
+        self._sweep(self.per_check())
 
     def snapshot(self) -> dict[Digest, list[HistoryEntry]]:
         """Every kept entry per check, oldest first (a store's whole rewrite)."""
@@ -283,6 +368,8 @@ class CheckHistory:
 
     def forget(self, digest: Digest) -> None:
         self._series.pop(digest, None)
+        if self._forgotten is not None:
+            self._forgotten.add(digest)
         if self._pending is not None:
             # Not written at all: the store drops the check's history with its config.
             self._pending.pop(digest, None)

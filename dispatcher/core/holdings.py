@@ -66,6 +66,26 @@ class Holdings:
             holders.add(source)
         return True
 
+    def hold_all(self, sets: Mapping[SourceName, Set[Digest]]) -> None:
+        """Each source holds its checks (``hold`` for every pair), in bulk: how a new
+        leader takes over a stored state of 100,000 checks (one call each was a tenth
+        of that takeover)."""
+        by_check = self._by_check
+        for source, digests in sets.items():
+            if not digests:
+                continue
+            self._by_source.setdefault(source, set()).update(digests)
+            shared = by_check.keys() & digests  # held by an earlier source too
+            for digest in shared:
+                holders = by_check[digest]
+                if isinstance(holders, str):
+                    if holders != source:
+                        by_check[digest] = {holders, source}
+                else:
+                    holders.add(source)
+            fresh = digests - shared if shared else digests
+            by_check.update(dict.fromkeys(fresh, source))  # one holder: its name alone
+
     def release(self, source: SourceName, digest: Digest) -> bool:
         """``source`` lets go of the check; True when that was its last holder (the
         check is held no more)."""

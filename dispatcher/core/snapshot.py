@@ -88,32 +88,55 @@ def fit_together(snapshot: Snapshot) -> tuple[Snapshot, StateDelta]:
     """The records of ``snapshot`` that fit together, and the writes that make a store
     holding ``snapshot`` hold just those: a source is rewritten without its checks that
     have no config (deleted when none is left); a config no source holds, a placement of
-    a check not kept and a placement on a node the snapshot lacks are deleted."""
+    a check not kept and a placement on a node the snapshot lacks are deleted.
+
+    A store written by a leader holds records that fit (the usual case), so each kind is
+    first checked whole with set operations, which run in C: at 100,000 checks, looking
+    at the records one by one in Python was a quarter of a takeover's rebuild. The
+    mappings that fit are handed on as they are, not copied."""
     fixes = StateDelta()
+    stored = snapshot.configs
     sources: dict[SourceName, frozenset[Digest]] = {}
     for source, digests in snapshot.sources.items():
-        held = frozenset(d for d in digests if d in snapshot.configs)
-        if held != digests:
+        held = frozenset(digests)
+        missing = held.difference(stored)  # a set against a dict: a loop in C
+        if missing:
+            held = held - missing
             fixes.sources[source] = held or None
         if held:
             sources[source] = held
     kept = set[Digest]().union(*sources.values())
-    configs = {d: c for d, c in snapshot.configs.items() if d in kept}
-    fixes.configs.update((d, None) for d in snapshot.configs if d not in kept)
-    placement: dict[Digest, NodeName] = {}
-    for digest, name in snapshot.placement.items():
-        if digest in configs and name in snapshot.nodes:
-            placement[digest] = name
-        else:
-            fixes.placement[digest] = None
-    fitting = Snapshot(
+    configs: Mapping[Digest, CheckConfig]
+    if len(kept) == len(stored):  # every config is held (kept holds only stored ones)
+        configs = stored
+    else:
+        configs = {d: c for d, c in stored.items() if d in kept}
+        fixes.configs.update((d, None) for d in stored if d not in kept)
+    placement: Mapping[Digest, NodeName]
+    stored_placement = snapshot.placement
+    if stored_placement.keys() <= configs.keys() and set(stored_placement.values()).issubset(
+        snapshot.nodes
+    ):
+        placement = stored_placement
+    else:
+        fitting: dict[Digest, NodeName] = {}
+        for digest, name in stored_placement.items():
+            if digest in configs and name in snapshot.nodes:
+                fitting[digest] = name
+            else:
+                fixes.placement[digest] = None
+        placement = fitting
+    history = snapshot.history
+    if not history.keys() <= configs.keys():
+        history = {d: e for d, e in history.items() if d in configs}
+    fitting_snapshot = Snapshot(
         configs=configs,
         sources=sources,
         placement=placement,
         nodes=snapshot.nodes,
-        history={d: e for d, e in snapshot.history.items() if d in configs},
+        history=history,
     )
-    return fitting, fixes
+    return fitting_snapshot, fixes
 
 
 class ChangeTracker:

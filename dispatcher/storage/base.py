@@ -7,8 +7,11 @@ epoch and is refused inside the store unless that epoch is the one that claimed 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+from dispatcher.core.history import HistoryEntry
+from dispatcher.core.model import Digest
 from dispatcher.core.snapshot import Snapshot, StateDelta
 
 
@@ -19,10 +22,18 @@ class StateStore(Protocol):
     """Whether it can forget what was written while its claimant writes on (Redis
     restarted empty, or flushed): then the writer checks its claim when idle."""
 
-    async def claim(self, *, epoch: int) -> Snapshot:
-        """Claims the store for ``epoch`` and returns what it holds.
+    async def claim(self, *, epoch: int, history: bool = True) -> Snapshot:
+        """Claims the store for ``epoch`` and returns what it holds; with
+        ``history=False``, without the checks' history (``load_history`` reads it
+        later: a new leader serves its checks first).
 
         Raises Fenced when a higher epoch has claimed it, StoreError when it fails."""
+        ...
+
+    async def load_history(self) -> Mapping[Digest, Sequence[HistoryEntry]]:
+        """Every check's kept results, oldest first, as the store holds them now (what
+        was written since the claim included). Raises StoreError when it fails or a
+        stored result cannot be read (naming it)."""
         ...
 
     async def write(self, delta: StateDelta, *, epoch: int) -> None:

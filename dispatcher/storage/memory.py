@@ -43,7 +43,7 @@ class MemoryStateStore:
         self.nodes.clear()
         self.history.clear()
 
-    async def claim(self, *, epoch: int) -> Snapshot:
+    async def claim(self, *, epoch: int, history: bool = True) -> Snapshot:
         self._gate()
         if epoch < self.epoch:
             raise Fenced(f"the store is claimed by epoch {self.epoch}, newer than {epoch}")
@@ -53,8 +53,12 @@ class MemoryStateStore:
             sources=dict(self.sources),
             placement=dict(self.placement),
             nodes=dict(self.nodes),
-            history={d: list(e) for d, e in self.history.items()},
+            history={d: list(e) for d, e in self.history.items()} if history else {},
         )
+
+    async def load_history(self) -> dict[Digest, list[HistoryEntry]]:
+        self._gate()
+        return {d: list(e) for d, e in self.history.items()}
 
     async def write(self, delta: StateDelta, *, epoch: int) -> None:
         self._gate()

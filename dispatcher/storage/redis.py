@@ -16,6 +16,7 @@ Layout under ``<name>:store``: ``:epoch`` (the claimant's epoch, the fencing tok
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
@@ -108,6 +109,34 @@ return 1
 """
 )
 
+# KEYS: history streams. Returns, in the order of KEYS, each one's entries as one flat
+# list: id, the entry's JSON (field ``e``; nil when missing), id, JSON, ... (empty when
+# the stream does not exist). Flat: XRANGE's own reply nests two lists in each entry,
+# three times the objects for the client to build at 500,000 results.
+_HISTORY_LOAD = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local flat = {}
+  for _, entry in ipairs(redis.call('XRANGE', key, '-', '+')) do
+    local fields = entry[2]
+    local value = false
+    for j = 1, #fields - 1, 2 do
+      if fields[j] == 'e' then value = fields[j + 1] end
+    end
+    flat[#flat + 1] = entry[1]
+    flat[#flat + 1] = value
+  end
+  out[i] = flat
+end
+return out
+"""
+
+HISTORY_LOAD_KEYS = 1000
+"""Streams read per script call at a claim. One XRANGE per check in a pipeline cost the
+client more than the Redis side: 100,000 commands packed and 100,000 replies parsed one
+by one in Python, about 2 s of a takeover's CPU at 100,000 checks; a script per 1,000
+streams is 100 replies, parsed by hiredis, and each call holds Redis for a few ms."""
+
 ENTRY_SEPARATOR = b"\n"
 """Between a stream's entries in its one script argument (never inside compact JSON)."""
 
@@ -147,9 +176,14 @@ class RedisStateStore:
         self._claim = client.register_script(_CLAIM)
         self._write = client.register_script(_WRITE)
         self._history = client.register_script(_HISTORY)
+        self._history_load = client.register_script(_HISTORY_LOAD)
         self._streams: set[str] = set()
         """Digests with a history stream, as this store object last claimed and wrote
         (only the claimant writes): a deleted check costs a call only when it has one."""
+        self._streams_known = True
+        """False from a claim without the history until ``load_history``: meanwhile
+        ``_streams`` holds only what this store wrote, and every deleted check's stream
+        is deleted, whether or not it has one."""
         self.round_trips = 0
         """Calls to Redis so far (benchmarks count them per operation)."""
 
@@ -170,7 +204,7 @@ class RedisStateStore:
             history_max_age_s=history_max_age_s,
         )
 
-    async def claim(self, *, epoch: int) -> Snapshot:
+    async def claim(self, *, epoch: int, history: bool = True) -> Snapshot:
         try:
             self.round_trips += 1
             await self._claim(keys=[self.epoch_key], args=[str(epoch)])
@@ -178,36 +212,78 @@ class RedisStateStore:
                 for key in self.hash_keys:
                     pipe.hgetall(key)
                 self.round_trips += 1
-                configs, sources, placement, nodes = await pipe.execute()
-            configs_key, sources_key, placement_key, nodes_key = self.hash_keys
-            decoded = _decode(configs_key, configs, _config_in)
-            # Every held check's stream in one pipeline (one round trip).
-            digests = sorted(decoded)
-            streams: list[Any] = []
-            if digests:
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for digest in digests:
-                        pipe.xrange(self.history_prefix + digest)
-                    self.round_trips += 1
-                    streams = await pipe.execute()
+                hashes: list[dict[bytes, bytes]] = await pipe.execute()
+            digests = sorted(key.decode(errors="replace") for key in hashes[0])
+            streams = await self._read_streams(digests) if history else []
         except RedisError as exc:
             raise _translate(exc) from exc
-        history: dict[Digest, list[HistoryEntry]] = {}
-        for digest, stream in zip(digests, streams, strict=True):
-            entries = [
-                _decode_entry(self.history_prefix + digest, entry_id, fields)
-                for entry_id, fields in stream
-            ]
-            if entries:
-                history[Digest(digest)] = entries
-        self._streams = set(history)
+        # Decoded in a worker thread: at 100,000 checks this is about a second of CPU,
+        # and on the event loop it would keep the elector from renewing the lease it
+        # just won (a renew deadline of 2 s was missed, the term lost, over and over).
+        snapshot = await asyncio.to_thread(
+            self._decode_snapshot, hashes, digests if history else [], streams
+        )
+        self._streams = set(snapshot.history)
+        # Without the history, which checks have a stream is not known until it is
+        # loaded: a check deleted meanwhile has its stream deleted whether or not.
+        self._streams_known = history
+        return snapshot
+
+    async def load_history(self) -> dict[Digest, list[HistoryEntry]]:
+        try:
+            self.round_trips += 1
+            keys = await self._client.hkeys(self.hash_keys[0])
+            digests = sorted(
+                key.decode(errors="replace") if isinstance(key, bytes) else key for key in keys
+            )
+            streams = await self._read_streams(digests)
+        except RedisError as exc:
+            raise _translate(exc) from exc
+        history = await asyncio.to_thread(self._decode_history, digests, streams)
+        # What was appended since the claim is in it too; a stream written after this
+        # read was noted by that write.
+        self._streams.update(history)
+        self._streams_known = True
+        return history
+
+    async def _read_streams(self, digests: list[str]) -> list[Any]:
+        """Each digest's history stream (empty when it has none), in one pipeline (one
+        round trip) of scripts."""
+        if not digests:
+            return []
+        async with self._client.pipeline(transaction=False) as pipe:
+            for start in range(0, len(digests), HISTORY_LOAD_KEYS):
+                part = digests[start : start + HISTORY_LOAD_KEYS]
+                await self._history_load(keys=[self.history_prefix + d for d in part], client=pipe)
+            self.round_trips += 1
+            return [stream for chunk in await pipe.execute() for stream in chunk]
+
+    def _decode_snapshot(
+        self, hashes: list[dict[bytes, bytes]], digests: list[str], streams: list[Any]
+    ) -> Snapshot:
+        """The loaded records (the four hashes, in ``hash_keys`` order; each digest's
+        stream), decoded; an unreadable one is a StoreError naming it."""
+        configs, sources, placement, nodes = hashes
+        configs_key, sources_key, placement_key, nodes_key = self.hash_keys
         return Snapshot(
-            configs=decoded,
+            configs=_decode(configs_key, configs, _config_in),
             sources=_decode(sources_key, sources, _source_in),
             placement=_decode(placement_key, placement, lambda raw: NodeName(raw.decode())),
             nodes=_decode(nodes_key, nodes, _node_in),
-            history=history,
+            history=self._decode_history(digests, streams),
         )
+
+    def _decode_history(
+        self, digests: list[str], streams: list[Any]
+    ) -> dict[Digest, list[HistoryEntry]]:
+        history: dict[Digest, list[HistoryEntry]] = {}
+        for digest, stream in zip(digests, streams, strict=True):
+            if stream:
+                name = self.history_prefix + digest
+                history[Digest(digest)] = [
+                    _decode_entry(name, stream[i], stream[i + 1]) for i in range(0, len(stream), 2)
+                ]
+        return history
 
     async def write(self, delta: StateDelta, *, epoch: int) -> None:
         """Writes ``delta`` in chunks; raises Fenced (another epoch holds the store),
@@ -229,7 +305,11 @@ class RedisStateStore:
     async def _write_history(self, delta: StateDelta, *, epoch: int) -> None:
         """Drops the streams of deleted checks, then appends the new results: one fenced
         script call per ``CHUNK_RECORDS`` results, never one round trip per result."""
-        gone = [d for d, c in delta.configs.items() if c is None and d in self._streams]
+        gone = [
+            d
+            for d, c in delta.configs.items()
+            if c is None and (not self._streams_known or d in self._streams)
+        ]
         dropped = [self.history_prefix + d for d in gone]
         if not dropped and not delta.history:
             return
@@ -295,9 +375,11 @@ def _chunks(delta: StateDelta) -> Iterator[StateDelta]:
         yield chunk
 
 
-def _decode_entry(stream: str, entry_id: bytes, fields: dict[bytes, bytes]) -> HistoryEntry:
+def _decode_entry(stream: str, entry_id: bytes, raw: bytes | None) -> HistoryEntry:
+    """One stream entry as the load script returns it: its id and its ``e`` field (None
+    when it has none)."""
     try:
-        return _history_in(fields[b"e"])
+        return _history_in(raw)  # type: ignore[arg-type]  # None raises TypeError: named
     except DECODE_ERRORS as exc:
         raise StoreError(
             f"redis: the stored state is not readable: entry {entry_id!r} of {stream} "

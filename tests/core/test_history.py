@@ -14,7 +14,9 @@ from dispatcher.core.history import (
     DAY_S,
     HOUR_S,
     CheckHistory,
+    HistoryEntry,
     HistoryLimits,
+    LoadedHistory,
     percentile,
 )
 from dispatcher.core.model import CheckResult, Digest, NodeName, SourceName, make_config
@@ -421,3 +423,90 @@ def test_in_order_and_late_results_keep_order_and_counts() -> None:
     assert got == ["tie", "r3", "r2", "late", "r1", "r0"]
     assert history.uptime(DIGEST, 45, now_wall=NOW) == 3 / 5  # r1 late r2 r3 tie
     assert history.uptime(DIGEST, 20, now_wall=NOW) == 1 / 2  # r3 tie
+
+
+# ------------------------------------------------- a store's history, installed later
+
+
+def stored(*runs: tuple[str, float], digest: Digest = DIGEST) -> dict[Digest, list[HistoryEntry]]:
+    """What a store holds of a check's history: its entries, oldest first."""
+    source = CheckHistory()
+    for run, at in runs:
+        source.record(NODE, CheckResult(digest, run, True, (), NOW - at, 0.5), now_wall=NOW)
+    return source.snapshot()
+
+
+def run_ids(history: CheckHistory, digest: Digest = DIGEST) -> list[str]:
+    return [e.run_id for e in history.results(digest, now_wall=NOW)][::-1]
+
+
+def install_all(history: CheckHistory, loaded: LoadedHistory, held: set[Digest]) -> int:
+    installed = sum(history.install(part, held=held) for part in loaded.slices(1))
+    history.loaded()
+    return installed
+
+
+def test_a_history_installed_later_goes_before_the_results_recorded_meanwhile() -> None:
+    """A new leader serves before its store's history is in: the results of its own
+    term stay, the stored ones go before them, and none is pending (the store has it)."""
+    history = CheckHistory(track=True)
+    history.expect_load()
+    history.record(NODE, result("new", ok=True, started_at=NOW - 5), now_wall=NOW)
+    pending = history.take_pending()
+    loaded = CheckHistory.prepare(stored(("old-1", 30), ("old-2", 20)))
+
+    assert install_all(history, loaded, {DIGEST}) == 1
+
+    assert run_ids(history) == ["old-1", "old-2", "new"]
+    assert [e.run_id for e in pending[DIGEST]] == ["new"]
+    assert history.take_pending() == {}, "what the store had is not written again"
+
+
+def test_an_installed_entry_the_term_wrote_itself_is_not_kept_twice() -> None:
+    """The store may be read after this term wrote a result: it is there and here."""
+    history = CheckHistory(track=True)
+    history.expect_load()
+    history.record(NODE, result("new", ok=True, started_at=NOW - 5), now_wall=NOW)
+    written = history.take_pending()[DIGEST]
+    store = stored(("old", 30))
+    store[DIGEST] = [*store[DIGEST], *written]
+
+    install_all(history, CheckHistory.prepare(store), {DIGEST})
+
+    assert run_ids(history) == ["old", "new"]
+
+
+def test_a_check_deleted_while_its_history_loads_does_not_get_it_back() -> None:
+    """Deleted (and added again) before the load is installed: its stored history went
+    with it in the store, and goes here too; a check no longer held gets none."""
+    history = CheckHistory()
+    history.expect_load()
+    history.forget(DIGEST)  # deleted; held again below
+    history.record(NODE, result("after", ok=True, started_at=NOW - 5), now_wall=NOW)
+    loaded = CheckHistory.prepare({**stored(("old", 30)), **stored(("gone", 30), digest=OTHER)})
+
+    assert install_all(history, loaded, {DIGEST}) == 0
+
+    assert run_ids(history) == ["after"]
+    assert OTHER not in history
+    history.forget(DIGEST)  # after the load: simply forgotten, nothing remembered
+    assert DIGEST not in history
+
+
+def test_an_installed_history_keeps_each_check_s_share() -> None:
+    history = CheckHistory(HistoryLimits(max_results=100, max_total=6))
+    history.expect_load()
+    runs = [(f"r{i}", 60.0 - i) for i in range(5)]
+    store = {**stored(*runs), **stored(*runs, digest=OTHER)}
+
+    install_all(history, CheckHistory.prepare(store), {DIGEST, OTHER})
+
+    assert run_ids(history) == ["r2", "r3", "r4"], "the newest 3: 6 shared by 2 checks"
+    assert len(history) == 6
+
+
+def test_history_off_installs_nothing() -> None:
+    history = CheckHistory(OFF)
+    history.expect_load()
+    assert install_all(history, CheckHistory.prepare(stored(("old", 30))), {DIGEST}) == 0
+    assert history.snapshot() == {}

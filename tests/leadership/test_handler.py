@@ -24,6 +24,7 @@ from pytest_aiohttp import AiohttpServer
 
 from dispatcher.common.clock import Clock, FakeClock
 from dispatcher.common.health import Status
+from dispatcher.core.history import HistoryEntry
 from dispatcher.core.model import (
     CheckConfig,
     CheckResult,
@@ -33,11 +34,12 @@ from dispatcher.core.model import (
     make_config,
 )
 from dispatcher.core.snapshot import StateDelta
+from dispatcher.core.state import ClusterState
 from dispatcher.election.base import LeaderInfo, LeaseRecord
 from dispatcher.election.memory import MemoryLeaseBackend
 from dispatcher.engine import Dispatcher
-from dispatcher.errors import NoLeader
-from dispatcher.leadership import LeadershipHandler, Role
+from dispatcher.errors import NoLeader, StoreError
+from dispatcher.leadership import THREAD_MIN_RECORDS, LeadershipHandler, Role
 from dispatcher.service import DispatcherService, build
 from dispatcher.settings import (
     DispatchSettings,
@@ -47,6 +49,7 @@ from dispatcher.settings import (
     StoreSettings,
 )
 from dispatcher.storage.memory import MemoryStateStore
+from tests.node_agent.helpers import eventually
 from tests.processes import free_port
 
 API_PATH = "/v1/api/clusterchecks"
@@ -81,6 +84,36 @@ class GatedStore(MemoryStateStore):
         self.entered.set()
         await self.gate.wait()
         await super().write(delta, epoch=epoch)
+
+
+class HistoryGatedStore(MemoryStateStore):
+    """The in-memory store, whose ``load_history`` can be held (a big history being read
+    while the new leader already serves)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.history_gate = asyncio.Event()
+        self.history_gate.set()
+        self.history_reads = 0
+        self.history_failures = 0
+        """Reads that fail (StoreError) before one succeeds."""
+        self.history_read_at: list[float] = []
+        self.clock: FakeClock | None = None
+
+    async def load_history(self) -> dict[Digest, list[HistoryEntry]]:
+        await self.history_gate.wait()
+        self.history_reads += 1
+        self.history_read_at.append(self.clock.monotonic() if self.clock else 0.0)
+        if self.history_failures:
+            self.history_failures -= 1
+            raise StoreError("history row 7 is not readable")
+        return await super().load_history()
+
+
+async def history_installed(dispatcher: Dispatcher) -> None:
+    """Waits (no fake time passing) until the store's history is in the state: it is put
+    in order in a worker thread, so this polls on real time (``eventually``)."""
+    await eventually(lambda: not dispatcher.state.history.loading)
 
 
 class RecordingLeaseBackend(MemoryLeaseBackend):
@@ -671,6 +704,125 @@ async def test_a_planned_stop_writes_the_results_that_wait_for_their_write_first
 
     assert [e.run_id for e in store.history[config.digest]] == ["last-run"]
     assert fake_clock.monotonic() == started  # written at once, not after the timer
+
+
+async def test_a_new_leader_serves_its_checks_before_their_history_is_loaded(
+    make_cluster: MakeCluster, fake_clock: FakeClock
+) -> None:
+    """The history is read once the term serves (at 100,000 checks it is some 500,000
+    results): meanwhile the checks are served and results recorded; then the stored
+    history goes in before them, but not for a check deleted meanwhile."""
+    store = HistoryGatedStore()
+    cluster = make_cluster(store=store, dispatch=DispatchSettings(node_expiration_timeout_s=30.0))
+    cluster.add("a")
+    cluster.add("b")
+    first = await cluster.leader()
+    kept, dropped = check("kept"), check("dropped")
+    await first.dispatcher.node_status(N1, last_change=-1)
+    await first.dispatcher.replace_source(SOURCE, [kept, dropped])
+    now = fake_clock.time()
+    old_runs = [
+        CheckResult(c.digest, f"{c.digest[:4]}-old", True, (), now - 30, 0.1)
+        for c in (kept, dropped)
+    ]
+    assert await first.dispatcher.record_results(N1, old_runs) == (2, [])
+    store.history_gate.clear()
+    await first.shutdown()  # a planned stop writes the results
+    assert set(store.history) == {kept.digest, dropped.digest}
+
+    second = await cluster.leader()
+    new = second.dispatcher
+    assert new.state.history.loading
+    assert await configs_of(new, N1) == sorted([kept.digest, dropped.digest])
+    assert new.state.history.results(kept.digest, now_wall=now) == []
+    new_run = CheckResult(kept.digest, "new", True, (), now - 1, 0.1)
+    assert await new.record_results(N1, [new_run]) == (1, [])
+    await new.replace_source(SOURCE, [kept])  # "dropped" is deleted before the load
+
+    store.history_gate.set()
+    await history_installed(new)
+
+    assert store.history_reads == 1
+    got = new.state.history.results(kept.digest, now_wall=now)
+    assert [e.run_id for e in got] == ["new", f"{kept.digest[:4]}-old"]
+    assert dropped.digest not in new.state.history
+    assert second.handler.is_leader()
+
+
+async def test_a_big_store_is_rebuilt_in_a_worker_thread_and_served_whole(
+    make_cluster: MakeCluster, fake_clock: FakeClock
+) -> None:
+    """From THREAD_MIN_RECORDS records the state is rebuilt, and the loaded history put
+    in order, in a worker thread (the loop stays free to renew the lease): the same
+    checks, on the same nodes, with their history, as a small store gets on the loop."""
+    count = THREAD_MIN_RECORDS // 2 + 1  # configs and placements: over the threshold
+    old = ClusterState(track_changes=True)
+    old.node_status(N1, now=0.0, last_change=-1)
+    old.node_status(N2, now=0.0, last_change=-1)
+    configs = [check(f"big-{i}") for i in range(count)]
+    old.replace_source(SOURCE, configs, now=0.0)
+    now = fake_clock.time()
+    for node in (N1, N2):
+        runs = [
+            CheckResult(d, f"{d[:6]}-{k}", True, (), now - 30 + k, 0.1)
+            for d, on in old.placement.items()
+            if on == node
+            for k in range(2)
+        ]
+        old.record_results(node, runs, now_wall=now)
+    store = MemoryStateStore()
+    await store.claim(epoch=1)
+    await store.write(old.take_delta(), epoch=1)
+    assert sum(len(e) for e in store.history.values()) == 2 * count >= THREAD_MIN_RECORDS
+
+    cluster = make_cluster(store=store)
+    replica = cluster.add("a")
+    await eventually(replica.handler.is_leader)  # the rebuild ran on real time
+    new = replica.dispatcher
+    assert dict(new.state.placement) == dict(old.placement)
+    await history_installed(new)
+    sample = configs[count // 2].digest
+    got = new.state.history.results(sample, now_wall=now)
+    assert [e.run_id for e in got] == [f"{sample[:6]}-1", f"{sample[:6]}-0"]
+    assert len(new.state.history) == 2 * count
+
+
+async def test_a_failed_history_read_is_retried_less_and_less_often_while_the_leader_serves(
+    make_cluster: MakeCluster, fake_clock: FakeClock
+) -> None:
+    """An unreadable stored result fails every read until it is fixed: the leader serves
+    all the same, the store's health says why, and the reads thin out (a retry period,
+    then twice that, ...); once one succeeds the history is in and the health is back."""
+    store = HistoryGatedStore()
+    store.clock = fake_clock
+    cluster = make_cluster(store=store, dispatch=DispatchSettings(node_expiration_timeout_s=60.0))
+    cluster.add("a")
+    first = await cluster.leader()
+    config = check("kept")
+    await first.dispatcher.node_status(N1, last_change=-1)
+    await first.dispatcher.replace_source(SOURCE, [config])
+    run = CheckResult(config.digest, "old", True, (), fake_clock.time() - 30, 0.1)
+    assert await first.dispatcher.record_results(N1, [run]) == (1, [])
+    await first.shutdown()
+    store.history_failures = 2
+
+    cluster.add("b")
+    second = await cluster.leader(among=[cluster.replicas[1]])
+    await until(lambda: store.history_reads == 1)
+    started = store.history_read_at[0]
+    component = second.service.health.components()["store"]
+    assert component.status is Status.DEGRADED
+    assert "history row 7 is not readable" in component.message
+    assert await configs_of(second.dispatcher, N1) == [config.digest], "it serves meanwhile"
+
+    retry = FAKE_TIME.retry_period_s
+    await fake_clock.run_for(retry + 2 * retry)
+    await history_installed(second.dispatcher)
+
+    assert [t - started for t in store.history_read_at] == [0.0, retry, retry + 2 * retry]
+    got = second.dispatcher.state.history.results(config.digest, now_wall=fake_clock.time())
+    assert [e.run_id for e in got] == ["old"]
+    assert second.service.health.components()["store"].status is Status.HEALTHY
 
 
 async def test_a_reply_waiting_for_the_store_ends_with_no_leader_when_the_term_ends(

@@ -23,13 +23,16 @@ CONFIG = make_config(name="http", instances=[{"url": "http://svc/healthz"}])
 async def serving(
     settings: Settings, clock: FakeClock, work: Callable[[DispatcherService], Awaitable[T]]
 ) -> T:
-    """Starts the service, runs ``work`` once it leads, and stops it (closing the store)."""
+    """Starts the service, runs ``work`` once it leads with its stored history, and
+    stops it (closing the store)."""
     service = build(settings, clock=clock)
     assert service.handler is not None
     stop = asyncio.Event()
     running = asyncio.create_task(service.handler.run(stop))
     try:
         await eventually(service.leadership.is_leader)
+        # A new leader serves first and installs the stored history just after.
+        await eventually(lambda: not service.dispatcher.state.history.loading)
         return await work(service)
     finally:
         stop.set()

@@ -4,6 +4,7 @@ check, trimmed to its bounds; and how a state hands it to a store and takes it b
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -131,6 +132,41 @@ async def test_history_is_dropped_with_its_check(stores: tuple[StateStore, Reope
     assert set(snapshot.history) == {B.digest}
 
 
+async def test_a_claim_without_the_history_leaves_it_to_load_history_with_later_writes(
+    stores: tuple[StateStore, Reopen],
+) -> None:
+    """How a new leader takes over: the state first, the history once it serves. What
+    the store holds then is what it held at the claim plus what the term wrote since,
+    oldest first; a check deleted meanwhile has none left in the store, even when it is
+    added again (Redis: its stream is deleted though the claim did not read it)."""
+    store, reopen = stores
+    await store.claim(epoch=1)
+    await store.write(
+        with_checks(A, B, **{A.digest: [entry("a1", NOW - 20)], B.digest: [entry("b1", NOW - 20)]}),
+        epoch=1,
+    )
+
+    leader = await reopen()
+    snapshot = await leader.claim(epoch=2, history=False)
+    assert set(snapshot.configs) == {A.digest, B.digest}
+    assert snapshot.history == {}
+    # The new term writes before it reads the history: a result, and B deleted.
+    await leader.write(StateDelta(history={A.digest: [entry("a2", NOW - 10)]}), epoch=2)
+    await leader.write(
+        StateDelta(configs={B.digest: None}, sources={S1: frozenset({A.digest})}), epoch=2
+    )
+    await leader.write(with_checks(A, B), epoch=2)  # B again: a check with no history
+
+    history = await leader.load_history()
+
+    assert {d: [e.run_id for e in entries] for d, entries in history.items()} == {
+        A.digest: ["a1", "a2"]
+    }
+    again = await (await reopen()).claim(epoch=3)
+    assert set(again.configs) == {A.digest, B.digest}
+    assert set(again.history) == {A.digest}, "B's old history went with it"
+
+
 def run(digest: Digest, run_id: str, at: float, *, ok: bool = True) -> CheckResult:
     return CheckResult(digest, run_id, ok, () if ok else ("boom",), at, 0.5)
 
@@ -248,6 +284,43 @@ async def test_sqlite_trims_each_check_to_its_count_and_age_bounds(tmp_path: Pat
     assert runs[-10:] == [f"a4-{i}" for i in range(10)], "the newest are kept"
 
 
+async def test_sqlite_reads_the_history_in_digest_ranges_that_miss_no_check(
+    tmp_path: Path,
+) -> None:
+    """``load_history`` reads by digest range (a write waits behind one range, not the
+    whole history): digests at every edge, and text that is not hex, are all read; and
+    the counts it reads let the next writes trim to the bound."""
+    digests = ["", "0", "00" * 16, "00ff", "01", "7f" * 16, "fe" * 16, "ff", "ff" * 16]
+    digests += ["FF", "zz-not-hex", "é"]
+    configs = [dataclasses.replace(plain(f"c{i}"), digest=Digest(d)) for i, d in enumerate(digests)]
+    data_dir = tmp_path / "data"
+    store = SqliteStateStore.open(data_dir, history_max_results=3)
+    try:
+        await store.claim(epoch=1)
+        await store.write(
+            with_checks(
+                *configs, **{c.digest: [entry(f"{i}-0", NOW - 9)] for i, c in enumerate(configs)}
+            ),
+            epoch=1,
+        )
+    finally:
+        await store.close()
+
+    store = SqliteStateStore.open(data_dir, history_max_results=3)
+    try:
+        await store.claim(epoch=2, history=False)
+        history = await store.load_history()
+        assert {d: [e.run_id for e in es] for d, es in history.items()} == {
+            c.digest: [f"{i}-0"] for i, c in enumerate(configs)
+        }
+        first = configs[-1].digest
+        for k in range(1, 6):  # 5 more, one at a time: the bound (3) and margin (1) hold
+            await store.write(StateDelta(history={first: [entry(f"more-{k}", NOW + k)]}), epoch=2)
+            assert rows(store.path, first) <= 4, "the row read was not counted"
+    finally:
+        await store.close()
+
+
 async def test_sqlite_deletes_by_age_only_when_a_row_may_be_too_old(tmp_path: Path) -> None:
     """The age DELETE runs for a check only once its oldest row (known from the writes,
     and read at open) may be past the bound; such rows still go, after a reopen too."""
@@ -346,7 +419,12 @@ async def test_a_schema_1_file_is_migrated_to_2_and_keeps_its_state(tmp_path: Pa
     assert [e.run_id for e in again.history[A.digest]] == ["r"]
 
 
-async def test_an_unreadable_history_row_is_refused_at_open_naming_it(tmp_path: Path) -> None:
+async def test_an_unreadable_history_row_fails_the_history_s_read_naming_it_not_the_start(
+    tmp_path: Path,
+) -> None:
+    """The history is not read at open (a new leader reads it once it serves): a row
+    that cannot be read fails that read, and a claim that asks for the history, with
+    the row named; the checks themselves load."""
     data_dir = tmp_path / "data"
     store = SqliteStateStore.open(data_dir)
     try:
@@ -360,8 +438,17 @@ async def test_an_unreadable_history_row_is_refused_at_open_naming_it(tmp_path: 
         writer.commit()
     finally:
         writer.close()
-    with pytest.raises(StoreError, match="table history"):
-        SqliteStateStore.open(data_dir)
+    store = SqliteStateStore.open(data_dir)
+    try:
+        snapshot = await store.claim(epoch=2, history=False)
+        assert set(snapshot.configs) == {A.digest}
+        assert snapshot.history == {}
+        with pytest.raises(StoreError, match="record 1 of table history"):
+            await store.load_history()
+        with pytest.raises(StoreError, match="record 1 of table history"):
+            await store.claim(epoch=3)
+    finally:
+        await store.close()
 
 
 # ------------------------------------------------------------------ redis only

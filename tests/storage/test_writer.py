@@ -58,8 +58,11 @@ class RecordingStore:
         self.entered = asyncio.Event()
         self.failure: Exception | None = None
 
-    async def claim(self, *, epoch: int) -> Snapshot:
-        return await self.inner.claim(epoch=epoch)
+    async def claim(self, *, epoch: int, history: bool = True) -> Snapshot:
+        return await self.inner.claim(epoch=epoch, history=history)
+
+    async def load_history(self) -> dict[Digest, list[HistoryEntry]]:
+        return await self.inner.load_history()
 
     async def write(self, delta: StateDelta, *, epoch: int) -> None:
         copy = StateDelta()
@@ -618,7 +621,7 @@ class ClaimHookStore(MemoryStateStore):
         self.newer_claims_first: int | None = None
         self.clock: FakeClock | None = None
 
-    async def claim(self, *, epoch: int) -> Snapshot:
+    async def claim(self, *, epoch: int, history: bool = True) -> Snapshot:
         self.claims.append(self.clock.monotonic() if self.clock else 0.0)
         self.claim_entered.set()
         await self.claim_gate.wait()
@@ -626,7 +629,7 @@ class ClaimHookStore(MemoryStateStore):
             raise self.claim_failure
         if self.newer_claims_first is not None:
             await super().claim(epoch=self.newer_claims_first)
-        return await super().claim(epoch=epoch)
+        return await super().claim(epoch=epoch, history=history)
 
 
 async def lost_and_leader(
