@@ -294,7 +294,9 @@ class Fleet:
             out.pop("heartbeat_latencies")
             out["registered"] = sum(1 for a in self.agents.values() if a.registered.is_set())
             out["held"] = sum(len(a.held) for a in self.agents.values() if a.alive)
-            out["cpu_s"] = time.process_time()
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            out["cpu_s"] = usage.ru_utime + usage.ru_stime
+            out["cpu_sys_s"] = usage.ru_stime
             out["at"] = now
             out["results_interval_s"] = self.results_interval_s
             out["connects"] = self.client.connects
@@ -527,6 +529,9 @@ class Agent:
             now = time.monotonic()
             due = [d for d, t in self.due.items() if t <= now]
             if not due:
+                # Nothing ran: wake when the next run is due (at most ``pace`` later).
+                nearest = min(self.due.values(), default=now + pace)
+                await asyncio.sleep(max(0.0, nearest - now - pace))
                 continue
             wall = time.time()
             items = []
@@ -803,6 +808,7 @@ class FleetResults:
     leader_system_cpu_pct: float = math.nan  # of leader_cpu_pct, in the kernel
     loadgen_cpu_pct: float = math.nan  # the load generators + the probe
     loadgen_cpu_us_per_request: float = math.nan
+    loadgen_sys_share: float = math.nan  # of the load generators' CPU, in the kernel
     loadgen_lag: Latencies | None = None  # their loops' lateness, ms
     load_cpu_busy_pct: float | None = None  # the load generators' CPU, every process on it
     other_cpu_pct: float | None = None
@@ -1095,6 +1101,7 @@ class _Run:
         r.results_rejected = int(delta("results_rejected"))
         r.result_errors = int(delta("result_errors"))
         loadgen_cpu = delta("cpu_s")
+        r.loadgen_sys_share = delta("cpu_sys_s") / loadgen_cpu if loadgen_cpu else math.nan
         if probe0 is not None and probe1 is not None:
             loadgen_cpu += probe1 - probe0
         r.loadgen_cpu_pct = 100 * loadgen_cpu / wall
@@ -1600,9 +1607,8 @@ def goals(r: FleetResults) -> list[FleetGoal]:
     for f in r.fanouts:
         done = f.done or Latencies.of([])
         if f.name in ("change", "rebalance"):
-            moved = (
-                f" ({f.added / max(1, r.checks):.1%} of the checks)" if f.name != "change" else ""
-            )
+            total = r.checks + NEW_CHECKS  # the rebalance runs after the change
+            moved = f" ({f.added / total:.1%} of {total:,} checks)" if f.name != "change" else ""
             out.append(
                 FleetGoal(
                     f"fleet: a {f.name} reaches its agents, p99 < {GOAL_CHANGE_P99_S:g} s ({at})",
@@ -1775,7 +1781,8 @@ def report_many(runs: list[FleetResults]) -> tuple[str, list[tuple[str, bool, st
             f" {r.load_s:.1f} s, all held after {r.all_held_s:.1f} s; steady {r.window_s:.0f} s:"
             f" {r.fetches_per_s:.0f} config fetches/s, {r.result_posts_per_s:.0f} result posts/s,"
             f" {r.results_made_per_s:.0f} results made/s, {r.results_rejected} rejected; leader"
-            f" CPU in the kernel {r.leader_system_cpu_pct:.1f}%; dispatcher --max-connections"
+            f" CPU in the kernel {r.leader_system_cpu_pct:.1f}%; load generators' CPU in the"
+            f" kernel {_f(r.loadgen_sys_share * 100, '.0f')}%; dispatcher --max-connections"
             f" {r.max_connections:,}; left {r.left:,} in {r.leave_s:.1f} s; errors {r.errors}"
             + (f"; redis-server {r.redis_cpu_pct:.0f}% CPU" if r.redis_cpu_pct is not None else "")
         )
