@@ -21,8 +21,9 @@ leader CPU, memory per 1,000 results held, the rate sustained with history on;
 and the page's first render in Chromium at 10,000 checks; ``--skip-dashboard``) and about
 80 s for the fleet benchmark (1,000 simulated agents over HTTP against a real dispatcher:
 heartbeat latency from a probe, leader CPU, RSS and fds, a change of 1,000 checks reaching
-its agents, a zone outage; ``--skip-fleet``; bigger fleets with ``python -m
-tests.bench.fleet --agents 1000 2000 5000``).
+its agents, a rebalance, large PUTs, a zone outage; ``--skip-fleet``; missing any of its
+goals also exits 1; bigger fleets with ``python -m tests.bench.fleet --agents 1000 2000
+5000``).
 """
 
 from __future__ import annotations
@@ -854,20 +855,23 @@ def main() -> None:
         goals += [Goal(g.name, g.ok, g.detail) for g in bigput_goals]
         hard_goals += [Goal(g.name, g.ok, g.detail) for g in bigput_goals if g.hard]
         document["bigput"] = dataclasses.asdict(bigput)
-    # Sections that run real processes of their own and report (text, goals, JSON).
-    sections: list[tuple[str, Callable[..., Any], Callable[[Any], tuple[str, list[Any]]]]] = [
-        ("stores", run_stores, stores_report),
-        ("history", run_history, history_report),
-        ("dashboard", run_dashboard, dashboard_report),
-        ("fleet", run_fleets, fleet_report),
+    # Sections that run real processes of their own and report (text, goals, JSON); the
+    # last field: whether a missed goal exits 1 (the fleet's: issue 16).
+    sections: list[tuple[str, Callable[..., Any], Callable[[Any], tuple[str, list[Any]]], bool]] = [
+        ("stores", run_stores, stores_report, False),
+        ("history", run_history, history_report, False),
+        ("dashboard", run_dashboard, dashboard_report, False),
+        ("fleet", run_fleets, fleet_report, True),
     ]
-    for name, run, report in sections:
+    for name, run, report, hard in sections:
         if getattr(args, f"skip_{name}"):
             continue
         results = run(log_dir=args.out / "logs", work_dir=args.out, progress=progress)
         text, section_goals = report(results)
         reports.append(text)
-        goals += [Goal(*goal) for goal in section_goals]
+        judged = [Goal(*goal) for goal in section_goals]
+        goals += judged
+        hard_goals += judged if hard else []
         document[name] = results.to_json()
     document["goals"] = [dataclasses.asdict(g) for g in goals]
     document["total_s"] = time.perf_counter() - started
