@@ -247,7 +247,9 @@ async def send(conn: Connection, data: bytes, timeout_s: float) -> tuple[int, by
 
 class Pool:
     """Up to ``size`` keep-alive connections shared by callers, one request each at a
-    time; a caller waits for a free connection when all are busy."""
+    time; a caller waits for a free connection when all are busy (within its request's
+    timeout). ``waits`` collects how long each caller that waited did, while
+    ``timing_waits`` is set."""
 
     def __init__(self, client: Client, size: int) -> None:
         self.client = client
@@ -257,14 +259,20 @@ class Pool:
         self.waiters: deque[asyncio.Future[Connection | None]] = deque()
         self.retries = 0
         self.waited = 0
+        self.wait_timeouts = 0
+        self.timing_waits = False
+        self.waits: list[float] = []
 
     async def request(self, data: bytes, timeout_s: float) -> tuple[int, bytes]:
-        """(status, body); ``HttpError`` when it fails or times out."""
+        """(status, body); ``HttpError`` when it fails or does not end within
+        ``timeout_s`` (the wait for a connection included)."""
+        loop = self.client.loop
+        deadline = loop.time() + timeout_s
         for attempt in range(2):
-            conn = await self._acquire()
+            conn = await self._acquire(deadline)
             reused = conn.used > 0
             try:
-                result = await send(conn, data, timeout_s)
+                result = await send(conn, data, max(0.0, deadline - loop.time()))
             except Closed:
                 self._release(conn)
                 if reused and attempt == 0:  # the server closed it while idle: once more
@@ -278,7 +286,7 @@ class Pool:
             return result
         raise AssertionError("unreachable")
 
-    async def _acquire(self) -> Connection:
+    async def _acquire(self, deadline: float) -> Connection:
         while True:
             while self.idle:
                 conn = self.idle.pop()
@@ -292,22 +300,35 @@ class Pool:
                     self.open -= 1
                     self._wake(None)
                     raise
-            self.waited += 1
-            waiter: asyncio.Future[Connection | None] = self.client.loop.create_future()
-            self.waiters.append(waiter)
-            try:
-                got = await waiter
-            except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled():
-                    handed = waiter.result()
-                    if handed is not None:
-                        self._release(handed)
-                    else:
-                        self._wake(None)
-                raise
+            got = await self._wait(deadline)
             if got is not None:
                 return got
             # None: a connection closed, there is room to open one: loop again.
+
+    async def _wait(self, deadline: float) -> Connection | None:
+        """A connection another caller hands over (None: room to open one)."""
+        self.waited += 1
+        loop = self.client.loop
+        started = loop.time()
+        waiter: asyncio.Future[Connection | None] = loop.create_future()
+        self.waiters.append(waiter)
+        try:
+            async with asyncio.timeout_at(deadline):
+                got = await waiter
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled():  # handed over as it was cancelled
+                handed = waiter.result()
+                if handed is not None:
+                    self._release(handed)
+                else:
+                    self._wake(None)
+            if isinstance(exc, TimeoutError):
+                self.wait_timeouts += 1
+                raise HttpError("timed out waiting for a pool connection") from exc
+            raise
+        if self.timing_waits:
+            self.waits.append(loop.time() - started)
+        return got
 
     def _release(self, conn: Connection) -> None:
         if conn.closed:
