@@ -25,7 +25,9 @@ Each simulated agent speaks the node protocol as the real one does
 (``node_agent/poller.py``): a heartbeat at the interval the dispatcher's status reply
 tells (the first spread at random over one interval; ``stats`` for what it holds;
 ``running`` on first contact with a new epoch), one held long poll (``GET
-/configs/{node}?since=&wait_s=30``; a ``404`` registers it again), its checks' results
+/configs/{node}?since=&wait_s=30``; a ``404`` registers it again; a status reply that says
+its configs are not up to date cancels the fetch in flight, closing its connection, and
+fetches again; failures retried with the real agent's backoff), its checks' results
 (each check at its ``interval_s``) posted in one batch at most every ``results_interval_s``
 of the status reply when the dispatcher sends it (never more often than
 ``--results-flush``), else every ``--results-flush`` seconds, and ``leaving: true`` at
@@ -128,6 +130,7 @@ PROBE_PERIOD_S = 0.05
 PROBE_NODE = "fleet-probe"
 LONG_POLL_S = 30.0
 REQUEST_TIMEOUT_S = 10.0
+RETRY_BASE_S = 0.2  # the real agent's (node_agent/poller.py)
 PHASE_TIMEOUT_S = 180.0
 FANOUT_TIMEOUT_S = 120.0
 MAX_RANDOM = 2**32
@@ -205,6 +208,7 @@ class Counters:
     fetches: int = 0
     fetch_errors: int = 0
     reregistrations: int = 0
+    refetches: int = 0  # fetches cancelled by a status reply (not up to date) and redone
     result_posts: int = 0
     result_errors: int = 0
     results_accepted: int = 0
@@ -384,6 +388,8 @@ class Agent:
         self.results_interval_s = 0.0
         self.registered = asyncio.Event()
         self.heartbeat_now = asyncio.Event()
+        self.refetch = asyncio.Event()  # fetch again at once (see ``fetch_now``)
+        self.fetching = False  # a configs request in flight on ``conn``
         self.tasks: list[asyncio.Task[None]] = []
         self.alive = True
         self.rng = random.Random(index)
@@ -433,17 +439,34 @@ class Agent:
         )
         return body, send_running
 
+    def backoff(self, failures: int) -> float:
+        """The real agent's retry delay (``node_agent/poller.py``): doubling from
+        ``RETRY_BASE_S`` up to the heartbeat interval, with jitter."""
+        cap = max(RETRY_BASE_S, self.interval_s)
+        return float(
+            min(cap, RETRY_BASE_S * 2 ** min(failures - 1, 16)) * self.rng.uniform(0.5, 1.5)
+        )
+
+    def fetch_now(self) -> None:
+        """As the real agent on a status reply that says its configs are not up to date
+        (or a new epoch): the fetch in flight, a long poll most often, is cancelled
+        (its connection closed) and the configs are fetched again at once."""
+        self.refetch.set()
+        if self.fetching and self.conn is not None:
+            self.conn.abort()
+
     async def heartbeat_loop(self) -> None:
         c = self.fleet.counters
         await asyncio.sleep(self.rng.random() * self.fleet.ramp_s)
         first = True
+        failures = 0
         while True:
             self.heartbeat_now.clear()
             body, send_running = self.status_body()
             sent = time.monotonic()
-            delay = 1.0
             status, raw = await self.post(self.status_request, body)
             if status == 200:
+                failures = 0
                 reply = orjson.loads(raw)
                 c.heartbeats += 1
                 if self.fleet.measuring:
@@ -461,32 +484,41 @@ class Agent:
                 self.results_interval_s = float(reply.get("results_interval_s") or 0.0)
                 self.fleet.results_interval_s = self.results_interval_s
                 self.registered.set()
+                if not reply["is_up_to_date"] or new_epoch or self.configs_epoch != self.epoch:
+                    self.fetch_now()
                 # Spread over the interval from the second heartbeat on, as agents that
                 # started at different times would be.
                 delay = self.interval_s * (self.rng.random() if first else 1.0)
                 first = False
             else:
                 c.heartbeat_errors += 1
+                failures += 1
+                delay = self.backoff(failures)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self.heartbeat_now.wait()
 
     async def config_loop(self) -> None:
         c = self.fleet.counters
+        failures = 0
         while True:
             await self.registered.wait()
+            self.refetch.clear()
             if self.last_change is not None and self.configs_epoch == self.epoch:
                 data = self.poll_head + b"%d" % self.last_change + self.poll_tail
                 timeout_s = LONG_POLL_S + REQUEST_TIMEOUT_S
             else:
                 data, timeout_s = self.configs_request, REQUEST_TIMEOUT_S
             c.requests += 1
+            self.fetching = True
             try:
                 if self.conn is None or self.conn.closed:
                     self.conn = await self.fleet.client.connect()
                 status, raw = await send(self.conn, data, timeout_s)
             except HttpError:
                 status, raw = 0, b""
+            finally:
+                self.fetching = False
             if status == 404:  # expired or unknown: register again
                 c.reregistrations += 1
                 self.registered.clear()
@@ -494,36 +526,43 @@ class Agent:
                 self.heartbeat_now.set()
                 continue
             if status != 200:
+                if self.refetch.is_set():  # cancelled by fetch_now: again, at once
+                    c.refetches += 1
+                    continue
                 c.fetch_errors += 1
-                await asyncio.sleep(1.0)
+                failures += 1
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.backoff(failures)):
+                        await self.refetch.wait()
                 continue
-            at = time.monotonic()
+            failures = 0
             c.fetches += 1
-            reply = orjson.loads(raw)
-            epoch = int(reply["epoch"])
-            if epoch < self.epoch:
-                continue
-            if epoch > self.epoch:
-                self.epoch = epoch
-                self.heartbeat_now.set()
-            self.last_change = int(reply["last_change"])
-            self.configs_epoch = epoch
-            configs = reply["configs"]
-            if len(configs) == len(self.held) and all(
-                cfg["digest"] in self.held for cfg in configs
-            ):
-                continue  # the long poll's wait ended with the same set
-            held = {str(cfg["digest"]): int(cfg["interval_s"]) for cfg in configs}
-            runs = {str(cfg["digest"]) for cfg in configs if cfg["name"] == RUN_NAME}
-            added = held.keys() - self.held.keys()
-            dropped = self.held.keys() - held.keys()
-            self.fleet.record(self.name, added, dropped, at)
-            for digest in added & runs:
-                self.due[digest] = at + self.rng.random() * held[digest]
-            for digest in dropped:
-                self.due.pop(digest, None)
-                self.runs.pop(digest, None)
-            self.held = held
+            self.take(orjson.loads(raw), time.monotonic())
+
+    def take(self, reply: dict[str, Any], at: float) -> None:
+        """A configs reply: the set held from now on; what it gains is scheduled."""
+        epoch = int(reply["epoch"])
+        if epoch < self.epoch:
+            return
+        if epoch > self.epoch:
+            self.epoch = epoch
+            self.heartbeat_now.set()
+        self.last_change = int(reply["last_change"])
+        self.configs_epoch = epoch
+        configs = reply["configs"]
+        if len(configs) == len(self.held) and all(cfg["digest"] in self.held for cfg in configs):
+            return  # the long poll's wait ended with the same set
+        held = {str(cfg["digest"]): int(cfg["interval_s"]) for cfg in configs}
+        runs = {str(cfg["digest"]) for cfg in configs if cfg["name"] == RUN_NAME}
+        added = held.keys() - self.held.keys()
+        dropped = self.held.keys() - held.keys()
+        self.fleet.record(self.name, added, dropped, at)
+        for digest in added & runs:
+            self.due[digest] = at + self.rng.random() * held[digest]
+        for digest in dropped:
+            self.due.pop(digest, None)
+            self.runs.pop(digest, None)
+        self.held = held
 
     def results_pace_s(self) -> float:
         told = self.results_interval_s
@@ -1322,7 +1361,7 @@ class _Run:
         r.errors = {
             key: sum(int(reply[key]) for reply in final)
             for key in (
-                "heartbeat_errors", "fetch_errors", "result_errors", "reregistrations",
+                "heartbeat_errors", "fetch_errors", "result_errors", "reregistrations", "refetches",
                 "timeouts", "pool_waited", "pool_wait_timeouts", "pool_retries", "connects",
             )
         }  # fmt: skip
