@@ -821,6 +821,8 @@ class Fanout:
     probe_request: Latencies | None = None  # the probe's heartbeats while the request ran
     probe_phase: Latencies | None = None  # from the request to the fan-out's end
     planned: int | None = None  # a rebalance: the moves of its dry run
+    reregistered: int = 0  # agents told their node was unknown (expired) meanwhile
+    failed: int = 0  # heartbeats, fetches and results posts that failed meanwhile
     note: str = ""
 
 
@@ -1206,6 +1208,7 @@ class _Run:
         until its last gain or drop (for moves: by the right agents only)."""
         f = Fanout(name)
         self.ask_all({"cmd": "record"})
+        before = self.ask_all({"cmd": "stats"})
         t0 = time.monotonic()
         added, removed, moves = request()
         replied = time.monotonic()
@@ -1247,6 +1250,12 @@ class _Run:
                     saw(dest, gained)
                 if lost is not None:
                     saw(source, lost)
+        after = self.ask_all({"cmd": "stats"})
+        f.reregistered = _delta(before, after, "reregistrations")
+        f.failed = sum(
+            _delta(before, after, key)
+            for key in ("heartbeat_errors", "fetch_errors", "result_errors")
+        )
         f.agents = len(per_agent)
         f.done = Latencies.of(list(per_agent.values()))
         f.probe_request = self.probe_latencies(t0, replied)
@@ -1385,6 +1394,10 @@ class _Run:
             [lat for _, lat, status in inside if status == 200],
             sum(1 for s in inside if s[2] != 200),
         )
+
+
+def _delta(before: list[dict[str, Any]], after: list[dict[str, Any]], key: str) -> int:
+    return sum(int(a[key]) for a in after) - sum(int(b[key]) for b in before)
 
 
 def _merge(replies: list[dict[str, Any]], key: str) -> Sightings:
@@ -1779,7 +1792,7 @@ def report_many(runs: list[FleetResults]) -> tuple[str, list[tuple[str, bool, st
     headers = [
         "agents", "phase", "request ms", "checks +", "checks -", "agents", "new set p50 ms",
         "p99 ms", "max ms", "not seen", "probe during: p99 ms", "max ms",
-        "probe to the end: p99 ms", "max ms", "note",
+        "probe to the end: p99 ms", "max ms", "re-registered", "failed", "note",
     ]  # fmt: skip
     rows = []
     for r in runs:
@@ -1804,6 +1817,8 @@ def report_many(runs: list[FleetResults]) -> tuple[str, list[tuple[str, bool, st
                     _f(during.max_ms),
                     _f(phase.p99_ms),
                     _f(phase.max_ms),
+                    f"{f.reregistered:,}",
+                    f"{f.failed:,}",
                     f.note + planned,
                 ]
             )
@@ -1824,6 +1839,8 @@ def report_many(runs: list[FleetResults]) -> tuple[str, list[tuple[str, bool, st
                 "-",
                 _f(outage.p99_ms),
                 _f(outage.max_ms),
+                "-",
+                "-",
                 f"from the stop; expiry {r.expiry_s:g} s",
             ]
         )
@@ -1831,7 +1848,9 @@ def report_many(runs: list[FleetResults]) -> tuple[str, list[tuple[str, bool, st
     out.append(
         "  new set: per agent whose set changed, from the request's reply until it had"
         " fetched what it gained and dropped what it lost (a rebalance: the moves' own"
-        " agents); negative: before the reply (a large change is applied in slices)"
+        " agents); negative: before the reply (a large change is applied in slices);"
+        " re-registered: agents told meanwhile that their node was unknown (it expired: its"
+        " heartbeats did not get through); failed: their requests that failed or timed out"
     )
     for r in runs:
         out.append(
