@@ -886,6 +886,8 @@ class FleetResults:
     thread was on a CPU (low: the process waited for a CPU)."""
     full_gc: dict[str, tuple[int, float]] = field(default_factory=dict)
     """By phase: the dispatcher's full collections (generation 2) and the longest, s."""
+    phase_errors: dict[str, str] = field(default_factory=dict)
+    """Phases that failed (a request refused or timed out), with the error."""
 
     def fanout(self, name: str) -> Fanout | None:
         return next((f for f in self.fanouts if f.name == name), None)
@@ -1366,6 +1368,10 @@ class _Run:
         self.phases.append(("leave", t0, t1))
         r.leave_s = t1 - t0
         r.left = sum(int(reply["left"]) for reply in left)
+
+    def finish(self) -> None:
+        """What is measured over the whole run, and each phase's probe, stalls and GC."""
+        r = self.results
         final = self.ask_all({"cmd": "stats"})
         r.errors = {
             key: sum(int(reply[key]) for reply in final)
@@ -1526,21 +1532,13 @@ def run_fleet(
                 lag_path,
                 load_cpu,
             )
-            run.register_and_load(check_interval_s)
-            # Settle: second heartbeats spread over an interval, result schedules started.
-            time.sleep(heartbeat_interval_s + 2.0)
-            run.steady(window_s)
-            if py_spy_s > 0:
-                run.profile(py_spy_s)
-            run.change(check_interval_s)
-            time.sleep(2.0)
-            run.rebalance()
-            time.sleep(2.0)
-            if big_puts:
-                run.big_puts(check_interval_s)
-                time.sleep(2.0)
-            run.outage()
-            run.leave()
+            _phases(
+                run,
+                check_interval_s=check_interval_s,
+                window_s=window_s,
+                py_spy_s=py_spy_s,
+                big_puts=big_puts,
+            )
         finally:
             generators.stop()
             if probe is not None:
@@ -1550,6 +1548,47 @@ def run_fleet(
                 redis_server.stop()
             os.sched_setaffinity(0, affinity)
     return results
+
+
+def _phases(
+    run: _Run, *, check_interval_s: int, window_s: float, py_spy_s: float, big_puts: bool
+) -> None:
+    """The phases in order. One that fails (a request refused or timed out: the
+    dispatcher overwhelmed) is reported and the next ones run; without the start or the
+    steady window nothing else means anything."""
+    r = run.results
+
+    def settle() -> None:  # second heartbeats spread over an interval, results started
+        time.sleep(r.heartbeat_interval_s + 2.0)
+
+    steps: list[tuple[str, Callable[[], None], bool]] = [
+        ("start", lambda: run.register_and_load(check_interval_s), True),
+        ("settle", settle, True),
+        ("steady", lambda: run.steady(window_s), True),
+    ]
+    if py_spy_s > 0:
+        steps.append(("profile", lambda: run.profile(py_spy_s), False))
+    steps += [
+        ("change", lambda: run.change(check_interval_s), False),
+        ("rebalance", run.rebalance, False),
+    ]
+    if big_puts:
+        steps.append(("large PUTs", lambda: run.big_puts(check_interval_s), False))
+    steps += [("outage", run.outage, False), ("leave", run.leave, False)]
+    for name, step, needed in steps:
+        try:
+            step()
+        except Exception as exc:  # reported (a goal), the run goes on to its report
+            r.phase_errors[name] = f"{type(exc).__name__}: {exc}"
+            run.progress(f"fleet: {name} failed: {r.phase_errors[name]}")
+            if needed:
+                break
+        if name in ("change", "rebalance", "large PUTs"):
+            time.sleep(2.0)
+    try:
+        run.finish()
+    except Exception as exc:  # a load generator gone: reported
+        r.phase_errors["finish"] = f"{type(exc).__name__}: {exc}"
 
 
 def _start_generators(
@@ -1636,6 +1675,11 @@ def goals(r: FleetResults) -> list[FleetGoal]:
     waits = r.pool_waits or Latencies.of([])
     out = [
         FleetGoal(
+            f"fleet: every phase ran ({at})",
+            not r.phase_errors,
+            "; ".join(f"{k}: {v[:200]}" for k, v in r.phase_errors.items()) or "all ran",
+        ),
+        FleetGoal(
             f"fleet: valid run: load generators and probe < {MAX_LOADGEN_CPU_PCT:g} % of"
             f" their CPU, no request waits over {MAX_POOL_WAIT_S:g} s for a pool connection"
             f" ({at})",
@@ -1644,7 +1688,7 @@ def goals(r: FleetResults) -> list[FleetGoal]:
             f" request; their loops late p99 {_f(lag.p99_ms)} ms;"
             f" the CPU busy {_f(r.load_cpu_busy_pct, '.0f')} % with every process on it);"
             f" {waits.count:,} waits for a pool connection, max {_f(waits.max_ms, '.0f')} ms",
-        )
+        ),
     ]
     if steady is not None:
         out.append(
