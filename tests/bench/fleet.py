@@ -888,6 +888,7 @@ class FleetResults:
     """By phase: the dispatcher's full collections (generation 2) and the longest, s."""
     phase_errors: dict[str, str] = field(default_factory=dict)
     """Phases that failed (a request refused or timed out), with the error."""
+    ran: list[str] = field(default_factory=list)  # the phases that ran to their end
 
     def fanout(self, name: str) -> Fanout | None:
         return next((f for f in self.fanouts if f.name == name), None)
@@ -1380,6 +1381,8 @@ class _Run:
                 "timeouts", "pool_waited", "pool_wait_timeouts", "pool_retries", "connects",
             )
         }  # fmt: skip
+        with contextlib.suppress(OSError):  # the dispatcher may be gone
+            self.sample_rss()
         r.leader_rss_max_bytes = self.rss_max
         pauses = []
         if self.gc_path.exists():
@@ -1578,6 +1581,7 @@ def _phases(
     for name, step, needed in steps:
         try:
             step()
+            r.ran.append(name)
         except Exception as exc:  # reported (a goal), the run goes on to its report
             r.phase_errors[name] = f"{type(exc).__name__}: {exc}"
             run.progress(f"fleet: {name} failed: {r.phase_errors[name]}")
@@ -1669,16 +1673,44 @@ def _big_puts(r: FleetResults) -> list[Fanout]:
 
 
 def goals(r: FleetResults) -> list[FleetGoal]:
-    steady = r.probe.get("steady")
+    """Every goal judged on what ran: a phase that failed is a missed goal of its own."""
     at = f"{r.agents:,} agents, {r.store}"
-    lag = r.loadgen_lag or Latencies.of([])
-    waits = r.pool_waits or Latencies.of([])
     out = [
         FleetGoal(
             f"fleet: every phase ran ({at})",
             not r.phase_errors,
             "; ".join(f"{k}: {v[:200]}" for k, v in r.phase_errors.items()) or "all ran",
         ),
+    ]
+    if "steady" in r.ran:
+        out += _steady_goals(r, at)
+    out += _fanout_goals(r, at)
+    if "outage" in r.ran:
+        out.append(
+            FleetGoal(
+                f"fleet: a {r.outage_agents:,}-agent outage re-dispatched within expiry +"
+                f" {GOAL_OUTAGE_OVER_EXPIRY_S:g} s ({at})",
+                r.outage_s <= r.expiry_s + GOAL_OUTAGE_OVER_EXPIRY_S and r.outage_missing == 0,
+                f"{r.outage_s:.2f} s (expiry {r.expiry_s:g} s), {r.outage_missing} orphans not"
+                " seen",
+            )
+        )
+    if r.leader_rss_max_bytes:
+        out.append(
+            FleetGoal(
+                f"fleet: leader RSS < 1 GiB ({at})",
+                r.leader_rss_max_bytes < GOAL_RSS_BYTES,
+                f"{r.leader_rss_max_bytes / 2**20:.0f} MiB",
+            )
+        )
+    return out
+
+
+def _steady_goals(r: FleetResults, at: str) -> list[FleetGoal]:
+    steady = r.probe.get("steady")
+    lag = r.loadgen_lag or Latencies.of([])
+    waits = r.pool_waits or Latencies.of([])
+    out = [
         FleetGoal(
             f"fleet: valid run: load generators and probe < {MAX_LOADGEN_CPU_PCT:g} % of"
             f" their CPU, no request waits over {MAX_POOL_WAIT_S:g} s for a pool connection"
@@ -1719,6 +1751,11 @@ def goals(r: FleetResults) -> list[FleetGoal]:
                 f" rejected, {r.result_errors} failed posts",
             )
         )
+    return out
+
+
+def _fanout_goals(r: FleetResults, at: str) -> list[FleetGoal]:
+    out = []
     for f in r.fanouts:
         done = f.done or Latencies.of([])
         if f.name in ("change", "rebalance"):
@@ -1745,21 +1782,6 @@ def goals(r: FleetResults) -> list[FleetGoal]:
                 f" {phase.errors} errors, {f.missing} changes not seen",
             )
         )
-    out.append(
-        FleetGoal(
-            f"fleet: a {r.outage_agents:,}-agent outage re-dispatched within expiry +"
-            f" {GOAL_OUTAGE_OVER_EXPIRY_S:g} s ({at})",
-            r.outage_s <= r.expiry_s + GOAL_OUTAGE_OVER_EXPIRY_S and r.outage_missing == 0,
-            f"{r.outage_s:.2f} s (expiry {r.expiry_s:g} s), {r.outage_missing} orphans not seen",
-        )
-    )
-    out.append(
-        FleetGoal(
-            f"fleet: leader RSS < 1 GiB ({at})",
-            r.leader_rss_max_bytes < GOAL_RSS_BYTES,
-            f"{r.leader_rss_max_bytes / 2**20:.0f} MiB",
-        )
-    )
     return out
 
 
@@ -1866,6 +1888,8 @@ def report_many(runs: list[FleetResults]) -> tuple[str, list[tuple[str, bool, st
                     f.note + planned,
                 ]
             )
+        if "outage" not in r.ran:
+            continue
         outage = r.probe.get("outage") or Latencies.of([])
         rows.append(
             [
@@ -1888,7 +1912,8 @@ def report_many(runs: list[FleetResults]) -> tuple[str, list[tuple[str, bool, st
                 f"from the stop; expiry {r.expiry_s:g} s",
             ]
         )
-    out.append(table(headers, rows))
+    if rows:  # none when the run stopped before its changes
+        out.append(table(headers, rows))
     out.append(
         "  new set: per agent whose set changed, from the request's reply until it had"
         " fetched what it gained and dropped what it lost (a rebalance: the moves' own"
