@@ -21,18 +21,13 @@ leader CPU, memory per 1,000 results held, the rate sustained with history on;
 and the page's first render in Chromium at 10,000 checks; ``--skip-dashboard``) and about
 80 s for the fleet benchmark (1,000 simulated agents over HTTP against a real dispatcher:
 heartbeat latency from a probe, leader CPU, RSS and fds, a change of 1,000 checks reaching
-<<<<<<< HEAD
-its agents, a zone outage; ``--skip-fleet``; bigger fleets with ``python -m
-tests.bench.fleet --agents 1000 2000 5000``) and about four minutes for the restart
-benchmark (100,000 checks on 10,000 nodes with 5 results each in history: a sqlite
-restart after kill -9 and SIGTERM, a Redis failover of two replicas after kill -9 and
-SIGTERM; the time until a node's configs and the state hold every check, and the
-history is back; ``--skip-restart``; missing a goal also exits 1).
-=======
 its agents, a rebalance, large PUTs, a zone outage; ``--skip-fleet``; missing any of its
-goals also exits 1; bigger fleets with ``python -m tests.bench.fleet --agents 1000 2000
-5000``).
->>>>>>> fleet2
+goals also exits 1; bigger fleets with ``python -m tests.bench.fleet --agents 1000 5000
+10000``) and about four minutes for the restart benchmark (100,000 checks on 10,000
+nodes with 5 results each in history: a sqlite restart after kill -9 and SIGTERM, a
+Redis failover of two replicas after kill -9 and SIGTERM; the time until a node's
+configs and the state hold every check, and the history is back; ``--skip-restart``;
+missing a goal also exits 1).
 """
 
 from __future__ import annotations
