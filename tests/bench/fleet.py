@@ -104,6 +104,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from node_agent.poller import JITTER
 from tests.bench.machine import machine_busy_s, process_cpu_s, process_cpu_split_s
 from tests.bench.rawhttp import Client, Connection, HttpError, Pool, Request, send
 from tests.bench.stats import percentile, table
@@ -372,9 +373,10 @@ class Agent:
         self.results_request = Request("POST", f"{API}/results/{self.name}", authority, JSON)
         self.configs_request = Request("GET", f"{API}/configs/{self.name}", authority).encode()
         self.poll_head = f"GET {API}/configs/{self.name}?since=".encode("ascii")
-        self.poll_tail = f"&wait_s={LONG_POLL_S:g} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode(
-            "ascii"
-        )
+        # The real agent shortens each wait by a random part of up to JITTER; here each
+        # agent keeps one shortened wait (its polls drift apart from the others' alike).
+        wait_s = round(LONG_POLL_S * random.Random(-index).uniform(1 - JITTER, 1.0), 1)
+        self.poll_tail = f"&wait_s={wait_s:g} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode("ascii")
         self.conn: Connection | None = None  # the long poll's own
         self.held: dict[str, int] = {}  # digest -> interval_s
         self.due: dict[str, float] = {}  # digest -> next run (monotonic), checks it runs
@@ -390,6 +392,8 @@ class Agent:
         self.heartbeat_now = asyncio.Event()
         self.refetch = asyncio.Event()  # fetch again at once (see ``fetch_now``)
         self.fetching = False  # a configs request in flight on ``conn``
+        self.polling_since: int | None = None  # the counter of the long poll in flight
+        self.behind_at: int | None = None  # as the real agent's ``Poller._behind_at``
         self.tasks: list[asyncio.Task[None]] = []
         self.alive = True
         self.rng = random.Random(index)
@@ -447,10 +451,19 @@ class Agent:
             min(cap, RETRY_BASE_S * 2 ** min(failures - 1, 16)) * self.rng.uniform(0.5, 1.5)
         )
 
+    def refetch_if_missed(self, reported: int) -> None:
+        """As the real agent (``Poller._refetch``) on a status reply that says its
+        configs changed since ``reported``: a long poll held at that counter is cut off
+        only when the previous heartbeat found it behind at the same counter."""
+        held = self.fetching and self.polling_since == reported
+        if not held or self.behind_at == reported:
+            self.fetch_now()
+        self.behind_at = reported
+
     def fetch_now(self) -> None:
-        """As the real agent on a status reply that says its configs are not up to date
-        (or a new epoch): the fetch in flight, a long poll most often, is cancelled
-        (its connection closed) and the configs are fetched again at once."""
+        """As the real agent on a new epoch (or a poll that missed a change): the fetch
+        in flight, a long poll most often, is cancelled (its connection closed) and the
+        configs are fetched again at once."""
         self.refetch.set()
         if self.fetching and self.conn is not None:
             self.conn.abort()
@@ -463,6 +476,7 @@ class Agent:
         while True:
             self.heartbeat_now.clear()
             body, send_running = self.status_body()
+            reported = self.last_change if self.last_change is not None else 0
             sent = time.monotonic()
             status, raw = await self.post(self.status_request, body)
             if status == 200:
@@ -484,11 +498,18 @@ class Agent:
                 self.results_interval_s = float(reply.get("results_interval_s") or 0.0)
                 self.fleet.results_interval_s = self.results_interval_s
                 self.registered.set()
-                if not reply["is_up_to_date"] or new_epoch or self.configs_epoch != self.epoch:
+                if new_epoch or self.configs_epoch != self.epoch:
                     self.fetch_now()
+                elif not reply["is_up_to_date"]:
+                    self.refetch_if_missed(reported)
+                else:
+                    self.behind_at = None
                 # Spread over the interval from the second heartbeat on, as agents that
-                # started at different times would be.
-                delay = self.interval_s * (self.rng.random() if first else 1.0)
+                # started at different times would be; then shortened at random by up to
+                # JITTER, as the real agent does.
+                delay = self.interval_s * (
+                    self.rng.random() if first else self.rng.uniform(1 - JITTER, 1.0)
+                )
                 first = False
             else:
                 c.heartbeat_errors += 1
@@ -511,6 +532,7 @@ class Agent:
                 data, timeout_s = self.configs_request, REQUEST_TIMEOUT_S
             c.requests += 1
             self.fetching = True
+            self.polling_since = self.last_change if timeout_s > REQUEST_TIMEOUT_S else None
             try:
                 if self.conn is None or self.conn.closed:
                     self.conn = await self.fleet.client.connect()
