@@ -955,6 +955,10 @@ class Generators:
             if p.poll() is None:
                 p.kill()
                 p.wait(timeout=5)
+            for pipe in (p.stdin, p.stdout):
+                if pipe is not None:
+                    with contextlib.suppress(OSError):  # a pipe the child broke
+                        pipe.close()
 
 
 def _http(method: str, url: str, body: object | None = None, timeout_s: float = 300.0) -> Any:
