@@ -269,7 +269,7 @@ class Dispatcher:
                 async with self._clock.timeout(remaining):
                     await asyncio.shield(waiter)
         await self._stored(seq)  # never hand out a placement the store has not got
-        await self._wakeups.answer_turn()  # many agents fetch at once after a change
+        await self._wakeups.answer_turn(len(answer[1]))  # many fetch at once after a change
         return answer
 
     async def record_results(

@@ -5,15 +5,26 @@ polls; a step that changes the node's configs wakes it. A woken poll builds its 
 once (thousands of configs), and one step may change thousands of nodes, with as many
 agents then fetching: waking them, or handing out their answers, all in one turn of the
 loop would leave it serving nothing else (heartbeats, ``/healthz``) for that long. So
-both go one per turn.
+wake-ups go one node per turn, and answers a bounded amount of configs per turn.
+
+Answers were once handed out one per turn too. At 10,000 agents a turn of the loop
+serves hundreds of requests, and the fleet benchmark saw the queue of answers grow
+without end (65,000 waiting after 145 s, long polls answered minutes late, nodes
+expiring): one per turn is fewer than the fleet's ordinary fetches. A budget of configs
+per turn keeps the turn short for big answers and lets many small ones through.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Iterable
 
 from dispatcher.core.model import NodeName
+
+ANSWER_CONFIGS_PER_TURN = 2_000
+"""Configs handed out in answers per turn of the event loop (an answer of more is let
+through alone): a few milliseconds of building replies, about 200 answers of 10."""
 
 
 class WakeUps:
@@ -21,7 +32,7 @@ class WakeUps:
 
     def __init__(self) -> None:
         self._waiters: dict[NodeName, asyncio.Future[None]] = {}
-        self._answering = asyncio.Lock()
+        self._answers = AnswerPacer(ANSWER_CONFIGS_PER_TURN)
 
     def waiter(self, name: NodeName) -> asyncio.Future[None]:
         """The future the long polls of ``name`` wait on; shared by all of them, so each
@@ -59,9 +70,53 @@ class WakeUps:
                 waiter.set_result(None)
         self._waiters.clear()
 
-    async def answer_turn(self) -> None:
-        """Hands out config answers one per turn of the event loop: the caller builds
-        its reply (thousands of configs) as soon as it has the answer, and many agents
-        fetch at once after a change; their replies must not all be built in one turn."""
-        await self._answering.acquire()
-        asyncio.get_running_loop().call_soon(self._answering.release)
+    async def answer_turn(self, configs: int) -> None:
+        """Waits for this answer's turn: the caller builds its reply (``configs`` of
+        them) as soon as this returns, and many agents fetch at once after a change;
+        their replies must not all be built in one turn (``AnswerPacer``)."""
+        await self._answers.turn(configs)
+
+
+class AnswerPacer:
+    """Lets through at most ``budget`` units of work per turn of the event loop, in the
+    order asked; a request larger than the budget goes alone, at the start of a turn.
+    A waiter cancelled meanwhile (its client gave up) takes nothing."""
+
+    def __init__(self, budget: int) -> None:
+        self._budget = budget
+        self._left = budget
+        self._queue: deque[tuple[asyncio.Future[None], int]] = deque()
+        self._refill_due = False
+
+    async def turn(self, weight: int) -> None:
+        weight = max(1, weight)
+        if not self._queue and (weight <= self._left or self._left == self._budget):
+            self._left -= weight
+            self._schedule_refill()
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._queue.append((waiter, weight))
+        self._schedule_refill()
+        await waiter
+
+    def _schedule_refill(self) -> None:
+        if not self._refill_due:
+            self._refill_due = True
+            asyncio.get_running_loop().call_soon(self._refill)
+
+    def _refill(self) -> None:
+        """At the next turn: a fresh budget, spent on the waiters in order."""
+        self._refill_due = False
+        self._left = self._budget
+        while self._queue:
+            waiter, weight = self._queue[0]
+            if waiter.done():  # cancelled
+                self._queue.popleft()
+                continue
+            if weight > self._left and self._left < self._budget:
+                break  # the next turn's
+            self._queue.popleft()
+            self._left -= weight
+            waiter.set_result(None)
+        if self._queue or self._left < self._budget:
+            self._schedule_refill()

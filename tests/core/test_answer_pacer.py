@@ -1,0 +1,86 @@
+"""The pacing of config answers (``dispatcher.wakeups.AnswerPacer``): a budget of configs
+per turn of the event loop, in the order asked; counted in turns, not timed."""
+
+from __future__ import annotations
+
+import asyncio
+
+from dispatcher.wakeups import AnswerPacer
+
+
+class Turns:
+    """Counts the event loop's turns: a callback that puts itself back each turn."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._handle: asyncio.Handle | None = None
+
+    def start(self) -> None:
+        self._handle = asyncio.get_running_loop().call_soon(self._tick)
+
+    def _tick(self) -> None:
+        self.count += 1
+        self._handle = asyncio.get_running_loop().call_soon(self._tick)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+
+
+async def answered_turns(pacer: AnswerPacer, weights: list[int]) -> list[int]:
+    """The turn in which each request got through."""
+    turns = Turns()
+    turns.start()
+    got: list[int] = [-1] * len(weights)
+
+    async def ask(i: int, weight: int) -> None:
+        await pacer.turn(weight)
+        got[i] = turns.count
+
+    try:
+        await asyncio.gather(*(ask(i, w) for i, w in enumerate(weights)))
+    finally:
+        turns.stop()
+    return got
+
+
+async def test_small_answers_go_many_per_turn_up_to_the_budget() -> None:
+    got = await answered_turns(AnswerPacer(100), [10] * 35)
+    per_turn = [got.count(t) for t in sorted(set(got))]
+    assert per_turn == [10, 10, 10, 5]  # 100 configs a turn
+    assert got == sorted(got), "in the order asked"
+
+
+async def test_an_answer_over_the_budget_goes_alone_and_nothing_is_starved() -> None:
+    got = await answered_turns(AnswerPacer(100), [30, 500, 30, 30])
+    assert got[0] < got[1] < got[2]  # the big one waits for a turn of its own
+    assert got[2] == got[3]
+
+
+async def turns_until_the_second_goes(*, cancel_first: bool) -> int:
+    pacer = AnswerPacer(10)
+    turns = Turns()
+    turns.start()
+    try:
+        asked_at = turns.count
+        spender = asyncio.ensure_future(pacer.turn(10))  # takes this turn's budget
+        first = asyncio.ensure_future(pacer.turn(10))
+        second = asyncio.ensure_future(pacer.turn(10))
+        await asyncio.sleep(0)  # all three asked in one turn: two wait, in that order
+        assert spender.done()
+        assert not first.done()
+        if cancel_first:
+            first.cancel()  # its client gave up
+        async with asyncio.timeout(5):
+            await second
+        await asyncio.gather(first, return_exceptions=True)
+        return turns.count - asked_at
+    finally:
+        turns.stop()
+
+
+async def test_a_waiter_whose_client_left_takes_nothing() -> None:
+    """The budget a cancelled waiter would have taken goes to the one behind it."""
+    kept = await turns_until_the_second_goes(cancel_first=False)
+    cancelled = await turns_until_the_second_goes(cancel_first=True)
+    assert cancelled < kept, (cancelled, kept)
