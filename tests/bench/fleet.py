@@ -23,11 +23,13 @@ time requests waited for a pool connection is reported, and a run where one wait
 
 Each simulated agent speaks the node protocol as the real one does
 (``node_agent/poller.py``): a heartbeat at the interval the dispatcher's status reply
-tells (the first spread at random over one interval; ``stats`` for what it holds;
-``running`` on first contact with a new epoch), one held long poll (``GET
-/configs/{node}?since=&wait_s=30``; a ``404`` registers it again; a status reply that says
-its configs are not up to date cancels the fetch in flight, closing its connection, and
-fetches again; failures retried with the real agent's backoff), its checks' results
+tells (the first spread at random over one interval, then each shortened at random by
+up to 10 %; ``stats`` for what it holds; ``running`` on first contact with a new epoch),
+one held long poll (``GET /configs/{node}?since=&wait_s=27..30``, the wait shortened at
+random per agent; a ``404`` registers it again; a new epoch, or a second status reply in
+a row that says its configs changed since the same counter, cancels the fetch in flight,
+closing its connection, and fetches again; failures retried with the real agent's
+backoff), its checks' results
 (each check at its ``interval_s``) posted in one batch at most every ``results_interval_s``
 of the status reply when the dispatcher sends it (never more often than
 ``--results-flush``), else every ``--results-flush`` seconds, and ``leaving: true`` at
