@@ -509,6 +509,7 @@ class ClusterState:
         if not node.cordoned:
             node.cordoned = True
             self._changes.node(name)
+            self._index.update(node)  # out of the placement order
         return node
 
     def uncordon(self, name: NodeName, *, now: float) -> Node:
@@ -516,6 +517,7 @@ class ClusterState:
         if node.cordoned:
             node.cordoned = False
             self._changes.node(name)
+            self._index.update(node)  # back in the placement order
             self._placeable_changed = True
             self.dispatch_dangling(now=now)
         return node
