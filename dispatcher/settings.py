@@ -109,19 +109,24 @@ class ServerSettings:
         return f"{scheme}://{host}:{self.port}"
 
 
+RESULTS_INTERVAL_HEARTBEATS = 3
+"""The longest ``results_interval_s`` told, in heartbeat intervals."""
+
+
 @dataclass(frozen=True, slots=True)
 class DispatchSettings:
     node_expiration_timeout_s: float = 30.0
     """A node whose last heartbeat is older than this is removed; its checks move."""
     heartbeat_interval_s: float = 10.0
     """Told to agents in every status reply."""
-    result_posts_per_s: float = 1000.0
+    result_posts_per_s: float = 250.0
     """The rate of results posts the leader paces the fleet to: every status reply tells
     the agent to post its results at most every ``results_interval_s`` (registered nodes
-    over this rate, at most one heartbeat interval). Up to 1,000 agents post every second
-    as before; at 10,000 every 10 s, batching ten times as many results a post. A post
-    costs the leader about as much as a heartbeat, whatever it holds, so this keeps what
-    results cost the leader bounded as the fleet grows (README, fleet benchmark)."""
+    over this rate, at most three heartbeat intervals). Up to 250 agents post every
+    second, 2,500 every 10 s, batching ten times as many results a post. A post costs
+    the leader about as much as a heartbeat, whatever it holds (the fleet benchmark:
+    about 0.4 ms of CPU for a post of one result), so this keeps what results cost the
+    leader bounded as the fleet grows; a result then shows at most that much later."""
     warmup_duration_s: float = 0.0
     """Only for a leader that starts with an empty store: by default 30 s for an elected
     leader with the memory store, 0 for the standalone one and with the Redis store."""
@@ -167,7 +172,7 @@ class DispatchSettings:
         """What a status reply tells an agent: post results at most this often. Rounded
         up to a tenth of a second, so that the value changes rarely as nodes come and go."""
         paced = math.ceil(nodes / self.result_posts_per_s * 10) / 10
-        return min(self.heartbeat_interval_s, paced)
+        return min(RESULTS_INTERVAL_HEARTBEATS * self.heartbeat_interval_s, paced)
 
     @property
     def tick_interval_s(self) -> float:

@@ -362,7 +362,7 @@ class StatusOut(WireOut):
         ge=0,
         description="Post results at most this often (seconds; an extension): the leader "
         "paces the whole fleet's results posts to --result-posts-per-s (registered nodes "
-        "over that rate, at most the heartbeat interval). An agent whose own flush "
+        "over that rate, at most three heartbeat intervals). An agent whose own flush "
         "interval is longer keeps it; 0 or absent: the agent's own.",
     )
     warmup: bool = Field(

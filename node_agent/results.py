@@ -11,7 +11,7 @@ from typing import Any
 import structlog
 
 from dispatcher.common.clock import Clock
-from dispatcher.common.tasks import sleep_or_stop
+from dispatcher.common.tasks import wait_any
 from node_agent.client import DispatcherApi
 from node_agent.errors import AgentError, DispatcherProtocolError
 from node_agent.metrics import AgentMetrics
@@ -39,6 +39,8 @@ class ResultBatcher:
         self._flush_s = flush_s
         self._interval_s = flush_s
         self._pending: deque[dict[str, Any]] = deque()
+        self._full = asyncio.Event()
+        """Set when a whole batch waits: it goes at once, whatever the pacing."""
         self._max_pending = max_pending
         self.sent = 0
         self.rejected = 0
@@ -48,6 +50,8 @@ class ResultBatcher:
             self._pending.popleft()
             self._metrics.results_dropped.inc()
         self._pending.append(result)
+        if len(self._pending) >= MAX_BATCH:
+            self._full.set()
 
     def _take_batch(self) -> list[dict[str, Any]]:
         batch: list[dict[str, Any]] = []
@@ -67,7 +71,8 @@ class ResultBatcher:
 
     def pace(self, told_s: float) -> None:
         """The leader's ``results_interval_s``: send at most that often (never more often
-        than ``flush_s``). It takes effect from the next wait."""
+        than ``flush_s``), unless a whole batch (``MAX_BATCH``) waits. It takes effect
+        from the next wait."""
         self._interval_s = max(self._flush_s, told_s)
 
     @property
@@ -75,7 +80,13 @@ class ResultBatcher:
         return self._interval_s
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not await sleep_or_stop(stop, self._interval_s, clock=self._clock):
+        """A flush every interval, or as soon as a whole batch waits (an agent of many
+        checks told to post seldom must not reach its cap and drop results)."""
+        while not stop.is_set():
+            await wait_any(self._full, stop, timeout_s=self._interval_s, clock=self._clock)
+            if stop.is_set():
+                return
+            self._full.clear()
             await self.flush()
 
     async def flush(self) -> bool:

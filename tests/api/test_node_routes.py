@@ -87,7 +87,8 @@ async def test_first_heartbeat_registers_the_node_and_replies_with_the_contract(
         (1000.0, 1, 0.1),  # a small fleet: the agents' own flush interval (1 s) applies
         (2.0, 5, 2.5),  # 5 nodes at 2 posts a second: each posts every 2.5 s
         (2.0, 7, 3.5),
-        (1.0, 30, 7.5),  # never beyond the heartbeat interval
+        (1.0, 20, 20.0),
+        (1.0, 30, 22.5),  # never beyond three heartbeat intervals
     ],
 )
 async def test_the_status_reply_paces_results_posts_to_the_fleets_size(

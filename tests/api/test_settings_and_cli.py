@@ -371,7 +371,7 @@ def test_result_posts_per_s_reaches_the_dispatcher(
     settings = served_settings(runner, monkeypatch, "--result-posts-per-s", "250")
     assert settings.dispatch.result_posts_per_s == 250.0
     assert settings.dispatch.results_interval_s(1000) == 4.0
-    assert DispatchSettings().result_posts_per_s == 1000.0
+    assert DispatchSettings().result_posts_per_s == 250.0
 
 
 def test_sound_flags_get_past_validation(runner: CliRunner) -> None:

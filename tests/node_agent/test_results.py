@@ -10,7 +10,7 @@ from dispatcher import wire
 from dispatcher.common.clock import FakeClock
 from node_agent.errors import DispatcherProtocolError, DispatcherUnavailable
 from node_agent.metrics import AgentMetrics
-from node_agent.results import MAX_BATCH_BYTES, ResultBatcher
+from node_agent.results import MAX_BATCH, MAX_BATCH_BYTES, ResultBatcher
 
 
 def result(n: int, output: str = "") -> dict[str, Any]:
@@ -166,6 +166,32 @@ async def test_the_leader_paces_the_flushes_and_never_below_the_agents_own_inter
         b.add(result(1))
         await clock.run_for(1.1)
         assert sent(api) == ["run-0", "run-1"]
+    finally:
+        stop.set()
+        async with asyncio.timeout(5):
+            await task
+
+
+async def test_a_whole_batch_goes_at_once_whatever_the_pacing() -> None:
+    """An agent of many checks told to post seldom would reach its cap and drop results:
+    a whole batch (MAX_BATCH) is sent as soon as it waits."""
+    api = FakeApi()
+    clock = FakeClock()
+    b = ResultBatcher(
+        client=api, metrics=AgentMetrics(), flush_s=1.0, max_pending=10 * MAX_BATCH, clock=clock
+    )
+    b.pace(30.0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(b.run(stop), name="batcher-under-test")
+    try:
+        await clock.wait_for_timers(1)
+        for n in range(MAX_BATCH - 1):
+            b.add(result(n))
+        await clock.settle()
+        assert api.received == []  # not a whole batch yet: it waits for the interval
+        b.add(result(MAX_BATCH))
+        await clock.settle()
+        assert len(sent(api)) == MAX_BATCH  # no time passed on the clock
     finally:
         stop.set()
         async with asyncio.timeout(5):
