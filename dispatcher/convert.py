@@ -33,13 +33,13 @@ from dispatcher.core.overview import (
     CheckFilter,
     CheckStatus,
     check_page_steps,
-    run_steps,
     status_of,
     target_of,
 )
 from dispatcher.core.placement import Node
 from dispatcher.core.rebuild import RunningConfig, UnreadableReport
 from dispatcher.core.state import ClusterState
+from dispatcher.core.steps import run_steps
 
 ConfigsBody = TypeVar("ConfigsBody", wire.SourcePutIn, wire.ChecksPostIn)
 

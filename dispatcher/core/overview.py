@@ -14,12 +14,13 @@ import heapq
 from collections import Counter
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 
 from dispatcher.core.model import CheckConfig, Digest, NodeName, ResultSummary, SourceName
 from dispatcher.core.state import ClusterState
+from dispatcher.core.steps import run_steps
 
 TARGET_MAX_CHARS = 120
 QUERY_MAX_CHARS = 200
@@ -27,8 +28,6 @@ RECENT_RUNS = 30
 """Runs per check in a page row: the dashboard draws them as a sparkline."""
 PAGE_DEFAULT = 100
 PAGE_MAX = 1000
-T = TypeVar("T")
-
 SLICE_CHECKS = 5_000
 """Checks looked at between two yields of ``check_page_steps``: about 10 ms of the
 event loop on this project's benchmark machine. At 100,000 checks one pass costs about
@@ -112,16 +111,6 @@ def check_page(
 ) -> CheckPage:
     """``check_page_steps`` in one go (a consistent snapshot of the state)."""
     return run_steps(check_page_steps(state, check_filter, offset=offset, limit=limit))
-
-
-def run_steps(steps: Generator[None, None, T]) -> T:
-    """Runs a sliced view to its end without yielding to anyone."""
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            result: T = done.value
-            return result
 
 
 def check_page_steps(

@@ -44,12 +44,12 @@ import bisect
 import heapq
 from collections.abc import Callable, Generator, Hashable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TypeVar
 
 from sortedcontainers import SortedList
 
 from dispatcher.core.model import CheckConfig, Digest, NodeName
 from dispatcher.core.placement import Node
+from dispatcher.core.steps import run_steps
 
 _EPS = 1e-12
 _NEAR = 1e-9
@@ -63,8 +63,6 @@ destination looked at in a search; an item read (``ITEM_WORK``) or a move planne
 (``MOVE_WORK``) count more. About 2 ms a slice there when it is quiet."""
 ITEM_WORK = 3
 MOVE_WORK = 20
-
-T = TypeVar("T")
 
 MIN_MOVE_GAIN = 0.01
 """The least a move may take off its source's relative load, as a fraction of the mean
@@ -209,16 +207,6 @@ def planner_input_steps(
             )
         work += 1 + ITEM_WORK * len(node.digests)
     return loads, on_nodes
-
-
-def run_steps(steps: Generator[None, None, T]) -> T:
-    """Runs a sliced computation to its end, without yielding: its result."""
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            result: T = done.value
-            return result
 
 
 def plan_rebalance(

@@ -61,12 +61,12 @@ from dispatcher.core.rebalance import (
     Plan,
     plan_rebalance,
     planner_input_steps,
-    run_steps,
 )
 from dispatcher.core.rebuild import RunningConfig
 from dispatcher.core.results import ResultBook
 from dispatcher.core.snapshot import ChangeTracker, NodeRecord, Snapshot, StateDelta, fit_together
 from dispatcher.core.sourceplan import Hold, SourceWork, plan_add, plan_replace
+from dispatcher.core.steps import run_steps
 from dispatcher.errors import NoOtherNode, NotDispatched, UnknownCheck, UnknownNode
 
 NEVER = float("-inf")

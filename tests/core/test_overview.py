@@ -22,11 +22,11 @@ from dispatcher.core.overview import (
     CheckStatus,
     check_page,
     check_page_steps,
-    run_steps,
     status_of,
     target_of,
 )
 from dispatcher.core.state import ClusterState
+from dispatcher.core.steps import run_steps
 from tests.core.test_state_table import WALL, add, beat, result
 
 FAILING, DANGLING, PENDING, OK = (
