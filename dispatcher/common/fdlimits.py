@@ -22,8 +22,8 @@ log = structlog.get_logger("dispatcher.http")
 DEFAULT_MAX_CONNECTIONS = 25_000
 """The cap when none is configured (and the file-descriptor limit allows it): a node
 agent holds two connections (its long poll, and one for heartbeats and results), so
-10,000 agents need 20,000, and sources, admins, probes and replicas the rest. An idle
-connection costs the dispatcher a few KiB (README, fleet benchmark)."""
+10,000 agents need 20,000, and sources, admins, probes and replicas the rest (README,
+Fleet scale)."""
 LISTEN_BACKLOG = 128
 FD_RESERVE = 832
 """File descriptors kept for everything but the connections under the cap, when the cap
