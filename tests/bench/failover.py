@@ -55,7 +55,7 @@ import orjson
 from dispatcher.election import redis as election_redis
 from dispatcher.storage import redis as storage_redis
 from tests.bench.agent import parse_metrics
-from tests.bench.machine import machine_busy_s, machine_steal_s
+from tests.bench.machine import loadavg, machine_busy_s, machine_steal_s
 from tests.bench.stats import median, percentile
 from tests.processes import BIN, Proc, free_port
 from tests.redis_server import RedisServer
@@ -282,7 +282,7 @@ def _json(method: str, url: str, body: object = None, *, timeout_s: float = 5.0)
     return orjson.loads(payload)
 
 
-def _placement(state: dict[str, Any]) -> dict[str, str]:
+def placement(state: dict[str, Any]) -> dict[str, str]:
     return {digest: node["name"] for node in state["nodes"] for digest in node["configs"]}
 
 
@@ -503,14 +503,6 @@ def _own_cpu_s() -> float:
     return time.process_time() + children.ru_utime + children.ru_stime
 
 
-def _loadavg() -> str:
-    try:
-        with open("/proc/loadavg", encoding="ascii") as loadavg:
-            return " ".join(loadavg.read().split()[:3])
-    except OSError:
-        return ""
-
-
 # ------------------------------------------------------------------------------ run
 
 
@@ -536,7 +528,7 @@ def run_failover(
         expiry_s=EXPIRY_S,
         heartbeat_s=HEARTBEAT_S,
         reps=reps,
-        loadavg_start=_loadavg(),
+        loadavg_start=loadavg(),
     )
     started = time.perf_counter()
     busy0, steal0, own0 = machine_busy_s(), machine_steal_s(), _own_cpu_s()
@@ -588,7 +580,7 @@ def run_failover(
     wall = time.perf_counter() - started
     busy1, steal1 = machine_busy_s(), machine_steal_s()
     results.duration_s = wall
-    results.loadavg_end = _loadavg()
+    results.loadavg_end = loadavg()
     results.own_cpu_pct = 100.0 * (_own_cpu_s() - own0) / wall
     if busy0 is not None and busy1 is not None:
         results.busy_cpu_pct = 100.0 * (busy1 - busy0) / wall
@@ -748,7 +740,7 @@ def _failover(
     agent_procs: list[Proc],
 ) -> FailoverRun:
     victim, before_state, _ = _current_leader(replicas)
-    before = _placement(before_state)
+    before = placement(before_state)
     survivors = [r for r in replicas if r is not victim]
     assert victim.proc is not None
     sent = time.perf_counter()
@@ -781,7 +773,7 @@ def _failover(
             time.sleep(POLL_S)
     seconds, answered_by, takeover = answer
     new_leader = by_identity[str(takeover["leader"])]
-    at_takeover = _placement(takeover)
+    at_takeover = placement(takeover)
 
     exit_s: float | None = None
     try:
@@ -817,7 +809,7 @@ def _failover(
             rejoin_s = time.perf_counter() - restarted
         time.sleep(0.05)
     later_leader, later_state, rounds = _current_leader(replicas)
-    later = _placement(later_state)
+    later = placement(later_state)
     term_held = (
         rounds == 1
         and later_leader is new_leader

@@ -70,3 +70,12 @@ def machine_steal_s() -> float | None:
     except OSError:
         return None
     return (fields[7] if len(fields) > 7 else 0) / os.sysconf("SC_CLK_TCK")
+
+
+def loadavg() -> str:
+    """The 1, 5 and 15 minute load averages, as /proc/loadavg gives them ("" off Linux)."""
+    try:
+        with open("/proc/loadavg", encoding="ascii") as averages:
+            return " ".join(averages.read().split()[:3])
+    except OSError:
+        return ""

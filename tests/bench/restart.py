@@ -86,8 +86,10 @@ from typing import Any
 import aiohttp
 import orjson
 
-from tests.bench.machine import machine_busy_s, process_cpu_s
+from tests.bench.failover import placement
+from tests.bench.machine import loadavg, machine_busy_s, process_cpu_s
 from tests.bench.stats import table
+from tests.bench.stores import config
 from tests.processes import BIN, ROOT, Proc, dispatcher_argv, free_port
 from tests.redis_server import RedisServer
 
@@ -199,23 +201,6 @@ class RestartResults:
 # ------------------------------------------------------------------ helpers
 
 
-def config(key: str) -> dict[str, object]:
-    """A realistic small http check; ``key`` makes it distinct (a new digest)."""
-    return {
-        "name": "http",
-        "instances": [{"url": f"http://{key}.bench.svc.cluster.local:8080/healthz"}],
-        "interval_s": 15,
-    }
-
-
-def _loadavg() -> str:
-    try:
-        with open("/proc/loadavg", encoding="ascii") as loadavg:
-            return " ".join(loadavg.read().split()[:3])
-    except OSError:
-        return ""
-
-
 class _Meter:
     """Other processes' CPU (and steal) over a measurement, in % of one CPU."""
 
@@ -263,10 +248,6 @@ def _get(url: str, timeout_s: float = REQUEST_TIMEOUT_S) -> tuple[int, bytes]:
         return 0, b""
 
 
-def _placement(state: dict[str, Any]) -> dict[str, str]:
-    return {digest: node["name"] for node in state["nodes"] for digest in node["configs"]}
-
-
 def _log_events(path: Path, names: set[str]) -> list[dict[str, Any]]:
     found = []
     with contextlib.suppress(OSError), path.open("rb") as lines:
@@ -303,9 +284,9 @@ class _Expected:
 
 def _expected(state_body: bytes, url: str) -> _Expected:
     state = orjson.loads(state_body)
-    placement = _placement(state)
+    where = placement(state)
     by_node: dict[str, set[str]] = {}
-    for digest, node in placement.items():
+    for digest, node in where.items():
         by_node.setdefault(node, set()).add(digest)
     node = max(sorted(by_node), key=lambda n: len(by_node[n]))  # a node with checks
     check = min(by_node[node])
@@ -313,7 +294,7 @@ def _expected(state_body: bytes, url: str) -> _Expected:
     if status != 200:
         raise RuntimeError(f"GET the history of {check}: {status}")
     runs = frozenset(r["run_id"] for r in orjson.loads(body)["results"])
-    return _Expected(placement, int(state["epoch"]), node, frozenset(by_node[node]), check, runs)
+    return _Expected(where, int(state["epoch"]), node, frozenset(by_node[node]), check, runs)
 
 
 def _await_serving(
@@ -374,7 +355,7 @@ def _await_serving(
                 and state["totals"]["checks"] == checks
                 and state["totals"]["dispatched"] == checks
             ):
-                after = _placement(state)
+                after = placement(state)
                 result.cpu_s = process_cpu_s(pid)
                 result.all_s = now - origin
                 result.placed = len(after)
@@ -412,7 +393,7 @@ async def _post_results(url: str, state_body: bytes, *, per_check: int) -> float
     """Each node posts ``per_check`` results of each of its checks, in one request (as
     an agent's batch); returns the seconds it took."""
     by_node: dict[str, list[str]] = {}
-    for digest, node in _placement(orjson.loads(state_body)).items():
+    for digest, node in placement(orjson.loads(state_body)).items():
         by_node.setdefault(node, []).append(digest)
     nodes = iter(sorted(by_node.items()))
     now = time.time()
@@ -601,7 +582,7 @@ def _restart_sqlite(
                 result=run,
             )
             run.other_cpu_pct = meter.other_pct()
-            run.loadavg = _loadavg()
+            run.loadavg = loadavg()
             run.takeover_ms = _takeover_ms(log_path)
             results.runs.append(run)
             progress(
@@ -752,7 +733,7 @@ def _failover_redis(
                 result=run,
             )
             run.other_cpu_pct = meter.other_pct()
-            run.loadavg = _loadavg()
+            run.loadavg = loadavg()
             events = _log_events(survivor.log_path, {"started_leading", "leading"})
             for event in events:
                 wall = _wall(event)
@@ -808,7 +789,7 @@ def run_restart(
         lease_s=LEASE_S,
         renew_deadline_s=RENEW_DEADLINE_S,
         retry_s=RETRY_S,
-        loadavg_start=_loadavg(),
+        loadavg_start=loadavg(),
     )
     # The data dir next to the results, on the repository's disk: on a tmpfs every
     # commit and read would be free.
@@ -818,7 +799,7 @@ def run_restart(
             _restart_sqlite(results, work=work, log_dir=log_dir, progress=progress)
         if redis:
             _failover_redis(results, work=work, log_dir=log_dir, progress=progress)
-    results.loadavg_end = _loadavg()
+    results.loadavg_end = loadavg()
     return results
 
 
