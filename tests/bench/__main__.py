@@ -826,6 +826,8 @@ def main() -> None:
         text, core_goals = core_report(core)
         reports.append(text)
         goals += core_goals
+        # Issue 16: scheduling 100,000 checks onto 10,000 nodes under 1 s; a miss exits 1.
+        hard_goals += [g for g in core_goals if g.name.startswith("core: schedule")]
         document["core"] = dataclasses.asdict(core)
     if not args.skip_api:
         api = run_api(
