@@ -26,7 +26,7 @@ from dispatcher.core.model import (
     SourceName,
     make_config,
 )
-from dispatcher.core.outcomes import Move, RebalanceOutcome
+from dispatcher.core.outcomes import Move, RebalanceOutcome, RejectedResult
 from dispatcher.core.overview import (
     RECENT_RUNS,
     SLICE_CHECKS,
@@ -152,28 +152,61 @@ def _unreadable(
 def stats_in(stats: dict[str, wire.CheckStatsIn] | None) -> dict[Digest, CheckStats] | None:
     if stats is None:
         return None
+    # Positional, and the digests (validated strings) as they are: a heartbeat carries a
+    # stat per check its agent runs, 1,000 heartbeats a second at 10,000 agents.
     return {
-        Digest(digest): CheckStats(
-            avg_execution_s=s.avg_execution_s,
-            runs=s.runs,
-            errors=s.errors,
-            last_error=s.last_error,
-            last_run_at=s.last_run_at,
-        )
-        for digest, s in stats.items()
+        digest: CheckStats(s.avg_execution_s, s.runs, s.errors, s.last_error, s.last_run_at)
+        for digest, s in cast("dict[Digest, wire.CheckStatsIn]", stats).items()
     }
 
 
-def result_in(result: wire.CheckResultIn) -> CheckResult:
-    return CheckResult(
-        digest=Digest(result.digest),
-        run_id=result.run_id,
-        ok=result.ok,
-        errors=tuple(result.errors),
-        started_at=result.started_at,
-        duration_s=result.duration_s,
-        output=truncate_utf8(result.output),
-    )
+def results_in(results: list[wire.CheckResultIn]) -> list[CheckResult]:
+    """The results of a post, in order (positional, as ``stats_in``: 10,000 a second)."""
+    return [
+        CheckResult(
+            cast(Digest, r.digest),
+            r.run_id,
+            r.ok,
+            tuple(r.errors),
+            r.started_at,
+            r.duration_s,
+            truncate_utf8(r.output) if r.output else "",
+        )
+        for r in results
+    ]
+
+
+def status_out(
+    *,
+    is_up_to_date: bool,
+    epoch: int,
+    leader: str,
+    heartbeat_interval_s: float,
+    node_expiration_timeout_s: float,
+    results_interval_s: float,
+    warmup: bool,
+    send_running_configs: bool,
+) -> dict[str, Any]:
+    """A ``wire.StatusOut`` as a dict, its fields and types (tests hold the two equal)."""
+    return {
+        "is_up_to_date": is_up_to_date,
+        "epoch": epoch,
+        "leader": leader,
+        "heartbeat_interval_s": float(heartbeat_interval_s),
+        "node_expiration_timeout_s": float(node_expiration_timeout_s),
+        "results_interval_s": float(results_interval_s),
+        "warmup": warmup,
+        "send_running_configs": send_running_configs,
+    }
+
+
+def results_out(*, epoch: int, accepted: int, rejected: Sequence[RejectedResult]) -> dict[str, Any]:
+    """A ``wire.ResultsOut`` as a dict (as ``status_out``)."""
+    return {
+        "epoch": epoch,
+        "accepted": accepted,
+        "rejected": [{"digest": r.digest, "reason": r.reason} for r in rejected],
+    }
 
 
 def config_out(config: CheckConfig, state: ClusterState) -> wire.CheckConfigOut:

@@ -39,6 +39,8 @@ class StepLog:
     def decisions(self, decisions: Sequence[Decision]) -> None:
         """A line per decision; for a big step one line with the counts and the first
         few instead."""
+        if not decisions:
+            return  # most steps (a heartbeat) decide nothing
         by_reason = Counter(d.reason for d in decisions)
         if self._metrics is not None:
             for reason, count in by_reason.items():

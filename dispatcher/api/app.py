@@ -78,7 +78,7 @@ def create_app(
     shared directory), ``/replicas`` lists this replica alone."""
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
-        middlewares=[_request_context, _auth_and_leadership],
+        middlewares=[_serve],
     )
     app[SETTINGS] = settings
     app[DISPATCHER] = dispatcher
@@ -102,25 +102,29 @@ def create_app(
 
 
 @web.middleware
-async def _request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Request id, one log line per request, and the error body for every failure."""
-    incoming = request.headers.get(REQUEST_ID, "")
+async def _serve(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id, one log line per request, the error body for every failure; inside
+    those, auth and leadership. One middleware, not one per concern: each layer costs
+    every request, and the agents of a large fleet send thousands a second."""
+    incoming = request.headers.get(REQUEST_ID)
     request_id = (
-        incoming if _REQUEST_ID_OK.fullmatch(incoming) else f"{_ID_PREFIX}-{next(_ID_COUNTER)}"
+        incoming
+        if incoming is not None and _REQUEST_ID_OK.fullmatch(incoming)
+        else f"{_ID_PREFIX}-{next(_ID_COUNTER)}"
     )
     structlog.contextvars.bind_contextvars(request_id=request_id)
     started = time.perf_counter()
+    route_name = request.match_info.route.name or "unmatched"
+    route = ROUTES_BY_NAME.get(route_name)
     response: web.StreamResponse
     try:
-        response = await respond(request, functools.partial(_unreadable_body, handler=handler))
+        response = await respond(request, functools.partial(_guarded, handler=handler, route=route))
         response.headers[REQUEST_ID] = request_id
         leader = request.app[LEADERSHIP].leader()
         if leader is not None:
             response.headers[LEADER_HEADER] = leader.identity
         elapsed = time.perf_counter() - started
-        route_name = request.match_info.route.name or "unmatched"
         request.app[METRICS].observe_request(route_name, request.method, response.status, elapsed)
-        route = ROUTES_BY_NAME.get(route_name)
         quiet = route is not None and route.routine and response.status < 400
         (log.debug if quiet else log.info)(
             "request",
@@ -135,12 +139,17 @@ async def _request_context(request: web.Request, handler: Handler) -> web.Stream
         structlog.contextvars.unbind_contextvars("request_id")
 
 
-async def _unreadable_body(request: web.Request, *, handler: Handler) -> web.StreamResponse:
-    """A body that cannot be read is the client's doing: 400, not a 500 and a traceback.
-    aiohttp raises its parser's errors from ``request.read()`` (a compressed body that
-    does not decompress) and a reset when the client left before sending it all."""
+async def _guarded(
+    request: web.Request, *, handler: Handler, route: Route | None
+) -> web.StreamResponse:
+    """Auth and leadership before the handler, and a body that cannot be read as the
+    client's doing: 400, not a 500 and a traceback. aiohttp raises its parser's errors
+    from ``request.read()`` (a compressed body that does not decompress) and a reset
+    when the client left before sending it all."""
     try:
-        return await handler(request)
+        if route is None:
+            return await handler(request)  # aiohttp answers 404 / 405 for unmatched routes
+        return await _authorized(request, route, handler)
     except (HttpProcessingError, RequestPayloadError) as exc:
         reason = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
         raise InvalidRequest(f"The request body cannot be read: {one_line(reason)}") from exc
@@ -150,11 +159,7 @@ async def _unreadable_body(request: web.Request, *, handler: Handler) -> web.Str
         raise InvalidRequest("The client closed the connection before the whole body.") from exc
 
 
-@web.middleware
-async def _auth_and_leadership(request: web.Request, handler: Handler) -> web.StreamResponse:
-    route = ROUTES_BY_NAME.get(request.match_info.route.name or "")
-    if route is None:
-        return await handler(request)  # aiohttp answers 404 / 405 for unmatched routes
+async def _authorized(request: web.Request, route: Route, handler: Handler) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     if not route.large_body:
         request[ROLE] = authorize(settings.auth, route, request)

@@ -55,6 +55,17 @@ _SCAN: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder(  # type: ignore
 _SCAN_STRING: Callable[[str, int], tuple[str, int]] = decoder.scanstring  # type: ignore[attr-defined]
 
 
+def parses_as_one(raw: bytes) -> bool:
+    """Whether pydantic's JSON parser may validate ``raw`` straight into a model
+    (``model_validate_json``) with the result ``loads`` and validation would give: a
+    body under ``SLICED_MIN_BYTES`` (``loads`` decodes those in one call by the same
+    parser) without a ``NaN`` or ``Infinity`` anywhere (``loads`` refuses those
+    constants; validating from JSON lets them through the parser, to be refused by the
+    field or not). A body that holds either word, even inside a string, takes the long
+    way, which is only slower."""
+    return len(raw) < SLICED_MIN_BYTES and b"NaN" not in raw and b"Infinity" not in raw
+
+
 Consumer = Callable[[list[Any], int], None]
 """Takes a slice of an array's elements and the index of its first element; a slice at
 index 0 starts the array (again, for a repeated key: the last one counts)."""

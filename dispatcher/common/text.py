@@ -8,6 +8,8 @@ OUTPUT_LIMIT_BYTES = 4096
 
 def truncate_utf8(text: str, limit_bytes: int = OUTPUT_LIMIT_BYTES) -> str:
     """Cuts text to at most ``limit_bytes`` of UTF-8 without splitting a character."""
+    if len(text) * 4 <= limit_bytes:
+        return text  # no character takes more than 4 bytes: nothing to cut, nothing to encode
     encoded = text.encode("utf-8")
     if len(encoded) <= limit_bytes:
         return text

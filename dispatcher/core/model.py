@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NewType
+from typing import Any, NamedTuple, NewType
 
 import orjson
 
@@ -120,9 +120,13 @@ def make_config(
     )
 
 
-@dataclass(frozen=True, slots=True)
-class CheckStats:
-    """What an agent measured of one check, as sent in its heartbeat."""
+class CheckStats(NamedTuple):
+    """What an agent measured of one check, as sent in its heartbeat.
+
+    Named tuples rather than frozen dataclasses (this and ``CheckResult``), as
+    immutable: a fleet of 10,000 agents sends 100,000 of each every few seconds, and a
+    frozen dataclass took four times as long to build (each field set through
+    ``object.__setattr__``)."""
 
     avg_execution_s: float
     runs: int
@@ -131,8 +135,7 @@ class CheckStats:
     last_run_at: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class CheckResult:
+class CheckResult(NamedTuple):
     """One run of one check, as an agent reported it."""
 
     digest: Digest

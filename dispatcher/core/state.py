@@ -938,13 +938,20 @@ class ClusterState:
                     self._attach(digest, node, reason="adopted", previous=None)
 
     def _record_stats(self, node: Node, stats: Mapping[Digest, CheckStats]) -> None:
+        # Names bound once: a heartbeat carries a stat per check its agent runs.
+        placed_on = self._placement.get
+        configs = self._configs
+        measured = self._costs.get
+        name = node.name
+        kept = node.stats
         for digest, item in stats.items():
-            if self._placement.get(digest) != node.name:
+            if placed_on(digest) != name:
                 continue  # a stale report for a check that moved away
-            node.stats[digest] = item
+            kept[digest] = item
             if item.runs > 0:
-                interval = self._configs[digest].interval_s
-                self._set_measured(digest, item.avg_execution_s / interval)
+                utilisation = item.avg_execution_s / configs[digest].interval_s
+                if measured(digest) != utilisation:
+                    self._set_measured(digest, utilisation)
 
     def _set_measured(self, digest: Digest, utilisation: float | None) -> None:
         old = self._costs.get(digest)
