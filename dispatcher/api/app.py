@@ -23,6 +23,7 @@ from dispatcher.api import openapi
 from dispatcher.api.forward import FORWARDED_HEADER, forward, session_context
 from dispatcher.api.keys import (
     CLOCK,
+    CONFIG_FRAGMENTS,
     DISPATCHER,
     HEALTH,
     LEADERSHIP,
@@ -39,6 +40,7 @@ from dispatcher.common.clock import Clock
 from dispatcher.common.health import HealthRegistry
 from dispatcher.common.httperrors import respond
 from dispatcher.common.httpserver import one_line
+from dispatcher.convert import ConfigFragments
 from dispatcher.election.base import Leadership
 from dispatcher.engine import Dispatcher
 from dispatcher.errors import (
@@ -86,6 +88,7 @@ def create_app(
     app[HEALTH] = health
     app[METRICS] = metrics
     app[CLOCK] = clock
+    app[CONFIG_FRAGMENTS] = ConfigFragments()
     app[REPLICAS] = replicas or ReplicaReporter(
         directory=LocalReplicaDirectory(clock),
         leadership=leadership,

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from dispatcher.common.clock import Clock
 from dispatcher.common.health import HealthRegistry
+from dispatcher.convert import ConfigFragments
 from dispatcher.election.base import Leadership
 from dispatcher.engine import Dispatcher
 from dispatcher.metrics import DispatcherMetrics
@@ -23,6 +24,7 @@ METRICS = web.AppKey("metrics", DispatcherMetrics)
 CLOCK = web.AppKey("clock", Clock)
 REPLICAS = web.AppKey("replicas", ReplicaReporter)
 FORWARD_SESSION = web.AppKey("forward_session", aiohttp.ClientSession)
+CONFIG_FRAGMENTS = web.AppKey("config_fragments", ConfigFragments)
 OPENAPI = web.AppKey("openapi", bytes)
 """The OpenAPI document of the app's routes, serialised once when the app is built."""
 

@@ -233,9 +233,18 @@ async def test_the_configs_reply_is_what_the_model_gives(api: Api) -> None:
     state = api.service.dispatcher.state
     last_change, configs = state.node_configs(next(iter(state.nodes)))
 
-    fast = convert.node_configs_json(
-        last_change=last_change, epoch=7, configs=configs, state=state, warmup=True
-    )
+    fragments = convert.ConfigFragments()
+    fast = [
+        convert.node_configs_json(
+            last_change=last_change,
+            epoch=7,
+            configs=configs,
+            state=state,
+            warmup=warmup,
+            fragments=fragments,
+        )
+        for warmup in (True, False, True)  # the second and third from the fragments kept
+    ]
 
     model = wire.NodeConfigsOut(
         last_change=last_change,
@@ -243,4 +252,6 @@ async def test_the_configs_reply_is_what_the_model_gives(api: Api) -> None:
         configs=[convert.config_out(c, state) for c in configs],
         warmup=True,
     )
-    assert fast == orjson.dumps(model.model_dump())
+    assert fast[0] == fast[2] == orjson.dumps(model.model_dump())
+    assert fast[1] == orjson.dumps({**model.model_dump(), "warmup": False})
+    assert len(fragments) == len(configs)

@@ -25,7 +25,7 @@ Each simulated agent speaks the node protocol as the real one does
 (``node_agent/poller.py``): a heartbeat at the interval the dispatcher's status reply
 tells (the first spread at random over one interval, then each shortened at random by
 up to 10 %; ``stats`` for what it holds; ``running`` on first contact with a new epoch),
-one held long poll (``GET /configs/{node}?since=&wait_s=27..30``, the wait shortened at
+one held long poll (``GET /configs/{node}?since=&wait_s=49.5..55``, the wait shortened at
 random per agent; a ``404`` registers it again; a new epoch, or a second status reply in
 a row that says its configs changed since the same counter, cancels the fetch in flight,
 closing its connection, and fetches again; failures retried with the real agent's
@@ -107,6 +107,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from node_agent.poller import JITTER
+from node_agent.settings import AgentSettings
 from tests.bench.machine import machine_busy_s, process_cpu_s, process_cpu_split_s
 from tests.bench.rawhttp import Client, Connection, HttpError, Pool, Request, send
 from tests.bench.stats import percentile, table
@@ -131,7 +132,7 @@ EXEC_S = 0.012  # a check run's duration as reported
 RUN_NAME = "http"  # checks of other names are held, not run
 PROBE_PERIOD_S = 0.05
 PROBE_NODE = "fleet-probe"
-LONG_POLL_S = 30.0
+LONG_POLL_S = AgentSettings().long_poll_s  # the real agent's
 REQUEST_TIMEOUT_S = 10.0
 RETRY_BASE_S = 0.2  # the real agent's (node_agent/poller.py)
 PHASE_TIMEOUT_S = 180.0

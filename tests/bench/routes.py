@@ -201,6 +201,13 @@ class _Fleet:
     def fetch_now(self, i: int) -> bytes:
         return self.configs_req[self.names[i % len(self.names)]].encode()
 
+    def long_poll(self, i: int) -> bytes:
+        """A long poll that nothing wakes: answered when its short wait runs out."""
+        n = self.names[i % len(self.names)]
+        host = self.pool.client.authority
+        target = f"{API}/configs/{n}?since={self.last_change[n]}&wait_s={self.args.poll_wait}"
+        return Request("GET", target, host).encode()
+
 
 async def measure(port: int, pid: int, args: argparse.Namespace) -> list[RouteCost]:
     client = Client("127.0.0.1", port)
@@ -214,10 +221,13 @@ async def measure(port: int, pid: int, args: argparse.Namespace) -> list[RouteCo
         ("status", fleet.heartbeat),
         ("results", fleet.results),
         ("configs", fleet.fetch_now),
+        ("longpoll", fleet.long_poll),
     ]
     out = []
     for route, make in routes:
-        if (args.only and route not in args.only) or (args.bare and route == "results"):
+        if (args.only and route not in args.only) or (
+            args.bare and route in ("results", "longpoll")
+        ):
             continue
         n, secs, cpu = await _drive(
             fleet.pool,
@@ -240,6 +250,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--only", nargs="*", default=[])
+    parser.add_argument("--poll-wait", type=float, default=0.05, help="longpoll's wait_s")
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy folded stacks here")
     parser.add_argument("--bare", action="store_true", help="a bare aiohttp server instead")

@@ -35,6 +35,7 @@ from typing import Any
 
 import pytest
 
+from dispatcher.settings import TICK_INTERVAL_S
 from tests.processes import ROOT, free_port
 
 pytestmark = pytest.mark.e2e
@@ -58,7 +59,7 @@ def load_demo() -> ModuleType:
 DEMO = load_demo()
 EVERY_S = 1.0
 """The tests ask for a table every second (the demo's default is five)."""
-TICK_S = min(1.0, DEMO.EXPIRY_S / 4)
+TICK_S = min(TICK_INTERVAL_S, DEMO.EXPIRY_S / 4)
 """The dispatcher's expiry tick (DispatchSettings.tick_interval_s)."""
 START_BOUND_S = DEMO.READY_TIMEOUT_S + DEMO.REGISTER_TIMEOUT_S + MARGIN_S
 """From start to the first table: the dispatcher ready, then the agents registered and

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 
+from dispatcher.settings import TICK_INTERVAL_S
 from tests.bench.fleet import FleetResults, run_fleet
 
 pytestmark = pytest.mark.e2e
@@ -20,7 +21,7 @@ AGENTS = 40
 CHECKS_PER_AGENT = 5
 HEARTBEAT_S = 1.0
 EXPIRY_S = 4.0
-TICK_S = 1.0  # the dispatcher's expiry tick: min(1 s, expiry / 4)
+TICK_S = TICK_INTERVAL_S  # the dispatcher's expiry tick (DispatchSettings.tick_interval_s)
 SLACK_S = 3.0  # a busy 2-core CI machine
 
 
