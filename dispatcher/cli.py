@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 import click
 
 from dispatcher.admin import commands as admin
-from dispatcher.common import logs, loops
+from dispatcher.common import logs
 from dispatcher.common.cli import option, read_token
 from dispatcher.common.fdlimits import DEFAULT_MAX_CONNECTIONS
 from dispatcher.errors import ConfigurationError, StoreError
@@ -357,14 +357,6 @@ def main() -> None:
     "lower].",
 )
 @option(
-    "event-loop",
-    type=click.Choice(loops.EVENT_LOOPS),
-    default=_SERVER.event_loop,
-    show_default=True,
-    help="The event loop: uvloop's (about a third less CPU per request), or the standard "
-    "library's.",
-)
-@option(
     "accept-error-log-interval",
     type=_seconds(0, MAX_SERVER_TIMEOUT_S, low_open=True),
     default=_SERVER.accept_error_log_interval_s,
@@ -376,8 +368,7 @@ def serve(**flags: Any) -> None:
     settings = settings_from_flags(flags)
     logs.configure(fmt=settings.log.format, level=settings.log.level)
     try:
-        with asyncio.Runner(loop_factory=loops.factory(settings.server.event_loop)) as runner:
-            runner.run(_serve(settings))
+        asyncio.run(_serve(settings))
     except OSError as exc:
         _fail(
             f"cannot serve on {settings.server.host}:{settings.server.port}: {exc.strerror or exc}"
@@ -429,7 +420,6 @@ def settings_from_flags(flags: dict[str, Any]) -> Settings:
             body_timeout_s=flags["body_timeout"],
             idle_timeout_s=flags["idle_timeout"],
             max_connections=flags["max_connections"],
-            event_loop=flags["event_loop"],
             max_import_bytes=flags["max_import_bytes"],
             ui_refresh_s=flags["ui_refresh"],
             accept_error_log_interval_s=flags["accept_error_log_interval"],

@@ -61,10 +61,6 @@ class ServerSettings:
     """A kept-alive connection with no request in progress is closed after this long.
     Longer than the keep-alive of aiohttp's client (15 s), so that clients close first.
     No timeout applies while a request is handled: a long poll waits its ``wait_s``."""
-    event_loop: str = "asyncio"
-    """The event loop (``common.loops.EVENT_LOOPS``): uvloop's, or the standard
-    library's. uvloop's costs the leader about a third less CPU per agent request
-    (README, Fleet scale)."""
     max_connections: int | None = None
     """Open connections at most. At the limit a new connection closes the one idle the
     longest; when every one is in a request, the new one gets ``503`` and is closed.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hmac
 import itertools
+import logging
 import re
 import secrets
 import time
@@ -129,14 +130,15 @@ async def _serve(request: web.Request, handler: Handler) -> web.StreamResponse:
         elapsed = time.perf_counter() - started
         request.app[METRICS].observe_request(route_name, request.method, response.status, elapsed)
         quiet = route is not None and route.routine and response.status < 400
-        (log.debug if quiet else log.info)(
-            "request",
-            method=request.method,
-            path=request.path,
-            route=route_name,
-            status=response.status,
-            duration_ms=round(elapsed * 1000, 2),
-        )
+        if not quiet or log.is_enabled_for(logging.DEBUG):  # else not even the fields
+            (log.debug if quiet else log.info)(
+                "request",
+                method=request.method,
+                path=request.path,
+                route=route_name,
+                status=response.status,
+                duration_ms=round(elapsed * 1000, 2),
+            )
         return response
     finally:
         structlog.contextvars.unbind_contextvars("request_id")

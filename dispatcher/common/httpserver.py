@@ -45,11 +45,9 @@ import asyncio
 import fcntl
 import itertools
 import secrets
-import socket
 import ssl
 import struct
 import termios
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Literal
@@ -60,7 +58,7 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 
 from dispatcher import errors
 from dispatcher.common.clock import Clock, Timer
-from dispatcher.common.fdlimits import LISTEN_BACKLOG, RESOURCE_ERRNOS, EveryInterval
+from dispatcher.common.fdlimits import LISTEN_BACKLOG, EveryInterval
 from dispatcher.common.httperrors import STATUS, error_body
 
 log = structlog.get_logger("dispatcher.http")
@@ -515,13 +513,7 @@ class GuardedRequestHandler(web.RequestHandler):
 class Listener:
     """Serves an ``AppRunner``'s server on a TCP address with ``GuardedRequestHandler``
     (in place of ``web.TCPSite``). ``close`` stops accepting; the runner's ``cleanup``
-    then ends the connections as usual.
-
-    It binds and accepts itself, and hands each accepted socket to the loop
-    (``connect_accepted_socket``), the same on every event loop: uvloop's own server
-    accepts and closes at once the connections it has no file descriptor for, without a
-    word, where asyncio's logs the failure and tries again a second later, the
-    connections waiting in the backlog meanwhile. Here both do as asyncio's."""
+    then ends the connections as usual."""
 
     def __init__(
         self,
@@ -541,18 +533,14 @@ class Listener:
         self._port = port
         self._ssl_context = ssl_context
         self._backlog = backlog
-        self._clock = clock
-        self._sockets: list[socket.socket] = []
-        self._retries: dict[socket.socket, Timer] = {}
-        self._handshakes: set[asyncio.Task[None]] = set()
-        self._protocol: Callable[[], GuardedRequestHandler] | None = None
+        self._server: asyncio.Server | None = None
 
     @property
     def port(self) -> int:
         """The bound port (useful with port 0)."""
-        if not self._sockets:
+        if self._server is None or not self._server.sockets:
             return self._port
-        return int(self._sockets[0].getsockname()[1])
+        return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
         server = self._runner.server
@@ -564,116 +552,20 @@ class Listener:
         def protocol() -> GuardedRequestHandler:
             return GuardedRequestHandler(server, loop=loop, guard=guard)
 
-        self._protocol = protocol
-        self._sockets = await _bind(self._host, self._port, self._backlog)
-        for sock in self._sockets:
-            self._serve(sock)
-
-    def close(self) -> None:
-        loop = asyncio.get_running_loop()
-        for timer in self._retries.values():
-            timer.cancel()
-        self._retries.clear()
-        for sock in self._sockets:
-            loop.remove_reader(sock.fileno())
-            sock.close()
-        self._sockets = []
-        for task in self._handshakes:
-            task.cancel()
-
-    def _serve(self, sock: socket.socket) -> None:
-        self._retries.pop(sock, None)
-        if sock in self._sockets:
-            asyncio.get_running_loop().add_reader(sock.fileno(), self._accept, sock)
-
-    def _accept(self, sock: socket.socket) -> None:
-        """Every connection waiting (up to the backlog: one turn of the loop does not
-        serve accepts alone). Out of file descriptors (or memory): the failure goes to
-        the loop's exception handler (``fdlimits.AcceptErrorLog`` logs it once per
-        interval), and accepting pauses for ``ACCEPT_RETRY_DELAY_S``; the connections
-        wait in the backlog meanwhile, as the idle ones the guard closes free room."""
-        loop = asyncio.get_running_loop()
-        for _ in range(self._backlog):
-            try:
-                conn, _ = sock.accept()
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                return
-            except OSError as exc:
-                if exc.errno not in RESOURCE_ERRNOS:
-                    raise  # the loop logs it, and this reader stays
-                loop.call_exception_handler(
-                    {
-                        "message": "socket.accept() out of system resource",
-                        "exception": exc,
-                        "socket": sock,
-                    }
-                )
-                loop.remove_reader(sock.fileno())
-                self._retries[sock] = self._clock.call_later(
-                    ACCEPT_RETRY_DELAY_S, lambda: self._serve(sock)
-                )
-                return
-            conn.setblocking(False)
-            self._connect(conn)
-
-    def _connect(self, conn: socket.socket) -> None:
-        assert self._protocol is not None
-        loop = asyncio.get_running_loop()
-        accepted = loop.connect_accepted_socket(
-            self._protocol,
-            conn,
+        self._server = await loop.create_server(
+            protocol,
+            self._host,
+            self._port,
             ssl=self._ssl_context,
+            backlog=self._backlog,
+            reuse_address=True,
             # A TLS handshake holds a socket before any request: bound it like a head.
             ssl_handshake_timeout=(
-                self.guard.limits.header_timeout_s if self._ssl_context is not None else None
+                guard.limits.header_timeout_s if self._ssl_context is not None else None
             ),
         )
-        task = loop.create_task(_connected(accepted, conn))
-        self._handshakes.add(task)
-        task.add_done_callback(self._handshakes.discard)
 
-
-ACCEPT_RETRY_DELAY_S = 1.0
-"""How long accepting pauses after it failed for want of resources (asyncio's own)."""
-
-
-async def _connected(accepted: Awaitable[object], conn: socket.socket) -> None:
-    """Waits for a connection to be set up (its TLS handshake, if any). A handshake that
-    fails or times out is the client's: its socket is closed, at debug level."""
-    try:
-        await accepted
-    except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
-        log.debug("connection_setup_failed", error=type(exc).__name__, reason=str(exc)[:200])
-        conn.close()
-
-
-async def _bind(host: str, port: int, backlog: int) -> list[socket.socket]:
-    """Listening sockets on every address ``host`` resolves to (all of them for an
-    empty host), as ``loop.create_server`` binds them: address reuse on, IPv6 sockets
-    for IPv6 alone. One that cannot be bound closes the others and raises."""
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(
-        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )
-    sockets: list[socket.socket] = []
-    try:
-        for family, kind, proto, _, address in dict.fromkeys(infos):
-            sock = socket.socket(family, kind, proto)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            try:
-                sock.bind(address)
-            except OSError as exc:
-                raise OSError(
-                    exc.errno,
-                    f"error while attempting to bind on address {address!r}: {exc.strerror}",
-                ) from None
-            sock.listen(backlog)
-            sock.setblocking(False)
-    except BaseException:
-        for sock in sockets:
-            sock.close()
-        raise
-    return sockets
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None

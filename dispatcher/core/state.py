@@ -938,20 +938,33 @@ class ClusterState:
                     self._attach(digest, node, reason="adopted", previous=None)
 
     def _record_stats(self, node: Node, stats: Mapping[Digest, CheckStats]) -> None:
-        # Names bound once: a heartbeat carries a stat per check its agent runs.
+        """Keeps the node's stats and re-prices its checks by their measured utilisation.
+        ``_set_measured`` for each, inline: an agent's average run time changes with
+        nearly every run, so a heartbeat re-prices most of its checks, and the node's
+        place in the order and the mean cost are settled once, at the end (the same
+        outcome as after each: nothing reads them in between)."""
         placed_on = self._placement.get
         configs = self._configs
-        measured = self._costs.get
+        costs = self._costs
         name = node.name
         kept = node.stats
+        repriced = False
         for digest, item in stats.items():
             if placed_on(digest) != name:
                 continue  # a stale report for a check that moved away
             kept[digest] = item
             if item.runs > 0:
-                utilisation = item.avg_execution_s / configs[digest].interval_s
-                if measured(digest) != utilisation:
-                    self._set_measured(digest, utilisation)
+                config = configs[digest]
+                utilisation = item.avg_execution_s / config.interval_s
+                old = costs.get(digest)
+                if old != utilisation:
+                    node.remove_cost(weight=config.weight, measured=old)
+                    node.add_cost(weight=config.weight, measured=utilisation)
+                    costs.set(digest, utilisation)
+                    repriced = True
+        if repriced:
+            self._index.set_mean_cost(costs.mean())
+            self._index.update(node)
 
     def _set_measured(self, digest: Digest, utilisation: float | None) -> None:
         old = self._costs.get(digest)

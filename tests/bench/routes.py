@@ -110,7 +110,6 @@ class _Fleet:
         self.labels = {n: orjson.dumps({"zone": f"z{i % 3}"}) for i, n in enumerate(self.names)}
         self.held: dict[str, list[str]] = {}
         self.last_change: dict[str, int] = {}
-        self.stats: dict[str, bytes] = {}
         self.wall = time.time() - 1.0
         self.rng = random.Random(1)
 
@@ -167,14 +166,15 @@ class _Fleet:
 
     def heartbeat(self, i: int) -> bytes:
         n = self.names[i % len(self.names)]
-        stats = self.stats.get(n)
-        if stats is None:
-            stats = self.stats[n] = orjson.dumps(
-                {
-                    d: {"avg_execution_s": 0.01, "runs": 5, "errors": 0, "last_run_at": self.wall}
-                    for d in self.held[n]
-                }
-            )
+        # The average run time moves with every heartbeat, as a real agent's does (the
+        # leader re-prices the checks).
+        avg_s = 0.01 + (i % 97) * 1e-6
+        stats = orjson.dumps(
+            {
+                d: {"avg_execution_s": avg_s, "runs": 5, "errors": 0, "last_run_at": self.wall}
+                for d in self.held[n]
+            }
+        )
         body = b'{"last_change":%d,"labels":%s,"capacity":1,"stats":%s}' % (
             self.last_change[n],
             self.labels[n],
