@@ -49,7 +49,14 @@ SPECS_ON_LOOP = 5_000
 each on the loop)."""
 RETRY_BASE_S = 0.2
 JITTER = 0.1
-"""Heartbeat intervals and long-poll waits are shortened by up to this fraction, at random."""
+"""Heartbeat intervals are shortened by up to this fraction, at random."""
+POLL_JITTER = 0.5
+"""Long-poll waits are shortened by up to this fraction, at random: a change that
+touches every agent (a fleet-wide PUT, a new leader) answers every long poll at once,
+and with a tenth the renewals came back as one wave every ``long_poll_s`` for many
+rounds (10,000 within 5.5 s at 10,000 agents, the leader saturated meanwhile); with half
+they spread over half the wait from the first round on. It costs a third more
+renewals than waiting the whole of it."""
 FAILOVER_DELAY_S = 0.05
 """Between two dispatcher URLs after one fails: a moment, not a backoff."""
 
@@ -291,7 +298,7 @@ class Poller:
             self._fetch_now.clear()
             # Shortened by a random part, for the same reason: a change wakes many agents'
             # long polls at once, and their next ones would otherwise end together.
-            wait_s = round(self._settings.long_poll_s * self._rng.uniform(1 - JITTER, 1.0), 1)
+            wait_s = round(self._settings.long_poll_s * self._rng.uniform(1 - POLL_JITTER, 1.0), 1)
             fetch = asyncio.ensure_future(self.fetch_once(wait_s=wait_s))
             interrupt = asyncio.ensure_future(
                 wait_any(self._fetch_now, stop, timeout_s=3600, clock=self._clock)

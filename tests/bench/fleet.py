@@ -25,7 +25,7 @@ Each simulated agent speaks the node protocol as the real one does
 (``node_agent/poller.py``): a heartbeat at the interval the dispatcher's status reply
 tells (the first spread at random over one interval, then each shortened at random by
 up to 10 %; ``stats`` for what it holds; ``running`` on first contact with a new epoch),
-one held long poll (``GET /configs/{node}?since=&wait_s=49.5..55``, the wait shortened at
+one held long poll (``GET /configs/{node}?since=&wait_s=27.5..55``, the wait shortened at
 random per agent; a ``404`` registers it again; a new epoch, or a second status reply in
 a row that says its configs changed since the same counter, cancels the fetch in flight,
 closing its connection, and fetches again; failures retried with the real agent's
@@ -106,7 +106,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from node_agent.poller import JITTER
+from node_agent.poller import JITTER, POLL_JITTER
 from node_agent.settings import AgentSettings
 from tests.bench.machine import machine_busy_s, process_cpu_s, process_cpu_split_s
 from tests.bench.rawhttp import Client, Connection, HttpError, Pool, Request, send
@@ -380,9 +380,9 @@ class Agent:
         self.results_request = Request("POST", f"{API}/results/{self.name}", authority, JSON)
         self.configs_request = Request("GET", f"{API}/configs/{self.name}", authority).encode()
         self.poll_head = f"GET {API}/configs/{self.name}?since=".encode("ascii")
-        # The real agent shortens each wait by a random part of up to JITTER; here each
-        # agent keeps one shortened wait (its polls drift apart from the others' alike).
-        wait_s = round(LONG_POLL_S * random.Random(-index).uniform(1 - JITTER, 1.0), 1)
+        # The real agent shortens each wait by a random part of up to POLL_JITTER; here
+        # each agent keeps one shortened wait (its polls drift apart from the others' alike).
+        wait_s = round(LONG_POLL_S * random.Random(-index).uniform(1 - POLL_JITTER, 1.0), 1)
         self.poll_tail = f"&wait_s={wait_s:g} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode("ascii")
         self.conn: Connection | None = None  # the long poll's own
         self.held: dict[str, int] = {}  # digest -> interval_s

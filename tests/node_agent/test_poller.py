@@ -39,6 +39,7 @@ from node_agent.poller import (
     FAILOVER_DELAY_S,
     JITTER,
     MIN_STATS_BYTES,
+    POLL_JITTER,
     RETRY_BASE_S,
     STATUS_BODY_BYTES,
     Poller,
@@ -509,7 +510,7 @@ async def test_heartbeats_and_long_polls_are_shortened_at_random_within_the_jitt
 ) -> None:
     """Agents that start together (or are all woken by one change) drift apart: each
     heartbeat comes a random part of JITTER early, and each long poll asks a random part
-    of JITTER less than ``long_poll_s``; never later or longer than configured."""
+    of POLL_JITTER less than ``long_poll_s``; never later or longer than configured."""
     fake, server = await world.serve()
     agent = world.agent((url_of(server),), long_poll_s=30.0)
     agent.start()
@@ -520,7 +521,7 @@ async def test_heartbeats_and_long_polls_are_shortened_at_random_within_the_jitt
     assert len({round(g, 6) for g in gaps}) > 1, gaps  # not one fixed shortening
     waits = [float(q["wait_s"]) for _, q in fake.config_queries if "since" in q]
     assert waits
-    assert all(30.0 * (1 - JITTER) <= w <= 30.0 for w in waits), waits
+    assert all(30.0 * (1 - POLL_JITTER) <= w <= 30.0 for w in waits), waits
 
 
 async def test_a_stale_epoch_on_status_is_ignored(world: World) -> None:
@@ -665,8 +666,8 @@ async def test_a_config_change_reaches_the_agent_through_the_long_poll(world: Wo
     assert world.clock.monotonic() == changed_at
     waits = [q for _, q in fake.config_queries if "since" in q]
     assert waits
-    # The agent's long_poll_s, shortened at random by up to JITTER (a tenth of a second).
-    assert all(10 * (1 - JITTER) <= float(q["wait_s"]) <= 10 for q in waits)
+    # The agent's long_poll_s, shortened at random by up to POLL_JITTER.
+    assert all(10 * (1 - POLL_JITTER) <= float(q["wait_s"]) <= 10 for q in waits)
     assert len(fake.statuses) == 1  # heartbeats at the dispatcher's interval (10 s)
 
 
