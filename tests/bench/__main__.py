@@ -19,7 +19,7 @@ at 1,000 results/s by a real dispatcher per store with the check history on and 
 leader CPU, memory per 1,000 results held, the rate sustained with history on;
 ``--skip-history``) and about 15 s for the dashboard benchmark (``GET .../overview``
 and the page's first render in Chromium at 10,000 checks; ``--skip-dashboard``) and about
-80 s for the fleet benchmark (1,000 simulated agents over HTTP against a real dispatcher:
+140 s for the fleet benchmark (1,000 simulated agents over HTTP against a real dispatcher:
 heartbeat latency from a probe, leader CPU, RSS and fds, a change of 1,000 checks reaching
 its agents, a rebalance, large PUTs, a zone outage; ``--skip-fleet``; missing any of its
 goals also exits 1; bigger fleets with ``python -m tests.bench.fleet --agents 1000 5000
