@@ -21,6 +21,8 @@ from pydantic import BaseModel, ValidationError
 from dispatcher import convert, wire
 from dispatcher.common import slicedjson
 from dispatcher.common.clock import FakeClock
+from dispatcher.core.model import Digest
+from dispatcher.core.outcomes import RejectedResult
 from tests.api.conftest import API, Api, check, result
 
 NOW_S = 1_800_000_000.0
@@ -221,3 +223,25 @@ async def test_a_whole_float_and_a_future_stat_get_their_usual_answers(
     assert refused.field_paths() == [f"stats.{digest}.last_run_at"]
     posted = await api.ok("POST", f"{API}/results/node-a", {"results": [result(digest)]})
     assert posted["accepted"] == 1
+
+
+def test_the_agents_replies_built_as_dicts_are_their_models() -> None:
+    """``convert.status_out`` and ``results_out`` (the replies built without a model)
+    have every field of ``wire.StatusOut`` and ``wire.ResultsOut``, and only those,
+    with the values the models hold."""
+    status = convert.status_out(
+        is_up_to_date=False,
+        epoch=3,
+        leader="dispatcher-a",
+        heartbeat_interval_s=10,
+        node_expiration_timeout_s=30,
+        results_interval_s=2.5,
+        warmup=True,
+        send_running_configs=True,
+    )
+    assert set(status) == set(wire.StatusOut.model_fields)
+    assert wire.StatusOut.model_validate(status).model_dump() == status
+    rejected = [RejectedResult(Digest("9f2c4e7a1b3d5f60"), "not_assigned")]
+    results = convert.results_out(epoch=3, accepted=2, rejected=rejected)
+    assert set(results) == set(wire.ResultsOut.model_fields)
+    assert wire.ResultsOut.model_validate(results).model_dump() == results
