@@ -34,7 +34,10 @@ WAKE_NODES_PER_TURN = 200
 10 configs as ``ANSWER_CONFIGS_PER_TURN`` lets through per turn."""
 ANSWER_CONFIGS_PER_TURN = 2_000
 """Configs handed out in answers per turn of the event loop (an answer of more is let
-through alone): a few milliseconds of building replies, about 200 answers of 10."""
+through alone): about 200 answers of 10. Measured in the fleet benchmark, an answer
+costs the leader about 50-75 microseconds a config (built and written), so a full turn
+is 0.1-0.15 s; 500 a turn did not shorten the longest heartbeat wait behind a big
+change there, and made the fan-out slower."""
 
 
 class WakeUps:

@@ -84,6 +84,11 @@ Duration = Annotated[float, Field(ge=0, le=MAX_DURATION_S)]
 """How long a check ran, as an agent reports it."""
 
 
+def _within_skew(value: float | None, now_s: float) -> bool:
+    """The clock-skew rule of a reported time (``ReportedTime``; the fast path's too)."""
+    return value is None or value <= now_s + MAX_CLOCK_SKEW_S
+
+
 def _not_far_ahead(value: float, info: ValidationInfo) -> float:
     """Refuses a time more than ``MAX_CLOCK_SKEW_S`` ahead of now: the dispatcher's
     clock when the caller passes it (``context={"now_s": ...}``), else the system's."""
@@ -91,7 +96,7 @@ def _not_far_ahead(value: float, info: ValidationInfo) -> float:
     now = context.get("now_s")
     if not isinstance(now, int | float):
         now = time.time()
-    if value > now + MAX_CLOCK_SKEW_S:
+    if not _within_skew(value, now):
         raise ValueError(
             f"must not be more than {MAX_CLOCK_SKEW_S:g} s ahead of the dispatcher's clock "
             f"(now {now:.0f})"
@@ -386,6 +391,15 @@ class NodeConfigsOut(WireOut):
     )
 
 
+def _ok_errors_problem(ok: bool, errors: list[str]) -> str | None:
+    """What is wrong with a result's ``ok`` against its ``errors`` (None: nothing)."""
+    if ok and errors:
+        return "ok is true but errors is not empty"
+    if not ok and not any(e.strip() for e in errors):
+        return "ok is false but errors holds no non-blank error"
+    return None
+
+
 class CheckResultIn(WireIn):
     # The rule of _ok_matches_errors, in the document too (a schema-valid result is one
     # the dispatcher accepts).
@@ -416,10 +430,9 @@ class CheckResultIn(WireIn):
 
     @model_validator(mode="after")
     def _ok_matches_errors(self) -> CheckResultIn:
-        if self.ok and self.errors:
-            raise ValueError("ok is true but errors is not empty")
-        if not self.ok and not any(e.strip() for e in self.errors):
-            raise ValueError("ok is false but errors holds no non-blank error")
+        problem = _ok_errors_problem(self.ok, self.errors)
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
 
@@ -440,10 +453,6 @@ class ResultsIn(WireIn):
 # body it refuses, or one that does not hold, goes through the model above, which
 # gives the answer (and the error) it always did. Tests hold the two paths to the same
 # outcome.
-
-
-def _within_skew(value: float | None, now_s: float) -> bool:
-    return value is None or value <= now_s + MAX_CLOCK_SKEW_S
 
 
 class FastCheckStatsIn(WireIn):
@@ -497,13 +506,10 @@ class FastResultsIn(WireIn):
 
     def holds(self, now_s: float) -> bool:
         """Whether ``ResultsIn`` would take it as it is (its Python rules)."""
-        latest = now_s + MAX_CLOCK_SKEW_S
-        for r in self.results:
-            if r.started_at > latest:
-                return False
-            if r.errors if r.ok else not any(e.strip() for e in r.errors):
-                return False
-        return True
+        return all(
+            _within_skew(r.started_at, now_s) and _ok_errors_problem(r.ok, r.errors) is None
+            for r in self.results
+        )
 
 
 class RejectedOut(WireOut):

@@ -939,13 +939,12 @@ class ClusterState:
 
     def _record_stats(self, node: Node, stats: Mapping[Digest, CheckStats]) -> None:
         """Keeps the node's stats and re-prices its checks by their measured utilisation.
-        ``_set_measured`` for each, inline: an agent's average run time changes with
-        nearly every run, so a heartbeat re-prices most of its checks, and the node's
-        place in the order and the mean cost are settled once, at the end (the same
-        outcome as after each: nothing reads them in between)."""
+        An agent's average run time changes with nearly every run, so a heartbeat
+        re-prices most of its checks: the node's place in the order and the mean cost
+        are settled once, at the end (the same outcome as after each: nothing reads them
+        in between)."""
         placed_on = self._placement.get
         configs = self._configs
-        costs = self._costs
         name = node.name
         kept = node.stats
         repriced = False
@@ -954,29 +953,32 @@ class ClusterState:
                 continue  # a stale report for a check that moved away
             kept[digest] = item
             if item.runs > 0:
-                config = configs[digest]
-                utilisation = item.avg_execution_s / config.interval_s
-                old = costs.get(digest)
-                if old != utilisation:
-                    node.remove_cost(weight=config.weight, measured=old)
-                    node.add_cost(weight=config.weight, measured=utilisation)
-                    costs.set(digest, utilisation)
-                    repriced = True
+                utilisation = item.avg_execution_s / configs[digest].interval_s
+                repriced = self._reprice(digest, node, utilisation) or repriced
         if repriced:
-            self._index.set_mean_cost(costs.mean())
-            self._index.update(node)
+            self._settle_costs(node)
 
     def _set_measured(self, digest: Digest, utilisation: float | None) -> None:
-        old = self._costs.get(digest)
-        if old == utilisation:
-            return
         name = self._placement.get(digest)
         node = self._nodes.get(name) if name is not None else None
+        if self._reprice(digest, node, utilisation):
+            self._settle_costs(node)
+
+    def _reprice(self, digest: Digest, node: Node | None, utilisation: float | None) -> bool:
+        """Records a check's measured utilisation, and re-prices it on ``node`` (the one
+        it is placed on, if any); False when it was that already. ``_settle_costs``
+        must follow before the load order is read."""
+        old = self._costs.get(digest)
+        if old == utilisation:
+            return False
         if node is not None:
             weight = self._configs[digest].weight
             node.remove_cost(weight=weight, measured=old)  # re-priced: it stays on the node
             node.add_cost(weight=weight, measured=utilisation)
         self._costs.set(digest, utilisation)
+        return True
+
+    def _settle_costs(self, node: Node | None) -> None:
         self._index.set_mean_cost(self._costs.mean())
         if node is not None:
             self._index.update(node)

@@ -16,6 +16,8 @@ from click.testing import CliRunner
 import dispatcher.cli
 from dispatcher import convert, wire
 from dispatcher.common import logs
+from dispatcher.core.model import SourceName, make_config
+from dispatcher.core.state import ClusterState
 from dispatcher.errors import ConfigurationError
 from dispatcher.settings import DispatchSettings, Settings
 from tests.api.conftest import API, Api, ApiFactory, check
@@ -224,6 +226,27 @@ async def test_a_bad_config_in_a_later_slice_is_named_by_its_place_in_the_body(
     paths = reply.field_paths()
     assert {"bogus", "configs.25.name", "configs.37.interval_s"} <= set(paths), paths
     assert (await api.state())["totals"]["checks"] == 0
+
+
+def test_config_fragments_forget_what_the_state_no_longer_holds() -> None:
+    """Kept while the state holds the config; past twice the state's size (and a
+    margin), the fragments of configs gone or replaced are dropped, the rest kept."""
+    state = ClusterState()
+    many = [make_config(name="http", instances=[{"url": f"http://s{n}/"}]) for n in range(1_100)]
+    state.replace_source(SourceName("ci"), many, now=0.0)
+    fragments = convert.ConfigFragments()
+    for config in many:
+        fragments.head(config, state)
+    assert len(fragments) == 1_100
+    kept = many[:3]
+    state.replace_source(SourceName("ci"), kept, now=0.0)
+    assert len(fragments) == 1_100  # nothing asked for since: nothing dropped yet
+    reweighted = make_config(name="http", instances=[{"url": "http://s0/"}], weight=2.0)
+    state.replace_source(SourceName("ci"), [reweighted, *kept[1:]], now=0.0)
+    head = fragments.head(reweighted, state)  # past 2 x 3 + 1,024: pruned first
+    assert len(fragments) == 3  # the two kept, and the new object of the reweighted one
+    assert head == orjson.dumps({**reweighted.content(), "digest": reweighted.digest})[:-1]
+    assert fragments.head(kept[1], state) is fragments.head(kept[1], state)
 
 
 async def test_the_configs_reply_is_what_the_model_gives(api: Api) -> None:

@@ -245,3 +245,22 @@ def test_the_agents_replies_built_as_dicts_are_their_models() -> None:
     results = convert.results_out(epoch=3, accepted=2, rejected=rejected)
     assert set(results) == set(wire.ResultsOut.model_fields)
     assert wire.ResultsOut.model_validate(results).model_dump() == results
+
+
+async def test_the_routes_take_the_fast_path(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the routes: an agent's ordinary heartbeat and results post are taken by
+    the fast models (were the routes to validate with the full models alone, every
+    other test here would still pass)."""
+    taken: list[str] = []
+    for model in (wire.FastStatusIn, wire.FastResultsIn):
+        holds = model.holds
+
+        def counted(self: Any, now_s: float, holds: Any = holds) -> bool:
+            taken.append(type(self).__name__)
+            return bool(holds(self, now_s))
+
+        monkeypatch.setattr(model, "holds", counted)
+    await api.heartbeat("node-a", 0)
+    digest = (await api.put_source("ci", [check(0)]))[0]
+    await api.ok("POST", f"{API}/results/node-a", {"results": [result(digest)]})
+    assert taken == ["FastStatusIn", "FastResultsIn"]
