@@ -91,6 +91,7 @@ import os
 import random
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -98,7 +99,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -707,9 +708,9 @@ def raise_fd_limit() -> None:
 
 def serve_main(argv: list[str]) -> None:
     """``python -m tests.bench.fleet serve --gc-out F -- <dispatcher flags>``: the real
-    dispatcher command, with every collection of the oldest generation (a full one: the
-    whole state scanned, the loop stopped meanwhile) written to ``F`` as it ends
-    (monotonic start, seconds)."""
+    dispatcher command, with every garbage collection written to ``F`` as it ends
+    (generation, monotonic start, seconds): a full one (generation 2) scans the whole
+    state; the young ones, many a second, add up."""
     import gc
 
     split = argv.index("--")
@@ -721,12 +722,11 @@ def serve_main(argv: list[str]) -> None:
     started = [0.0]
 
     def timed(phase: str, info: dict[str, int]) -> None:
-        if info["generation"] != 2:
-            return
         if phase == "start":
             started[0] = time.monotonic()
         else:
-            out.write(f"{started[0]:.6f} {time.monotonic() - started[0]:.6f}\n")
+            took = time.monotonic() - started[0]
+            out.write(f"{info['generation']} {started[0]:.6f} {took:.6f}\n")
             out.flush()
 
     gc.callbacks.append(timed)
@@ -912,11 +912,14 @@ class FleetResults:
     left: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     profile: str | None = None  # py-spy output (text)
+    phase_profiles: dict[str, str] = field(default_factory=dict)  # --spy-phase: py-spy text
     loop_stalls: dict[str, dict[str, float]] = field(default_factory=dict)
     """By phase, from a lag probe inside the dispatcher (a 5 ms sleep again and again):
     wake-ups late by over 50 ms, the longest, and the share of their time the loop's
     thread was on a CPU (low: the process waited for a CPU)."""
     full_gc: dict[str, tuple[int, float]] = field(default_factory=dict)
+    # By phase, for generations 0 and 1: (count, seconds in all, longest seconds).
+    young_gc: dict[str, list[tuple[int, float, float]]] = field(default_factory=dict)
     """By phase: the dispatcher's full collections (generation 2) and the longest, s."""
     phase_errors: dict[str, str] = field(default_factory=dict)
     """Phases that failed (a request refused or timed out), with the error."""
@@ -1015,13 +1018,42 @@ def _py_spy(pid: int, seconds: float, out: Path) -> str:
     if not Path(binary).exists():
         return "py-spy not installed (pip install py-spy)"
     done = subprocess.run(
-        [binary, "record", "-p", str(pid), "-d", str(round(seconds)), "-r", str(SPY_RATE),
-         "--idle", "-f", "speedscope", "-o", str(out), "--nonblocking"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        _py_spy_command(binary, pid, seconds, out), capture_output=True, text=True, check=False
+    )
     if done.returncode != 0 or not out.exists():
         return f"py-spy failed: {done.stderr[-2000:]}"
     return summarize_speedscope(orjson.loads(out.read_bytes()))
+
+
+def _py_spy_command(binary: str, pid: int, seconds: float, out: Path) -> list[str]:
+    return [binary, "record", "-p", str(pid), "-d", str(round(seconds)), "-r", str(SPY_RATE),
+            "--idle", "-f", "speedscope", "-o", str(out), "--nonblocking"]  # fmt: skip
+
+
+@contextlib.contextmanager
+def _py_spy_during(pid: int, out: Path, into: dict[str, str], name: str) -> Iterator[None]:
+    """py-spy on the dispatcher while the block runs (stopped with SIGINT, as Ctrl-C:
+    it then writes what it has); its summary goes to ``into[name]``."""
+    binary = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(binary).exists():
+        into[name] = "py-spy not installed (pip install py-spy)"
+        yield
+        return
+    spy = subprocess.Popen(
+        _py_spy_command(binary, pid, 900, out),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(1.0)  # attached before the phase starts
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)
+        _, err = spy.communicate(timeout=120)
+        into[name] = (
+            summarize_speedscope(orjson.loads(out.read_bytes()))
+            if out.exists()
+            else f"py-spy failed: {err[-2000:]}"
+        )
 
 
 SPY_RATE = 200  # samples a second
@@ -1425,16 +1457,19 @@ class _Run:
         with contextlib.suppress(OSError):  # the dispatcher may be gone
             self.sample_rss()
         r.leader_rss_max_bytes = self.rss_max
-        pauses = []
+        pauses: list[tuple[int, float, float]] = []
         if self.gc_path.exists():
             pauses = [
-                (float(a), float(b))
-                for a, b in (line.split() for line in self.gc_path.read_text().splitlines())
+                (int(g), float(a), float(b))
+                for g, a, b in (line.split() for line in self.gc_path.read_text().splitlines())
             ]
         for name, start, end in self.phases:
             r.probe[name] = self.probe_latencies(start, end)
-            inside = [d for t, d in pauses if start <= t < end]
-            r.full_gc[name] = (len(inside), max(inside, default=0.0))
+            inside = [
+                [d for g, t, d in pauses if g == gen and start <= t < end] for gen in range(3)
+            ]
+            r.full_gc[name] = (len(inside[2]), max(inside[2], default=0.0))
+            r.young_gc[name] = [(len(ds), sum(ds), max(ds, default=0.0)) for ds in inside[:2]]
             lags = [row[1:] for row in _lags(self.lag_path) if start <= row[0] < end]
             r.loop_stalls[name] = _stall_summary(lags)
 
@@ -1475,6 +1510,7 @@ def run_fleet(
     ramp_s: float | None = None,
     py_spy_s: float = 0.0,
     big_puts: bool = True,
+    spy_phases: Collection[str] = (),
     progress: Callable[[str], None] = print,
 ) -> FleetResults:
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -1581,6 +1617,7 @@ def run_fleet(
                 check_interval_s=check_interval_s,
                 window_s=window_s,
                 py_spy_s=py_spy_s,
+                spy_phases=spy_phases,
                 big_puts=big_puts,
             )
         finally:
@@ -1595,7 +1632,13 @@ def run_fleet(
 
 
 def _phases(
-    run: _Run, *, check_interval_s: int, window_s: float, py_spy_s: float, big_puts: bool
+    run: _Run,
+    *,
+    check_interval_s: int,
+    window_s: float,
+    py_spy_s: float,
+    big_puts: bool,
+    spy_phases: Collection[str] = (),
 ) -> None:
     """The phases in order. One that fails (a request refused or timed out: the
     dispatcher overwhelmed) is reported and the next ones run; without the start or the
@@ -1621,7 +1664,12 @@ def _phases(
     steps += [("outage", run.outage, False), ("leave", run.leave, False)]
     for name, step, needed in steps:
         try:
-            step()
+            if name in spy_phases:
+                out = run.log_dir / f"fleet-{r.agents}-{r.store}-{name.replace(' ', '-')}.json"
+                with _py_spy_during(run.dispatcher.pid, out, r.phase_profiles, name):
+                    step()
+            else:
+                step()
             r.ran.append(name)
         except Exception as exc:  # reported (a goal), the run goes on to its report
             r.phase_errors[name] = f"{type(exc).__name__}: {exc}"
@@ -1995,12 +2043,22 @@ def report_many(runs: list[FleetResults]) -> tuple[str, list[tuple[str, bool, st
             "    dispatcher's full garbage collections (count, longest ms) by phase: "
             + ", ".join(f"{k} {n} ({p * 1e3:.0f})" for k, (n, p) in r.full_gc.items())
         )
+        out.append(
+            "    dispatcher's young collections, generation 0 | 1 (count, ms in all, longest ms)"
+            " by phase: "
+            + ", ".join(
+                f"{k} " + " | ".join(f"{n} ({t * 1e3:.0f}, {m * 1e3:.1f})" for n, t, m in gens)
+                for k, gens in r.young_gc.items()
+            )
+        )
         if r.other_cpu_pct is not None and r.other_cpu_pct > DISTURBED_PCT:
             out.append(
                 f"  NOTE: other processes used {r.other_cpu_pct:.0f}% of a CPU during the window"
             )
         if r.profile:
             out += [f"  profile of the dispatcher at {r.agents:,} agents:", r.profile]
+        for spied, summary in r.phase_profiles.items():
+            out += [f"  profile of the dispatcher at {r.agents:,} agents, {spied}:", summary]
     checked = [(g.name, g.ok, g.detail) for r in runs for g in goals(r)]
     return "\n".join(out), checked
 
@@ -2074,6 +2132,13 @@ def main() -> None:
     parser.add_argument("--no-big-puts", action="store_true", help="skip the large PUTs")
     parser.add_argument("--ramp", type=float, default=None, help="agents' start spread, s")
     parser.add_argument("--py-spy", type=float, default=0.0, help="profile seconds (steady)")
+    parser.add_argument(
+        "--spy-phase",
+        action="append",
+        default=[],
+        choices=["change", "rebalance", "large PUTs", "outage", "leave"],
+        help="profile this phase too (py-spy; repeatable)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
     args = parser.parse_args()
     runs = FleetRuns(
@@ -2094,6 +2159,7 @@ def main() -> None:
                 ramp_s=args.ramp,
                 py_spy_s=args.py_spy,
                 big_puts=not args.no_big_puts,
+                spy_phases=args.spy_phase,
             )
             for n in args.agents
         ]
