@@ -719,14 +719,15 @@ def serve_main(argv: list[str]) -> None:
     parser.add_argument("--gc-out", type=Path, required=True)
     args = parser.parse_args(argv[:split])
     out = args.gc_out.open("w", encoding="ascii")  # open for the process's life
-    started = [0.0]
+    started = [0.0, 0.0]
 
     def timed(phase: str, info: dict[str, int]) -> None:
         if phase == "start":
-            started[0] = time.monotonic()
+            started[:] = [time.monotonic(), time.thread_time()]
         else:
             took = time.monotonic() - started[0]
-            out.write(f"{info['generation']} {started[0]:.6f} {took:.6f}\n")
+            cpu = time.thread_time() - started[1]
+            out.write(f"{info['generation']} {started[0]:.6f} {took:.6f} {cpu:.6f}\n")
             out.flush()
 
     gc.callbacks.append(timed)
@@ -918,7 +919,7 @@ class FleetResults:
     wake-ups late by over 50 ms, the longest, and the share of their time the loop's
     thread was on a CPU (low: the process waited for a CPU)."""
     full_gc: dict[str, tuple[int, float]] = field(default_factory=dict)
-    # By phase, for generations 0 and 1: (count, seconds in all, longest seconds).
+    # By phase, for generations 0 and 1: (count, CPU seconds in all, longest seconds).
     young_gc: dict[str, list[tuple[int, float, float]]] = field(default_factory=dict)
     """By phase: the dispatcher's full collections (generation 2) and the longest, s."""
     phase_errors: dict[str, str] = field(default_factory=dict)
@@ -1457,19 +1458,22 @@ class _Run:
         with contextlib.suppress(OSError):  # the dispatcher may be gone
             self.sample_rss()
         r.leader_rss_max_bytes = self.rss_max
-        pauses: list[tuple[int, float, float]] = []
+        pauses: list[tuple[int, float, float, float]] = []
         if self.gc_path.exists():
             pauses = [
-                (int(g), float(a), float(b))
-                for g, a, b in (line.split() for line in self.gc_path.read_text().splitlines())
+                (int(g), float(a), float(b), float(c))
+                for g, a, b, c in (line.split() for line in self.gc_path.read_text().splitlines())
             ]
         for name, start, end in self.phases:
             r.probe[name] = self.probe_latencies(start, end)
             inside = [
-                [d for g, t, d in pauses if g == gen and start <= t < end] for gen in range(3)
+                [p for p in pauses if p[0] == gen and start <= p[1] < end] for gen in range(3)
             ]
-            r.full_gc[name] = (len(inside[2]), max(inside[2], default=0.0))
-            r.young_gc[name] = [(len(ds), sum(ds), max(ds, default=0.0)) for ds in inside[:2]]
+            r.full_gc[name] = (len(inside[2]), max((p[2] for p in inside[2]), default=0.0))
+            r.young_gc[name] = [
+                (len(ps), sum(p[3] for p in ps), max((p[2] for p in ps), default=0.0))
+                for ps in inside[:2]
+            ]
             lags = [row[1:] for row in _lags(self.lag_path) if start <= row[0] < end]
             r.loop_stalls[name] = _stall_summary(lags)
 
@@ -2044,8 +2048,8 @@ def report_many(runs: list[FleetResults]) -> tuple[str, list[tuple[str, bool, st
             + ", ".join(f"{k} {n} ({p * 1e3:.0f})" for k, (n, p) in r.full_gc.items())
         )
         out.append(
-            "    dispatcher's young collections, generation 0 | 1 (count, ms in all, longest ms)"
-            " by phase: "
+            "    dispatcher's young collections, generation 0 | 1 (count, CPU ms in all,"
+            " longest ms) by phase: "
             + ", ".join(
                 f"{k} " + " | ".join(f"{n} ({t * 1e3:.0f}, {m * 1e3:.1f})" for n, t, m in gens)
                 for k, gens in r.young_gc.items()
