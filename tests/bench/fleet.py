@@ -381,7 +381,8 @@ class Fleet:
             "agents": len(live),
             "confirmed": len(confirmed),
             "held": sum(len(a.held) for a in confirmed),
-            "last": max((a.configs_at for a in confirmed), default=math.nan),
+            # None when none is: JSON has no NaN (orjson writes null).
+            "last": max((a.configs_at for a in confirmed), default=None),
             "failed": sum(1 for a in live if a.failed),  # agents with a failure since record
             "switched": sum(1 for a in live if a.replica != a.home),
             "at": now,
@@ -1763,8 +1764,8 @@ class _Run:
             replies = self.ask_all({"cmd": "epochs", "epoch": f.new_epoch})
             total = {k: float(sum(float(x[k]) for x in replies))
                      for k in ("agents", "confirmed", "held", "failed", "switched")}  # fmt: skip
-            lasts = [float(x["last"]) for x in replies]
-            total["last"] = max((t for t in lasts if not math.isnan(t)), default=math.nan)
+            lasts = [float(x["last"]) for x in replies if x["last"] is not None]
+            total["last"] = max(lasts, default=math.nan)
             return total
 
         while True:
