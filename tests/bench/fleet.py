@@ -141,6 +141,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -1039,6 +1040,10 @@ class FailoverStats:
     fetch_errors: int = 0
     result_errors: int = 0
     leader_polls: int = 0  # status requests sent to the survivors until one led
+    takeovers_ms: list[float] = field(default_factory=list)
+    """The new leader's takeovers after the kill (its ``leading`` log lines' claim, load
+    and rebuild): more than one when it lost its lease (``lost_leadership``) meanwhile."""
+    lost_leases: list[str] = field(default_factory=list)  # its lost_leadership reasons
 
     @property
     def served_after_lease_s(self) -> float:
@@ -1711,7 +1716,7 @@ class _Run:
         stats_before = self.ask_all({"cmd": "stats"})
         pttl_ms = _lease_pttl_ms(self.redis_server)
         read = time.monotonic()  # the lease lives at most pttl_ms after this
-        t0 = time.monotonic()
+        t0, t0_wall = time.monotonic(), time.time()
         old.proc.signal(signal.SIGKILL)
         f.lease_expiry_s = read + max(0, pttl_ms) / 1e3 - t0
         if self.server_cpu is not None:  # the kill frees CPU 0: the survivors take it
@@ -1730,6 +1735,11 @@ class _Run:
         last = self._await_confirmed(f, t0)
         end = time.monotonic()
         self.mark("failover", t0, end)
+        for event in _log_events(self.replicas[new].proc.log_path, t0_wall):
+            if event.get("event") == "leading":
+                f.takeovers_ms.append(float(event.get("takeover_ms") or math.nan))
+            elif event.get("event") == "lost_leadership":
+                f.lost_leases.append(str(event.get("reason")))
         self.sample_rss()
         f.agents, f.confirmed, f.held = (
             int(last["agents"]),
@@ -1751,7 +1761,9 @@ class _Run:
             f" {f.served_checks:,} checks at {f.served_s:.2f} s ({f.lost} lost), every agent"
             f" held its checks from it at {f.held_s:.2f} s ({f.confirmed:,} of {f.agents:,},"
             f" {f.moved} moved); {f.switched:,} agents moved to another replica,"
-            f" {f.failed_agents:,} saw a failed request, {f.reregistered} re-registered"
+            f" {f.failed_agents:,} saw a failed request, {f.reregistered} re-registered;"
+            f" its takeovers {', '.join(f'{ms:.0f}' for ms in f.takeovers_ms)} ms"
+            + (f", lost its lease meanwhile: {'; '.join(f.lost_leases)}" if f.lost_leases else "")
         )
 
     def _pin(self, k: int, cpu: int) -> None:
@@ -1917,6 +1929,21 @@ def _lease_pttl_ms(redis_server: Any) -> int:
         return int(client.pttl(f"{LEASE_NAME}:lease"))
     finally:
         client.close()
+
+
+def _log_events(path: Path, since_wall: float) -> list[dict[str, Any]]:
+    """A dispatcher's JSON log lines stamped at or after ``since_wall`` (Unix time)."""
+    events = []
+    with contextlib.suppress(OSError), path.open("rb") as lines:
+        for line in lines:
+            try:
+                event = orjson.loads(line)
+                stamp = datetime.fromisoformat(str(event["timestamp"]).replace("Z", "+00:00"))
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue
+            if stamp.timestamp() >= since_wall:
+                events.append(event)
+    return events
 
 
 def _pauses(path: Path) -> list[tuple[int, float, float]]:
@@ -2341,7 +2368,8 @@ def _failover_goals(f: FailoverStats, at: str) -> list[FleetGoal]:
             f.served_after_lease_s <= GOAL_FAILOVER_S and f.lost == 0,
             f"{f.served_after_lease_s:.2f} s after the lease expired ({f.served_s:.2f} s after"
             f" the kill, the lease {f.lease_expiry_s:.2f} s; a replica led at"
-            f" {f.leader_s:.2f} s), {f.served_checks:,} served, {f.lost} lost",
+            f" {f.leader_s:.2f} s), {f.served_checks:,} served, {f.lost} lost;"
+            f" {len(f.takeovers_ms)} takeover(s) ({len(f.lost_leases)} lease(s) lost)",
         ),
         FleetGoal(
             f"fleet: the failover loses and moves no check, and every live agent holds its"
@@ -2475,21 +2503,25 @@ def _replica_tables(runs: list[FleetResults]) -> list[str]:
              f"{f.confirmed:,} / {f.agents:,}", f"{f.switched:,} / {f.homed_on_killed:,}",
              f"{f.failed_agents:,}", str(f.reregistered),
              f"{f.heartbeat_errors} / {f.fetch_errors} / {f.result_errors}",
-             f"{during.errors} / {_f(during.max_ms, '.0f')}"]
+             f"{during.errors} / {_f(during.max_ms, '.0f')}",
+             ", ".join(f"{ms:.0f}" for ms in f.takeovers_ms) or "-",
+             "; ".join(f.lost_leases) or "-"]
         )  # fmt: skip
     if rows:
         headers = ["agents", "checks", "killed -> new leader", "lease expiry s", "leads s",
                    "all served s", "served - expiry s", "all held s", "lost", "moved",
                    "agents on the new leader", "moved replica / had the killed",
                    "agents with a failure", "re-registered", "failed hb / fetch / results",
-                   "probe errors / max ms"]  # fmt: skip
+                   "probe errors / max ms", "takeovers ms", "lost its lease"]  # fmt: skip
         out += ["", table(headers, rows)]
         out.append(
             "  failover: the leader killed (SIGKILL) while the agents run, times from the kill:"
             " the lease's expiry (its PTTL in Redis read just before), the first status reply"
             " from a replica leading a newer epoch, its state holding every check the old"
             " leader's did (lost: those missing), every live agent holding its checks from the"
-            " new leader's epoch (moved: checks an agent gained or dropped meanwhile); an agent"
+            " new leader's epoch (moved: checks an agent gained or dropped meanwhile); takeovers:"
+            " the new leader's claim, load and rebuild after the kill (its log), one more each"
+            " time it lost its lease meanwhile; an agent"
             " whose replica refused a connection moves to the next (as a Service would send"
             " it); the killed replica stays down, the later phases run on the others"
         )

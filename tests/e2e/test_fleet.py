@@ -146,6 +146,8 @@ def test_two_replicas_on_redis_fail_over_under_agent_load_losing_and_moving_no_c
     assert f is not None
     assert (f.killed, f.new_leader) == (leader.identity, follower.identity)
     assert f.new_epoch > f.old_epoch
+    # Its log says it took over (once more each time it lost its lease meanwhile).
+    assert len(f.takeovers_ms) == len(f.lost_leases) + 1, f
     # The lease is at most LEASE_S from the kill; the follower tries every retry period
     # (up to 1.2 of it, jittered); what it has to load is small.
     assert 0 <= f.lease_expiry_s <= LEASE_S + SLACK_S
