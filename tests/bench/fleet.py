@@ -61,7 +61,9 @@ connect to it is refused (the process gone); from then on it talks to the next r
 whose connects are not refused, for the rest of the run (the killed replica is not
 started again). It does not stop sending to a replica that still accepts connections
 but answers 503 (a follower without a leader): a Service does not either (the follower
-stays ready), and the agent retries with its backoff as the real one does.
+stays ready), and the agent retries with its backoff as the real one does. A results
+post that fails is dropped (a real agent keeps its results, up to a cap, for its next
+post): the failover counts them.
 
 Phases, each measured:
 
