@@ -33,10 +33,20 @@ CONNECT_TIMEOUT_S = 2.0
 REPLY_TIMEOUT_S = 10.0
 
 
+FORWARD_CONNECTIONS_LIMIT = 0
+"""No cap on the connections to the leader (0: aiohttp's "unlimited"). A forwarded
+request holds its connection for as long as it lasts, and an agent's long poll lasts up
+to a minute: a cap of 256 let the 256 agents long-polling through this follower hold
+every connection, and every other forwarded request (their heartbeats) waited for one
+until its timeout (the fleet benchmark with two replicas, 500 agents on the follower:
+heartbeats through it timed out, agents expired). What bounds them instead is what
+bounds the requests that come in: ``--max-connections``."""
+
+
 async def session_context(app: web.Application) -> AsyncIterator[None]:
     """One client session per app for forwarding, closed with the app."""
     session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=30),
+        connector=aiohttp.TCPConnector(limit=FORWARD_CONNECTIONS_LIMIT, ttl_dns_cache=30),
         auto_decompress=False,
         # The reply's bytes go to the caller as they came, without Content-Encoding: the
         # leader must not compress them (the overview would), so no Accept-Encoding.

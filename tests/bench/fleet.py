@@ -38,6 +38,33 @@ source at the per-source limit) is held but not run: those are there to make the
 large, not to multiply the results. When the machine has two CPUs, the dispatcher is
 pinned to CPU 0 and the load generators, the probe and this process to CPU 1.
 
+HA (``--replicas N``, N >= 2, needs ``--store redis``): N dispatcher replicas against the
+same real ``redis-server`` (``--election redis --store redis``, lease ``LEASE_S`` s,
+renew deadline ``RENEW_DEADLINE_S`` s, retry ``RETRY_S`` s, as the failover and restart
+benchmarks), each through ``serve`` with its own GC and lag files; the first is started
+alone and leads, the others follow it. Agent i talks to replica i % N, as a Kubernetes
+Service spreads its clients: a follower forwards what the leader must answer (every
+agent route), so the steady window reports each replica's CPU, the requests its agents
+sent it and their heartbeats' latency. The probe talks to the leader, and the
+leader-side analysis (CPU goal, RSS, loop stalls, GC) is the leader's (in each phase,
+the replica that led it). Where they run on two CPUs: the leader and ``redis-server``
+(its store, on the path of every change it acknowledges, as in the single-replica redis
+run) on CPU 0; the followers with the load generators and the probe on CPU 1 (beside the
+leader they would bill their forwarding to its CPU and latency; in a cluster each has a
+node of its own). At the failover the kill frees CPU 0: the survivors move there, and
+once one leads the others go back to CPU 1.
+
+A deviation, for the Service: a real agent is given one dispatcher URL (the Service's)
+and Kubernetes sends its new connections to the replicas that are ready. A simulated
+agent holds one connection per replica it uses and talks to its own replica until a
+connect to it is refused (the process gone); from then on it talks to the next replica
+whose connects are not refused, for the rest of the run (the killed replica is not
+started again). It does not stop sending to a replica that still accepts connections
+but answers 503 (a follower without a leader): a Service does not either (the follower
+stays ready), and the agent retries with its backoff as the real one does. A results
+post that fails is dropped (a real agent keeps its results, up to a cap, for its next
+post): the failover counts them.
+
 Phases, each measured:
 
 1. start: agents register (start spread over ``--ramp`` seconds), then ``agents x
@@ -59,10 +86,19 @@ Phases, each measured:
 5. large PUTs, during steady load: a source of ``SOURCE_CHECKS`` replaced by as many new
    checks; then a source at the per-source limit (``LIMIT_CHECKS`` tiny configs, a body
    just under the 4 MiB limit) PUT, and emptied again.
-6. zone outage: the agents of one zone (10 %, ``zone-0``) stop at once, without leaving
+6. failover (``--replicas`` 2 or more): the leader killed (SIGKILL) while the agents run;
+   from the kill: the lease's expiry (its PTTL read from Redis just before), the first
+   status reply from a survivor that leads a newer epoch (the probe node's heartbeat sent
+   to each survivor alone, marked as forwarded so that a follower answers 508 instead of
+   forwarding), the new leader's admin state holding every check the old one held (lost:
+   those missing), and every live agent holding its checks from the new leader (configs
+   fetched at its epoch; moved: checks an agent gained or dropped meanwhile); the agents
+   that moved to another replica, that saw a failed request, that re-registered.
+7. zone outage (after a failover: against the new leader; skipped, with the reason, when
+   the failover failed): the agents of one zone (10 %, ``zone-0``) stop at once, without leaving
    (their tasks cancelled, their connections closed); the time until every check they held
    has been fetched by a live agent, against the node expiration timeout.
-7. leave: every remaining agent sends ``leaving: true``.
+8. leave: every remaining agent sends ``leaving: true``.
 
 For phases 3 to 5 (fan-outs): the time from the request's reply until every agent whose
 set changed runs its new set (fetched what it gained, dropped what it lost; p50/p99/max
@@ -74,10 +110,15 @@ CPU < 50 % of a core (steady); a change and a rebalance reach their agents p99 <
 heartbeat waits behind a large PUT by more than 100 ms (the probe's max over each large
 PUT's phase); a zone outage re-dispatched within expiry + 1 s; leader RSS < 1 GiB;
 results accepted at >= 90 % of the rate the checks offer; and, for the run to count, the
-load generators and the probe below ``MAX_LOADGEN_CPU_PCT`` of their CPU.
+load generators and the probe below ``MAX_LOADGEN_CPU_PCT`` of their CPU. With
+replicas: a failover serving every check within ``GOAL_FAILOVER_S`` of the lease's
+expiry (issue 16's "failover with 100,000 checks serving all of them within 5 s"; what
+comes before the expiry is the lease, a setting), and none lost or moved, every live
+agent holding its checks from the new leader.
 
 Run alone: ``python -m tests.bench.fleet --agents 1000 --checks-per-agent 10
-[--store memory|sqlite|redis] [--procs N] [--pool 1000] [--window 20] [--py-spy 10]``.
+[--store memory|sqlite|redis] [--replicas 2] [--procs N] [--pool 1000] [--window 20]
+[--py-spy 10]``.
 """
 
 from __future__ import annotations
@@ -97,10 +138,12 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -133,6 +176,9 @@ EXEC_S = 0.012  # a check run's duration as reported
 RUN_NAME = "http"  # checks of other names are held, not run
 PROBE_PERIOD_S = 0.05
 PROBE_NODE = "fleet-probe"
+PROBE_BODY = orjson.dumps(
+    {"last_change": -1, "labels": {"kubernetes.io/hostname": PROBE_NODE}, "capacity": 1}
+)
 LONG_POLL_S = AgentSettings().long_poll_s  # the real agent's
 STEADY_WINDOW_S = LONG_POLL_S + 5.0
 """The steady window spans a whole long poll: the load's fan-out leaves every agent's
@@ -169,6 +215,20 @@ GOAL_RSS_BYTES = 1 << 30
 GOAL_BIG_PUT_WAIT_MS = 100.0
 GOAL_RESULTS_SHARE = 0.9
 MAX_LOADGEN_CPU_PCT = 80.0
+GOAL_FAILOVER_S = 5.0
+"""Issue 16: "restart or failover with 100,000 checks serving all of them within 5 s";
+after a kill -9, from the lease's expiry (as ``tests.bench.restart`` judges it: what
+comes before is the lease, a setting)."""
+
+LEASE_S = 3.0
+RENEW_DEADLINE_S = 2.0
+RETRY_S = 1.0
+"""The replicas' election (``--replicas`` 2 or more): the failover and restart
+benchmarks' settings (with the defaults, 15 / 10 / 2 s, a kill -9 leaves the lease held
+for up to 15 s)."""
+LEASE_NAME = "clusterchecks-dispatcher"  # the default --lease-name: the key's prefix
+FORWARDED_HEADER = "X-Clusterchecks-Forwarded"
+FAILOVER_POLL_S = 0.02
 
 
 # ------------------------------------------------------------------ the agents
@@ -203,6 +263,11 @@ def agent_labels(index: int) -> dict[str, str]:
     }
 
 
+def _address(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or 80
+
+
 def procs_for(agents: int, pool: int) -> int:
     """Load-generator processes so that each holds at most ``MAX_CONNECTIONS_PER_PROC``."""
     return max(1, math.ceil(agents / max(1, MAX_CONNECTIONS_PER_PROC - pool)))
@@ -225,6 +290,8 @@ class Counters:
     results_made: int = 0
     running_sent: int = 0
     left: int = 0
+    switches: int = 0  # agents that moved to another replica (theirs refused connections)
+    requests_by_replica: list[int] = field(default_factory=list)
 
 
 class Fleet:
@@ -232,7 +299,7 @@ class Fleet:
 
     def __init__(
         self,
-        url: str,
+        urls: list[str],
         indexes: list[int],
         *,
         ramp_s: float,
@@ -240,9 +307,7 @@ class Fleet:
         results: bool,
         pool_size: int,
     ) -> None:
-        parts = urlsplit(url)
-        self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or 80
+        self.addresses = [_address(url) for url in urls]
         self.indexes = indexes
         self.ramp_s = ramp_s
         self.flush_s = flush_s
@@ -256,18 +321,25 @@ class Fleet:
         self.added: dict[str, list[tuple[str, float]]] = {}
         self.dropped: dict[str, list[tuple[str, float]]] = {}
         self.results_interval_s = 0.0  # the last the dispatcher told (0: none)
-        self._client: Client | None = None
-        self._pool: Pool | None = None
+        self.clients: list[Client] = []  # one per replica URL
+        self.pools: list[Pool] = []
+        self.latencies_by_replica: list[list[float]] = [[] for _ in urls]
 
     @property
-    def client(self) -> Client:
-        assert self._client is not None
-        return self._client
+    def authority(self) -> str:
+        """The Host header of every request: the first URL's (the Service's name)."""
+        return self.clients[0].authority
 
-    @property
-    def pool(self) -> Pool:
-        assert self._pool is not None
-        return self._pool
+    def route(self, home: int) -> int:
+        """The replica an agent whose own is ``home`` talks to: its own, or when that one
+        refused a connection (the process is gone: a Service would send no more
+        connections there) the next one that did not."""
+        count = len(self.clients)
+        for step in range(count):
+            k = (home + step) % count
+            if self.clients[k].refused == 0:
+                return k
+        return home
 
     def record(self, agent: str, added: set[str], dropped: set[str], at: float) -> None:
         if not self.recording:
@@ -278,10 +350,11 @@ class Fleet:
             self.dropped.setdefault(digest, []).append((agent, at))
 
     async def run(self, commands: asyncio.Queue[dict[str, Any]]) -> None:
-        self._client = Client(self.host, self.port)
-        self._pool = Pool(self._client, self.pool_size)
+        self.clients = [Client(host, port) for host, port in self.addresses]
+        self.pools = [Pool(client, self.pool_size) for client in self.clients]
+        self.counters.requests_by_replica = [0] * len(self.clients)
         background = [
-            asyncio.create_task(self._client.sweep(), name="fleet-timeouts"),
+            *(asyncio.create_task(c.sweep(), name="fleet-timeouts") for c in self.clients),
             asyncio.create_task(self.lag_loop(), name="fleet-lag"),
         ]
         self.agents = {agent_name(i): Agent(self, i) for i in self.indexes}
@@ -309,38 +382,84 @@ class Fleet:
             if self.measuring:
                 self.lags.append(loop.time() - started - LAG_SAMPLE_S)
 
+    def stats(self, now: float) -> dict[str, Any]:
+        out = dataclasses.asdict(self.counters)
+        out.pop("heartbeat_latencies")
+        out["registered"] = sum(1 for a in self.agents.values() if a.registered.is_set())
+        out["held"] = sum(len(a.held) for a in self.agents.values() if a.alive)
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        out["cpu_s"] = usage.ru_utime + usage.ru_stime
+        out["cpu_sys_s"] = usage.ru_stime
+        out["at"] = now
+        out["results_interval_s"] = self.results_interval_s
+        out["connects"] = sum(client.connects for client in self.clients)
+        out["timeouts"] = sum(client.timeouts for client in self.clients)
+        out["refused"] = sum(client.refused for client in self.clients)
+        out["pool_open"] = sum(pool.open for pool in self.pools)
+        out["pool_waited"] = sum(pool.waited for pool in self.pools)
+        out["pool_retries"] = sum(pool.retries for pool in self.pools)
+        out["pool_wait_timeouts"] = sum(pool.wait_timeouts for pool in self.pools)
+        return out
+
+    def measure(self, on: bool) -> dict[str, Any]:
+        """Starts or stops collecting latencies, lateness, pool waits; what was collected."""
+        self.measuring = on
+        for pool in self.pools:
+            pool.timing_waits = on
+        latencies, lags = self.counters.heartbeat_latencies, self.lags
+        waits = [w for pool in self.pools for w in pool.waits]
+        by_replica = self.latencies_by_replica
+        self.counters.heartbeat_latencies, self.lags = [], []
+        self.latencies_by_replica = [[] for _ in self.clients]
+        for pool in self.pools:
+            pool.waits = []
+        return {"latencies": latencies, "lags": lags, "pool_waits": waits, "by_replica": by_replica}
+
+    def epochs(self, epoch: int, now: float) -> dict[str, Any]:
+        """The live agents, and those whose configs came from epoch ``epoch`` or later."""
+        live = [a for a in self.agents.values() if a.alive]
+        confirmed = [a for a in live if a.configs_epoch >= epoch]
+        return {
+            "agents": len(live),
+            "confirmed": len(confirmed),
+            "held": sum(len(a.held) for a in confirmed),
+            # None when none is: JSON has no NaN (orjson writes null).
+            "last": max((a.configs_at for a in confirmed), default=None),
+            "failed": sum(1 for a in live if a.failed),  # agents with a failure since record
+            "switched": sum(1 for a in live if a.replica != a.home),
+            "at": now,
+        }
+
+    def start_recording(self, now: float) -> dict[str, Any]:
+        """Records every check gained or dropped from now on, by whom and when; and
+        counts each agent's failed requests from now on."""
+        self.added, self.dropped = {}, {}
+        self.recording = True
+        for agent in self.agents.values():
+            agent.failed = 0
+        return {"at": now}
+
+    def stop(self, names: list[str]) -> dict[str, Any]:
+        held: list[str] = []
+        for name in names:
+            if name in self.agents:
+                held += self.agents[name].held
+                self.agents[name].stop()
+        return {"at": time.monotonic(), "held": held}
+
     async def handle(self, command: dict[str, Any]) -> dict[str, Any]:
         cmd = command["cmd"]
         now = time.monotonic()
-        if cmd == "stats":
-            c = self.counters
-            out = dataclasses.asdict(c)
-            out.pop("heartbeat_latencies")
-            out["registered"] = sum(1 for a in self.agents.values() if a.registered.is_set())
-            out["held"] = sum(len(a.held) for a in self.agents.values() if a.alive)
-            usage = resource.getrusage(resource.RUSAGE_SELF)
-            out["cpu_s"] = usage.ru_utime + usage.ru_stime
-            out["cpu_sys_s"] = usage.ru_stime
-            out["at"] = now
-            out["results_interval_s"] = self.results_interval_s
-            out["connects"] = self.client.connects
-            out["timeouts"] = self.client.timeouts
-            out["pool_open"] = self.pool.open
-            out["pool_waited"] = self.pool.waited
-            out["pool_retries"] = self.pool.retries
-            out["pool_wait_timeouts"] = self.pool.wait_timeouts
-            return out
-        if cmd == "measure":  # start or stop collecting latencies, lateness, pool waits
-            self.measuring = self.pool.timing_waits = bool(command["on"])
-            latencies, lags, waits = self.counters.heartbeat_latencies, self.lags, self.pool.waits
-            self.counters.heartbeat_latencies, self.lags, self.pool.waits = [], [], []
-            return {"latencies": latencies, "lags": lags, "pool_waits": waits}
-        if cmd == "record":  # record every check gained or dropped, by whom and when
-            self.added, self.dropped = {}, {}
-            self.recording = True
-            return {"at": now}
-        if cmd == "seen":
-            return {"added": len(self.added), "dropped": len(self.dropped), "at": now}
+        simple: dict[str, Callable[[], dict[str, Any]]] = {
+            "stats": lambda: self.stats(now),
+            "measure": lambda: self.measure(bool(command["on"])),
+            "epochs": lambda: self.epochs(int(command["epoch"]), now),
+            "record": lambda: self.start_recording(now),
+            "seen": lambda: {"added": len(self.added), "dropped": len(self.dropped), "at": now},
+            "stop": lambda: self.stop(command["agents"]),
+        }
+        if cmd in simple:
+            return simple[cmd]()
         if cmd == "sightings":
             self.recording = False
             return {"added": self.added, "dropped": self.dropped}
@@ -349,13 +468,6 @@ class Fleet:
                 if name in self.agents:
                     self.agents[name].exec_s = EXEC_S * float(command["factor"])
             return {"at": now}
-        if cmd == "stop":
-            held: list[str] = []
-            for name in command["agents"]:
-                if name in self.agents:
-                    held += self.agents[name].held
-                    self.agents[name].stop()
-            return {"at": time.monotonic(), "held": held}
         if cmd in ("leave", "quit"):
             live = [a for a in self.agents.values() if a.alive]
             limit = asyncio.Semaphore(64)
@@ -376,7 +488,10 @@ class Agent:
         self.fleet = fleet
         self.name = agent_name(index)
         self.labels_json = orjson.dumps(agent_labels(index))
-        authority = fleet.client.authority
+        # As a Service spreads its clients: agent i talks to replica i % N (see route()).
+        self.home = self.replica = index % len(fleet.clients)
+        self.failed = 0  # requests that failed since the last "record" command
+        authority = fleet.authority
         self.status_request = Request("POST", f"{API}/status/{self.name}", authority, JSON)
         self.results_request = Request("POST", f"{API}/results/{self.name}", authority, JSON)
         self.configs_request = Request("GET", f"{API}/configs/{self.name}", authority).encode()
@@ -392,6 +507,7 @@ class Agent:
         self.exec_s = EXEC_S
         self.last_change: int | None = None
         self.configs_epoch = -1
+        self.configs_at = math.nan  # when configs of ``configs_epoch`` first came
         self.epoch = -1
         self.running_sent_epoch = -1
         self.interval_s = 10.0
@@ -422,13 +538,28 @@ class Agent:
         if self.conn is not None:
             self.conn.abort()
 
+    def replica_now(self) -> int:
+        """The replica to send to (see ``Fleet.route``), counting a move to another."""
+        k = self.fleet.route(self.home)
+        if k != self.replica:
+            self.replica = k
+            self.fleet.counters.switches += 1
+        c = self.fleet.counters
+        c.requests += 1
+        c.requests_by_replica[k] += 1
+        return k
+
     async def post(self, request: Request, body: bytes) -> tuple[int, bytes]:
-        """(status, body) of a POST on the shared pool; (0, b"") when it fails or times out."""
-        self.fleet.counters.requests += 1
+        """(status, body) of a POST on the shared pool of this agent's replica; (0, b"")
+        when it fails or times out."""
+        pool = self.fleet.pools[self.replica_now()]
         try:
-            return await self.fleet.pool.request(request.encode(body), REQUEST_TIMEOUT_S)
+            status, raw = await pool.request(request.encode(body), REQUEST_TIMEOUT_S)
         except HttpError:
-            return 0, b""
+            status, raw = 0, b""
+        if status != 200:
+            self.failed += 1
+        return status, raw
 
     def status_body(self) -> tuple[bytes, bool]:
         send_running = self.running_sent_epoch != self.epoch or self.epoch < 0
@@ -495,7 +626,9 @@ class Agent:
                 reply = orjson.loads(raw)
                 c.heartbeats += 1
                 if self.fleet.measuring:
-                    c.heartbeat_latencies.append(time.monotonic() - sent)
+                    took = time.monotonic() - sent
+                    c.heartbeat_latencies.append(took)
+                    self.fleet.latencies_by_replica[self.replica].append(took)
                 epoch = int(reply["epoch"])
                 new_epoch = epoch > self.epoch
                 self.epoch = max(self.epoch, epoch)
@@ -541,17 +674,21 @@ class Agent:
                 timeout_s = LONG_POLL_S + REQUEST_TIMEOUT_S
             else:
                 data, timeout_s = self.configs_request, REQUEST_TIMEOUT_S
-            c.requests += 1
+            client = self.fleet.clients[self.replica_now()]
             self.fetching = True
             self.polling_since = self.last_change if timeout_s > REQUEST_TIMEOUT_S else None
             try:
+                if self.conn is not None and self.conn.client is not client:
+                    self.conn.abort()  # moved to another replica
                 if self.conn is None or self.conn.closed:
-                    self.conn = await self.fleet.client.connect()
+                    self.conn = await client.connect()
                 status, raw = await send(self.conn, data, timeout_s)
             except HttpError:
                 status, raw = 0, b""
             finally:
                 self.fetching = False
+            if status not in (200, 404) and not self.refetch.is_set():
+                self.failed += 1
             if status == 404:  # expired or unknown: register again
                 c.reregistrations += 1
                 self.registered.clear()
@@ -581,6 +718,8 @@ class Agent:
             self.epoch = epoch
             self.heartbeat_now.set()
         self.last_change = int(reply["last_change"])
+        if epoch != self.configs_epoch:
+            self.configs_at = at
         self.configs_epoch = epoch
         configs = reply["configs"]
         if len(configs) == len(self.held) and all(cfg["digest"] in self.held for cfg in configs):
@@ -661,7 +800,7 @@ def agents_main(argv: list[str]) -> None:
     """``python -m tests.bench.fleet agents ...``: one load-generator process; commands
     (one JSON object a line) on stdin, one JSON reply a line on stdout."""
     parser = argparse.ArgumentParser(prog="python -m tests.bench.fleet agents")
-    parser.add_argument("--url", required=True)
+    parser.add_argument("--url", required=True, help="the replicas' URLs, comma-separated")
     parser.add_argument("--first", type=int, required=True)
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--ramp", type=float, default=5.0)
@@ -685,7 +824,7 @@ def agents_main(argv: list[str]) -> None:
 
         threading.Thread(target=read_stdin, name="stdin", daemon=True).start()
         fleet = Fleet(
-            args.url,
+            args.url.split(","),
             list(range(args.first, args.first + args.count)),
             ramp_s=args.ramp,
             flush_s=args.results_flush,
@@ -776,15 +915,14 @@ LAG_WRITE_S = 0.02
 # ------------------------------------------------------------------ the probe
 
 
-# ------------------------------------------------------------------ the probe
-
-
 def probe_main(argv: list[str]) -> None:
-    """``python -m tests.bench.fleet probe --url U --out F``: one heartbeat of its own
-    node every ``PROBE_PERIOD_S`` over one keep-alive connection; each sample (monotonic
-    send time, latency s, status) is written to ``--out`` as a line, flushed each time."""
+    """``python -m tests.bench.fleet probe --url U[,U2...] --out F``: one heartbeat of its
+    own node every ``PROBE_PERIOD_S`` over one keep-alive connection; each sample
+    (monotonic send time, latency s, status) is written to ``--out`` as a line, flushed
+    each time. It talks to the first URL (the leader's) and, once a connect there is
+    refused (the process gone), to the next, as the agents do."""
     parser = argparse.ArgumentParser(prog="python -m tests.bench.fleet probe")
-    parser.add_argument("--url", required=True)
+    parser.add_argument("--url", required=True, help="comma-separated, the leader's first")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--cpu", type=int, default=None)
     args = parser.parse_args(argv)
@@ -792,19 +930,19 @@ def probe_main(argv: list[str]) -> None:
         os.sched_setaffinity(0, {args.cpu})
 
     async def main() -> None:
-        parts = urlsplit(args.url)
-        client = Client(parts.hostname or "127.0.0.1", parts.port or 80)
-        sweeper = asyncio.create_task(client.sweep(), name="probe-timeouts")
-        body = orjson.dumps(
-            {"last_change": -1, "labels": {"kubernetes.io/hostname": PROBE_NODE}, "capacity": 1}
+        clients = [Client(*_address(url)) for url in args.url.split(",")]
+        sweepers = [asyncio.create_task(c.sweep(), name="probe-timeouts") for c in clients]
+        data = Request("POST", f"{API}/status/{PROBE_NODE}", clients[0].authority, JSON).encode(
+            PROBE_BODY
         )
-        request = Request("POST", f"{API}/status/{PROBE_NODE}", client.authority, JSON)
-        data = request.encode(body)
         conn: Connection | None = None
         with args.out.open("w", encoding="ascii") as out:
-            while not sweeper.done():
+            while not any(s.done() for s in sweepers):
                 sent = time.monotonic()
+                client = next((c for c in clients if c.refused == 0), clients[0])
                 try:
+                    if conn is not None and conn.client is not client:
+                        conn.abort()
                     if conn is None or conn.closed:
                         conn = await client.connect()
                     status, _ = await send(conn, data, REQUEST_TIMEOUT_S)
@@ -857,6 +995,64 @@ class Fanout:
     reregistered: int = 0  # agents told their node was unknown (expired) meanwhile
     failed: int = 0  # heartbeats, fetches and results posts that failed meanwhile
     note: str = ""
+
+
+@dataclass
+class ReplicaStats:
+    """One dispatcher replica in the steady window (``--replicas`` 2 or more)."""
+
+    identity: str
+    role: str  # "leader" or "follower"
+    cpu: int | None  # the CPU it is pinned to (None: not pinned)
+    cpu_pct: float = math.nan  # of one CPU
+    requests_per_s: float = math.nan  # the agents' requests sent to it
+    cpu_us_per_request: float = math.nan
+    """The leader: its CPU over every agent's request (it serves them all, forwarded or
+    not); a follower: its CPU over the requests sent to it (what forwarding one costs)."""
+    agents_heartbeat: Latencies | None = None  # the heartbeats its agents sent to it
+    rss_bytes: int = 0
+    fds: int = 0
+
+
+@dataclass
+class FailoverStats:
+    """The leader killed (SIGKILL) while the agents run; times from the kill."""
+
+    killed: str
+    pid: int = 0
+    new_leader: str = ""
+    old_epoch: int = 0
+    new_epoch: int = 0
+    checks: int = 0  # in the old leader's state just before the kill
+    served_checks: int = 0  # in the new leader's state (its first holding them all)
+    lost: int = 0  # checks of the old leader's state missing from the new one's
+    lease_expiry_s: float = math.nan  # the lease's expiry (its PTTL read just before)
+    leader_s: float = math.nan  # the first status reply from the new leader
+    served_s: float = math.nan  # the new leader's state holding every check
+    held_s: float = math.nan  # every live agent holding its checks from the new leader
+    agents: int = 0  # live agents
+    confirmed: int = 0  # of them, holding their checks from the new leader's epoch
+    held_before: int = 0  # checks the agents held before the kill
+    held: int = 0  # checks the confirmed agents hold
+    moved: int = 0  # checks some agent gained or dropped meanwhile
+    homed_on_killed: int = 0  # agents whose own replica was the one killed
+    switched: int = 0  # agents that moved to another replica
+    failed_agents: int = 0  # agents with a failed request meanwhile
+    reregistered: int = 0  # agents told that their node was unknown
+    heartbeat_errors: int = 0
+    fetch_errors: int = 0
+    result_errors: int = 0
+    leader_polls: int = 0  # status requests sent to the survivors until one led
+    takeovers_ms: list[float] = field(default_factory=list)
+    """The new leader's takeovers after the kill (its ``leading`` log lines' claim, load
+    and rebuild): more than one when it lost its lease (``lost_leadership``) meanwhile."""
+    lost_leases: list[str] = field(default_factory=list)  # its lost_leadership reasons
+
+    @property
+    def served_after_lease_s(self) -> float:
+        """What the takeover cost: the time past the lease's expiry (the lease itself is
+        a setting, ``--lease-duration``)."""
+        return self.served_s - self.lease_expiry_s
 
 
 @dataclass
@@ -925,6 +1121,11 @@ class FleetResults:
     phase_errors: dict[str, str] = field(default_factory=dict)
     """Phases that failed (a request refused or timed out), with the error."""
     ran: list[str] = field(default_factory=list)  # the phases that ran to their end
+    replicas: int = 1
+    pinning: str = ""  # where each process runs, for the report's header
+    replica_stats: list[ReplicaStats] = field(default_factory=list)  # the steady window
+    failover: FailoverStats | None = None
+    skipped: dict[str, str] = field(default_factory=dict)  # phases left out, and why
 
     def fanout(self, name: str) -> Fanout | None:
         return next((f for f in self.fanouts if f.name == name), None)
@@ -1132,12 +1333,24 @@ Sightings = dict[str, list[tuple[str, float]]]
 
 
 @dataclass
+class Replica:
+    """One dispatcher process (one replica of several with ``--replicas``), run through
+    ``serve`` with its own garbage-collection and loop-lag files."""
+
+    identity: str
+    url: str
+    proc: Proc
+    gc_path: Path
+    lag_path: Path
+    cpu: int | None  # the CPU it is pinned to
+
+
+@dataclass
 class _Run:
     """One fleet run: the processes, and the phases in order (each fills ``results``)."""
 
     results: FleetResults
-    url: str
-    dispatcher: Proc
+    replicas: list[Replica]
     generators: Generators
     probe: Proc
     probe_path: Path
@@ -1145,11 +1358,25 @@ class _Run:
     redis_server: Any
     progress: Callable[[str], None]
     log_dir: Path
-    gc_path: Path
-    lag_path: Path
     load_cpu: int | None
-    phases: list[tuple[str, float, float]] = field(default_factory=list)
+    server_cpu: int | None = None
+    leader: int = 0  # the index of the replica that leads
+    phases: list[tuple[str, float, float, int]] = field(default_factory=list)
+    """(name, start, end, the leader's index then): its files tell its stalls and GC."""
     rss_max: int = 0
+
+    @property
+    def url(self) -> str:
+        """The leader's: the admin requests and the PUTs go straight to it."""
+        return self.replicas[self.leader].url
+
+    @property
+    def dispatcher(self) -> Proc:
+        """The leader's process."""
+        return self.replicas[self.leader].proc
+
+    def mark(self, name: str, start: float, end: float) -> None:
+        self.phases.append((name, start, end, self.leader))
 
     def ask_all(self, command: dict[str, Any]) -> list[dict[str, Any]]:
         return self.generators.ask(command)
@@ -1199,6 +1426,7 @@ class _Run:
         split0 = process_cpu_split_s(pid)
         cpu0, redis0, busy0 = process_cpu_s(pid), _redis_cpu(self.redis_server), machine_busy_s()
         probe0, load0 = process_cpu_s(self.probe.pid), _cpu_busy_s(self.load_cpu)
+        replicas0 = [process_cpu_s(rep.proc.pid) for rep in self.replicas]
         t0 = time.monotonic()
         while time.monotonic() < t0 + window_s:
             time.sleep(0.5)
@@ -1206,6 +1434,7 @@ class _Run:
         t1 = time.monotonic()
         cpu1, redis1, busy1 = process_cpu_s(pid), _redis_cpu(self.redis_server), machine_busy_s()
         probe1, load1 = process_cpu_s(self.probe.pid), _cpu_busy_s(self.load_cpu)
+        replicas1 = [process_cpu_s(rep.proc.pid) for rep in self.replicas]
         split1 = process_cpu_split_s(pid)
         after = self.ask_all({"cmd": "stats"})
         measured = self.ask_all({"cmd": "measure", "on": False})
@@ -1213,7 +1442,7 @@ class _Run:
         lags = [x for reply in measured for x in reply["lags"]]
         r.pool_waits = Latencies.of([x for reply in measured for x in reply["pool_waits"]])
         r.pool_open = sum(int(a["pool_open"]) for a in after)
-        self.phases.append(("steady", t0, t1))
+        self.mark("steady", t0, t1)
         wall = r.window_s = t1 - t0
 
         def delta(key: str) -> float:
@@ -1253,18 +1482,78 @@ class _Run:
             if requests:
                 r.leader_cpu_us_per_request = (cpu1 - cpu0) / requests * 1e6
             if busy0 is not None and busy1 is not None:
-                ours = (cpu1 - cpu0) + loadgen_cpu + (redis_cpu or 0.0)
+                followers = sum(
+                    b - a
+                    for k, (a, b) in enumerate(zip(replicas0, replicas1, strict=True))
+                    if k != self.leader and a is not None and b is not None
+                )
+                ours = (cpu1 - cpu0) + loadgen_cpu + (redis_cpu or 0.0) + followers
                 r.other_cpu_pct = 100 * max(0.0, busy1 - busy0 - ours) / wall
         if split0 is not None and split1 is not None:
             r.leader_system_cpu_pct = 100 * (split1[1] - split0[1]) / wall
         r.leader_rss_bytes = _rss(pid)
         r.leader_fds = _fds(pid)
+        if len(self.replicas) > 1:
+            self.replica_window(
+                wall,
+                [(a, b) for a, b in zip(replicas0, replicas1, strict=True)],
+                sent=[
+                    sum(a["requests_by_replica"][k] for a in after)
+                    - sum(b["requests_by_replica"][k] for b in before)
+                    for k in range(len(self.replicas))
+                ],
+                by_replica=[
+                    [x for reply in measured for x in reply["by_replica"][k]]
+                    for k in range(len(self.replicas))
+                ],
+                requests=requests,
+            )
         self.progress(
             f"fleet: steady {wall:.0f} s: {r.heartbeats_per_s:.0f} heartbeats/s,"
             f" {r.requests_per_s:.0f} requests/s, leader {r.leader_cpu_pct:.0f}% CPU, load"
             f" generators {r.loadgen_cpu_pct:.0f}% CPU ({r.loadgen_cpu_us_per_request:.0f}"
             f" us/request), probe p99 {self.probe_latencies(t0, t1).p99_ms:.1f} ms,"
             f" {r.results_per_s:.0f} results/s"
+        )
+
+    def replica_window(
+        self,
+        wall: float,
+        cpu: list[tuple[float | None, float | None]],
+        *,
+        sent: list[int],
+        by_replica: list[list[float]],
+        requests: float,
+    ) -> None:
+        """Each replica's share of the steady window: CPU, the requests its agents sent
+        it, their heartbeats' latency (a follower's: forwarded to the leader)."""
+        r = self.results
+        r.replica_stats = []
+        for k, replica in enumerate(self.replicas):
+            stats = ReplicaStats(
+                identity=replica.identity,
+                role="leader" if k == self.leader else "follower",
+                cpu=replica.cpu,
+                requests_per_s=sent[k] / wall,
+                agents_heartbeat=Latencies.of(by_replica[k]),
+                rss_bytes=_rss(replica.proc.pid),
+                fds=_fds(replica.proc.pid),
+            )
+            before, after = cpu[k]
+            if before is not None and after is not None:
+                stats.cpu_pct = 100 * (after - before) / wall
+                served = requests if k == self.leader else sent[k]
+                if served:
+                    stats.cpu_us_per_request = (after - before) / served * 1e6
+            r.replica_stats.append(stats)
+        self.progress(
+            "fleet: replicas in the steady window: "
+            + ", ".join(
+                f"{s.identity} ({s.role}) {s.cpu_pct:.0f}% CPU, {s.requests_per_s:.0f}"
+                f" requests/s sent to it, its agents' heartbeat p99"
+                f" {(s.agents_heartbeat or Latencies.of([])).p99_ms:.1f} ms"
+                for s in r.replica_stats
+            )
         )
 
     def profile(self, seconds: float) -> None:
@@ -1301,7 +1590,7 @@ class _Run:
         with contextlib.suppress(RuntimeError):  # what is missing is reported
             _wait(f"{name}: every agent's new set", done, FANOUT_TIMEOUT_S, 0.02)
         end = time.monotonic()
-        self.phases.append((name, t0, end))
+        self.mark(name, t0, end)
         self.sample_rss()
         replies = self.ask_all({"cmd": "sightings"})
         added_at = _merge(replies, "added")
@@ -1408,6 +1697,138 @@ class _Run:
 
         self.fanout(f"drop {LIMIT_CHECKS:,}", empty_limit)
 
+    def failover(self) -> None:
+        """The leader killed (SIGKILL) while the agents run; timed from the kill: the
+        first status reply from a new leader, the new leader's state holding every check
+        the old one held, every live agent holding its checks from the new leader."""
+        r = self.results
+        old = self.replicas[self.leader]
+        survivors = [
+            k for k, rep in enumerate(self.replicas) if k != self.leader and rep.proc.alive()
+        ]
+        if not survivors:
+            raise RuntimeError("no replica left to take over")
+        state = _http("GET", f"{old.url}{API}")
+        before = _state_checks(state)
+        f = r.failover = FailoverStats(
+            killed=old.identity, pid=old.proc.pid, old_epoch=int(state["epoch"]), checks=len(before)
+        )
+        f.homed_on_killed = sum(1 for i in range(r.agents) if i % len(self.replicas) == self.leader)
+        f.held_before = self.generators.total("held")
+        self.ask_all({"cmd": "record"})
+        stats_before = self.ask_all({"cmd": "stats"})
+        pttl_ms = _lease_pttl_ms(self.redis_server)
+        read = time.monotonic()  # the lease lives at most pttl_ms after this
+        t0, t0_wall = time.monotonic(), time.time()
+        old.proc.signal(signal.SIGKILL)
+        f.lease_expiry_s = read + max(0, pttl_ms) / 1e3 - t0
+        if self.server_cpu is not None:  # the kill frees CPU 0: the survivors take it
+            for k in survivors:
+                self._pin(k, self.server_cpu)
+        new, f.new_epoch, answered, f.leader_polls = self._await_leader(survivors, f.old_epoch, t0)
+        f.leader_s = answered - t0
+        self.leader = new
+        f.new_leader = self.replicas[new].identity
+        if self.load_cpu is not None:  # the others follow again, off the leader's CPU
+            for k in survivors:
+                if k != new:
+                    self._pin(k, self.load_cpu)
+        after, served_at = self._await_served(before, t0)
+        f.served_s, f.served_checks, f.lost = served_at - t0, len(after), len(before - after)
+        last = self._await_confirmed(f, t0)
+        end = time.monotonic()
+        self.mark("failover", t0, end)
+        for event in _log_events(self.replicas[new].proc.log_path, t0_wall):
+            if event.get("event") == "leading":
+                f.takeovers_ms.append(float(event.get("takeover_ms") or math.nan))
+            elif event.get("event") == "lost_leadership":
+                f.lost_leases.append(str(event.get("reason")))
+        self.sample_rss()
+        f.agents, f.confirmed, f.held = (
+            int(last["agents"]),
+            int(last["confirmed"]),
+            int(last["held"]),
+        )
+        f.failed_agents, f.switched = int(last["failed"]), int(last["switched"])
+        f.held_s = float(last["last"]) - t0
+        sightings = self.ask_all({"cmd": "sightings"})
+        f.moved = len(_merge(sightings, "added")) + len(_merge(sightings, "dropped"))
+        stats_after = self.ask_all({"cmd": "stats"})
+        f.reregistered = _delta(stats_before, stats_after, "reregistrations")
+        f.heartbeat_errors = _delta(stats_before, stats_after, "heartbeat_errors")
+        f.fetch_errors = _delta(stats_before, stats_after, "fetch_errors")
+        f.result_errors = _delta(stats_before, stats_after, "result_errors")
+        self.progress(
+            f"fleet: failover: {f.killed} killed; {f.new_leader} led {f.leader_s:.2f} s after"
+            f" the kill (the lease expired at {f.lease_expiry_s:.2f} s), served all"
+            f" {f.served_checks:,} checks at {f.served_s:.2f} s ({f.lost} lost), every agent"
+            f" held its checks from it at {f.held_s:.2f} s ({f.confirmed:,} of {f.agents:,},"
+            f" {f.moved} moved); {f.switched:,} agents moved to another replica,"
+            f" {f.failed_agents:,} saw a failed request, {f.reregistered} re-registered;"
+            f" its takeovers {', '.join(f'{ms:.0f}' for ms in f.takeovers_ms)} ms"
+            + (f", lost its lease meanwhile: {'; '.join(f.lost_leases)}" if f.lost_leases else "")
+        )
+
+    def _pin(self, k: int, cpu: int) -> None:
+        replica = self.replicas[k]
+        with contextlib.suppress(OSError):  # gone meanwhile: reported by what waits for it
+            os.sched_setaffinity(replica.proc.pid, {cpu})
+            replica.cpu = cpu
+
+    def _await_leader(
+        self, survivors: list[int], old_epoch: int, t0: float
+    ) -> tuple[int, int, float, int]:
+        """The first survivor whose status reply (the probe node's heartbeat, marked as
+        forwarded: a follower answers 508 instead of forwarding) comes from a leader of
+        a newer epoch: (its index, the epoch, when the reply came, requests sent)."""
+        polls = 0
+        deadline = t0 + LEASE_S * 3 + PHASE_TIMEOUT_S
+        while time.monotonic() < deadline:
+            for k in survivors:
+                polls += 1
+                status, body = _post_status(self.replicas[k].url)
+                if status == 200 and int(body["epoch"]) > old_epoch:
+                    return k, int(body["epoch"]), time.monotonic(), polls
+            time.sleep(FAILOVER_POLL_S)
+        raise RuntimeError(f"no replica led within {deadline - t0:.0f} s of the kill")
+
+    def _await_served(self, before: set[str], t0: float) -> tuple[set[str], float]:
+        """The new leader's state until it holds every check of ``before`` (or the
+        phase's time is up): the checks it holds, and when that reply came."""
+        deadline = t0 + PHASE_TIMEOUT_S
+        after: set[str] = set()
+        got = math.nan
+        while True:
+            with contextlib.suppress(urllib.error.URLError, OSError):
+                after = _state_checks(_http("GET", f"{self.url}{API}", timeout_s=30.0))
+                got = time.monotonic()
+                if before <= after:
+                    return after, got
+            if time.monotonic() > deadline:
+                return after, got
+            time.sleep(FAILOVER_POLL_S)
+
+    def _await_confirmed(self, f: FailoverStats, t0: float) -> dict[str, float]:
+        """The agents until every live one holds its checks from the new leader (its
+        configs fetched at the new epoch) and they hold as many as before the kill (or
+        the phase's time is up); their last ``epochs`` reply, summed."""
+        deadline = t0 + self.results.expiry_s * 3 + 30
+
+        def ask() -> dict[str, float]:
+            replies = self.ask_all({"cmd": "epochs", "epoch": f.new_epoch})
+            total = {k: float(sum(float(x[k]) for x in replies))
+                     for k in ("agents", "confirmed", "held", "failed", "switched")}  # fmt: skip
+            lasts = [float(x["last"]) for x in replies if x["last"] is not None]
+            total["last"] = max(lasts, default=math.nan)
+            return total
+
+        while True:
+            last = ask()
+            done = last["confirmed"] == last["agents"] and last["held"] >= f.held_before
+            if done or time.monotonic() > deadline:
+                return last
+            time.sleep(FAILOVER_POLL_S * 5)
+
     def outage(self) -> None:
         """Zone-0 (a tenth of the agents) stops at once, without leaving."""
         r = self.results
@@ -1424,7 +1845,7 @@ class _Run:
 
         with contextlib.suppress(RuntimeError):  # what is missing is reported
             _wait("the orphans on live agents", all_seen, r.expiry_s * 3 + 30, 0.05)
-        self.phases.append(("outage", t0, time.monotonic()))
+        self.mark("outage", t0, time.monotonic())
         self.sample_rss()
         added_at = _merge(self.ask_all({"cmd": "sightings"}), "added")
         firsts = [min(t for _, t in added_at[d]) for d in orphans if d in added_at]
@@ -1440,7 +1861,7 @@ class _Run:
         t0 = time.monotonic()
         left = self.ask_all({"cmd": "leave"})
         t1 = time.monotonic()
-        self.phases.append(("leave", t0, t1))
+        self.mark("leave", t0, t1)
         r.leave_s = t1 - t0
         r.left = sum(int(reply["left"]) for reply in left)
 
@@ -1458,13 +1879,9 @@ class _Run:
         with contextlib.suppress(OSError):  # the dispatcher may be gone
             self.sample_rss()
         r.leader_rss_max_bytes = self.rss_max
-        pauses: list[tuple[int, float, float, float]] = []
-        if self.gc_path.exists():
-            pauses = [
-                (int(g), float(a), float(b), float(c))
-                for g, a, b, c in (line.split() for line in self.gc_path.read_text().splitlines())
-            ]
-        for name, start, end in self.phases:
+        for name, start, end, leader in self.phases:
+            replica = self.replicas[leader]  # the stalls and the GC of the leader then
+            pauses = _pauses(replica.gc_path)
             r.probe[name] = self.probe_latencies(start, end)
             inside = [
                 [p for p in pauses if p[0] == gen and start <= p[1] < end] for gen in range(3)
@@ -1474,7 +1891,7 @@ class _Run:
                 (len(ps), sum(p[3] for p in ps), max((p[2] for p in ps), default=0.0))
                 for ps in inside[:2]
             ]
-            lags = [row[1:] for row in _lags(self.lag_path) if start <= row[0] < end]
+            lags = [row[1:] for row in _lags(replica.lag_path) if start <= row[0] < end]
             r.loop_stalls[name] = _stall_summary(lags)
 
     def probe_latencies(self, start: float, end: float) -> Latencies:
@@ -1483,6 +1900,67 @@ class _Run:
             [lat for _, lat, status in inside if status == 200],
             sum(1 for s in inside if s[2] != 200),
         )
+
+
+def _state_checks(state: dict[str, Any]) -> set[str]:
+    """Every check (digest) an admin state reply holds: placed on a node, or dangling."""
+    placed = {str(d) for node in state["nodes"] for d in node["configs"]}
+    return placed | {str(d) for d in state["dangling"]}
+
+
+def _post_status(url: str) -> tuple[int, dict[str, Any]]:
+    """The probe node's heartbeat to this replica alone (marked as forwarded: a follower
+    answers 508 instead of forwarding it); (0, {}) when it does not answer."""
+    request = urllib.request.Request(
+        f"{url}{API}/status/{PROBE_NODE}",
+        data=PROBE_BODY,
+        method="POST",
+        headers={**HEADERS, FORWARDED_HEADER: "1"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=2.0) as reply:
+            return int(reply.status), orjson.loads(reply.read())
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), {}
+    except (urllib.error.URLError, OSError):
+        return 0, {}
+
+
+def _lease_pttl_ms(redis_server: Any) -> int:
+    """The lease key's remaining time-to-live in Redis, ms."""
+    import redis as redis_py
+
+    client = redis_py.Redis.from_url(redis_server.url)
+    try:
+        return int(client.pttl(f"{LEASE_NAME}:lease"))
+    finally:
+        client.close()
+
+
+def _log_events(path: Path, since_wall: float) -> list[dict[str, Any]]:
+    """A dispatcher's JSON log lines stamped at or after ``since_wall`` (Unix time)."""
+    events = []
+    with contextlib.suppress(OSError), path.open("rb") as lines:
+        for line in lines:
+            try:
+                event = orjson.loads(line)
+                stamp = datetime.fromisoformat(str(event["timestamp"]).replace("Z", "+00:00"))
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue
+            if stamp.timestamp() >= since_wall:
+                events.append(event)
+    return events
+
+
+def _pauses(path: Path) -> list[tuple[int, float, float, float]]:
+    """(generation, start, seconds, CPU seconds) of every garbage collection in a
+    ``serve`` gc file."""
+    if not path.exists():
+        return []
+    return [
+        (int(g), float(a), float(b), float(c))
+        for g, a, b, c in (line.split() for line in path.read_text().splitlines())
+    ]
 
 
 def _delta(before: list[dict[str, Any]], after: list[dict[str, Any]], key: str) -> int:
@@ -1515,8 +1993,10 @@ def run_fleet(
     py_spy_s: float = 0.0,
     big_puts: bool = True,
     spy_phases: Collection[str] = (),
+    replicas: int = 1,
     progress: Callable[[str], None] = print,
 ) -> FleetResults:
+    check_replicas(replicas, store)
     log_dir.mkdir(parents=True, exist_ok=True)
     cpus = sorted(os.sched_getaffinity(0))
     pinned = len(cpus) >= 2
@@ -1535,6 +2015,8 @@ def run_fleet(
         check_interval_s=check_interval_s,
         results_flush_s=results_flush_s,
         pinned=pinned,
+        replicas=replicas,
+        pinning=_pinning(pinned, replicas),
     )
     ramp = ramp_s if ramp_s is not None else max(2.0, agents / 1_000)
     cpu_flag = ["--cpu", str(load_cpu)] if load_cpu is not None else []
@@ -1551,38 +2033,42 @@ def run_fleet(
             flags += ["--redis-url", redis_server.url]
         elif store == "sqlite":
             flags += ["--data-dir", str(work / "data")]
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        argv = dispatcher_argv(
-            port, *flags,
+        if replicas > 1:
+            flags += ["--election", "redis", "--lease-duration", f"{LEASE_S:g}",
+                      "--renew-deadline", f"{RENEW_DEADLINE_S:g}",
+                      "--retry-period", f"{RETRY_S:g}"]  # fmt: skip
+        flags += [
             "--warmup-duration", "0",
             "--heartbeat-interval", f"{heartbeat_interval_s:g}",
             "--node-expiration-timeout", f"{expiry_s:g}",
             # Every agent's long poll and the pools: above the default cap of 10,000.
             "--max-connections", str(max_connections),
-        )  # fmt: skip
-        # The real command's flags, run through ``serve`` for the collector's timings.
-        gc_path = work / "gc.txt"
-        lag_path = work / "lag.txt"
-        argv = [sys.executable, "-m", "tests.bench.fleet", "serve", "--lag-out", str(lag_path),
-                "--gc-out", str(gc_path), "--", *argv[1:]]  # fmt: skip
-        log_path = log_dir / f"fleet-{agents}-{store}.log"
-        log_path.unlink(missing_ok=True)
-        dispatcher = Proc("dispatcher", argv, log_path).start()
+        ]  # fmt: skip
+        started: list[Replica] = []
         generators = Generators([])
         probe: Proc | None = None
         try:
             if server_cpu is not None and load_cpu is not None:
-                os.sched_setaffinity(dispatcher.pid, {server_cpu})
                 if redis_server is not None and redis_server.process is not None:
                     os.sched_setaffinity(redis_server.process.pid, {server_cpu})
                 # This process builds large bodies and polls the generators: off the
                 # dispatcher's CPU (restored at the end).
                 os.sched_setaffinity(0, {load_cpu})
-            wait_http_ok(f"{url}/readyz", timeout_s=60, proc=dispatcher)
+            for k in range(replicas):
+                # The first leads (on the leader's CPU); the others start once it does.
+                cpu = server_cpu if k == 0 else load_cpu
+                started.append(
+                    _start_replica(k, replicas=replicas, flags=flags, cpu=cpu, work=work,
+                                   log_dir=log_dir, agents=agents, store=store)
+                )  # fmt: skip
+                wait_http_ok(f"{started[k].url}/readyz", timeout_s=60, proc=started[k].proc)
+                if replicas > 1:
+                    _await_role(started[k], started[0])
+            urls = [replica.url for replica in started]
+            url = urls[0]
             probe_path = work / "probe.txt"
-            probe_argv = [sys.executable, "-m", "tests.bench.fleet", "probe", "--url", url]
-            probe_argv += ["--out", str(probe_path), *cpu_flag]
+            probe_argv = [sys.executable, "-m", "tests.bench.fleet", "probe"]
+            probe_argv += ["--url", ",".join(urls), "--out", str(probe_path), *cpu_flag]
             probe = Proc("probe", probe_argv, log_dir / "fleet-probe.log").start()
             _wait("the probe", lambda: probe_path.exists() and probe_path.stat().st_size > 0, 30)
             # The probe's node takes no check: it never fetches or runs any.
@@ -1590,9 +2076,11 @@ def run_fleet(
             progress(
                 f"fleet: {agents:,} agents ({procs} load-generator process(es), a pool of"
                 f" {pool} each), {store} store, --max-connections {max_connections:,}"
-            )
+                + (f", {replicas} replicas (agent i talks to replica i % {replicas})"
+                   if replicas > 1 else "")
+            )  # fmt: skip
             generators = _start_generators(
-                url,
+                ",".join(urls),
                 agents=agents,
                 procs=procs,
                 pool=pool,
@@ -1603,8 +2091,7 @@ def run_fleet(
             )
             run = _Run(
                 results,
-                url,
-                dispatcher,
+                started,
                 generators,
                 probe,
                 probe_path,
@@ -1612,9 +2099,8 @@ def run_fleet(
                 redis_server,
                 progress,
                 log_dir,
-                gc_path,
-                lag_path,
                 load_cpu,
+                server_cpu,
             )
             _phases(
                 run,
@@ -1628,11 +2114,84 @@ def run_fleet(
             generators.stop()
             if probe is not None:
                 probe.stop()
-            dispatcher.stop(timeout_s=30)
+            for replica in started:
+                replica.proc.stop(timeout_s=30)
             if redis_server is not None:
                 redis_server.stop()
             os.sched_setaffinity(0, affinity)
     return results
+
+
+def check_replicas(replicas: int, store: str) -> None:
+    """``--replicas`` against ``--store``: several replicas share their state in Redis."""
+    if replicas < 1:
+        raise ValueError(f"--replicas {replicas}: at least 1")
+    if replicas > 1 and store != "redis":
+        raise ValueError(
+            f"--replicas {replicas} needs --store redis (given --store {store}): the replicas"
+            " elect their leader in, and share their state through, a real redis-server"
+        )
+
+
+def _pinning(pinned: bool, replicas: int) -> str:
+    if not pinned:
+        return "not pinned"
+    if replicas == 1:
+        return "dispatcher on CPU 0, load generators and probe on CPU 1"
+    return (
+        "the leader and redis-server on CPU 0; the follower(s), load generators and probe on"
+        " CPU 1; at the failover the survivors move to CPU 0, and once one leads the others"
+        " go back to CPU 1"
+    )
+
+
+def _start_replica(
+    k: int,
+    *,
+    replicas: int,
+    flags: list[str],
+    cpu: int | None,
+    work: Path,
+    log_dir: Path,
+    agents: int,
+    store: str,
+) -> Replica:
+    """Dispatcher process ``k``: the real command's flags run through ``serve`` for the
+    collector's timings, with files of its own; pinned to ``cpu``."""
+    port = free_port()
+    argv = dispatcher_argv(port, *flags)
+    # One replica keeps the names it always had; several are told apart by their index.
+    suffix = "" if replicas == 1 else f"-{k}"
+    gc_path = work / f"gc{suffix}.txt"
+    lag_path = work / f"lag{suffix}.txt"
+    argv = [sys.executable, "-m", "tests.bench.fleet", "serve", "--lag-out", str(lag_path),
+            "--gc-out", str(gc_path), "--", *argv[1:]]  # fmt: skip
+    log_path = log_dir / f"fleet-{agents}-{store}{'' if replicas == 1 else f'-r{k}'}.log"
+    log_path.unlink(missing_ok=True)
+    proc = Proc(f"dispatcher{suffix}", argv, log_path).start()
+    replica = Replica(
+        f"dispatcher-{port}", f"http://127.0.0.1:{port}", proc, gc_path, lag_path, cpu
+    )
+    if cpu is not None:
+        os.sched_setaffinity(proc.pid, {cpu})
+    return replica
+
+
+def _await_role(replica: Replica, leader: Replica) -> None:
+    """Until ``leader`` leads and ``replica`` (another) forwards to it."""
+
+    def ready() -> bool:
+        headers = {FORWARDED_HEADER: "1"} if replica is leader else {}
+        request = urllib.request.Request(f"{replica.url}{API}", headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=5.0) as reply:
+                state = orjson.loads(reply.read())
+        except (urllib.error.URLError, OSError):
+            return False
+        return bool(state["is_leader"]) and state["leader"] == leader.identity
+
+    what = "it leads" if replica is leader else f"it follows {leader.identity}"
+    _wait(f"{replica.identity}: {what}", ready, 60, 0.1)
 
 
 def _phases(
@@ -1665,8 +2224,15 @@ def _phases(
     ]
     if big_puts:
         steps.append(("large PUTs", lambda: run.big_puts(check_interval_s), False))
+    if len(run.replicas) > 1:
+        steps.append(("failover", run.failover, False))
     steps += [("outage", run.outage, False), ("leave", run.leave, False)]
     for name, step, needed in steps:
+        if name == "outage" and "failover" in r.phase_errors:
+            # Against no leader, or one not yet serving, it would measure nothing.
+            r.skipped[name] = "the failover before it failed"
+            run.progress(f"fleet: {name} skipped: {r.skipped[name]}")
+            continue
         try:
             if name in spy_phases:
                 out = run.log_dir / f"fleet-{r.agents}-{r.store}-{name.replace(' ', '-')}.json"
@@ -1680,7 +2246,7 @@ def _phases(
             run.progress(f"fleet: {name} failed: {r.phase_errors[name]}")
             if needed:
                 break
-        if name in ("change", "rebalance", "large PUTs"):
+        if name in ("change", "rebalance", "large PUTs", "failover"):
             time.sleep(2.0)
     try:
         run.finish()
@@ -1767,7 +2333,7 @@ def _big_puts(r: FleetResults) -> list[Fanout]:
 
 def goals(r: FleetResults) -> list[FleetGoal]:
     """Every goal judged on what ran: a phase that failed is a missed goal of its own."""
-    at = f"{r.agents:,} agents, {r.store}"
+    at = f"{r.agents:,} agents, {r.store}" + (f", {r.replicas} replicas" if r.replicas > 1 else "")
     out = [
         FleetGoal(
             f"fleet: every phase ran ({at})",
@@ -1778,6 +2344,8 @@ def goals(r: FleetResults) -> list[FleetGoal]:
     if "steady" in r.ran:
         out += _steady_goals(r, at)
     out += _fanout_goals(r, at)
+    if "failover" in r.ran and r.failover is not None:
+        out += _failover_goals(r.failover, at)
     if "outage" in r.ran:
         out.append(
             FleetGoal(
@@ -1797,6 +2365,34 @@ def goals(r: FleetResults) -> list[FleetGoal]:
             )
         )
     return out
+
+
+def _failover_goals(f: FailoverStats, at: str) -> list[FleetGoal]:
+    return [
+        FleetGoal(
+            f"fleet: failover with {f.checks:,} checks serving all of them within"
+            f" {GOAL_FAILOVER_S:g} s of the lease's expiry ({at})",
+            f.served_after_lease_s <= GOAL_FAILOVER_S and f.lost == 0,
+            f"{f.served_after_lease_s:.2f} s after the lease expired ({f.served_s:.2f} s after"
+            f" the kill, the lease {f.lease_expiry_s:.2f} s; a replica led at"
+            f" {f.leader_s:.2f} s), {f.served_checks:,} served, {f.lost} lost;"
+            f" {len(f.takeovers_ms)} takeover(s) ({len(f.lost_leases)} lease(s) lost)",
+        ),
+        FleetGoal(
+            f"fleet: the failover loses and moves no check, and every live agent holds its"
+            f" checks from the new leader ({at})",
+            f.lost == 0
+            and f.moved == 0
+            and f.agents > 0
+            and f.confirmed == f.agents
+            and f.held >= f.held_before,
+            f"{f.lost} lost, {f.moved} moved; {f.confirmed:,} of {f.agents:,} agents holding"
+            f" {f.held:,} of {f.held_before:,} checks from the new leader {f.held_s:.2f} s after"
+            f" the kill; {f.switched:,} moved to another replica ({f.homed_on_killed:,} had"
+            f" the killed one), {f.failed_agents:,} saw a failed request, {f.reregistered}"
+            " re-registered",
+        ),
+    ]
 
 
 def _steady_goals(r: FleetResults, at: str) -> list[FleetGoal]:
@@ -1878,6 +2474,67 @@ def _fanout_goals(r: FleetResults, at: str) -> list[FleetGoal]:
     return out
 
 
+def _replica_tables(runs: list[FleetResults]) -> list[str]:
+    """The replicas in the steady window, and the failover (runs with ``--replicas``)."""
+    out: list[str] = []
+    rows = []
+    for r in runs:
+        for s in r.replica_stats:
+            own = s.agents_heartbeat or Latencies.of([])
+            rows.append(
+                [f"{r.agents:,}", s.identity, s.role, "-" if s.cpu is None else str(s.cpu),
+                 _f(s.cpu_pct), _f(s.requests_per_s, ".0f"), _f(s.cpu_us_per_request, ".0f"),
+                 _f(own.p50_ms), _f(own.p99_ms), _f(own.max_ms), f"{s.rss_bytes / 2**20:.0f}",
+                 str(s.fds)]
+            )  # fmt: skip
+    if rows:
+        headers = ["agents", "replica", "role", "on CPU", "CPU %", "its agents' req/s",
+                   "us/req", "their hb p50 ms", "p99 ms", "max ms", "RSS MiB", "fds"]  # fmt: skip
+        out += ["", table(headers, rows)]
+        out.append(
+            "  the steady window, by replica: us/req is the leader's CPU over every agent's"
+            " request (it serves them all, forwarded or not) and a follower's over the requests"
+            " its agents sent it (what forwarding one costs); their hb: the heartbeats of the"
+            " agents that talk to it (a follower's include the forward to the leader)"
+        )
+    rows = []
+    for r in runs:
+        f = r.failover
+        if f is None:
+            continue
+        during = r.probe.get("failover") or Latencies.of([])
+        rows.append(
+            [f"{r.agents:,}", f"{f.checks:,}", f"{f.killed} -> {f.new_leader or '-'}",
+             _f(f.lease_expiry_s, ".2f"), _f(f.leader_s, ".2f"), _f(f.served_s, ".2f"),
+             _f(f.served_after_lease_s, ".2f"), _f(f.held_s, ".2f"), str(f.lost), str(f.moved),
+             f"{f.confirmed:,} / {f.agents:,}", f"{f.switched:,} / {f.homed_on_killed:,}",
+             f"{f.failed_agents:,}", str(f.reregistered),
+             f"{f.heartbeat_errors} / {f.fetch_errors} / {f.result_errors}",
+             f"{during.errors} / {_f(during.max_ms, '.0f')}",
+             ", ".join(f"{ms:.0f}" for ms in f.takeovers_ms) or "-",
+             "; ".join(f.lost_leases) or "-"]
+        )  # fmt: skip
+    if rows:
+        headers = ["agents", "checks", "killed -> new leader", "lease expiry s", "leads s",
+                   "all served s", "served - expiry s", "all held s", "lost", "moved",
+                   "agents on the new leader", "moved replica / had the killed",
+                   "agents with a failure", "re-registered", "failed hb / fetch / results",
+                   "probe errors / max ms", "takeovers ms", "lost its lease"]  # fmt: skip
+        out += ["", table(headers, rows)]
+        out.append(
+            "  failover: the leader killed (SIGKILL) while the agents run, times from the kill:"
+            " the lease's expiry (its PTTL in Redis read just before), the first status reply"
+            " from a replica leading a newer epoch, its state holding every check the old"
+            " leader's did (lost: those missing), every live agent holding its checks from the"
+            " new leader's epoch (moved: checks an agent gained or dropped meanwhile); takeovers:"
+            " the new leader's claim, load and rebuild after the kill (its log), one more each"
+            " time it lost its lease meanwhile; an agent"
+            " whose replica refused a connection moves to the next (as a Service would send"
+            " it); the killed replica stays down, the later phases run on the others"
+        )
+    return out
+
+
 def _f(value: float | None, spec: str = ".1f") -> str:
     return "-" if value is None or math.isnan(value) else format(value, spec)
 
@@ -1893,15 +2550,18 @@ def report_many(runs: list[FleetResults]) -> tuple[str, list[tuple[str, bool, st
         )
     else:
         results = f"results posted every {first.results_flush_s:g} s (--results-flush)"
+    against = (
+        "one dispatcher process"
+        if first.replicas == 1
+        else f"{first.replicas} dispatcher replicas (--election redis --store redis, lease"
+        f" {LEASE_S:g} s, renew deadline {RENEW_DEADLINE_S:g} s, retry {RETRY_S:g} s; agent i"
+        f" talks to replica i % {first.replicas}, a follower forwards to the leader)"
+    )
     out = [
-        "Fleet: simulated agents over HTTP against one dispatcher process"
+        f"Fleet: simulated agents over HTTP against {against}"
         f" ({first.check_interval_s} s check interval, {results}, heartbeat"
         f" {first.heartbeat_interval_s:g} s, expiry {first.expiry_s:g} s; "
-        + (
-            "dispatcher on CPU 0, load generators and probe on CPU 1"
-            if first.pinned
-            else "not pinned"
-        )
+        + (first.pinning or _pinning(first.pinned, first.replicas))
         + ")",
         "  connections: each agent holds its own long poll; the heartbeats and results of"
         f" the agents of one load generator share a pool of {first.pool} keep-alive"
@@ -1947,6 +2607,7 @@ def report_many(runs: list[FleetResults]) -> tuple[str, list[tuple[str, bool, st
             ]
         )
     out.append(table(headers, rows))
+    out += _replica_tables(runs)
     out.append("")
     headers = [
         "agents", "phase", "request ms", "checks +", "checks -", "agents", "new set p50 ms",
@@ -2143,8 +2804,19 @@ def main() -> None:
         choices=["change", "rebalance", "large PUTs", "outage", "leave"],
         help="profile this phase too (py-spy; repeatable)",
     )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="dispatcher replicas (2 or more: --election redis, needs --store redis; the"
+        " agents spread over them, and a failover phase kills the leader)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
     args = parser.parse_args()
+    try:
+        check_replicas(args.replicas, args.store)
+    except ValueError as exc:
+        parser.error(str(exc))
     runs = FleetRuns(
         [
             run_fleet(
@@ -2164,6 +2836,7 @@ def main() -> None:
                 py_spy_s=args.py_spy,
                 big_puts=not args.no_big_puts,
                 spy_phases=args.spy_phase,
+                replicas=args.replicas,
             )
             for n in args.agents
         ]

@@ -209,6 +209,7 @@ class Client:
         self.busy: set[Connection] = set()
         self.connects = 0
         self.timeouts = 0
+        self.refused = 0  # connects refused: nothing listens there (a server gone)
 
     @property
     def authority(self) -> str:
@@ -219,6 +220,9 @@ class Client:
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
                 await self.loop.create_connection(lambda: conn, self.host, self.port)
+        except ConnectionRefusedError as exc:
+            self.refused += 1
+            raise HttpError(f"connect: {exc!r}") from exc
         except (OSError, TimeoutError) as exc:
             raise HttpError(f"connect: {exc!r}") from exc
         self.connects += 1

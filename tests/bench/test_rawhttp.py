@@ -187,3 +187,18 @@ async def test_the_wait_for_a_pool_connection_counts_in_the_timeout(
         first.cancel()
         with pytest.raises(asyncio.CancelledError):
             await first
+
+
+async def test_a_refused_connect_is_counted_apart_from_other_failures() -> None:
+    async with serving(echo) as (_, client):
+        conn = await client.connect()
+        assert await send(conn, Request("GET", "/", client.authority).encode(b"x"), 5.0) == (
+            200,
+            b"x",
+        )
+        assert client.refused == 0
+    # The listener is closed: nothing listens on the port any more.
+    with pytest.raises(HttpError, match="connect"):
+        await client.connect()
+    assert client.refused == 1
+    assert client.connects == 1

@@ -2,7 +2,9 @@
 real dispatcher process and load-generator processes speaking the node protocol over
 HTTP, at 40 agents with short intervals, so that ``make test`` runs every phase of it
 end to end: registration and the checks' load, a steady window with results, a change
-fanned out, a rebalance moved onto slow agents' peers, a zone outage and the leave.
+fanned out, a rebalance moved onto slow agents' peers, a zone outage and the leave. And
+its HA form (``--replicas 2 --store redis``, 60 agents): two replicas and a real
+redis-server, the agents spread over both, and the leader killed while they run.
 
 The bounds are the settings' (the heartbeat interval, the expiry and the dispatcher's
 tick), with seconds of slack for a busy CI machine; speed goals belong to ``make bench``.
@@ -10,10 +12,12 @@ tick), with seconds of slack for a busy CI machine; speed goals belong to ``make
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from dispatcher.settings import TICK_INTERVAL_S
-from tests.bench.fleet import FleetResults, run_fleet
+from tests.bench.fleet import LEASE_S, RETRY_S, FleetResults, goals, run_fleet
 
 pytestmark = pytest.mark.e2e
 
@@ -95,3 +99,76 @@ def test_the_rest_leave_gracefully(fleet: FleetResults) -> None:
 def test_the_leader_holds_a_connection_per_agent(fleet: FleetResults) -> None:
     assert fleet.leader_rss_max_bytes > 0
     assert fleet.leader_fds > AGENTS  # a held long poll each
+
+
+HA_AGENTS = 60
+
+
+def test_two_replicas_on_redis_fail_over_under_agent_load_losing_and_moving_no_check(
+    tmp_path: Path,
+) -> None:
+    """The HA form (``--replicas 2 --store redis``): two replicas and a real redis-server,
+    agent i talking to replica i % 2 (the follower forwards), and the leader killed
+    (SIGKILL) while the agents run. A replica must lead once the lease has run out and
+    a retry period has passed, serve every check at once (they are in Redis), and every
+    agent must hold its checks from it within its retry backoff (capped at the heartbeat
+    interval, jittered up to 1.5 times); the agents of the killed replica move to the
+    other. The outage then runs against the new leader."""
+    fleet = run_fleet(
+        log_dir=tmp_path / "logs",
+        work_dir=tmp_path,
+        agents=HA_AGENTS,
+        checks_per_agent=CHECKS_PER_AGENT,
+        store="redis",
+        replicas=2,
+        window_s=2.0,
+        heartbeat_interval_s=HEARTBEAT_S,
+        expiry_s=EXPIRY_S,
+        check_interval_s=2,
+        results_flush_s=1.0,
+        ramp_s=1.0,
+        big_puts=False,
+        progress=lambda _: None,
+    )
+    assert fleet.phase_errors == {}, fleet.phase_errors
+    assert fleet.ran == [
+        "start", "settle", "steady", "change", "rebalance", "failover", "outage", "leave",
+    ]  # fmt: skip
+    leader, follower = fleet.replica_stats
+    assert (leader.role, follower.role) == ("leader", "follower")
+    assert leader.requests_per_s > 0  # the agents spread over both
+    assert follower.requests_per_s > 0
+    assert follower.agents_heartbeat is not None
+    assert follower.agents_heartbeat.count > 0  # forwarded, answered by the leader
+    assert follower.cpu_pct > 0
+
+    f = fleet.failover
+    assert f is not None
+    assert (f.killed, f.new_leader) == (leader.identity, follower.identity)
+    assert f.new_epoch > f.old_epoch
+    # Its log says it took over (once more each time it lost its lease meanwhile).
+    assert len(f.takeovers_ms) == len(f.lost_leases) + 1, f
+    # The lease is at most LEASE_S from the kill; the follower tries every retry period
+    # (up to 1.2 of it, jittered); what it has to load is small.
+    assert 0 <= f.lease_expiry_s <= LEASE_S + SLACK_S
+    assert f.leader_s <= LEASE_S + 1.2 * RETRY_S + SLACK_S, f
+    assert f.served_after_lease_s <= 1.2 * RETRY_S + SLACK_S, f
+    # Every check the old leader held, served by the new one; none moved on the agents.
+    assert f.checks == f.served_checks >= HA_AGENTS * CHECKS_PER_AGENT
+    assert (f.lost, f.moved, f.reregistered) == (0, 0, 0), f
+    # Every live agent holds its checks from the new leader within its retry backoff.
+    assert f.agents == f.confirmed == HA_AGENTS
+    assert f.held == f.held_before
+    assert f.held_s <= f.served_s + 1.5 * HEARTBEAT_S + SLACK_S, f
+    # Those of the killed replica moved to the other (a Service's doing), and saw it go.
+    assert f.switched == f.homed_on_killed == HA_AGENTS // 2
+    assert f.failed_agents >= f.homed_on_killed
+    failover_goals = [g for g in goals(fleet) if "failover" in g.name]
+    assert len(failover_goals) == 2
+    assert all(g.ok for g in failover_goals), failover_goals
+
+    # The outage, against the new leader: after the expiry, within a tick of it.
+    assert fleet.outage_missing == 0
+    assert fleet.outage_orphans > 0
+    assert EXPIRY_S - HEARTBEAT_S <= fleet.outage_s <= EXPIRY_S + TICK_S + SLACK_S
+    assert fleet.left == HA_AGENTS - fleet.outage_agents

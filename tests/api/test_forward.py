@@ -1,0 +1,87 @@
+"""A follower forwarding many held long polls at once: the other requests it forwards
+(heartbeats) still reach the leader, and every long poll gets its reply.
+
+The leader here is a stand-in (an aiohttp app on a real loopback server) that holds
+every configs request until the test releases them and answers heartbeats at once, so
+that exactly ``HELD`` long polls are in flight through the follower when a heartbeat
+comes. A cap on the follower's connections to the leader below ``HELD`` (it was 256)
+left that heartbeat waiting for a connection until its timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import resource
+
+import aiohttp
+from aiohttp import web
+from pytest_aiohttp import AiohttpClient, AiohttpServer
+
+from dispatcher.api.forward import REPLY_TIMEOUT_S
+from dispatcher.election.base import LeaderInfo
+from dispatcher.settings import Settings
+from tests.api.conftest import API, follower_client
+
+HELD = 300
+"""Long polls in flight through the follower: over the cap of 256 it once had."""
+PROMPT_S = REPLY_TIMEOUT_S / 2
+"""A heartbeat forwarded while they are held answers well within the forward's timeout."""
+
+
+async def test_a_heartbeat_gets_through_a_follower_holding_more_long_polls_than_it_once_could(
+    aiohttp_client: AiohttpClient, aiohttp_server: AiohttpServer
+) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 4 * HELD + 200:  # each long poll: two sockets in, two out
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4 * HELD + 200), hard))
+    release = asyncio.Event()
+    held: list[str] = []
+    all_held = asyncio.Event()
+
+    async def configs(request: web.Request) -> web.Response:
+        held.append(request.match_info["node"])
+        if len(held) == HELD:
+            all_held.set()
+        await release.wait()
+        return web.json_response({"last_change": 1, "epoch": 1, "configs": []})
+
+    async def status(request: web.Request) -> web.Response:
+        return web.json_response({"node": request.match_info["node"], "held": len(held)})
+
+    app = web.Application()
+    app.router.add_get(API + "/configs/{node}", configs)
+    app.router.add_post(API + "/status/{node}", status)
+    leader = await aiohttp_server(app)
+    follower = await follower_client(
+        aiohttp_client,
+        LeaderInfo("leader", str(leader.make_url("")).rstrip("/"), 1),
+        settings=Settings(),
+    )
+    base = str(follower.client.make_url("")).rstrip("/")
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def poll(i: int) -> int:
+            url = f"{base}{API}/configs/node-{i}?since=0&wait_s=30"
+            async with session.get(url) as reply:
+                await reply.read()
+                return reply.status
+
+        polls = [asyncio.create_task(poll(i)) for i in range(HELD)]
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(PROMPT_S):
+                    await all_held.wait()
+            assert len(held) == HELD, f"{len(held)} of {HELD} long polls reached the leader"
+            async with asyncio.timeout(PROMPT_S):
+                async with session.post(
+                    f"{base}{API}/status/node-0", json={"last_change": -1}
+                ) as reply:
+                    body = await reply.json()
+                    assert reply.status == 200, body
+            assert body == {"node": "node-0", "held": HELD}
+        finally:
+            release.set()
+            statuses = await asyncio.gather(*polls, return_exceptions=True)
+    assert statuses == [200] * HELD
