@@ -39,9 +39,11 @@ large, not to multiply the results. When the machine has two CPUs, the dispatche
 pinned to CPU 0 and the load generators, the probe and this process to CPU 1.
 
 HA (``--replicas N``, N >= 2, needs ``--store redis``): N dispatcher replicas against the
-same real ``redis-server`` (``--election redis --store redis``, lease ``LEASE_S`` s,
-renew deadline ``RENEW_DEADLINE_S`` s, retry ``RETRY_S`` s, as the failover and restart
-benchmarks), each through ``serve`` with its own GC and lag files; the first is started
+same real ``redis-server`` (``--election redis --store redis``; the election's timings
+the dispatcher's defaults, lease 15 s, renew deadline 10 s, retry 2 s, unless
+``--lease-duration``, ``--renew-deadline``, ``--retry-period`` say otherwise: the
+end-to-end test uses 3 / 2 / 1 s, as the failover and restart benchmarks), each through
+``serve`` with its own GC and lag files; the first is started
 alone and leads, the others follow it. Agent i talks to replica i % N, as a Kubernetes
 Service spreads its clients: a follower forwards what the leader must answer (every
 agent route), so the steady window reports each replica's CPU, the requests its agents
@@ -117,8 +119,8 @@ comes before the expiry is the lease, a setting), and none lost or moved, every 
 agent holding its checks from the new leader.
 
 Run alone: ``python -m tests.bench.fleet --agents 1000 --checks-per-agent 10
-[--store memory|sqlite|redis] [--replicas 2] [--procs N] [--pool 1000] [--window 20]
-[--py-spy 10]``.
+[--store memory|sqlite|redis] [--replicas 2 [--lease-duration 15 --renew-deadline 10
+--retry-period 2]] [--procs N] [--pool 1000] [--window 20] [--py-spy 10]``.
 """
 
 from __future__ import annotations
@@ -150,6 +152,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from dispatcher.errors import ConfigurationError
+from dispatcher.settings import ElectionSettings, Settings, StoreSettings
 from node_agent.poller import JITTER, POLL_JITTER
 from node_agent.settings import AgentSettings
 from tests.bench.machine import machine_busy_s, process_cpu_s, process_cpu_split_s
@@ -223,9 +227,35 @@ comes before is the lease, a setting)."""
 LEASE_S = 3.0
 RENEW_DEADLINE_S = 2.0
 RETRY_S = 1.0
-"""The replicas' election (``--replicas`` 2 or more): the failover and restart
-benchmarks' settings (with the defaults, 15 / 10 / 2 s, a kill -9 leaves the lease held
-for up to 15 s)."""
+"""Short election timings (the failover and restart benchmarks', and the end-to-end
+test's): ``--lease-duration 3 --renew-deadline 2 --retry-period 1``. A run of the replicas uses the
+dispatcher's defaults unless told (``ElectionTimings``)."""
+
+
+@dataclass(frozen=True)
+class ElectionTimings:
+    """The replicas' election (``--replicas`` 2 or more): by default the dispatcher's
+    own defaults (lease 15 s, renew deadline 10 s, retry 2 s), what a user runs. The
+    short ones (3 / 2 / 1 s) make a new leader of 5,000 agents lose its lease again and
+    again while they reconnect (README, Benchmarks)."""
+
+    lease_s: float = ElectionSettings().lease_duration_s
+    renew_deadline_s: float = ElectionSettings().renew_deadline_s
+    retry_s: float = ElectionSettings().retry_period_s
+
+    def flags(self) -> list[str]:
+        return ["--lease-duration", f"{self.lease_s:g}",
+                "--renew-deadline", f"{self.renew_deadline_s:g}",
+                "--retry-period", f"{self.retry_s:g}"]  # fmt: skip
+
+    def __str__(self) -> str:
+        return (
+            f"lease {self.lease_s:g} s, renew deadline {self.renew_deadline_s:g} s,"
+            f" retry {self.retry_s:g} s"
+        )
+
+
+SHORT_ELECTION = ElectionTimings(LEASE_S, RENEW_DEADLINE_S, RETRY_S)
 LEASE_NAME = "clusterchecks-dispatcher"  # the default --lease-name: the key's prefix
 FORWARDED_HEADER = "X-Clusterchecks-Forwarded"
 FAILOVER_POLL_S = 0.02
@@ -1122,6 +1152,7 @@ class FleetResults:
     """Phases that failed (a request refused or timed out), with the error."""
     ran: list[str] = field(default_factory=list)  # the phases that ran to their end
     replicas: int = 1
+    election: ElectionTimings = field(default_factory=ElectionTimings)
     pinning: str = ""  # where each process runs, for the report's header
     replica_stats: list[ReplicaStats] = field(default_factory=list)  # the steady window
     failover: FailoverStats | None = None
@@ -1782,7 +1813,7 @@ class _Run:
         forwarded: a follower answers 508 instead of forwarding) comes from a leader of
         a newer epoch: (its index, the epoch, when the reply came, requests sent)."""
         polls = 0
-        deadline = t0 + LEASE_S * 3 + PHASE_TIMEOUT_S
+        deadline = t0 + self.results.election.lease_s * 3 + PHASE_TIMEOUT_S
         while time.monotonic() < deadline:
             for k in survivors:
                 polls += 1
@@ -1994,6 +2025,7 @@ def run_fleet(
     big_puts: bool = True,
     spy_phases: Collection[str] = (),
     replicas: int = 1,
+    election: ElectionTimings | None = None,
     progress: Callable[[str], None] = print,
 ) -> FleetResults:
     check_replicas(replicas, store)
@@ -2016,6 +2048,7 @@ def run_fleet(
         results_flush_s=results_flush_s,
         pinned=pinned,
         replicas=replicas,
+        election=election or ElectionTimings(),
         pinning=_pinning(pinned, replicas),
     )
     ramp = ramp_s if ramp_s is not None else max(2.0, agents / 1_000)
@@ -2034,9 +2067,7 @@ def run_fleet(
         elif store == "sqlite":
             flags += ["--data-dir", str(work / "data")]
         if replicas > 1:
-            flags += ["--election", "redis", "--lease-duration", f"{LEASE_S:g}",
-                      "--renew-deadline", f"{RENEW_DEADLINE_S:g}",
-                      "--retry-period", f"{RETRY_S:g}"]  # fmt: skip
+            flags += ["--election", "redis", *results.election.flags()]
         flags += [
             "--warmup-duration", "0",
             "--heartbeat-interval", f"{heartbeat_interval_s:g}",
@@ -2553,9 +2584,9 @@ def report_many(runs: list[FleetResults]) -> tuple[str, list[tuple[str, bool, st
     against = (
         "one dispatcher process"
         if first.replicas == 1
-        else f"{first.replicas} dispatcher replicas (--election redis --store redis, lease"
-        f" {LEASE_S:g} s, renew deadline {RENEW_DEADLINE_S:g} s, retry {RETRY_S:g} s; agent i"
-        f" talks to replica i % {first.replicas}, a follower forwards to the leader)"
+        else f"{first.replicas} dispatcher replicas (--election redis --store redis,"
+        f" {first.election}; agent i talks to replica i % {first.replicas}, a follower"
+        " forwards to the leader)"
     )
     out = [
         f"Fleet: simulated agents over HTTP against {against}"
@@ -2801,7 +2832,7 @@ def main() -> None:
         "--spy-phase",
         action="append",
         default=[],
-        choices=["change", "rebalance", "large PUTs", "outage", "leave"],
+        choices=["change", "rebalance", "large PUTs", "failover", "outage", "leave"],
         help="profile this phase too (py-spy; repeatable)",
     )
     parser.add_argument(
@@ -2811,11 +2842,40 @@ def main() -> None:
         help="dispatcher replicas (2 or more: --election redis, needs --store redis; the"
         " agents spread over them, and a failover phase kills the leader)",
     )
+    defaults = ElectionTimings()
+    parser.add_argument(
+        "--lease-duration",
+        type=float,
+        default=defaults.lease_s,
+        help="the replicas' election (s; default the dispatcher's)",
+    )
+    parser.add_argument(
+        "--renew-deadline",
+        type=float,
+        default=defaults.renew_deadline_s,
+        help="the replicas' election (s; default the dispatcher's)",
+    )
+    parser.add_argument(
+        "--retry-period",
+        type=float,
+        default=defaults.retry_s,
+        help="the replicas' election (s; default the dispatcher's)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
     args = parser.parse_args()
+    election = ElectionTimings(args.lease_duration, args.renew_deadline, args.retry_period)
     try:
         check_replicas(args.replicas, args.store)
-    except ValueError as exc:
+        Settings(
+            store=StoreSettings(backend="redis"),
+            election=ElectionSettings(
+                backend="redis",
+                lease_duration_s=election.lease_s,
+                renew_deadline_s=election.renew_deadline_s,
+                retry_period_s=election.retry_s,
+            ),
+        ).validate()
+    except (ValueError, ConfigurationError) as exc:
         parser.error(str(exc))
     runs = FleetRuns(
         [
@@ -2837,6 +2897,7 @@ def main() -> None:
                 big_puts=not args.no_big_puts,
                 spy_phases=args.spy_phase,
                 replicas=args.replicas,
+                election=election,
             )
             for n in args.agents
         ]

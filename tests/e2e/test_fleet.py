@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from dispatcher.settings import TICK_INTERVAL_S
-from tests.bench.fleet import LEASE_S, RETRY_S, FleetResults, goals, run_fleet
+from tests.bench.fleet import SHORT_ELECTION, FleetResults, goals, run_fleet
 
 pytestmark = pytest.mark.e2e
 
@@ -121,6 +121,7 @@ def test_two_replicas_on_redis_fail_over_under_agent_load_losing_and_moving_no_c
         checks_per_agent=CHECKS_PER_AGENT,
         store="redis",
         replicas=2,
+        election=SHORT_ELECTION,  # lease 3 s: the test waits for it to run out
         window_s=2.0,
         heartbeat_interval_s=HEARTBEAT_S,
         expiry_s=EXPIRY_S,
@@ -148,11 +149,12 @@ def test_two_replicas_on_redis_fail_over_under_agent_load_losing_and_moving_no_c
     assert f.new_epoch > f.old_epoch
     # Its log says it took over (once more each time it lost its lease meanwhile).
     assert len(f.takeovers_ms) == len(f.lost_leases) + 1, f
-    # The lease is at most LEASE_S from the kill; the follower tries every retry period
+    # The lease is at most its duration from the kill; the follower tries every retry period
     # (up to 1.2 of it, jittered); what it has to load is small.
-    assert 0 <= f.lease_expiry_s <= LEASE_S + SLACK_S
-    assert f.leader_s <= LEASE_S + 1.2 * RETRY_S + SLACK_S, f
-    assert f.served_after_lease_s <= 1.2 * RETRY_S + SLACK_S, f
+    lease_s, retry_s = SHORT_ELECTION.lease_s, SHORT_ELECTION.retry_s
+    assert 0 <= f.lease_expiry_s <= lease_s + SLACK_S
+    assert f.leader_s <= lease_s + 1.2 * retry_s + SLACK_S, f
+    assert f.served_after_lease_s <= 1.2 * retry_s + SLACK_S, f
     # Every check the old leader held, served by the new one; none moved on the agents.
     assert f.checks == f.served_checks >= HA_AGENTS * CHECKS_PER_AGENT
     assert (f.lost, f.moved, f.reregistered) == (0, 0, 0), f
