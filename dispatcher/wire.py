@@ -83,6 +83,16 @@ UnixTime = Annotated[float, Field(ge=0)]
 Duration = Annotated[float, Field(ge=0, le=MAX_DURATION_S)]
 """How long a check ran, as an agent reports it."""
 
+# Bounds an agent's heartbeats and results are held to, shared by the full models and
+# their fast paths (``FastStatusIn``, ``FastResultsIn``), so the two cannot drift apart.
+Count = Annotated[int, Field(ge=0, le=MAX_INT64)]
+ChangeCounter = Annotated[int, Field(ge=-1, le=MAX_INT64)]
+Capacity = Annotated[int, Field(ge=1, le=1_000_000)]
+RunningDigests = Annotated[list[DigestStr], Field(max_length=1_000_000)]
+ErrorText = Annotated[str, StringConstraints(max_length=4096)]
+RunId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+ResultErrors = Annotated[list[ErrorText], Field(max_length=100)]
+
 
 def _within_skew(value: float | None, now_s: float) -> bool:
     """The clock-skew rule of a reported time (``ReportedTime``; the fast path's too)."""
@@ -257,9 +267,9 @@ class ChecksOut(WireOut):
 
 class CheckStatsIn(WireIn):
     avg_execution_s: Duration
-    runs: Annotated[int, Field(ge=0, le=MAX_INT64), WHOLE_FLOAT_AS_INT]
-    errors: Annotated[int, Field(ge=0, le=MAX_INT64), WHOLE_FLOAT_AS_INT] = 0
-    last_error: Annotated[str, StringConstraints(max_length=4096)] | None = None
+    runs: Annotated[Count, WHOLE_FLOAT_AS_INT]
+    errors: Annotated[Count, WHOLE_FLOAT_AS_INT] = 0
+    last_error: ErrorText | None = None
     last_run_at: ReportedTime | None = None
 
 
@@ -329,12 +339,12 @@ what the dispatcher accepts."""
 class StatusIn(WireIn):
     """A node agent's heartbeat."""
 
-    last_change: Annotated[int, Field(ge=-1, le=MAX_INT64), WHOLE_FLOAT_AS_INT] = Field(
+    last_change: Annotated[ChangeCounter, WHOLE_FLOAT_AS_INT] = Field(
         description="The change counter the agent last fetched; -1: heartbeat only."
     )
     labels: Labels | None = None
-    capacity: Annotated[int, Field(ge=1, le=1_000_000), WHOLE_FLOAT_AS_INT] | None = None
-    running: Annotated[list[DigestStr], Field(max_length=1_000_000)] | None = None
+    capacity: Annotated[Capacity, WHOLE_FLOAT_AS_INT] | None = None
+    running: RunningDigests | None = None
     # Keys that are not digests are refused: say so (pydantic lists only the pattern).
     stats: (
         Annotated[
@@ -419,11 +429,9 @@ class CheckResultIn(WireIn):
     )
 
     digest: DigestStr
-    run_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    run_id: RunId
     ok: bool
-    errors: Annotated[
-        list[Annotated[str, StringConstraints(max_length=4096)]], Field(max_length=100)
-    ] = Field(default_factory=list)
+    errors: ResultErrors = Field(default_factory=list)
     started_at: ReportedTime
     duration_s: Duration
     output: str = ""
@@ -459,19 +467,19 @@ class FastCheckStatsIn(WireIn):
     """``CheckStatsIn`` for the fast path."""
 
     avg_execution_s: Duration
-    runs: Annotated[int, Field(ge=0, le=MAX_INT64)]
-    errors: Annotated[int, Field(ge=0, le=MAX_INT64)] = 0
-    last_error: Annotated[str, StringConstraints(max_length=4096)] | None = None
+    runs: Count
+    errors: Count = 0
+    last_error: ErrorText | None = None
     last_run_at: UnixTime | None = None
 
 
 class FastStatusIn(WireIn):
     """``StatusIn`` for the fast path."""
 
-    last_change: Annotated[int, Field(ge=-1, le=MAX_INT64)]
+    last_change: ChangeCounter
     labels: Labels | None = None
-    capacity: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
-    running: Annotated[list[DigestStr], Field(max_length=1_000_000)] | None = None
+    capacity: Capacity | None = None
+    running: RunningDigests | None = None
     stats: dict[DigestStr, FastCheckStatsIn] | None = None
     leaving: bool = False
     running_configs: (
@@ -489,11 +497,9 @@ class FastCheckResultIn(WireIn):
     """``CheckResultIn`` for the fast path."""
 
     digest: DigestStr
-    run_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    run_id: RunId
     ok: bool
-    errors: Annotated[
-        list[Annotated[str, StringConstraints(max_length=4096)]], Field(max_length=100)
-    ] = Field(default_factory=list)
+    errors: ResultErrors = Field(default_factory=list)
     started_at: UnixTime
     duration_s: Duration
     output: str = ""
