@@ -1,11 +1,14 @@
 """The pacing of config answers (``dispatcher.wakeups.AnswerPacer``): a budget of configs
-per turn of the event loop, in the order asked; counted in turns, not timed."""
+per turn of the event loop, in the order asked; and of long polls' wake-ups
+(``WakeUps.wake``); counted in turns, not timed."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 
-from dispatcher.wakeups import AnswerPacer
+from dispatcher.core.model import NodeName
+from dispatcher.wakeups import WAKE_NODES_PER_TURN, AnswerPacer, WakeUps
 
 
 class Turns:
@@ -84,3 +87,22 @@ async def test_a_waiter_whose_client_left_takes_nothing() -> None:
     kept = await turns_until_the_second_goes(cancel_first=False)
     cancelled = await turns_until_the_second_goes(cancel_first=True)
     assert cancelled < kept, (cancelled, kept)
+
+
+async def test_wake_ups_go_a_bounded_number_of_nodes_per_turn_and_reach_every_one() -> None:
+    """``WakeUps.wake``: a step that changes thousands of nodes wakes their long polls
+    ``WAKE_NODES_PER_TURN`` nodes per turn of the loop, in order, none left behind."""
+    wakeups = WakeUps()
+    names = [NodeName(f"node-{i}") for i in range(2 * WAKE_NODES_PER_TURN + 5)]
+    waiters = [wakeups.waiter(name) for name in names]
+    wakeups.wake(names)
+    woken = [[w.done() for w in waiters]]  # after each turn, the first in the call itself
+    for _ in range(6):
+        await asyncio.sleep(0)  # a turn of the loop
+        woken.append([w.done() for w in waiters])
+    counts = [sum(done) for done in woken]
+    assert counts[0] == WAKE_NODES_PER_TURN
+    assert all(0 <= b - a <= WAKE_NODES_PER_TURN for a, b in itertools.pairwise(counts))
+    assert counts[-1] == len(waiters)
+    # In the order the step named them: the woken ones are always the first ones.
+    assert all(done == [True] * sum(done) + [False] * (len(done) - sum(done)) for done in woken)
