@@ -4,7 +4,8 @@ The forwarded request carries ``X-Clusterchecks-Forwarded: 1``; a replica that g
 such a request and is not the leader answers 508 instead of forwarding again, so two
 replicas that each believe the other leads cannot bounce a request between them. A
 leader that does not answer gives ``503 no_leader`` with ``Retry-After``: the caller
-retries, by which time the election has moved on.
+retries, by which time the election has moved on. A leader that refused a connection is
+not tried again for a moment (``unreachable``): its requests get that 503 at once.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import structlog
 from aiohttp import web
 
 from dispatcher import wire
-from dispatcher.api.keys import FORWARD_SESSION
+from dispatcher.api.keys import CLOCK, FORWARD_SESSION, UNREACHABLE
+from dispatcher.api.unreachable import UnreachableLeaders
 from dispatcher.election.base import LeaderInfo
 from dispatcher.errors import NoLeader
 
@@ -53,6 +55,7 @@ async def session_context(app: web.Application) -> AsyncIterator[None]:
         skip_auto_headers=("Accept-Encoding",),
     )
     app[FORWARD_SESSION] = session
+    app[UNREACHABLE] = UnreachableLeaders(app[CLOCK])
     try:
         yield
     finally:
@@ -61,6 +64,12 @@ async def session_context(app: web.Application) -> AsyncIterator[None]:
 
 async def forward(request: web.Request, leader: LeaderInfo) -> web.Response:
     """Sends the request to ``leader`` and returns its reply as this replica's."""
+    unreachable = request.app[UNREACHABLE]
+    if unreachable.refuses(leader):
+        raise NoLeader(
+            f"The leader {leader.identity} at {leader.url} refused a connection a moment "
+            "ago; retry shortly."
+        )
     session = request.app[FORWARD_SESSION]
     url = leader.url.rstrip("/") + request.rel_url.path_qs
     headers = {name: request.headers[name] for name in _REQUEST_HEADERS if name in request.headers}
@@ -85,6 +94,21 @@ async def forward(request: web.Request, leader: LeaderInfo) -> web.Response:
             reply_headers = {
                 name: reply.headers[name] for name in _REPLY_HEADERS if name in reply.headers
             }
+    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+        # Not connected: the leader is gone (or its node); spare the loop the attempts.
+        if unreachable.failed(leader):
+            log.warning(
+                "forward_failed",
+                leader=leader.identity,
+                url=url,
+                error=str(exc) or type(exc).__name__,
+                answered_without_trying=unreachable.refused,
+                hold_s=unreachable.hold_s,
+            )
+        raise NoLeader(
+            f"The leader {leader.identity} at {leader.url} did not accept a connection; "
+            "retry shortly."
+        ) from exc
     except (aiohttp.ClientError, TimeoutError) as exc:
         log.warning(
             "forward_failed", leader=leader.identity, url=url, error=str(exc) or type(exc).__name__
@@ -92,6 +116,7 @@ async def forward(request: web.Request, leader: LeaderInfo) -> web.Response:
         raise NoLeader(
             f"The leader {leader.identity} at {leader.url} did not answer; retry shortly."
         ) from exc
+    unreachable.answered(leader)
     log.debug("forwarded", leader=leader.identity, status=status)
     return web.Response(status=status, body=payload, headers=reply_headers)
 

@@ -7,6 +7,7 @@ import enum
 import aiohttp
 from aiohttp import web
 
+from dispatcher.api.unreachable import UnreachableLeaders
 from dispatcher.common.clock import Clock
 from dispatcher.common.health import HealthRegistry
 from dispatcher.convert import ConfigFragments
@@ -24,6 +25,7 @@ METRICS = web.AppKey("metrics", DispatcherMetrics)
 CLOCK = web.AppKey("clock", Clock)
 REPLICAS = web.AppKey("replicas", ReplicaReporter)
 FORWARD_SESSION = web.AppKey("forward_session", aiohttp.ClientSession)
+UNREACHABLE = web.AppKey("unreachable_leaders", UnreachableLeaders)
 CONFIG_FRAGMENTS = web.AppKey("config_fragments", ConfigFragments)
 OPENAPI = web.AppKey("openapi", bytes)
 """The OpenAPI document of the app's routes, serialised once when the app is built."""

@@ -64,6 +64,13 @@ class LeaseBackend(Protocol):
         """Gives the lease up if ``identity`` holds it."""
         ...
 
+    def free_in_s(self, *, identity: str) -> float | None:
+        """As of ``identity``'s last ``acquire_or_renew``, how long until the lease it
+        found held by another may be taken, by this replica's reading; None when it was
+        not held by another. A hint for when to try next: the backend still decides at
+        that attempt."""
+        ...
+
 
 class HolderView:
     """What one replica last read of a lease held by another, judged by its own clock.
@@ -88,6 +95,12 @@ class HolderView:
     def may_take(self, now: float) -> bool:
         """Whether a missing lease may be taken now."""
         return now >= self._until
+
+    def free_in_s(self, now: float) -> float | None:
+        """How long until the holder last read lets go of the lease (None: none read)."""
+        if self._record is None:
+            return None
+        return max(0.0, self._until - now)
 
     def read(self, record: LeaseRecord | None, *, identity: str, now: float, ttl_s: float) -> None:
         """Notes the record an attempt found (or left) and its remaining time-to-live."""

@@ -9,6 +9,10 @@
 - Callbacks (plain functions, called inline; they must not block): on_started_leading(epoch),
   on_stopped_leading(), on_new_leader(info), and on_backend(problem) when the backend
   starts failing (the error) or answers again (None).
+- A follower that read when the lease it found held runs out (``free_in_s``) tries
+  again just then, not up to a retry period later; once per reading: if the lease is
+  still held then, the next try is a retry period on, as usual (so a lease that never
+  runs out does not make it try in a loop).
 - On shutdown a leader releases the lease, so a successor need not wait it out.
 - ``resign()`` stops leading at once (no callback: the caller knows) and releases the
   lease on the next step, after which the elector campaigns again: the way out for a
@@ -35,6 +39,10 @@ from dispatcher.errors import LeaseBackendError
 from dispatcher.settings import ElectionSettings
 
 log = structlog.get_logger(__name__)
+
+EXPIRY_MARGIN_S = 0.05
+"""How long after the time a follower read for a lease's end it tries to take it (up to
+twice this, at random, so that followers do not all try at the same instant)."""
 
 
 class Elector:
@@ -70,6 +78,7 @@ class Elector:
         self._leading_epoch = 0
         self._resigned = False
         self._deadline = float("-inf")
+        self._tried_at_expiry = False
 
     # ----------------------------------------------------------------- Leadership
 
@@ -110,18 +119,28 @@ class Elector:
                     self._resigned = False
                 await self.step()
                 if self._leading:
-                    delay = self._settings.retry_period_s
+                    # Wake in time to stop at the deadline even if nothing else happens
+                    # (a renewal that keeps failing).
+                    until_deadline = max(0.0, self._deadline - self._clock.monotonic())
+                    delay = min(self._settings.retry_period_s, until_deadline)
                 else:
-                    delay = self._settings.retry_period_s * self._rng.uniform(1.0, 1.2)
-                # While leading, wake in time to stop at the deadline even if nothing
-                # else happens (a renewal that keeps failing).
-                if self._leading:
-                    delay = min(delay, max(0.0, self._deadline - self._clock.monotonic()))
+                    delay = self._follower_delay()
                 if await sleep_or_stop(stop, delay, clock=self._clock):
                     break
                 self._check_deadline()
         finally:
             await self._shutdown()
+
+    def _follower_delay(self) -> float:
+        """Until the next attempt of a replica that does not lead: a retry period
+        (jittered), or, when the lease it found held runs out sooner, just after that."""
+        delay = self._settings.retry_period_s * self._rng.uniform(1.0, 1.2)
+        free_in = self._backend.free_in_s(identity=self._identity)
+        if free_in is None or free_in >= delay or self._tried_at_expiry:
+            self._tried_at_expiry = False
+            return delay
+        self._tried_at_expiry = True
+        return free_in + EXPIRY_MARGIN_S * self._rng.uniform(1.0, 2.0)
 
     async def step(self) -> None:
         """One attempt to acquire or renew, bounded by a timeout."""

@@ -108,6 +108,8 @@ class KubernetesLeaseBackend:
         # The record as last seen, and when (monotonic) it was first seen as such.
         self._observed: tuple[object, ...] | None = None
         self._observed_at = float("-inf")
+        # When (monotonic) the lease last found held by another expires by our reading.
+        self._free_at: float | None = None
 
     @classmethod
     async def connect(
@@ -144,6 +146,7 @@ class KubernetesLeaseBackend:
         try:
             lease = await self._read()
         except _NotFound:
+            self._free_at = None
             lease = V1Lease(
                 api_version=API_VERSION,
                 kind="Lease",
@@ -152,6 +155,7 @@ class KubernetesLeaseBackend:
             )
             return await self._take(lease, identity, url, duration_s, started, create=True)
         self._observe(lease)
+        self._free_at = None
         spec = _spec(lease)
         holder = spec.holder_identity or ""
         renewing = (
@@ -161,8 +165,15 @@ class KubernetesLeaseBackend:
         )
         if not renewing and holder and holder != identity and not self._expired(spec, duration_s):
             self._term = None
+            self._free_at = self._observed_at + _held_s(spec, duration_s)
             return _record(lease)
         return await self._take(lease, identity, url, duration_s, started, renewing=renewing)
+
+    def free_in_s(self, *, identity: str) -> float | None:
+        # One backend per replica: what it last read is the caller's.
+        if self._free_at is None:
+            return None
+        return max(0.0, self._free_at - self._clock.monotonic())
 
     async def release(self, *, identity: str) -> None:
         term, self._term = self._term, None
@@ -273,10 +284,7 @@ class KubernetesLeaseBackend:
             self._observed_at = self._clock.monotonic()
 
     def _expired(self, spec: V1LeaseSpec, default_s: int) -> bool:
-        held_s = spec.lease_duration_seconds
-        if not isinstance(held_s, int) or held_s <= 0:
-            held_s = default_s
-        return self._clock.monotonic() >= self._observed_at + held_s
+        return self._clock.monotonic() >= self._observed_at + _held_s(spec, default_s)
 
     def _now(self) -> MicroTime:
         return MicroTime.fromtimestamp(self._clock.time(), UTC)
@@ -324,6 +332,14 @@ class KubernetesLeaseBackend:
     @property
     def _where(self) -> str:
         return f"{self._namespace}/{self._name}"
+
+
+def _held_s(spec: V1LeaseSpec, default_s: int) -> int:
+    """The holder's lease duration as it wrote it (ours when it wrote none usable)."""
+    held_s = spec.lease_duration_seconds
+    if not isinstance(held_s, int) or held_s <= 0:
+        return default_s
+    return held_s
 
 
 def _spec(lease: V1Lease) -> V1LeaseSpec:

@@ -64,6 +64,9 @@ class MemoryLeaseBackend:
         view.read(self._record, identity=identity, now=now, ttl_s=lease_duration_s)
         return self._record
 
+    def free_in_s(self, *, identity: str) -> float | None:
+        return self._views[identity].free_in_s(self._clock.monotonic())
+
     async def release(self, *, identity: str) -> None:
         await self._gate()
         if self._record is not None and self._record.holder == identity:

@@ -153,6 +153,10 @@ class RedisLeaseBackend:
         self._view.read(record, identity=identity, now=started, ttl_s=ttl_ms / 1000)
         return record
 
+    def free_in_s(self, *, identity: str) -> float | None:
+        # One backend per replica: its view is the caller's.
+        return self._view.free_in_s(self._clock.monotonic())
+
     async def release(self, *, identity: str) -> None:
         try:
             await self._release(keys=[self.lease_key], args=[identity])

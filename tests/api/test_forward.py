@@ -1,5 +1,6 @@
-"""A follower forwarding many held long polls at once: the other requests it forwards
-(heartbeats) still reach the leader, and every long poll gets its reply.
+"""A follower forwarding: many held long polls at once, while the other requests it
+forwards (heartbeats) still reach the leader and every long poll gets its reply; and a
+leader that refused a connection, not tried again for a moment.
 
 The leader here is a stand-in (an aiohttp app on a real loopback server) that holds
 every configs request until the test releases them and answers heartbeats at once, so
@@ -19,9 +20,13 @@ from aiohttp import web
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from dispatcher.api.forward import REPLY_TIMEOUT_S
+from dispatcher.api.keys import CLOCK, LEADERSHIP, UNREACHABLE
+from dispatcher.api.unreachable import HOLD_S
+from dispatcher.common.clock import FakeClock
 from dispatcher.election.base import LeaderInfo
 from dispatcher.settings import Settings
-from tests.api.conftest import API, follower_client
+from tests.api.conftest import API, Follower, follower_client
+from tests.processes import free_port
 
 HELD = 300
 """Long polls in flight through the follower: over the cap of 256 it once had."""
@@ -85,3 +90,58 @@ async def test_a_heartbeat_gets_through_a_follower_holding_more_long_polls_than_
             release.set()
             statuses = await asyncio.gather(*polls, return_exceptions=True)
     assert statuses == [200] * HELD
+
+
+async def test_a_leader_that_refused_a_connection_is_not_tried_again_for_a_moment(
+    aiohttp_client: AiohttpClient, aiohttp_server: AiohttpServer
+) -> None:
+    """A killed leader keeps its lease until it runs out; meanwhile each request a
+    follower forwarded tried to connect, failed and logged. Now the follower answers
+    503 at once for ``HOLD_S`` after a refused connection, then tries again; a new
+    leader (another epoch) is tried at once."""
+    port = free_port()  # nothing listens there yet: the leader is down
+    leader = LeaderInfo("leader", f"http://127.0.0.1:{port}", 1)
+    follower = await follower_client(aiohttp_client, leader, settings=Settings())
+    app = follower.client.app
+    assert app is not None
+    clock = app[CLOCK]
+    assert isinstance(clock, FakeClock)
+    heartbeat = {"last_change": -1}
+
+    first = await follower.post(API + "/status/node-0", heartbeat)
+    assert first.status == 503
+    assert first.error()["code"] == "no_leader"
+    assert "did not accept a connection" in first.error()["message"]
+    assert first.headers["Retry-After"] == "2"
+
+    reached: list[str] = []
+
+    async def status(request: web.Request) -> web.Response:
+        reached.append(request.match_info["node"])
+        return web.json_response({"node": request.match_info["node"]})
+
+    stand_in = web.Application()
+    stand_in.router.add_post(API + "/status/{node}", status)
+    await aiohttp_server(stand_in, port=port)  # the leader is back, but within the hold
+
+    held = await follower.post(API + "/status/node-1", heartbeat)
+    assert held.status == 503
+    assert held.error()["code"] == "no_leader"
+    assert "refused a connection a moment ago" in held.error()["message"]
+    assert reached == [], "the follower tried the leader within the hold"
+    assert app[UNREACHABLE].refused == 1
+
+    clock.advance(HOLD_S)
+    again = await follower.post(API + "/status/node-2", heartbeat)
+    assert again.status == 200, again.text
+    assert reached == ["node-2"]
+
+    # Refused again: held again; but a leader of a newer term is tried at once.
+    follower_leadership = app[LEADERSHIP]
+    assert isinstance(follower_leadership, Follower)
+    follower_leadership.known = LeaderInfo("leader", f"http://127.0.0.1:{free_port()}", 1)
+    assert (await follower.post(API + "/status/node-3", heartbeat)).status == 503
+    follower_leadership.known = LeaderInfo("leader-2", f"http://127.0.0.1:{port}", 2)
+    newer = await follower.post(API + "/status/node-4", heartbeat)
+    assert newer.status == 200, newer.text
+    assert reached == ["node-2", "node-4"]

@@ -6,10 +6,12 @@ so these tests move time by hand and never wait on real time."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+from typing import Any
 
 from dispatcher.common.clock import FakeClock
 from dispatcher.election.base import LeaderInfo, LeaseRecord
-from dispatcher.election.elector import Elector
+from dispatcher.election.elector import EXPIRY_MARGIN_S, Elector
 from dispatcher.election.memory import MemoryLeaseBackend
 from dispatcher.settings import ElectionSettings
 
@@ -340,3 +342,65 @@ async def test_a_follower_that_cannot_read_the_lease_forgets_the_leader_in_time(
     clock.advance(SETTINGS.lease_duration_s - SETTINGS.renew_deadline_s)
     await b.step()  # the backend answers again: the lease expired there too, b takes it
     assert b.leader() == LeaderInfo("b", "http://b:5005", 2)
+
+
+class StartedAt(Recorder):
+    """Notes when (on the fake clock) each term began."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__()
+        self._clock = clock
+        self.started_at: list[float] = []
+
+    def started(self, epoch: int) -> None:
+        super().started(epoch)
+        self.started_at.append(self._clock.monotonic())
+
+
+async def test_a_follower_tries_as_the_lease_it_read_runs_out_not_a_retry_period_later() -> None:
+    clock = FakeClock()
+    backend = MemoryLeaseBackend(clock)
+    a = elector(backend, clock, "a", Recorder())
+    await a.step()  # a leads, then freezes (killed): its lease runs out 15 s from now
+    expires_at = clock.monotonic() + SETTINGS.lease_duration_s
+    rec_b = StartedAt(clock)
+    stop = asyncio.Event()
+    running = asyncio.create_task(elector(backend, clock, "b", rec_b).run(stop))
+    await clock.run_for(SETTINGS.lease_duration_s + 2 * SETTINGS.retry_period_s)
+    stop.set()
+    await clock.run_for(0)
+    await running
+    assert rec_b.events == ["started:2", "stopped"]
+    # Up to a retry period (2-2.4 s) later before; now within twice the margin.
+    assert expires_at <= rec_b.started_at[0] <= expires_at + 2 * EXPIRY_MARGIN_S
+
+
+async def test_a_lease_held_past_the_end_a_follower_read_does_not_make_it_try_in_a_loop() -> None:
+    """A holder that renews just after the end the follower read (or a record that never
+    runs out): one early try, then a retry period between tries, as before."""
+    clock = FakeClock()
+    backend = MemoryLeaseBackend(clock)
+    attempts: list[float] = []
+    acquire = backend.acquire_or_renew
+
+    async def counted(**kwargs: Any) -> LeaseRecord | None:
+        if kwargs["identity"] == "b":
+            attempts.append(clock.monotonic())
+        return await acquire(**kwargs)
+
+    backend.acquire_or_renew = counted  # type: ignore[method-assign]
+    backend.free_in_s = lambda *, identity: 0.0  # type: ignore[method-assign]
+    a = elector(backend, clock, "a", Recorder())
+    await a.step()
+    stop = asyncio.Event()
+    running = asyncio.create_task(elector(backend, clock, "b", Recorder()).run(stop))
+    await clock.run_for(10 * SETTINGS.retry_period_s)
+    await a.step()  # a still holds it: every try of b found it held
+    stop.set()
+    await clock.run_for(0)
+    await running
+    gaps = [later - earlier for earlier, later in itertools.pairwise(attempts)]
+    early = [gap for gap in gaps if gap < SETTINGS.retry_period_s]
+    assert len(early) <= len(gaps) // 2 + 1, gaps  # never two early tries in a row
+    assert all(gap >= SETTINGS.retry_period_s for gap in gaps[1::2]), gaps
+    assert len(attempts) <= 2 * (10 + 1), attempts

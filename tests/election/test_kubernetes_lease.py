@@ -247,18 +247,23 @@ async def test_takeover_after_the_holder_stops_renewing_as_observed_locally(
     clock = FakeClock()
     a, b = make_backend(clock), make_backend(clock)
     await take(a, "a")
+    assert a.free_in_s(identity="a") is None, "its own lease"
     assert await holder(b, "b") == "a"  # b first sees the record now
+    assert b.free_in_s(identity="b") == 15, "free a lease duration after b saw it"
     clock.advance(10)
     await take(a, "a")  # a renews: the record changes
     clock.advance(10)
     assert await holder(b, "b") == "a", "20 s since b first saw a, but a renewed"
+    assert b.free_in_s(identity="b") == 15, "15 s from now, when b first saw a's renewal"
     clock.advance(14.9)
     assert await holder(b, "b") == "a", "not yet 15 s since b saw the record change"
+    assert b.free_in_s(identity="b") == pytest.approx(0.1), "15 s after b saw the renewal"
     stale = stored(k8s_api)
     clock.advance(0.2)
     record = await take(b, "b")
     assert record == LeaseRecord(holder="b", url="http://b:5005", epoch=ms(clock))
     assert record.epoch > START_MS
+    assert b.free_in_s(identity="b") is None, "b holds it"
     lease = stored(k8s_api)
     assert lease["spec"]["leaseTransitions"] == 2
     assert lease["metadata"]["annotations"][EPOCH_ANNOTATION] == str(record.epoch)

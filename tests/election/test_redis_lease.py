@@ -55,14 +55,22 @@ async def backends(
             await backend.close()
 
 
-async def test_acquire_renew_and_exclusion(backends: list[RedisLeaseBackend]) -> None:
+async def test_acquire_renew_and_exclusion(
+    backends: list[RedisLeaseBackend], clock: FakeClock
+) -> None:
     a, b, _ = backends
     first = await a.acquire_or_renew(identity="a", url="http://a", lease_duration_s=5)
     assert first is not None
     assert (first.holder, first.url) == ("a", "http://a")
     assert first.epoch >= int(time.time() * 1000) - 60_000, "floored at Redis's clock"
+    assert a.free_in_s(identity="a") is None, "its own lease"
     seen = await b.acquire_or_renew(identity="b", url="http://b", lease_duration_s=5)
     assert seen == first, "b must see a's record, not take the lease"
+    free_in = b.free_in_s(identity="b")  # the PTTL b read, on b's (fake) clock
+    assert free_in is not None
+    assert 4 < free_in <= 5
+    clock.advance(3)
+    assert b.free_in_s(identity="b") == pytest.approx(free_in - 3)
     again = await a.acquire_or_renew(identity="a", url="http://a", lease_duration_s=5)
     assert again == first  # renewed: the same term
 
