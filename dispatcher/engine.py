@@ -23,7 +23,7 @@ the steps decided is logged and counted by ``steplog``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -54,7 +54,7 @@ from dispatcher.settings import DispatchSettings
 from dispatcher.sourcewrites import SourceWrites
 from dispatcher.steplog import StepLog
 from dispatcher.storage.writer import StoreWriter
-from dispatcher.wakeups import WakeUps
+from dispatcher.wakeups import WakeUps, settle
 
 log = structlog.get_logger(__name__)
 
@@ -264,10 +264,13 @@ class Dispatcher:
                     seq = self._seq()
                     break
                 waiter = self._wakeups.waiter(name)
-            # Shielded: the waiter is shared by every long poll of this node.
-            with contextlib.suppress(TimeoutError):
-                async with self._clock.timeout(remaining):
-                    await asyncio.shield(waiter)
+            # A timer and a future: the least a held poll can keep (see WakeUps).
+            timer = self._clock.call_later(remaining, functools.partial(settle, waiter))
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._wakeups.forget(name, waiter)
         await self._stored(seq)  # never hand out a placement the store has not got
         await self._wakeups.answer_turn(len(answer[1]))  # many fetch at once after a change
         return answer

@@ -24,6 +24,7 @@ per turn keeps the turn short for big answers and lets many small ones through.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import Iterable
 
@@ -41,49 +42,67 @@ change there, and made the fan-out slower."""
 
 
 class WakeUps:
-    """The futures long polls wait on, one per node, and their waking."""
+    """The futures long polls wait on, one per poll, by node, and their waking.
+
+    One future per poll, not one per node shared by its polls: a shared one had to be
+    awaited through ``asyncio.shield`` (one poll cancelled by its client must not cancel
+    the others), and with its timeout and their callbacks a held poll kept a dozen
+    objects more for the garbage collector to walk: at 10,000 agents, each holding one
+    most of the time, those were walked in every collection of the middle generation."""
 
     def __init__(self) -> None:
-        self._waiters: dict[NodeName, asyncio.Future[None]] = {}
+        self._waiters: dict[NodeName, list[asyncio.Future[None]]] = {}
         self._answers = AnswerPacer(ANSWER_CONFIGS_PER_TURN)
 
     def waiter(self, name: NodeName) -> asyncio.Future[None]:
-        """The future the long polls of ``name`` wait on; shared by all of them, so each
-        awaits it shielded."""
-        waiter = self._waiters.get(name)
-        if waiter is None or waiter.done():
-            waiter = self._waiters[name] = asyncio.get_running_loop().create_future()
+        """A future for one long poll of ``name``, done when the node's configs change;
+        the poll ``forget``s it when it is done waiting, however it ends."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiting = self._waiters.get(name)
+        if waiting is None:
+            self._waiters[name] = [waiter]
+        else:
+            waiting.append(waiter)
         return waiter
+
+    def forget(self, name: NodeName, waiter: asyncio.Future[None]) -> None:
+        waiting = self._waiters.get(name)
+        if waiting is None:
+            return  # woken: already taken out
+        with contextlib.suppress(ValueError):
+            waiting.remove(waiter)
+        if not waiting:
+            del self._waiters[name]
+
+    def waiting(self) -> int:
+        """Long polls waiting now (metrics, tests)."""
+        return sum(len(polls) for polls in self._waiters.values())
 
     def wake(self, names: Iterable[NodeName]) -> None:
         """Wakes the long polls of these nodes, ``WAKE_NODES_PER_TURN`` nodes per turn of
         the event loop: each then builds its node's configs reply, and a step that
         changes thousands of nodes must not have every reply built in one turn (the loop
         could serve nothing else)."""
-        waiters = [
-            waiter
-            for name in names
-            if (waiter := self._waiters.pop(name, None)) is not None and not waiter.done()
-        ]
-        if not waiters:
+        waiting = [polls for name in names if (polls := self._waiters.pop(name, None)) is not None]
+        if not waiting:
             return
         loop = asyncio.get_running_loop()
 
         def wake(start: int) -> None:
             end = start + WAKE_NODES_PER_TURN
-            for waiter in waiters[start:end]:
-                if not waiter.done():
-                    waiter.set_result(None)
-            if end < len(waiters):
+            for polls in waiting[start:end]:
+                for waiter in polls:
+                    settle(waiter)
+            if end < len(waiting):
                 loop.call_soon(wake, end)
 
         wake(0)
 
     def wake_all(self) -> None:
         """Wakes every pending long poll at once (the term ended, or shutdown)."""
-        for waiter in self._waiters.values():
-            if not waiter.done():
-                waiter.set_result(None)
+        for polls in self._waiters.values():
+            for waiter in polls:
+                settle(waiter)
         self._waiters.clear()
 
     async def answer_turn(self, configs: int) -> None:
@@ -136,3 +155,9 @@ class AnswerPacer:
             waiter.set_result(None)
         if self._queue or self._left < self._budget:
             self._schedule_refill()
+
+
+def settle(waiter: asyncio.Future[None]) -> None:
+    """Ends a long poll's wait (woken, or its time is up), unless it has ended."""
+    if not waiter.done():
+        waiter.set_result(None)

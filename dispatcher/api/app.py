@@ -6,7 +6,6 @@ without a valid token gets 401/403 even when no leader is known.
 
 from __future__ import annotations
 
-import functools
 import hmac
 import itertools
 import logging
@@ -39,7 +38,7 @@ from dispatcher.api.routes import ROUTES, ROUTES_BY_NAME
 from dispatcher.api.table import Handler, Route
 from dispatcher.common.clock import Clock
 from dispatcher.common.health import HealthRegistry
-from dispatcher.common.httperrors import respond
+from dispatcher.common.httperrors import failure_response
 from dispatcher.common.httpserver import one_line
 from dispatcher.convert import ConfigFragments
 from dispatcher.election.base import Leadership
@@ -108,8 +107,9 @@ def create_app(
 @web.middleware
 async def _serve(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, one log line per request, the error body for every failure; inside
-    those, auth and leadership. One middleware, not one per concern: each layer costs
-    every request, and the agents of a large fleet send thousands a second."""
+    those, auth and leadership (``_guarded``). One middleware of two coroutines, not one
+    per concern: each layer costs every request, the agents of a large fleet send
+    thousands a second, and each agent's long poll holds its chain for up to a minute."""
     incoming = request.headers.get(REQUEST_ID)
     request_id = (
         incoming
@@ -122,7 +122,10 @@ async def _serve(request: web.Request, handler: Handler) -> web.StreamResponse:
     route = ROUTES_BY_NAME.get(route_name)
     response: web.StreamResponse
     try:
-        response = await respond(request, functools.partial(_guarded, handler=handler, route=route))
+        try:
+            response = await _guarded(request, handler, route)
+        except Exception as exc:  # not CancelledError: a BaseException, it goes on up
+            response = failure_response(request, exc)
         response.headers[REQUEST_ID] = request_id
         leader = request.app[LEADERSHIP].leader()
         if leader is not None:
@@ -145,16 +148,35 @@ async def _serve(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 async def _guarded(
-    request: web.Request, *, handler: Handler, route: Route | None
+    request: web.Request, handler: Handler, route: Route | None
 ) -> web.StreamResponse:
-    """Auth and leadership before the handler, and a body that cannot be read as the
-    client's doing: 400, not a 500 and a traceback. aiohttp raises its parser's errors
-    from ``request.read()`` (a compressed body that does not decompress) and a reset
-    when the client left before sending it all."""
+    """Auth, then leadership (a follower forwards), then the handler; and a body that
+    cannot be read as the client's doing: 400, not a 500 and a traceback. aiohttp
+    raises its parser's errors from ``request.read()`` (a compressed body that does not
+    decompress) and a reset when the client left before sending it all."""
     try:
         if route is None:
             return await handler(request)  # aiohttp answers 404 / 405 for unmatched routes
-        return await _authorized(request, route, handler)
+        settings = request.app[SETTINGS]
+        if route.large_body:
+            # Its own limit before forwarding too: a follower reads the body to send it on.
+            request = request.clone(client_max_size=settings.server.max_import_bytes)
+        request[ROLE] = authorize(settings.auth, route, request)
+        if route.leader_only:
+            leadership = request.app[LEADERSHIP]
+            if not leadership.is_leader():
+                if request.headers.get(FORWARDED_HEADER):
+                    raise LoopDetected()
+                leader = leadership.leader()
+                if leader is None or leader.identity == leadership.identity:
+                    raise NoLeader()
+                return await forward(request, leader)
+        return await handler(request)
+    except web.HTTPRequestEntityTooLarge as exc:
+        if route is None or not route.large_body:
+            raise
+        limit = request.app[SETTINGS].server.max_import_bytes
+        raise BodyTooLarge(f"The request body is larger than {limit:,} bytes.") from exc
     except (HttpProcessingError, RequestPayloadError) as exc:
         reason = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
         raise InvalidRequest(f"The request body cannot be read: {one_line(reason)}") from exc
@@ -162,36 +184,6 @@ async def _guarded(
         if request.transport is not None and not request.transport.is_closing():
             raise  # not the client's connection (a forwarded call, say)
         raise InvalidRequest("The client closed the connection before the whole body.") from exc
-
-
-async def _authorized(request: web.Request, route: Route, handler: Handler) -> web.StreamResponse:
-    settings = request.app[SETTINGS]
-    if not route.large_body:
-        request[ROLE] = authorize(settings.auth, route, request)
-        return await _lead_or_forward(request, route, handler)
-    # Its own limit before forwarding too: a follower reads the body to send it on.
-    limit = settings.server.max_import_bytes
-    request = request.clone(client_max_size=limit)
-    request[ROLE] = authorize(settings.auth, route, request)
-    try:
-        return await _lead_or_forward(request, route, handler)
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise BodyTooLarge(f"The request body is larger than {limit:,} bytes.") from exc
-
-
-async def _lead_or_forward(
-    request: web.Request, route: Route, handler: Handler
-) -> web.StreamResponse:
-    if route.leader_only:
-        leadership = request.app[LEADERSHIP]
-        if not leadership.is_leader():
-            if request.headers.get(FORWARDED_HEADER):
-                raise LoopDetected()
-            leader = leadership.leader()
-            if leader is None or leader.identity == leadership.identity:
-                raise NoLeader()
-            return await forward(request, leader)
-    return await handler(request)
 
 
 def authorize(auth: AuthSettings, route: Route, request: web.Request) -> Role:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from pytest_aiohttp import AiohttpClient
+from structlog.testing import capture_logs
 
 from dispatcher.election.base import LeaderInfo
 from dispatcher.settings import AuthSettings, Settings
@@ -593,3 +594,27 @@ async def test_numbers_json_cannot_carry_exactly_are_refused_not_rounded(
     assert reply.status == 400, reply.text
     assert reply.code() in ("invalid_request", "invalid_json")
     assert await api.snapshot() == before
+
+
+async def test_a_handler_that_fails_gets_a_500_error_body_and_a_logged_traceback(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure that is no client's doing: the error body with ``internal`` and
+    nothing of the internals, the request id, and the traceback in the log only."""
+
+    def broken(*args: object, **kwargs: object) -> object:
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(api.service.dispatcher, "node_configs", broken)
+    with capture_logs() as logs:
+        reply = await api.get(f"{API}/configs/node-0", headers={"X-Request-Id": "req-500"})
+    assert reply.status == 500
+    assert reply.json == {  # the error body (API.md lists no code for a 500: ours)
+        "error": {"code": "internal", "message": "The server failed to handle this request."}
+    }
+    assert "secret" not in reply.text
+    assert reply.headers["X-Request-Id"] == "req-500"
+    failed = [entry for entry in logs if entry["event"] == "request_failed"]
+    assert len(failed) == 1, logs
+    assert isinstance(failed[0]["exc_info"], RuntimeError)
+    assert [entry["status"] for entry in logs if entry["event"] == "request"] == [500]

@@ -532,6 +532,7 @@ def failover_report(fo: FailoverResults) -> tuple[str, list[Goal]]:
                 fmt(w.per_operation, ".3f"),
                 str(w.store_writes),
                 str(w.lease_calls),
+                str(w.background_calls),
                 ", ".join(f"{k} {v}" for k, v in w.in_scripts.items()) or "-",
                 f"{w.evalsha_delta} - {w.renewals_expected:.1f}",
             ]
@@ -547,6 +548,7 @@ def failover_report(fo: FailoverResults) -> tuple[str, list[Goal]]:
                 "per op",
                 "store writes",
                 "lease renewals",
+                "history / replica status",
                 "commands inside scripts",
                 "commandstats evalsha - idle renewals",
             ],
@@ -555,8 +557,10 @@ def failover_report(fo: FailoverResults) -> tuple[str, list[Goal]]:
     )
     out.append(
         "  MONITOR attributes every EVALSHA by its script's SHA (sha1 of the script texts in"
-        " dispatcher/election/redis.py and dispatcher/storage/redis.py); store calls are"
-        " every command that is not the elector's; the last column is INFO commandstats'"
+        " dispatcher/election/redis.py, dispatcher/storage/redis.py and"
+        " dispatcher/storage/replicas.py); store calls are every command but the elector's"
+        " and those that no heartbeat or PUT makes (the agents' results written to the"
+        " history, each replica's status: counted apart); the last column is INFO commandstats'"
         " EVALSHA delta minus the idle window's rate over the same length (a cross-check;"
         " a renewal more or less on short windows)"
     )

@@ -8,7 +8,7 @@ import asyncio
 import itertools
 
 from dispatcher.core.model import NodeName
-from dispatcher.wakeups import WAKE_NODES_PER_TURN, AnswerPacer, WakeUps
+from dispatcher.wakeups import WAKE_NODES_PER_TURN, AnswerPacer, WakeUps, settle
 
 
 class Turns:
@@ -106,3 +106,30 @@ async def test_wake_ups_go_a_bounded_number_of_nodes_per_turn_and_reach_every_on
     assert counts[-1] == len(waiters)
     # In the order the step named them: the woken ones are always the first ones.
     assert all(done == [True] * sum(done) + [False] * (len(done) - sum(done)) for done in woken)
+
+
+async def test_each_long_poll_has_its_own_waiter_so_one_cancelled_leaves_the_others() -> None:
+    """Two polls of one node (an agent's, and one a client gave up on): cancelling one
+    leaves the other waiting and woken by the change; every waiter a poll forgets, or
+    that a change wakes, leaves nothing behind."""
+    wakeups = WakeUps()
+    node = NodeName("node-0")
+    kept, given_up = wakeups.waiter(node), wakeups.waiter(node)
+    assert kept is not given_up
+    given_up.cancel()
+    wakeups.forget(node, given_up)
+    assert not kept.done()
+    wakeups.wake([node])
+    assert kept.done()
+    wakeups.forget(node, kept)  # after a wake: already gone, and forgetting is harmless
+
+    timed_out = wakeups.waiter(node)
+    settle(timed_out)  # its timer
+    wakeups.forget(node, timed_out)
+    assert wakeups.waiting() == 0, "a poll that timed out left its waiter behind"
+    late = wakeups.waiter(NodeName("node-1"))
+    wakeups.wake([node])  # nothing left of node-0's polls to wake
+    assert not late.done()
+    wakeups.wake_all()
+    assert late.done()
+    assert wakeups.waiting() == 0
