@@ -32,6 +32,7 @@ from __future__ import annotations
 from collections import Counter, OrderedDict
 from collections.abc import Generator, Iterable, Mapping, Sequence, Set
 from dataclasses import replace
+from typing import cast
 
 from dispatcher.core.explain import explain_check
 from dispatcher.core.history import CheckHistory, HistoryLimits
@@ -53,7 +54,7 @@ from dispatcher.core.outcomes import (
     RejectedResult,
     SourceChange,
 )
-from dispatcher.core.placement import LoadIndex, MeasuredCosts, Node
+from dispatcher.core.placement import LoadIndex, MeasuredCosts, Node, StatsKept
 from dispatcher.core.rebalance import (
     SLICE_WORK,
     Item,
@@ -951,7 +952,7 @@ class ClusterState:
         for digest, item in stats.items():
             if placed_on(digest) != name:
                 continue  # a stale report for a check that moved away
-            kept[digest] = item
+            kept[digest] = cast("StatsKept", tuple(item))
             if item.runs > 0:
                 utilisation = item.avg_execution_s / configs[digest].interval_s
                 repriced = self._reprice(digest, node, utilisation) or repriced
