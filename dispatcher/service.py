@@ -196,12 +196,13 @@ def build(
                     digest=digest,
                     check=state.configs[digest].name,
                     node=summary.node,
-                    ok=summary.last.ok,
-                    duration_s=summary.last.duration_s,
+                    ok=last.ok,
+                    duration_s=last.duration_s,
                     consecutive_failures=summary.consecutive_failures,
-                    last_run_at=summary.last.started_at,
+                    last_run_at=last.started_at,
                 )
                 for digest, summary in state.results.items()
+                for last in (summary.last,)
             ],
         )
 

@@ -51,7 +51,7 @@ _STATUSES = tuple(CheckStatus)
 
 
 def _rank(summary: ResultSummary | None, node: NodeName | None) -> int:
-    if summary is not None and not summary.last.ok:
+    if summary is not None and not summary.last_ok:
         return 0  # failing: even while it dangles, it still failed
     if node is None:
         return 1  # dangling

@@ -15,9 +15,10 @@ arrived, and every later run replaces it; a late result of an older run still co
 from __future__ import annotations
 
 from collections.abc import Container, Mapping, Sequence
+from typing import cast
 
 from dispatcher.core.history import CheckHistory
-from dispatcher.core.model import CheckResult, Digest, NodeName, ResultSummary
+from dispatcher.core.model import CheckResult, Digest, NodeName, ResultKept, ResultSummary
 from dispatcher.core.outcomes import RejectedResult
 
 
@@ -42,7 +43,7 @@ class ResultBook:
     def last_ok(self, digest: Digest) -> bool:
         """Whether the check has run and its last run succeeded."""
         summary = self._summaries.get(digest)
-        return summary is not None and summary.last.ok
+        return summary is not None and summary.last_ok
 
     def forget(self, digest: Digest) -> None:
         self._summaries.pop(digest, None)
@@ -81,10 +82,10 @@ class ResultBook:
         newest = summary is None or ordered_at >= summary.ordered_at
         if summary is None:
             summary = self._summaries[result.digest] = ResultSummary(
-                node=name, last=result, ordered_at=ordered_at
+                node=name, kept=cast("ResultKept", tuple(result)), ordered_at=ordered_at
             )
         elif newest:
-            summary.last = result
+            summary.kept = cast("ResultKept", tuple(result))
             summary.node = name
             summary.ordered_at = ordered_at
         if result.ok:

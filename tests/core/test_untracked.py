@@ -15,6 +15,7 @@ import gc
 
 from dispatcher.core.history import CheckHistory
 from dispatcher.core.model import CheckResult, CheckStats, Digest, NodeName
+from dispatcher.core.results import ResultBook
 from dispatcher.core.state import ClusterState
 from tests.core.test_state_table import add, beat, check
 
@@ -72,3 +73,44 @@ def test_the_stats_a_node_keeps_are_untracked_after_a_collection() -> None:
     gc.collect()
     assert not tracked_tuples_with(1.625, 7, 2, "x")
     assert state.cost(c1.digest) == 1.625 / c1.interval_s  # and it was priced from them
+
+
+def test_a_checks_last_result_is_untracked_after_a_collection() -> None:
+    book = ResultBook()
+    digest = Digest("a1b2" * 8)
+
+    def post(i: int, *, ok: bool) -> None:
+        """One result, made here so that only the book holds it afterwards."""
+        result = CheckResult(
+            digest=digest,
+            run_id=f"last-run-{i}",
+            ok=ok,
+            errors=() if ok else ("refused",),
+            started_at=NOW - 10 + i,
+            duration_s=0.5,
+            output="fine",
+        )
+        book.record(NODE, [result], held={digest}, placement={digest: NODE}, now_wall=NOW)
+
+    post(0, ok=True)
+    post(1, ok=False)
+    gc.collect()
+    gc.collect()  # its errors first (see the history's test)
+    assert not tracked_tuples_with(digest, "last-run-1")
+    last = book.summaries[digest].last
+    assert isinstance(last, CheckResult)
+    assert (last.run_id, last.ok, last.errors, last.output) == (
+        "last-run-1",
+        False,
+        ("refused",),
+        "fine",
+    )
+    assert not book.last_ok(digest)
+    del last
+    post(2, ok=True)
+    gc.collect()
+    assert not tracked_tuples_with(digest, "last-run-2")
+    summary = book.summaries[digest]
+    assert summary.last.run_id == "last-run-2"
+    assert book.last_ok(digest)
+    assert (summary.success_count, summary.failure_count) == (2, 1)
