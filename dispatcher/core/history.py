@@ -79,11 +79,10 @@ Kept = tuple[str, NodeName, bool, tuple[str, ...], float, float, float]
 """A ``HistoryEntry``'s fields as the history keeps them: a plain tuple. The garbage
 collector stops tracking a plain tuple of plain values in the first collection it
 survives (one holding its errors, once they are let go), never a named tuple (a tuple
-subclass). Kept results are the largest number
-of long-lived objects a big state holds (500,000 at 100,000 checks, by the default
-overall bound), and at 10,000 results a second the middle generation's collections
-walked every one recorded since the last (a third of all they walked at 10,000 agents,
-the fleet benchmark)."""
+subclass). Kept results are the most numerous long-lived objects of a big state
+(500,000 at 100,000 checks, by the default overall bound), and at 10,000 results a
+second each middle-generation collection walked every one recorded since the last: up
+to a third of all it walked at 10,000 agents (the fleet benchmark)."""
 _OK: Final = 2  # Final: mypy then knows each field's type
 _DURATION: Final = 5
 _ORDERED_AT: Final = 6
