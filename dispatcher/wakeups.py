@@ -75,7 +75,7 @@ class WakeUps:
             del self._waiters[name]
 
     def waiting(self) -> int:
-        """Long polls waiting now (metrics, tests)."""
+        """Long polls waiting now (tests)."""
         return sum(len(polls) for polls in self._waiters.values())
 
     def wake(self, names: Iterable[NodeName]) -> None:

@@ -102,7 +102,7 @@ async def forward(request: web.Request, leader: LeaderInfo) -> web.Response:
                 leader=leader.identity,
                 url=url,
                 error=str(exc) or type(exc).__name__,
-                answered_without_trying=unreachable.refused,
+                answered_without_trying=unreachable.not_tried,
                 hold_s=unreachable.hold_s,
             )
         raise NoLeader(

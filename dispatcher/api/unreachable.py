@@ -31,8 +31,8 @@ class UnreachableLeaders:
         self._clock = clock
         self.hold_s = hold_s
         self._until: dict[tuple[str, int], float] = {}
-        self.refused = 0
-        """Requests answered without trying, since the start (tests, logs)."""
+        self.not_tried = 0
+        """Requests answered without trying the leader, since the start (its log line)."""
 
     def refuses(self, leader: LeaderInfo) -> bool:
         """Whether a request for ``leader`` is to be answered 503 without trying it."""
@@ -43,7 +43,7 @@ class UnreachableLeaders:
         if self._clock.monotonic() >= until:
             del self._until[key]  # try again
             return False
-        self.refused += 1
+        self.not_tried += 1
         return True
 
     def failed(self, leader: LeaderInfo) -> bool:

@@ -80,12 +80,13 @@ class ResultBook:
         ordered_at = min(result.started_at, now_wall)
         summary = self._summaries.get(result.digest)
         newest = summary is None or ordered_at >= summary.ordered_at
+        kept = cast("ResultKept", tuple(result))
         if summary is None:
             summary = self._summaries[result.digest] = ResultSummary(
-                node=name, kept=cast("ResultKept", tuple(result)), ordered_at=ordered_at
+                node=name, kept=kept, ordered_at=ordered_at
             )
         elif newest:
-            summary.kept = cast("ResultKept", tuple(result))
+            summary.kept = kept
             summary.node = name
             summary.ordered_at = ordered_at
         if result.ok:

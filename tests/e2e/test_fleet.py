@@ -13,6 +13,7 @@ tick), with seconds of slack for a busy CI machine; speed goals belong to ``make
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,23 +30,30 @@ TICK_S = TICK_INTERVAL_S  # the dispatcher's expiry tick (DispatchSettings.tick_
 SLACK_S = 3.0  # a busy 2-core CI machine
 
 
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> FleetResults:
-    work = tmp_path_factory.mktemp("fleet")
+def run_small_fleet(work: Path, *, agents: int, window_s: float, **form: Any) -> FleetResults:
+    """The fleet benchmark at a test's size: the intervals above, no large PUTs (a
+    source at the per-source limit, 100,000 checks, is bench work); ``form``: its store,
+    replicas and election."""
     return run_fleet(
         log_dir=work / "logs",
         work_dir=work,
-        agents=AGENTS,
+        agents=agents,
         checks_per_agent=CHECKS_PER_AGENT,
-        window_s=3.0,
+        window_s=window_s,
         heartbeat_interval_s=HEARTBEAT_S,
         expiry_s=EXPIRY_S,
         check_interval_s=2,
         results_flush_s=1.0,
         ramp_s=1.0,
-        big_puts=False,  # a source at the per-source limit (100,000 checks) is bench work
+        big_puts=False,
         progress=lambda _: None,
+        **form,
     )
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> FleetResults:
+    return run_small_fleet(tmp_path_factory.mktemp("fleet"), agents=AGENTS, window_s=3.0)
 
 
 def test_every_phase_ran_and_every_check_was_held(fleet: FleetResults) -> None:
@@ -109,27 +117,18 @@ def test_two_replicas_on_redis_fail_over_under_agent_load_losing_and_moving_no_c
 ) -> None:
     """The HA form (``--replicas 2 --store redis``): two replicas and a real redis-server,
     agent i talking to replica i % 2 (the follower forwards), and the leader killed
-    (SIGKILL) while the agents run. A replica must lead once the lease has run out and
-    a retry period has passed, serve every check at once (they are in Redis), and every
+    (SIGKILL) while the agents run. A replica must lead once the lease has run out,
+    serve every check at once (they are in Redis), and every
     agent must hold its checks from it within its retry backoff (capped at the heartbeat
     interval, jittered up to 1.5 times); the agents of the killed replica move to the
     other. The outage then runs against the new leader."""
-    fleet = run_fleet(
-        log_dir=tmp_path / "logs",
-        work_dir=tmp_path,
+    fleet = run_small_fleet(
+        tmp_path,
         agents=HA_AGENTS,
-        checks_per_agent=CHECKS_PER_AGENT,
+        window_s=2.0,
         store="redis",
         replicas=2,
         election=SHORT_ELECTION,  # lease 3 s: the test waits for it to run out
-        window_s=2.0,
-        heartbeat_interval_s=HEARTBEAT_S,
-        expiry_s=EXPIRY_S,
-        check_interval_s=2,
-        results_flush_s=1.0,
-        ramp_s=1.0,
-        big_puts=False,
-        progress=lambda _: None,
     )
     assert fleet.phase_errors == {}, fleet.phase_errors
     assert fleet.ran == [
@@ -149,8 +148,10 @@ def test_two_replicas_on_redis_fail_over_under_agent_load_losing_and_moving_no_c
     assert f.new_epoch > f.old_epoch
     # Its log says it took over (once more each time it lost its lease meanwhile).
     assert len(f.takeovers_ms) == len(f.lost_leases) + 1, f
-    # The lease is at most its duration from the kill; the follower tries every retry period
-    # (up to 1.2 of it, jittered); what it has to load is small.
+    # The lease is at most its duration from the kill; the follower tries as it runs out
+    # (bounded here as before that, by its jittered retry period: the difference is
+    # within a busy CI machine's slack, and the elector's tests on a fake clock hold
+    # it); what it has to load is small.
     lease_s, retry_s = SHORT_ELECTION.lease_s, SHORT_ELECTION.retry_s
     assert 0 <= f.lease_expiry_s <= lease_s + SLACK_S
     assert f.leader_s <= lease_s + 1.2 * retry_s + SLACK_S, f
